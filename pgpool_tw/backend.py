@@ -1,0 +1,378 @@
+"""One server connection: connect, startup, login, relay, and running reset queries.
+
+A ``BackendProtocol`` is in exactly one state at a time and only the methods
+here move it.  While it logs in, every message that matters is handed to its
+owner (the client session that asked for it); while attached it streams to that
+client without parsing (see ``protocol.relay``); while pooled it belongs to the
+pool and is only watched for the server going away.  It must never decide
+whether it may be reused: the pool does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pgpool_tw.config import BackendNode
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.errors import ProtocolViolation
+from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.protocol.startup import StartupMessage, cancel_request
+from pgpool_tw.transport import Writer, tune_socket
+
+if TYPE_CHECKING:
+    from typing import Protocol as TypingProtocol
+
+    class ServerOwner(TypingProtocol):
+        """What a client session must offer the server connection it starts."""
+
+        def server_forward(self, server: BackendProtocol, raw: bytes) -> None: ...
+        def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None: ...
+        def server_ready(self, server: BackendProtocol) -> None: ...
+        def server_failed(self, server: BackendProtocol, raw: bytes) -> None: ...
+        def server_lost(self, server: BackendProtocol, why: str) -> None: ...
+        def server_connect_failed(self, node: BackendNode, why: str) -> None: ...
+
+    class ServerKeeper(TypingProtocol):
+        def server_lost(self, server: BackendProtocol, why: str) -> None: ...
+
+
+log = Logger()
+
+# States.
+CONNECTING = 0
+STARTUP = 1  # startup packet sent, authentication exchange in progress
+LOGIN = 2  # authenticated; collecting ParameterStatus/BackendKeyData until ReadyForQuery
+READY = 3  # logged in, not yet attached or pooled
+ATTACHED = 4  # relaying for a client
+RUNNING = 5  # running queries of the pooler's own (reset, SET application_name)
+IDLE = 6  # in the pool
+CLOSED = 7
+
+RunCallback = Callable[["BackendProtocol", bool], None]
+
+
+class BackendProtocol(Protocol):
+    """A server connection from login to close."""
+
+    def __init__(self, node: BackendNode, startup: StartupMessage, clock: IReactorTime) -> None:
+        self.node = node
+        self.startup = startup
+        self.pool_key = startup.pool_key()
+        self.clock = clock
+        self.state = CONNECTING
+        self.owner: Optional[ServerOwner] = None
+        self.keeper: Optional[ServerKeeper] = None
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.secret = 0
+        self.status = m.IDLE
+        #: The server asked for a password at login: never hand it to another client.
+        self.asked_password = False
+        self.sessions = 0
+        self.created = clock.seconds()
+        self.idle_since = self.created
+        self.tracker: Optional[SessionTracker] = None
+        self.peer_write: Writer = _nowhere
+        self._reader = m.MessageReader()
+        self._queries: list[str] = []
+        self._run_ok = True
+        self._run_done: Optional[RunCallback] = None
+
+    def __repr__(self) -> str:
+        return f"<server {self.node.address} pid={self.pid} state={self.state}>"
+
+    # -- Twisted -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
+        self.state = STARTUP
+        self.transport.write(self.startup.to_server_packet())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == ATTACHED:
+            self.tracker.feed_server(data)  # type: ignore[union-attr]
+            self.peer_write(data)
+            return
+        try:
+            messages = self._reader.feed(data)
+        except ProtocolViolation as e:
+            self._broken(e.message)
+            return
+        for kind, body in messages:
+            if self.state == CLOSED:
+                return
+            try:
+                self._handle(kind, body)
+            except ProtocolViolation as e:
+                self._broken(e.message)
+                return
+        if self.state == ATTACHED and len(self._reader):
+            # Bytes after the ReadyForQuery that completed login belong to the relay.
+            self.dataReceived(self._reader.take_rest())
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        state, self.state = self.state, CLOSED
+        why = reason.getErrorMessage() if reason is not None else "closed"
+        if state == RUNNING:
+            self._finish_run(False)
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.server_lost(self, why)
+        keeper, self.keeper = self.keeper, None
+        if keeper is not None:
+            keeper.server_lost(self, why)
+
+    # -- the slow path -----------------------------------------------------------
+
+    def _handle(self, kind: int, body: bytes) -> None:
+        state = self.state
+        if state == STARTUP:
+            self._startup_message(kind, body)
+        elif state == LOGIN:
+            self._login_message(kind, body)
+        elif state == RUNNING:
+            self._run_message(kind, body)
+        elif kind == m.PARAMETER_STATUS:
+            self._parameter(body)
+        elif kind == m.NOTICE_RESPONSE or kind == ord("A"):
+            pass
+        else:
+            # A pooled server only speaks up to say it is going away.
+            if kind == m.ERROR_RESPONSE:
+                fields = m.parse_fields(body)
+                why = f"{fields.get('C', '')} {fields.get('M', '')}"
+            else:
+                why = f"unexpected message {chr(kind)!r} while idle"
+            self._broken(why)
+
+    def _startup_message(self, kind: int, body: bytes) -> None:
+        owner = self.owner
+        assert owner is not None
+        if kind == m.AUTHENTICATION:
+            if m.auth_code(body) == m.AUTH_OK:
+                self.state = LOGIN
+                owner.server_authenticated(self, m.message(b"R", body))
+            else:
+                self.asked_password = True
+                owner.server_forward(self, m.message(b"R", body))
+        elif kind == m.ERROR_RESPONSE:
+            self._login_failed(body)
+        elif kind == m.NOTICE_RESPONSE:
+            owner.server_forward(self, m.message(b"N", body))
+        elif kind != m.NEGOTIATE_PROTOCOL_VERSION:
+            raise ProtocolViolation("08P01", f"unexpected message {chr(kind)!r} during login")
+
+    def _login_message(self, kind: int, body: bytes) -> None:
+        owner = self.owner
+        assert owner is not None
+        if kind == m.PARAMETER_STATUS:
+            self._parameter(body)
+        elif kind == m.BACKEND_KEY_DATA:
+            self.pid, self.secret = m.parse_backend_key_data(body)
+        elif kind == m.READY_FOR_QUERY:
+            self.status = body[0] if body else m.IDLE
+            self.state = READY
+            owner.server_ready(self)
+        elif kind == m.ERROR_RESPONSE:
+            self._login_failed(body)
+        elif kind == m.NOTICE_RESPONSE:
+            owner.server_forward(self, m.message(b"N", body))
+        else:
+            raise ProtocolViolation("08P01", f"unexpected message {chr(kind)!r} during login")
+
+    def _login_failed(self, body: bytes) -> None:
+        owner, self.owner = self.owner, None
+        self.state = CLOSED
+        self.transport.loseConnection()
+        if owner is not None:
+            owner.server_failed(self, m.message(b"E", body))
+
+    def _parameter(self, body: bytes) -> None:
+        name, value = m.parse_parameter_status(body)
+        self.params[name] = value
+
+    def _broken(self, why: str) -> None:
+        log.warn(
+            "server={server} protocol error: {why}; closing", server=self.node.address, why=why
+        )
+        self.transport.abortConnection()
+
+    # -- attach and detach (called by the client session) ------------------------
+
+    def attach(self, owner: ServerOwner, peer_write: Writer) -> SessionTracker:
+        """Start relaying to a client; returns the tracker both legs share."""
+        self.owner = owner
+        self.keeper = None
+        self.sessions += 1
+        self.peer_write = peer_write
+        self.tracker = SessionTracker(self.params, self.status)
+        self.state = ATTACHED
+        return self.tracker
+
+    def detach(self) -> None:
+        """Stop relaying; the pool decides what comes next."""
+        if self.tracker is not None:
+            self.status = self.tracker.status
+        self.tracker = None
+        self.owner = None
+        self.peer_write = _nowhere
+        if self.state != CLOSED:
+            self.state = READY
+
+    # -- the pooler's own queries ------------------------------------------------
+
+    def run(self, queries: list[str], done: RunCallback) -> None:
+        """Run simple queries one by one; ``done(self, ok)`` once all ran or one failed.
+
+        ``ok`` is false when a query failed, the server closed, or the
+        transaction state afterwards is not idle.
+        """
+        self.state = RUNNING
+        self._queries = list(queries)
+        self._run_ok = True
+        self._run_done = done
+        self._next_query()
+
+    def _next_query(self) -> None:
+        if not self._queries or not self._run_ok:
+            self._finish_run(self._run_ok and self.status == m.IDLE)
+            return
+        self.transport.write(m.query(self._queries.pop(0)))
+
+    def _run_message(self, kind: int, body: bytes) -> None:
+        if kind == m.READY_FOR_QUERY:
+            self.status = body[0] if body else m.IDLE
+            self._next_query()
+        elif kind == m.ERROR_RESPONSE:
+            fields = m.parse_fields(body)
+            log.warn(
+                "server={server} query failed: {code} {text}",
+                server=self.node.address,
+                code=fields.get("C", ""),
+                text=fields.get("M", ""),
+            )
+            self._run_ok = False
+        elif kind == m.PARAMETER_STATUS:
+            self._parameter(body)
+        elif kind in _COPY_START:
+            # A reset query must never start COPY; the stream can't be trusted.
+            self._run_ok = False
+            self.transport.abortConnection()
+
+    def _finish_run(self, ok: bool) -> None:
+        done, self._run_done = self._run_done, None
+        if self.state == RUNNING:
+            self.state = READY
+        if done is not None:
+            done(self, ok)
+
+    # -- pooled life -------------------------------------------------------------
+
+    def park(self, keeper: ServerKeeper) -> None:
+        """Sit idle in the pool, watched by ``keeper``."""
+        self.owner = None
+        self.keeper = keeper
+        self.state = IDLE
+        self.idle_since = self.clock.seconds()
+
+    def terminate(self) -> None:
+        """Say goodbye politely and close; the server rolls back what is open."""
+        self.owner = None
+        self.keeper = None
+        if self.state != CLOSED and self.transport is not None:
+            self.transport.write(m.terminate())
+            self.transport.loseConnection()
+        self.state = CLOSED
+
+    @property
+    def connected_ok(self) -> bool:
+        return self.state != CLOSED and bool(self.connected)
+
+
+_COPY_START = (ord("G"), ord("H"), ord("W"))
+
+
+def _nowhere(data: bytes) -> None:
+    """The writer of a server connection that no client is attached to."""
+
+
+class BackendFactory(ClientFactory):
+    """Builds the one BackendProtocol of one connection attempt."""
+
+    noisy = False
+
+    def __init__(
+        self, node: BackendNode, startup: StartupMessage, owner: ServerOwner, clock: IReactorTime
+    ) -> None:
+        self.node = node
+        self.startup = startup
+        self.owner = owner
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> BackendProtocol:
+        server = BackendProtocol(self.node, self.startup, self.clock)
+        server.owner = self.owner
+        server.factory = self
+        return server
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.owner.server_connect_failed(self.node, reason.getErrorMessage())
+
+
+def connect(reactor: Any, node: BackendNode, factory: ClientFactory, timeout: float = 30) -> Any:
+    """Connect over TCP, or over the unix socket when the host name is a directory."""
+    if node.is_unix:
+        return reactor.connectUNIX(
+            f"{node.hostname.rstrip('/')}/.s.PGSQL.{node.port}", factory, timeout=timeout
+        )
+    return reactor.connectTCP(node.hostname, node.port, factory, timeout=timeout)
+
+
+def connect_server(
+    reactor: Any,
+    node: BackendNode,
+    startup: StartupMessage,
+    owner: ServerOwner,
+    timeout: float = 30,
+) -> Any:
+    """Start a new server connection for ``owner``; returns the connector (to abort it)."""
+    return connect(reactor, node, BackendFactory(node, startup, owner, reactor), timeout)
+
+
+class _CancelSender(Protocol):
+    def __init__(self, packet: bytes) -> None:
+        self.packet = packet
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.packet)
+        self.transport.loseConnection()
+
+
+class _CancelFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, node: BackendNode, pid: int, key: int) -> None:
+        self.node = node
+        self.pid = pid
+        self.key = key
+
+    def buildProtocol(self, addr: Any) -> _CancelSender:
+        return _CancelSender(cancel_request(self.pid, self.key))
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        log.warn(
+            "server={server} cancel for pid {pid} not delivered: {why}",
+            server=self.node.address,
+            pid=self.pid,
+            why=reason.getErrorMessage(),
+        )
+
+
+def send_cancel(reactor: Any, node: BackendNode, pid: int, key: int) -> None:
+    """Deliver a CancelRequest with the server's own pid and key on a fresh connection."""
+    connect(reactor, node, _CancelFactory(node, pid, key), timeout=10)

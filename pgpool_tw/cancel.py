@@ -1,0 +1,58 @@
+"""The pooler's own cancel keys and where each one points now.
+
+A client is told the server's real process id (so ``pg_backend_pid()`` and
+NOTIFY agree with what it was told) and a secret key the pooler made up for
+this one session.  A CancelRequest is honoured only while that session is live
+and only with that secret, so a client that once held a pooled server
+connection cannot cancel the queries of the next client on it.  Must never
+hold the server's own key longer than the session it belongs to.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Generic, Optional, TypeVar
+
+T = TypeVar("T")
+
+_KEY_BYTES = 4
+
+
+def new_secret() -> int:
+    """A fresh random signed Int32, as BackendKeyData carries."""
+    return int.from_bytes(secrets.token_bytes(_KEY_BYTES), "big", signed=True)
+
+
+def _key_bytes(key: int) -> bytes:
+    return key.to_bytes(_KEY_BYTES, "big", signed=True)
+
+
+class CancelRegistry(Generic[T]):
+    """Live sessions by the (pid, secret) their client was given."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[int, tuple[bytes, T]] = {}
+
+    def register(self, pid: int, secret: int, session: T) -> None:
+        self._sessions[pid] = (_key_bytes(secret), session)
+
+    def unregister(self, pid: int, session: T) -> None:
+        entry = self._sessions.get(pid)
+        if entry is not None and entry[1] is session:
+            del self._sessions[pid]
+
+    def lookup(self, pid: int, secret: int) -> Optional[T]:
+        """The session this key belongs to, compared in constant time, or None."""
+        entry = self._sessions.get(pid)
+        try:
+            offered = _key_bytes(secret)
+        except OverflowError:
+            return None
+        if entry is None:
+            hmac.compare_digest(offered, offered)
+            return None
+        return entry[1] if hmac.compare_digest(entry[0], offered) else None
+
+    def __len__(self) -> int:
+        return len(self._sessions)

@@ -1,0 +1,425 @@
+"""One client connection: startup, admission, login, attach, relay, detach.
+
+The client session moves through ``STARTUP → WAITING → CONNECTING | SETTING →
+RELAY → CLOSED`` and only methods of ``FrontendProtocol`` move it.  It follows
+pgpool-II's ``do_child`` loop for one client: read the startup packet within
+authentication_timeout, answer SSLRequest/GSSENCRequest, serve CancelRequest,
+then reuse a pooled server connection (``connect_using_existing_connection``)
+or log in on a new one, relaying the server's authentication exchange.
+
+It must never hand a client a server connection that asked for a password at
+login: until the pooler authenticates clients itself, such connections serve
+only the client that logged them in (the pool enforces it, see ``pool.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pgpool_tw.backend import BackendProtocol, connect_server, send_cancel
+from pgpool_tw.cancel import CancelRegistry, new_secret
+from pgpool_tw.config import BackendNode, Config
+from pgpool_tw.pool import Pool
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.errors import ProtocolViolation
+from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.protocol.sql import quote_literal
+from pgpool_tw.protocol.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    read_startup_packet,
+)
+from pgpool_tw.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
+
+log = Logger()
+
+# States.
+STARTUP = 0
+WAITING = 1  # startup read; waiting for a free client slot
+CONNECTING = 2  # a new server connection logs in; its auth exchange is relayed
+SETTING = 3  # a pooled server connection runs SET application_name
+RELAY = 4
+CLOSED = 5
+
+
+class FrontendFactory(Factory):
+    """Everything client sessions share: settings, the pool and the cancel keys."""
+
+    noisy = False
+
+    def __init__(self, config: Config, pool: Pool, reactor: Any) -> None:
+        self.config = config
+        self.pool = pool
+        self.reactor = reactor
+        self.cancels: CancelRegistry[FrontendProtocol] = CancelRegistry()
+        self.clients: set[FrontendProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> FrontendProtocol:
+        return FrontendProtocol(self)
+
+
+class FrontendProtocol(Protocol):
+    """A client connection from its first byte to its close."""
+
+    def __init__(self, factory: FrontendFactory) -> None:
+        self.factory = factory
+        self.state = STARTUP
+        #: True exactly while bytes are relayed; checked first on every chunk.
+        self.relaying = False
+        self.server: Optional[BackendProtocol] = None
+        self.tracker: Optional[SessionTracker] = None
+        self.server_write: Writer = _discard
+        self.startup: Optional[StartupMessage] = None
+        self.peer = "?"
+        #: Chunks received while relaying; client_idle_limit compares it across ticks.
+        self.received = 0
+        self._idle_mark = -1
+        self._idle_since = 0.0
+        self._buffer = b""
+        self._reader: Optional[m.MessageReader] = None
+        self._timer: Optional[IDelayedCall] = None
+        self._connector: Any = None
+        self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
+        self._secret = 0
+        self._in_pool = False
+        self._auth_ok_sent = False
+        self._tls_answered = False
+        self._gss_answered = False
+
+    # -- Twisted -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
+        self.factory.clients.add(self)
+        self.peer = _describe(self.transport.getPeer())
+        self._start_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relaying:
+            self.received += 1
+            at = self.tracker.feed_client(data)  # type: ignore[union-attr]
+            if at < 0:
+                self.server_write(data)
+                return
+            if at:
+                self.server_write(data[:at])
+            self._terminated()
+            return
+        self._slow_data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        state, self.state = self.state, CLOSED
+        self.factory.clients.discard(self)
+        self._stop_timer()
+        if self.relaying:
+            tracker = self.tracker
+            assert tracker is not None
+            self._release_server(tracker.in_sync and tracker.status == m.IDLE)
+        elif state == CONNECTING and self._connector is not None:
+            self._connector.disconnect()
+        self._leave_pool()
+
+    # -- before the relay --------------------------------------------------------
+
+    def _slow_data(self, data: bytes) -> None:
+        state = self.state
+        if state == STARTUP:
+            self._startup_data(data)
+        elif state == CONNECTING:
+            self._login_data(data)
+        elif state != CLOSED:
+            # WAITING or SETTING: kept for the server once the session is attached.
+            self._buffer += data
+
+    def _startup_data(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        while True:
+            try:
+                packet, used = read_startup_packet(buffer)
+            except ProtocolViolation as e:
+                self._fatal(e.sqlstate, e.message)
+                return
+            if packet is None:
+                self._buffer = buffer
+                return
+            buffer = buffer[used:]
+            if isinstance(packet, SSLRequest) and not self._tls_answered:
+                self._tls_answered = True
+                self.transport.write(b"N")
+            elif isinstance(packet, GSSENCRequest) and not self._gss_answered:
+                self._gss_answered = True
+                self.transport.write(b"N")
+            elif isinstance(packet, CancelRequest):
+                self._cancel(packet)
+                return
+            elif isinstance(packet, StartupMessage):
+                self._buffer = buffer
+                self._started(packet)
+                return
+            else:
+                self._fatal("08P01", "duplicate SSL or GSS encryption request")
+                return
+
+    def _started(self, startup: StartupMessage) -> None:
+        self.startup = startup
+        if self.factory.config.log_connections:
+            log.info(
+                "client={client} connected: user={user} database={database}",
+                client=self.peer,
+                user=startup.user,
+                database=startup.database,
+            )
+        negotiation = startup.negotiation()
+        if negotiation is not None:
+            self.transport.write(negotiation)
+        self._in_pool = True
+        if self.factory.pool.admit(self, startup.pool_key()):
+            self.admitted()
+            return
+        # Like a client in pgpool-II's listen queue: nothing happens until a slot frees.
+        self.state = WAITING
+        self._stop_timer()
+        self.transport.pauseProducing()
+
+    def admitted(self) -> None:
+        """A client slot is ours: reuse a pooled server connection or open one."""
+        if self.state == CLOSED:
+            return
+        if self.state == WAITING:
+            self.transport.resumeProducing()
+            self._start_timer()
+        assert self.startup is not None
+        server = self.factory.pool.take(self.startup.pool_key())
+        if server is not None:
+            self._reuse(server)
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
+        node = self.factory.config.primary_backend
+        if node is None:
+            self._fatal("08006", "no backend node is configured (backend_hostname0)")
+            return
+        assert self.startup is not None
+        self.state = CONNECTING
+        self._reader = m.MessageReader()
+        self._connector = connect_server(self.factory.reactor, node, self.startup, self)
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            self._login_data(data)
+
+    def _login_data(self, data: bytes) -> None:
+        """Client messages while a new server authenticates it: passwords go through."""
+        assert self._reader is not None
+        try:
+            messages = self._reader.feed(data)
+        except ProtocolViolation as e:
+            self._fatal(e.sqlstate, e.message)
+            return
+        for kind, body in messages:
+            if kind == m.PASSWORD_MESSAGE and self.server is not None:
+                self.server.transport.write(m.message(b"p", body))
+            elif kind == m.TERMINATE:
+                self.transport.loseConnection()
+                return
+            else:
+                self._fatal("08P01", f"unexpected message {chr(kind)!r} during authentication")
+                return
+
+    def _reuse(self, server: BackendProtocol) -> None:
+        """pgpool-II's connect_using_existing_connection, with the name quoted."""
+        assert self.startup is not None
+        self.server = server
+        server.owner = self
+        server.keeper = None
+        wanted = self.startup.application_name
+        if server.params.get("application_name", "") == wanted:
+            self._attach(server)
+            return
+        self.state = SETTING
+        server.run([f"SET application_name TO {quote_literal(wanted)}"], self._name_set)
+
+    def _name_set(self, server: BackendProtocol, ok: bool) -> None:
+        if self.state == CLOSED:
+            self.server = None
+            self.factory.pool.give_back(server, ok)
+        elif ok:
+            self._attach(server)
+        else:
+            self.server = None
+            self.factory.pool.give_back(server, False)
+            self._connect()
+
+    # -- what a server connection tells its owner --------------------------------
+
+    def server_forward(self, server: BackendProtocol, raw: bytes) -> None:
+        self.server = server
+        if self.state == CONNECTING:
+            self.transport.write(raw)
+
+    def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
+        self.server = server
+        self._auth_ok_sent = True
+        self.transport.write(raw)
+
+    def server_ready(self, server: BackendProtocol) -> None:
+        if self.state == CONNECTING:
+            self._connector = None
+            self._attach(server)
+
+    def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
+        """The server refused the login; the client gets the server's own words."""
+        self.server = None
+        self._connector = None
+        if self.state != CLOSED:
+            self.transport.write(raw)
+            self.transport.loseConnection()
+
+    def server_connect_failed(self, node: BackendNode, why: str) -> None:
+        self._connector = None
+        log.warn(
+            "client={client} server={server} unreachable: {why}",
+            client=self.peer,
+            server=node.address,
+            why=why,
+        )
+        self._fatal("08006", f'could not connect to server at "{node.address}": {why}')
+
+    def server_lost(self, server: BackendProtocol, why: str) -> None:
+        """The server went away under this session: tell the client and close."""
+        if self.relaying:
+            tracker = self.tracker
+            assert tracker is not None
+            self._stop_relay(server)
+            log.warn(
+                "client={client} server={server} lost mid-session: {why}",
+                client=self.peer,
+                server=server.node.address,
+                why=why,
+            )
+            if tracker.server_at_boundary:
+                self.transport.write(
+                    m.error_response("08006", "server closed the connection unexpectedly")
+                )
+            self.transport.loseConnection()
+        elif self.state in (CONNECTING, SETTING):
+            self.server = None
+            self._fatal("08006", f"server closed the connection during login: {why}")
+
+    # -- the session -------------------------------------------------------------
+
+    def _attach(self, server: BackendProtocol) -> None:
+        """Send the login's end (as a direct connection would) and start relaying."""
+        self._stop_timer()
+        self.server = server
+        self._secret = new_secret()
+        self.factory.cancels.register(server.pid, self._secret, self)
+        out = [] if self._auth_ok_sent else [m.authentication_ok()]
+        out += [m.parameter_status(name, value) for name, value in server.params.items()]
+        out.append(m.backend_key_data(server.pid, self._secret))
+        out.append(m.ready_for_query(server.status))
+        self.transport.write(b"".join(out))
+        self.tracker = server.attach(self, make_writer(self.transport))
+        self.server_write = make_writer(server.transport)
+        self._producers = link(self.transport, server.transport)
+        self._reader = None
+        self.state = RELAY
+        self.relaying = True
+        self._idle_since = self.factory.reactor.seconds()
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            self.dataReceived(data)
+
+    def _terminated(self) -> None:
+        """A clean Terminate: the server is reset and pooled if the session was in sync."""
+        tracker = self.tracker
+        assert tracker is not None
+        self._release_server(tracker.in_sync)
+        self.state = CLOSED
+        self.transport.loseConnection()
+        self._leave_pool()
+
+    def _stop_relay(self, server: BackendProtocol) -> None:
+        self.relaying = False
+        self.server = None
+        self.server_write = _discard
+        if self._producers is not None:
+            unlink(self.transport, server.transport, self._producers)
+            self._producers = None
+        self.factory.cancels.unregister(server.pid, self)
+
+    def _release_server(self, reusable: bool) -> None:
+        server = self.server
+        assert server is not None
+        self._stop_relay(server)
+        self.factory.pool.give_back(server, reusable)
+
+    def _leave_pool(self) -> None:
+        if self._in_pool:
+            self._in_pool = False
+            self.factory.pool.withdraw(self)
+
+    def idle_tick(self, now: float, limit: float) -> None:
+        """client_idle_limit: close a client idle that long between queries."""
+        tracker = self.tracker
+        if not self.relaying or tracker is None:
+            return
+        if self.received != self._idle_mark or tracker.pending:
+            self._idle_mark = self.received
+            self._idle_since = now
+        elif now - self._idle_since >= limit:
+            log.info(
+                "client={client} idle for {limit}s: disconnecting", client=self.peer, limit=limit
+            )
+            self._fatal(
+                "57P05",
+                f"terminating connection because client_idle_limit ({limit:g}s) was reached",
+            )
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _cancel(self, request: CancelRequest) -> None:
+        session = self.factory.cancels.lookup(request.pid, request.key)
+        server = session.server if session is not None else None
+        if server is None:
+            log.info("client={client} cancel request with an unknown key ignored", client=self.peer)
+        else:
+            send_cancel(self.factory.reactor, server.node, server.pid, server.secret)
+        self.transport.loseConnection()
+
+    def _fatal(self, sqlstate: str, text: str) -> None:
+        self.transport.write(m.error_response(sqlstate, text))
+        self.transport.loseConnection()
+
+    def _start_timer(self) -> None:
+        timeout = self.factory.config.authentication_timeout
+        if timeout > 0:
+            self._timer = self.factory.reactor.callLater(timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        log.info("client={client} authentication_timeout: closing", client=self.peer)
+        self.transport.loseConnection()
+
+
+def _discard(data: bytes) -> None:
+    """Where client bytes go when no server is attached."""
+
+
+def _describe(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"
+    return "local"

@@ -1,0 +1,234 @@
+"""Idle server connections by key, client admission, life times, reset-and-return.
+
+The pool decides, and only the pool decides, whether a server connection may
+serve another client: it runs the reset queries, parks the connection idle
+under its key, hands the most recently used one out again, and closes what is
+too old, too used, failed its reset, or was never safe to share.  It also
+admits client sessions (at most ``num_init_children`` at once, the rest wait in
+arrival order, like pgpool-II's listen queue).  It never reads client bytes.
+
+Mapping of pgpool-II's per-process settings to one process:
+
+* ``num_init_children``: client sessions served at once.
+* ``max_pool``: ``num_init_children * max_pool`` idle server connections are
+  kept in all; past that the least recently used is closed.
+* ``child_life_time``: a pool key (user, database, startup options) that has had
+  no client for this long loses its idle server connections.
+* ``connection_life_time``: an idle server connection idle this long is closed.
+* ``child_max_connections``: a server connection that has served this many
+  client sessions is closed instead of pooled again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any, Hashable, Optional, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from pgpool_tw.backend import BackendProtocol
+from pgpool_tw.config import Config
+
+log = Logger()
+
+#: pgpool-II never caches connections to these databases.
+UNPOOLED_DATABASES = frozenset({"template0", "template1", "postgres", "regression"})
+
+#: A reset that has not finished by then leaves a server in an unknown state.
+RESET_TIMEOUT = 30.0
+
+Key = Hashable
+
+_RESET_FAILED = "reset failed"
+_RESET_TIMED_OUT = "reset timed out"
+_WORTH_LOGGING = frozenset({_RESET_FAILED, _RESET_TIMED_OUT})
+
+
+class Waiter(Protocol):
+    """A client session as the pool's admission queue sees it."""
+
+    def admitted(self) -> None: ...
+
+
+class Pool:
+    """All server connections that are not attached to a client, and the client slots."""
+
+    def __init__(self, config: Config, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self._idle: OrderedDict[BackendProtocol, None] = OrderedDict()
+        self._by_key: dict[Key, list[BackendProtocol]] = {}
+        self._resetting: dict[BackendProtocol, IDelayedCall] = {}
+        #: Admitted client sessions and the key each one uses.
+        self.sessions: dict[Any, Key] = {}
+        self._waiting: deque[tuple[Waiter, Key]] = deque()
+        self._key_sessions: dict[Key, int] = {}
+        self._key_last_left: dict[Key, float] = {}
+        # Counters, read by tests and (later) the admin console.
+        self.reused = 0
+        self.discarded = 0
+
+    # -- client admission --------------------------------------------------------
+
+    def admit(self, session: Waiter, key: Key) -> bool:
+        """True when ``session`` may start now; otherwise it waits for ``admitted()``."""
+        if len(self.sessions) < self.config.num_init_children:
+            self._enter(session, key)
+            return True
+        self._waiting.append((session, key))
+        return False
+
+    def withdraw(self, session: Any) -> None:
+        """The session ended or gave up waiting; admit the next in line."""
+        key = self.sessions.pop(session, None)
+        if key is None:
+            self._waiting = deque(item for item in self._waiting if item[0] is not session)
+            return
+        left = self._key_sessions[key] - 1
+        if left:
+            self._key_sessions[key] = left
+        else:
+            del self._key_sessions[key]
+            self._key_last_left[key] = self.clock.seconds()
+        while self._waiting and len(self.sessions) < self.config.num_init_children:
+            waiter, waiter_key = self._waiting.popleft()
+            self._enter(waiter, waiter_key)
+            # Not from inside another session's connectionLost.
+            self.clock.callLater(0, waiter.admitted)
+
+    def _enter(self, session: Any, key: Key) -> None:
+        self.sessions[session] = key
+        self._key_sessions[key] = self._key_sessions.get(key, 0) + 1
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # -- server connections ------------------------------------------------------
+
+    def take(self, key: Key) -> Optional[BackendProtocol]:
+        """The most recently used idle server connection for ``key``, if any."""
+        servers = self._by_key.get(key)
+        while servers:
+            server = servers.pop()
+            del self._idle[server]
+            if not servers:
+                del self._by_key[key]
+            if server.connected_ok:
+                self.reused += 1
+                return server
+        return None
+
+    def give_back(self, server: BackendProtocol, reusable: bool) -> None:
+        """A session is over: reset the server for the next client, or close it.
+
+        ``reusable`` is the session's word that both streams ended at a message
+        boundary with nothing owed; the pool adds its own rules.
+        """
+        server.detach()
+        why = self._why_not_pooled(server, reusable)
+        if why:
+            self._discard(server, why)
+            return
+        queries = list(self.config.reset_query_list)
+        if not queries:
+            self._park(server)
+            return
+        server.keeper = self
+        self._resetting[server] = self.clock.callLater(RESET_TIMEOUT, self._reset_timed_out, server)
+        server.run(queries, self._reset_done)
+
+    def _why_not_pooled(self, server: BackendProtocol, reusable: bool) -> str:
+        config = self.config
+        if not server.connected_ok:
+            return ""  # already gone; nothing to close
+        if not reusable:
+            return "session ended mid-message or mid-transaction"
+        if not config.connection_cache:
+            return "connection_cache is off"
+        if server.asked_password:
+            return "the server asked for a password (reuse needs pooler-side authentication)"
+        if server.startup.database in UNPOOLED_DATABASES:
+            return f"database {server.startup.database} is never pooled"
+        limit = config.child_max_connections
+        if limit and server.sessions >= limit:
+            return "child_max_connections reached"
+        return ""
+
+    def _reset_done(self, server: BackendProtocol, ok: bool) -> None:
+        timer = self._resetting.pop(server, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if ok and server.connected_ok:
+            self._park(server)
+        else:
+            self._discard(server, _RESET_FAILED)
+
+    def _reset_timed_out(self, server: BackendProtocol) -> None:
+        self._resetting.pop(server, None)
+        self._discard(server, _RESET_TIMED_OUT)
+
+    def _park(self, server: BackendProtocol) -> None:
+        server.park(self)
+        self._idle[server] = None
+        self._by_key.setdefault(server.pool_key, []).append(server)
+        limit = self.config.num_init_children * self.config.max_pool
+        while len(self._idle) > limit:
+            self._discard(next(iter(self._idle)), "too many idle connections")
+
+    def _forget(self, server: BackendProtocol) -> None:
+        if self._idle.pop(server, 0) is None:
+            servers = self._by_key.get(server.pool_key)
+            if servers is not None:
+                servers.remove(server)
+                if not servers:
+                    del self._by_key[server.pool_key]
+        timer = self._resetting.pop(server, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _discard(self, server: BackendProtocol, why: str) -> None:
+        self._forget(server)
+        if server.connected_ok:
+            self.discarded += 1
+            if why in _WORTH_LOGGING:
+                log.warn("server={server} closed: {why}", server=server.node.address, why=why)
+            server.terminate()
+
+    def server_lost(self, server: BackendProtocol, why: str) -> None:
+        """A pooled or resetting server went away."""
+        self._forget(server)
+
+    # -- time --------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Close idle servers past connection_life_time or child_life_time."""
+        now = self.clock.seconds()
+        life = self.config.connection_life_time
+        quiet = self.config.child_life_time
+        for server in list(self._idle):
+            if life and now - server.idle_since >= life:
+                self._discard(server, "connection_life_time")
+            elif quiet and server.pool_key not in self._key_sessions:
+                left = self._key_last_left.get(server.pool_key, server.idle_since)
+                if now - left >= quiet:
+                    self._discard(server, "child_life_time")
+        for key in [k for k in self._key_last_left if k not in self._by_key]:
+            del self._key_last_left[key]
+
+    def close_idle(self) -> int:
+        """Close every idle server connection (pgpool-II's close_idle_connection)."""
+        servers = list(self._idle)
+        for server in servers:
+            self._discard(server, "asked to close idle connections")
+        return len(servers)
+
+    def close_all(self) -> None:
+        self.close_idle()
+        for server in list(self._resetting):
+            self._discard(server, "shutting down")
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)

@@ -1,0 +1,208 @@
+"""Following an attached session's two byte streams by their 5-byte headers.
+
+This is the hot path.  The relay forwards each received chunk untouched; the
+tracker only walks message headers inside it to learn what the pooler must
+know to end a session safely:
+
+* where the client's Terminate is (it is never forwarded: the server stays up),
+* how many Query/Sync/FunctionCall messages still await their ReadyForQuery,
+* whether the client left extended-protocol messages without a Sync,
+* the transaction state of the last ReadyForQuery,
+* ParameterStatus changes (replayed to the next client of that connection).
+
+Rules of this module: no objects per message, no joining of received chunks,
+no exceptions raised; a message split across chunks is followed with a
+remaining-byte count, and only a split header or a ParameterStatus or
+ReadyForQuery body is ever copied.  Malformed lengths are not judged here: the
+server judges them and closes, and a session whose streams are not at a message
+boundary is never reused.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from pgpool_tw.protocol.errors import ProtocolViolation
+from pgpool_tw.protocol.messages import IDLE, parse_parameter_status
+
+_LENGTH = Struct("!I").unpack_from
+
+# Client message types, as ints.
+_QUERY = 81  # 'Q'
+_SYNC = 83  # 'S'
+_FUNCTION_CALL = 70  # 'F'
+_TERMINATE = 88  # 'X'
+_COPY_DATA = 100  # 'd'
+_COPY_DONE = 99  # 'c'
+_COPY_FAIL = 102  # 'f'
+# Server message types, as ints.
+_READY = 90  # 'Z'
+_PARAMETER_STATUS = 83  # 'S'
+
+
+class SessionTracker:
+    """Headers-only view of one session; shared by both directions of a relay."""
+
+    __slots__ = (
+        "pending",
+        "unsynced",
+        "status",
+        "params",
+        "_c_skip",
+        "_c_head",
+        "_s_skip",
+        "_s_head",
+        "_s_type",
+        "_s_body",
+        "_s_need",
+    )
+
+    def __init__(self, params: dict[str, str], status: int = IDLE) -> None:
+        #: Query/Sync/FunctionCall messages sent that have no ReadyForQuery yet.
+        self.pending = 0
+        #: Extended-protocol messages were sent after the last Sync.
+        self.unsynced = False
+        #: Transaction state byte of the last ReadyForQuery.
+        self.status = status
+        #: The server connection's reported parameters, updated in place.
+        self.params = params
+        self._c_skip = 0  # bytes of the current client message still to come
+        self._c_head = b""  # start of a client header cut by a chunk boundary
+        self._s_skip = 0
+        self._s_head = b""
+        self._s_type = 0  # type whose body is being collected across chunks
+        self._s_body = b""
+        self._s_need = 0
+
+    @property
+    def in_sync(self) -> bool:
+        """Both streams are at a message boundary and the server owes nothing."""
+        return (
+            self.pending == 0
+            and not self.unsynced
+            and not self._c_skip
+            and not self._c_head
+            and not self._s_skip
+            and not self._s_head
+            and not self._s_need
+        )
+
+    @property
+    def server_at_boundary(self) -> bool:
+        """The client has been sent whole server messages only."""
+        return not self._s_skip and not self._s_head and not self._s_need
+
+    # -- client to server --------------------------------------------------------
+
+    def feed_client(self, data: bytes) -> int:
+        """Walk a client chunk; return the offset of a Terminate in it, or -1."""
+        n = len(data)
+        pos = self._c_skip
+        if pos >= n:
+            self._c_skip = pos - n
+            return -1
+        if self._c_head:
+            head = self._c_head + data[: 5 - len(self._c_head)]
+            if len(head) < 5:
+                self._c_head = head
+                return -1
+            start = -len(self._c_head)
+            self._c_head = b""
+            if self._client_message(head[0]):
+                # Part of this Terminate already went to the server: not reusable.
+                self.unsynced = True
+                self._c_skip = 0
+                return 0
+            pos = start + 1 + _LENGTH(head, 1)[0]
+        while pos < n:
+            if n - pos < 5:
+                self._c_head = data[pos:]
+                self._c_skip = 0
+                return -1
+            if self._client_message(data[pos]):
+                self._c_skip = 0
+                return pos
+            pos += 1 + _LENGTH(data, pos + 1)[0]
+        self._c_skip = pos - n
+        return -1
+
+    def _client_message(self, kind: int) -> bool:
+        if kind == _SYNC:
+            self.pending += 1
+            self.unsynced = False
+        elif kind == _QUERY or kind == _FUNCTION_CALL:
+            self.pending += 1
+        elif kind == _TERMINATE:
+            return True
+        elif kind != _COPY_DATA and kind != _COPY_DONE and kind != _COPY_FAIL:
+            self.unsynced = True
+        return False
+
+    # -- server to client --------------------------------------------------------
+
+    def feed_server(self, data: bytes) -> None:
+        """Walk a server chunk, noting ReadyForQuery states and ParameterStatus."""
+        n = len(data)
+        pos = self._s_skip
+        if self._s_need:
+            need = self._s_need
+            self._s_body += data[:need]
+            if n < need:
+                self._s_need = need - n
+                return
+            self._s_need = 0
+            self._server_body(self._s_type, self._s_body)
+            self._s_body = b""
+            pos = need
+        elif pos >= n:
+            self._s_skip = pos - n
+            return
+        elif self._s_head:
+            head = self._s_head + data[: 5 - len(self._s_head)]
+            if len(head) < 5:
+                self._s_head = head
+                return
+            start = -len(self._s_head)
+            self._s_head = b""
+            pos = self._server_header(data, head, 0, start + 5)
+        while pos < n:
+            if n - pos < 5:
+                self._s_head = data[pos:]
+                self._s_skip = 0
+                return
+            kind = data[pos]
+            if kind == _READY or kind == _PARAMETER_STATUS:
+                pos = self._server_header(data, data, pos, pos + 5)
+                if self._s_need:
+                    return
+            else:
+                pos += 1 + _LENGTH(data, pos + 1)[0]
+        self._s_skip = pos - n
+
+    def _server_header(self, data: bytes, head: bytes, at: int, body_start: int) -> int:
+        """Handle a header found in ``head`` at ``at`` whose body starts at ``body_start``
+        in ``data`` (negative when the header began in an earlier chunk)."""
+        kind = head[at]
+        end = body_start - 4 + _LENGTH(head, at + 1)[0]
+        if kind != _READY and kind != _PARAMETER_STATUS:
+            return end
+        if end > len(data):
+            self._s_type = kind
+            self._s_body = data[body_start:]
+            self._s_need = end - len(data)
+            return len(data)
+        self._server_body(kind, data[body_start:end])
+        return end
+
+    def _server_body(self, kind: int, body: bytes) -> None:
+        if kind == _READY:
+            if body:
+                self.status = body[0]
+            if self.pending:
+                self.pending -= 1
+        else:
+            try:
+                name, value = parse_parameter_status(body)
+            except ProtocolViolation:
+                return
+            self.params[name] = value

@@ -1,0 +1,62 @@
+"""``twistd pgpool``: command-line options and the service they build."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from pgpool_tw.config import ConfigError, load_config
+from pgpool_tw.service import ListenError, PgpoolService
+
+log = Logger()
+
+#: Where Debian's pgpool2 package keeps its file, so a pgpool-II user's file is found.
+DEFAULT_CONFIG = "/etc/pgpool2/pgpool.conf"
+
+
+class Options(usage.Options):
+    synopsis = "[-c pgpool.conf]"
+    longdesc = (
+        "Run pgpool-tw, a PostgreSQL connection pooler that reads pgpool-II's pgpool.conf. "
+        f"Without -c it reads ./pgpool.conf when present, else {DEFAULT_CONFIG}."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            f"path of pgpool.conf (default: ./pgpool.conf, else {DEFAULT_CONFIG})",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if path is None:
+            path = "pgpool.conf" if os.path.exists("pgpool.conf") else DEFAULT_CONFIG
+        try:
+            self["settings"] = load_config(os.path.abspath(path))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if not self["settings"].backends:
+            raise usage.UsageError(f"{path}: no backend configured; set backend_hostname0")
+
+
+class _TwistdService(PgpoolService):
+    """Under twistd a listener that cannot open ends the process with one line."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise SystemExit(f"pgpool-tw: {e}") from None
+
+
+def makeService(options: Any) -> IService:
+    settings = options["settings"]
+    for warning in settings.warnings:
+        log.warn("{warning}", warning=warning)
+    return _TwistdService(settings)

@@ -1,0 +1,103 @@
+"""Socket-level helpers shared by both legs of a relay.
+
+Owns what the pooler does below Twisted's transport API: socket options, the
+send-now write path and a producer wrapper that can pause a peer but never
+close it.  Must not know anything about the PostgreSQL protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from zope.interface import implementer
+
+Writer = Callable[[bytes], None]
+
+
+def tune_socket(transport: Any) -> None:
+    """TCP_NODELAY and SO_KEEPALIVE on TCP legs; unix sockets need neither."""
+    if ITCPTransport.providedBy(transport):
+        transport.setTcpNoDelay(True)
+        transport.setTcpKeepAlive(True)
+
+
+def make_writer(transport: Any) -> Writer:
+    """A ``write`` that sends at once when nothing is queued.
+
+    Twisted's ``write`` always queues, registers the socket for writability and
+    sends on a later loop iteration (two epoll_ctl calls and a loop turn per
+    message).  When the transport's buffers are empty the data is sent straight
+    away; whatever the kernel does not take, and every write while anything is
+    queued, goes through ``transport.write`` so ordering, flow control and error
+    handling stay Twisted's.  Transports that are not plain sockets (TLS) just
+    get their own ``write``.
+    """
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return transport.write  # type: ignore[no-any-return]
+    send = transport.socket.send
+    queue_write = transport.write
+
+    def write(data: bytes) -> None:
+        if transport.dataBuffer or transport._tempDataLen or transport.disconnecting:
+            queue_write(data)
+            return
+        try:
+            sent = send(data)
+        except OSError:
+            # EAGAIN, or an error Twisted's own write path will report.
+            queue_write(data)
+            return
+        if sent < len(data):
+            queue_write(data[sent:])
+
+    return write
+
+
+@implementer(IPushProducer)
+class PeerProducer:
+    """Lets one leg's full write buffer pause reading on the other leg.
+
+    Registering a transport itself as the producer would make Twisted call its
+    ``stopProducing`` (which closes it) when the consumer disconnects; a server
+    connection must survive its client, so this wrapper only pauses and resumes.
+    """
+
+    __slots__ = ("_transport", "paused")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The consumer went away; the caller decides what happens to this leg."""
+
+
+def link(a: Any, b: Any) -> tuple[PeerProducer, PeerProducer]:
+    """Make each transport the other's flow-control producer."""
+    pa, pb = PeerProducer(a), PeerProducer(b)
+    b.registerProducer(pa, True)
+    a.registerProducer(pb, True)
+    return pa, pb
+
+
+def unlink(a: Any, b: Any, producers: tuple[PeerProducer, PeerProducer]) -> None:
+    """Undo ``link`` and resume any leg that was left paused."""
+    for transport in (a, b):
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+    for producer in producers:
+        if producer.paused:
+            producer.resumeProducing()
+
+
+__all__ = ["PeerProducer", "Writer", "link", "make_writer", "tune_socket", "unlink"]

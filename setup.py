@@ -1,0 +1,50 @@
+"""Packaging for pgpool-tw.
+
+``twisted.plugins`` is listed as a package (it has no ``__init__.py``: a dropin
+directory must never be a package) so that a regular install copies the dropin
+into Twisted's own plugin directory.
+"""
+
+from setuptools import setup
+
+# ``package_dir={"": "."}`` makes an editable install put this checkout on
+# sys.path (a static .pth) instead of an import hook, so Twisted's plugin scan,
+# which looks for ``twisted/plugins`` under each sys.path entry, finds the dropin.
+
+setup(
+    name="pgpool-tw",
+    version="0.1.0",
+    description="A PostgreSQL connection pooler and proxy on Twisted",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.9",
+    package_dir={"": "."},
+    packages=["pgpool_tw", "pgpool_tw.protocol", "twisted.plugins"],
+    package_data={"twisted": ["plugins/pgpool_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=22.10",
+        "zope.interface",
+        "scramp",
+    ],
+    extras_require={
+        "test": [
+            "psycopg[binary]",
+            "hypothesis",
+        ],
+        "dev": [
+            "ruff",
+            "mypy",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "pgpool-tw-demo = pgpool_tw.devdb:demo_main",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Database",
+    ],
+)
