@@ -59,8 +59,16 @@ RunCallback = Callable[["BackendProtocol", bool], None]
 class BackendProtocol(Protocol):
     """A server connection from login to close."""
 
-    def __init__(self, node: BackendNode, startup: StartupMessage, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        node: BackendNode,
+        startup: StartupMessage,
+        clock: IReactorTime,
+        live: Optional[set[BackendProtocol]] = None,
+    ) -> None:
         self.node = node
+        #: Every open server connection, so a shutdown can wait for all of them.
+        self.live: set[BackendProtocol] = live if live is not None else set()
         self.startup = startup
         self.pool_key = startup.pool_key()
         self.clock = clock
@@ -90,6 +98,7 @@ class BackendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
+        self.live.add(self)
         self.state = STARTUP
         self.transport.write(self.startup.to_server_packet())
 
@@ -117,6 +126,7 @@ class BackendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         state, self.state = self.state, CLOSED
+        self.live.discard(self)
         why = reason.getErrorMessage() if reason is not None else "closed"
         if state == RUNNING:
             self._finish_run(False)
@@ -307,15 +317,21 @@ class BackendFactory(ClientFactory):
     noisy = False
 
     def __init__(
-        self, node: BackendNode, startup: StartupMessage, owner: ServerOwner, clock: IReactorTime
+        self,
+        node: BackendNode,
+        startup: StartupMessage,
+        owner: ServerOwner,
+        clock: IReactorTime,
+        live: Optional[set[BackendProtocol]] = None,
     ) -> None:
         self.node = node
         self.startup = startup
         self.owner = owner
         self.clock = clock
+        self.live = live
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
-        server = BackendProtocol(self.node, self.startup, self.clock)
+        server = BackendProtocol(self.node, self.startup, self.clock, self.live)
         server.owner = self.owner
         server.factory = self
         return server
@@ -338,10 +354,11 @@ def connect_server(
     node: BackendNode,
     startup: StartupMessage,
     owner: ServerOwner,
+    live: Optional[set[BackendProtocol]] = None,
     timeout: float = 30,
 ) -> Any:
     """Start a new server connection for ``owner``; returns the connector (to abort it)."""
-    return connect(reactor, node, BackendFactory(node, startup, owner, reactor), timeout)
+    return connect(reactor, node, BackendFactory(node, startup, owner, reactor, live), timeout)
 
 
 class _CancelSender(Protocol):

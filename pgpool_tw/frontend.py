@@ -40,6 +40,9 @@ from pgpool_tw.transport import PeerProducer, Writer, link, make_writer, tune_so
 
 log = Logger()
 
+#: What a client may send before its session is attached (it should send nothing).
+MAX_EARLY_BYTES = 65536
+
 # States.
 STARTUP = 0
 WAITING = 1  # startup read; waiting for a free client slot
@@ -59,7 +62,9 @@ class FrontendFactory(Factory):
         self.pool = pool
         self.reactor = reactor
         self.cancels: CancelRegistry[FrontendProtocol] = CancelRegistry()
+        #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
+        self.servers: set[BackendProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
         return FrontendProtocol(self)
@@ -137,6 +142,8 @@ class FrontendProtocol(Protocol):
         elif state != CLOSED:
             # WAITING or SETTING: kept for the server once the session is attached.
             self._buffer += data
+            if len(self._buffer) > MAX_EARLY_BYTES:
+                self._fatal("08P01", "unexpected data before the session started")
 
     def _startup_data(self, data: bytes) -> None:
         buffer = self._buffer + data
@@ -183,21 +190,26 @@ class FrontendProtocol(Protocol):
         if self.factory.pool.admit(self, startup.pool_key()):
             self.admitted()
             return
-        # Like a client in pgpool-II's listen queue: nothing happens until a slot frees.
+        # Like a client in pgpool-II's listen queue: nothing happens until a slot
+        # frees.  Reading goes on (so a client that gives up is noticed), but a
+        # waiting client has nothing to say: more than a little is refused.
         self.state = WAITING
         self._stop_timer()
-        self.transport.pauseProducing()
 
     def admitted(self) -> None:
         """A client slot is ours: reuse a pooled server connection or open one."""
         if self.state == CLOSED:
             return
         if self.state == WAITING:
-            self.transport.resumeProducing()
             self._start_timer()
         assert self.startup is not None
-        server = self.factory.pool.take(self.startup.pool_key())
-        if server is not None:
+        self.factory.pool.acquire(self.startup.pool_key(), self._acquired)
+
+    def _acquired(self, server: Optional[BackendProtocol]) -> None:
+        if self.state == CLOSED:
+            if server is not None:
+                self.factory.pool.give_back(server, True)
+        elif server is not None:
             self._reuse(server)
         else:
             self._connect()
@@ -210,7 +222,9 @@ class FrontendProtocol(Protocol):
         assert self.startup is not None
         self.state = CONNECTING
         self._reader = m.MessageReader()
-        self._connector = connect_server(self.factory.reactor, node, self.startup, self)
+        self._connector = connect_server(
+            self.factory.reactor, node, self.startup, self, self.factory.servers
+        )
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._login_data(data)

@@ -26,6 +26,10 @@ from pgpool_tw.pool import Pool
 log = Logger()
 
 
+#: How long a stop waits for connections to close before aborting them.
+CLOSE_WAIT = 5.0
+
+
 class ListenError(Exception):
     """A listener could not be opened; the message names the address."""
 
@@ -113,6 +117,7 @@ class PgpoolService(MultiService):
         )
 
     def stopService(self) -> defer.Deferred[Any]:
+        """Stop listening, close every client and server connection, and wait for them."""
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         stopping = [defer.maybeDeferred(p.stopListening) for p in self.ports]
@@ -120,8 +125,30 @@ class PgpoolService(MultiService):
         for client in list(self.factory.clients):
             client.transport.loseConnection()
         self.pool.close_all()
+        for server in list(self.factory.servers):
+            server.terminate()
         stopping.append(defer.maybeDeferred(super().stopService))
+        stopping.append(self._closed(CLOSE_WAIT))
         return defer.DeferredList(stopping)
+
+    def _closed(self, within: float) -> defer.Deferred[None]:
+        """Fires once every connection is gone; what is left after ``within`` is aborted."""
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.reactor.seconds() + within
+        factory = self.factory
+
+        def check() -> None:
+            left = list(factory.clients) + list(factory.servers)
+            if not left:
+                done.callback(None)
+                return
+            if self.reactor.seconds() >= deadline:
+                for connection in left:
+                    connection.transport.abortConnection()
+            self.reactor.callLater(0.02, check)
+
+        check()
+        return done
 
     def _listen(self) -> None:
         config = self.config
@@ -165,4 +192,5 @@ def _where(port: IListeningPort) -> str:
     address = port.getHost()
     if hasattr(address, "port"):
         return f"{address.host}:{address.port}"
-    return str(getattr(address, "name", address))
+    name = getattr(address, "name", address)
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)

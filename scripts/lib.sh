@@ -1,0 +1,70 @@
+# Shared steps of scripts/test and scripts/run; source it, do not run it.
+#
+# Installs what a fresh Debian machine lacks (PostgreSQL, python3-venv) with apt-get when
+# we are root, and says what to install otherwise. Never starts or stops any server.
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO_ROOT/.venv"
+_APT_UPDATED=""
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# apt_install PKG...: install Debian packages non-interactively (root only).
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        log "missing packages: $*; install them with: sudo apt-get install -y $*"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -z "$_APT_UPDATED" ]; then
+        log "apt-get update"
+        apt-get update -q </dev/null
+        _APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    apt-get install -y -q "$@" </dev/null
+}
+
+# pg_bindir: newest /usr/lib/postgresql/*/bin holding initdb, or nothing.
+pg_bindir() {
+    local initdb
+    initdb="$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)"
+    [ -n "$initdb" ] && dirname "$initdb"
+    return 0
+}
+
+# ensure_postgres: install PostgreSQL if missing; put its bindir (psql, pgbench) on PATH.
+ensure_postgres() {
+    local bindir
+    bindir="$(pg_bindir)"
+    if [ -z "$bindir" ]; then
+        apt_install postgresql postgresql-contrib
+        bindir="$(pg_bindir)"
+        if [ -z "$bindir" ]; then
+            log "PostgreSQL installed but no /usr/lib/postgresql/*/bin/initdb found"
+            exit 1
+        fi
+    fi
+    export PATH="$bindir:$PATH"
+}
+
+# ensure_venv EXTRAS: create .venv if missing and pip install -e ".EXTRAS" into it.
+ensure_venv() {
+    local spec="$REPO_ROOT$1"
+    if ! command -v python3 >/dev/null; then
+        apt_install python3 python3-venv
+    fi
+    if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        log "creating $VENV"
+        rm -rf "$VENV"
+        if ! python3 -m venv "$VENV"; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            python3 -m venv "$VENV"
+        fi
+    fi
+    log "pip install -e $spec"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec" </dev/null
+}
