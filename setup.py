@@ -5,6 +5,8 @@ directory must never be a package) so that a regular install copies the dropin
 into Twisted's own plugin directory.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 # ``package_dir={"": "."}`` makes an editable install put this checkout on
@@ -15,7 +17,7 @@ setup(
     name="pgpool-tw",
     version="0.1.0",
     description="A PostgreSQL connection pooler and proxy on Twisted",
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",

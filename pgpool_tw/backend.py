@@ -59,6 +59,9 @@ RunCallback = Callable[["BackendProtocol", bool], None]
 class BackendProtocol(Protocol):
     """A server connection from login to close."""
 
+    #: A TCP or unix stream transport (Twisted types it as an optional ITransport).
+    transport: Any
+
     def __init__(
         self,
         node: BackendNode,
@@ -362,6 +365,8 @@ def connect_server(
 
 
 class _CancelSender(Protocol):
+    transport: Any
+
     def __init__(self, packet: bytes) -> None:
         self.packet = packet
 

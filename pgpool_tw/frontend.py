@@ -73,6 +73,9 @@ class FrontendFactory(Factory):
 class FrontendProtocol(Protocol):
     """A client connection from its first byte to its close."""
 
+    #: A TCP or unix stream transport (Twisted types it as an optional ITransport).
+    transport: Any
+
     def __init__(self, factory: FrontendFactory) -> None:
         self.factory = factory
         self.state = STARTUP

@@ -176,13 +176,12 @@ class Pool:
         claim = self._claims.pop(server, None)
         if not (ok and server.connected_ok):
             self._discard(server, _RESET_FAILED)
-            server = None
+            if claim is not None:
+                claim(None)
         elif claim is None:
             self._park(server)
-            return
         else:
             self.reused += 1
-        if claim is not None:
             claim(server)
 
     def _reset_timed_out(self, server: BackendProtocol) -> None:

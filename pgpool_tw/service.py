@@ -35,7 +35,7 @@ class ListenError(Exception):
 
 
 def expand_addresses(addresses: tuple[str, ...]) -> list[str]:
-    """listen_addresses as interfaces to bind: ``*`` is every address, ``localhost`` both loopbacks."""
+    """listen_addresses as interfaces: ``*`` is every address, ``localhost`` both loopbacks."""
     out: list[str] = []
     for address in addresses:
         if address == "*":
@@ -120,7 +120,9 @@ class PgpoolService(MultiService):
         """Stop listening, close every client and server connection, and wait for them."""
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
-        stopping = [defer.maybeDeferred(p.stopListening) for p in self.ports]
+        stopping: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(p.stopListening) for p in self.ports
+        ]
         self.ports = []
         for client in list(self.factory.clients):
             client.transport.loseConnection()
@@ -189,7 +191,7 @@ class PgpoolService(MultiService):
 
 
 def _where(port: IListeningPort) -> str:
-    address = port.getHost()
+    address: Any = port.getHost()
     if hasattr(address, "port"):
         return f"{address.host}:{address.port}"
     name = getattr(address, "name", address)

@@ -35,7 +35,7 @@ def make_writer(transport: Any) -> Writer:
     get their own ``write``.
     """
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
-        return transport.write  # type: ignore[no-any-return]
+        return transport.write
     send = transport.socket.send
     queue_write = transport.write
 

@@ -66,8 +66,10 @@ class PoolerTestCase(unittest.TestCase):
         return threads.deferToThread(fn, *args, **kwargs)
 
     def server_pids(self, user: str) -> set[int]:
-        """Backend pids PostgreSQL has open for ``user`` (asked directly, not through the pooler)."""
-        out = self.pg.psql(f"select pid from pg_stat_activity where usename = '{user}'")
+        """Server pids PostgreSQL has open for ``user``, asked directly, not through the pooler."""
+        out = self.pg.psql(
+            "select pid from pg_stat_activity where usename = :'u'", variables={"u": user}
+        )
         return {int(line) for line in out.split()}
 
 

@@ -186,9 +186,11 @@ class ReuseTests(PoolerTestCase):
             with psycopg.connect(dsn, autocommit=True) as conn:
                 real = conn.execute("select pg_backend_pid()").fetchone()[0]
                 names = ["server_version", "TimeZone", "client_encoding", "DateStyle"]
-                return real, conn.info.backend_pid, {
-                    n: conn.info.parameter_status(n) for n in names
-                }
+                return (
+                    real,
+                    conn.info.backend_pid,
+                    {n: conn.info.parameter_status(n) for n in names},
+                )
 
         first = yield self.in_thread(run)
         second = yield self.in_thread(run)
@@ -384,7 +386,9 @@ class FailureTests(PoolerTestCase):
         self.addCleanup(victim.close)
         self.addCleanup(bystander.close)
         self.pg.psql(f"select pg_terminate_backend({victim.info.backend_pid})")
-        yield self.assertFailure(self.in_thread(victim.execute, "select 1"), psycopg.OperationalError)
+        yield self.assertFailure(
+            self.in_thread(victim.execute, "select 1"), psycopg.OperationalError
+        )
         still = yield self.in_thread(lambda: bystander.execute("select 7").fetchone()[0])
         self.assertEqual(still, 7)
         fresh = yield self.in_thread(_one, dsn, "select pg_backend_pid()")
@@ -418,7 +422,9 @@ class PasswordServerTests(PoolerTestCase):
         good = self.dsn(service, user, db, password="s3cret")
         bad = self.dsn(service, user, db, password="wrong")
         first = yield self.in_thread(_one, good, "select pg_backend_pid()")
-        error = yield self.assertFailure(self.in_thread(_one, bad, "select 1"), psycopg.OperationalError)
+        error = yield self.assertFailure(
+            self.in_thread(_one, bad, "select 1"), psycopg.OperationalError
+        )
         self.assertIn("password authentication failed", str(error))
         second = yield self.in_thread(_one, good, "select pg_backend_pid()")
         self.assertNotEqual(first, second)
