@@ -7,10 +7,12 @@ import struct
 import time
 
 import psycopg
+import psycopg.sql
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.sql import quote_ident
 from pgpool_tw.protocol.startup import SSL_REQUEST_CODE
 from tests.integration.harness import (
     PoolerTestCase,
@@ -356,6 +358,59 @@ class RelayTests(PoolerTestCase):
         self.assertEqual(rows, 100000)
         self.assertGreater(total, 100_000_000)
         self.assertTrue(paused[0], "the server leg was never paused")
+        self.assertLess(most_buffered[0], 4 * 1024 * 1024)
+
+    @defer.inlineCallbacks
+    def test_fast_client_to_blocked_server_stays_bounded(self):
+        """COPY data sent to a server that is not reading pauses the client, not buffers it."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        table = f"{db}_t"  # unique_name(): an identifier-safe name
+        self.pg.psql(
+            'create table :"t" (x text); alter table :"t" owner to :"u";',
+            dbname=db,
+            variables={"t": table, "u": user},
+        )
+        most_buffered = [0]
+        paused = [False]
+
+        def sample() -> None:
+            for server in service.factory.servers:
+                t = server.transport
+                most_buffered[0] = max(most_buffered[0], len(t.dataBuffer) + t._tempDataLen)
+            for client in service.factory.clients:
+                if client._producers and client._producers[0].paused:
+                    paused[0] = True
+
+        from twisted.internet.task import LoopingCall
+
+        sampler = LoopingCall(sample)
+        sampler.start(0.01)
+        self.addCleanup(sampler.stop)
+
+        def run() -> int:
+            locker = psycopg.connect(self.pg.dsn(dbname=db))
+            locker.execute(psycopg.sql.SQL("lock table {}").format(psycopg.sql.Identifier(table)))
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.sock.settimeout(0.5)
+            client.send(m.query(f"copy {quote_ident(table)} from stdin"))
+            row = m.message(b"d", b"y" * 8000 + b"\n")
+            sent = 0
+            try:
+                while sent < 64 * 1024 * 1024:
+                    client.sock.sendall(row)
+                    sent += len(row)
+            except (socket.timeout, TimeoutError):
+                pass  # the pooler stopped reading: what this test wants
+            locker.rollback()
+            locker.close()
+            client.sock.close()
+            return sent
+
+        sent = yield self.in_thread(run)
+        self.assertLess(sent, 64 * 1024 * 1024, "the client was never held back")
+        self.assertTrue(paused[0], "the client leg was never paused")
         self.assertLess(most_buffered[0], 4 * 1024 * 1024)
 
 
