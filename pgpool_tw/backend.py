@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgpool_tw.config import BackendNode
+from pgpool_tw.events import EventHub, ServerInfo
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
@@ -43,6 +44,23 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+
+class ServerBook:
+    """Every open server connection, and the observers told when one opens or closes."""
+
+    def __init__(self, events: Optional[EventHub] = None) -> None:
+        self.live: set[BackendProtocol] = set()
+        self.events = events if events is not None else EventHub()
+
+    def logged_in(self, server: BackendProtocol) -> None:
+        self.events.fire("server_connection_opened", server.info())
+
+    def closed(self, server: BackendProtocol) -> None:
+        self.live.discard(server)
+        if server.pid:
+            self.events.fire("server_connection_closed", server.info())
+
+
 # States.
 CONNECTING = 0
 STARTUP = 1  # startup packet sent, authentication exchange in progress
@@ -67,11 +85,11 @@ class BackendProtocol(Protocol):
         node: BackendNode,
         startup: StartupMessage,
         clock: IReactorTime,
-        live: Optional[set[BackendProtocol]] = None,
+        book: Optional[ServerBook] = None,
     ) -> None:
         self.node = node
         #: Every open server connection, so a shutdown can wait for all of them.
-        self.live: set[BackendProtocol] = live if live is not None else set()
+        self.book = book if book is not None else ServerBook()
         self.startup = startup
         self.pool_key = startup.pool_key()
         self.clock = clock
@@ -94,6 +112,9 @@ class BackendProtocol(Protocol):
         self._run_ok = True
         self._run_done: Optional[RunCallback] = None
 
+    def info(self) -> ServerInfo:
+        return ServerInfo(self.node.address, self.startup.user, self.startup.database, self.pid)
+
     def __repr__(self) -> str:
         return f"<server {self.node.address} pid={self.pid} state={self.state}>"
 
@@ -101,7 +122,7 @@ class BackendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
-        self.live.add(self)
+        self.book.live.add(self)
         self.state = STARTUP
         self.transport.write(self.startup.to_server_packet())
 
@@ -129,7 +150,7 @@ class BackendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         state, self.state = self.state, CLOSED
-        self.live.discard(self)
+        self.book.closed(self)
         why = reason.getErrorMessage() if reason is not None else "closed"
         if state == RUNNING:
             self._finish_run(False)
@@ -190,6 +211,7 @@ class BackendProtocol(Protocol):
         elif kind == m.READY_FOR_QUERY:
             self.status = body[0] if body else m.IDLE
             self.state = READY
+            self.book.logged_in(self)
             owner.server_ready(self)
         elif kind == m.ERROR_RESPONSE:
             self._login_failed(body)
@@ -325,16 +347,16 @@ class BackendFactory(ClientFactory):
         startup: StartupMessage,
         owner: ServerOwner,
         clock: IReactorTime,
-        live: Optional[set[BackendProtocol]] = None,
+        book: Optional[ServerBook] = None,
     ) -> None:
         self.node = node
         self.startup = startup
         self.owner = owner
         self.clock = clock
-        self.live = live
+        self.book = book
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
-        server = BackendProtocol(self.node, self.startup, self.clock, self.live)
+        server = BackendProtocol(self.node, self.startup, self.clock, self.book)
         server.owner = self.owner
         server.factory = self
         return server
@@ -357,11 +379,11 @@ def connect_server(
     node: BackendNode,
     startup: StartupMessage,
     owner: ServerOwner,
-    live: Optional[set[BackendProtocol]] = None,
+    book: Optional[ServerBook] = None,
     timeout: float = 30,
 ) -> Any:
     """Start a new server connection for ``owner``; returns the connector (to abort it)."""
-    return connect(reactor, node, BackendFactory(node, startup, owner, reactor, live), timeout)
+    return connect(reactor, node, BackendFactory(node, startup, owner, reactor, book), timeout)
 
 
 class _CancelSender(Protocol):

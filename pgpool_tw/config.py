@@ -90,6 +90,7 @@ class Config:
     connection_cache: bool = True
     reset_query_list: tuple[str, ...] = ("ABORT", "DISCARD ALL")
     log_connections: bool = False
+    smart_shutdown_timeout: float = 60
     warnings: tuple[str, ...] = ()
 
     @property
@@ -223,6 +224,7 @@ _SETTINGS: dict[str, tuple[str, _Kind]] = {
         _Kind(_split_on(";"), "expected SQL statements separated by ';'"),
     ),
     "log_connections": ("log_connections", _BOOLEAN_KIND),
+    "smart_shutdown_timeout": ("smart_shutdown_timeout", _TIME_KIND),
 }
 
 # backend_<key>N: the key -> how to read it, or None for pgpool-II keys we accept unread so

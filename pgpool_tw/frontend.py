@@ -21,9 +21,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw.backend import BackendProtocol, connect_server, send_cancel
+from pgpool_tw.backend import BackendProtocol, ServerBook, connect_server, send_cancel
 from pgpool_tw.cancel import CancelRegistry, new_secret
 from pgpool_tw.config import BackendNode, Config
+from pgpool_tw.events import EventHub, SessionInfo
 from pgpool_tw.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
@@ -57,14 +58,17 @@ class FrontendFactory(Factory):
 
     noisy = False
 
-    def __init__(self, config: Config, pool: Pool, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, pool: Pool, reactor: Any, events: Optional[EventHub] = None
+    ) -> None:
         self.config = config
         self.pool = pool
         self.reactor = reactor
+        self.events = events if events is not None else EventHub()
         self.cancels: CancelRegistry[FrontendProtocol] = CancelRegistry()
         #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
-        self.servers: set[BackendProtocol] = set()
+        self.servers = ServerBook(self.events)
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
         return FrontendProtocol(self)
@@ -100,6 +104,7 @@ class FrontendProtocol(Protocol):
         self._auth_ok_sent = False
         self._tls_answered = False
         self._gss_answered = False
+        self._session: Optional[SessionInfo] = None
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -287,6 +292,7 @@ class FrontendProtocol(Protocol):
         self.transport.write(raw)
 
     def server_ready(self, server: BackendProtocol) -> None:
+        self.factory.events.backend_status(server.node.address, "up")
         if self.state == CONNECTING:
             self._connector = None
             self._attach(server)
@@ -301,6 +307,7 @@ class FrontendProtocol(Protocol):
 
     def server_connect_failed(self, node: BackendNode, why: str) -> None:
         self._connector = None
+        self.factory.events.backend_status(node.address, "unreachable")
         log.warn(
             "client={client} server={server} unreachable: {why}",
             client=self.peer,
@@ -350,6 +357,13 @@ class FrontendProtocol(Protocol):
         self.state = RELAY
         self.relaying = True
         self._idle_since = self.factory.reactor.seconds()
+        if self.factory.events.observers:
+            startup = self.startup
+            assert startup is not None
+            self._session = SessionInfo(
+                self.peer, startup.user, startup.database, startup.application_name, server.pid
+            )
+            self.factory.events.fire("client_session_started", self._session)
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self.dataReceived(data)
@@ -371,6 +385,9 @@ class FrontendProtocol(Protocol):
             unlink(self.transport, server.transport, self._producers)
             self._producers = None
         self.factory.cancels.unregister(server.pid, self)
+        session, self._session = self._session, None
+        if session is not None:
+            self.factory.events.fire("client_session_ended", session)
 
     def _release_server(self, reusable: bool) -> None:
         server = self.server
@@ -382,6 +399,19 @@ class FrontendProtocol(Protocol):
         if self._in_pool:
             self._in_pool = False
             self.factory.pool.withdraw(self)
+
+    def shut_down(self) -> None:
+        """Fast shutdown: FATAL 57P01 where the stream allows it, then close."""
+        tracker = self.tracker
+        if self.relaying and tracker is not None and not tracker.server_at_boundary:
+            self.transport.loseConnection()  # mid-message: an error would corrupt it
+            return
+        self._fatal("57P01", "terminating connection due to administrator command")
+
+    def refuse_waiting(self) -> None:
+        """Smart shutdown: a client still waiting for a slot will not get one."""
+        if self.state == WAITING:
+            self._fatal("57P03", "the database system is shutting down")
 
     def idle_tick(self, now: float, limit: float) -> None:
         """client_idle_limit: close a client idle that long between queries."""

@@ -68,6 +68,8 @@ class Pool:
         self._waiting: deque[tuple[Waiter, Key]] = deque()
         self._key_sessions: dict[Key, int] = {}
         self._key_last_left: dict[Key, float] = {}
+        #: Set by a shutdown: every server that comes back is closed, not reset.
+        self.closing = False
         # Counters, read by tests and (later) the admin console.
         self.reused = 0
         self.discarded = 0
@@ -156,6 +158,8 @@ class Pool:
 
     def _why_not_pooled(self, server: BackendProtocol, reusable: bool) -> str:
         config = self.config
+        if self.closing:
+            return "shutting down"
         if not reusable:
             return "session ended mid-message or mid-transaction"
         if not config.connection_cache:
@@ -250,6 +254,7 @@ class Pool:
         return len(servers)
 
     def close_all(self) -> None:
+        self.closing = True
         self.close_idle()
         for server in list(self._resetting):
             self._discard(server, "shutting down")

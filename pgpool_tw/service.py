@@ -1,14 +1,23 @@
-"""The public service: listeners, the pool's clock tick, start and stop.
+"""The public service: listeners, signals, reload, shutdown modes, the clock tick.
 
 ``PgpoolService`` is what ``twistd pgpool`` runs and what users add to their own
 Twisted ``Application``.  It binds its TCP and unix-socket listeners in
-``privilegedStartService`` so a port in use fails at start, not later.  Nothing
-but ``tap.py`` and users import this module.
+``privilegedStartService`` so a port in use fails at start, not later.  Signal
+handling is opt-in (``handle_signals=True``, which ``tap.py`` sets): an
+application embedding the pooler keeps its own.  Nothing but ``tap.py`` and
+users import this module.
+
+Signals, as pgpool-II's: SIGHUP reloads the configuration; SIGTERM is a smart
+shutdown (stop listening, let sessions finish, bounded by
+``smart_shutdown_timeout``); SIGINT a fast one (clients get FATAL 57P01, servers
+a Terminate); SIGQUIT an immediate one; SIGUSR1 closes idle server connections.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import socket
 from typing import Any, Optional
 
@@ -19,15 +28,18 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from pgpool_tw.config import Config, load_config
+from pgpool_tw import systemd
+from pgpool_tw.config import RESTART_REQUIRED, Config, ConfigError, load_config
+from pgpool_tw.events import EventHub
 from pgpool_tw.frontend import FrontendFactory
 from pgpool_tw.pool import Pool
 
 log = Logger()
 
-
 #: How long a stop waits for connections to close before aborting them.
 CLOSE_WAIT = 5.0
+
+SMART, FAST, IMMEDIATE = "smart", "fast", "immediate"
 
 
 class ListenError(Exception):
@@ -63,10 +75,11 @@ class PgpoolService(MultiService):
     """A pgpool-tw instance: listeners, a pool and its client sessions.
 
     Build it from a parsed ``Config`` (or with ``from_file``) and add it to an
-    application like any Twisted service.
+    application like any Twisted service.  ``add_observer`` lets code watch
+    sessions and server connections (see ``pgpool_tw.events.IPoolEvents``).
     """
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, handle_signals: bool = False) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -74,14 +87,28 @@ class PgpoolService(MultiService):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        self.handle_signals = handle_signals
+        self.events = EventHub()
         self.pool = Pool(config, reactor)
-        self.factory = FrontendFactory(config, self.pool, reactor)
+        self.factory = FrontendFactory(config, self.pool, reactor, self.events)
         self.ports: list[IListeningPort] = []
+        self.shutting_down: Optional[str] = None
         self._ticker: Optional[LoopingCall] = None
+        self._stopped: Optional[defer.Deferred[None]] = None
+        self._port_stops: list[defer.Deferred[Any]] = []
 
     @classmethod
-    def from_file(cls, path: str, reactor: Any = None) -> PgpoolService:
-        return cls(load_config(path), reactor)
+    def from_file(
+        cls, path: str, reactor: Any = None, handle_signals: bool = False
+    ) -> PgpoolService:
+        """Build from a pgpool.conf path; ConfigError names file, line and setting."""
+        return cls(load_config(path), reactor, handle_signals)
+
+    def add_observer(self, observer: Any) -> None:
+        self.events.add(observer)
+
+    def remove_observer(self, observer: Any) -> None:
+        self.events.remove(observer)
 
     # -- addresses ---------------------------------------------------------------
 
@@ -89,7 +116,7 @@ class PgpoolService(MultiService):
     def port(self) -> int:
         """The TCP port clients reach (the bound one when ``port = 0``)."""
         for listening in self.ports:
-            address = listening.getHost()
+            address: Any = listening.getHost()
             if hasattr(address, "port"):
                 return int(address.port)
         return self.config.port
@@ -98,7 +125,7 @@ class PgpoolService(MultiService):
     def socket_paths(self) -> list[str]:
         return [os.path.join(d, f".s.PGSQL.{self.port}") for d in self.config.socket_dirs]
 
-    # -- start and stop ----------------------------------------------------------
+    # -- start -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
         self._listen()
@@ -108,49 +135,18 @@ class PgpoolService(MultiService):
         if not self.ports:
             self._listen()
         super().startService()
-        self._ticker = LoopingCall(self.tick)
-        self._ticker.clock = self.reactor
-        self._ticker.start(self._tick_interval(), now=False)
+        self._start_ticker()
         log.info(
             "pgpool-tw listening on {where}",
             where=", ".join(_where(p) for p in self.ports) or "nothing",
         )
+        self.reactor.callWhenRunning(self._running)
 
-    def stopService(self) -> defer.Deferred[Any]:
-        """Stop listening, close every client and server connection, and wait for them."""
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
-        stopping: list[defer.Deferred[Any]] = [
-            defer.maybeDeferred(p.stopListening) for p in self.ports
-        ]
-        self.ports = []
-        for client in list(self.factory.clients):
-            client.transport.loseConnection()
-        self.pool.close_all()
-        for server in list(self.factory.servers):
-            server.terminate()
-        stopping.append(defer.maybeDeferred(super().stopService))
-        stopping.append(self._closed(CLOSE_WAIT))
-        return defer.DeferredList(stopping)
-
-    def _closed(self, within: float) -> defer.Deferred[None]:
-        """Fires once every connection is gone; what is left after ``within`` is aborted."""
-        done: defer.Deferred[None] = defer.Deferred()
-        deadline = self.reactor.seconds() + within
-        factory = self.factory
-
-        def check() -> None:
-            left = list(factory.clients) + list(factory.servers)
-            if not left:
-                done.callback(None)
-                return
-            if self.reactor.seconds() >= deadline:
-                for connection in left:
-                    connection.transport.abortConnection()
-            self.reactor.callLater(0.02, check)
-
-        check()
-        return done
+    def _running(self) -> None:
+        """The reactor runs (and has installed its own signal handlers): take over."""
+        if self.handle_signals:
+            self._install_signals()
+        systemd.notify("READY=1", f"MAINPID={os.getpid()}")
 
     def _listen(self) -> None:
         config = self.config
@@ -176,9 +172,13 @@ class PgpoolService(MultiService):
             where = f"{e.interface or '*'}:{e.port}"
             raise ListenError(f"cannot listen on {where}: {e.socketError}") from e
 
-    def _tick_interval(self) -> float:
+    def _start_ticker(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
         limit = self.config.client_idle_limit
-        return min(1.0, limit / 2) if limit > 0 else 1.0
+        self._ticker = LoopingCall(self.tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(min(1.0, limit / 2) if limit > 0 else 1.0, now=False)
 
     def tick(self) -> None:
         """Once a second (or faster for a short client_idle_limit): expire what is due."""
@@ -188,6 +188,171 @@ class PgpoolService(MultiService):
             now = self.reactor.seconds()
             for client in list(self.factory.clients):
                 client.idle_tick(now, limit)
+
+    # -- signals -----------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        actions = {
+            signal.SIGHUP: self.reload,
+            signal.SIGTERM: lambda: self.shutdown(SMART),
+            signal.SIGINT: lambda: self.shutdown(FAST),
+            signal.SIGQUIT: lambda: self.shutdown(IMMEDIATE),
+            signal.SIGUSR1: self.close_idle,
+        }
+        for number, action in actions.items():
+            signal.signal(number, self._handler(action))
+
+    def _handler(self, action: Any) -> Any:
+        def handle(number: int, frame: Any) -> None:
+            self.reactor.callFromThread(action)
+
+        return handle
+
+    # -- operations --------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read pgpool.conf; a bad file keeps the running configuration.
+
+        Settings that only a restart can change keep their old value and are
+        logged; the rest apply to new sessions (and to pooled connections where
+        they are read at each tick, like connection_life_time).
+        """
+        path = self.config.path
+        if path is None:
+            log.warn("reload: this service was not built from a file; nothing to reload")
+            return False
+        systemd.reloading()
+        try:
+            new = load_config(path)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: {error}", error=str(e))
+            systemd.notify("READY=1")
+            return False
+        kept = {}
+        for name in sorted(RESTART_REQUIRED):
+            if getattr(new, name) != getattr(self.config, name):
+                kept[name] = getattr(self.config, name)
+                log.warn("reload: {name} changed; it takes effect only after a restart", name=name)
+        for warning in new.warnings:
+            log.warn("{warning}", warning=warning)
+        self.apply(dataclasses.replace(new, **kept))
+        log.info("configuration reloaded from {path}", path=path)
+        systemd.notify("READY=1")
+        return True
+
+    def apply(self, config: Config) -> None:
+        """Use ``config`` from now on (listeners and backends stay as they are)."""
+        ticker_changed = config.client_idle_limit != self.config.client_idle_limit
+        self.config = config
+        self.pool.config = config
+        self.factory.config = config
+        if ticker_changed and self._ticker is not None and self._ticker.running:
+            self._start_ticker()
+
+    def close_idle(self) -> int:
+        """SIGUSR1: close idle pooled server connections (pgpool-II's close_idle_connection)."""
+        closed = self.pool.close_idle()
+        log.info("closed {count} idle server connections", count=closed)
+        return closed
+
+    def shutdown(self, mode: str = FAST) -> defer.Deferred[None]:
+        """Shut down smart, fast or immediate, then stop the reactor when signals are ours.
+
+        A later, harder mode overrides an earlier one (SIGINT during a smart wait).
+        """
+        order = (None, SMART, FAST, IMMEDIATE)
+        if order.index(mode) <= order.index(self.shutting_down):
+            return self._stopped if self._stopped is not None else defer.succeed(None)
+        first = self.shutting_down is None
+        self.shutting_down = mode
+        if first:
+            systemd.notify("STOPPING=1")
+            log.info("{mode} shutdown", mode=mode)
+            self._stop_listening()
+            self._stopped = defer.Deferred()
+        stopped = self._stopped
+        assert stopped is not None
+        if mode == SMART:
+            for client in list(self.factory.clients):
+                client.refuse_waiting()
+            wait = self.config.smart_shutdown_timeout
+            self._when_clients_gone(wait, lambda: self.shutdown(FAST))
+        elif mode == FAST:
+            self.pool.close_all()
+            for client in list(self.factory.clients):
+                client.shut_down()
+            self._when_all_closed(CLOSE_WAIT)
+        else:
+            self.pool.close_all()
+            for server in list(self.factory.servers.live):
+                server.terminate()
+            for connection in self._connections():
+                connection.transport.abortConnection()
+            self._when_all_closed(0)
+        return stopped
+
+    def _stop_listening(self) -> None:
+        self._port_stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
+        self.ports = []
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+
+    def _connections(self) -> list[Any]:
+        return list(self.factory.clients) + list(self.factory.servers.live)
+
+    def _when_clients_gone(self, within: float, otherwise: Any) -> None:
+        deadline = self.reactor.seconds() + within if within > 0 else None
+
+        def check() -> None:
+            if self.shutting_down != SMART:
+                return
+            if not self.factory.clients:
+                self.shutdown(FAST)  # nothing left to wait for: close the pool
+            elif deadline is not None and self.reactor.seconds() >= deadline:
+                log.warn("smart_shutdown_timeout reached: shutting down fast")
+                otherwise()
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+
+    def _when_all_closed(self, within: float) -> None:
+        deadline = self.reactor.seconds() + within
+        mode = self.shutting_down
+
+        def check() -> None:
+            if self.shutting_down != mode:
+                return  # a harder mode took over
+            left = self._connections()
+            if not left:
+                self._finished()
+                return
+            if self.reactor.seconds() >= deadline:
+                for connection in left:
+                    connection.transport.abortConnection()
+            self.reactor.callLater(0.02, check)
+
+        check()
+
+    def _finished(self) -> None:
+        stopped, self._stopped = self._stopped, None
+        ports, self._port_stops = self._port_stops, []
+
+        def done(_: object) -> None:
+            if stopped is not None:
+                stopped.callback(None)
+            if self.handle_signals and self.reactor.running:
+                self.reactor.stop()
+
+        defer.DeferredList(ports).addCallback(done)
+
+    def stopService(self) -> defer.Deferred[Any]:
+        """Stopping the service is a fast shutdown (unless one is already under way)."""
+        done = self.shutdown(FAST) if self.shutting_down != IMMEDIATE else self._stopped
+        waits: list[defer.Deferred[Any]] = [defer.maybeDeferred(super().stopService)]
+        if done is not None:
+            waits.append(done)
+        return defer.DeferredList(waits)
 
 
 def _where(port: IListeningPort) -> str:

@@ -59,4 +59,4 @@ def makeService(options: Any) -> IService:
     settings = options["settings"]
     for warning in settings.warnings:
         log.warn("{warning}", warning=warning)
-    return _TwistdService(settings)
+    return _TwistdService(settings, handle_signals=True)

@@ -127,7 +127,7 @@ class LimitsTests(PoolerTestCase):
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (
-            service.factory.clients or service.pool.idle_count != len(service.factory.servers)
+            service.factory.clients or service.pool.idle_count != len(service.factory.servers.live)
         ):
             yield sleep(0.05)
 

@@ -375,7 +375,7 @@ class RelayTests(PoolerTestCase):
         paused = [False]
 
         def sample() -> None:
-            for server in service.factory.servers:
+            for server in service.factory.servers.live:
                 t = server.transport
                 most_buffered[0] = max(most_buffered[0], len(t.dataBuffer) + t._tempDataLen)
             for client in service.factory.clients:
