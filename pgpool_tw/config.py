@@ -18,6 +18,7 @@ Adding a setting takes one field on :class:`Config` (which holds the default) an
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple, Optional
@@ -91,6 +92,11 @@ class Config:
     reset_query_list: tuple[str, ...] = ("ABORT", "DISCARD ALL")
     log_connections: bool = False
     smart_shutdown_timeout: float = 60
+    enable_pool_hba: bool = False
+    #: Relative paths are taken from pgpool.conf's directory (as pgpool-II does).
+    pool_hba_file: str = "pool_hba.conf"
+    pool_passwd: str = "pool_passwd"  # '' disables pool_passwd
+    allow_clear_text_frontend_auth: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
@@ -225,6 +231,10 @@ _SETTINGS: dict[str, tuple[str, _Kind]] = {
     ),
     "log_connections": ("log_connections", _BOOLEAN_KIND),
     "smart_shutdown_timeout": ("smart_shutdown_timeout", _TIME_KIND),
+    "enable_pool_hba": ("enable_pool_hba", _BOOLEAN_KIND),
+    "pool_hba_file": ("pool_hba_file", _Kind(str, "expected a file path")),
+    "pool_passwd": ("pool_passwd", _Kind(str, "expected a file path, or '' for none")),
+    "allow_clear_text_frontend_auth": ("allow_clear_text_frontend_auth", _BOOLEAN_KIND),
 }
 
 # backend_<key>N: the key -> how to read it, or None for pgpool-II keys we accept unread so
@@ -389,4 +399,15 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read: not UTF-8 text ({e.reason})") from None
-    return replace(parse_config(text, path), path=path)
+    config = parse_config(text, path)
+    return replace(
+        config,
+        path=path,
+        pool_hba_file=_beside(path, config.pool_hba_file),
+        pool_passwd=_beside(path, config.pool_passwd) if config.pool_passwd else "",
+    )
+
+
+def _beside(config_path: str, name: str) -> str:
+    """A path relative to pgpool.conf's own directory, as pgpool-II resolves them."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), name)

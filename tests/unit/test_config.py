@@ -463,9 +463,24 @@ class SampleTests(SynchronousTestCase):
         """The sample parses with no warnings into the defaults plus one local backend."""
         parsed = load_config(SAMPLE)
         self.assertEqual(parsed.warnings, ())
-        self.assertEqual(
-            parsed, Config(path=SAMPLE, backends=(BackendNode(0, "localhost", 5432, 1.0),))
+        here = os.path.dirname(os.path.abspath(SAMPLE))
+        expected = Config(
+            path=SAMPLE,
+            backends=(BackendNode(0, "localhost", 5432, 1.0),),
+            pool_hba_file=os.path.join(here, "pool_hba.conf"),
+            pool_passwd=os.path.join(here, "pool_passwd"),
         )
+        self.assertEqual(parsed, expected)
+
+    def test_auth_files_resolved_beside_the_config(self) -> None:
+        """Relative pool_hba_file and pool_passwd are taken from pgpool.conf's directory."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "pgpool.conf")
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write("pool_hba_file = 'hba/rules'\npool_passwd = ''\n")
+            parsed = load_config(path)
+        self.assertEqual(parsed.pool_hba_file, os.path.join(tmp, "hba", "rules"))
+        self.assertEqual(parsed.pool_passwd, "")
 
     def test_sample_mentions_every_field(self) -> None:
         """Every Config field (except path and warnings) has a setting in the sample."""
