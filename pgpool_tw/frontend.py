@@ -21,12 +21,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pgpool_tw import clientauth
+from pgpool_tw.authfiles import AuthFiles
 from pgpool_tw.backend import BackendProtocol, ServerBook, connect_server, send_cancel
 from pgpool_tw.cancel import CancelRegistry, new_secret
 from pgpool_tw.config import BackendNode, Config
 from pgpool_tw.events import EventHub, SessionInfo
 from pgpool_tw.pool import Pool
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.sql import quote_literal
@@ -51,6 +54,7 @@ CONNECTING = 2  # a new server connection logs in; its auth exchange is relayed
 SETTING = 3  # a pooled server connection runs SET application_name
 RELAY = 4
 CLOSED = 5
+AUTHENTICATING = 6  # the pooler checks the client's password against pool_passwd
 
 
 class FrontendFactory(Factory):
@@ -65,6 +69,8 @@ class FrontendFactory(Factory):
         self.pool = pool
         self.reactor = reactor
         self.events = events if events is not None else EventHub()
+        #: pool_hba.conf and pool_passwd (empty while enable_pool_hba is off).
+        self.auth_files = AuthFiles()
         self.cancels: CancelRegistry[FrontendProtocol] = CancelRegistry()
         #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
@@ -105,6 +111,8 @@ class FrontendProtocol(Protocol):
         self._tls_answered = False
         self._gss_answered = False
         self._session: Optional[SessionInfo] = None
+        self._login: Optional[clientauth.Login] = None
+        self._backend_auth: Optional[BackendAuth] = None
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -147,6 +155,8 @@ class FrontendProtocol(Protocol):
             self._startup_data(data)
         elif state == CONNECTING:
             self._login_data(data)
+        elif state == AUTHENTICATING:
+            self._password_data(data)
         elif state != CLOSED:
             # WAITING or SETTING: kept for the server once the session is attached.
             self._buffer += data
@@ -194,8 +204,75 @@ class FrontendProtocol(Protocol):
         negotiation = startup.negotiation()
         if negotiation is not None:
             self.transport.write(negotiation)
+        config = self.factory.config
+        if config.enable_pool_hba:
+            address = getattr(self.transport.getPeer(), "host", None)
+            login = clientauth.begin(
+                self.factory.auth_files,
+                config.allow_clear_text_frontend_auth,
+                startup.user,
+                startup.database,
+                address,
+            )
+            if isinstance(login, bytes):
+                self.transport.write(login)
+                self.transport.loseConnection()
+                return
+            self._login = login
+            if login.exchange is not None:
+                self.state = AUTHENTICATING
+                self._reader = m.MessageReader()
+                self.transport.write(login.exchange.start())
+                if self._buffer:
+                    data, self._buffer = self._buffer, b""
+                    self._password_data(data)
+                return
+        self._admit()
+
+    def _password_data(self, data: bytes) -> None:
+        """The client's answers to the pooler's own password request."""
+        login, reader = self._login, self._reader
+        assert login is not None and login.exchange is not None and reader is not None
+        try:
+            messages = reader.feed(data)
+        except ProtocolViolation as e:
+            self._fatal(e.sqlstate, e.message)
+            return
+        for kind, body in messages:
+            if kind == m.TERMINATE:
+                self.transport.loseConnection()
+                return
+            if kind != m.PASSWORD_MESSAGE:
+                self._fatal("08P01", f"expected a password response, got {chr(kind)!r}")
+                return
+            reply, result = login.exchange.receive(body)
+            if reply:
+                self.transport.write(reply)
+            if result is None:
+                continue
+            if not result.ok:
+                log.info(
+                    "client={client} user={user} authentication failed",
+                    client=self.peer,
+                    user=login.user,
+                )
+                self.transport.write(result.error_response())
+                self.transport.loseConnection()
+                return
+            login.verified = True
+            login.client_key = result.client_key
+            login.exchange = None
+            self._auth_ok_sent = True
+            self.transport.write(m.authentication_ok())
+            self._buffer = reader.take_rest()
+            self._reader = None
+            self._admit()
+            return
+
+    def _admit(self) -> None:
+        assert self.startup is not None
         self._in_pool = True
-        if self.factory.pool.admit(self, startup.pool_key()):
+        if self.factory.pool.admit(self, self.startup.pool_key()):
             self.admitted()
             return
         # Like a client in pgpool-II's listen queue: nothing happens until a slot
@@ -211,7 +288,8 @@ class FrontendProtocol(Protocol):
         if self.state == WAITING:
             self._start_timer()
         assert self.startup is not None
-        self.factory.pool.acquire(self.startup.pool_key(), self._acquired)
+        verified = self._login is not None and self._login.verified
+        self.factory.pool.acquire(self.startup.pool_key(), self._acquired, verified)
 
     def _acquired(self, server: Optional[BackendProtocol]) -> None:
         if self.state == CLOSED:
@@ -230,6 +308,8 @@ class FrontendProtocol(Protocol):
         assert self.startup is not None
         self.state = CONNECTING
         self._reader = m.MessageReader()
+        if self._login is not None:
+            self._backend_auth = self._login.backend_auth()
         self._connector = connect_server(
             self.factory.reactor, node, self.startup, self, self.factory.servers
         )
@@ -282,14 +362,38 @@ class FrontendProtocol(Protocol):
     # -- what a server connection tells its owner --------------------------------
 
     def server_forward(self, server: BackendProtocol, raw: bytes) -> None:
+        """A server's login message: answered from pool_passwd, or relayed to the client."""
         self.server = server
-        if self.state == CONNECTING:
+        if self.state != CONNECTING:
+            return
+        if raw[0] != m.AUTHENTICATION:
+            self.transport.write(raw)  # a notice
+        elif self._backend_auth is not None:
+            try:
+                reply = self._backend_auth.receive(m.auth_code(raw[5:]), raw[5:])
+            except BackendAuthError as e:
+                self._server_refused(server, str(e))
+                return
+            if reply:
+                server.transport.write(reply)
+        elif self._auth_ok_sent:
+            # The pooler authenticated the client; there is nobody to relay to.
+            self._server_refused(
+                server, f'pool_passwd has no entry for user "{server.startup.user}"'
+            )
+        else:
             self.transport.write(raw)
+
+    def _server_refused(self, server: BackendProtocol, why: str) -> None:
+        log.warn("client={client} server login failed: {why}", client=self.peer, why=why)
+        server.transport.abortConnection()
+        self._fatal("28000", f"the pooler cannot log in to the server: {why}")
 
     def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
         self.server = server
-        self._auth_ok_sent = True
-        self.transport.write(raw)
+        if not self._auth_ok_sent:
+            self._auth_ok_sent = True
+            self.transport.write(raw)
 
     def server_ready(self, server: BackendProtocol) -> None:
         self.factory.events.backend_status(server.node.address, "up")

@@ -96,6 +96,10 @@ class Pool:
         else:
             del self._key_sessions[key]
             self._key_last_left[key] = self.clock.seconds()
+        self.admit_waiting()
+
+    def admit_waiting(self) -> None:
+        """Let waiting clients in while there are free slots (after a leave or a reload)."""
         while self._waiting and len(self.sessions) < self.config.num_init_children:
             waiter, waiter_key = self._waiting.popleft()
             self._enter(waiter, waiter_key)
@@ -112,25 +116,32 @@ class Pool:
 
     # -- server connections ------------------------------------------------------
 
-    def acquire(self, key: Key, got: Callable[[Optional[BackendProtocol]], None]) -> None:
+    def acquire(
+        self,
+        key: Key,
+        got: Callable[[Optional[BackendProtocol]], None],
+        verified: bool = False,
+    ) -> None:
         """Hand ``got`` a server connection for ``key``, or None when a new one is needed.
 
         The most recently used idle one comes first; failing that, one whose reset
         is under way (a few hundred microseconds, against milliseconds for a new
-        login), which is handed over the moment its reset succeeds.
+        login), which is handed over the moment its reset succeeds.  A server that
+        asked for a password at its login goes only to a ``verified`` client: one
+        the pooler authenticated itself in this login, or let in by hba trust.
         """
         servers = self._by_key.get(key)
-        while servers:
-            server = servers.pop()
-            del self._idle[server]
-            if not servers:
-                del self._by_key[key]
-            if server.connected_ok:
-                self.reused += 1
-                got(server)
-                return
+        if servers:
+            for server in reversed(servers):
+                if verified or not server.asked_password:
+                    self._forget(server)
+                    self.reused += 1
+                    got(server)
+                    return
         for server in self._resetting:
             if server.pool_key == key and server not in self._claims:
+                if server.asked_password and not verified:
+                    continue
                 self._claims[server] = got
                 return
         got(None)
@@ -164,8 +175,8 @@ class Pool:
             return "session ended mid-message or mid-transaction"
         if not config.connection_cache:
             return "connection_cache is off"
-        if server.asked_password:
-            return "the server asked for a password (reuse needs pooler-side authentication)"
+        if server.asked_password and not config.enable_pool_hba:
+            return "the server asked for a password (reuse needs enable_pool_hba)"
         if server.startup.database in UNPOOLED_DATABASES:
             return f"database {server.startup.database} is never pooled"
         limit = config.child_max_connections

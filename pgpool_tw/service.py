@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pgpool_tw import systemd
+from pgpool_tw.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config import RESTART_REQUIRED, Config, ConfigError, load_config
 from pgpool_tw.events import EventHub
 from pgpool_tw.frontend import FrontendFactory
@@ -79,8 +80,21 @@ class PgpoolService(MultiService):
     sessions and server connections (see ``pgpool_tw.events.IPoolEvents``).
     """
 
-    def __init__(self, config: Config, reactor: Any = None, handle_signals: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        handle_signals: bool = False,
+        overrides: Optional[dict[str, Any]] = None,
+    ) -> None:
+        """``overrides`` are settings given on the command line; a reload keeps them.
+
+        Raises AuthFilesError when enable_pool_hba is on and pool_hba.conf or
+        pool_passwd cannot be used.
+        """
         super().__init__()
+        self.overrides = dict(overrides or {})
+        config = dataclasses.replace(config, **self.overrides)
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -91,6 +105,9 @@ class PgpoolService(MultiService):
         self.events = EventHub()
         self.pool = Pool(config, reactor)
         self.factory = FrontendFactory(config, self.pool, reactor, self.events)
+        self.factory.auth_files = load_auth_files(config)
+        for warning in self.factory.auth_files.warnings:
+            log.warn("{warning}", warning=warning)
         self.ports: list[IListeningPort] = []
         self.shutting_down: Optional[str] = None
         self._ticker: Optional[LoopingCall] = None
@@ -132,6 +149,8 @@ class PgpoolService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
+        self.shutting_down = None
+        self.pool.closing = False
         if not self.ports:
             self._listen()
         super().startService()
@@ -223,8 +242,9 @@ class PgpoolService(MultiService):
             return False
         systemd.reloading()
         try:
-            new = load_config(path)
-        except ConfigError as e:
+            new = dataclasses.replace(load_config(path), **self.overrides)
+            auth_files = load_auth_files(new)
+        except (ConfigError, AuthFilesError) as e:
             log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             systemd.notify("READY=1")
             return False
@@ -233,8 +253,9 @@ class PgpoolService(MultiService):
             if getattr(new, name) != getattr(self.config, name):
                 kept[name] = getattr(self.config, name)
                 log.warn("reload: {name} changed; it takes effect only after a restart", name=name)
-        for warning in new.warnings:
+        for warning in new.warnings + auth_files.warnings:
             log.warn("{warning}", warning=warning)
+        self.factory.auth_files = auth_files
         self.apply(dataclasses.replace(new, **kept))
         log.info("configuration reloaded from {path}", path=path)
         systemd.notify("READY=1")
@@ -246,6 +267,7 @@ class PgpoolService(MultiService):
         self.config = config
         self.pool.config = config
         self.factory.config = config
+        self.pool.admit_waiting()
         if ticker_changed and self._ticker is not None and self._ticker.running:
             self._start_ticker()
 

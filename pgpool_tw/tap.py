@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -9,6 +10,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from pgpool_tw.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config import ConfigError, load_config
 from pgpool_tw.service import ListenError, PgpoolService
 
@@ -25,6 +27,7 @@ class Options(usage.Options):
         f"Without -c it reads ./pgpool.conf when present, else {DEFAULT_CONFIG}."
     )
     optParameters = [
+        ["hba-file", "a", None, "path of pool_hba.conf (overrides pool_hba_file)"],
         [
             "config",
             "c",
@@ -41,8 +44,16 @@ class Options(usage.Options):
             self["settings"] = load_config(os.path.abspath(path))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if not self["settings"].backends:
+        settings = self["settings"]
+        if not settings.backends:
             raise usage.UsageError(f"{path}: no backend configured; set backend_hostname0")
+        self["overrides"] = {}
+        if self["hba-file"] is not None:
+            self["overrides"]["pool_hba_file"] = os.path.abspath(self["hba-file"])
+        try:
+            load_auth_files(dataclasses.replace(settings, **self["overrides"]))
+        except AuthFilesError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 class _TwistdService(PgpoolService):
@@ -59,4 +70,4 @@ def makeService(options: Any) -> IService:
     settings = options["settings"]
     for warning in settings.warnings:
         log.warn("{warning}", warning=warning)
-    return _TwistdService(settings, handle_signals=True)
+    return _TwistdService(settings, handle_signals=True, overrides=options["overrides"])

@@ -1,0 +1,40 @@
+"""pool_hba.conf and pool_passwd as one snapshot that client sessions read.
+
+Loaded at start (where an error refuses to start) and on reload (where an error
+keeps the previous snapshot).  A snapshot is never changed in place: a reload
+swaps in a new one, so a login in progress sees one consistent set of rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgpool_tw.config import Config
+from pgpool_tw.hba import HbaError, HbaRule, load_hba
+from pgpool_tw.passwd import PasswdError, Secret, load_passwd
+
+
+class AuthFilesError(Exception):
+    """One line naming the file (and line) that could not be used."""
+
+
+@dataclass(frozen=True)
+class AuthFiles:
+    rules: tuple[HbaRule, ...] = ()
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def load_auth_files(config: Config) -> AuthFiles:
+    """The files enable_pool_hba needs; an empty snapshot when it is off."""
+    if not config.enable_pool_hba:
+        return AuthFiles()
+    try:
+        rules = load_hba(config.pool_hba_file)
+        entries: dict[str, Secret] = {}
+        warnings: list[str] = []
+        if config.pool_passwd:
+            entries, warnings = load_passwd(config.pool_passwd)
+    except (HbaError, PasswdError) as e:
+        raise AuthFilesError(str(e)) from None
+    return AuthFiles(rules, entries, tuple(warnings))
