@@ -165,7 +165,7 @@ class PgpoolService(MultiService):
         """The reactor runs (and has installed its own signal handlers): take over."""
         if self.handle_signals:
             self._install_signals()
-        systemd.notify("READY=1", f"MAINPID={os.getpid()}")
+            systemd.notify("READY=1", f"MAINPID={os.getpid()}")
 
     def _listen(self) -> None:
         config = self.config
@@ -208,6 +208,16 @@ class PgpoolService(MultiService):
             for client in list(self.factory.clients):
                 client.idle_tick(now, limit)
 
+    # -- systemd: only a process the pooler owns (handle_signals) speaks to it ----
+
+    def _notify(self, *states: str) -> None:
+        if self.handle_signals:
+            systemd.notify(*states)
+
+    def _notify_reloading(self) -> None:
+        if self.handle_signals:
+            systemd.reloading()
+
     # -- signals -----------------------------------------------------------------
 
     def _install_signals(self) -> None:
@@ -240,13 +250,13 @@ class PgpoolService(MultiService):
         if path is None:
             log.warn("reload: this service was not built from a file; nothing to reload")
             return False
-        systemd.reloading()
+        self._notify_reloading()
         try:
             new = dataclasses.replace(load_config(path), **self.overrides)
             auth_files = load_auth_files(new)
         except (ConfigError, AuthFilesError) as e:
             log.error("reload failed, keeping the running configuration: {error}", error=str(e))
-            systemd.notify("READY=1")
+            self._notify("READY=1")
             return False
         kept = {}
         for name in sorted(RESTART_REQUIRED):
@@ -258,7 +268,7 @@ class PgpoolService(MultiService):
         self.factory.auth_files = auth_files
         self.apply(dataclasses.replace(new, **kept))
         log.info("configuration reloaded from {path}", path=path)
-        systemd.notify("READY=1")
+        self._notify("READY=1")
         return True
 
     def apply(self, config: Config) -> None:
@@ -288,7 +298,7 @@ class PgpoolService(MultiService):
         first = self.shutting_down is None
         self.shutting_down = mode
         if first:
-            systemd.notify("STOPPING=1")
+            self._notify("STOPPING=1")
             log.info("{mode} shutdown", mode=mode)
             self._stop_listening()
             self._stopped = defer.Deferred()
@@ -316,8 +326,6 @@ class PgpoolService(MultiService):
     def _stop_listening(self) -> None:
         self._port_stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
 
     def _connections(self) -> list[Any]:
         return list(self.factory.clients) + list(self.factory.servers.live)
@@ -357,6 +365,10 @@ class PgpoolService(MultiService):
         check()
 
     def _finished(self) -> None:
+        # The tick ran until now: client_idle_limit and the life times still apply
+        # while a smart shutdown waits.
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
         stopped, self._stopped = self._stopped, None
         ports, self._port_stops = self._port_stops, []
 

@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from pgpool_tw import fastpoll
 from pgpool_tw.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config import ConfigError, load_config
 from pgpool_tw.service import ListenError, PgpoolService
@@ -58,6 +59,11 @@ class Options(usage.Options):
 
 class _TwistdService(PgpoolService):
     """Under twistd a listener that cannot open ends the process with one line."""
+
+    def startService(self) -> None:
+        if os.environ.get("PGPOOL_TW_FASTPOLL", "1") != "0":
+            fastpoll.install(self.reactor)
+        super().startService()
 
     def privilegedStartService(self) -> None:
         try:
