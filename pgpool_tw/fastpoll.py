@@ -59,5 +59,5 @@ def install(reactor: Any) -> bool:
             if why:
                 disconnect(selectable, why, True)
 
-    reactor.doIteration = do_poll
+    reactor.doIteration = do_poll  # type: ignore[method-assign]
     return True
