@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pgpool_tw.config import Config
 from pgpool_tw.hba import HbaError, HbaRule, load_hba
-from pgpool_tw.passwd import PasswdError, Secret, load_passwd
+from pgpool_tw.passwd import PasswdError, ScramSecret, Secret, load_passwd
 
 
 class AuthFilesError(Exception):
@@ -23,6 +23,16 @@ class AuthFiles:
     rules: tuple[HbaRule, ...] = ()
     secrets: dict[str, Secret] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+
+    @property
+    def mostly_scram(self) -> bool:
+        """Whether most pool_passwd users have SCRAM secrets (ties count as SCRAM).
+
+        An md5 rule gives a user with a SCRAM secret a SCRAM exchange; an unknown
+        user must get the exchange most users get, or the flow tells them apart.
+        """
+        scram = sum(isinstance(secret, ScramSecret) for secret in self.secrets.values())
+        return 2 * scram >= len(self.secrets)
 
 
 def load_auth_files(config: Config) -> AuthFiles:

@@ -72,4 +72,6 @@ def begin(
             f"pool_hba.conf line {rule.line} asks for a cleartext password, "
             "which allow_clear_text_frontend_auth does not allow",
         )
+    if method == "md5" and secret is None and files.mostly_scram:
+        method = "scram-sha-256"  # an unknown user's fake exchange looks like most users'
     return Login(user, secret, FrontendAuth(method, user, secret, allow_cleartext))
