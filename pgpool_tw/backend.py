@@ -22,7 +22,7 @@ from pgpool_tw.events import EventHub, ServerInfo
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
-from pgpool_tw.protocol.startup import StartupMessage, cancel_request
+from pgpool_tw.protocol.startup import StartupMessage, cancel_request, ssl_request
 from pgpool_tw.transport import Writer, tune_socket
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class ServerBook:
 
 
 # States.
+NEGOTIATING = 8  # SSLRequest sent, waiting for the server's S or N
 CONNECTING = 0
 STARTUP = 1  # startup packet sent, authentication exchange in progress
 LOGIN = 2  # authenticated; collecting ParameterStatus/BackendKeyData until ReadyForQuery
@@ -86,8 +87,14 @@ class BackendProtocol(Protocol):
         startup: StartupMessage,
         clock: IReactorTime,
         book: Optional[ServerBook] = None,
+        tls: Optional[Any] = None,
+        tls_required: bool = False,
     ) -> None:
         self.node = node
+        #: The client-side TLS creator (None: plaintext) and whether TLS is a must.
+        self.tls = tls
+        self.tls_required = tls_required
+        self.encrypted = False
         #: Every open server connection, so a shutdown can wait for all of them.
         self.book = book if book is not None else ServerBook()
         self.startup = startup
@@ -123,6 +130,13 @@ class BackendProtocol(Protocol):
     def connectionMade(self) -> None:
         tune_socket(self.transport)
         self.book.live.add(self)
+        if self.tls is not None:
+            self.state = NEGOTIATING
+            self.transport.write(ssl_request())
+            return
+        self._send_startup()
+
+    def _send_startup(self) -> None:
         self.state = STARTUP
         self.transport.write(self.startup.to_server_packet())
 
@@ -130,6 +144,9 @@ class BackendProtocol(Protocol):
         if self.state == ATTACHED:
             self.tracker.feed_server(data)  # type: ignore[union-attr]
             self.peer_write(data)
+            return
+        if self.state == NEGOTIATING:
+            self._negotiated(data)
             return
         try:
             messages = self._reader.feed(data)
@@ -160,6 +177,27 @@ class BackendProtocol(Protocol):
         keeper, self.keeper = self.keeper, None
         if keeper is not None:
             keeper.server_lost(self, why)
+
+    def _negotiated(self, data: bytes) -> None:
+        """The server's one-byte answer to SSLRequest; nothing may follow it in plaintext."""
+        answer, rest = data[:1], data[1:]
+        if answer == b"S" and not rest:
+            self.transport.startTLS(self.tls)
+            self.encrypted = True
+            self._send_startup()
+        elif answer == b"N" and not rest and not self.tls_required:
+            self._send_startup()
+        elif answer == b"N" and not rest:
+            self.state = STARTUP
+            self._login_failed_with(
+                "08006", "the server does not support TLS, but server_tls_sslmode requires it"
+            )
+        else:
+            self.state = STARTUP
+            self._login_failed_with("08P01", "the server answered SSLRequest with garbage")
+
+    def _login_failed_with(self, sqlstate: str, text: str) -> None:
+        self._login_failed(m.error_response(sqlstate, text)[5:])
 
     # -- the slow path -----------------------------------------------------------
 
@@ -348,15 +386,21 @@ class BackendFactory(ClientFactory):
         owner: ServerOwner,
         clock: IReactorTime,
         book: Optional[ServerBook] = None,
+        tls: Optional[Any] = None,
+        tls_required: bool = False,
     ) -> None:
         self.node = node
         self.startup = startup
         self.owner = owner
         self.clock = clock
         self.book = book
+        self.tls = tls
+        self.tls_required = tls_required
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
-        server = BackendProtocol(self.node, self.startup, self.clock, self.book)
+        server = BackendProtocol(
+            self.node, self.startup, self.clock, self.book, self.tls, self.tls_required
+        )
         server.owner = self.owner
         server.factory = self
         return server
@@ -380,10 +424,17 @@ def connect_server(
     startup: StartupMessage,
     owner: ServerOwner,
     book: Optional[ServerBook] = None,
+    tls: Optional[Any] = None,
+    tls_required: bool = False,
     timeout: float = 30,
 ) -> Any:
-    """Start a new server connection for ``owner``; returns the connector (to abort it)."""
-    return connect(reactor, node, BackendFactory(node, startup, owner, reactor, book), timeout)
+    """Start a new server connection for ``owner``; returns the connector (to abort it).
+
+    ``tls`` is a client-side TLS creator: the pooler then sends SSLRequest first
+    and refuses to go on in plaintext when ``tls_required``.
+    """
+    factory = BackendFactory(node, startup, owner, reactor, book, tls, tls_required)
+    return connect(reactor, node, factory, timeout)
 
 
 class _CancelSender(Protocol):

@@ -46,10 +46,12 @@ def begin(
     database: str,
     address: Optional[str],
     ssl: bool = False,
+    certificate_name: Optional[str] = None,
 ) -> Union[Login, bytes]:
     """The Login to carry out, or the FATAL ErrorResponse that refuses the client.
 
-    ``address`` is the client's IP address, or None for a unix-socket client.
+    ``address`` is the client's IP address, or None for a unix-socket client;
+    ``certificate_name`` the CN of the client certificate TLS verified, if any.
     """
     rule = match(
         files.rules, local=address is None, address=address, ssl=ssl, database=database, user=user
@@ -63,8 +65,12 @@ def begin(
     if method == "reject":
         return error_response(NO_MATCH_SQLSTATE, reject_message(address, user, database, ssl))
     if method == "cert":
+        if certificate_name is not None and certificate_name == user:
+            return Login(user, secret, None, verified=True)
+        why = "no client certificate" if certificate_name is None else "its CN differs"
         return error_response(
-            NO_MATCH_SQLSTATE, f'"cert" authentication needs TLS, which is off (line {rule.line})'
+            NO_MATCH_SQLSTATE,
+            f'certificate authentication failed for user "{user}" ({why})',
         )
     if method == "password" and not allow_cleartext:
         return error_response(

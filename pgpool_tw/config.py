@@ -97,6 +97,15 @@ class Config:
     pool_hba_file: str = "pool_hba.conf"
     pool_passwd: str = "pool_passwd"  # '' disables pool_passwd
     allow_clear_text_frontend_auth: bool = False
+    ssl: bool = False
+    ssl_key: str = ""
+    ssl_cert: str = ""
+    ssl_ca_cert: str = ""
+    ssl_ciphers: str = "HIGH:MEDIUM:+3DES:!aNULL"
+    ssl_min_protocol_version: str = "TLSv1.2"
+    ssl_prefer_server_ciphers: bool = False
+    server_tls_sslmode: str = "prefer"
+    server_tls_ca_file: str = ""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -207,8 +216,18 @@ _TIME_KIND = _Kind(
 _BOOLEAN_KIND = _Kind(_parse_boolean, "expected on/off, true/false, yes/no or 1/0")
 _DIRECTORIES = _Kind(_split_on(","), "expected a comma-separated list of directories")
 
+
 # The settings table: pgpool.conf name -> (Config field, how to read it).  Two names may
 # share a field (synonyms); the default lives on the Config field.
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(value)
+        return value
+
+    return parse
+
+
 _SETTINGS: dict[str, tuple[str, _Kind]] = {
     "listen_addresses": (
         "listen_addresses",
@@ -235,6 +254,27 @@ _SETTINGS: dict[str, tuple[str, _Kind]] = {
     "pool_hba_file": ("pool_hba_file", _Kind(str, "expected a file path")),
     "pool_passwd": ("pool_passwd", _Kind(str, "expected a file path, or '' for none")),
     "allow_clear_text_frontend_auth": ("allow_clear_text_frontend_auth", _BOOLEAN_KIND),
+    "ssl": ("ssl", _BOOLEAN_KIND),
+    "ssl_key": ("ssl_key", _Kind(str, "expected a file path")),
+    "ssl_cert": ("ssl_cert", _Kind(str, "expected a file path")),
+    "ssl_ca_cert": ("ssl_ca_cert", _Kind(str, "expected a file path, or ''")),
+    "ssl_ciphers": ("ssl_ciphers", _Kind(str, "expected an OpenSSL cipher list")),
+    "ssl_min_protocol_version": (
+        "ssl_min_protocol_version",
+        _Kind(
+            _one_of("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+            "expected TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3",
+        ),
+    ),
+    "ssl_prefer_server_ciphers": ("ssl_prefer_server_ciphers", _BOOLEAN_KIND),
+    "server_tls_sslmode": (
+        "server_tls_sslmode",
+        _Kind(
+            _one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+            "expected disable, allow, prefer, require, verify-ca or verify-full",
+        ),
+    ),
+    "server_tls_ca_file": ("server_tls_ca_file", _Kind(str, "expected a file path, or ''")),
 }
 
 # backend_<key>N: the key -> how to read it, or None for pgpool-II keys we accept unread so
@@ -400,12 +440,22 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read: not UTF-8 text ({e.reason})") from None
     config = parse_config(text, path)
-    return replace(
-        config,
-        path=path,
-        pool_hba_file=_beside(path, config.pool_hba_file),
-        pool_passwd=_beside(path, config.pool_passwd) if config.pool_passwd else "",
-    )
+    files: dict[str, Any] = {
+        name: _beside(path, getattr(config, name)) if getattr(config, name) else ""
+        for name in _RELATIVE_PATHS
+    }
+    return replace(config, path=path, **files)
+
+
+# File settings taken from pgpool.conf's directory when relative.
+_RELATIVE_PATHS = (
+    "pool_hba_file",
+    "pool_passwd",
+    "ssl_key",
+    "ssl_cert",
+    "ssl_ca_cert",
+    "server_tls_ca_file",
+)
 
 
 def _beside(config_path: str, name: str) -> str:

@@ -40,6 +40,7 @@ from pgpool_tw.protocol.startup import (
     StartupMessage,
     read_startup_packet,
 )
+from pgpool_tw.tls import TLSContexts
 from pgpool_tw.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
 
 log = Logger()
@@ -71,6 +72,8 @@ class FrontendFactory(Factory):
         self.events = events if events is not None else EventHub()
         #: pool_hba.conf and pool_passwd (empty while enable_pool_hba is off).
         self.auth_files = AuthFiles()
+        #: TLS contexts for both sides (a reload swaps in new ones).
+        self.tls = TLSContexts()
         self.cancels: CancelRegistry[FrontendProtocol] = CancelRegistry()
         #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
@@ -110,6 +113,8 @@ class FrontendProtocol(Protocol):
         self._auth_ok_sent = False
         self._tls_answered = False
         self._gss_answered = False
+        #: The client talks TLS to the pooler (hostssl lines match it).
+        self.ssl = False
         self._session: Optional[SessionInfo] = None
         self._login: Optional[clientauth.Login] = None
         self._backend_auth: Optional[BackendAuth] = None
@@ -177,7 +182,20 @@ class FrontendProtocol(Protocol):
             buffer = buffer[used:]
             if isinstance(packet, SSLRequest) and not self._tls_answered:
                 self._tls_answered = True
-                self.transport.write(b"N")
+                context = self.factory.tls.frontend
+                if context is None:
+                    self.transport.write(b"N")
+                    continue
+                if buffer:
+                    # PostgreSQL's CVE-2021-23214: bytes sent before the handshake
+                    # must never be taken for encrypted ones.
+                    self._fatal("08P01", "received unencrypted data after SSL request")
+                    return
+                self.transport.write(b"S")
+                self.transport.startTLS(context)
+                self.ssl = True
+                self._buffer = b""
+                return
             elif isinstance(packet, GSSENCRequest) and not self._gss_answered:
                 self._gss_answered = True
                 self.transport.write(b"N")
@@ -213,6 +231,8 @@ class FrontendProtocol(Protocol):
                 startup.user,
                 startup.database,
                 address,
+                self.ssl,
+                self._peer_common_name(),
             )
             if isinstance(login, bytes):
                 self.transport.write(login)
@@ -269,6 +289,16 @@ class FrontendProtocol(Protocol):
             self._admit()
             return
 
+    def _peer_common_name(self) -> Optional[str]:
+        """The CN of the client's verified certificate, if it sent one over TLS."""
+        if not self.ssl:
+            return None
+        certificate = self.transport.getPeerCertificate()
+        if certificate is None:
+            return None
+        name = certificate.get_subject().CN
+        return str(name) if name is not None else None
+
     def _admit(self) -> None:
         assert self.startup is not None
         self._in_pool = True
@@ -310,8 +340,15 @@ class FrontendProtocol(Protocol):
         self._reader = m.MessageReader()
         if self._login is not None:
             self._backend_auth = self._login.backend_auth()
+        tls = self.factory.tls
         self._connector = connect_server(
-            self.factory.reactor, node, self.startup, self, self.factory.servers
+            self.factory.reactor,
+            node,
+            self.startup,
+            self,
+            self.factory.servers,
+            tls.for_server(node),
+            tls.server_tls_required,
         )
         if self._buffer:
             data, self._buffer = self._buffer, b""
@@ -563,6 +600,19 @@ class FrontendProtocol(Protocol):
         self._timer = None
         log.info("client={client} authentication_timeout: closing", client=self.peer)
         self.transport.loseConnection()
+
+
+def without_channel_binding(raw: bytes) -> bytes:
+    """An AuthenticationSASL request without SCRAM-SHA-256-PLUS.
+
+    Channel binding ties SCRAM to one TLS connection; the client's TLS
+    connection (if any) ends at the pooler, not at the server, so a relayed
+    exchange can only work unbound.
+    """
+    if len(raw) < 9 or m.auth_code(raw[5:]) != m.AUTH_SASL:
+        return raw
+    names = [n for n in raw[9:].split(b"\0") if n and n != b"SCRAM-SHA-256-PLUS"]
+    return m.message(b"R", raw[5:9] + b"".join(n + b"\0" for n in names) + b"\0")
 
 
 def _discard(data: bytes) -> None:

@@ -34,6 +34,7 @@ from pgpool_tw.config import RESTART_REQUIRED, Config, ConfigError, load_config
 from pgpool_tw.events import EventHub
 from pgpool_tw.frontend import FrontendFactory
 from pgpool_tw.pool import Pool
+from pgpool_tw.tls import TLSConfigError, load_tls
 
 log = Logger()
 
@@ -90,7 +91,7 @@ class PgpoolService(MultiService):
         """``overrides`` are settings given on the command line; a reload keeps them.
 
         Raises AuthFilesError when enable_pool_hba is on and pool_hba.conf or
-        pool_passwd cannot be used.
+        pool_passwd cannot be used, TLSConfigError when a TLS file cannot.
         """
         super().__init__()
         self.overrides = dict(overrides or {})
@@ -106,6 +107,7 @@ class PgpoolService(MultiService):
         self.pool = Pool(config, reactor)
         self.factory = FrontendFactory(config, self.pool, reactor, self.events)
         self.factory.auth_files = load_auth_files(config)
+        self.factory.tls = load_tls(config)
         for warning in self.factory.auth_files.warnings:
             log.warn("{warning}", warning=warning)
         self.ports: list[IListeningPort] = []
@@ -254,7 +256,8 @@ class PgpoolService(MultiService):
         try:
             new = dataclasses.replace(load_config(path), **self.overrides)
             auth_files = load_auth_files(new)
-        except (ConfigError, AuthFilesError) as e:
+            tls = load_tls(new)
+        except (ConfigError, AuthFilesError, TLSConfigError) as e:
             log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             self._notify("READY=1")
             return False
@@ -266,6 +269,7 @@ class PgpoolService(MultiService):
         for warning in new.warnings + auth_files.warnings:
             log.warn("{warning}", warning=warning)
         self.factory.auth_files = auth_files
+        self.factory.tls = tls
         self.apply(dataclasses.replace(new, **kept))
         log.info("configuration reloaded from {path}", path=path)
         self._notify("READY=1")

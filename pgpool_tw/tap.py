@@ -14,6 +14,7 @@ from pgpool_tw import fastpoll
 from pgpool_tw.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config import ConfigError, load_config
 from pgpool_tw.service import ListenError, PgpoolService
+from pgpool_tw.tls import TLSConfigError, load_tls
 
 log = Logger()
 
@@ -53,7 +54,8 @@ class Options(usage.Options):
             self["overrides"]["pool_hba_file"] = os.path.abspath(self["hba-file"])
         try:
             load_auth_files(dataclasses.replace(settings, **self["overrides"]))
-        except AuthFilesError as e:
+            load_tls(settings)
+        except (AuthFilesError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
 

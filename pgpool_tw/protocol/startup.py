@@ -170,3 +170,8 @@ def _parse_startup_message(body: bytes, minor: int) -> StartupMessage:
 def cancel_request(pid: int, key: int) -> bytes:
     """The CancelRequest packet the pooler sends to a server."""
     return UINT32.pack(16) + UINT32.pack(CANCEL_REQUEST_CODE) + TWO_INT32.pack(pid, key)
+
+
+def ssl_request() -> bytes:
+    """The SSLRequest packet the pooler sends to a server before its startup packet."""
+    return UINT32.pack(8) + UINT32.pack(SSL_REQUEST_CODE)
