@@ -1,0 +1,383 @@
+"""pgbench side by side: PostgreSQL, PgBouncer (session, transaction), pgpool-II, pgpool-tw.
+
+Usage: ``bench/run [--targets a,b] [--workloads S1,S2] [--duration S] [--scale N]
+[--no-memory] [--json] [--out PATH]`` (``bench/run`` installs what is missing, then
+runs this with the project's venv).
+
+How a run goes:
+
+1. A throwaway PostgreSQL (``pgpool_tw.devdb.TempPostgres``, trust, max_connections=700,
+   shared_buffers=256MB) and ``pgbench -i -s SCALE`` straight against it.
+2. Every chosen target is started once and must answer ``psql -c 'select 1'`` (a target
+   that does not start stops the run with its log tail, before any workload runs).
+3. For each workload, each target in turn, the target order rotated by one per workload.
+   Each run gets a *fresh* target process: PostgreSQL's 700 connections cannot hold the
+   idle server pools of several poolers after 500-client runs, and a fresh process makes
+   every run start from the same state.  Before each run PostgreSQL's client backends
+   have drained, and pgbench's own vacuum is done directly against PostgreSQL (pgbench
+   runs with -n), so the pooler's measured CPU is the workload's alone.
+4. CPU per transaction: run time (schedstat ns, plus reaped children) of the target's tree
+   from /proc, read right before and after pgbench; for ``direct``, PostgreSQL's tree.
+5. Unless --no-memory: 10,000 idle TCP clients to pgpool-tw and to pgbouncer, and
+   their VmRSS before and after.
+
+Must never: signal a process it did not start, listen off loopback, or print a table
+after a target failed to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+from typing import Optional
+
+from memory import MemoryResult, measure_idle_clients, nofile_needed, raise_nofile
+from procs import StartError, pg_bin, tree_cpu_ns
+from report import as_json, markdown, program_version, python_versions
+from targets import (
+    MAX_CLIENT_CONN,
+    SPARE_SLOTS,
+    TARGETS,
+    Launcher,
+    Running,
+    find_binary,
+    missing_binaries,
+)
+from workloads import WORKLOADS, RunResult, Workload, run_pgbench
+
+from pgpool_tw.devdb import TempPostgres
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "out", "last-run.md")
+DEFAULT_DURATION = 12  # 30 runs of 12 s plus restarts, init and memory: under 10 minutes
+DRAIN_TIMEOUT = 30.0
+PG_SETTINGS = {"max_connections": "700", "shared_buffers": "256MB"}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A signal asked us to stop; cleanup runs in ``finally`` blocks on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def log(text: str) -> None:
+    print(f"==> {text}", file=sys.stderr, flush=True)
+
+
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from "
+            + ",".join(allowed)
+        )
+    return [name for name in allowed if name in chosen]  # canonical order, no duplicates
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--targets",
+        type=lambda t: _choices(t, TARGETS, "target"),
+        default=list(TARGETS),
+        help="comma-separated subset of " + ",".join(TARGETS) + " (default: all)",
+    )
+    parser.add_argument(
+        "--workloads",
+        type=lambda t: _choices(t, tuple(WORKLOADS), "workload"),
+        default=list(WORKLOADS),
+        help="comma-separated subset of " + ",".join(WORKLOADS) + " (default: all)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive,
+        default=DEFAULT_DURATION,
+        help=f"seconds per pgbench run (default {DEFAULT_DURATION})",
+    )
+    parser.add_argument("--scale", type=_positive, default=10, help="pgbench -i -s (default 10)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the idle-client part")
+    parser.add_argument(
+        "--idle-clients",
+        type=_positive,
+        default=10000,
+        help="idle connections for the memory part (default 10000)",
+    )
+    parser.add_argument("--json", action="store_true", help="also write results as JSON")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="Markdown report path (default bench/out/last-run.md)"
+    )
+    return parser.parse_args(argv)
+
+
+class Bench:
+    """One benchmark run and everything it started, so that ``cleanup`` can stop it all."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.targets: list[str] = args.targets
+        self.workloads: list[str] = args.workloads
+        self.max_clients = max(WORKLOADS[name].clients for name in self.workloads)
+        self.pg: Optional[TempPostgres] = None
+        self.root = ""
+        self.live: list[Running] = []
+        self.pgbench: Optional[subprocess.Popen[str]] = None
+        self.runs: list[RunResult] = []
+        self.memory: list[MemoryResult] = []
+        self.notes: list[str] = []
+        self.started = time.monotonic()
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        missing = missing_binaries(self.targets)
+        if missing:
+            raise StartError(
+                f"not installed: {', '.join(missing)} (needed by --targets); bench/run "
+                "installs them, or choose other --targets"
+            )
+        limit, warning = raise_nofile(nofile_needed(self.args.idle_clients, MAX_CLIENT_CONN))
+        if warning:
+            log(warning)
+            self.notes.append(warning)
+        self.root = tempfile.mkdtemp(prefix="pgpool-tw-bench-", dir="/tmp")
+        os.chmod(self.root, 0o755)  # pgbouncer and pgpool-II reach their dirs through it
+
+        log("starting PostgreSQL")
+        self.pg = TempPostgres(auth_method="trust", settings=PG_SETTINGS).start()
+        self.pg.create_database("bench")
+        self._pgbench_init()
+        launcher = Launcher(self.pg, self.root, self.max_clients)
+
+        for target in self.targets:
+            log(f"checking that {target} starts")
+            self._stop(self._start(launcher, target))
+
+        total = len(self.workloads) * len(self.targets)
+        for index, name in enumerate(self.workloads):
+            shift = index % len(self.targets)
+            for target in self.targets[shift:] + self.targets[:shift]:
+                result = self._one_run(launcher, WORKLOADS[name], target)
+                self.runs.append(result)
+                self._progress(result, len(self.runs), total)
+
+        if not self.args.no_memory:
+            self._memory(launcher, limit)
+
+        self._report()
+        return 0
+
+    def _pgbench_init(self) -> None:
+        assert self.pg is not None
+        log(f"pgbench -i -s {self.args.scale}")
+        argv = [pg_bin("pgbench"), "-i", "-q", "-s", str(self.args.scale)]
+        argv += ["-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres", "bench"]
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed ({proc.returncode}):\n{proc.stderr}")
+
+    def _one_run(self, launcher: Launcher, workload: Workload, target: str) -> RunResult:
+        self._prepare_database()
+        running = self._start(launcher, target)
+        try:
+            before = tree_cpu_ns(running.cpu_pid)
+            result = run_pgbench(
+                workload, target, running.port, self.args.duration, self._track_pgbench
+            )
+            after = tree_cpu_ns(running.cpu_pid)
+            server = running.server
+            if server is not None and server.proc is not None and server.proc.poll() is not None:
+                result.error = (
+                    f"{target} exited ({server.proc.returncode}) during the run; "
+                    f"log tail: {server.log_tail(5)}"
+                )
+                result.exit_status = result.exit_status or -1
+            else:
+                result.cpu_us = (after - before) / 1000
+                result.cpu_of = running.cpu_of
+        finally:
+            self._stop(running)
+        return result
+
+    def _prepare_database(self) -> None:
+        """Wait for the last target's server connections to go; vacuum as pgbench would."""
+        assert self.pg is not None
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        count_sql = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();\n"
+        )
+        while True:
+            left = int(self.pg.psql(count_sql).strip())
+            if left == 0:
+                break
+            if time.monotonic() > deadline:
+                note = f"{left} PostgreSQL client backends still open after {DRAIN_TIMEOUT:g}s"
+                log(note)
+                self.notes.append(note)
+                break
+            time.sleep(0.05)
+        self.pg.psql(
+            "VACUUM pgbench_branches;\nVACUUM pgbench_tellers;\n"
+            "TRUNCATE pgbench_history;\nCHECKPOINT;\n",
+            dbname="bench",
+        )
+
+    def _memory(self, launcher: Launcher, limit: int) -> None:
+        wanted = []
+        if "pgpool-tw" in self.targets:
+            wanted.append(("pgpool-tw", "pgpool-tw"))
+        if any(t.startswith("pgbouncer-") for t in self.targets):
+            wanted.append(("pgbouncer", "pgbouncer-session"))
+        clients = self.args.idle_clients
+        for label, target in wanted:
+            log(f"memory: {clients} idle clients to {label} (open-files limit {limit})")
+            running = self._start(launcher, target, idle_clients=True)
+            try:
+                result = measure_idle_clients(label, running.cpu_pid, running.port, clients)
+            finally:
+                self._stop(running)
+            if result.error:
+                log(f"memory: {label}: {result.error}")
+            self.memory.append(result)
+
+    # -- targets and pgbench, tracked for cleanup -----------------------------------------
+
+    def _start(self, launcher: Launcher, target: str, idle_clients: bool = False) -> Running:
+        running = launcher.start(target, idle_clients=idle_clients)
+        self.live.append(running)
+        return running
+
+    def _stop(self, running: Running) -> None:
+        running.stop()
+        if running in self.live:
+            self.live.remove(running)
+
+    def _track_pgbench(self, proc: Optional[subprocess.Popen[str]]) -> None:
+        self.pgbench = proc
+
+    def cleanup(self) -> None:
+        """Stop pgbench, every target and PostgreSQL; remove the temp dir. Idempotent."""
+        proc, self.pgbench = self.pgbench, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        while self.live:
+            running = self.live.pop()
+            try:
+                running.stop()
+            except Exception as e:  # keep cleaning up the rest
+                log(f"could not stop {running.name}: {e}")
+        if self.pg is not None:
+            try:
+                self.pg.stop()
+            except Exception as e:
+                log(f"could not stop PostgreSQL: {e}")
+            self.pg = None
+        if self.root:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = ""
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _progress(self, result: RunResult, done: int, total: int) -> None:
+        tps = "-" if result.tps is None else f"{result.tps:,.0f} tps"
+        status = "ok" if result.ok else f"FAILED: {result.error or 'see report'}"
+        log(
+            f"[{done}/{total}] {result.workload} {result.target}: {tps}, "
+            f"failed={result.failed}, exit={result.exit_status} ({result.wall_s:.1f}s) {status}"
+        )
+
+    def _meta(self) -> dict[str, object]:
+        assert self.pg is not None
+        versions = {"PostgreSQL": program_version([os.path.join(self.pg.bindir, "postgres"), "-V"])}
+        for name, program in (("pgbouncer", "pgbouncer"), ("pgpool-II", "pgpool")):
+            path = find_binary(program)
+            versions[name] = program_version([path, "--version"]) if path else "not installed"
+        versions.update(python_versions())
+        meta: dict[str, object] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "nproc": len(os.sched_getaffinity(0)),
+            "versions": versions,
+            "targets": ",".join(self.targets),
+            "workloads": ",".join(self.workloads),
+            "duration_s": self.args.duration,
+            "scale": self.args.scale,
+            "pool sizing": (
+                f"pgpool-II and pgpool-tw num_init_children={self.max_clients + SPARE_SLOTS} "
+                f"max_pool=1; pgbouncer default_pool_size={self.max_clients + SPARE_SLOTS} "
+                f"max_client_conn={MAX_CLIENT_CONN}"
+            ),
+            "method": (
+                "a fresh target process per run; TPS as pgbench reports it (without initial "
+                "connection time, except -C); CPU = run time of the target's process tree "
+                "(PostgreSQL's for direct: every thread's schedstat, plus reaped children's "
+                "cutime+cstime) over the run / transactions processed"
+            ),
+            "wall_time_s": round(time.monotonic() - self.started, 1),
+        }
+        if self.notes:
+            meta["notes"] = "; ".join(self.notes)
+        return meta
+
+    def _report(self) -> None:
+        meta = self._meta()
+        text = markdown(meta, self.runs, self.memory, self.workloads, self.targets)
+        out = os.path.abspath(self.args.out)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(text, flush=True)
+        log(f"wrote {out}")
+        if self.args.json:
+            json_path = os.path.splitext(out)[0] + ".json"
+            with open(json_path, "w", encoding="utf-8") as f:
+                f.write(as_json(meta, self.runs, self.memory))
+            log(f"wrote {json_path}")
+
+
+def _raise_interrupted(signum: int, frame: Optional[FrameType]) -> None:
+    raise Interrupted(signum)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    for sig in _SIGNALS:
+        signal.signal(sig, _raise_interrupted)
+    bench = Bench(args)
+    try:
+        return bench.run()
+    except StartError as e:
+        print(f"\nBENCHMARK STOPPED: {e}", file=sys.stderr, flush=True)
+        return 1
+    except Interrupted as e:
+        log(f"stopped by signal {signal.Signals(e.signum).name}; cleaning up")
+        return 128 + e.signum
+    finally:
+        for sig in _SIGNALS:  # a second ^C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The six pgbench workloads, one pgbench run, and what its output says.
+
+Owns: the pgbench arguments of S1..S6, running pgbench with a hard wall-clock timeout,
+and parsing its summary (TPS, average latency, failed and processed transactions).
+
+Must never: raise on a pgbench failure (a failed run is a result), or judge speed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from procs import client_env, pg_bin
+
+TIMEOUT_MARGIN = 60.0  # seconds past --duration before a pgbench run counts as hung
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    args: tuple[str, ...]
+    clients: int
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("S1", "select-only, simple protocol, 16 clients", ("-S", "-M", "simple"), 16),
+        Workload("S2", "select-only, prepared, 16 clients", ("-S", "-M", "prepared"), 16),
+        Workload("S3", "TPC-B-like read/write, 16 clients", (), 16),
+        Workload("S4", "select-only, connect per transaction, 16 clients", ("-S", "-C"), 16),
+        Workload("S5", "select-only, 500 clients", ("-S",), 500),
+        Workload("S6", "select-only, 1 client", ("-S",), 1),
+    )
+}
+
+
+def pgbench_args(workload: Workload) -> list[str]:
+    args = list(workload.args) + ["-c", str(workload.clients)]
+    if workload.clients > 1:
+        args += ["-j", "2"]
+    return args
+
+
+@dataclass
+class RunResult:
+    """One (workload, target) pgbench run."""
+
+    workload: str
+    target: str
+    tps: Optional[float] = None
+    latency_ms: Optional[float] = None
+    failed: Optional[int] = None  # pgbench's "number of failed transactions"
+    processed: Optional[int] = None  # "number of transactions actually processed"
+    exit_status: Optional[int] = None  # None: killed after the hard timeout
+    timed_out: bool = False
+    error: str = ""  # first error line pgbench printed, or why it did not run
+    cpu_us: Optional[float] = None  # CPU of the measured process tree during the run
+    cpu_of: str = ""  # "pooler" or "PostgreSQL"
+    wall_s: float = 0.0
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.exit_status == 0
+            and not self.timed_out
+            and self.failed == 0
+            and (self.processed or 0) > 0
+        )
+
+    @property
+    def cpu_us_per_tx(self) -> Optional[float]:
+        if self.cpu_us is None or not self.processed:
+            return None
+        return self.cpu_us / self.processed
+
+
+_TPS = re.compile(r"^tps = (\d+(?:\.\d+)?)", re.MULTILINE)
+_LATENCY = re.compile(r"^latency average = (\d+(?:\.\d+)?) ms", re.MULTILINE)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+_ERROR = re.compile(r"^(?:pgbench: )?(?:error|fatal): .*$", re.MULTILINE)
+
+
+def _first(pattern: re.Pattern[str], text: str) -> Optional[str]:
+    match = pattern.search(text)
+    return match.group(1) if match else None
+
+
+def parse_output(result: RunResult, stdout: str, stderr: str) -> None:
+    """Fill ``result`` from pgbench's summary; missing lines stay None."""
+    tps = _first(_TPS, stdout)
+    latency = _first(_LATENCY, stdout)
+    failed = _first(_FAILED, stdout)
+    processed = _first(_PROCESSED, stdout)
+    result.tps = None if tps is None else float(tps)
+    result.latency_ms = None if latency is None else float(latency)
+    result.failed = None if failed is None else int(failed)
+    result.processed = None if processed is None else int(processed)
+    errors = _ERROR.findall(stderr)
+    if errors and not result.error:
+        more = f" (and {len(errors) - 1} more error lines)" if len(errors) > 1 else ""
+        result.error = errors[0].strip()[:300] + more
+
+
+def run_pgbench(
+    workload: Workload,
+    target: str,
+    port: int,
+    duration: int,
+    on_start: Callable[[Optional[subprocess.Popen[str]]], None],
+) -> RunResult:
+    """One pgbench run against 127.0.0.1:port; a hang past duration + 60 s is killed.
+
+    ``on_start`` is told the process (and None once it is gone), so that a signal
+    handler elsewhere can kill it.  Vacuuming is done beforehand by the caller (-n).
+    """
+    argv = [pg_bin("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n"]
+    argv += ["-T", str(duration)] + pgbench_args(workload) + ["bench"]
+    result = RunResult(workload.name, target, argv=argv)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=client_env(),
+        start_new_session=True,
+    )
+    on_start(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=duration + TIMEOUT_MARGIN)
+        result.exit_status = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        result.timed_out = True
+        result.error = f"hung: killed after {duration + TIMEOUT_MARGIN:g}s"
+    except BaseException:  # a signal stops the benchmark: pgbench goes first
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        on_start(None)
+    result.wall_s = time.monotonic() - started
+    parse_output(result, stdout, stderr)
+    if result.exit_status not in (0, None) and not result.error:
+        result.error = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return result

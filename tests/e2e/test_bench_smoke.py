@@ -1,0 +1,53 @@
+"""``bench/bench.py`` end to end, small: direct and pgpool-tw, S1 and S3, two seconds each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e.pooler import client_env, make_temp_dir
+from tests.support import skip_unless_postgres
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(REPO_ROOT, "bench", "bench.py")
+TARGETS = ("direct", "pgpool-tw")
+WORKLOADS = ("S1", "S3")
+RUN_TIMEOUT = 600.0
+
+
+class BenchSmokeTests(SynchronousTestCase):
+    def test_small_run_completes_without_failed_transactions(self) -> None:
+        """A 2 s bench run of S1 and S3 through direct and pgpool-tw exits 0, no failures."""
+        skip_unless_postgres()
+        out_dir = make_temp_dir(self, "pgpool-tw-bench-smoke-")
+        out = os.path.join(out_dir, "run.md")
+        argv = [sys.executable, BENCH, "--targets", ",".join(TARGETS)]
+        argv += ["--workloads", ",".join(WORKLOADS), "--duration", "2", "--scale", "1"]
+        argv += ["--no-memory", "--json", "--out", out]
+        proc = subprocess.run(
+            argv,
+            cwd=out_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=client_env(),
+            timeout=RUN_TIMEOUT,
+        )
+        output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        self.assertEqual(proc.returncode, 0, output)
+        self.assertTrue(os.path.exists(out), output)
+        with open(os.path.join(out_dir, "run.json"), encoding="utf-8") as f:
+            runs = json.load(f)["runs"]
+
+        ran = sorted((run["workload"], run["target"]) for run in runs)
+        self.assertEqual(ran, sorted((w, t) for w in WORKLOADS for t in TARGETS), output)
+        for run in runs:
+            where = f"{run['workload']} {run['target']}: {run}"
+            self.assertEqual(run["exit_status"], 0, where)
+            self.assertFalse(run["timed_out"], where)
+            self.assertEqual(run["failed_transactions"], 0, where)
+            self.assertGreater(run["transactions_processed"], 0, where)
