@@ -23,7 +23,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.startup import StartupMessage, cancel_request, ssl_request
-from pgpool_tw.transport import Writer, tune_socket
+from pgpool_tw.transport import Writer, make_writer, tune_socket
 
 if TYPE_CHECKING:
     from typing import Protocol as TypingProtocol
@@ -114,8 +114,10 @@ class BackendProtocol(Protocol):
         self.idle_since = self.created
         self.tracker: Optional[SessionTracker] = None
         self.peer_write: Writer = _nowhere
+        #: Sends now when nothing is queued (see transport.make_writer).
+        self.send: Writer = _nowhere
         self._reader = m.MessageReader()
-        self._queries: list[str] = []
+        self._awaiting = 0  # ReadyForQuery messages still owed to run()
         self._run_ok = True
         self._run_done: Optional[RunCallback] = None
 
@@ -129,16 +131,17 @@ class BackendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
+        self.send = make_writer(self.transport)
         self.book.live.add(self)
         if self.tls is not None:
             self.state = NEGOTIATING
-            self.transport.write(ssl_request())
+            self.send(ssl_request())
             return
         self._send_startup()
 
     def _send_startup(self) -> None:
         self.state = STARTUP
-        self.transport.write(self.startup.to_server_packet())
+        self.send(self.startup.to_server_packet())
 
     def dataReceived(self, data: bytes) -> None:
         if self.state == ATTACHED:
@@ -183,6 +186,7 @@ class BackendProtocol(Protocol):
         answer, rest = data[:1], data[1:]
         if answer == b"S" and not rest:
             self.transport.startTLS(self.tls)
+            self.send = self.transport.write  # through TLS from now on
             self.encrypted = True
             self._send_startup()
         elif answer == b"N" and not rest and not self.tls_required:
@@ -300,27 +304,27 @@ class BackendProtocol(Protocol):
     # -- the pooler's own queries ------------------------------------------------
 
     def run(self, queries: list[str], done: RunCallback) -> None:
-        """Run simple queries one by one; ``done(self, ok)`` once all ran or one failed.
+        """Run simple queries, sent together; ``done(self, ok)`` once all answered.
 
-        ``ok`` is false when a query failed, the server closed, or the
-        transaction state afterwards is not idle.
+        Each is its own Query message, so one that fails does not stop the
+        others, and one round trip serves them all.  ``ok`` is false when any
+        failed, the server closed, or the transaction state afterwards is not idle.
         """
         self.state = RUNNING
-        self._queries = list(queries)
+        self._awaiting = len(queries)
         self._run_ok = True
         self._run_done = done
-        self._next_query()
-
-    def _next_query(self) -> None:
-        if not self._queries or not self._run_ok:
-            self._finish_run(self._run_ok and self.status == m.IDLE)
+        if not queries:
+            self._finish_run(self.status == m.IDLE)
             return
-        self.transport.write(m.query(self._queries.pop(0)))
+        self.send(b"".join(m.query(sql) for sql in queries))
 
     def _run_message(self, kind: int, body: bytes) -> None:
         if kind == m.READY_FOR_QUERY:
             self.status = body[0] if body else m.IDLE
-            self._next_query()
+            self._awaiting -= 1
+            if not self._awaiting:
+                self._finish_run(self._run_ok and self.status == m.IDLE)
         elif kind == m.ERROR_RESPONSE:
             fields = m.parse_fields(body)
             log.warn(

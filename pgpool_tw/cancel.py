@@ -19,9 +19,20 @@ T = TypeVar("T")
 _KEY_BYTES = 4
 
 
+_random = bytearray()
+
+
 def new_secret() -> int:
-    """A fresh random signed Int32, as BackendKeyData carries."""
-    return int.from_bytes(secrets.token_bytes(_KEY_BYTES), "big", signed=True)
+    """A fresh random signed Int32, as BackendKeyData carries.
+
+    Drawn from the OS's CSPRNG 4 KiB at a time (one getrandom call per 1024
+    sessions, not one per session); each key is used once and forgotten.
+    """
+    if not _random:
+        _random.extend(secrets.token_bytes(4096))
+    key = int.from_bytes(_random[-_KEY_BYTES:], "big", signed=True)
+    del _random[-_KEY_BYTES:]
+    return key
 
 
 def _key_bytes(key: int) -> bytes:

@@ -60,6 +60,15 @@ def begin(
         return error_response(NO_MATCH_SQLSTATE, no_match_message(address, user, database, ssl))
     secret = files.secrets.get(user)
     method = rule.method
+    # As PostgreSQL: clientcert wants a verified certificate on top of the method,
+    # and verify-full also wants its CN to be the user name.
+    clientcert = rule.option("clientcert") if method != "cert" else None
+    missing = clientcert in ("verify-ca", "verify-full") and certificate_name is None
+    if missing or (clientcert == "verify-full" and certificate_name != user):
+        why = "no client certificate" if certificate_name is None else "its CN differs"
+        return error_response(
+            NO_MATCH_SQLSTATE, f'certificate authentication failed for user "{user}" ({why})'
+        )
     if method == "trust":
         return Login(user, secret, None, verified=True)
     if method == "reject":

@@ -97,6 +97,8 @@ class FrontendProtocol(Protocol):
         self.server: Optional[BackendProtocol] = None
         self.tracker: Optional[SessionTracker] = None
         self.server_write: Writer = _discard
+        #: Sends now when nothing is queued (see transport.make_writer).
+        self.send: Writer = _discard
         self.startup: Optional[StartupMessage] = None
         self.peer = "?"
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
@@ -123,6 +125,7 @@ class FrontendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
+        self.send = make_writer(self.transport)
         self.factory.clients.add(self)
         self.peer = _describe(self.transport.getPeer())
         self._start_timer()
@@ -184,21 +187,22 @@ class FrontendProtocol(Protocol):
                 self._tls_answered = True
                 context = self.factory.tls.frontend
                 if context is None:
-                    self.transport.write(b"N")
+                    self.send(b"N")
                     continue
                 if buffer:
                     # PostgreSQL's CVE-2021-23214: bytes sent before the handshake
                     # must never be taken for encrypted ones.
                     self._fatal("08P01", "received unencrypted data after SSL request")
                     return
-                self.transport.write(b"S")
+                self.send(b"S")
                 self.transport.startTLS(context)
+                self.send = self.transport.write  # through TLS from now on
                 self.ssl = True
                 self._buffer = b""
                 return
             elif isinstance(packet, GSSENCRequest) and not self._gss_answered:
                 self._gss_answered = True
-                self.transport.write(b"N")
+                self.send(b"N")
             elif isinstance(packet, CancelRequest):
                 self._cancel(packet)
                 return
@@ -221,7 +225,7 @@ class FrontendProtocol(Protocol):
             )
         negotiation = startup.negotiation()
         if negotiation is not None:
-            self.transport.write(negotiation)
+            self.send(negotiation)
         config = self.factory.config
         if config.enable_pool_hba:
             address = getattr(self.transport.getPeer(), "host", None)
@@ -235,14 +239,14 @@ class FrontendProtocol(Protocol):
                 self._peer_common_name(),
             )
             if isinstance(login, bytes):
-                self.transport.write(login)
+                self.send(login)
                 self.transport.loseConnection()
                 return
             self._login = login
             if login.exchange is not None:
                 self.state = AUTHENTICATING
                 self._reader = m.MessageReader()
-                self.transport.write(login.exchange.start())
+                self.send(login.exchange.start())
                 if self._buffer:
                     data, self._buffer = self._buffer, b""
                     self._password_data(data)
@@ -267,7 +271,7 @@ class FrontendProtocol(Protocol):
                 return
             reply, result = login.exchange.receive(body)
             if reply:
-                self.transport.write(reply)
+                self.send(reply)
             if result is None:
                 continue
             if not result.ok:
@@ -276,14 +280,14 @@ class FrontendProtocol(Protocol):
                     client=self.peer,
                     user=login.user,
                 )
-                self.transport.write(result.error_response())
+                self.send(result.error_response())
                 self.transport.loseConnection()
                 return
             login.verified = True
             login.client_key = result.client_key
             login.exchange = None
             self._auth_ok_sent = True
-            self.transport.write(m.authentication_ok())
+            self.send(m.authentication_ok())
             self._buffer = reader.take_rest()
             self._reader = None
             self._admit()
@@ -364,7 +368,7 @@ class FrontendProtocol(Protocol):
             return
         for kind, body in messages:
             if kind == m.PASSWORD_MESSAGE and self.server is not None:
-                self.server.transport.write(m.message(b"p", body))
+                self.server.send(m.message(b"p", body))
             elif kind == m.TERMINATE:
                 self.transport.loseConnection()
                 return
@@ -404,7 +408,7 @@ class FrontendProtocol(Protocol):
         if self.state != CONNECTING:
             return
         if raw[0] != m.AUTHENTICATION:
-            self.transport.write(raw)  # a notice
+            self.send(raw)  # a notice
         elif self._backend_auth is not None:
             try:
                 reply = self._backend_auth.receive(m.auth_code(raw[5:]), raw[5:])
@@ -412,14 +416,14 @@ class FrontendProtocol(Protocol):
                 self._server_refused(server, str(e))
                 return
             if reply:
-                server.transport.write(reply)
+                server.send(reply)
         elif self._auth_ok_sent:
             # The pooler authenticated the client; there is nobody to relay to.
             self._server_refused(
                 server, f'pool_passwd has no entry for user "{server.startup.user}"'
             )
         else:
-            self.transport.write(raw)
+            self.send(without_channel_binding(raw))
 
     def _server_refused(self, server: BackendProtocol, why: str) -> None:
         log.warn("client={client} server login failed: {why}", client=self.peer, why=why)
@@ -430,7 +434,7 @@ class FrontendProtocol(Protocol):
         self.server = server
         if not self._auth_ok_sent:
             self._auth_ok_sent = True
-            self.transport.write(raw)
+            self.send(raw)
 
     def server_ready(self, server: BackendProtocol) -> None:
         self.factory.events.backend_status(server.node.address, "up")
@@ -443,7 +447,7 @@ class FrontendProtocol(Protocol):
         self.server = None
         self._connector = None
         if self.state != CLOSED:
-            self.transport.write(raw)
+            self.send(raw)
             self.transport.loseConnection()
 
     def server_connect_failed(self, node: BackendNode, why: str) -> None:
@@ -470,9 +474,7 @@ class FrontendProtocol(Protocol):
                 why=why,
             )
             if tracker.server_at_boundary:
-                self.transport.write(
-                    m.error_response("08006", "server closed the connection unexpectedly")
-                )
+                self.send(m.error_response("08006", "server closed the connection unexpectedly"))
             self.transport.loseConnection()
         elif self.state in (CONNECTING, SETTING):
             self.server = None
@@ -490,9 +492,9 @@ class FrontendProtocol(Protocol):
         out += [m.parameter_status(name, value) for name, value in server.params.items()]
         out.append(m.backend_key_data(server.pid, self._secret))
         out.append(m.ready_for_query(server.status))
-        self.transport.write(b"".join(out))
-        self.tracker = server.attach(self, make_writer(self.transport))
-        self.server_write = make_writer(server.transport)
+        self.send(b"".join(out))
+        self.tracker = server.attach(self, self.send)
+        self.server_write = server.send
         self._producers = link(self.transport, server.transport)
         self._reader = None
         self.state = RELAY
@@ -583,7 +585,7 @@ class FrontendProtocol(Protocol):
         self.transport.loseConnection()
 
     def _fatal(self, sqlstate: str, text: str) -> None:
-        self.transport.write(m.error_response(sqlstate, text))
+        self.send(m.error_response(sqlstate, text))
         self.transport.loseConnection()
 
     def _start_timer(self) -> None:

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from pgpool_tw.backend import BackendProtocol
 from pgpool_tw.config import Config
+from pgpool_tw.protocol.messages import IDLE
 
 log = Logger()
 
@@ -44,6 +45,22 @@ Key = Hashable
 _RESET_FAILED = "reset failed"
 _RESET_TIMED_OUT = "reset timed out"
 _WORTH_LOGGING = frozenset({_RESET_FAILED, _RESET_TIMED_OUT})
+
+
+_NO_OPS_WHEN_IDLE = frozenset({"ABORT", "ROLLBACK"})
+
+
+def reset_queries(configured: tuple[str, ...], status: int) -> list[str]:
+    """reset_query_list, less a leading ABORT/ROLLBACK when no transaction is open.
+
+    Outside a transaction those only make the server warn; skipping them saves
+    the server a statement on every session end.
+    """
+    queries = list(configured)
+    if status == IDLE:
+        while queries and queries[0].strip().upper() in _NO_OPS_WHEN_IDLE:
+            queries.pop(0)
+    return queries
 
 
 class Waiter(Protocol):
@@ -159,7 +176,7 @@ class Pool:
         if why:
             self._discard(server, why)
             return
-        queries = list(self.config.reset_query_list)
+        queries = reset_queries(self.config.reset_query_list, server.status)
         if not queries:
             self._park(server)
             return

@@ -126,6 +126,9 @@ def _frontend(config: Config) -> ssl.CertificateOptions:
             verify=bool(ca),
             caCerts=ca or None,
             requireCertificate=False,  # asked for, required only by an hba 'cert' line
+            # libpq 17+ offers ALPN "postgresql"; with no protocol of its own
+            # Twisted's ALPN callback makes OpenSSL fail the handshake.
+            acceptableProtocols=[b"postgresql"],
             acceptableCiphers=ciphers,
             raiseMinimumTo=version,
         )
