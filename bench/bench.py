@@ -48,6 +48,7 @@ from targets import (
     TARGETS,
     Launcher,
     Running,
+    default_targets,
     find_binary,
     missing_binaries,
 )
@@ -98,8 +99,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         type=lambda t: _choices(t, TARGETS, "target"),
-        default=list(TARGETS),
-        help="comma-separated subset of " + ",".join(TARGETS) + " (default: all)",
+        default=default_targets(),
+        help="comma-separated subset of "
+        + ",".join(TARGETS)
+        + " (default: all; pgpool-tw-pypy when bench/run could set up PyPy)",
     )
     parser.add_argument(
         "--workloads",

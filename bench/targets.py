@@ -25,7 +25,25 @@ from procs import Server, StartError, descendants, give_to, select_one, server_u
 
 from pgpool_tw.devdb import TempPostgres, free_port
 
-TARGETS = ("direct", "pgbouncer-session", "pgbouncer-transaction", "pgpool2", "pgpool-tw")
+TARGETS = (
+    "direct",
+    "pgbouncer-session",
+    "pgbouncer-transaction",
+    "pgpool2",
+    "pgpool-tw",
+    "pgpool-tw-pypy",
+)
+#: pgpool-tw on PyPy: the venv bench/run makes when Debian's pypy3 is installable.
+PYPY_TWISTD = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-pypy", "bin", "twistd"
+)
+
+
+def default_targets() -> list[str]:
+    """Every target, less pgpool-tw-pypy when its venv is missing."""
+    return [t for t in TARGETS if t != "pgpool-tw-pypy" or os.path.exists(PYPY_TWISTD)]
+
+
 BINARIES = {
     "pgbouncer-session": "pgbouncer",
     "pgbouncer-transaction": "pgbouncer",
@@ -66,7 +84,10 @@ def find_binary(name: str) -> Optional[str]:
 def missing_binaries(targets: list[str]) -> list[str]:
     """The programs the chosen targets need that are not installed."""
     needed = {BINARIES[t] for t in targets if t in BINARIES}
-    return sorted(name for name in needed if find_binary(name) is None)
+    missing = sorted(name for name in needed if find_binary(name) is None)
+    if "pgpool-tw-pypy" in targets and not os.path.exists(PYPY_TWISTD):
+        missing.append(PYPY_TWISTD)
+    return missing
 
 
 def _quote(value: str) -> str:
@@ -128,6 +149,8 @@ class Launcher:
             return self._pgpool2(workdir, port)
         if name == "pgpool-tw":
             return self._pgpool_tw(workdir, port, idle_clients)
+        if name == "pgpool-tw-pypy":
+            return self._pgpool_tw(workdir, port, idle_clients, [PYPY_TWISTD], name)
         raise ValueError(f"unknown target {name!r}")
 
     @staticmethod
@@ -217,7 +240,14 @@ class Launcher:
         argv = [os.path.join(workdir, a) if a.endswith(".conf") else a for a in argv]
         return Server("pgpool2", argv, workdir, os.path.join(workdir, "run.log"), port, self.user)
 
-    def _pgpool_tw(self, workdir: str, port: int, idle_clients: bool) -> Server:
+    def _pgpool_tw(
+        self,
+        workdir: str,
+        port: int,
+        idle_clients: bool,
+        head: Optional[list[str]] = None,
+        name: str = "pgpool-tw",
+    ) -> Server:
         settings: dict[str, object] = {
             "listen_addresses": "127.0.0.1",
             "port": port,
@@ -232,11 +262,12 @@ class Launcher:
             settings["authentication_timeout"] = 0
         conf = os.path.join(workdir, "pgpool.conf")
         _write(conf, _pgpool_conf(settings))
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        head = [twistd] if os.path.exists(twistd) else [sys.executable, "-c", _TWISTD]
+        if head is None:
+            twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+            head = [twistd] if os.path.exists(twistd) else [sys.executable, "-c", _TWISTD]
         # twistd inherits our RLIMIT_NOFILE, raised by bench.py before anything starts.
         argv = head + ["-n", "--pidfile=", "pgpool", "-c", conf]
-        return Server("pgpool-tw", argv, workdir, os.path.join(workdir, "run.log"), port)
+        return Server(name, argv, workdir, os.path.join(workdir, "run.log"), port)
 
 
 def _pgpool_conf(settings: dict[str, object]) -> str:

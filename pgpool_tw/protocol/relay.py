@@ -119,14 +119,24 @@ class SessionTracker:
                 self._c_head = data[pos:]
                 self._c_skip = 0
                 return -1
-            if self._client_message(data[pos]):
+            # _client_message inlined: this loop runs for every client message.
+            kind = data[pos]
+            if kind == _QUERY or kind == _FUNCTION_CALL:
+                self.pending += 1
+            elif kind == _SYNC:
+                self.pending += 1
+                self.unsynced = False
+            elif kind == _TERMINATE:
                 self._c_skip = 0
                 return pos
+            elif kind != _COPY_DATA and kind != _COPY_DONE and kind != _COPY_FAIL:
+                self.unsynced = True
             pos += 1 + _LENGTH(data, pos + 1)[0]
         self._c_skip = pos - n
         return -1
 
     def _client_message(self, kind: int) -> bool:
+        """One client message's effect (the loop above has the same rules inline)."""
         if kind == _SYNC:
             self.pending += 1
             self.unsynced = False
@@ -171,12 +181,18 @@ class SessionTracker:
                 self._s_skip = 0
                 return
             kind = data[pos]
-            if kind == _READY or kind == _PARAMETER_STATUS:
-                pos = self._server_header(data, data, pos, pos + 5)
+            end = pos + 1 + _LENGTH(data, pos + 1)[0]
+            if kind == _READY and end <= n:
+                # _server_body inlined for the whole ReadyForQuery of every reply.
+                if end > pos + 5:
+                    self.status = data[pos + 5]
+                if self.pending:
+                    self.pending -= 1
+            elif kind == _READY or kind == _PARAMETER_STATUS:
+                end = self._server_header(data, data, pos, pos + 5)
                 if self._s_need:
                     return
-            else:
-                pos += 1 + _LENGTH(data, pos + 1)[0]
+            pos = end
         self._s_skip = pos - n
 
     def _server_header(self, data: bytes, head: bytes, at: int, body_start: int) -> int:
