@@ -10,6 +10,7 @@ whether it may be reused: the pool does.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -384,27 +385,14 @@ class BackendFactory(ClientFactory):
     noisy = False
 
     def __init__(
-        self,
-        node: BackendNode,
-        startup: StartupMessage,
-        owner: ServerOwner,
-        clock: IReactorTime,
-        book: Optional[ServerBook] = None,
-        tls: Optional[Any] = None,
-        tls_required: bool = False,
+        self, node: BackendNode, owner: ServerOwner, build: Callable[[], BackendProtocol]
     ) -> None:
         self.node = node
-        self.startup = startup
         self.owner = owner
-        self.clock = clock
-        self.book = book
-        self.tls = tls
-        self.tls_required = tls_required
+        self.build = build
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
-        server = BackendProtocol(
-            self.node, self.startup, self.clock, self.book, self.tls, self.tls_required
-        )
+        server = self.build()
         server.owner = self.owner
         server.factory = self
         return server
@@ -437,8 +425,8 @@ def connect_server(
     ``tls`` is a client-side TLS creator: the pooler then sends SSLRequest first
     and refuses to go on in plaintext when ``tls_required``.
     """
-    factory = BackendFactory(node, startup, owner, reactor, book, tls, tls_required)
-    return connect(reactor, node, factory, timeout)
+    build = functools.partial(BackendProtocol, node, startup, reactor, book, tls, tls_required)
+    return connect(reactor, node, BackendFactory(node, owner, build), timeout)
 
 
 class _CancelSender(Protocol):

@@ -15,17 +15,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from OpenSSL import SSL, crypto
-from twisted.internet import ssl
-
 from pgpool_tw.config import BackendNode, Config
 
-_VERSIONS = {
-    "TLSv1": ssl.TLSVersion.TLSv1_0,
-    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
-    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
-    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
-}
+try:  # twisted[tls]; without it the pooler still runs, in plaintext only (as libpq without SSL)
+    from OpenSSL import SSL, crypto
+    from twisted.internet import ssl
+except ImportError:  # pragma: no cover - exercised on installs without pyOpenSSL
+    SSL = crypto = ssl = None  # type: ignore[assignment]
+
+_VERSIONS = (
+    {
+        "TLSv1": ssl.TLSVersion.TLSv1_0,
+        "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+        "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+        "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+    }
+    if ssl is not None
+    else {}
+)
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -59,8 +66,8 @@ def _certificates(path: str, setting: str) -> list[Any]:
 class TLSContexts:
     """What new connections use; a reload swaps in a whole new one."""
 
-    #: Offered to clients after SSLRequest; None answers SSLRequest with N.
-    frontend: Optional[ssl.CertificateOptions] = None
+    #: Offered to clients after SSLRequest (a CertificateOptions); None answers N.
+    frontend: Optional[Any] = None
     sslmode: str = "prefer"
     _ca: Optional[tuple[Any, ...]] = None
 
@@ -90,6 +97,12 @@ class TLSContexts:
 
 def load_tls(config: Config) -> TLSContexts:
     """Build both sides' contexts from ``config``; TLSConfigError says what is wrong."""
+    if ssl is None:
+        if config.ssl or config.server_tls_sslmode in ("require", "verify-ca", "verify-full"):
+            raise TLSConfigError(
+                "TLS settings need pyOpenSSL, which is not installed (pip install 'twisted[tls]')"
+            )
+        return TLSContexts(sslmode="disable")  # prefer/allow without TLS: plaintext
     frontend = _frontend(config) if config.ssl else None
     ca: Optional[tuple[Any, ...]] = None
     if config.server_tls_sslmode in ("verify-ca", "verify-full"):
@@ -101,7 +114,7 @@ def load_tls(config: Config) -> TLSContexts:
     return TLSContexts(frontend, config.server_tls_sslmode, ca)
 
 
-def _frontend(config: Config) -> ssl.CertificateOptions:
+def _frontend(config: Config) -> Any:
     if not config.ssl_cert or not config.ssl_key:
         raise TLSConfigError("ssl = on needs ssl_cert and ssl_key")
     certificate = _certificates(config.ssl_cert, "ssl_cert")
