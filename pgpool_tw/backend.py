@@ -119,8 +119,20 @@ class BackendProtocol(Protocol):
         self.send: Writer = _nowhere
         self._reader = m.MessageReader()
         self._awaiting = 0  # ReadyForQuery messages still owed to run()
+        self._statuses: tuple[tuple[tuple[str, str], ...], bytes] = ((), b"")
         self._run_ok = True
         self._run_done: Optional[RunCallback] = None
+
+    def parameter_statuses(self) -> bytes:
+        """Every reported parameter as ParameterStatus messages, for a client's login.
+
+        Built once and again only when a parameter changed: most logins on a
+        pooled connection replay exactly what the previous one did.
+        """
+        items = tuple(self.params.items())
+        if items != self._statuses[0]:
+            self._statuses = (items, b"".join(m.parameter_status(k, v) for k, v in items))
+        return self._statuses[1]
 
     def info(self) -> ServerInfo:
         return ServerInfo(self.node.address, self.startup.user, self.startup.database, self.pid)

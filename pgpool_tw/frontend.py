@@ -100,6 +100,7 @@ class FrontendProtocol(Protocol):
         #: Sends now when nothing is queued (see transport.make_writer).
         self.send: Writer = _discard
         self.startup: Optional[StartupMessage] = None
+        self.key: Any = None  # the pool key, once the startup packet is read
         self.peer = "?"
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
         self.received = 0
@@ -306,7 +307,8 @@ class FrontendProtocol(Protocol):
     def _admit(self) -> None:
         assert self.startup is not None
         self._in_pool = True
-        if self.factory.pool.admit(self, self.startup.pool_key()):
+        self.key = self.startup.pool_key()
+        if self.factory.pool.admit(self, self.key):
             self.admitted()
             return
         # Like a client in pgpool-II's listen queue: nothing happens until a slot
@@ -323,7 +325,7 @@ class FrontendProtocol(Protocol):
             self._start_timer()
         assert self.startup is not None
         verified = self._login is not None and self._login.verified
-        self.factory.pool.acquire(self.startup.pool_key(), self._acquired, verified)
+        self.factory.pool.acquire(self.key, self._acquired, verified)
 
     def _acquired(self, server: Optional[BackendProtocol]) -> None:
         if self.state == CLOSED:
@@ -489,7 +491,7 @@ class FrontendProtocol(Protocol):
         self._secret = new_secret()
         self.factory.cancels.register(server.pid, self._secret, self)
         out = [] if self._auth_ok_sent else [m.authentication_ok()]
-        out += [m.parameter_status(name, value) for name, value in server.params.items()]
+        out.append(server.parameter_statuses())
         out.append(m.backend_key_data(server.pid, self._secret))
         out.append(m.ready_for_query(server.status))
         self.send(b"".join(out))
