@@ -371,11 +371,15 @@ class BackendProtocol(Protocol):
         self.idle_since = self.clock.seconds()
 
     def terminate(self) -> None:
-        """Say goodbye politely and close; the server rolls back what is open."""
+        """Say goodbye politely and close; the server rolls back what is open.
+
+        The Terminate goes out at once when nothing is queued, so it reaches the
+        server even when an immediate shutdown aborts the connection right after.
+        """
         self.owner = None
         self.keeper = None
         if self.state != CLOSED and self.transport is not None:
-            self.transport.write(m.terminate())
+            self.send(m.terminate())
             self.transport.loseConnection()
         self.state = CLOSED
 
