@@ -323,6 +323,8 @@ class FrontendProtocol(Protocol):
             return
         if self.state == WAITING:
             self._start_timer()
+        # Until a server is attached, client bytes are kept, never parsed as startup.
+        self.state = WAITING
         assert self.startup is not None
         verified = self._login is not None and self._login.verified
         self.factory.pool.acquire(self.key, self._acquired, verified)
