@@ -401,6 +401,7 @@ class FrontendProtocol(Protocol):
             self._attach(server)
         else:
             self.server = None
+            server.owner = None  # its loss, if that was the failure, is not ours now
             self.factory.pool.give_back(server, False)
             self._connect()
 
@@ -445,6 +446,9 @@ class FrontendProtocol(Protocol):
         if self.state == CONNECTING:
             self._connector = None
             self._attach(server)
+        else:
+            # The client left while this login finished: the pool decides its fate.
+            self.factory.pool.give_back(server, True)
 
     def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
         """The server refused the login; the client gets the server's own words."""
