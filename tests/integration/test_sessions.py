@@ -428,6 +428,11 @@ class FailureTests(PoolerTestCase):
         )
         self.assertIn(f"127.0.0.1:{dead}", str(error))
         self.assertIn("could not connect to server", str(error))
+        # The client sees the FATAL before the pooler sees it hang up: allow for that.
+        for _ in range(100):
+            if not service.pool.sessions:
+                break
+            yield sleep(0.05)
         self.assertEqual(service.pool.sessions, {})
 
     @defer.inlineCallbacks
