@@ -33,10 +33,12 @@ setup(
         "test": [
             "psycopg[binary]",
             "hypothesis",
+            "cryptography",  # the TLS tests make their own certificates
         ],
         "dev": [
             "ruff",
             "mypy",
+            "mypy-zope",
         ],
     },
     entry_points={
