@@ -96,6 +96,8 @@ class BackendProtocol(Protocol):
         self.tls = tls
         self.tls_required = tls_required
         self.encrypted = False
+        #: The server got as far as an authentication request (a refusal came later).
+        self.spoke = False
         #: Every open server connection, so a shutdown can wait for all of them.
         self.book = book if book is not None else ServerBook()
         self.startup = startup
@@ -243,6 +245,7 @@ class BackendProtocol(Protocol):
         owner = self.owner
         assert owner is not None
         if kind == m.AUTHENTICATION:
+            self.spoke = True
             if m.auth_code(body) == m.AUTH_OK:
                 self.state = LOGIN
                 owner.server_authenticated(self, m.message(b"R", body))

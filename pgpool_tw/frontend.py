@@ -119,6 +119,7 @@ class FrontendProtocol(Protocol):
         #: The client talks TLS to the pooler (hostssl lines match it).
         self.ssl = False
         self._session: Optional[SessionInfo] = None
+        self._tls_retried = False
         self._login: Optional[clientauth.Login] = None
         self._backend_auth: Optional[BackendAuth] = None
 
@@ -338,7 +339,7 @@ class FrontendProtocol(Protocol):
         else:
             self._connect()
 
-    def _connect(self) -> None:
+    def _connect(self, tls_override: Optional[Any] = None) -> None:
         node = self.factory.config.primary_backend
         if node is None:
             self._fatal("08006", "no backend node is configured (backend_hostname0)")
@@ -355,7 +356,7 @@ class FrontendProtocol(Protocol):
             self.startup,
             self,
             self.factory.servers,
-            tls.for_server(node),
+            tls_override if tls_override is not None else tls.for_server(node),
             tls.server_tls_required,
         )
         if self._buffer:
@@ -451,9 +452,19 @@ class FrontendProtocol(Protocol):
             self.factory.pool.give_back(server, True)
 
     def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
-        """The server refused the login; the client gets the server's own words."""
+        """The server refused the login; the client gets the server's own words.
+
+        With server_tls_sslmode = allow, a plaintext login refused before any
+        authentication request (a hostssl-only server) is tried once more over TLS.
+        """
         self.server = None
         self._connector = None
+        if self.state == CONNECTING and not server.spoke and not server.encrypted:
+            retry = None if self._tls_retried else self.factory.tls.for_allow_retry(server.node)
+            if retry is not None:
+                self._tls_retried = True
+                self._connect(retry)
+                return
         if self.state != CLOSED:
             self.send(raw)
             self.transport.loseConnection()

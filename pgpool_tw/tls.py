@@ -90,6 +90,15 @@ class TLSContexts:
             )
         return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
+    def for_allow_retry(self, node: BackendNode) -> Optional[Any]:
+        """``allow``'s second try: TLS, after the server refused the plaintext login.
+
+        As libpq's allow: plaintext first, TLS (unverified) only when that fails.
+        """
+        if self.sslmode != "allow" or node.is_unix or ssl is None:
+            return None
+        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
     @property
     def server_tls_required(self) -> bool:
         return self.sslmode in ("require", "verify-ca", "verify-full")

@@ -619,6 +619,37 @@ class ServerLegTests(TLSCase):
             self.pg, "t", server_tls_sslmode="verify-full", server_tls_ca_file=certs().ca_file
         )
 
+    def refuse_plaintext_for(self, user: str) -> None:
+        """Make the TLS cluster refuse ``user``'s plaintext logins (a hostssl-only role)."""
+        hba = os.path.join(self.pg.data_dir, "pg_hba.conf")
+        with open(hba, encoding="utf-8") as handle:
+            original = handle.read()
+
+        def write(text: str) -> None:
+            with open(hba, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            self.pg.psql("select pg_reload_conf()")
+
+        self.addCleanup(write, original)
+        write(f'hostnossl all "{user}" {LOOPBACK}/32 reject\n' + original)
+
+    @defer.inlineCallbacks
+    def test_allow_retries_over_tls_only_when_plaintext_is_refused(self):
+        """allow: plaintext first; a server refusing plaintext gets a second login over TLS."""
+        refused, plain = unique_name("u"), unique_name("u")
+        db = unique_name("d")
+        for user in (refused, plain):
+            self.pg.create_role(user)
+        self.pg.create_database(db, owner=plain)
+        self.refuse_plaintext_for(refused)
+        service = self.server_pooler(self.pg, server_tls_sslmode="allow")
+        for user, expected in ((refused, "t"), (plain, "f")):
+            conn = yield self.open_session(service.port, user, db, sslmode="disable")
+            who = yield self.in_thread(query_on, conn, "select current_user")
+            self.assertEqual(who, user)
+            legs = yield self.in_thread(self.server_leg_ssl, user)
+            self.assertEqual(legs, [expected], user)
+
     @defer.inlineCallbacks
     def test_verify_full_checks_the_host_name(self):
         """verify-full to ::1, which PostgreSQL's certificate does not name, is refused."""
