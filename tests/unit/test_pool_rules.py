@@ -1,0 +1,47 @@
+"""Pure rules of the pool and the relay's login step: no sockets, no reactor."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pgpool_tw.frontend import without_channel_binding
+from pgpool_tw.pool import reset_queries
+from pgpool_tw.protocol import messages as m
+
+
+def _sasl(*names: bytes) -> bytes:
+    body = m.INT32.pack(m.AUTH_SASL) + b"".join(n + b"\0" for n in names) + b"\0"
+    return m.message(b"R", body)
+
+
+class ResetQueriesTests(SynchronousTestCase):
+    def test_leading_abort_skipped_when_idle(self) -> None:
+        """Outside a transaction a leading ABORT/ROLLBACK is dropped; the rest stays in order."""
+        configured = ("ABORT", " rollback ", "DISCARD ALL", "ABORT")
+        self.assertEqual(reset_queries(configured, m.IDLE), ["DISCARD ALL", "ABORT"])
+
+    def test_abort_kept_inside_a_transaction(self) -> None:
+        """In or after a failed transaction every configured statement is sent."""
+        for status in (m.IN_TRANSACTION, m.IN_FAILED_TRANSACTION):
+            self.assertEqual(
+                reset_queries(("ABORT", "DISCARD ALL"), status), ["ABORT", "DISCARD ALL"]
+            )
+
+    def test_empty_list_stays_empty(self) -> None:
+        """An empty reset_query_list sends nothing."""
+        self.assertEqual(reset_queries((), m.IDLE), [])
+
+
+class ChannelBindingTests(SynchronousTestCase):
+    def test_plus_removed(self) -> None:
+        """SCRAM-SHA-256-PLUS is taken out of a relayed AuthenticationSASL; the rest stays."""
+        raw = _sasl(b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256")
+        self.assertEqual(without_channel_binding(raw), _sasl(b"SCRAM-SHA-256"))
+
+    def test_other_requests_untouched(self) -> None:
+        """An md5 request, a SASLContinue and a request without -PLUS pass unchanged."""
+        md5 = m.message(b"R", m.INT32.pack(m.AUTH_MD5) + b"salt")
+        cont = m.message(b"R", m.INT32.pack(m.AUTH_SASL_CONTINUE) + b"r=abc")
+        plain = _sasl(b"SCRAM-SHA-256")
+        for raw in (md5, cont, plain):
+            self.assertEqual(without_channel_binding(raw), raw)
