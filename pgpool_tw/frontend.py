@@ -259,12 +259,7 @@ class FrontendProtocol(Protocol):
         """The client's answers to the pooler's own password request."""
         login, reader = self._login, self._reader
         assert login is not None and login.exchange is not None and reader is not None
-        try:
-            messages = reader.feed(data)
-        except ProtocolViolation as e:
-            self._fatal(e.sqlstate, e.message)
-            return
-        for kind, body in messages:
+        for kind, body in self._framed(data):
             if kind == m.TERMINATE:
                 self.transport.loseConnection()
                 return
@@ -363,15 +358,18 @@ class FrontendProtocol(Protocol):
             data, self._buffer = self._buffer, b""
             self._login_data(data)
 
-    def _login_data(self, data: bytes) -> None:
-        """Client messages while a new server authenticates it: passwords go through."""
+    def _framed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Whole client messages of a login phase; a framing error ends the connection."""
         assert self._reader is not None
         try:
-            messages = self._reader.feed(data)
+            return self._reader.feed(data)
         except ProtocolViolation as e:
             self._fatal(e.sqlstate, e.message)
-            return
-        for kind, body in messages:
+            return []
+
+    def _login_data(self, data: bytes) -> None:
+        """Client messages while a new server authenticates it: passwords go through."""
+        for kind, body in self._framed(data):
             if kind == m.PASSWORD_MESSAGE and self.server is not None:
                 self.server.send(m.message(b"p", body))
             elif kind == m.TERMINATE:

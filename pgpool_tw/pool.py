@@ -202,26 +202,22 @@ class Pool:
         return ""
 
     def _reset_done(self, server: BackendProtocol, ok: bool) -> None:
+        if not (ok and server.connected_ok):
+            # _forget cancels the timer and gives a waiting claimant None.
+            self._discard(server, _RESET_FAILED)
+            return
         timer = self._resetting.pop(server, None)
         if timer is not None and timer.active():
             timer.cancel()
         claim = self._claims.pop(server, None)
-        if not (ok and server.connected_ok):
-            self._discard(server, _RESET_FAILED)
-            if claim is not None:
-                claim(None)
-        elif claim is None:
+        if claim is None:
             self._park(server)
         else:
             self.reused += 1
             claim(server)
 
     def _reset_timed_out(self, server: BackendProtocol) -> None:
-        self._resetting.pop(server, None)
-        claim = self._claims.pop(server, None)
         self._discard(server, _RESET_TIMED_OUT)
-        if claim is not None:
-            claim(None)
 
     def _park(self, server: BackendProtocol) -> None:
         server.park(self)

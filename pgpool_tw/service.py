@@ -312,7 +312,7 @@ class PgpoolService(MultiService):
             for client in list(self.factory.clients):
                 client.refuse_waiting()
             wait = self.config.smart_shutdown_timeout
-            self._when_clients_gone(wait, lambda: self.shutdown(FAST))
+            self._fast_when_clients_gone(wait)
         elif mode == FAST:
             self.pool.close_all()
             for client in list(self.factory.clients):
@@ -334,19 +334,19 @@ class PgpoolService(MultiService):
     def _connections(self) -> list[Any]:
         return list(self.factory.clients) + list(self.factory.servers.live)
 
-    def _when_clients_gone(self, within: float, otherwise: Any) -> None:
+    def _fast_when_clients_gone(self, within: float) -> None:
+        """Smart shutdown's wait: go fast once no client is left, or after ``within``."""
         deadline = self.reactor.seconds() + within if within > 0 else None
 
         def check() -> None:
             if self.shutting_down != SMART:
                 return
-            if not self.factory.clients:
-                self.shutdown(FAST)  # nothing left to wait for: close the pool
-            elif deadline is not None and self.reactor.seconds() >= deadline:
+            if deadline is not None and self.reactor.seconds() >= deadline:
                 log.warn("smart_shutdown_timeout reached: shutting down fast")
-                otherwise()
-            else:
+            elif self.factory.clients:
                 self.reactor.callLater(0.05, check)
+                return
+            self.shutdown(FAST)  # fast closes the pool, and whatever client is left
 
         check()
 

@@ -88,7 +88,7 @@ class TLSContexts:
             return ssl.CertificateOptions(
                 verify=True, caCerts=list(self._ca or ()), raiseMinimumTo=ssl.TLSVersion.TLSv1_2
             )
-        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        return _encrypt_only()
 
     def for_allow_retry(self, node: BackendNode) -> Optional[Any]:
         """``allow``'s second try: TLS, after the server refused the plaintext login.
@@ -97,11 +97,16 @@ class TLSContexts:
         """
         if self.sslmode != "allow" or node.is_unix or ssl is None:
             return None
-        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        return _encrypt_only()
 
     @property
     def server_tls_required(self) -> bool:
         return self.sslmode in ("require", "verify-ca", "verify-full")
+
+
+def _encrypt_only() -> Any:
+    """TLS with no certificate check: prefer, require, and allow's second try."""
+    return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
 def load_tls(config: Config) -> TLSContexts:
