@@ -134,16 +134,7 @@ class RawClient:
 
     def read_all(self) -> bytes:
         """Everything until the pooler closes (an ErrorResponse, usually)."""
-        chunks = []
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        except OSError:
-            pass
-        return b"".join(chunks)
+        return recv_until_closed(self.sock)
 
     def close(self, terminate: bool = True) -> None:
         try:
@@ -151,6 +142,20 @@ class RawClient:
                 self.send(m.terminate())
         finally:
             self.sock.close()
+
+
+def recv_until_closed(sock: socket.socket) -> bytes:
+    """Everything until the peer closes, resets, or the socket's timeout passes."""
+    chunks = []
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except OSError:
+        pass
+    return b"".join(chunks)
 
 
 def send_cancel(port: int, pid: int, key: int) -> None:

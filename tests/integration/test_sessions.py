@@ -19,6 +19,7 @@ from tests.integration.harness import (
     RawClient,
     error_fields,
     error_of,
+    recv_until_closed,
     send_cancel,
     sleep,
 )
@@ -33,12 +34,7 @@ def _one(dsn: str, sql: str) -> object:
 def _raw(port: int, packet: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(packet)
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
+        return recv_until_closed(sock)
 
 
 class StartupTests(PoolerTestCase):

@@ -31,7 +31,12 @@ from pgpool_tw.protocol.startup import StartupMessage, ssl_request
 from pgpool_tw.service import PgpoolService
 from tests.certs import CertificateAuthority, Issued
 from tests.e2e.pooler import client_env, pg_bin, quote_conf
-from tests.integration.harness import PoolerTestCase, RawClient, error_fields
+from tests.integration.harness import (
+    PoolerTestCase,
+    RawClient,
+    error_fields,
+    recv_until_closed,
+)
 from tests.support import unique_name
 
 LOOPBACK = "127.0.0.1"
@@ -156,20 +161,6 @@ def psql(conninfo: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _recv_all(sock: socket.socket) -> bytes:
-    """Everything until the peer closes (or resets, or 10 s of silence)."""
-    chunks = []
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    except OSError:
-        pass
-    return b"".join(chunks)
-
-
 def _tls_wrap(
     sock: socket.socket,
     cert: Optional[Issued] = None,
@@ -289,7 +280,7 @@ def ssl_request_then_plaintext(port: int, user: str, db: str) -> bytes:
     startup = StartupMessage(params=(("user", user), ("database", db))).to_server_packet()
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
         sock.sendall(ssl_request() + startup)
-        return _recv_all(sock)
+        return recv_until_closed(sock)
 
 
 def plaintext_after_s(port: int, user: str, db: str) -> tuple[bytes, bytes]:
@@ -302,7 +293,7 @@ def plaintext_after_s(port: int, user: str, db: str) -> tuple[bytes, bytes]:
             sock.sendall(startup)
         except OSError:
             return answer, b""
-        return answer, _recv_all(sock)
+        return answer, recv_until_closed(sock)
 
 
 def authentication_seen(raw: bytes) -> bool:
