@@ -63,8 +63,7 @@ class _TwistdService(PgpoolService):
     """Under twistd a listener that cannot open ends the process with one line."""
 
     def startService(self) -> None:
-        if os.environ.get("PGPOOL_TW_FASTPOLL", "1") != "0":
-            fastpoll.install(self.reactor)
+        fastpoll.install(self.reactor)  # the process is ours: a leaner loop (bench/RESULTS.md)
         super().startService()
 
     def privilegedStartService(self) -> None:
