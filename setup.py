@@ -5,13 +5,29 @@ directory must never be a package) so that a regular install copies the dropin
 into Twisted's own plugin directory.
 """
 
+import platform
+import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # ``package_dir={"": "."}`` makes an editable install put this checkout on
 # sys.path (a static .pth) instead of an import hook, so Twisted's plugin scan,
 # which looks for ``twisted/plugins`` under each sys.path entry, finds the dropin.
+
+# The relay's hot path in C (pgpool_tw/_speedups.c) for CPython on Linux; optional:
+# without a compiler the pure-Python relay runs.  PyPy keeps the Python relay,
+# which its JIT compiles (its C-API emulation would make the extension slower).
+SPEEDUPS = [
+    Extension(
+        "pgpool_tw._speedups",
+        ["pgpool_tw/_speedups.c"],
+        optional=True,
+        extra_compile_args=["-O2"],
+    )
+]
+if platform.python_implementation() != "CPython" or not sys.platform.startswith("linux"):
+    SPEEDUPS = []
 
 setup(
     name="pgpool-tw",
@@ -24,6 +40,7 @@ setup(
     package_dir={"": "."},
     packages=["pgpool_tw", "pgpool_tw.protocol", "twisted.plugins"],
     package_data={"twisted": ["plugins/pgpool_plugin.py"]},
+    ext_modules=SPEEDUPS,
     install_requires=[
         "twisted[tls]>=22.10",
         "zope.interface",

@@ -22,7 +22,7 @@ from pgpool_tw.config import BackendNode
 from pgpool_tw.events import EventHub, ServerInfo
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
-from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.protocol.relay import SessionTracker, Tracker
 from pgpool_tw.protocol.startup import StartupMessage, cancel_request, ssl_request
 from pgpool_tw.transport import Writer, make_writer, tune_socket
 
@@ -303,7 +303,7 @@ class BackendProtocol(Protocol):
         self.keeper = None
         self.sessions += 1
         self.peer_write = peer_write
-        self.tracker = SessionTracker(self.params, self.status)
+        self.tracker = Tracker(self.params, self.status)
         self.state = ATTACHED
         return self.tracker
 

@@ -7,35 +7,60 @@ relay that handles two read events per transaction that is a measurable share
 of its CPU.  ``install`` replaces the reactor's ``doIteration`` with the same
 loop minus those two steps for plain read events; anything else (writes,
 hang-ups, errors) still goes through Twisted's own ``_doReadOrWrite``.
+
+Where the C extension ``pgpool_tw._speedups`` is built (CPython on Linux), the
+iteration itself is C: the sockets of attached sessions registered with
+``start_relay`` are forwarded without entering Python at all (receive, header
+walk, send), and every other event comes back to the loop below as from
+``select.epoll``.  ``PGPOOL_TW_PURE_PYTHON=1`` in the environment turns the C
+parts off (for comparison and debugging).
+
 Only ``twistd pgpool`` installs it: an application embedding the pooler keeps
-its reactor as it is.
+its reactor as it is, and its sessions are relayed by Twisted's own path.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import select
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from twisted.internet import tcp
 from twisted.logger import Logger
 
+from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.speedups import speedups as _speedups
+
 log = Logger()
+
+#: The longest wait epoll_wait takes in one call (ms): a C int.
+_MAX_WAIT_MS = 2**31 - 1
+
+#: The reactor whose iteration forwards registered relays itself, if any.
+_pumping_reactor: Any = None
+
+
+def c_loop_available() -> bool:
+    """The C iteration can be installed (the extension is built and not turned off)."""
+    return _speedups is not None
 
 
 def install(reactor: Any) -> bool:
     """Swap in the lean iteration when ``reactor`` is Twisted's epoll reactor."""
+    global _pumping_reactor
     try:
         from twisted.internet.epollreactor import EPollReactor
     except ImportError:
         return False
-    if not isinstance(reactor, EPollReactor):
+    if not isinstance(reactor, EPollReactor) or "doIteration" in vars(reactor):
         return False
-    poll = reactor._poller.poll
     selectables = reactor._selectables
     slow = reactor._doReadOrWrite
     disconnect = reactor._disconnectSelectable
     readable = select.EPOLLIN
+    poll = _c_poll(reactor._poller) if _speedups is not None else reactor._poller.poll
 
     def do_poll(timeout: Optional[float]) -> None:
         try:
@@ -60,4 +85,71 @@ def install(reactor: Any) -> bool:
                 disconnect(selectable, why, True)
 
     reactor.doIteration = do_poll  # type: ignore[method-assign]
+    if _speedups is not None:
+        _pumping_reactor = reactor
     return True
+
+
+def uninstall(reactor: Any) -> None:
+    """Give ``reactor`` its own iteration back (tests install and remove the loop)."""
+    global _pumping_reactor
+    vars(reactor).pop("doIteration", None)
+    if _pumping_reactor is reactor:
+        _pumping_reactor = None
+
+
+def _c_poll(poller: Any) -> Callable[[Optional[float], int], list[tuple[int, int]]]:
+    """``poller.poll``'s signature, answered by the C iteration."""
+    assert _speedups is not None
+    epfd = poller.fileno()
+    cpoll = _speedups.poll
+
+    def poll(timeout: Optional[float], maxevents: int) -> list[tuple[int, int]]:
+        if timeout is None:
+            timeout = -1
+        # select.epoll rounds a timeout up to whole milliseconds too.
+        ms = -1 if timeout < 0 else min(math.ceil(timeout * 1000), _MAX_WAIT_MS)
+        return cpoll(epfd, ms, maxevents)
+
+    return poll
+
+
+def _plain_socket(transport: Any) -> bool:
+    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+
+
+def start_relay(
+    reactor: Any,
+    tracker: SessionTracker,
+    client: Any,
+    server: Any,
+    on_terminate: Callable[[], None],
+) -> Optional[Any]:
+    """Let the C iteration forward this session's chunks; None when it cannot.
+
+    It cannot when the loop is not installed on ``reactor``, the tracker is the
+    Python one, or either leg is not a plain socket (TLS is Twisted's to relay).
+    The caller keeps feeding its own ``dataReceived`` path: Twisted still calls
+    it whenever the C loop hands an event back.
+    """
+    if _speedups is None or reactor is not _pumping_reactor:
+        return None
+    if not isinstance(tracker, _speedups.SessionTracker):  # a test's Python tracker
+        return None
+    if not (_plain_socket(client) and _plain_socket(server)):
+        return None
+    client_fd, server_fd = client.fileno(), server.fileno()
+    if client_fd < 0 or server_fd < 0:
+        return None
+    relay = _speedups.Relay(tracker, client, server, client_fd, server_fd, on_terminate)
+    _speedups.register(client_fd, relay, 0)
+    _speedups.register(server_fd, relay, 1)
+    return relay
+
+
+def stop_relay(relay: Any) -> None:
+    """Hand both sockets back to Twisted's path (safe after either was closed)."""
+    assert _speedups is not None
+    client_fd, server_fd = relay.fds
+    _speedups.unregister(client_fd, relay)
+    _speedups.unregister(server_fd, relay)

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw import clientauth
+from pgpool_tw import clientauth, fastpoll
 from pgpool_tw.authfiles import AuthFiles
 from pgpool_tw.backend import BackendProtocol, ServerBook, connect_server, send_cancel
 from pgpool_tw.cancel import CancelRegistry, new_secret
@@ -111,6 +111,8 @@ class FrontendProtocol(Protocol):
         self._timer: Optional[IDelayedCall] = None
         self._connector: Any = None
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
+        #: The C loop's handle while it forwards this session (fastpoll.start_relay).
+        self._relay: Any = None
         self._secret = 0
         self._in_pool = False
         self._auth_ok_sent = False
@@ -513,6 +515,9 @@ class FrontendProtocol(Protocol):
         self.tracker = server.attach(self, self.send)
         self.server_write = server.send
         self._producers = link(self.transport, server.transport)
+        self._relay = fastpoll.start_relay(
+            self.factory.reactor, self.tracker, self.transport, server.transport, self._terminated
+        )
         self._reader = None
         self.state = RELAY
         self.relaying = True
@@ -539,6 +544,10 @@ class FrontendProtocol(Protocol):
 
     def _stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
+        if self._relay is not None:
+            fastpoll.stop_relay(self._relay)
+            self.received += self._relay.received
+            self._relay = None
         self.server = None
         self.server_write = _discard
         if self._producers is not None:
@@ -578,8 +587,9 @@ class FrontendProtocol(Protocol):
         tracker = self.tracker
         if not self.relaying or tracker is None:
             return
-        if self.received != self._idle_mark or tracker.pending:
-            self._idle_mark = self.received
+        received = self.received + (self._relay.received if self._relay is not None else 0)
+        if received != self._idle_mark or tracker.pending:
+            self._idle_mark = received
             self._idle_since = now
         elif now - self._idle_since >= limit:
             log.info(

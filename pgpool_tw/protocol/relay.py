@@ -24,6 +24,7 @@ from struct import Struct
 
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.messages import IDLE, parse_parameter_status
+from pgpool_tw.speedups import speedups
 
 _LENGTH = Struct("!I").unpack_from
 
@@ -222,3 +223,8 @@ class SessionTracker:
             except ProtocolViolation:
                 return
             self.params[name] = value
+
+
+#: The tracker sessions use: the C one from ``pgpool_tw._speedups`` where it is
+#: built (the same rules, tested against this class), else this class.
+Tracker: type[SessionTracker] = speedups.SessionTracker if speedups is not None else SessionTracker

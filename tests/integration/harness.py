@@ -17,6 +17,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
+from pgpool_tw import fastpoll
 from pgpool_tw.config import BackendNode, Config
 from pgpool_tw.devdb import TempPostgres
 from pgpool_tw.protocol import messages as m
@@ -32,10 +33,17 @@ class PoolerTestCase(unittest.TestCase):
 
     auth_method = "trust"
     timeout = 120
+    #: Run the reactor with fastpoll's C iteration, as ``twistd pgpool`` does.
+    c_loop = False
 
     def setUp(self) -> None:
         skip_unless_postgres()
         self.pg: TempPostgres = shared_postgres(self.auth_method)
+        if self.c_loop:
+            if not fastpoll.c_loop_available():
+                raise unittest.SkipTest("pgpool_tw._speedups is not built or turned off")
+            self.assertTrue(fastpoll.install(reactor))
+            self.addCleanup(fastpoll.uninstall, reactor)
 
     def start_pooler(self, **settings: Any) -> PgpoolService:
         socket_dir = tempfile.mkdtemp(prefix="pgtw-")

@@ -1,0 +1,160 @@
+"""Tests for pgpool_tw._speedups' SessionTracker: the same rules as the Python one.
+
+Every test of tests/unit/test_protocol_relay.py runs again with the C tracker, and
+both trackers are fed the same random streams with the same random cuts and must
+agree on every return value and every public state after every chunk.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pgpool_tw.protocol import messages
+from pgpool_tw.protocol.relay import SessionTracker, Tracker
+from pgpool_tw.speedups import speedups
+from tests.unit import test_protocol_relay as base
+
+SKIP = "pgpool_tw._speedups is not built (or PGPOOL_TW_PURE_PYTHON is set)" if not speedups else ""
+
+
+def _relay_tests_on_c() -> Any:
+    """A second copy of the relay tests' module whose SessionTracker is the C one.
+
+    A copy (not subclasses) so that hypothesis sees distinct test functions.
+    """
+    spec = importlib.util.spec_from_file_location(__name__ + "_relay_on_c", base.__file__)
+    assert spec is not None and spec.loader is not None and speedups is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.SessionTracker = speedups.SessionTracker  # type: ignore[attr-defined]
+    return module
+
+
+def _c_cases() -> dict[str, type]:
+    """Each relay test class again, named C<name>, when the extension is built."""
+    if speedups is None:
+        return {}
+    on_c = _relay_tests_on_c()
+    cases = {}
+    for name in dir(on_c):
+        case = getattr(on_c, name)
+        if isinstance(case, type) and issubclass(case, SynchronousTestCase):
+            cases["C" + name] = type("C" + name, (case,), {"__module__": __name__})
+    return cases
+
+
+globals().update(_c_cases())
+
+
+def public_state(tracker: Any) -> tuple[object, ...]:
+    return (
+        tracker.pending,
+        tracker.unsynced,
+        tracker.status,
+        tracker.in_sync,
+        tracker.server_at_boundary,
+        dict(tracker.params),
+    )
+
+
+ANY_MESSAGE = st.builds(
+    messages.message,
+    st.sampled_from([b"Q", b"S", b"F", b"X", b"d", b"c", b"f", b"P", b"B", b"E", b"Z", b"D"]),
+    st.binary(max_size=12),
+)
+STATUS = st.builds(
+    lambda name, value: messages.message(b"S", name + b"\0" + value + b"\0"),
+    st.binary(max_size=6).filter(lambda b: b"\0" not in b),
+    st.binary(max_size=6),  # may hold a NUL: a malformed ParameterStatus, ignored by both
+)
+READY = st.builds(lambda s: messages.message(b"Z", s), st.sampled_from([b"I", b"T", b"E", b""]))
+STREAM = st.lists(st.one_of(ANY_MESSAGE, STATUS, READY), max_size=25).map(b"".join)
+NOISE = st.binary(max_size=120)  # not messages at all: lengths of anything
+CUTS = st.lists(st.integers(min_value=0, max_value=400), max_size=30)
+
+
+class DifferentialTests(SynchronousTestCase):
+    """The C tracker and the Python tracker agree after every chunk."""
+
+    skip = SKIP or None
+
+    def compare(self, client: bytes, server: bytes, c_cuts: list[int], s_cuts: list[int]) -> None:
+        assert speedups is not None
+        py = SessionTracker({"server_version": "15"})
+        c = speedups.SessionTracker({"server_version": "15"})
+        client_chunks = base.split_at(client, c_cuts)
+        server_chunks = base.split_at(server, s_cuts)
+        for step in range(max(len(client_chunks), len(server_chunks))):
+            if step < len(server_chunks):
+                py.feed_server(server_chunks[step])
+                c.feed_server(server_chunks[step])
+            if step < len(client_chunks):
+                self.assertEqual(
+                    c.feed_client(client_chunks[step]), py.feed_client(client_chunks[step])
+                )
+            self.assertEqual(public_state(c), public_state(py), f"after chunk {step}")
+            self.assertEqual(
+                (c._c_head, c._s_head, c._s_body), (py._c_head, py._s_head, py._s_body)
+            )
+
+    @settings(max_examples=300)
+    @given(STREAM, STREAM, CUTS, CUTS)
+    def test_random_messages(
+        self, client: bytes, server: bytes, c_cuts: list[int], s_cuts: list[int]
+    ) -> None:
+        """Random well-framed streams, randomly cut: the same results and states."""
+        self.compare(client, server, c_cuts, s_cuts)
+
+    @settings(max_examples=300)
+    @given(NOISE, NOISE, CUTS, CUTS)
+    def test_random_bytes(
+        self, client: bytes, server: bytes, c_cuts: list[int], s_cuts: list[int]
+    ) -> None:
+        """Hostile bytes with any lengths, randomly cut: the same results and states."""
+        self.compare(client, server, c_cuts, s_cuts)
+
+    def test_byte_by_byte_conversation(self) -> None:
+        """The relay tests' whole conversation one byte at a time: the same states."""
+        self.compare(
+            base.CLIENT_WITH_TERMINATE,
+            base.SERVER,
+            list(range(len(base.CLIENT_WITH_TERMINATE))),
+            list(range(len(base.SERVER))),
+        )
+
+    def test_undecodable_parameter_value(self) -> None:
+        """A value that is not UTF-8 is kept with surrogate escapes, as in Python."""
+        body = messages.message(b"S", b"name\0\xff\xfe\0")
+        self.compare(b"", body, [], [])
+
+    def test_rejects_what_is_not_bytes(self) -> None:
+        """A str chunk is a TypeError, not a crash."""
+        assert speedups is not None
+        tracker = speedups.SessionTracker({})
+        self.assertRaises(TypeError, tracker.feed_client, "Q")
+        self.assertRaises(TypeError, tracker.feed_server, 1)
+        self.assertRaises(TypeError, speedups.SessionTracker, [])
+
+
+class BuildTests(SynchronousTestCase):
+    def test_sessions_use_the_c_tracker_on_cpython(self) -> None:
+        """On CPython/Linux the extension is built and sessions use its tracker."""
+        if platform.python_implementation() != "CPython" or not sys.platform.startswith("linux"):
+            raise self.skipTest("the extension is only built for CPython on Linux")
+        if SKIP:
+            raise (
+                self.skipTest(SKIP)
+                if "PURE" in str(sys.argv)
+                else self.failureException(
+                    "pgpool_tw._speedups did not build: is a C compiler installed?"
+                )
+            )
+        assert speedups is not None
+        self.assertIs(Tracker, speedups.SessionTracker)
