@@ -22,7 +22,9 @@
  *   whose Twisted write buffer is not empty (Twisted's own path then keeps order
  *   and flow control), end of file, and receive errors (returned as EPOLLERR so
  *   Twisted reports a lost connection).  What the kernel does not take of a send
- *   goes to the peer transport's write(), as in transport.make_writer.
+ *   goes to the peer transport's write(), as in transport.make_writer.  poll()
+ *   returns to Twisted only when there is something for it: an event it owns, a
+ *   pump that ran Python code, a signal, or the timeout of its next timed call.
  *
  * Rules: no allocation per chunk on the common path; Python is called only for
  * a Terminate (the relay's on_terminate), a ParameterStatus (the params dict)
@@ -37,6 +39,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define IDLE 'I'
 #define RECV_SIZE 65536
@@ -483,6 +486,7 @@ typedef struct {
     PyObject_HEAD
     Tracker *tracker;
     PyObject *transports[2]; /* [0] the client's, [1] the server's */
+    PyObject *dicts[2];      /* their instance dicts, where Twisted keeps write state */
     int fds[2];
     PyObject *on_terminate;
     long received; /* client chunks forwarded here (client_idle_limit reads it) */
@@ -510,6 +514,17 @@ relay_init(Relay *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->transports[0], client);
     Py_INCREF(server);
     Py_XSETREF(self->transports[1], server);
+    for (int i = 0; i < 2; i++) {
+        PyObject *dict = PyObject_GenericGetDict(self->transports[i], NULL);
+        if (dict == NULL)
+            return -1;
+        if (!PyDict_Check(dict)) {
+            Py_DECREF(dict);
+            PyErr_SetString(PyExc_TypeError, "a relay's transports need a plain __dict__");
+            return -1;
+        }
+        Py_XSETREF(self->dicts[i], dict);
+    }
     Py_INCREF(on_terminate);
     Py_XSETREF(self->on_terminate, on_terminate);
     self->fds[0] = client_fd;
@@ -524,6 +539,8 @@ relay_traverse(Relay *self, visitproc visit, void *arg)
     Py_VISIT(self->tracker);
     Py_VISIT(self->transports[0]);
     Py_VISIT(self->transports[1]);
+    Py_VISIT(self->dicts[0]);
+    Py_VISIT(self->dicts[1]);
     Py_VISIT(self->on_terminate);
     return 0;
 }
@@ -534,6 +551,8 @@ relay_clear(Relay *self)
     Py_CLEAR(self->tracker);
     Py_CLEAR(self->transports[0]);
     Py_CLEAR(self->transports[1]);
+    Py_CLEAR(self->dicts[0]);
+    Py_CLEAR(self->dicts[1]);
     Py_CLEAR(self->on_terminate);
     return 0;
 }
@@ -590,6 +609,8 @@ static int slots_size = 0;
 static struct epoll_event *events = NULL;
 static int events_size = 0;
 static unsigned char recv_buffer[RECV_SIZE];
+/* Set when a pump ran Python code, which may have scheduled work for Twisted. */
+static int ran_python = 0;
 
 static PyObject *str_dataBuffer, *str_tempDataLen, *str_disconnecting, *str_write;
 
@@ -637,31 +658,26 @@ speedups_unregister(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Twisted has nothing queued for this transport: sending now keeps the order. */
+/*
+ * Twisted has nothing queued for this transport, so sending now keeps the order.
+ * The same three checks as transport.make_writer, read from the instance dict:
+ * an attribute missing there still has its class default (empty, 0, False).
+ */
 static int
-clear_to_send(PyObject *transport)
+clear_to_send(PyObject *dict)
 {
-    PyObject *v = PyObject_GetAttr(transport, str_dataBuffer);
-    if (v == NULL)
-        return -1;
-    int busy = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (busy)
-        return busy < 0 ? -1 : 0;
-    v = PyObject_GetAttr(transport, str_tempDataLen);
-    if (v == NULL)
-        return -1;
-    busy = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (busy)
-        return busy < 0 ? -1 : 0;
-    v = PyObject_GetAttr(transport, str_disconnecting);
-    if (v == NULL)
-        return -1;
-    busy = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (busy)
-        return busy < 0 ? -1 : 0;
+    PyObject *names[3] = {str_dataBuffer, str_tempDataLen, str_disconnecting};
+    for (int i = 0; i < 3; i++) {
+        PyObject *v = PyDict_GetItemWithError(dict, names[i]);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        int busy = PyObject_IsTrue(v);
+        if (busy)
+            return busy < 0 ? -1 : 0;
+    }
     return 1;
 }
 
@@ -676,6 +692,7 @@ send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n)
         sent = 0; /* EAGAIN, or an error Twisted's own write path will report */
     if (sent == n)
         return 0;
+    ran_python = 1;
     PyObject *rest = PyBytes_FromStringAndSize((const char *)data + sent, n - sent);
     if (rest == NULL)
         return -1;
@@ -694,7 +711,7 @@ static int
 pump(Relay *r, int side)
 {
     int peer = 1 - side;
-    int clear = clear_to_send(r->transports[peer]);
+    int clear = clear_to_send(r->dicts[peer]);
     if (clear <= 0)
         return clear < 0 ? -1 : TO_TWISTED;
     ssize_t n = recv(r->fds[side], recv_buffer, RECV_SIZE, 0);
@@ -711,6 +728,7 @@ pump(Relay *r, int side)
         if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
             return -1;
         if (at >= 0) {
+            ran_python = 1;
             PyObject *res = PyObject_CallNoArgs(r->on_terminate);
             if (res == NULL)
                 return -1;
@@ -725,6 +743,20 @@ pump(Relay *r, int side)
     return PUMPED;
 }
 
+static int64_t
+monotonic_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/*
+ * Wait and forward, as often as needed, until an event is left for Twisted,
+ * a pump ran Python code (it may have scheduled a call or a write), or the
+ * timeout (Twisted's next timed call) is reached.  A busy relay thus costs
+ * Twisted's loop nothing: no runUntilCurrent, no Python per wake-up.
+ */
 static PyObject *
 speedups_poll(PyObject *module, PyObject *args)
 {
@@ -740,49 +772,66 @@ speedups_poll(PyObject *module, PyObject *args)
         events = grown;
         events_size = maxevents;
     }
-    int count;
-    Py_BEGIN_ALLOW_THREADS
-    count = epoll_wait(epfd, events, maxevents, timeout);
-    Py_END_ALLOW_THREADS
-    if (count < 0) {
-        if (errno == EINTR) {
-            if (PyErr_CheckSignals() < 0)
-                return NULL;
-            return PyList_New(0);
-        }
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
     PyObject *result = PyList_New(0);
     if (result == NULL)
         return NULL;
-    for (int i = 0; i < count; i++) {
-        int fd = events[i].data.fd;
-        unsigned int ev = events[i].events;
-        if (ev == EPOLLIN && fd >= 0 && fd < slots_size && slots[fd].relay != NULL) {
-            Relay *relay = slots[fd].relay;
-            int side = slots[fd].side;
-            Py_INCREF(relay); /* Python called from pump() may unregister it */
-            int how = pump(relay, side);
-            Py_DECREF(relay);
-            if (how == PUMPED)
-                continue;
-            if (how < 0) {
-                /* Like an exception in doRead: reported, and the loop goes on. */
-                PyErr_WriteUnraisable((PyObject *)relay);
-                continue;
+    int64_t deadline = timeout > 0 ? monotonic_ms() + timeout : 0;
+    int wait = timeout;
+    ran_python = 0;
+    for (;;) {
+        int count;
+        Py_BEGIN_ALLOW_THREADS
+        count = epoll_wait(epfd, events, maxevents, wait);
+        Py_END_ALLOW_THREADS
+        if (count < 0) {
+            if (errno != EINTR) {
+                Py_DECREF(result);
+                return PyErr_SetFromErrno(PyExc_OSError);
             }
-            if (how == TO_TWISTED_ERROR)
-                ev = EPOLLERR;
+            count = 0;
+            ran_python = 1; /* a signal: its handler is Python's to run */
         }
-        PyObject *pair = Py_BuildValue("(iI)", fd, ev);
-        if (pair == NULL || PyList_Append(result, pair) < 0) {
-            Py_XDECREF(pair);
+        for (int i = 0; i < count; i++) {
+            int fd = events[i].data.fd;
+            unsigned int ev = events[i].events;
+            if (ev == EPOLLIN && fd >= 0 && fd < slots_size && slots[fd].relay != NULL) {
+                Relay *relay = slots[fd].relay;
+                int side = slots[fd].side;
+                Py_INCREF(relay); /* Python called from pump() may unregister it */
+                int how = pump(relay, side);
+                Py_DECREF(relay);
+                if (how == PUMPED)
+                    continue;
+                if (how < 0) {
+                    /* Like an exception in doRead: reported, and the loop goes on. */
+                    PyErr_WriteUnraisable((PyObject *)relay);
+                    ran_python = 1;
+                    continue;
+                }
+                if (how == TO_TWISTED_ERROR)
+                    ev = EPOLLERR;
+            }
+            PyObject *pair = Py_BuildValue("(iI)", fd, ev);
+            if (pair == NULL || PyList_Append(result, pair) < 0) {
+                Py_XDECREF(pair);
+                Py_DECREF(result);
+                return NULL;
+            }
+            Py_DECREF(pair);
+        }
+        if (PyErr_CheckSignals() < 0) {
             Py_DECREF(result);
             return NULL;
         }
-        Py_DECREF(pair);
+        if (count == 0 || ran_python || PyList_GET_SIZE(result) > 0 || timeout == 0)
+            return result;
+        if (timeout > 0) {
+            int64_t left = deadline - monotonic_ms();
+            if (left <= 0)
+                return result;
+            wait = left > INT32_MAX ? INT32_MAX : (int)left;
+        }
     }
-    return result;
 }
 
 static PyMethodDef speedups_methods[] = {
