@@ -171,8 +171,10 @@ class Server:
         log_path: str,
         port: int,
         user: Optional[pwd.struct_passwd] = None,
+        env: Optional[dict[str, str]] = None,
     ) -> None:
         self.name = name
+        self.env = env or {}
         self.argv = argv
         self.workdir = workdir
         self.log_path = log_path
@@ -196,7 +198,7 @@ class Server:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=client_env(),
+                    env={**client_env(), **self.env},
                     start_new_session=True,  # a ^C to the benchmark is ours to handle
                     user=None if user is None else user.pw_uid,
                     group=None if user is None else user.pw_gid,

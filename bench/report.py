@@ -35,7 +35,10 @@ def python_versions() -> dict[str, str]:
         twisted = metadata.version("Twisted")
     except metadata.PackageNotFoundError:
         twisted = "not installed"
-    return {"Python": platform.python_version(), "Twisted": twisted}
+    from pgpool_tw.speedups import speedups
+
+    relay = "C (pgpool_tw._speedups)" if speedups is not None else "pure Python (C part not built)"
+    return {"Python": platform.python_version(), "Twisted": twisted, "pgpool-tw relay": relay}
 
 
 def _num(value: Optional[float], digits: int = 0) -> str:

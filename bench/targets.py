@@ -1,8 +1,9 @@
-"""The five benchmark targets: their configuration files and how each is started.
+"""The benchmark targets: their configuration files and how each is started.
 
 Owns: writing a config for ``direct`` (PostgreSQL itself, nothing to start),
-``pgbouncer-session``, ``pgbouncer-transaction``, ``pgpool2`` (pgpool-II from Debian) and
-``pgpool-tw`` into a fresh directory of the run's temp dir, and starting it on a free
+``pgbouncer-session``, ``pgbouncer-transaction``, ``pgpool2`` (pgpool-II from Debian),
+``pgpool-tw``, ``pgpool-tw-pure`` (its C relay turned off) and ``pgpool-tw-pypy``
+into a fresh directory of the run's temp dir, and starting it on a free
 loopback port as a subprocess run by hand (never a system service).  pgbouncer and
 pgpool-II run as the ``postgres`` OS user when we are root.
 
@@ -31,8 +32,11 @@ TARGETS = (
     "pgbouncer-transaction",
     "pgpool2",
     "pgpool-tw",
+    "pgpool-tw-pure",
     "pgpool-tw-pypy",
 )
+#: pgpool-tw on CPython with its C relay turned off (pgpool_tw/speedups.py): the lever's gain.
+PURE_PYTHON_ENV = {"PGPOOL_TW_PURE_PYTHON": "1"}
 #: pgpool-tw on PyPy: the venv bench/run makes when Debian's pypy3 is installable.
 PYPY_TWISTD = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-pypy", "bin", "twistd"
@@ -149,6 +153,8 @@ class Launcher:
             return self._pgpool2(workdir, port)
         if name == "pgpool-tw":
             return self._pgpool_tw(workdir, port, idle_clients)
+        if name == "pgpool-tw-pure":
+            return self._pgpool_tw(workdir, port, idle_clients, None, name, PURE_PYTHON_ENV)
         if name == "pgpool-tw-pypy":
             return self._pgpool_tw(workdir, port, idle_clients, [PYPY_TWISTD], name)
         raise ValueError(f"unknown target {name!r}")
@@ -247,6 +253,7 @@ class Launcher:
         idle_clients: bool,
         head: Optional[list[str]] = None,
         name: str = "pgpool-tw",
+        env: Optional[dict[str, str]] = None,
     ) -> Server:
         settings: dict[str, object] = {
             "listen_addresses": "127.0.0.1",
@@ -267,7 +274,7 @@ class Launcher:
             head = [twistd] if os.path.exists(twistd) else [sys.executable, "-c", _TWISTD]
         # twistd inherits our RLIMIT_NOFILE, raised by bench.py before anything starts.
         argv = head + ["-n", "--pidfile=", "pgpool", "-c", conf]
-        return Server(name, argv, workdir, os.path.join(workdir, "run.log"), port)
+        return Server(name, argv, workdir, os.path.join(workdir, "run.log"), port, env=env)
 
 
 def _pgpool_conf(settings: dict[str, object]) -> str:

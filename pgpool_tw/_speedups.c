@@ -19,8 +19,8 @@
  *   headers with the tracker, send at once to the peer.  Everything else is left
  *   to Twisted by returning the (fd, events) pair, exactly as select.epoll.poll
  *   would: events that are not a plain "readable", sockets not registered, a peer
- *   whose Twisted write buffer is not empty (Twisted's own path then keeps order
- *   and flow control), end of file, and receive errors (returned as EPOLLERR so
+ *   that Twisted is waiting to write to (its own path then keeps order and flow
+ *   control), end of file, and receive errors (returned as EPOLLERR so
  *   Twisted reports a lost connection).  What the kernel does not take of a send
  *   goes to the peer transport's write(), as in transport.make_writer.  poll()
  *   returns to Twisted only when there is something for it: an event it owns, a
@@ -486,7 +486,8 @@ typedef struct {
     PyObject_HEAD
     Tracker *tracker;
     PyObject *transports[2]; /* [0] the client's, [1] the server's */
-    PyObject *dicts[2];      /* their instance dicts, where Twisted keeps write state */
+    PyObject *fd_objs[2];    /* the fds as ints, to look up in `writes` */
+    PyObject *writes;        /* the epoll reactor's set of fds it waits to write to */
     int fds[2];
     PyObject *on_terminate;
     long received; /* client chunks forwarded here (client_idle_limit reads it) */
@@ -498,11 +499,12 @@ static int
 relay_init(Relay *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"tracker", "client", "server", "client_fd", "server_fd",
-                             "on_terminate", NULL};
-    PyObject *tracker, *client, *server, *on_terminate;
+                             "on_terminate", "writes", NULL};
+    PyObject *tracker, *client, *server, *on_terminate, *writes;
     int client_fd, server_fd;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOiiO", kwlist, &TrackerType, &tracker,
-                                     &client, &server, &client_fd, &server_fd, &on_terminate))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOiiOO!", kwlist, &TrackerType, &tracker,
+                                     &client, &server, &client_fd, &server_fd, &on_terminate,
+                                     &PySet_Type, &writes))
         return -1;
     if (client_fd < 0 || server_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a relay needs two open sockets");
@@ -515,16 +517,13 @@ relay_init(Relay *self, PyObject *args, PyObject *kwds)
     Py_INCREF(server);
     Py_XSETREF(self->transports[1], server);
     for (int i = 0; i < 2; i++) {
-        PyObject *dict = PyObject_GenericGetDict(self->transports[i], NULL);
-        if (dict == NULL)
+        PyObject *fd = PyLong_FromLong(i == 0 ? client_fd : server_fd);
+        if (fd == NULL)
             return -1;
-        if (!PyDict_Check(dict)) {
-            Py_DECREF(dict);
-            PyErr_SetString(PyExc_TypeError, "a relay's transports need a plain __dict__");
-            return -1;
-        }
-        Py_XSETREF(self->dicts[i], dict);
+        Py_XSETREF(self->fd_objs[i], fd);
     }
+    Py_INCREF(writes);
+    Py_XSETREF(self->writes, writes);
     Py_INCREF(on_terminate);
     Py_XSETREF(self->on_terminate, on_terminate);
     self->fds[0] = client_fd;
@@ -539,8 +538,7 @@ relay_traverse(Relay *self, visitproc visit, void *arg)
     Py_VISIT(self->tracker);
     Py_VISIT(self->transports[0]);
     Py_VISIT(self->transports[1]);
-    Py_VISIT(self->dicts[0]);
-    Py_VISIT(self->dicts[1]);
+    Py_VISIT(self->writes);
     Py_VISIT(self->on_terminate);
     return 0;
 }
@@ -551,8 +549,9 @@ relay_clear(Relay *self)
     Py_CLEAR(self->tracker);
     Py_CLEAR(self->transports[0]);
     Py_CLEAR(self->transports[1]);
-    Py_CLEAR(self->dicts[0]);
-    Py_CLEAR(self->dicts[1]);
+    Py_CLEAR(self->fd_objs[0]);
+    Py_CLEAR(self->fd_objs[1]);
+    Py_CLEAR(self->writes);
     Py_CLEAR(self->on_terminate);
     return 0;
 }
@@ -612,7 +611,7 @@ static unsigned char recv_buffer[RECV_SIZE];
 /* Set when a pump ran Python code, which may have scheduled work for Twisted. */
 static int ran_python = 0;
 
-static PyObject *str_dataBuffer, *str_tempDataLen, *str_disconnecting, *str_write;
+static PyObject *str_write;
 
 static PyObject *
 speedups_register(PyObject *module, PyObject *args)
@@ -659,26 +658,18 @@ speedups_unregister(PyObject *module, PyObject *args)
 }
 
 /*
- * Twisted has nothing queued for this transport, so sending now keeps the order.
- * The same three checks as transport.make_writer, read from the instance dict:
- * an attribute missing there still has its class default (empty, 0, False).
+ * Twisted has nothing queued for this peer, so sending now keeps the order.
+ * Twisted's write() always registers the socket for writability (startWriting)
+ * and only its doWrite, once everything went out, unregisters it; loseConnection
+ * registers it too.  So "not in the reactor's write set" means no bytes are
+ * queued and no close is pending: the three checks of transport.make_writer, in
+ * one lookup in a small set that stays in cache however many clients there are.
  */
 static int
-clear_to_send(PyObject *dict)
+clear_to_send(Relay *r, int peer)
 {
-    PyObject *names[3] = {str_dataBuffer, str_tempDataLen, str_disconnecting};
-    for (int i = 0; i < 3; i++) {
-        PyObject *v = PyDict_GetItemWithError(dict, names[i]);
-        if (v == NULL) {
-            if (PyErr_Occurred())
-                return -1;
-            continue;
-        }
-        int busy = PyObject_IsTrue(v);
-        if (busy)
-            return busy < 0 ? -1 : 0;
-    }
-    return 1;
+    int busy = PySet_Contains(r->writes, r->fd_objs[peer]);
+    return busy < 0 ? -1 : !busy;
 }
 
 /* Send now; what the kernel does not take goes to Twisted's write(). */
@@ -711,7 +702,7 @@ static int
 pump(Relay *r, int side)
 {
     int peer = 1 - side;
-    int clear = clear_to_send(r->dicts[peer]);
+    int clear = clear_to_send(r, peer);
     if (clear <= 0)
         return clear < 0 ? -1 : TO_TWISTED;
     ssize_t n = recv(r->fds[side], recv_buffer, RECV_SIZE, 0);
@@ -857,11 +848,8 @@ PyInit__speedups(void)
 {
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0)
         return NULL;
-    str_dataBuffer = PyUnicode_InternFromString("dataBuffer");
-    str_tempDataLen = PyUnicode_InternFromString("_tempDataLen");
-    str_disconnecting = PyUnicode_InternFromString("disconnecting");
     str_write = PyUnicode_InternFromString("write");
-    if (!str_dataBuffer || !str_tempDataLen || !str_disconnecting || !str_write)
+    if (str_write == NULL)
         return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)

@@ -29,6 +29,7 @@ class Relay:
         client_fd: int,
         server_fd: int,
         on_terminate: Callable[[], None],
+        writes: set[int],
     ) -> None: ...
 
 def register(fd: int, relay: Relay, side: int) -> None: ...

@@ -139,9 +139,10 @@ def start_relay(
     if not (_plain_socket(client) and _plain_socket(server)):
         return None
     client_fd, server_fd = client.fileno(), server.fileno()
-    if client_fd < 0 or server_fd < 0:
+    writes = getattr(reactor, "_writes", None)  # the epoll reactor's fds it waits to write
+    if client_fd < 0 or server_fd < 0 or not isinstance(writes, set):
         return None
-    relay = _speedups.Relay(tracker, client, server, client_fd, server_fd, on_terminate)
+    relay = _speedups.Relay(tracker, client, server, client_fd, server_fd, on_terminate, writes)
     _speedups.register(client_fd, relay, 0)
     _speedups.register(server_fd, relay, 1)
     return relay

@@ -7,8 +7,11 @@ agree on every return value and every public state after every chunk.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import platform
+import select
+import socket
 import sys
 from typing import Any
 
@@ -158,3 +161,108 @@ class BuildTests(SynchronousTestCase):
             )
         assert speedups is not None
         self.assertIs(Tracker, speedups.SessionTracker)
+
+
+class FakeTransport:
+    """Stands in for a Twisted transport: only ``write`` is called, for what the kernel
+    did not take."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class PollTests(SynchronousTestCase):
+    """poll() forwards registered sockets' chunks and leaves everything else to Twisted."""
+
+    skip = SKIP or None
+
+    def setUp(self) -> None:
+        assert speedups is not None
+        self.ep = select.epoll()
+        self.addCleanup(self.ep.close)
+        # client <-> [pooler: c, s] <-> server
+        self.client, self.c = socket.socketpair()
+        self.s, self.server = socket.socketpair()
+        for sock in (self.client, self.c, self.s, self.server):
+            sock.setblocking(False)
+            self.addCleanup(sock.close)
+        for sock in (self.c, self.s):
+            self.ep.register(sock.fileno(), select.EPOLLIN)
+        self.tracker = speedups.SessionTracker({})
+        self.ct, self.st = FakeTransport(), FakeTransport()
+        self.writes: set[int] = set()
+        self.terminated: list[bool] = []
+        self.relay = speedups.Relay(
+            self.tracker,
+            self.ct,
+            self.st,
+            self.c.fileno(),
+            self.s.fileno(),
+            lambda: self.terminated.append(True),
+            self.writes,
+        )
+        speedups.register(self.c.fileno(), self.relay, 0)
+        speedups.register(self.s.fileno(), self.relay, 1)
+        self.addCleanup(speedups.unregister, self.c.fileno(), self.relay)
+        self.addCleanup(speedups.unregister, self.s.fileno(), self.relay)
+
+    def poll(self) -> list[tuple[int, int]]:
+        assert speedups is not None
+        return speedups.poll(self.ep.fileno(), 100, 8)
+
+    def test_both_directions_forwarded(self) -> None:
+        """A query goes to the server and its answer to the client, tracked, in C."""
+        self.client.send(messages.query("select 1"))
+        self.assertEqual(self.poll(), [])
+        self.assertEqual(self.server.recv(100), messages.query("select 1"))
+        self.assertEqual((self.tracker.pending, self.relay.received), (1, 1))
+        self.server.send(base.ready(messages.IN_TRANSACTION))
+        self.assertEqual(self.poll(), [])
+        self.assertEqual(self.client.recv(100), base.ready(messages.IN_TRANSACTION))
+        self.assertEqual((self.tracker.pending, self.tracker.status), (0, messages.IN_TRANSACTION))
+
+    def test_peer_with_queued_writes_left_to_twisted(self) -> None:
+        """While Twisted waits to write to the server, the client's bytes stay unread."""
+        self.writes.add(self.s.fileno())
+        self.client.send(messages.query("select 1"))
+        self.assertEqual(self.poll(), [(self.c.fileno(), select.EPOLLIN)])
+        self.assertEqual(self.tracker.pending, 0)
+        self.assertEqual(self.c.recv(100), messages.query("select 1"))
+
+    def test_terminate_stops_forwarding(self) -> None:
+        """Bytes before a Terminate go on; the Terminate does not, and on_terminate runs."""
+        self.client.send(messages.query("select 1") + messages.terminate())
+        self.assertEqual(self.poll(), [])
+        self.assertEqual(self.server.recv(100), messages.query("select 1"))
+        self.assertEqual(self.terminated, [True])
+
+    def test_end_of_file_left_to_twisted(self) -> None:
+        """A client's end of file is Twisted's to notice: its read event comes back."""
+        self.client.shutdown(socket.SHUT_WR)
+        self.assertEqual(self.poll(), [(self.c.fileno(), select.EPOLLIN)])
+
+    def test_short_send_rest_to_transport_write(self) -> None:
+        """What the kernel does not take goes to the peer transport's write, in order."""
+        chunk = base.data_row(b"x" * 60000)
+        sent = b""
+        while not self.ct.written:  # the client reads nothing until the kernel is full
+            with contextlib.suppress(BlockingIOError):
+                sent += chunk[: self.server.send(chunk)]
+            self.poll()
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while part := self.client.recv(1 << 20):
+                received += part
+        total = received + b"".join(self.ct.written)
+        self.assertGreater(len(received), 0)
+        self.assertEqual(total, sent[: len(total)])
+
+    def test_unregistered_socket_left_to_twisted(self) -> None:
+        """After unregister, the socket's events are Twisted's again."""
+        assert speedups is not None
+        speedups.unregister(self.c.fileno(), self.relay)
+        self.client.send(b"Q")
+        self.assertEqual(self.poll(), [(self.c.fileno(), select.EPOLLIN)])
