@@ -1,7 +1,7 @@
 # Shared steps of scripts/test and scripts/run; source it, do not run it.
 #
-# Installs what a fresh Debian machine lacks (PostgreSQL, python3-venv) with apt-get when
-# we are root, and says what to install otherwise. Never starts or stops any server.
+# Installs what a fresh Debian machine lacks (PostgreSQL, python3-venv, a C compiler and
+# the Python headers for the C relay) with apt-get when we are root, and says what to install otherwise. Never starts or stops any server.
 
 set -euo pipefail
 
@@ -50,6 +50,18 @@ ensure_postgres() {
     export PATH="$bindir:$PATH"
 }
 
+# ensure_compiler: gcc and Python.h, so that pip builds pgpool_tw/_speedups.c (CPython only;
+# without them the build is skipped and the pure-Python relay runs).
+ensure_compiler() {
+    local has_headers
+    has_headers="$("$VENV/bin/python" -c 'import os, platform, sysconfig
+inc = sysconfig.get_paths()["include"]
+print(platform.python_implementation() != "CPython" or os.path.exists(os.path.join(inc, "Python.h")))')"
+    if ! command -v cc >/dev/null || [ "$has_headers" != "True" ]; then
+        apt_install gcc python3-dev
+    fi
+}
+
 # ensure_venv EXTRAS: create .venv if missing and pip install -e ".EXTRAS" into it.
 ensure_venv() {
     local spec="$REPO_ROOT$1"
@@ -65,6 +77,7 @@ ensure_venv() {
             python3 -m venv "$VENV"
         fi
     fi
+    ensure_compiler
     log "pip install -e $spec"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec" </dev/null
 }
