@@ -161,7 +161,9 @@ feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
             t->c_skip = 0;
             return 0;
         }
-        pos = -had + 1 + length_at(t->c_head + 1);
+        /* A length under 4 (malformed) is taken as 4: never step back before the header. */
+        int64_t length = length_at(t->c_head + 1);
+        pos = -had + 1 + (length < 4 ? 4 : length);
     }
     while (pos < n) {
         if (n - pos < 5) {
@@ -253,7 +255,8 @@ server_header(Tracker *t, const unsigned char *data, Py_ssize_t n, const unsigne
               int64_t body_start, int64_t *end)
 {
     int kind = head[0];
-    int64_t stop = body_start - 4 + length_at(head + 1);
+    int64_t length = length_at(head + 1);
+    int64_t stop = body_start - 4 + (length < 4 ? 4 : length); /* as in feed_client_raw */
     if (kind != S_READY && kind != S_PARAMETER_STATUS) {
         *end = stop;
         return 0;

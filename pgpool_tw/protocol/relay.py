@@ -114,7 +114,8 @@ class SessionTracker:
                 self.unsynced = True
                 self._c_skip = 0
                 return 0
-            pos = start + 1 + _LENGTH(head, 1)[0]
+            # A length under 4 (malformed) is taken as 4: never step back before the header.
+            pos = start + 1 + max(_LENGTH(head, 1)[0], 4)
         while pos < n:
             if n - pos < 5:
                 self._c_head = data[pos:]
@@ -200,7 +201,8 @@ class SessionTracker:
         """Handle a header found in ``head`` at ``at`` whose body starts at ``body_start``
         in ``data`` (negative when the header began in an earlier chunk)."""
         kind = head[at]
-        end = body_start - 4 + _LENGTH(head, at + 1)[0]
+        # As in feed_client, a malformed length under 4 is taken as 4.
+        end = body_start - 4 + max(_LENGTH(head, at + 1)[0], 4)
         if kind != _READY and kind != _PARAMETER_STATUS:
             return end
         if end > len(data):

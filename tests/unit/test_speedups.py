@@ -266,3 +266,31 @@ class PollTests(SynchronousTestCase):
         speedups.unregister(self.c.fileno(), self.relay)
         self.client.send(b"Q")
         self.assertEqual(self.poll(), [(self.c.fileno(), select.EPOLLIN)])
+
+
+class MalformedLengthTests(SynchronousTestCase):
+    """A length under 4 in a header cut across chunks never sends either tracker back
+    before the header (the C one would read outside its buffer)."""
+
+    def check(self, tracker_type: Any) -> None:
+        tracker = tracker_type({})
+        # "Q" with length 0, its header cut after 4 bytes, then a whole Query.
+        self.assertEqual(tracker.feed_client(b"Q\0\0\0"), -1)
+        self.assertEqual(tracker.feed_client(b"\0" + messages.query("x")), -1)
+        self.assertEqual(tracker.pending, 2)
+        tracker.feed_server(b"Z\0\0")
+        tracker.feed_server(b"\0\0" + base.ready(messages.IN_TRANSACTION))
+        tracker.feed_server(b"S\0\0\0")
+        tracker.feed_server(b"\x01" + base.ready(messages.IDLE))
+        self.assertEqual((tracker.pending, tracker.status), (0, messages.IDLE))
+        self.assertTrue(tracker.server_at_boundary)
+
+    def test_python_tracker(self) -> None:
+        """The Python tracker steps past the header."""
+        self.check(SessionTracker)
+
+    def test_c_tracker(self) -> None:
+        """The C tracker steps past the header, as the Python one."""
+        if speedups is None:
+            raise self.skipTest(SKIP)
+        self.check(speedups.SessionTracker)
