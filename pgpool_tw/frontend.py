@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw import clientauth
+from pgpool_tw import accepted, clientauth
 from pgpool_tw.authfiles import AuthFiles
 from pgpool_tw.backend import BackendProtocol, ServerBook, connect_server, send_cancel
 from pgpool_tw.cancel import CancelRegistry, new_secret
@@ -534,8 +534,8 @@ class FrontendProtocol(Protocol):
         assert tracker is not None
         self._release_server(tracker.in_sync)
         self.state = CLOSED
-        self.transport.loseConnection()
         self._leave_pool()
+        accepted.close(self.transport)  # runs connectionLost now when nothing is queued
 
     def _stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
@@ -599,7 +599,7 @@ class FrontendProtocol(Protocol):
             log.info("client={client} cancel request with an unknown key ignored", client=self.peer)
         else:
             send_cancel(self.factory.reactor, server.node, server.pid, server.secret)
-        self.transport.loseConnection()
+        accepted.close(self.transport)
 
     def _fatal(self, sqlstate: str, text: str) -> None:
         self.send(m.error_response(sqlstate, text))
