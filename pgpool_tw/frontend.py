@@ -80,7 +80,7 @@ class FrontendFactory(Factory):
         self.servers = ServerBook(self.events)
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
-        return FrontendProtocol(self)
+        return FrontendProtocol(self, addr)
 
 
 class FrontendProtocol(Protocol):
@@ -89,8 +89,10 @@ class FrontendProtocol(Protocol):
     #: A TCP or unix stream transport (Twisted types it as an optional ITransport).
     transport: Any
 
-    def __init__(self, factory: FrontendFactory) -> None:
+    def __init__(self, factory: FrontendFactory, address: Any = None) -> None:
         self.factory = factory
+        #: The client's address as the listener saw it (what getPeer() returns).
+        self._address = address
         self.state = STARTUP
         #: True exactly while bytes are relayed; checked first on every chunk.
         self.relaying = False
@@ -101,7 +103,6 @@ class FrontendProtocol(Protocol):
         self.send: Writer = _discard
         self.startup: Optional[StartupMessage] = None
         self.key: Any = None  # the pool key, once the startup packet is read
-        self.peer = "?"
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
         self.received = 0
         self._idle_mark = -1
@@ -129,8 +130,18 @@ class FrontendProtocol(Protocol):
         tune_socket(self.transport)
         self.send = make_writer(self.transport)
         self.factory.clients.add(self)
-        self.peer = _describe(self.transport.getPeer())
         self._start_timer()
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` or ``local`` for logs and events.
+
+        Formatted when asked, not per connection: most connections never log.
+        """
+        address = self._address
+        if address is None and self.transport is not None:
+            address = self.transport.getPeer()
+        return "?" if address is None else _describe(address)
 
     def dataReceived(self, data: bytes) -> None:
         if self.relaying:
