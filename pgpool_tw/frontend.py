@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +25,7 @@ from pgpool_tw.authfiles import AuthFiles
 from pgpool_tw.backend import BackendProtocol, ServerBook, connect_server, send_cancel
 from pgpool_tw.cancel import CancelRegistry, new_secret
 from pgpool_tw.config import BackendNode, Config
+from pgpool_tw.deadlines import Deadline, Deadlines
 from pgpool_tw.events import EventHub, SessionInfo
 from pgpool_tw.pool import Pool
 from pgpool_tw.protocol import messages as m
@@ -78,6 +78,18 @@ class FrontendFactory(Factory):
         #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
         self.servers = ServerBook(self.events)
+        self._login_deadlines: dict[float, Deadlines] = {}
+
+    def login_deadlines(self, timeout: float) -> Deadlines:
+        """The authentication_timeout timeouts of this length, on one shared timer.
+
+        One queue per length, since a reload may change the setting while
+        clients that started under the old one are still logging in.
+        """
+        deadlines = self._login_deadlines.get(timeout)
+        if deadlines is None:
+            deadlines = self._login_deadlines[timeout] = Deadlines(self.reactor, timeout)
+        return deadlines
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
         return FrontendProtocol(self, addr)
@@ -109,7 +121,7 @@ class FrontendProtocol(Protocol):
         self._idle_since = 0.0
         self._buffer = b""
         self._reader: Optional[m.MessageReader] = None
-        self._timer: Optional[IDelayedCall] = None
+        self._timer: Optional[Deadline] = None
         self._connector: Any = None
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         self._secret = 0
@@ -619,11 +631,11 @@ class FrontendProtocol(Protocol):
     def _start_timer(self) -> None:
         timeout = self.factory.config.authentication_timeout
         if timeout > 0:
-            self._timer = self.factory.reactor.callLater(timeout, self._timed_out)
+            self._timer = self.factory.login_deadlines(timeout).start(self._timed_out)
 
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
 
     def _timed_out(self) -> None:

@@ -25,11 +25,12 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Any, Callable, Optional, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pgpool_tw.backend import BackendProtocol
 from pgpool_tw.config import Config
+from pgpool_tw.deadlines import Deadline, Deadlines
 from pgpool_tw.protocol.messages import IDLE
 
 log = Logger()
@@ -77,7 +78,9 @@ class Pool:
         self.clock = clock
         self._idle: OrderedDict[BackendProtocol, None] = OrderedDict()
         self._by_key: dict[Key, list[BackendProtocol]] = {}
-        self._resetting: dict[BackendProtocol, IDelayedCall] = {}
+        self._resetting: dict[BackendProtocol, Deadline] = {}
+        #: RESET_TIMEOUT for every reset under way, on one timer (see deadlines.py).
+        self._reset_deadlines = Deadlines(clock, RESET_TIMEOUT)
         #: Sessions waiting for a resetting server, by that server.
         self._claims: dict[BackendProtocol, Callable[[Optional[BackendProtocol]], None]] = {}
         #: Admitted client sessions and the key each one uses.
@@ -181,7 +184,7 @@ class Pool:
             self._park(server)
             return
         server.keeper = self
-        self._resetting[server] = self.clock.callLater(RESET_TIMEOUT, self._reset_timed_out, server)
+        self._resetting[server] = self._reset_deadlines.start(self._reset_timed_out, server)
         server.run(queries, self._reset_done)
 
     def _why_not_pooled(self, server: BackendProtocol, reusable: bool) -> str:
