@@ -11,8 +11,10 @@ for the earliest live one: starting one is an append, cancelling one a flag.
 Each timeout fires at the same moment a ``callLater`` of the same delay would
 (never earlier; later only by what the reactor itself adds).  Cancelled entries
 are swept out as they reach the front, or all at once when they outnumber the
-live ones, so memory stays bounded by the live timeouts.  No timer is left
-scheduled while no timeout is live.
+live ones, so memory stays bounded by the live timeouts.  When the last live
+timeout is cancelled the timer stays armed (re-arming it for the next login
+would cost what was saved); it fires once, finds nothing due and stops.  Whoever
+owns a ``Deadlines`` calls ``close`` when it stops, so no timer outlives it.
 """
 
 from __future__ import annotations
@@ -83,13 +85,21 @@ class Deadlines:
         self._due = when
         self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
 
+    def close(self) -> None:
+        """Drop every timeout and the timer (the owner stops)."""
+        for deadline in self._queue:
+            deadline.call = None
+            deadline.args = ()
+        self._queue.clear()
+        self._live = 0
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def _cancelled(self) -> None:
         self._live -= 1
         if not self._live:
-            self._queue.clear()
-            timer, self._timer = self._timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
+            self._queue.clear()  # the timer stays: see the module docstring
         elif len(self._queue) - self._live > max(_SWEEP_AT, self._live):
             live = [d for d in self._queue if d.call is not None]
             self._queue.clear()  # in place: _fire may be walking this deque

@@ -91,6 +91,12 @@ class FrontendFactory(Factory):
             deadlines = self._login_deadlines[timeout] = Deadlines(self.reactor, timeout)
         return deadlines
 
+    def stop_timers(self) -> None:
+        """The service stopped: leave no login timer scheduled on the reactor."""
+        for deadlines in self._login_deadlines.values():
+            deadlines.close()
+        self._login_deadlines.clear()
+
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
         return FrontendProtocol(self, addr)
 

@@ -286,6 +286,10 @@ class Pool:
         for server in list(self._resetting):
             self._discard(server, "shutting down")
 
+    def stop_timers(self) -> None:
+        """The service stopped: leave no reset timer scheduled on the reactor."""
+        self._reset_deadlines.close()
+
     @property
     def idle_count(self) -> int:
         return len(self._idle)

@@ -51,16 +51,40 @@ class DeadlinesTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual(self.fired, ["b"])
 
-    def test_no_timer_left_when_all_cancelled(self) -> None:
-        """Once no timeout is live, no reactor timer stays scheduled."""
+    def test_timer_stops_after_all_cancelled(self) -> None:
+        """With every timeout cancelled, the timer fires once at most, then none is left."""
         started = [self.deadlines.start(self.fired.append, i) for i in range(5)]
         for deadline in started:
             deadline.cancel()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(len(self.deadlines), 0)
-        self.deadlines.start(self.fired.append, "again")
         self.clock.advance(10)
-        self.assertEqual(self.fired, ["again"])
+        self.assertEqual(self.fired, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_started_after_all_cancelled_fires_on_time(self) -> None:
+        """A timeout started while the timer is still set for a cancelled one fires on time."""
+        self.deadlines.start(self.fired.append, "cancelled").cancel()
+        self.clock.advance(4)
+        self.deadlines.start(self.fired.append, "later")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(6)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(3.9)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.fired, ["later"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_close_drops_everything(self) -> None:
+        """close() cancels the timer; nothing fires and cancelling afterwards is harmless."""
+        started = self.deadlines.start(self.fired.append, "a")
+        self.deadlines.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(started.active())
+        started.cancel()
+        self.assertEqual(len(self.deadlines), 0)
+        self.clock.advance(10)
+        self.assertEqual(self.fired, [])
 
     def test_cancel_twice_and_after_firing_is_harmless(self) -> None:
         """cancel() on a fired or cancelled timeout changes nothing."""
