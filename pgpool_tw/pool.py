@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -31,7 +32,7 @@ from twisted.logger import Logger
 from pgpool_tw.backend import BackendProtocol
 from pgpool_tw.config import Config
 from pgpool_tw.deadlines import Deadline, Deadlines
-from pgpool_tw.protocol.messages import IDLE
+from pgpool_tw.protocol.messages import IDLE, query
 
 log = Logger()
 
@@ -62,6 +63,17 @@ def reset_queries(configured: tuple[str, ...], status: int) -> list[str]:
         while queries and queries[0].strip().upper() in _NO_OPS_WHEN_IDLE:
             queries.pop(0)
     return queries
+
+
+@lru_cache(maxsize=32)
+def reset_batch(configured: tuple[str, ...], status: int) -> tuple[int, bytes]:
+    """How many reset queries a session ending in ``status`` needs, and their messages.
+
+    Built once per reset_query_list and transaction state (a session ends in one
+    of three) instead of once per session.
+    """
+    queries = reset_queries(configured, status)
+    return len(queries), b"".join(query(sql) for sql in queries)
 
 
 class Waiter(Protocol):
@@ -179,13 +191,13 @@ class Pool:
         if why:
             self._discard(server, why)
             return
-        queries = reset_queries(self.config.reset_query_list, server.status)
-        if not queries:
+        count, messages = reset_batch(self.config.reset_query_list, server.status)
+        if not count:
             self._park(server)
             return
         server.keeper = self
         self._resetting[server] = self._reset_deadlines.start(self._reset_timed_out, server)
-        server.run(queries, self._reset_done)
+        server.run_batch(count, messages, self._reset_done)
 
     def _why_not_pooled(self, server: BackendProtocol, reusable: bool) -> str:
         config = self.config
