@@ -326,14 +326,21 @@ class BackendProtocol(Protocol):
         others, and one round trip serves them all.  ``ok`` is false when any
         failed, the server closed, or the transaction state afterwards is not idle.
         """
+        self.run_batch(len(queries), b"".join(m.query(sql) for sql in queries), done)
+
+    def run_batch(self, count: int, messages: bytes, done: RunCallback) -> None:
+        """``run`` with its ``count`` Query messages already built.
+
+        For a batch sent after every session (the pool's reset): built once, not per session.
+        """
         self.state = RUNNING
-        self._awaiting = len(queries)
+        self._awaiting = count
         self._run_ok = True
         self._run_done = done
-        if not queries:
+        if not count:
             self._finish_run(self.status == m.IDLE)
             return
-        self.send(b"".join(m.query(sql) for sql in queries))
+        self.send(messages)
 
     def _run_message(self, kind: int, body: bytes) -> None:
         if kind == m.READY_FOR_QUERY:

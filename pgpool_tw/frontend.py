@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw import clientauth, fastpoll
+from pgpool_tw import accepted, clientauth, fastpoll
 from pgpool_tw.authfiles import AuthFiles
 from pgpool_tw.backend import BackendProtocol, ServerBook, connect_server, send_cancel
 from pgpool_tw.cancel import CancelRegistry, new_secret
 from pgpool_tw.config import BackendNode, Config
+from pgpool_tw.deadlines import Deadline, Deadlines
 from pgpool_tw.events import EventHub, SessionInfo
 from pgpool_tw.pool import Pool
 from pgpool_tw.protocol import messages as m
@@ -78,9 +78,27 @@ class FrontendFactory(Factory):
         #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
         self.servers = ServerBook(self.events)
+        self._login_deadlines: dict[float, Deadlines] = {}
+
+    def login_deadlines(self, timeout: float) -> Deadlines:
+        """The authentication_timeout timeouts of this length, on one shared timer.
+
+        One queue per length, since a reload may change the setting while
+        clients that started under the old one are still logging in.
+        """
+        deadlines = self._login_deadlines.get(timeout)
+        if deadlines is None:
+            deadlines = self._login_deadlines[timeout] = Deadlines(self.reactor, timeout)
+        return deadlines
+
+    def stop_timers(self) -> None:
+        """The service stopped: leave no login timer scheduled on the reactor."""
+        for deadlines in self._login_deadlines.values():
+            deadlines.close()
+        self._login_deadlines.clear()
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
-        return FrontendProtocol(self)
+        return FrontendProtocol(self, addr)
 
 
 class FrontendProtocol(Protocol):
@@ -89,8 +107,10 @@ class FrontendProtocol(Protocol):
     #: A TCP or unix stream transport (Twisted types it as an optional ITransport).
     transport: Any
 
-    def __init__(self, factory: FrontendFactory) -> None:
+    def __init__(self, factory: FrontendFactory, address: Any = None) -> None:
         self.factory = factory
+        #: The client's address as the listener saw it (what getPeer() returns).
+        self._address = address
         self.state = STARTUP
         #: True exactly while bytes are relayed; checked first on every chunk.
         self.relaying = False
@@ -101,14 +121,13 @@ class FrontendProtocol(Protocol):
         self.send: Writer = _discard
         self.startup: Optional[StartupMessage] = None
         self.key: Any = None  # the pool key, once the startup packet is read
-        self.peer = "?"
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
         self.received = 0
         self._idle_mark = -1
         self._idle_since = 0.0
         self._buffer = b""
         self._reader: Optional[m.MessageReader] = None
-        self._timer: Optional[IDelayedCall] = None
+        self._timer: Optional[Deadline] = None
         self._connector: Any = None
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         #: The C loop's handle while it forwards this session (fastpoll.start_relay).
@@ -131,8 +150,18 @@ class FrontendProtocol(Protocol):
         tune_socket(self.transport)
         self.send = make_writer(self.transport)
         self.factory.clients.add(self)
-        self.peer = _describe(self.transport.getPeer())
         self._start_timer()
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` or ``local`` for logs and events.
+
+        Formatted when asked, not per connection: most connections never log.
+        """
+        address = self._address
+        if address is None and self.transport is not None:
+            address = self.transport.getPeer()
+        return "?" if address is None else _describe(address)
 
     def dataReceived(self, data: bytes) -> None:
         if self.relaying:
@@ -539,8 +568,8 @@ class FrontendProtocol(Protocol):
         assert tracker is not None
         self._release_server(tracker.in_sync)
         self.state = CLOSED
-        self.transport.loseConnection()
         self._leave_pool()
+        accepted.close(self.transport)  # runs connectionLost now when nothing is queued
 
     def _stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
@@ -609,7 +638,7 @@ class FrontendProtocol(Protocol):
             log.info("client={client} cancel request with an unknown key ignored", client=self.peer)
         else:
             send_cancel(self.factory.reactor, server.node, server.pid, server.secret)
-        self.transport.loseConnection()
+        accepted.close(self.transport)
 
     def _fatal(self, sqlstate: str, text: str) -> None:
         self.send(m.error_response(sqlstate, text))
@@ -618,11 +647,11 @@ class FrontendProtocol(Protocol):
     def _start_timer(self) -> None:
         timeout = self.factory.config.authentication_timeout
         if timeout > 0:
-            self._timer = self.factory.reactor.callLater(timeout, self._timed_out)
+            self._timer = self.factory.login_deadlines(timeout).start(self._timed_out)
 
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
 
     def _timed_out(self) -> None:

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any, Callable, Optional, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pgpool_tw.backend import BackendProtocol
 from pgpool_tw.config import Config
-from pgpool_tw.protocol.messages import IDLE
+from pgpool_tw.deadlines import Deadline, Deadlines
+from pgpool_tw.protocol.messages import IDLE, query
 
 log = Logger()
 
@@ -63,6 +65,17 @@ def reset_queries(configured: tuple[str, ...], status: int) -> list[str]:
     return queries
 
 
+@lru_cache(maxsize=32)
+def reset_batch(configured: tuple[str, ...], status: int) -> tuple[int, bytes]:
+    """How many reset queries a session ending in ``status`` needs, and their messages.
+
+    Built once per reset_query_list and transaction state (a session ends in one
+    of three) instead of once per session.
+    """
+    queries = reset_queries(configured, status)
+    return len(queries), b"".join(query(sql) for sql in queries)
+
+
 class Waiter(Protocol):
     """A client session as the pool's admission queue sees it."""
 
@@ -77,7 +90,9 @@ class Pool:
         self.clock = clock
         self._idle: OrderedDict[BackendProtocol, None] = OrderedDict()
         self._by_key: dict[Key, list[BackendProtocol]] = {}
-        self._resetting: dict[BackendProtocol, IDelayedCall] = {}
+        self._resetting: dict[BackendProtocol, Deadline] = {}
+        #: RESET_TIMEOUT for every reset under way, on one timer (see deadlines.py).
+        self._reset_deadlines = Deadlines(clock, RESET_TIMEOUT)
         #: Sessions waiting for a resetting server, by that server.
         self._claims: dict[BackendProtocol, Callable[[Optional[BackendProtocol]], None]] = {}
         #: Admitted client sessions and the key each one uses.
@@ -176,13 +191,13 @@ class Pool:
         if why:
             self._discard(server, why)
             return
-        queries = reset_queries(self.config.reset_query_list, server.status)
-        if not queries:
+        count, messages = reset_batch(self.config.reset_query_list, server.status)
+        if not count:
             self._park(server)
             return
         server.keeper = self
-        self._resetting[server] = self.clock.callLater(RESET_TIMEOUT, self._reset_timed_out, server)
-        server.run(queries, self._reset_done)
+        self._resetting[server] = self._reset_deadlines.start(self._reset_timed_out, server)
+        server.run_batch(count, messages, self._reset_done)
 
     def _why_not_pooled(self, server: BackendProtocol, reusable: bool) -> str:
         config = self.config
@@ -282,6 +297,10 @@ class Pool:
         self.close_idle()
         for server in list(self._resetting):
             self._discard(server, "shutting down")
+
+    def stop_timers(self) -> None:
+        """The service stopped: leave no reset timer scheduled on the reactor."""
+        self._reset_deadlines.close()
 
     @property
     def idle_count(self) -> int:

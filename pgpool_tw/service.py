@@ -373,6 +373,8 @@ class PgpoolService(MultiService):
         # while a smart shutdown waits.
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
+        self.pool.stop_timers()
+        self.factory.stop_timers()
         stopped, self._stopped = self._stopped, None
         ports, self._port_stops = self._port_stops, []
 

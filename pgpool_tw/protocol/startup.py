@@ -11,6 +11,7 @@ NegotiateProtocolVersion, as PostgreSQL does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional, Union
 
 from pgpool_tw.protocol.errors import ProtocolViolation
@@ -28,6 +29,15 @@ CANCEL_REQUEST_CODE = 80877102
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 PROTOCOL_3 = 3 << 16
+
+#: Parsed StartupMessages by their packet bytes (code and body).  A client program
+#: sends the same startup packet on every connection (pgbench -C, a web app's
+#: pool): a hit skips the parse and keeps the derived values (pool key, user)
+#: computed on the first.  Bounded: emptied when full, so odd packets cost only
+#: their own parse; only packets up to ``_CACHED_PACKET_MAX`` bytes are kept.
+_CACHE: dict[bytes, StartupMessage] = {}
+_CACHE_SIZE = 128
+_CACHED_PACKET_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -55,16 +65,19 @@ class StartupMessage:
     #: ``_pq_.`` protocol options the client asked for; none is supported.
     protocol_options: tuple[str, ...] = field(default=())
 
-    @property
+    # Derived values are computed once per message: a cached message serves many
+    # connections (see _CACHE), and the message is immutable.
+
+    @cached_property
     def user(self) -> str:
         return self.get("user") or ""
 
-    @property
+    @cached_property
     def database(self) -> str:
         """The database, defaulting to the user name as PostgreSQL does."""
         return self.get("database") or self.user
 
-    @property
+    @cached_property
     def application_name(self) -> str:
         return self.get("application_name") or ""
 
@@ -81,6 +94,10 @@ class StartupMessage:
         session instead; ``database`` is filled in so an omitted database and an
         explicit one equal to the user share connections.
         """
+        return self._pool_key
+
+    @cached_property
+    def _pool_key(self) -> tuple[tuple[str, str], ...]:
         items = {key: value for key, value in self.params if key != "application_name"}
         items["database"] = self.database
         return tuple(sorted(items.items()))
@@ -118,6 +135,8 @@ def read_startup_packet(buffer: bytes) -> tuple[Optional[StartupPacket], int]:
     if len(buffer) < total:
         return None, 0
     code = UINT32.unpack_from(buffer, 4)[0]
+    if code >> 16 == 3 and total <= _CACHED_PACKET_MAX:
+        return _cached_startup_message(bytes(buffer[4:total]), code & 0xFFFF), total
     body = bytes(buffer[8:total])
     if code == SSL_REQUEST_CODE:
         return SSLRequest(), total
@@ -135,6 +154,20 @@ def read_startup_packet(buffer: bytes) -> tuple[Optional[StartupPacket], int]:
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
         )
     return _parse_startup_message(body, minor), total
+
+
+def _cached_startup_message(packet: bytes, minor: int) -> StartupMessage:
+    """The StartupMessage of ``packet`` (code and body), parsed once while cached.
+
+    Only packets that parse are kept; a bad one raises each time it is sent.
+    """
+    message = _CACHE.get(packet)
+    if message is None:
+        message = _parse_startup_message(packet[4:], minor)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[packet] = message
+    return message
 
 
 def _parse_startup_message(body: bytes, minor: int) -> StartupMessage:

@@ -414,7 +414,7 @@ class LimitsTests(PoolerTestCase):
             self.keep_closed(conn)
             yield service.stopService()
             for call in service.reactor.getDelayedCalls():
-                if "Pool." in repr(call):
+                if "Pool." in repr(call) or "Deadlines." in repr(call):
                     leaked.append(repr(call))
                     call.cancel()
         self.assertEqual(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.frontend import without_channel_binding
-from pgpool_tw.pool import reset_queries
+from pgpool_tw.pool import reset_batch, reset_queries
 from pgpool_tw.protocol import messages as m
 
 
@@ -30,6 +30,21 @@ class ResetQueriesTests(SynchronousTestCase):
     def test_empty_list_stays_empty(self) -> None:
         """An empty reset_query_list sends nothing."""
         self.assertEqual(reset_queries((), m.IDLE), [])
+
+
+class ResetBatchTests(SynchronousTestCase):
+    def test_messages_of_the_queries_to_run(self) -> None:
+        """The batch holds one Query message per statement reset_queries keeps, in order."""
+        configured = ("ABORT", "DISCARD ALL")
+        self.assertEqual(reset_batch(configured, m.IDLE), (1, m.query("DISCARD ALL")))
+        self.assertEqual(
+            reset_batch(configured, m.IN_FAILED_TRANSACTION),
+            (2, m.query("ABORT") + m.query("DISCARD ALL")),
+        )
+
+    def test_nothing_to_run(self) -> None:
+        """An empty reset_query_list gives an empty batch."""
+        self.assertEqual(reset_batch((), m.IDLE), (0, b""))
 
 
 class ChannelBindingTests(SynchronousTestCase):

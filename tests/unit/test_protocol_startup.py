@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.protocol import messages
+from pgpool_tw.protocol import startup as startup_module
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.messages import MessageReader
 from pgpool_tw.protocol.startup import (
@@ -304,6 +305,44 @@ NAMES = st.text(
     alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=16
 ).filter(lambda name: not name.startswith("_pq_."))
 VALUES = st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=40)
+
+
+class CacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        startup_module._CACHE.clear()
+        self.addCleanup(startup_module._CACHE.clear)
+
+    def test_same_packet_same_message(self) -> None:
+        """A startup packet sent again is answered with the message parsed the first time."""
+        first = read(BASIC)
+        self.assertIs(read(bytearray(BASIC)), first)
+        self.assertEqual(first.pool_key(), (("database", "shop"), ("user", "alice")))
+
+    def test_minor_version_is_part_of_the_key(self) -> None:
+        """The same parameters under protocol 3.0 and 3.2 are two different messages."""
+        pairs = (("user", "alice"),)
+        self.assertEqual(read(startup(*pairs, minor=0)).minor, 0)
+        self.assertEqual(read(startup(*pairs, minor=2)).minor, 2)
+
+    def test_bad_packet_refused_every_time(self) -> None:
+        """A packet that does not parse is never cached: each sending is refused."""
+        nameless = startup(("database", "shop"))
+        for _ in range(2):
+            with self.assertRaises(ProtocolViolation):
+                read_startup_packet(nameless)
+        self.assertEqual(startup_module._CACHE, {})
+
+    def test_bounded(self) -> None:
+        """Many different packets never grow the cache past its size."""
+        for i in range(startup_module._CACHE_SIZE * 3):
+            self.assertEqual(read(startup(("user", f"u{i}"))).user, f"u{i}")
+            self.assertLessEqual(len(startup_module._CACHE), startup_module._CACHE_SIZE)
+
+    def test_large_packet_parsed_not_kept(self) -> None:
+        """A packet over the cached size limit is parsed as usual and not kept."""
+        big = startup(("user", "alice"), ("options", "x" * startup_module._CACHED_PACKET_MAX))
+        self.assertEqual(read(big).get("options"), "x" * startup_module._CACHED_PACKET_MAX)
+        self.assertEqual(startup_module._CACHE, {})
 
 
 class HypothesisTests(SynchronousTestCase):
