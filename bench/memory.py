@@ -61,7 +61,7 @@ def measure_idle_clients(target: str, pid: int, port: int, clients: int) -> Memo
     result = MemoryResult(target, clients)
     socks: list[socket.socket] = []
     try:
-        base_fds = fd_count(pid)
+        base_fds = _settled_fd_count(pid)
         result.rss_before_kib = rss_kib(pid)
         deadline = time.monotonic() + ACCEPT_TIMEOUT
         while len(socks) < clients:
@@ -89,6 +89,23 @@ def measure_idle_clients(target: str, pid: int, port: int, clients: int) -> Memo
         for sock in socks:
             sock.close()
     return result
+
+
+def _settled_fd_count(pid: int, quiet: float = 0.3, limit: float = 10.0) -> int:
+    """The pooler's open descriptors once the count stopped moving for ``quiet`` seconds.
+
+    The readiness check's client may still be closing when the count is first read;
+    a base one too high would leave the last client uncounted and the wait hanging.
+    """
+    count = fd_count(pid)
+    stable_since = time.monotonic()
+    deadline = stable_since + limit
+    while time.monotonic() - stable_since < quiet and time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = fd_count(pid)
+        if now != count:
+            count, stable_since = now, time.monotonic()
+    return count
 
 
 def _closed(sock: socket.socket) -> bool:
