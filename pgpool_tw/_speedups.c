@@ -87,6 +87,22 @@ typedef struct {
 
 static PyTypeObject TrackerType;
 
+/* A tracker made by __new__ alone still has a params dict: no NULL to trip on. */
+static PyObject *
+tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Tracker *self = (Tracker *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->status = IDLE;
+    self->params = PyDict_New();
+    if (self->params == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
 static int
 tracker_init(Tracker *self, PyObject *args, PyObject *kwds)
 {
@@ -474,7 +490,7 @@ static PyTypeObject TrackerType = {
     .tp_doc = "Headers-only view of one session; shared by both directions of a relay.",
     .tp_basicsize = sizeof(Tracker),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = tracker_new,
     .tp_init = (initproc)tracker_init,
     .tp_dealloc = (destructor)tracker_dealloc,
     .tp_methods = tracker_methods,
@@ -625,6 +641,10 @@ speedups_register(PyObject *module, PyObject *args)
         return NULL;
     if (fd < 0 || (side != 0 && side != 1)) {
         PyErr_SetString(PyExc_ValueError, "bad fd or side");
+        return NULL;
+    }
+    if (((Relay *)relay)->tracker == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the relay was never initialised");
         return NULL;
     }
     if (fd >= slots_size) {

@@ -294,3 +294,22 @@ class MalformedLengthTests(SynchronousTestCase):
         if speedups is None:
             raise self.skipTest(SKIP)
         self.check(speedups.SessionTracker)
+
+
+class MisuseTests(SynchronousTestCase):
+    """Objects made without their constructor arguments raise instead of crashing."""
+
+    skip = SKIP or None
+
+    def test_tracker_made_by_new_alone(self) -> None:
+        """A SessionTracker made by __new__ has empty params and follows streams."""
+        assert speedups is not None
+        tracker = speedups.SessionTracker.__new__(speedups.SessionTracker)
+        tracker.feed_server(base.status_msg("a", "b") + base.ready(messages.IDLE))
+        self.assertEqual((tracker.params, tracker.status), ({"a": "b"}, messages.IDLE))
+
+    def test_relay_made_by_new_alone_not_registered(self) -> None:
+        """register() refuses a Relay that was never initialised."""
+        assert speedups is not None
+        relay = speedups.Relay.__new__(speedups.Relay)
+        self.assertRaises(ValueError, speedups.register, 0, relay, 0)
