@@ -2,7 +2,7 @@
 
 ``fastpoll`` forwards attached sessions' chunks without Twisted; everything a
 session does (copy both ways, flow control against a slow reader, cancel,
-reuse and reset, idle limits, servers dying) must behave exactly as on
+reuse and reset, idle limits, servers dying, TLS on either leg) must behave exactly as on
 Twisted's own path.  These classes rerun those tests with the C loop on, and
 check that sessions really were forwarded by it.
 """
@@ -13,7 +13,7 @@ import psycopg
 from twisted.internet import defer
 
 from pgpool_tw.frontend import FrontendProtocol
-from tests.integration import test_limits, test_sessions
+from tests.integration import test_limits, test_sessions, test_tls
 from tests.integration.harness import PoolerTestCase
 
 
@@ -27,6 +27,9 @@ CLoopCancelTests = _on_c_loop(test_sessions.CancelTests)
 CLoopRelayTests = _on_c_loop(test_sessions.RelayTests)
 CLoopFailureTests = _on_c_loop(test_sessions.FailureTests)
 CLoopLimitsTests = _on_c_loop(test_limits.LimitsTests)
+# TLS legs are never forwarded in C: their events must come back to Twisted intact.
+CLoopClientLegTests = _on_c_loop(test_tls.ClientLegTests)
+CLoopServerLegTests = _on_c_loop(test_tls.ServerLegTests)
 
 
 class ForwardedInCTests(PoolerTestCase):
