@@ -1,4 +1,5 @@
-"""``bench/bench.py`` end to end, small: direct and pgpool-tw, S1 and S3, two seconds each."""
+"""``bench/bench.py`` end to end, small: direct, pgpool-tw (C relay) and pgpool-tw-pure
+(the Python relay, as on PyPy), S1 and S3, two seconds each."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from tests.support import skip_unless_postgres
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO_ROOT, "bench", "bench.py")
-TARGETS = ("direct", "pgpool-tw")
+TARGETS = ("direct", "pgpool-tw", "pgpool-tw-pure")
 WORKLOADS = ("S1", "S3")
 RUN_TIMEOUT = 600.0
 
 
 class BenchSmokeTests(SynchronousTestCase):
     def test_small_run_completes_without_failed_transactions(self) -> None:
-        """A 2 s bench run of S1 and S3 through direct and pgpool-tw exits 0, no failures."""
+        """A 2 s bench run of S1 and S3 through direct and both relays exits 0, no failures."""
         skip_unless_postgres()
         out_dir = make_temp_dir(self, "pgpool-tw-bench-smoke-")
         out = os.path.join(out_dir, "run.md")
