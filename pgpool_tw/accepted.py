@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import main
 from twisted.python.failure import Failure
+
+from pgpool_tw.transport import plain_socket
 
 #: The reason Twisted itself passes for a clean close (its reactors share one
 #: Failure per reason the same way, see ``_DisconnectSelectableMixin``).
@@ -37,8 +39,7 @@ def close(transport: Any) -> None:
     producer, a transport that is not a plain socket) takes ``loseConnection``.
     """
     if (
-        isinstance(transport, tcp.Connection)
-        and not transport.TLS
+        plain_socket(transport)
         and transport.connected
         and not transport.disconnecting
         and transport.producer is None

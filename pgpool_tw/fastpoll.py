@@ -27,11 +27,11 @@ import select
 import sys
 from typing import Any, Callable, Optional
 
-from twisted.internet import tcp
 from twisted.logger import Logger
 
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.speedups import speedups as _speedups
+from pgpool_tw.transport import plain_socket
 
 log = Logger()
 
@@ -98,24 +98,18 @@ def uninstall(reactor: Any) -> None:
         _pumping_reactor = None
 
 
-def _c_poll(poller: Any) -> Callable[[Optional[float], int], list[tuple[int, int]]]:
-    """``poller.poll``'s signature, answered by the C iteration."""
+def _c_poll(poller: Any) -> Callable[[float, int], list[tuple[int, int]]]:
+    """``poller.poll``'s signature (a negative timeout waits forever), answered in C."""
     assert _speedups is not None
     epfd = poller.fileno()
     cpoll = _speedups.poll
 
-    def poll(timeout: Optional[float], maxevents: int) -> list[tuple[int, int]]:
-        if timeout is None:
-            timeout = -1
+    def poll(timeout: float, maxevents: int) -> list[tuple[int, int]]:
         # select.epoll rounds a timeout up to whole milliseconds too.
         ms = -1 if timeout < 0 else min(math.ceil(timeout * 1000), _MAX_WAIT_MS)
         return cpoll(epfd, ms, maxevents)
 
     return poll
-
-
-def _plain_socket(transport: Any) -> bool:
-    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
 
 
 def start_relay(
@@ -136,7 +130,7 @@ def start_relay(
         return None
     if not isinstance(tracker, _speedups.SessionTracker):  # a test's Python tracker
         return None
-    if not (_plain_socket(client) and _plain_socket(server)):
+    if not (plain_socket(client) and plain_socket(server)):
         return None
     client_fd, server_fd = client.fileno(), server.fileno()
     writes = getattr(reactor, "_writes", None)  # the epoll reactor's fds it waits to write

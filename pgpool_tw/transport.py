@@ -23,6 +23,15 @@ def tune_socket(transport: Any) -> None:
         transport.setTcpKeepAlive(True)
 
 
+def plain_socket(transport: Any) -> bool:
+    """A TCP or unix socket Twisted writes to directly: no TLS layer in between.
+
+    Only such a transport may be sent to past Twisted (the send-now writer, the C
+    relay) or closed without its loop turn (accepted.close).
+    """
+    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+
+
 def make_writer(transport: Any) -> Writer:
     """A ``write`` that sends at once when nothing is queued.
 
@@ -34,7 +43,7 @@ def make_writer(transport: Any) -> Writer:
     handling stay Twisted's.  Transports that are not plain sockets (TLS) just
     get their own ``write``.
     """
-    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+    if not plain_socket(transport):
         return transport.write
     send = transport.socket.send
     queue_write = transport.write
@@ -100,4 +109,12 @@ def unlink(a: Any, b: Any, producers: tuple[PeerProducer, PeerProducer]) -> None
             producer.resumeProducing()
 
 
-__all__ = ["PeerProducer", "Writer", "link", "make_writer", "tune_socket", "unlink"]
+__all__ = [
+    "PeerProducer",
+    "Writer",
+    "link",
+    "make_writer",
+    "plain_socket",
+    "tune_socket",
+    "unlink",
+]

@@ -10,7 +10,8 @@ check that sessions really were forwarded by it.
 from __future__ import annotations
 
 import psycopg
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.threads import blockingCallFromThread
 
 from pgpool_tw.frontend import FrontendProtocol
 from tests.integration import test_limits, test_sessions, test_tls
@@ -50,16 +51,10 @@ class ForwardedInCTests(PoolerTestCase):
                 for i in range(50):
                     conn.execute("select %s", (i,)).fetchone()
                 # Read in the reactor's thread, between this client's queries.
-                seen.append(len(threads_call(relays)))
-                seen.append(threads_call(lambda: relays()[0]._relay.received))
+                seen.append(len(blockingCallFromThread(reactor, relays)))
+                seen.append(blockingCallFromThread(reactor, lambda: relays()[0]._relay.received))
                 return int(conn.execute("select 42").fetchone()[0])
 
         self.assertEqual((yield self.in_thread(run)), 42)
         self.assertEqual(seen[0], 1)
         self.assertGreaterEqual(seen[1], 50)
-
-
-def threads_call(fn):  # type: ignore[no-untyped-def]
-    from twisted.internet import reactor, threads
-
-    return threads.blockingCallFromThread(reactor, fn)
