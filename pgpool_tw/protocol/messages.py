@@ -197,3 +197,16 @@ def auth_code(body: bytes) -> int:
     if len(body) < 4:
         raise ProtocolViolation("08P01", "malformed authentication request")
     return int(INT32.unpack_from(body)[0])
+
+
+def without_channel_binding(raw: bytes) -> bytes:
+    """An AuthenticationSASL request without SCRAM-SHA-256-PLUS.
+
+    Channel binding ties SCRAM to one TLS connection; the client's TLS
+    connection (if any) ends at the pooler, not at the server, so a relayed
+    exchange can only work unbound.
+    """
+    if len(raw) < 9 or auth_code(raw[5:]) != AUTH_SASL:
+        return raw
+    names = [n for n in raw[9:].split(b"\0") if n and n != b"SCRAM-SHA-256-PLUS"]
+    return message(b"R", raw[5:9] + b"".join(n + b"\0" for n in names) + b"\0")
