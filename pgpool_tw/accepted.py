@@ -8,7 +8,9 @@ with the same result on the wire:
 * ``close``: ``loseConnection`` that finishes at once when nothing is waiting to
   be written, instead of registering for writability and closing on the next
   loop turn (two epoll_ctl calls, an empty ``send`` and a trip through the
-  reactor's logging-context path per client).
+  reactor's logging-context path per client), and without the ``shutdown()``
+  Twisted makes before ``close()``: the descriptor is close-on-exec and this
+  process's only one, so ``close()`` alone sends the same FIN.
 
 It must never change what a peer sees (the same FIN after the same bytes) nor
 close a connection that still has data queued, a producer or TLS.
@@ -46,6 +48,7 @@ def close(transport: Any) -> None:
         and not transport.dataBuffer
         and not transport._tempDataLen
     ):
+        transport._shouldShutdown = False  # Twisted's own switch (set for adopted sockets)
         transport.connectionLost(_DONE)
     else:
         transport.loseConnection()

@@ -54,6 +54,9 @@ class FrontendFactory(Factory):
         #: Open connections on each side, so a shutdown can wait for all of them.
         self.clients: set[FrontendProtocol] = set()
         self.servers = ServerBook(self.events)
+        #: Every TCP port this factory listens on set the client socket options for
+        #: the clients it accepts (service.py); otherwise each client sets them.
+        self.listeners_tuned = False
         self._login_deadlines: dict[float, Deadlines] = {}
 
     def login_deadlines(self, timeout: float) -> Deadlines:
@@ -97,7 +100,8 @@ class FrontendProtocol(ClientLogin):
     # -- Twisted -----------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        tune_socket(self.transport)
+        if not self.factory.listeners_tuned:
+            tune_socket(self.transport)
         self.send = make_writer(self.transport)
         self.factory.clients.add(self)
         self._start_timer()

@@ -35,6 +35,7 @@ from pgpool_tw.events import EventHub
 from pgpool_tw.frontend import FrontendFactory
 from pgpool_tw.pool import Pool
 from pgpool_tw.tls import TLSConfigError, load_tls
+from pgpool_tw.transport import tune_listener
 
 log = Logger()
 
@@ -172,12 +173,14 @@ class PgpoolService(MultiService):
     def _listen(self) -> None:
         config = self.config
         port = config.port
+        tuned: list[bool] = []
         try:
             for interface in expand_addresses(config.listen_addresses):
                 listening = self.reactor.listenTCP(
                     port, self.factory, backlog=1024, interface=interface
                 )
                 self.ports.append(listening)
+                tuned.append(tune_listener(listening))
                 port = listening.getHost().port
             for directory in config.socket_dirs:
                 path = os.path.join(directory, f".s.PGSQL.{port}")
@@ -192,6 +195,7 @@ class PgpoolService(MultiService):
             self.ports = []
             where = f"{e.interface or '*'}:{e.port}"
             raise ListenError(f"cannot listen on {where}: {e.socketError}") from e
+        self.factory.listeners_tuned = all(tuned)
 
     def _start_ticker(self) -> None:
         if self._ticker is not None and self._ticker.running:

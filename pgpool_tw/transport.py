@@ -7,6 +7,8 @@ close it.  Must not know anything about the PostgreSQL protocol.
 
 from __future__ import annotations
 
+import socket
+import sys
 from typing import Any, Callable
 
 from twisted.internet import tcp
@@ -21,6 +23,25 @@ def tune_socket(transport: Any) -> None:
     if ITCPTransport.providedBy(transport):
         transport.setTcpNoDelay(True)
         transport.setTcpKeepAlive(True)
+
+
+#: Linux gives an accepted TCP socket its listening socket's TCP_NODELAY and
+#: SO_KEEPALIVE (and starts the keepalive timer); other kernels may not.
+ACCEPTED_SOCKETS_INHERIT_OPTIONS = sys.platform.startswith("linux")
+
+
+def tune_listener(port: Any) -> bool:
+    """Set ``tune_socket``'s options once on a listening TCP port.
+
+    True when every client it accepts will have them already, so the two
+    setsockopt calls per accepted client can be skipped.
+    """
+    skt = getattr(port, "socket", None)
+    if skt is None or skt.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return ACCEPTED_SOCKETS_INHERIT_OPTIONS
 
 
 def plain_socket(transport: Any) -> bool:
@@ -115,6 +136,7 @@ __all__ = [
     "link",
     "make_writer",
     "plain_socket",
+    "tune_listener",
     "tune_socket",
     "unlink",
 ]

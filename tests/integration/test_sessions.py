@@ -84,6 +84,43 @@ class StartupTests(PoolerTestCase):
         self.assertIn(user.encode(), rows[0])
 
     @defer.inlineCallbacks
+    def test_accepted_client_sockets_have_nodelay_and_keepalive(self):
+        """A client's socket at the pooler has TCP_NODELAY and SO_KEEPALIVE (from the listener)."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        client = RawClient(service.port)
+        self.addCleanup(client.close)
+        yield self.in_thread(client.startup, user=user, database=db)
+        (frontend,) = service.factory.clients
+        sock = frontend.transport.socket
+        self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+        self.assertTrue(service.factory.listeners_tuned)
+
+    @defer.inlineCallbacks
+    def test_terminate_ends_in_an_orderly_close(self):
+        """After Terminate the client reads end of file (a FIN, no reset); its server is pooled."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+
+        def run() -> tuple[bytes, int]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            pid = client.pid
+            client.send(m.terminate())
+            try:
+                return client.sock.recv(1), pid
+            finally:
+                client.sock.close()
+
+        tail, pid = yield self.in_thread(run)
+        self.assertEqual(tail, b"")
+        client = RawClient(service.port)
+        self.addCleanup(client.close)
+        yield self.in_thread(client.startup, user=user, database=db)
+        self.assertEqual(client.pid, pid)
+
+    @defer.inlineCallbacks
     def test_psycopg_prefers_ssl_and_falls_back(self):
         """psycopg's default sslmode=prefer connects (the pooler says N to SSL and GSS)."""
         service = self.start_pooler()
