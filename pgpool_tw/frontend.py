@@ -24,7 +24,7 @@ from pgpool_tw.cancel import CancelRegistry, new_secret
 from pgpool_tw.config import Config
 from pgpool_tw.deadlines import Deadlines
 from pgpool_tw.events import EventHub, SessionInfo
-from pgpool_tw.login import CLOSED, CONNECTING, RELAY, WAITING, ClientLogin, _discard
+from pgpool_tw.login import CLOSED, CONNECTING, RELAY, WAITING, ClientLogin, discard
 from pgpool_tw.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import SessionTracker
@@ -86,7 +86,7 @@ class FrontendProtocol(ClientLogin):
     def __init__(self, factory: FrontendFactory, address: Any = None) -> None:
         super().__init__(factory, address)
         self.tracker: Optional[SessionTracker] = None
-        self.server_write: Writer = _discard
+        self.server_write: Writer = discard
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
         self.received = 0
         self._idle_mark = -1
@@ -199,7 +199,7 @@ class FrontendProtocol(ClientLogin):
             self.received += self._relay.received
             self._relay = None
         self.server = None
-        self.server_write = _discard
+        self.server_write = discard
         if self._producers is not None:
             unlink(self.transport, server.transport, self._producers)
             self._producers = None

@@ -72,7 +72,7 @@ class ClientLogin(Protocol):
         self.relaying = False
         self.server: Optional[BackendProtocol] = None
         #: Sends now when nothing is queued (see transport.make_writer).
-        self.send: Writer = _discard
+        self.send: Writer = discard
         self.startup: Optional[StartupMessage] = None
         self.key: Any = None  # the pool key, once the startup packet is read
         self._buffer = b""
@@ -462,8 +462,8 @@ class ClientLogin(Protocol):
         raise NotImplementedError
 
 
-def _discard(data: bytes) -> None:
-    """Where client bytes go when no server is attached."""
+def discard(data: bytes) -> None:
+    """The writer of a side that has nowhere to send yet (client bytes before a server)."""
 
 
 def _describe(address: Any) -> str:
