@@ -18,11 +18,22 @@ from zope.interface import implementer
 Writer = Callable[[bytes], None]
 
 
+#: What every TCP leg gets (unix sockets need neither).
+_TCP_OPTIONS = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+)
+
+
+def _set_tcp_options(skt: socket.socket) -> None:
+    for level, option in _TCP_OPTIONS:
+        skt.setsockopt(level, option, 1)
+
+
 def tune_socket(transport: Any) -> None:
     """TCP_NODELAY and SO_KEEPALIVE on TCP legs; unix sockets need neither."""
     if ITCPTransport.providedBy(transport):
-        transport.setTcpNoDelay(True)
-        transport.setTcpKeepAlive(True)
+        _set_tcp_options(getattr(transport, "socket"))  # noqa: B009 (not in ITCPTransport)
 
 
 #: Linux gives an accepted TCP socket its listening socket's TCP_NODELAY and
@@ -39,8 +50,7 @@ def tune_listener(port: Any) -> bool:
     skt = getattr(port, "socket", None)
     if skt is None or skt.family not in (socket.AF_INET, socket.AF_INET6):
         return False
-    skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    _set_tcp_options(skt)
     return ACCEPTED_SOCKETS_INHERIT_OPTIONS
 
 
