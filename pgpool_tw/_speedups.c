@@ -36,10 +36,13 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 #define IDLE 'I'
 #define RECV_SIZE 65536
@@ -83,6 +86,7 @@ typedef struct {
     Py_ssize_t s_body_len;
     Py_ssize_t s_body_cap;
     int64_t s_need;
+    long changed; /* ParameterStatus messages recorded (a warm login's reply is stale) */
 } Tracker;
 
 static PyTypeObject TrackerType;
@@ -123,6 +127,7 @@ tracker_init(Tracker *self, PyObject *args, PyObject *kwds)
     self->s_type = 0;
     self->s_body_len = 0;
     self->s_need = 0;
+    self->changed = 0;
     return 0;
 }
 
@@ -245,6 +250,7 @@ parameter_status(Tracker *t, const unsigned char *body, Py_ssize_t n)
     int rc = PyDict_SetItem(t->params, name, text);
     Py_DECREF(name);
     Py_DECREF(text);
+    t->changed++;
     return rc;
 }
 
@@ -501,31 +507,77 @@ static PyTypeObject TrackerType = {
 /* Relay and the epoll iteration                                              */
 /* ------------------------------------------------------------------------- */
 
+struct Lane;
+static PyTypeObject LaneType;
+
+/* A warm relay's life (see the Lane section below). */
+enum { W_PARKED = 0, W_ACTIVE = 1, W_RESETTING = 2, W_RETURNED = 3 };
+
 typedef struct {
     PyObject_HEAD
     Tracker *tracker;
-    PyObject *transports[2]; /* [0] the client's, [1] the server's */
+    PyObject *transports[2]; /* [0] the client's (None in a warm relay), [1] the server's */
     PyObject *fd_objs[2];    /* the fds as ints, to look up in `writes` */
     PyObject *writes;        /* the epoll reactor's set of fds it waits to write to */
     int fds[2];
     PyObject *on_terminate;
     long received; /* client chunks forwarded here (client_idle_limit reads it) */
+    /* A warm relay (lane != NULL): a pooled server connection lent to a Lane,
+       which logs clients in on it, relays, resets and parks it again itself. */
+    struct Lane *lane;
+    PyObject *stack;  /* the list it parks on */
+    PyObject *server; /* the server connection (BackendProtocol) */
+    PyObject *reply;  /* AuthenticationOk and the ParameterStatus messages */
+    PyObject *reset;  /* the reset queries' messages */
+    int reset_count;
+    long uses_left; /* sessions it may still start; negative: no limit */
+    long uses;      /* sessions it started */
+    int wstate;
+    uint32_t pid, secret;
+    double parked_at; /* CLOCK_MONOTONIC seconds */
+    int awaiting;     /* ReadyForQuery messages the reset still owes */
+    int reset_ok;
+    unsigned char *rbuf; /* the reset's answer, until whole messages are there */
+    Py_ssize_t rlen, rcap;
 } Relay;
 
 static PyTypeObject RelayType;
 
+static double
+monotonic_s(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
 static int
 relay_init(Relay *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"tracker", "client", "server", "client_fd", "server_fd",
-                             "on_terminate", "writes", NULL};
+    static char *kwlist[] = {"tracker", "client",      "server",    "client_fd",
+                             "server_fd", "on_terminate", "writes",  "lane",
+                             "stack",   "connection",  "reply",     "reset",
+                             "reset_count", "uses_left", "pid",     NULL};
     PyObject *tracker, *client, *server, *on_terminate, *writes;
-    int client_fd, server_fd;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOiiOO!", kwlist, &TrackerType, &tracker,
-                                     &client, &server, &client_fd, &server_fd, &on_terminate,
-                                     &PySet_Type, &writes))
+    PyObject *lane = NULL, *stack = NULL, *connection = NULL, *reply = NULL, *reset = NULL;
+    int client_fd, server_fd, reset_count = 0;
+    long uses_left = -1;
+    unsigned long pid = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOiiOO!|O!O!OSSilk", kwlist, &TrackerType,
+                                     &tracker, &client, &server, &client_fd, &server_fd,
+                                     &on_terminate, &PySet_Type, &writes, &LaneType, &lane,
+                                     &PyList_Type, &stack, &connection, &reply, &reset,
+                                     &reset_count, &uses_left, &pid))
         return -1;
-    if (client_fd < 0 || server_fd < 0) {
+    if (lane != NULL) {
+        if (client_fd != -1 || server_fd < 0 || stack == NULL || connection == NULL ||
+            reply == NULL || reset == NULL || reset_count < 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "a warm relay needs a server socket, a stack, the connection, "
+                            "its login reply and its reset, and no client yet");
+            return -1;
+        }
+    } else if (client_fd < 0 || server_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a relay needs two open sockets");
         return -1;
     }
@@ -548,6 +600,24 @@ relay_init(Relay *self, PyObject *args, PyObject *kwds)
     self->fds[0] = client_fd;
     self->fds[1] = server_fd;
     self->received = 0;
+    Py_XINCREF(lane);
+    Py_XSETREF(self->lane, (struct Lane *)lane);
+    Py_XINCREF(stack);
+    Py_XSETREF(self->stack, stack);
+    Py_XINCREF(connection);
+    Py_XSETREF(self->server, connection);
+    Py_XINCREF(reply);
+    Py_XSETREF(self->reply, reply);
+    Py_XINCREF(reset);
+    Py_XSETREF(self->reset, reset);
+    self->reset_count = reset_count;
+    self->uses_left = uses_left;
+    self->uses = 0;
+    self->wstate = W_PARKED;
+    self->pid = (uint32_t)pid;
+    self->secret = 0;
+    self->parked_at = monotonic_s();
+    self->rlen = 0;
     return 0;
 }
 
@@ -559,6 +629,9 @@ relay_traverse(Relay *self, visitproc visit, void *arg)
     Py_VISIT(self->transports[1]);
     Py_VISIT(self->writes);
     Py_VISIT(self->on_terminate);
+    Py_VISIT(self->lane);
+    Py_VISIT(self->stack);
+    Py_VISIT(self->server);
     return 0;
 }
 
@@ -572,6 +645,11 @@ relay_clear(Relay *self)
     Py_CLEAR(self->fd_objs[1]);
     Py_CLEAR(self->writes);
     Py_CLEAR(self->on_terminate);
+    Py_CLEAR(self->lane);
+    Py_CLEAR(self->stack);
+    Py_CLEAR(self->server);
+    Py_CLEAR(self->reply);
+    Py_CLEAR(self->reset);
     return 0;
 }
 
@@ -580,6 +658,7 @@ relay_dealloc(Relay *self)
 {
     PyObject_GC_UnTrack(self);
     relay_clear(self);
+    PyMem_Free(self->rbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -595,11 +674,76 @@ relay_get_fds(Relay *self, void *closure)
     return Py_BuildValue("(ii)", self->fds[0], self->fds[1]);
 }
 
+static PyObject *
+relay_get_state(Relay *self, void *closure)
+{
+    return PyLong_FromLong(self->wstate);
+}
+
+static PyObject *
+relay_get_uses(Relay *self, void *closure)
+{
+    return PyLong_FromLong(self->uses);
+}
+
+static PyObject *
+relay_get_parked_at(Relay *self, void *closure)
+{
+    return PyFloat_FromDouble(self->parked_at);
+}
+
+static PyObject *
+relay_get_secret(Relay *self, void *closure)
+{
+    return PyLong_FromLong((long)(int32_t)self->secret);
+}
+
+static PyObject *
+relay_get_object(PyObject *value)
+{
+    PyObject *result = value != NULL ? value : Py_None;
+    Py_INCREF(result);
+    return result;
+}
+
+static PyObject *
+relay_get_connection(Relay *self, void *closure)
+{
+    return relay_get_object(self->server);
+}
+
+static PyObject *
+relay_get_tracker(Relay *self, void *closure)
+{
+    return relay_get_object((PyObject *)self->tracker);
+}
+
 static PyGetSetDef relay_getset[] = {
     {"received", (getter)relay_get_received, NULL,
      "Client chunks forwarded by the C loop.", NULL},
     {"fds", (getter)relay_get_fds, NULL, "(client fd, server fd)", NULL},
+    {"state", (getter)relay_get_state, NULL, "A warm relay's state (W_PARKED...).", NULL},
+    {"uses", (getter)relay_get_uses, NULL, "Sessions a warm relay started.", NULL},
+    {"parked_at", (getter)relay_get_parked_at, NULL,
+     "When a warm relay last parked (time.monotonic's clock).", NULL},
+    {"secret", (getter)relay_get_secret, NULL,
+     "The cancel key of a warm relay's current client.", NULL},
+    {"connection", (getter)relay_get_connection, NULL,
+     "A warm relay's server connection.", NULL},
+    {"tracker", (getter)relay_get_tracker, NULL, "The session tracker.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *relay_promote(Relay *self, PyObject *unused);
+static PyObject *relay_drop(Relay *self, PyObject *arg);
+
+static PyMethodDef relay_methods[] = {
+    {"promote", (PyCFunction)relay_promote, METH_NOARGS,
+     "Hand an active warm session's client socket to Python (on_event PROMOTE)."},
+    {"drop", (PyCFunction)relay_drop, METH_O,
+     "drop(last_words): Python takes the server back; an active session's client gets "
+     "the last words and is closed."},
+    {NULL, NULL, 0, NULL},
 };
 
 static PyTypeObject RelayType = {
@@ -614,12 +758,33 @@ static PyTypeObject RelayType = {
     .tp_traverse = (traverseproc)relay_traverse,
     .tp_clear = (inquiry)relay_clear,
     .tp_getset = relay_getset,
+    .tp_methods = relay_methods,
 };
 
-/* fd -> (relay, side) for every registered socket. */
+/* ------------------------------------------------------------------------- */
+/* The slot table: what poll() does with each descriptor's events             */
+/* ------------------------------------------------------------------------- */
+
+enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
+
+#define PENDING_MAX 1024
+
+/* A client a lane accepted, until its startup packet is read. */
 typedef struct {
-    Relay *relay;
-    int side; /* 0: the client's socket, 1: the server's */
+    int listen_fd;
+    int answered; /* 1: its SSLRequest was answered, 2: its GSSENCRequest */
+    unsigned generation;
+    int len;
+    int addr_len;
+    unsigned char addr[16];
+    unsigned char buf[PENDING_MAX];
+} Pending;
+
+typedef struct {
+    Relay *relay;      /* SIDE_CLIENT, SIDE_SERVER */
+    struct Lane *lane; /* SIDE_LISTEN, SIDE_PENDING */
+    Pending *pending;  /* SIDE_PENDING */
+    int side;
 } Slot;
 
 static Slot *slots = NULL;
@@ -632,6 +797,63 @@ static int ran_python = 0;
 
 static PyObject *str_write;
 
+static int
+slots_reserve(int fd)
+{
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad fd");
+        return -1;
+    }
+    if (fd < slots_size)
+        return 0;
+    int size = slots_size ? slots_size : 1024;
+    while (size <= fd)
+        size *= 2;
+    Slot *grown = PyMem_Realloc(slots, sizeof(Slot) * (size_t)size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(grown + slots_size, 0, sizeof(Slot) * (size_t)(size - slots_size));
+    slots = grown;
+    slots_size = size;
+    return 0;
+}
+
+/* Forget what `fd` was registered as (its Pending is freed). */
+static void
+slot_clear(int fd)
+{
+    if (fd < 0 || fd >= slots_size)
+        return;
+    Slot old = slots[fd];
+    memset(&slots[fd], 0, sizeof(Slot));
+    PyMem_Free(old.pending);
+    Py_XDECREF(old.relay);
+    Py_XDECREF((PyObject *)old.lane);
+}
+
+static int
+slot_set_relay(int fd, Relay *relay, int side)
+{
+    if (slots_reserve(fd) < 0)
+        return -1;
+    Py_INCREF(relay);
+    slot_clear(fd);
+    slots[fd].relay = relay;
+    slots[fd].side = side;
+    return 0;
+}
+
+/* The server slot of `r`, if it still is r's. */
+static void
+slot_clear_server(Relay *r)
+{
+    int fd = r->fds[1];
+    if (fd >= 0 && fd < slots_size && slots[fd].relay == r)
+        slot_clear(fd);
+}
+
 static PyObject *
 speedups_register(PyObject *module, PyObject *args)
 {
@@ -639,7 +861,7 @@ speedups_register(PyObject *module, PyObject *args)
     PyObject *relay;
     if (!PyArg_ParseTuple(args, "iO!i", &fd, &RelayType, &relay, &side))
         return NULL;
-    if (fd < 0 || (side != 0 && side != 1)) {
+    if (fd < 0 || (side != SIDE_CLIENT && side != SIDE_SERVER)) {
         PyErr_SetString(PyExc_ValueError, "bad fd or side");
         return NULL;
     }
@@ -647,22 +869,12 @@ speedups_register(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "the relay was never initialised");
         return NULL;
     }
-    if (fd >= slots_size) {
-        int size = slots_size ? slots_size : 1024;
-        while (size <= fd)
-            size *= 2;
-        Slot *grown = PyMem_Realloc(slots, sizeof(Slot) * (size_t)size);
-        if (grown == NULL)
-            return PyErr_NoMemory();
-        memset(grown + slots_size, 0, sizeof(Slot) * (size_t)(size - slots_size));
-        slots = grown;
-        slots_size = size;
+    if (((Relay *)relay)->lane != NULL) {
+        PyErr_SetString(PyExc_ValueError, "a warm relay is its lane's to register");
+        return NULL;
     }
-    Py_INCREF(relay);
-    Relay *old = slots[fd].relay;
-    slots[fd].relay = (Relay *)relay;
-    slots[fd].side = side;
-    Py_XDECREF(old);
+    if (slot_set_relay(fd, (Relay *)relay, side) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -673,10 +885,8 @@ speedups_unregister(PyObject *module, PyObject *args)
     PyObject *relay;
     if (!PyArg_ParseTuple(args, "iO!", &fd, &RelayType, &relay))
         return NULL;
-    if (fd >= 0 && fd < slots_size && slots[fd].relay == (Relay *)relay) {
-        slots[fd].relay = NULL;
-        Py_DECREF(relay);
-    }
+    if (fd >= 0 && fd < slots_size && slots[fd].relay == (Relay *)relay)
+        slot_clear(fd);
     Py_RETURN_NONE;
 }
 
@@ -757,12 +967,856 @@ pump(Relay *r, int side)
     return PUMPED;
 }
 
+/* ------------------------------------------------------------------------- */
+/* Lane: warm logins without Python                                           */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * A client that connects once per transaction (pgbench -C, PHP, short scripts)
+ * costs the pooler a whole login: on Twisted's path some 300 Python calls, about
+ * twice PgBouncer's CPU per connection.  A Lane serves the common case of such a
+ * login in C, the way PgBouncer does, and leaves every decision to Python:
+ *
+ * - Python lends it listening sockets (it accepts on them) and pooled server
+ *   connections: each is a warm Relay parked on a list (a "stack") that
+ *   `entries` maps from a client address and startup packet, byte for byte, to.
+ *   Python adds an entry only after it logged such a client in itself and found
+ *   it needed nothing the lane cannot give: no TLS, no password, no message of
+ *   its own.  Python takes entries and parked relays back whenever it wants.
+ * - An accepted client's SSLRequest (when the pooler has no TLS) and
+ *   GSSENCRequest get their 'N' here.  A startup packet that hits an entry with
+ *   a parked relay, while a client slot is free, takes the relay: the client
+ *   gets AuthenticationOk, the connection's ParameterStatus messages, a random
+ *   cancel key and ReadyForQuery, and the session is relayed like any other.
+ *   Anything else (no entry, an empty stack, a CancelRequest, TLS, a packet cut
+ *   oddly) is a miss: the socket and the bytes read go to on_miss, and Python's
+ *   login takes over as if Twisted had accepted the client.
+ * - A Terminate on a session that is in sync and idle and changed no parameter
+ *   sends the reset queries; once they all answered without an error, the
+ *   relay parks again.  Any other end (an unclean one, a failed reset, a
+ *   changed parameter, the connection's session limit) goes to on_event, and
+ *   the pool decides as on Twisted's path.
+ * - A client the kernel cannot take a send from, or whose server has bytes
+ *   queued in Twisted, is promoted: its socket goes to Python, which carries
+ *   the session on with a Twisted transport.
+ *
+ * Pending clients time out by sweep(): Python calls it every
+ * authentication_timeout, and a client still pending at the next sweep is closed.
+ */
+
+enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 };
+
+#define SSL_REQUEST_CODE 80877103u
+#define GSSENC_REQUEST_CODE 80877104u
+#define PROTOCOL_3 196608u
+#define RESET_REPLY_MAX 65536
+
+typedef struct Lane {
+    PyObject_HEAD
+    int epfd;
+    PyObject *entries; /* address + startup packet -> list of parked warm relays */
+    PyObject *on_miss;  /* on_miss(fd, listen_fd, data, answered) */
+    PyObject *on_event; /* on_event(kind, relay, data) */
+    int answer_ssl;     /* SSLRequest gets 'N' here (the pooler has no TLS) */
+    int closing;
+    int wake;       /* call on_event(EV_LEFT) when a session ends (clients wait) */
+    long limit;     /* client sessions at once, the lane's and Python's */
+    long outside;   /* Python's own sessions */
+    long active, pending, hits, misses;
+    unsigned generation;
+    int random_left;
+    unsigned char random[256];
+} Lane;
+
+static int
+lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data)
+{
+    ran_python = 1;
+    PyObject *res = PyObject_CallFunction(lane->on_event, "iOO", kind,
+                                          relay != NULL ? relay : Py_None,
+                                          data != NULL ? data : Py_None);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static int
+lane_random(Lane *lane, uint32_t *out)
+{
+    if (lane->random_left < 4) {
+        if (getrandom(lane->random, sizeof(lane->random), 0) != (ssize_t)sizeof(lane->random))
+            return -1;
+        lane->random_left = (int)sizeof(lane->random);
+    }
+    lane->random_left -= 4;
+    memcpy(out, lane->random + lane->random_left, 4);
+    memset(lane->random + lane->random_left, 0, 4);
+    return 0;
+}
+
+/* The client's socket is closed; the session counts no more. */
+static int
+warm_client_closed(Relay *r)
+{
+    Lane *lane = r->lane;
+    int fd = r->fds[0];
+    r->fds[0] = -1;
+    if (fd >= 0) {
+        slot_clear(fd);
+        close(fd);
+    }
+    lane->active--;
+    return lane->wake ? lane_call(lane, EV_LEFT, NULL, NULL) : 0;
+}
+
+/* The server connection goes back to Python; the pool decides its fate. */
+static int
+warm_return(Relay *r, int kind, PyObject *data)
+{
+    slot_clear_server(r);
+    r->wstate = W_RETURNED;
+    return lane_call(r->lane, kind, (PyObject *)r, data);
+}
+
+static int
+warm_park(Relay *r)
+{
+    if (r->lane->closing)
+        return warm_return(r, EV_RESET, Py_True); /* a shutdown: the pool decides */
+    slot_clear_server(r); /* parked: Twisted watches the server again */
+    r->wstate = W_PARKED;
+    r->parked_at = monotonic_s();
+    return PyList_Append(r->stack, (PyObject *)r);
+}
+
+/* The client went away without a Terminate. */
+static int
+warm_gone(Relay *r)
+{
+    int rc = warm_client_closed(r);
+    if (warm_return(r, EV_ENDED, Py_False) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* Python carries the session on: it gets the client's socket and what it is owed. */
+static int
+warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
+{
+    Lane *lane = r->lane;
+    int fd = r->fds[0];
+    struct epoll_event unused = {0};
+    epoll_ctl(lane->epfd, EPOLL_CTL_DEL, fd, &unused);
+    slot_clear(fd);
+    slot_clear_server(r);
+    r->fds[0] = -1;
+    r->wstate = W_RETURNED;
+    lane->active--;
+    PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
+    if (data == NULL)
+        return -1;
+    int rc = lane_call(lane, EV_PROMOTE, (PyObject *)r, data);
+    Py_DECREF(data);
+    return rc;
+}
+
+/* Send to the warm client; what the kernel does not take promotes the session. */
+static int
+warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n)
+{
+    ssize_t sent = send(r->fds[0], data, (size_t)n, MSG_NOSIGNAL);
+    if (sent == n)
+        return 0;
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return warm_gone(r);
+        sent = 0;
+    }
+    return warm_promote(r, data + sent, n - sent);
+}
+
+/* The client's Terminate: reset and park, or let the pool decide. */
+static int
+warm_ended(Relay *r)
+{
+    Tracker *t = r->tracker;
+    int reusable = tracker_in_sync_c(t) && t->status == IDLE && !t->changed &&
+                   r->uses_left != 0 && !r->lane->closing;
+    int rc = warm_client_closed(r);
+    if (!reusable) {
+        if (warm_return(r, EV_ENDED, Py_True) < 0)
+            rc = -1;
+        return rc;
+    }
+    if (r->reset_count == 0)
+        return warm_park(r) < 0 ? -1 : rc;
+    r->wstate = W_RESETTING;
+    r->awaiting = r->reset_count;
+    r->reset_ok = 1;
+    r->rlen = 0;
+    if (send_now(r->fds[1], r->transports[1], (const unsigned char *)PyBytes_AS_STRING(r->reset),
+                 PyBytes_GET_SIZE(r->reset)) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* The reset's answer: whole messages are read; the last ReadyForQuery decides. */
+static int
+warm_reset_reply(Relay *r, const unsigned char *data, Py_ssize_t n)
+{
+    Tracker *t = r->tracker;
+    if (r->rlen + n > r->rcap) {
+        Py_ssize_t cap = r->rcap ? r->rcap : 256;
+        while (cap < r->rlen + n)
+            cap *= 2;
+        unsigned char *grown = PyMem_Realloc(r->rbuf, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->rbuf = grown;
+        r->rcap = cap;
+    }
+    memcpy(r->rbuf + r->rlen, data, (size_t)n);
+    r->rlen += n;
+    Py_ssize_t pos = 0;
+    while (r->rlen - pos >= 5) {
+        const unsigned char *p = r->rbuf + pos;
+        int64_t length = length_at(p + 1);
+        if (length < 4 || length > RESET_REPLY_MAX) {
+            r->rlen = 0;
+            return warm_return(r, EV_RESET, Py_False);
+        }
+        if (pos + 1 + length > r->rlen)
+            break;
+        int kind = p[0];
+        if (kind == 'E' || kind == 'G' || kind == 'H' || kind == 'W') {
+            r->reset_ok = 0; /* a failed query, or COPY: the stream is not to be trusted */
+        } else if (kind == S_PARAMETER_STATUS) {
+            if (parameter_status(t, p + 5, (Py_ssize_t)length - 4) < 0)
+                return -1;
+        } else if (kind == S_READY) {
+            t->status = length > 4 ? p[5] : IDLE;
+            r->awaiting--;
+        }
+        pos += 1 + length;
+        if (r->awaiting == 0) {
+            int whole = pos == r->rlen; /* nothing may follow the last ReadyForQuery */
+            int clean = r->reset_ok && t->status == IDLE && whole;
+            r->rlen = 0;
+            if (clean && !t->changed)
+                return warm_park(r);
+            return warm_return(r, EV_RESET, clean ? Py_True : Py_False);
+        }
+    }
+    if (pos) {
+        memmove(r->rbuf, r->rbuf + pos, (size_t)(r->rlen - pos));
+        r->rlen -= pos;
+    }
+    if (r->rlen > RESET_REPLY_MAX) {
+        r->rlen = 0;
+        return warm_return(r, EV_RESET, Py_False);
+    }
+    return 0;
+}
+
+/* One event of a warm relay's socket.  -1 on a Python error. */
+static int
+warm_event(Relay *r, int side, unsigned int ev)
+{
+    if (side == SIDE_CLIENT) {
+        if (r->wstate != W_ACTIVE)
+            return PUMPED;
+        if (!(ev & EPOLLIN))
+            return warm_gone(r) < 0 ? -1 : PUMPED;
+        int clear = clear_to_send(r, 1);
+        if (clear <= 0)
+            return clear < 0 || warm_promote(r, NULL, 0) < 0 ? -1 : PUMPED;
+        ssize_t n = recv(r->fds[0], recv_buffer, RECV_SIZE, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return PUMPED;
+        if (n <= 0)
+            return warm_gone(r) < 0 ? -1 : PUMPED;
+        r->received++;
+        Py_ssize_t at = feed_client_raw(r->tracker, recv_buffer, n);
+        if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
+            return -1;
+        if (at >= 0)
+            return warm_ended(r) < 0 ? -1 : PUMPED;
+        return PUMPED;
+    }
+    if (ev != EPOLLIN)
+        return TO_TWISTED; /* the server's hang-up or error: its protocol reports it */
+    ssize_t n = recv(r->fds[1], recv_buffer, RECV_SIZE, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return PUMPED;
+        return TO_TWISTED_ERROR;
+    }
+    if (n == 0)
+        return TO_TWISTED;
+    if (r->wstate == W_RESETTING)
+        return warm_reset_reply(r, recv_buffer, n) < 0 ? -1 : PUMPED;
+    int rc = feed_server_raw(r->tracker, recv_buffer, n);
+    if (warm_send_client(r, recv_buffer, n) < 0 || rc < 0)
+        return -1;
+    return PUMPED;
+}
+
+static PyObject *
+relay_promote(Relay *self, PyObject *unused)
+{
+    if (self->lane == NULL || self->wstate != W_ACTIVE) {
+        PyErr_SetString(PyExc_ValueError, "only an active warm relay can be promoted");
+        return NULL;
+    }
+    if (warm_promote(self, NULL, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+relay_drop(Relay *self, PyObject *arg)
+{
+    if (self->lane == NULL) {
+        PyErr_SetString(PyExc_ValueError, "only a warm relay can be dropped");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int active = self->wstate == W_ACTIVE;
+    if (active && view.len > 0) /* last words, if the kernel takes them */
+        (void)send(self->fds[0], view.buf, (size_t)view.len, MSG_NOSIGNAL);
+    PyBuffer_Release(&view);
+    slot_clear_server(self);
+    self->wstate = W_RETURNED;
+    self->rlen = 0;
+    if (active && warm_client_closed(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Close a client that never finished its startup packet. */
+static void
+pending_close(Lane *lane, int fd)
+{
+    slot_clear(fd);
+    close(fd);
+    lane->pending--;
+}
+
+/* Python's login takes the client over, with what was read (and answered) so far. */
+static int
+pending_miss(Lane *lane, int fd)
+{
+    Pending *p = slots[fd].pending;
+    PyObject *args = Py_BuildValue("(iiy#i)", fd, p->listen_fd, (const char *)p->buf,
+                                   (Py_ssize_t)p->len, p->answered);
+    if (args == NULL)
+        return -1;
+    struct epoll_event unused = {0};
+    epoll_ctl(lane->epfd, EPOLL_CTL_DEL, fd, &unused);
+    Py_INCREF(lane); /* the slot's reference goes */
+    slot_clear(fd);
+    lane->pending--;
+    lane->misses++;
+    ran_python = 1;
+    PyObject *res = PyObject_Call(lane->on_miss, args, NULL);
+    Py_DECREF(args);
+    Py_DECREF(lane);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* A whole startup packet: a warm login, or a miss. */
+static int
+pending_startup(Lane *lane, int fd, Pending *p)
+{
+    if (lane->closing || lane->active + lane->outside >= lane->limit)
+        return pending_miss(lane, fd);
+    PyObject *key = PyBytes_FromStringAndSize(NULL, p->addr_len + p->len);
+    if (key == NULL)
+        return -1;
+    memcpy(PyBytes_AS_STRING(key), p->addr, (size_t)p->addr_len);
+    memcpy(PyBytes_AS_STRING(key) + p->addr_len, p->buf, (size_t)p->len);
+    PyObject *stack = PyDict_GetItemWithError(lane->entries, key);
+    Py_DECREF(key);
+    if (stack == NULL && PyErr_Occurred())
+        return -1;
+    Py_ssize_t size = stack != NULL && PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
+    if (size == 0)
+        return pending_miss(lane, fd);
+    uint32_t secret;
+    if (lane_random(lane, &secret) < 0)
+        return pending_miss(lane, fd);
+    PyObject *item = PyList_GET_ITEM(stack, size - 1);
+    Py_INCREF(item);
+    if (PyList_SetSlice(stack, size - 1, size, NULL) < 0) {
+        Py_DECREF(item);
+        return -1;
+    }
+    Relay *r = (Relay *)item;
+    if (!PyObject_TypeCheck(item, &RelayType) || r->lane != lane || r->wstate != W_PARKED) {
+        Py_DECREF(item); /* not something Python lends: dropped */
+        return pending_miss(lane, fd);
+    }
+    /* The client's socket is the relay's now; both are watched as one session. */
+    if (slot_set_relay(fd, r, SIDE_CLIENT) < 0 || slot_set_relay(r->fds[1], r, SIDE_SERVER) < 0) {
+        Py_DECREF(item);
+        return -1;
+    }
+    lane->pending--;
+    lane->active++;
+    lane->hits++;
+    r->fds[0] = fd;
+    r->wstate = W_ACTIVE;
+    r->secret = secret;
+    r->received = 0;
+    r->uses++;
+    if (r->uses_left > 0)
+        r->uses_left--;
+    Tracker *t = r->tracker;
+    t->pending = 0;
+    t->unsynced = 0;
+    t->status = IDLE;
+    t->c_skip = t->s_skip = t->s_need = 0;
+    t->c_head_len = t->s_head_len = 0;
+    t->s_body_len = 0;
+    t->changed = 0;
+    /* The end of the login, as a direct connection sends it. */
+    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
+    Py_ssize_t n = reply_len + 13 + 6;
+    unsigned char small[2048];
+    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (out == NULL) {
+        Py_DECREF(item);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
+    unsigned char *k = out + reply_len;
+    uint32_t pid = r->pid;
+    const unsigned char tail[19] = {
+        'K', 0, 0, 0, 12,
+        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
+        (unsigned char)pid,
+        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
+        (unsigned char)(secret >> 8), (unsigned char)secret,
+        'Z', 0, 0, 0, 5, IDLE,
+    };
+    memcpy(k, tail, sizeof(tail));
+    int rc = warm_send_client(r, out, n);
+    if (out != small)
+        PyMem_Free(out);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* One event of a client the lane accepted and has not logged in yet. */
+static int
+pending_event(Lane *lane, int fd, unsigned int ev)
+{
+    Pending *p = slots[fd].pending;
+    if (!(ev & EPOLLIN)) {
+        pending_close(lane, fd);
+        return 0;
+    }
+    ssize_t n = recv(fd, p->buf + p->len, (size_t)(PENDING_MAX - p->len), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        pending_close(lane, fd);
+        return 0;
+    }
+    p->len += (int)n;
+    for (;;) {
+        if (p->len < 8) {
+            if (p->len >= 4 && length_at(p->buf) < 8)
+                return pending_miss(lane, fd); /* Python's login names the error */
+            return 0;
+        }
+        int64_t length = length_at(p->buf);
+        if (length < 8 || length > PENDING_MAX)
+            return pending_miss(lane, fd);
+        if (p->len < length)
+            return 0;
+        uint32_t code = (uint32_t)length_at(p->buf + 4);
+        int request = 0;
+        if (length == 8 && code == SSL_REQUEST_CODE && !(p->answered & 1) && lane->answer_ssl)
+            request = 1;
+        else if (length == 8 && code == GSSENC_REQUEST_CODE && !(p->answered & 2))
+            request = 2;
+        if (request) {
+            if (send(fd, "N", 1, MSG_NOSIGNAL) != 1) {
+                pending_close(lane, fd);
+                return 0;
+            }
+            p->answered |= request;
+            p->len -= 8;
+            memmove(p->buf, p->buf + 8, (size_t)p->len);
+            continue;
+        }
+        if (code == PROTOCOL_3 && p->len == length)
+            return pending_startup(lane, fd, p);
+        return pending_miss(lane, fd);
+    }
+}
+
+/* The listening socket is readable: accept what is there. */
+static int
+lane_accept(Lane *lane, int listen_fd)
+{
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+        int fd = accept4(listen_fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            /* EMFILE and the like: Twisted's accept knows how to shed that load. */
+            struct epoll_event unused = {0};
+            epoll_ctl(lane->epfd, EPOLL_CTL_DEL, listen_fd, &unused);
+            Py_INCREF(lane);
+            slot_clear(listen_fd);
+            PyObject *which = PyLong_FromLong(listen_fd);
+            int rc = which == NULL ? -1 : lane_call(lane, EV_LISTENER, NULL, which);
+            Py_XDECREF(which);
+            Py_DECREF(lane);
+            return rc;
+        }
+        Pending *p = PyMem_Malloc(sizeof(Pending));
+        if (p == NULL || slots_reserve(fd) < 0) {
+            PyMem_Free(p);
+            close(fd);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
+        }
+        p->listen_fd = listen_fd;
+        p->answered = 0;
+        p->generation = lane->generation;
+        p->len = 0;
+        p->addr_len = 0;
+        if (sa.ss_family == AF_INET) {
+            p->addr_len = 4;
+            memcpy(p->addr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+        } else if (sa.ss_family == AF_INET6) {
+            p->addr_len = 16;
+            memcpy(p->addr, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
+        }
+        struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
+        if (epoll_ctl(lane->epfd, EPOLL_CTL_ADD, fd, &want) < 0) {
+            PyMem_Free(p);
+            close(fd);
+            continue;
+        }
+        slot_clear(fd);
+        Py_INCREF(lane);
+        slots[fd].lane = lane;
+        slots[fd].pending = p;
+        slots[fd].side = SIDE_PENDING;
+        lane->pending++;
+    }
+    return 0;
+}
+
+static PyObject *
+lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Lane *self = (Lane *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->epfd = -1;
+    self->entries = PyDict_New();
+    if (self->entries == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+lane_init(Lane *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"epfd", "on_miss", "on_event", NULL};
+    PyObject *on_miss, *on_event;
+    int epfd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO", kwlist, &epfd, &on_miss, &on_event))
+        return -1;
+    self->epfd = epfd;
+    Py_INCREF(on_miss);
+    Py_XSETREF(self->on_miss, on_miss);
+    Py_INCREF(on_event);
+    Py_XSETREF(self->on_event, on_event);
+    self->answer_ssl = 1;
+    self->limit = 0;
+    return 0;
+}
+
+static int
+lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->entries);
+    Py_VISIT(self->on_miss);
+    Py_VISIT(self->on_event);
+    return 0;
+}
+
+static int
+lane_clear(Lane *self)
+{
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->on_miss);
+    Py_CLEAR(self->on_event);
+    return 0;
+}
+
+static void
+lane_dealloc(Lane *self)
+{
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+lane_owns(Lane *self, int fd, int side)
+{
+    return fd >= 0 && fd < slots_size && slots[fd].lane == self && slots[fd].side == side;
+}
+
+static PyObject *
+lane_listen(Lane *self, PyObject *arg)
+{
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (slots_reserve(fd) < 0)
+        return NULL;
+    struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &want) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    slot_clear(fd);
+    Py_INCREF(self);
+    slots[fd].lane = self;
+    slots[fd].side = SIDE_LISTEN;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lane_unlisten(Lane *self, PyObject *arg)
+{
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (lane_owns(self, fd, SIDE_LISTEN)) {
+        struct epoll_event unused = {0};
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, &unused);
+        slot_clear(fd);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Close pending clients: all (`all`), or those already pending at the last sweep. */
+static long
+lane_close_pending(Lane *self, int all)
+{
+    long closed = 0;
+    for (int fd = 0; fd < slots_size; fd++) {
+        if (lane_owns(self, fd, SIDE_PENDING) &&
+            (all || slots[fd].pending->generation != self->generation)) {
+            pending_close(self, fd);
+            closed++;
+        }
+    }
+    return closed;
+}
+
+static PyObject *
+lane_sweep(Lane *self, PyObject *unused)
+{
+    long closed = lane_close_pending(self, 0);
+    self->generation++;
+    return PyLong_FromLong(closed);
+}
+
+static PyObject *
+lane_drop_pending(Lane *self, PyObject *unused)
+{
+    return PyLong_FromLong(lane_close_pending(self, 1));
+}
+
+static PyObject *
+lane_sessions(Lane *self, PyObject *unused)
+{
+    PyObject *result = PyList_New(0);
+    if (result == NULL)
+        return NULL;
+    for (int fd = 0; fd < slots_size; fd++) {
+        Relay *r = slots[fd].relay;
+        if (r != NULL && slots[fd].side == SIDE_CLIENT && r->lane == self &&
+            r->wstate == W_ACTIVE && PyList_Append(result, (PyObject *)r) < 0) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
+static PyObject *
+lane_find(Lane *self, PyObject *args)
+{
+    long long pid, secret;
+    if (!PyArg_ParseTuple(args, "LL", &pid, &secret))
+        return NULL;
+    for (int fd = 0; fd < slots_size; fd++) {
+        Relay *r = slots[fd].relay;
+        if (r != NULL && slots[fd].side == SIDE_CLIENT && r->lane == self &&
+            r->wstate == W_ACTIVE && r->pid == (uint32_t)pid && r->secret == (uint32_t)secret)
+            return relay_get_object(r->server);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lane_get_entries(Lane *self, void *closure)
+{
+    return relay_get_object(self->entries);
+}
+
+#define LANE_GET(name)                                                                \
+    static PyObject *lane_get_##name(Lane *self, void *closure)                       \
+    {                                                                                 \
+        return PyLong_FromLong((long)self->name);                                     \
+    }
+#define LANE_SET(name)                                                                \
+    static int lane_set_##name(Lane *self, PyObject *value, void *closure)            \
+    {                                                                                 \
+        long v = value != NULL ? PyLong_AsLong(value) : -1;                           \
+        if (v == -1 && (value == NULL || PyErr_Occurred())) {                         \
+            if (!PyErr_Occurred())                                                    \
+                PyErr_SetString(PyExc_AttributeError, "cannot delete " #name);        \
+            return -1;                                                                \
+        }                                                                             \
+        self->name = v;                                                               \
+        return 0;                                                                     \
+    }
+
+LANE_GET(answer_ssl)
+LANE_SET(answer_ssl)
+LANE_GET(closing)
+LANE_SET(closing)
+LANE_GET(wake)
+LANE_SET(wake)
+LANE_GET(limit)
+LANE_SET(limit)
+LANE_GET(outside)
+LANE_SET(outside)
+LANE_GET(active)
+LANE_GET(pending)
+LANE_GET(hits)
+LANE_GET(misses)
+
+#define LANE_RW(name, doc) {#name, (getter)lane_get_##name, (setter)lane_set_##name, doc, NULL}
+#define LANE_RO(name, doc) {#name, (getter)lane_get_##name, NULL, doc, NULL}
+
+static PyGetSetDef lane_getset[] = {
+    {"entries", (getter)lane_get_entries, NULL,
+     "address + startup packet -> the list of warm relays parked for such clients", NULL},
+    LANE_RW(answer_ssl, "Answer SSLRequest with 'N' here (the pooler has no TLS)."),
+    LANE_RW(closing, "Log nobody in and park nothing (a shutdown)."),
+    LANE_RW(wake, "Call on_event(EV_LEFT) when a session ends (clients wait for a slot)."),
+    LANE_RW(limit, "Client sessions at once, the lane's and Python's together."),
+    LANE_RW(outside, "Python's own client sessions."),
+    LANE_RO(active, "Warm sessions relayed now."),
+    LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
+    LANE_RO(hits, "Clients logged in here."),
+    LANE_RO(misses, "Clients handed to on_miss."),
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef lane_methods[] = {
+    {"listen", (PyCFunction)lane_listen, METH_O,
+     "listen(fd): accept on this listening socket (Twisted must not watch it)."},
+    {"unlisten", (PyCFunction)lane_unlisten, METH_O,
+     "unlisten(fd): stop accepting on it (no-op if not listening)."},
+    {"sweep", (PyCFunction)lane_sweep, METH_NOARGS,
+     "Close clients pending since the last sweep; returns how many."},
+    {"drop_pending", (PyCFunction)lane_drop_pending, METH_NOARGS,
+     "Close every pending client; returns how many."},
+    {"sessions", (PyCFunction)lane_sessions, METH_NOARGS,
+     "The warm relays with a client now."},
+    {"find", (PyCFunction)lane_find, METH_VARARGS,
+     "find(pid, secret): the server connection a warm session's cancel key points at."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pgpool_tw._speedups.Lane",
+    .tp_doc = "Warm logins served by poll() without Python (see _speedups.c).",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = lane_new,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_getset = lane_getset,
+    .tp_methods = lane_methods,
+};
+
+/* ------------------------------------------------------------------------- */
+/* poll()                                                                     */
+/* ------------------------------------------------------------------------- */
+
 static int64_t
 monotonic_ms(void)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/* One event, handled here (PUMPED) or left for Twisted.  -1 on a Python error. */
+static int
+dispatch(int fd, unsigned int ev, PyObject **culprit)
+{
+    if (fd < 0 || fd >= slots_size)
+        return TO_TWISTED;
+    Slot *slot = &slots[fd];
+    if (slot->relay != NULL) {
+        Relay *relay = slot->relay;
+        int side = slot->side;
+        int how = TO_TWISTED;
+        Py_INCREF(relay); /* Python called from here may unregister it */
+        if (relay->lane != NULL)
+            how = warm_event(relay, side, ev);
+        else if (ev == EPOLLIN)
+            how = pump(relay, side);
+        if (how < 0)
+            *culprit = (PyObject *)relay;
+        else
+            Py_DECREF(relay);
+        return how;
+    }
+    if (slot->lane != NULL) {
+        Lane *lane = slot->lane;
+        Py_INCREF(lane);
+        int rc = slot->side == SIDE_LISTEN ? lane_accept(lane, fd) : pending_event(lane, fd, ev);
+        if (rc < 0)
+            *culprit = (PyObject *)lane;
+        else
+            Py_DECREF(lane);
+        return rc < 0 ? -1 : PUMPED;
+    }
+    return TO_TWISTED;
 }
 
 /*
@@ -808,23 +1862,19 @@ speedups_poll(PyObject *module, PyObject *args)
         for (int i = 0; i < count; i++) {
             int fd = events[i].data.fd;
             unsigned int ev = events[i].events;
-            if (ev == EPOLLIN && fd >= 0 && fd < slots_size && slots[fd].relay != NULL) {
-                Relay *relay = slots[fd].relay;
-                int side = slots[fd].side;
-                Py_INCREF(relay); /* Python called from pump() may unregister it */
-                int how = pump(relay, side);
-                Py_DECREF(relay);
-                if (how == PUMPED)
-                    continue;
-                if (how < 0) {
-                    /* Like an exception in doRead: reported, and the loop goes on. */
-                    PyErr_WriteUnraisable((PyObject *)relay);
-                    ran_python = 1;
-                    continue;
-                }
-                if (how == TO_TWISTED_ERROR)
-                    ev = EPOLLERR;
+            PyObject *culprit = NULL;
+            int how = dispatch(fd, ev, &culprit);
+            if (how == PUMPED)
+                continue;
+            if (how < 0) {
+                /* Like an exception in doRead: reported, and the loop goes on. */
+                PyErr_WriteUnraisable(culprit);
+                Py_DECREF(culprit);
+                ran_python = 1;
+                continue;
             }
+            if (how == TO_TWISTED_ERROR)
+                ev = EPOLLERR;
             PyObject *pair = Py_BuildValue("(iI)", fd, ev);
             if (pair == NULL || PyList_Append(result, pair) < 0) {
                 Py_XDECREF(pair);
@@ -869,7 +1919,8 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0)
+    if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0 ||
+        PyType_Ready(&LaneType) < 0)
         return NULL;
     str_write = PyUnicode_InternFromString("write");
     if (str_write == NULL)
@@ -883,8 +1934,21 @@ PyInit__speedups(void)
     Py_INCREF(&RelayType);
     if (PyModule_AddObject(module, "Relay", (PyObject *)&RelayType) < 0)
         goto fail;
-    if (PyModule_AddIntConstant(module, "RECV_SIZE", RECV_SIZE) < 0)
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(module, "Lane", (PyObject *)&LaneType) < 0)
         goto fail;
+    const struct {
+        const char *name;
+        long value;
+    } constants[] = {
+        {"RECV_SIZE", RECV_SIZE},     {"EV_ENDED", EV_ENDED},       {"EV_RESET", EV_RESET},
+        {"EV_PROMOTE", EV_PROMOTE},   {"EV_LEFT", EV_LEFT},         {"EV_LISTENER", EV_LISTENER},
+        {"W_PARKED", W_PARKED},       {"W_ACTIVE", W_ACTIVE},       {"W_RESETTING", W_RESETTING},
+        {"W_RETURNED", W_RETURNED},
+    };
+    for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
+        if (PyModule_AddIntConstant(module, constants[i].name, constants[i].value) < 0)
+            goto fail;
     return module;
 fail:
     Py_DECREF(module);

@@ -3,6 +3,15 @@
 from typing import Any, Callable
 
 RECV_SIZE: int
+EV_ENDED: int
+EV_RESET: int
+EV_PROMOTE: int
+EV_LEFT: int
+EV_LISTENER: int
+W_PARKED: int
+W_ACTIVE: int
+W_RESETTING: int
+W_RETURNED: int
 
 class SessionTracker:
     pending: int
@@ -21,6 +30,12 @@ class SessionTracker:
 class Relay:
     received: int
     fds: tuple[int, int]
+    state: int
+    uses: int
+    parked_at: float
+    secret: int
+    connection: Any
+    tracker: SessionTracker
     def __init__(
         self,
         tracker: SessionTracker,
@@ -30,7 +45,41 @@ class Relay:
         server_fd: int,
         on_terminate: Callable[[], None],
         writes: set[int],
+        lane: Lane = ...,
+        stack: list[Relay] = ...,
+        connection: Any = ...,
+        reply: bytes = ...,
+        reset: bytes = ...,
+        reset_count: int = ...,
+        uses_left: int = ...,
+        pid: int = ...,
     ) -> None: ...
+    def promote(self) -> None: ...
+    def drop(self, last_words: bytes) -> None: ...
+
+class Lane:
+    entries: dict[bytes, list[Relay]]
+    answer_ssl: int
+    closing: int
+    wake: int
+    limit: int
+    outside: int
+    active: int
+    pending: int
+    hits: int
+    misses: int
+    def __init__(
+        self,
+        epfd: int,
+        on_miss: Callable[[int, int, bytes, int], None],
+        on_event: Callable[[int, Relay | None, Any], None],
+    ) -> None: ...
+    def listen(self, fd: int) -> None: ...
+    def unlisten(self, fd: int) -> None: ...
+    def sweep(self) -> int: ...
+    def drop_pending(self) -> int: ...
+    def sessions(self) -> list[Relay]: ...
+    def find(self, pid: int, secret: int) -> Any: ...
 
 def register(fd: int, relay: Relay, side: int) -> None: ...
 def unregister(fd: int, relay: Relay) -> None: ...
