@@ -297,13 +297,18 @@ class BackendProtocol(Protocol):
 
     # -- attach and detach (called by the client session) ------------------------
 
-    def attach(self, owner: ServerOwner, peer_write: Writer) -> SessionTracker:
-        """Start relaying to a client; returns the tracker both legs share."""
+    def attach(
+        self, owner: ServerOwner, peer_write: Writer, tracker: Optional[SessionTracker] = None
+    ) -> SessionTracker:
+        """Start relaying to a client; returns the tracker both legs share.
+
+        ``tracker`` carries on a session relayed so far by someone else (the warm lane).
+        """
         self.owner = owner
         self.keeper = None
         self.sessions += 1
         self.peer_write = peer_write
-        self.tracker = Tracker(self.params, self.status)
+        self.tracker = tracker if tracker is not None else Tracker(self.params, self.status)
         self.state = ATTACHED
         return self.tracker
 

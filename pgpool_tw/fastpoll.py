@@ -142,6 +142,19 @@ def start_relay(
     return relay
 
 
+def new_lane(
+    reactor: Any,
+    on_miss: Callable[[int, int, bytes, int], None],
+    on_event: Callable[[int, Any, Any], None],
+) -> Optional[Any]:
+    """A ``Lane`` for warm logins (see warm.py) on the C iteration; None without one."""
+    if _speedups is None or reactor is not _pumping_reactor:
+        return None
+    if not isinstance(getattr(reactor, "_writes", None), set):
+        return None
+    return _speedups.Lane(reactor._poller.fileno(), on_miss, on_event)
+
+
 def stop_relay(relay: Any) -> None:
     """Hand both sockets back to Twisted's path (safe after either was closed)."""
     assert _speedups is not None

@@ -11,7 +11,7 @@ Only methods of these two classes move a client between states.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -30,6 +30,9 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.tls import TLSContexts
 from pgpool_tw.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
+
+if TYPE_CHECKING:
+    from pgpool_tw.warm import WarmLane
 
 log = Logger()
 
@@ -57,6 +60,8 @@ class FrontendFactory(Factory):
         #: Every TCP port this factory listens on set the client socket options for
         #: the clients it accepts (service.py); otherwise each client sets them.
         self.listeners_tuned = False
+        #: Warm logins served by the C loop (service.py starts it under ``twistd pgpool``).
+        self.warm: Optional[WarmLane] = None
         self._login_deadlines: dict[float, Deadlines] = {}
 
     def login_deadlines(self, timeout: float) -> Deadlines:
@@ -156,13 +161,39 @@ class FrontendProtocol(ClientLogin):
         self._stop_timer()
         self.server = server
         self._secret = new_secret()
-        self.factory.cancels.register(server.pid, self._secret, self)
         out = [] if self._auth_ok_sent else [m.authentication_ok()]
         out.append(server.parameter_statuses())
         out.append(m.backend_key_data(server.pid, self._secret))
         out.append(m.ready_for_query(server.status))
         self.send(b"".join(out))
-        self.tracker = server.attach(self, self.send)
+        self._start_session(server)
+        warm = self.factory.warm
+        if warm is not None:
+            warm.learn(self, server)
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            self.dataReceived(data)
+
+    def resume(
+        self, server: BackendProtocol, tracker: SessionTracker, secret: int, owed: bytes
+    ) -> None:
+        """Carry on a session the warm lane started (see warm.py), owing the client ``owed``."""
+        self._stop_timer()
+        self.startup = server.startup
+        self.key = server.pool_key
+        self._in_pool = True
+        self.factory.pool.enter(self, self.key)
+        self.server = server
+        self._secret = secret
+        if owed:
+            self.send(owed)
+        self._start_session(server, tracker)
+
+    def _start_session(
+        self, server: BackendProtocol, tracker: Optional[SessionTracker] = None
+    ) -> None:
+        self.factory.cancels.register(server.pid, self._secret, self)
+        self.tracker = server.attach(self, self.send, tracker)
         self.server_write = server.send
         self._producers = link(self.transport, server.transport)
         self._relay = fastpoll.start_relay(
@@ -179,9 +210,6 @@ class FrontendProtocol(ClientLogin):
                 self.peer, startup.user, startup.database, startup.application_name, server.pid
             )
             self.factory.events.fire("client_session_started", self._session)
-        if self._buffer:
-            data, self._buffer = self._buffer, b""
-            self.dataReceived(data)
 
     def _terminated(self) -> None:
         """A clean Terminate: the server is reset and pooled if the session was in sync."""

@@ -74,6 +74,8 @@ class ClientLogin(Protocol):
         #: Sends now when nothing is queued (see transport.make_writer).
         self.send: Writer = discard
         self.startup: Optional[StartupMessage] = None
+        #: The startup packet as received (a warm lane learns it; see warm.py).
+        self.startup_raw: Optional[bytes] = None
         self.key: Any = None  # the pool key, once the startup packet is read
         self._buffer = b""
         self._reader: Optional[m.MessageReader] = None
@@ -88,6 +90,19 @@ class ClientLogin(Protocol):
         self._tls_retried = False
         self._login: Optional[clientauth.Login] = None
         self._backend_auth: Optional[BackendAuth] = None
+
+    @property
+    def auth_ok_sent(self) -> bool:
+        """The client was sent AuthenticationOk by the pooler's own password check."""
+        return self._auth_ok_sent
+
+    def tls_answered(self) -> None:
+        """Its SSLRequest was answered 'N' before this object took the connection."""
+        self._tls_answered = True
+
+    def gss_answered(self) -> None:
+        """Its GSSENCRequest was answered 'N' before this object took the connection."""
+        self._gss_answered = True
 
     @property
     def peer(self) -> str:
@@ -127,7 +142,7 @@ class ClientLogin(Protocol):
             if packet is None:
                 self._buffer = buffer
                 return
-            buffer = buffer[used:]
+            whole, buffer = buffer, buffer[used:]
             if isinstance(packet, SSLRequest) and not self._tls_answered:
                 self._tls_answered = True
                 context = self.factory.tls.frontend
@@ -152,6 +167,8 @@ class ClientLogin(Protocol):
                 self._cancel(packet)
                 return
             elif isinstance(packet, StartupMessage):
+                if self.factory.warm is not None:
+                    self.startup_raw = bytes(whole[:used])
                 self._buffer = buffer
                 self._started(packet)
                 return
@@ -432,6 +449,9 @@ class ClientLogin(Protocol):
     def _cancel(self, request: CancelRequest) -> None:
         session = self.factory.cancels.lookup(request.pid, request.key)
         server = session.server if session is not None else None
+        warm = self.factory.warm
+        if server is None and warm is not None:
+            server = warm.find(request.pid, request.key)
         if server is None:
             log.info("client={client} cancel request with an unknown key ignored", client=self.peer)
         else:

@@ -82,6 +82,20 @@ class Waiter(Protocol):
     def admitted(self) -> None: ...
 
 
+class Lender(Protocol):
+    """Who borrows parked servers and client slots: the C loop's warm lane (warm.py)."""
+
+    @property
+    def active(self) -> int: ...
+    @property
+    def parked(self) -> int: ...
+    def lend(self, server: BackendProtocol) -> bool: ...
+    def take(self, key: Key) -> Optional[BackendProtocol]: ...
+    def sessions_changed(self, python_sessions: int, waiting: int) -> None: ...
+    def tick(self) -> None: ...
+    def reclaim_all(self, why: str) -> int: ...
+
+
 class Pool:
     """All server connections that are not attached to a client, and the client slots."""
 
@@ -102,6 +116,8 @@ class Pool:
         self._key_last_left: dict[Key, float] = {}
         #: Set by a shutdown: every server that comes back is closed, not reset.
         self.closing = False
+        #: Borrows parked servers and logs clients in on them itself (warm.py), if any.
+        self.lender: Optional[Lender] = None
         # Counters, read by tests and (later) the admin console.
         self.reused = 0
         self.discarded = 0
@@ -110,17 +126,27 @@ class Pool:
 
     def admit(self, session: Waiter, key: Key) -> bool:
         """True when ``session`` may start now; otherwise it waits for ``admitted()``."""
-        if len(self.sessions) < self.config.num_init_children:
-            self._enter(session, key)
+        if self._slots_taken() < self.config.num_init_children:
+            self.enter(session, key)
             return True
         self._waiting.append((session, key))
+        self._tell_lender()
         return False
+
+    def _slots_taken(self) -> int:
+        lender = self.lender
+        return len(self.sessions) + (lender.active if lender is not None else 0)
+
+    def _tell_lender(self) -> None:
+        if self.lender is not None:
+            self.lender.sessions_changed(len(self.sessions), len(self._waiting))
 
     def withdraw(self, session: Any) -> None:
         """The session ended or gave up waiting; admit the next in line."""
         key = self.sessions.pop(session, None)
         if key is None:
             self._waiting = deque(item for item in self._waiting if item[0] is not session)
+            self._tell_lender()
             return
         left = self._key_sessions[key] - 1
         if left:
@@ -128,19 +154,22 @@ class Pool:
         else:
             del self._key_sessions[key]
             self._key_last_left[key] = self.clock.seconds()
+        self._tell_lender()
         self.admit_waiting()
 
     def admit_waiting(self) -> None:
         """Let waiting clients in while there are free slots (after a leave or a reload)."""
-        while self._waiting and len(self.sessions) < self.config.num_init_children:
+        while self._waiting and self._slots_taken() < self.config.num_init_children:
             waiter, waiter_key = self._waiting.popleft()
-            self._enter(waiter, waiter_key)
+            self.enter(waiter, waiter_key)
             # Not from inside another session's connectionLost.
             self.clock.callLater(0, waiter.admitted)
 
-    def _enter(self, session: Any, key: Key) -> None:
+    def enter(self, session: Any, key: Key) -> None:
+        """``session`` holds a client slot (admitted, or promoted from the warm lane)."""
         self.sessions[session] = key
         self._key_sessions[key] = self._key_sessions.get(key, 0) + 1
+        self._tell_lender()
 
     @property
     def waiting(self) -> int:
@@ -176,7 +205,10 @@ class Pool:
                     continue
                 self._claims[server] = got
                 return
-        got(None)
+        lent = self.lender.take(key) if self.lender is not None else None
+        if lent is not None:
+            self.reused += 1
+        got(lent)
 
     def give_back(self, server: BackendProtocol, reusable: bool) -> None:
         """A session is over: reset the server for the next client, or close it.
@@ -234,7 +266,25 @@ class Pool:
     def _reset_timed_out(self, server: BackendProtocol) -> None:
         self._discard(server, _RESET_TIMED_OUT)
 
+    def park(self, server: BackendProtocol) -> None:
+        """``server`` was reset by someone else (the warm lane): pool it by the usual rules."""
+        server.detach()
+        if not server.connected_ok:
+            return
+        why = self._why_not_pooled(server, True)
+        if why:
+            self._discard(server, why)
+        else:
+            self._park(server)
+
+    def discard(self, server: BackendProtocol, why: str) -> None:
+        """Close ``server`` (the warm lane's verdict on one it gives back)."""
+        server.detach()
+        self._discard(server, why)
+
     def _park(self, server: BackendProtocol) -> None:
+        if self.lender is not None and self.lender.lend(server):
+            return
         server.park(self)
         self._idle[server] = None
         self._by_key.setdefault(server.pool_key, []).append(server)
@@ -284,13 +334,16 @@ class Pool:
                     self._discard(server, "child_life_time")
         for key in [k for k in self._key_last_left if k not in self._by_key]:
             del self._key_last_left[key]
+        if self.lender is not None:
+            self.lender.tick()
 
     def close_idle(self) -> int:
         """Close every idle server connection (pgpool-II's close_idle_connection)."""
         servers = list(self._idle)
         for server in servers:
             self._discard(server, "asked to close idle connections")
-        return len(servers)
+        lent = self.lender.reclaim_all("asked to close idle connections") if self.lender else 0
+        return len(servers) + lent
 
     def close_all(self) -> None:
         self.closing = True
@@ -304,4 +357,4 @@ class Pool:
 
     @property
     def idle_count(self) -> int:
-        return len(self._idle)
+        return len(self._idle) + (self.lender.parked if self.lender is not None else 0)

@@ -36,6 +36,7 @@ from pgpool_tw.frontend import FrontendFactory
 from pgpool_tw.pool import Pool
 from pgpool_tw.tls import TLSConfigError, load_tls
 from pgpool_tw.transport import tune_listener
+from pgpool_tw.warm import WarmLane
 
 log = Logger()
 
@@ -126,6 +127,8 @@ class PgpoolService(MultiService):
 
     def add_observer(self, observer: Any) -> None:
         self.events.add(observer)
+        if self.factory.warm is not None:
+            self.factory.warm.forget()  # observed sessions are Python's to log in
 
     def remove_observer(self, observer: Any) -> None:
         self.events.remove(observer)
@@ -156,6 +159,7 @@ class PgpoolService(MultiService):
         self.pool.closing = False
         if not self.ports:
             self._listen()
+        self._start_lane()
         super().startService()
         self._start_ticker()
         log.info(
@@ -196,6 +200,14 @@ class PgpoolService(MultiService):
             where = f"{e.interface or '*'}:{e.port}"
             raise ListenError(f"cannot listen on {where}: {e.socketError}") from e
         self.factory.listeners_tuned = all(tuned)
+
+    def _start_lane(self) -> None:
+        """Warm logins in C, when the C loop runs this reactor (``twistd pgpool``)."""
+        warm = self.factory.warm
+        if warm is None or warm.lane.closing:
+            warm = WarmLane.start(self.factory, self.ports)
+            self.factory.warm = warm
+            self.pool.lender = warm
 
     def _start_ticker(self) -> None:
         if self._ticker is not None and self._ticker.running:
@@ -285,6 +297,8 @@ class PgpoolService(MultiService):
         self.config = config
         self.pool.config = config
         self.factory.config = config
+        if self.factory.warm is not None:
+            self.factory.warm.apply()
         self.pool.admit_waiting()
         if ticker_changed and self._ticker is not None and self._ticker.running:
             self._start_ticker()
@@ -332,6 +346,8 @@ class PgpoolService(MultiService):
         return stopped
 
     def _stop_listening(self) -> None:
+        if self.factory.warm is not None:
+            self.factory.warm.stop()
         self._port_stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []
 

@@ -1,0 +1,436 @@
+"""Warm logins: clients the pooler has logged in before, served by the C loop alone.
+
+A client that connects once per transaction (``pgbench -C``, PHP, short
+scripts) costs a whole login.  On Twisted's path that is some 300 Python calls,
+about twice PgBouncer's CPU per connection (bench/RESULTS.md), so such clients
+got half its throughput.  The C loop's ``Lane`` (``_speedups.c``) does what
+PgBouncer does for the common case: accept, answer SSLRequest 'N', match the
+startup packet, hand out a pooled server connection with the login's last
+messages, relay, and on Terminate reset the server and park it again.
+
+This module keeps every decision in Python by choosing what it lends:
+
+* **Entries**: a client's address and startup packet, byte for byte, mapped to
+  a stack of parked servers.  An entry is learned only after Python logged such
+  a client in itself and the login needed nothing the lane cannot give: no TLS,
+  no password, no protocol negotiation, a pooled database, a server that did not
+  ask for a password.  The same bytes from the same address get the same answer
+  from pool_hba.conf, so the lane repeats Python's decision.  A reload, an event
+  observer or a setting the lane cannot honour (log_connections,
+  client_idle_limit, connection_cache off) forgets them all.
+* **Servers**: the pool lends a server it parks when a learned stack wants its
+  pool key and application_name, and takes it back whenever it wants one (a
+  Python client of that key, life times, close_idle, a shutdown).  Whatever the
+  lane cannot finish cleanly comes back through ``_event`` and the pool decides
+  as on Twisted's path.
+* **Clients**: a miss (no entry, an empty stack, a CancelRequest, TLS, no free
+  slot) reaches ``_missed`` with the socket and the bytes read, and Python's own
+  login carries on as if Twisted had accepted it.  A warm session the kernel
+  cannot take a send for is *promoted*: it becomes an ordinary
+  ``FrontendProtocol`` relaying the same server.
+
+Only ``twistd pgpool`` (which installs the C loop) gets a lane; an embedding
+application's reactor keeps Twisted's own accept and login.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.logger import Logger
+
+from pgpool_tw import fastpoll
+from pgpool_tw.backend import BackendProtocol
+from pgpool_tw.pool import UNPOOLED_DATABASES, reset_batch
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.speedups import speedups
+from pgpool_tw.transport import plain_socket
+
+if TYPE_CHECKING:
+    from pgpool_tw.frontend import FrontendFactory, FrontendProtocol
+
+log = Logger()
+
+#: Entries kept at most (distinct address and startup packet pairs).
+MAX_ENTRIES = 4096
+
+StackKey = tuple[Hashable, str]
+
+
+class _Lent:
+    """A server connection lent to the lane: its warm relay and where it parks."""
+
+    __slots__ = ("relay", "stack", "stack_key")
+
+    def __init__(self, relay: Any, stack: list[Any], stack_key: StackKey) -> None:
+        self.relay = relay
+        self.stack = stack
+        self.stack_key = stack_key
+
+
+class WarmLane:
+    """The Python half of the C loop's warm logins, for one FrontendFactory."""
+
+    def __init__(self, factory: FrontendFactory, lane: Any) -> None:
+        assert speedups is not None
+        self.factory = factory
+        self.lane = lane
+        self.entries: dict[bytes, list[Any]] = lane.entries
+        self._stacks: dict[StackKey, list[Any]] = {}
+        self._lent: dict[BackendProtocol, _Lent] = {}
+        self._ports: dict[int, Any] = {}
+        self._given_back: set[int] = set()
+        #: A listening port, for the transport of a promoted session (Twisted names it).
+        self._any_port: Any = None
+        self._last_sweep = time.monotonic()
+        #: Warm sessions handed to Python's relay (a slow client), for tests and logs.
+        self.promoted = 0
+        self.apply()
+
+    @classmethod
+    def start(cls, factory: FrontendFactory, ports: list[Any]) -> Optional[WarmLane]:
+        """A lane accepting on the TCP ``ports``, when the C loop runs on the factory's reactor."""
+        if not factory.listeners_tuned:
+            return None  # warm clients would miss the socket options set per client
+        warm: Optional[WarmLane] = None
+
+        def missed(fd: int, listen_fd: int, data: bytes, answered: int) -> None:
+            assert warm is not None
+            warm._missed(fd, listen_fd, data, answered)
+
+        def event(kind: int, relay: Any, data: Any) -> None:
+            assert warm is not None
+            warm._event(kind, relay, data)
+
+        lane = fastpoll.new_lane(factory.reactor, missed, event)
+        if lane is None:
+            return None
+        warm = cls(factory, lane)
+        for port in ports:
+            if getattr(port, "addressFamily", None) in (socket.AF_INET, socket.AF_INET6):
+                fd = port.fileno()
+                port.stopReading()
+                lane.listen(fd)
+                warm._ports[fd] = port
+                warm._any_port = port
+        return warm if warm._ports else None
+
+    # -- settings ----------------------------------------------------------------
+
+    def apply(self) -> None:
+        """The settings changed (or were just read): forget what they may have changed."""
+        config = self.factory.config
+        self.lane.limit = config.num_init_children
+        self.lane.answer_ssl = int(self.factory.tls.frontend is None)
+        self.forget()
+
+    def usable(self) -> bool:
+        """Nothing the pooler must do per session is left undone by a warm login."""
+        config = self.factory.config
+        return (
+            not self.lane.closing
+            and config.connection_cache
+            and not config.log_connections
+            and config.client_idle_limit <= 0
+            and not self.factory.events.observers
+        )
+
+    def forget(self) -> None:
+        """Drop every entry; parked servers go back to the pool at once."""
+        self.entries.clear()
+        self._stacks.clear()
+        for server, lent in list(self._lent.items()):
+            if lent.relay.state == speedups.W_PARKED:  # type: ignore[union-attr]
+                self._reclaim(server, lent, "")
+
+    # -- learning and lending ----------------------------------------------------
+
+    def learn(self, client: FrontendProtocol, server: BackendProtocol) -> None:
+        """A client Python logged in: clients sending the same bytes may be warm."""
+        raw = client.startup_raw
+        startup = client.startup
+        if (
+            raw is None
+            or startup is None
+            or client.ssl
+            or client.auth_ok_sent
+            or server.asked_password
+            or len(self.entries) >= MAX_ENTRIES
+            or not self.usable()
+            or startup.negotiation() is not None
+        ):
+            return
+        if startup.database in UNPOOLED_DATABASES:
+            return
+        address = _address_bytes(client._address)
+        if address is None:
+            return
+        key = address + raw
+        if key in self.entries:
+            return
+        stack_key = (startup.pool_key(), startup.application_name)
+        stack = self._stacks.get(stack_key)
+        if stack is None:
+            stack = self._stacks[stack_key] = []
+        self.entries[key] = stack
+
+    def lend(self, server: BackendProtocol) -> bool:
+        """The pool parks ``server``: park it with the lane if a learned stack wants it."""
+        stack_key = (server.pool_key, server.params.get("application_name", ""))
+        stack = self._stacks.get(stack_key)
+        if stack is None or server.asked_password or not self.usable():
+            return False
+        transport = server.transport
+        if not plain_socket(transport) or transport.fileno() < 0:
+            return False
+        config = self.factory.config
+        limit = config.child_max_connections
+        uses_left = limit - server.sessions if limit else -1
+        if uses_left == 0:
+            return False
+        count, reset = reset_batch(config.reset_query_list, m.IDLE)
+        assert speedups is not None
+        relay = speedups.Relay(
+            speedups.SessionTracker(server.params, m.IDLE),
+            None,
+            transport,
+            -1,
+            transport.fileno(),
+            _never,
+            self.factory.reactor._writes,
+            lane=self.lane,
+            stack=stack,
+            connection=server,
+            reply=m.authentication_ok() + server.parameter_statuses(),
+            reset=reset,
+            reset_count=count,
+            uses_left=uses_left,
+            pid=server.pid & 0xFFFFFFFF,
+        )
+        server.park(self)
+        self._lent[server] = _Lent(relay, stack, stack_key)
+        stack.append(relay)
+        return True
+
+    def take(self, key: Hashable) -> Optional[BackendProtocol]:
+        """A parked server for a Python client of pool key ``key``, taken back from the lane."""
+        for stack_key, stack in self._stacks.items():
+            if stack_key[0] == key and stack:
+                server = stack[-1].connection
+                lent = self._lent.get(server)
+                if lent is not None:
+                    self._reclaim(server, lent, None)
+                    return server
+        return None
+
+    def _reclaim(self, server: BackendProtocol, lent: _Lent, why: Optional[str]) -> None:
+        """Take a parked server back: to the caller (``why`` None), the pool, or closed."""
+        if lent.relay in lent.stack:
+            lent.stack.remove(lent.relay)
+        self._returned(server, lent.relay)
+        if why is None:
+            return
+        if why:
+            self.factory.pool.discard(server, why)
+        else:
+            self.factory.pool.park(server)
+
+    def _returned(self, server: BackendProtocol, relay: Any) -> None:
+        """The lane is done with ``server``: Python's view of it is brought up to date."""
+        self._lent.pop(server, None)
+        relay.drop(b"")
+        server.keeper = None
+        server.sessions += relay.uses
+        server.status = relay.tracker.status
+
+    # -- what the lane asks of Python --------------------------------------------
+
+    def _missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
+        """A client the lane cannot log in: Python's login takes it from where it is."""
+        port = self._ports.get(listen_fd)
+        if port is None:
+            os.close(fd)
+            return
+        skt = socket.socket(fileno=fd)  # family and type read from the socket
+        try:
+            client = self._adopt(port, skt)
+        except OSError:  # gone already (getpeername fails)
+            skt.close()
+            return
+        if answered & 1:
+            client.tls_answered()
+        if answered & 2:
+            client.gss_answered()
+        if data:
+            client.dataReceived(data)
+
+    def _event(self, kind: int, relay: Any, data: Any) -> None:
+        try:
+            self._handle(kind, relay, data)
+        except Exception:
+            log.failure("warm lane: event {kind} failed", kind=kind)
+
+    def _handle(self, kind: int, relay: Any, data: Any) -> None:
+        assert speedups is not None
+        pool = self.factory.pool
+        if kind == speedups.EV_LEFT:
+            pool.admit_waiting()
+            return
+        if kind == speedups.EV_LISTENER:
+            port = self._ports.get(data)
+            if port is not None:
+                log.warn("warm lane: accept failed; Twisted accepts on {fd} again", fd=data)
+                self._given_back.add(data)
+                port.startReading()
+            return
+        server = relay.connection
+        self._returned(server, relay)
+        if kind == speedups.EV_ENDED:
+            tracker = relay.tracker
+            # A Terminate may end a transaction (the reset aborts it); end of file may not.
+            pool.give_back(server, tracker.in_sync and (data or tracker.status == m.IDLE))
+        elif kind == speedups.EV_RESET:
+            if data:
+                pool.park(server)  # reset; only its parameters changed: the reply is rebuilt
+            else:
+                pool.discard(server, "reset failed")
+        elif kind == speedups.EV_PROMOTE:
+            fd, rest = data
+            self._promote(server, relay, fd, rest)
+
+    def _promote(self, server: BackendProtocol, relay: Any, fd: int, rest: bytes) -> None:
+        """A warm session goes on as an ordinary client session on the same server."""
+        self.promoted += 1
+        port = self._any_port
+        skt = socket.socket(fileno=fd)
+        server.sessions -= 1  # counted by the lane; attach counts it again
+        try:
+            client = self._adopt(port, skt)
+        except OSError:
+            skt.close()
+            pool = self.factory.pool
+            tracker = relay.tracker
+            pool.give_back(server, tracker.in_sync and tracker.status == m.IDLE)
+            return
+        client.resume(server, relay.tracker, relay.secret, rest)
+
+    def _adopt(self, port: Any, skt: socket.socket) -> FrontendProtocol:
+        """What Twisted's Port.doRead does with an accepted socket."""
+        skt.setblocking(False)
+        addr = skt.getpeername()
+        if len(addr) == 4:
+            host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+            addr = (host[0],) + tuple(addr[1:])
+        client = self.factory.buildProtocol(port._buildAddr(addr))
+        session = port.sessionno
+        port.sessionno = session + 1
+        transport = port.transport(skt, client, addr, port, session, self.factory.reactor)
+        client.makeConnection(transport)
+        return client
+
+    # -- the pool's and the service's calls --------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Client sessions the lane relays now (they hold client slots)."""
+        return int(self.lane.active)
+
+    @property
+    def parked(self) -> int:
+        return sum(len(stack) for stack in self._stacks.values())
+
+    def sessions_changed(self, python_sessions: int, waiting: int) -> None:
+        self.lane.outside = python_sessions
+        self.lane.wake = int(waiting > 0)
+
+    def find(self, pid: int, secret: int) -> Optional[BackendProtocol]:
+        """The server a warm session's cancel key points at."""
+        server = self.lane.find(pid & 0xFFFFFFFF, secret & 0xFFFFFFFF)
+        return server if isinstance(server, BackendProtocol) else None
+
+    def server_lost(self, server: BackendProtocol, why: str) -> None:
+        """A lent server closed: its warm client, if any, is told as on Twisted's path."""
+        lent = self._lent.pop(server, None)
+        if lent is None:
+            return
+        if lent.relay in lent.stack:
+            lent.stack.remove(lent.relay)
+        last_words = b""
+        if lent.relay.state == speedups.W_ACTIVE:  # type: ignore[union-attr]
+            log.warn("server={server} lost mid-session: {why}", server=server.node.address, why=why)
+            if lent.relay.tracker.server_at_boundary:
+                last_words = m.error_response("08006", "server closed the connection unexpectedly")
+        lent.relay.drop(last_words)
+        self.factory.pool.server_lost(server, why)
+
+    def tick(self) -> None:
+        """Life times of parked servers, timed-out logins, a listener to take back."""
+        config = self.factory.config
+        now = time.monotonic()
+        timeout = config.authentication_timeout
+        if timeout > 0 and now - self._last_sweep >= timeout:
+            self._last_sweep = now
+            self.lane.sweep()
+        for fd in list(self._given_back):
+            port = self._ports.get(fd)
+            if port is not None and not self.lane.closing:
+                port.stopReading()
+                self.lane.listen(fd)
+            self._given_back.discard(fd)
+        life = config.connection_life_time
+        quiet = config.child_life_time
+        last_use: dict[StackKey, float] = {}
+        for lent in self._lent.values():
+            at = now if lent.relay.state != speedups.W_PARKED else lent.relay.parked_at  # type: ignore[union-attr]
+            last_use[lent.stack_key] = max(at, last_use.get(lent.stack_key, 0.0))
+        for server, lent in list(self._lent.items()):
+            if lent.relay.state != speedups.W_PARKED:  # type: ignore[union-attr]
+                continue
+            if self._stacks.get(lent.stack_key) is not lent.stack:
+                self._reclaim(server, lent, "")  # its entries were forgotten
+            elif life and now - lent.relay.parked_at >= life:
+                self._reclaim(server, lent, "connection_life_time")
+            elif quiet and now - last_use[lent.stack_key] >= quiet:
+                self._reclaim(server, lent, "child_life_time")
+
+    def reclaim_all(self, why: str) -> int:
+        """Close every parked server (close_idle, a shutdown); returns how many."""
+        parked = [
+            (server, lent)
+            for server, lent in self._lent.items()
+            if lent.relay.state == speedups.W_PARKED  # type: ignore[union-attr]
+        ]
+        for server, lent in parked:
+            self._reclaim(server, lent, why)
+        return len(parked)
+
+    def stop(self) -> None:
+        """A shutdown: accept no more, and hand every warm session to Python's own path."""
+        self.lane.closing = 1
+        for fd in self._ports:
+            self.lane.unlisten(fd)
+        self.lane.drop_pending()
+        for relay in self.lane.sessions():
+            relay.promote()
+        self.forget()
+
+
+def _never() -> None:
+    """A warm relay's Terminate is the lane's to handle; this is never called."""
+
+
+def _address_bytes(address: Any) -> Optional[bytes]:
+    """The client's IP address as the lane's accept sees it (None: not TCP)."""
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, host)
+        except OSError:
+            continue
+    return None

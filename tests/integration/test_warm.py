@@ -1,0 +1,273 @@
+"""Warm logins (warm.py): clients the pooler has seen, logged in by the C loop alone.
+
+Every test here runs the reactor with the C iteration (as ``twistd pgpool``
+does) and checks, besides what the client sees, that the lane really served the
+login (its ``hits``), so a lane that silently sends everything to Python fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+import psycopg
+from twisted.internet import defer
+
+from pgpool_tw.authfiles import load_auth_files
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.service import PgpoolService
+from tests.integration.harness import (
+    PoolerTestCase,
+    RawClient,
+    error_fields,
+    send_cancel,
+    sleep,
+)
+
+
+def _pid(dsn: str, sslmode: str = "prefer") -> int:
+    with psycopg.connect(dsn, autocommit=True, sslmode=sslmode) as conn:
+        return int(conn.execute("select pg_backend_pid()").fetchone()[0])
+
+
+class WarmLoginTests(PoolerTestCase):
+    c_loop = True
+
+    def lane(self, service: PgpoolService):
+        warm = service.factory.warm
+        self.assertIsNotNone(warm, "the C loop runs, so the service must have a warm lane")
+        return warm.lane
+
+    @defer.inlineCallbacks
+    def warm_up(self, service: PgpoolService, user: str, db: str):
+        """Log in twice as RawClient does (Python learns it, then lends its server)."""
+        for _ in range(2):
+            client = yield self.in_thread(RawClient, service.port)
+            yield self.in_thread(client.startup, user=user, database=db)
+            yield self.in_thread(client.close)
+            yield sleep(0.1)  # the reset, before the next login
+        self.assertGreaterEqual(service.pool.idle_count, 1)
+        return self.lane(service).hits
+
+    @defer.inlineCallbacks
+    def test_repeat_clients_are_logged_in_by_the_lane(self):
+        """A client sending the same startup packet again is served by the lane, same server."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        dsn = self.dsn(service, user, db)
+        pids = []
+        for _ in range(5):
+            pids.append((yield self.in_thread(_pid, dsn)))
+            yield sleep(0.1)
+        lane = self.lane(service)
+        self.assertEqual(len(set(pids)), 1)
+        self.assertGreaterEqual(lane.hits, 3)  # the first login (and its lending) is Python's
+        self.assertEqual(lane.active, 0)
+        yield sleep(0.2)  # the last session's reset
+        self.assertEqual(service.pool.idle_count, 1)
+
+    @defer.inlineCallbacks
+    def test_warm_session_state_is_reset(self):
+        """What one warm session set, prepared or left open is gone for the next one."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        dsn = self.dsn(service, user, db)
+        hits = yield self.warm_up(service, user, db)
+
+        def dirty() -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("set work_mem = '7MB'")
+                conn.execute("create temp table leak (x int)")
+                conn.execute("prepare leaky as select 1")
+
+        def look() -> tuple[str, int, int]:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                return (
+                    conn.execute("show work_mem").fetchone()[0],
+                    conn.execute(
+                        "select count(*) from pg_class where relpersistence = 't'"
+                    ).fetchone()[0],
+                    conn.execute("select count(*) from pg_prepared_statements").fetchone()[0],
+                )
+
+        yield self.in_thread(dirty)
+        yield sleep(0.1)
+        seen = yield self.in_thread(look)
+        self.assertEqual(seen, ("4MB", 0, 0))
+        self.assertEqual(self.lane(service).hits, hits + 2)
+
+    @defer.inlineCallbacks
+    def test_client_vanishing_mid_transaction_leaves_no_transaction(self):
+        """A warm client gone without Terminate inside a transaction: the next one is clean."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        dsn = self.dsn(service, user, db)
+        hits = yield self.warm_up(service, user, db)
+
+        def vanish() -> None:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.query("begin")
+            client.query("create table gone (x int)")
+            client.close(terminate=False)
+
+        def look() -> tuple[int, str]:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                found = conn.execute("select count(*) from pg_class where relname = 'gone'")
+                return found.fetchone()[0], conn.info.transaction_status.name
+
+        yield self.in_thread(vanish)
+        yield sleep(0.2)
+        self.assertEqual((yield self.in_thread(look)), (0, "IDLE"))
+        self.assertGreater(self.lane(service).hits, hits)
+
+    @defer.inlineCallbacks
+    def test_cancel_reaches_a_warm_session(self):
+        """The cancel key a warm login hands out cancels that session's query."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+
+        def run() -> str:
+            # A raw client: libpq's PQcancel keeps the GIL while it waits, which
+            # would stall this in-process pooler.
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            timer = threading.Timer(0.5, send_cancel, (service.port, client.pid, client.key))
+            timer.start()
+            try:
+                return error_fields(client.query("select pg_sleep(30)")).get("C", "finished")
+            finally:
+                timer.cancel()
+                client.close()
+
+        started = time.monotonic()
+        self.assertEqual((yield self.in_thread(run)), "57014")
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(self.lane(service).hits, hits + 1)
+
+    @defer.inlineCallbacks
+    def test_large_result_to_a_slow_reader_is_promoted_intact(self):
+        """A warm client that does not read: the session moves to Twisted, nothing is lost."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        rows = 20000  # 20 MB: far more than the socket buffers hold
+
+        def slow() -> int:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.send(m.query(f"select repeat('x', 1000) from generate_series(1, {rows})"))
+            time.sleep(1.0)  # let the pooler's sends fill the socket buffers
+            got = 0
+            for kind, body in client.until_ready():
+                if kind == ord("D") and body.endswith(b"x" * 1000):
+                    got += 1
+            after = client.query("select 1")
+            client.close()
+            return got if after[-1][0] == m.READY_FOR_QUERY else -1
+
+        self.assertEqual((yield self.in_thread(slow)), rows)
+        self.assertEqual(self.lane(service).hits, hits + 1)
+        self.assertEqual(service.factory.warm.promoted, 1)
+
+    @defer.inlineCallbacks
+    def test_server_killed_under_a_warm_session(self):
+        """The server of a warm session dies: that client gets 08006, the next one is served."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        dsn = self.dsn(service, user, db)
+        hits = yield self.warm_up(service, user, db)
+
+        def killed() -> dict[str, str]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            self.pg.psql("select pg_terminate_backend(:p)", variables={"p": str(client.pid)})
+            try:
+                return error_fields(client.query("select 1"))
+            except ConnectionError:
+                return {"C": "closed"}
+            finally:
+                client.sock.close()
+
+        fields = yield self.in_thread(killed)
+        self.assertIn(fields.get("C"), ("08006", "57P01", "closed"))
+        self.assertEqual(self.lane(service).hits, hits + 1)
+        self.assertEqual((yield self.in_thread(_pid, dsn)) > 0, True)
+
+    @defer.inlineCallbacks
+    def test_fast_shutdown_reaches_warm_sessions(self):
+        """A fast shutdown tells a client logged in by the lane 57P01, as any other."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        client = yield self.in_thread(RawClient, service.port)
+        yield self.in_thread(client.startup, user=user, database=db)
+        self.assertEqual(self.lane(service).hits, hits + 1)
+        yield service.shutdown("fast")
+        raw = yield self.in_thread(client.read_all)
+        client.sock.close()
+        self.assertEqual(error_fields(m.MessageReader().feed(raw)).get("C"), "57P01")
+
+    @defer.inlineCallbacks
+    def test_client_slots_count_warm_sessions(self):
+        """num_init_children counts warm sessions: a client past it waits for one to end."""
+        service = self.start_pooler(num_init_children=1)
+        user, db = self.role_and_db()
+        dsn = self.dsn(service, user, db)
+        yield self.in_thread(_pid, dsn)
+        yield self.in_thread(_pid, dsn)
+        holder = yield self.in_thread(RawClient, service.port)
+        yield self.in_thread(holder.startup, user=user, database=db)
+        self.assertEqual(self.lane(service).active, 1)
+        waited = self.in_thread(_pid, dsn)
+        yield sleep(0.3)
+        self.assertFalse(waited.called)
+        self.assertEqual(service.pool.waiting, 1)
+        yield self.in_thread(holder.close)
+        self.assertGreater((yield waited), 0)
+
+    @defer.inlineCallbacks
+    def test_a_silent_client_is_closed_after_authentication_timeout(self):
+        """A client that connects and says nothing holds no slot past authentication_timeout."""
+        service = self.start_pooler(authentication_timeout=1)
+        lane = self.lane(service)
+
+        def silent() -> bytes:
+            with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+                return sock.recv(100)
+
+        started = time.monotonic()
+        self.assertEqual((yield self.in_thread(silent)), b"")
+        self.assertLess(time.monotonic() - started, 8)
+        self.assertEqual(lane.pending, 0)
+
+    @defer.inlineCallbacks
+    def test_reload_forgets_what_the_lane_learned(self):
+        """A pool_hba.conf that now rejects the client is obeyed at once, not bypassed in C."""
+        directory = tempfile.mkdtemp(prefix="pgtw-warm-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        hba = os.path.join(directory, "pool_hba.conf")
+        passwd = os.path.join(directory, "pool_passwd")
+        with open(hba, "w", encoding="utf-8") as handle:
+            handle.write("host all all 127.0.0.1/32 trust\n")
+        with open(os.open(passwd, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
+            handle.write("\n")
+        service = self.start_pooler(enable_pool_hba=True, pool_hba_file=hba, pool_passwd=passwd)
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        self.assertGreater(len(self.lane(service).entries), 0)
+        with open(hba, "w", encoding="utf-8") as handle:
+            handle.write("host all all 127.0.0.1/32 reject\n")
+        service.factory.auth_files = load_auth_files(service.config)  # what reload() does
+        service.apply(service.config)
+        client = yield self.in_thread(RawClient, service.port)
+        messages = yield self.in_thread(client.startup, user=user, database=db)
+        client.sock.close()
+        self.assertEqual(error_fields(messages).get("C"), "28000")
+        self.assertEqual(self.lane(service).hits, hits)
