@@ -26,9 +26,16 @@
  *   returns to Twisted only when there is something for it: an event it owns, a
  *   pump that ran Python code, a signal, or the timeout of its next timed call.
  *
+ * - Lane: warm logins.  A client that connects once per transaction and sends a
+ *   startup packet Python has logged in before is accepted, logged in on a
+ *   pooled server Python lent, relayed, and its server reset and parked again,
+ *   all here; every other case goes back to Python (see the Lane section and
+ *   pgpool_tw/warm.py).
+ *
  * Rules: no allocation per chunk on the common path; Python is called only for
  * a Terminate (the relay's on_terminate), a ParameterStatus (the params dict)
- * and a short send (transport.write).  Only the reactor's thread calls in here.
+ * a short send (transport.write) and a warm session that leaves the common case.
+ * Only the reactor's thread calls in here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -930,6 +937,29 @@ send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n)
 
 enum { PUMPED = 0, TO_TWISTED = 1, TO_TWISTED_ERROR = 2 };
 
+#define AGAIN (-2)
+
+/* recv into recv_buffer: the byte count, 0 at end of file, -1 on an error, AGAIN. */
+static ssize_t
+recv_chunk(int fd)
+{
+    ssize_t n = recv(fd, recv_buffer, RECV_SIZE, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return AGAIN;
+    return n;
+}
+
+/* A client chunk in recv_buffer, sent on up to a Terminate: 1 when it held one. */
+static int
+forward_client(Relay *r, ssize_t n)
+{
+    r->received++;
+    Py_ssize_t at = feed_client_raw(r->tracker, recv_buffer, n);
+    if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
+        return -1;
+    return at >= 0;
+}
+
 /* One readable event of a registered socket.  -1 on a Python error. */
 static int
 pump(Relay *r, int side)
@@ -938,20 +968,18 @@ pump(Relay *r, int side)
     int clear = clear_to_send(r, peer);
     if (clear <= 0)
         return clear < 0 ? -1 : TO_TWISTED;
-    ssize_t n = recv(r->fds[side], recv_buffer, RECV_SIZE, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return PUMPED;
+    ssize_t n = recv_chunk(r->fds[side]);
+    if (n == AGAIN)
+        return PUMPED;
+    if (n < 0)
         return TO_TWISTED_ERROR;
-    }
     if (n == 0)
         return TO_TWISTED; /* end of file: Twisted's read sees it again */
     if (side == 0) {
-        r->received++;
-        Py_ssize_t at = feed_client_raw(r->tracker, recv_buffer, n);
-        if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
+        int terminated = forward_client(r, n);
+        if (terminated < 0)
             return -1;
-        if (at >= 0) {
+        if (terminated) {
             ran_python = 1;
             PyObject *res = PyObject_CallNoArgs(r->on_terminate);
             if (res == NULL)
@@ -1233,27 +1261,23 @@ warm_event(Relay *r, int side, unsigned int ev)
         int clear = clear_to_send(r, 1);
         if (clear <= 0)
             return clear < 0 || warm_promote(r, NULL, 0) < 0 ? -1 : PUMPED;
-        ssize_t n = recv(r->fds[0], recv_buffer, RECV_SIZE, 0);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        ssize_t n = recv_chunk(r->fds[0]);
+        if (n == AGAIN)
             return PUMPED;
         if (n <= 0)
             return warm_gone(r) < 0 ? -1 : PUMPED;
-        r->received++;
-        Py_ssize_t at = feed_client_raw(r->tracker, recv_buffer, n);
-        if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
-            return -1;
-        if (at >= 0)
+        int terminated = forward_client(r, n);
+        if (terminated > 0)
             return warm_ended(r) < 0 ? -1 : PUMPED;
-        return PUMPED;
+        return terminated < 0 ? -1 : PUMPED;
     }
     if (ev != EPOLLIN)
         return TO_TWISTED; /* the server's hang-up or error: its protocol reports it */
-    ssize_t n = recv(r->fds[1], recv_buffer, RECV_SIZE, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return PUMPED;
+    ssize_t n = recv_chunk(r->fds[1]);
+    if (n == AGAIN)
+        return PUMPED;
+    if (n < 0)
         return TO_TWISTED_ERROR;
-    }
     if (n == 0)
         return TO_TWISTED;
     if (r->wstate == W_RESETTING)
