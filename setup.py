@@ -15,15 +15,18 @@ from setuptools import Extension, setup
 # sys.path (a static .pth) instead of an import hook, so Twisted's plugin scan,
 # which looks for ``twisted/plugins`` under each sys.path entry, finds the dropin.
 
-# The relay's hot path in C (pgpool_tw/_speedups.c) for CPython on Linux; optional:
+# The relay's hot path and warm logins in C (pgpool_tw/_speedups.c, _tracker.c,
+# _lane.c) for CPython on Linux; optional:
 # without a compiler the pure-Python relay runs.  PyPy keeps the Python relay,
 # which its JIT compiles (its C-API emulation would make the extension slower).
 SPEEDUPS = [
     Extension(
         "pgpool_tw._speedups",
-        ["pgpool_tw/_speedups.c"],
+        ["pgpool_tw/_speedups.c", "pgpool_tw/_tracker.c", "pgpool_tw/_lane.c"],
+        depends=["pgpool_tw/_speedups.h"],
         optional=True,
-        extra_compile_args=["-O2"],
+        # Only PyInit__speedups is exported: the files share plain C names.
+        extra_compile_args=["-O2", "-fvisibility=hidden"],
     )
 ]
 if platform.python_implementation() != "CPython" or not sys.platform.startswith("linux"):
@@ -39,7 +42,8 @@ setup(
     python_requires=">=3.9",
     package_dir={"": "."},
     packages=["pgpool_tw", "pgpool_tw.protocol", "twisted.plugins"],
-    package_data={"twisted": ["plugins/pgpool_plugin.py"]},
+    # The extension's shared header goes into an sdist with its sources.
+    package_data={"twisted": ["plugins/pgpool_plugin.py"], "pgpool_tw": ["_speedups.h"]},
     ext_modules=SPEEDUPS,
     install_requires=[
         "twisted[tls]>=22.10",

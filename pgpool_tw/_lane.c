@@ -1,0 +1,783 @@
+/* pgpool_tw._speedups: warm logins (see _speedups.c and pgpool_tw/warm.py). */
+#include "_speedups.h"
+
+/* ------------------------------------------------------------------------- */
+/* Lane: warm logins without Python                                           */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * A client that connects once per transaction (pgbench -C, PHP, short scripts)
+ * costs the pooler a whole login: on Twisted's path some 300 Python calls, about
+ * twice PgBouncer's CPU per connection.  A Lane serves the common case of such a
+ * login in C, the way PgBouncer does, and leaves every decision to Python:
+ *
+ * - Python lends it listening sockets (it accepts on them) and pooled server
+ *   connections: each is a warm Relay parked on a list (a "stack") that
+ *   `entries` maps from a client address and startup packet, byte for byte, to.
+ *   Python adds an entry only after it logged such a client in itself and found
+ *   it needed nothing the lane cannot give: no TLS, no password, no message of
+ *   its own.  Python takes entries and parked relays back whenever it wants.
+ * - An accepted client's SSLRequest (when the pooler has no TLS) and
+ *   GSSENCRequest get their 'N' here.  A startup packet that hits an entry with
+ *   a parked relay, while a client slot is free, takes the relay: the client
+ *   gets AuthenticationOk, the connection's ParameterStatus messages, a random
+ *   cancel key and ReadyForQuery, and the session is relayed like any other.
+ *   Anything else (no entry, an empty stack, a CancelRequest, TLS, a packet cut
+ *   oddly) is a miss: the socket and the bytes read go to on_miss, and Python's
+ *   login takes over as if Twisted had accepted the client.
+ * - A Terminate on a session that is in sync and idle and changed no parameter
+ *   sends the reset queries; once they all answered without an error, the
+ *   relay parks again.  Any other end (an unclean one, a failed reset, a
+ *   changed parameter, the connection's session limit) goes to on_event, and
+ *   the pool decides as on Twisted's path.
+ * - A client the kernel cannot take a send from, or whose server has bytes
+ *   queued in Twisted, is promoted: its socket goes to Python, which carries
+ *   the session on with a Twisted transport.
+ *
+ * Pending clients time out by sweep(): Python calls it every
+ * authentication_timeout, and a client still pending at the next sweep is closed.
+ */
+
+
+
+
+static int
+lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data)
+{
+    ran_python = 1;
+    PyObject *res = PyObject_CallFunction(lane->on_event, "iOO", kind,
+                                          relay != NULL ? relay : Py_None,
+                                          data != NULL ? data : Py_None);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static int
+lane_random(Lane *lane, uint32_t *out)
+{
+    if (lane->random_left < 4) {
+        if (getrandom(lane->random, sizeof(lane->random), 0) != (ssize_t)sizeof(lane->random))
+            return -1;
+        lane->random_left = (int)sizeof(lane->random);
+    }
+    lane->random_left -= 4;
+    memcpy(out, lane->random + lane->random_left, 4);
+    memset(lane->random + lane->random_left, 0, 4);
+    return 0;
+}
+
+/* The client's socket is closed; the session counts no more. */
+static int
+warm_client_closed(Relay *r)
+{
+    Lane *lane = r->lane;
+    int fd = r->fds[0];
+    r->fds[0] = -1;
+    if (fd >= 0) {
+        slot_clear(fd);
+        close(fd);
+    }
+    lane->active--;
+    return lane->wake ? lane_call(lane, EV_LEFT, NULL, NULL) : 0;
+}
+
+/* The server connection goes back to Python; the pool decides its fate. */
+static int
+warm_return(Relay *r, int kind, PyObject *data)
+{
+    slot_clear_server(r);
+    r->wstate = W_RETURNED;
+    return lane_call(r->lane, kind, (PyObject *)r, data);
+}
+
+static int
+warm_park(Relay *r)
+{
+    if (r->lane->closing)
+        return warm_return(r, EV_RESET, Py_True); /* a shutdown: the pool decides */
+    slot_clear_server(r); /* parked: Twisted watches the server again */
+    r->wstate = W_PARKED;
+    r->parked_at = monotonic_s();
+    return PyList_Append(r->stack, (PyObject *)r);
+}
+
+/* The client went away without a Terminate. */
+static int
+warm_gone(Relay *r)
+{
+    int rc = warm_client_closed(r);
+    if (warm_return(r, EV_ENDED, Py_False) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* Python carries the session on: it gets the client's socket and what it is owed. */
+static int
+warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
+{
+    Lane *lane = r->lane;
+    int fd = r->fds[0];
+    struct epoll_event unused = {0};
+    epoll_ctl(lane->epfd, EPOLL_CTL_DEL, fd, &unused);
+    slot_clear(fd);
+    slot_clear_server(r);
+    r->fds[0] = -1;
+    r->wstate = W_RETURNED;
+    lane->active--;
+    PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
+    if (data == NULL)
+        return -1;
+    int rc = lane_call(lane, EV_PROMOTE, (PyObject *)r, data);
+    Py_DECREF(data);
+    return rc;
+}
+
+/* Send to the warm client; what the kernel does not take promotes the session. */
+static int
+warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n)
+{
+    ssize_t sent = send(r->fds[0], data, (size_t)n, MSG_NOSIGNAL);
+    if (sent == n)
+        return 0;
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return warm_gone(r);
+        sent = 0;
+    }
+    return warm_promote(r, data + sent, n - sent);
+}
+
+/* The client's Terminate: reset and park, or let the pool decide. */
+static int
+warm_ended(Relay *r)
+{
+    Tracker *t = r->tracker;
+    int reusable = tracker_in_sync_c(t) && t->status == IDLE && !t->changed &&
+                   r->uses_left != 0 && !r->lane->closing;
+    int rc = warm_client_closed(r);
+    if (!reusable) {
+        if (warm_return(r, EV_ENDED, Py_True) < 0)
+            rc = -1;
+        return rc;
+    }
+    if (r->reset_count == 0)
+        return warm_park(r) < 0 ? -1 : rc;
+    r->wstate = W_RESETTING;
+    r->awaiting = r->reset_count;
+    r->reset_ok = 1;
+    r->rlen = 0;
+    if (send_now(r->fds[1], r->transports[1], (const unsigned char *)PyBytes_AS_STRING(r->reset),
+                 PyBytes_GET_SIZE(r->reset)) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* The reset's answer: whole messages are read; the last ReadyForQuery decides. */
+static int
+warm_reset_reply(Relay *r, const unsigned char *data, Py_ssize_t n)
+{
+    Tracker *t = r->tracker;
+    if (r->rlen + n > r->rcap) {
+        Py_ssize_t cap = r->rcap ? r->rcap : 256;
+        while (cap < r->rlen + n)
+            cap *= 2;
+        unsigned char *grown = PyMem_Realloc(r->rbuf, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->rbuf = grown;
+        r->rcap = cap;
+    }
+    memcpy(r->rbuf + r->rlen, data, (size_t)n);
+    r->rlen += n;
+    Py_ssize_t pos = 0;
+    while (r->rlen - pos >= 5) {
+        const unsigned char *p = r->rbuf + pos;
+        int64_t length = length_at(p + 1);
+        if (length < 4 || length > RESET_REPLY_MAX) {
+            r->rlen = 0;
+            return warm_return(r, EV_RESET, Py_False);
+        }
+        if (pos + 1 + length > r->rlen)
+            break;
+        int kind = p[0];
+        if (kind == 'E' || kind == 'G' || kind == 'H' || kind == 'W') {
+            r->reset_ok = 0; /* a failed query, or COPY: the stream is not to be trusted */
+        } else if (kind == S_PARAMETER_STATUS) {
+            if (parameter_status(t, p + 5, (Py_ssize_t)length - 4) < 0)
+                return -1;
+        } else if (kind == S_READY) {
+            t->status = length > 4 ? p[5] : IDLE;
+            r->awaiting--;
+        }
+        pos += 1 + length;
+        if (r->awaiting == 0) {
+            int whole = pos == r->rlen; /* nothing may follow the last ReadyForQuery */
+            int clean = r->reset_ok && t->status == IDLE && whole;
+            r->rlen = 0;
+            if (clean && !t->changed)
+                return warm_park(r);
+            return warm_return(r, EV_RESET, clean ? Py_True : Py_False);
+        }
+    }
+    if (pos) {
+        memmove(r->rbuf, r->rbuf + pos, (size_t)(r->rlen - pos));
+        r->rlen -= pos;
+    }
+    if (r->rlen > RESET_REPLY_MAX) {
+        r->rlen = 0;
+        return warm_return(r, EV_RESET, Py_False);
+    }
+    return 0;
+}
+
+/* One event of a warm relay's socket.  -1 on a Python error. */
+int
+warm_event(Relay *r, int side, unsigned int ev)
+{
+    if (side == SIDE_CLIENT) {
+        if (r->wstate != W_ACTIVE)
+            return PUMPED;
+        if (!(ev & EPOLLIN))
+            return warm_gone(r) < 0 ? -1 : PUMPED;
+        int clear = clear_to_send(r, 1);
+        if (clear <= 0)
+            return clear < 0 || warm_promote(r, NULL, 0) < 0 ? -1 : PUMPED;
+        ssize_t n = recv_chunk(r->fds[0]);
+        if (n == AGAIN)
+            return PUMPED;
+        if (n <= 0)
+            return warm_gone(r) < 0 ? -1 : PUMPED;
+        int terminated = forward_client(r, n);
+        if (terminated > 0)
+            return warm_ended(r) < 0 ? -1 : PUMPED;
+        return terminated < 0 ? -1 : PUMPED;
+    }
+    if (ev != EPOLLIN)
+        return TO_TWISTED; /* the server's hang-up or error: its protocol reports it */
+    ssize_t n = recv_chunk(r->fds[1]);
+    if (n == AGAIN)
+        return PUMPED;
+    if (n < 0)
+        return TO_TWISTED_ERROR;
+    if (n == 0)
+        return TO_TWISTED;
+    if (r->wstate == W_RESETTING)
+        return warm_reset_reply(r, recv_buffer, n) < 0 ? -1 : PUMPED;
+    int rc = feed_server_raw(r->tracker, recv_buffer, n);
+    if (warm_send_client(r, recv_buffer, n) < 0 || rc < 0)
+        return -1;
+    return PUMPED;
+}
+
+PyObject *
+relay_promote(Relay *self, PyObject *unused)
+{
+    if (self->lane == NULL || self->wstate != W_ACTIVE) {
+        PyErr_SetString(PyExc_ValueError, "only an active warm relay can be promoted");
+        return NULL;
+    }
+    if (warm_promote(self, NULL, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyObject *
+relay_drop(Relay *self, PyObject *arg)
+{
+    if (self->lane == NULL) {
+        PyErr_SetString(PyExc_ValueError, "only a warm relay can be dropped");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int active = self->wstate == W_ACTIVE;
+    if (active && view.len > 0) /* last words, if the kernel takes them */
+        (void)send(self->fds[0], view.buf, (size_t)view.len, MSG_NOSIGNAL);
+    PyBuffer_Release(&view);
+    slot_clear_server(self);
+    self->wstate = W_RETURNED;
+    self->rlen = 0;
+    if (active && warm_client_closed(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Close a client that never finished its startup packet. */
+static void
+pending_close(Lane *lane, int fd)
+{
+    slot_clear(fd);
+    close(fd);
+    lane->pending--;
+}
+
+/* Python's login takes the client over, with what was read (and answered) so far. */
+static int
+pending_miss(Lane *lane, int fd)
+{
+    Pending *p = slots[fd].pending;
+    PyObject *args = Py_BuildValue("(iiy#i)", fd, p->listen_fd, (const char *)p->buf,
+                                   (Py_ssize_t)p->len, p->answered);
+    if (args == NULL)
+        return -1;
+    struct epoll_event unused = {0};
+    epoll_ctl(lane->epfd, EPOLL_CTL_DEL, fd, &unused);
+    Py_INCREF(lane); /* the slot's reference goes */
+    slot_clear(fd);
+    lane->pending--;
+    lane->misses++;
+    ran_python = 1;
+    PyObject *res = PyObject_Call(lane->on_miss, args, NULL);
+    Py_DECREF(args);
+    Py_DECREF(lane);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* A whole startup packet: a warm login, or a miss. */
+static int
+pending_startup(Lane *lane, int fd, Pending *p)
+{
+    if (lane->closing || lane->active + lane->outside >= lane->limit)
+        return pending_miss(lane, fd);
+    PyObject *key = PyBytes_FromStringAndSize(NULL, p->addr_len + p->len);
+    if (key == NULL)
+        return -1;
+    memcpy(PyBytes_AS_STRING(key), p->addr, (size_t)p->addr_len);
+    memcpy(PyBytes_AS_STRING(key) + p->addr_len, p->buf, (size_t)p->len);
+    PyObject *stack = PyDict_GetItemWithError(lane->entries, key);
+    Py_DECREF(key);
+    if (stack == NULL && PyErr_Occurred())
+        return -1;
+    Py_ssize_t size = stack != NULL && PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
+    if (size == 0)
+        return pending_miss(lane, fd);
+    uint32_t secret;
+    if (lane_random(lane, &secret) < 0)
+        return pending_miss(lane, fd);
+    PyObject *item = PyList_GET_ITEM(stack, size - 1);
+    Py_INCREF(item);
+    if (PyList_SetSlice(stack, size - 1, size, NULL) < 0) {
+        Py_DECREF(item);
+        return -1;
+    }
+    Relay *r = (Relay *)item;
+    if (!PyObject_TypeCheck(item, &RelayType) || r->lane != lane || r->wstate != W_PARKED) {
+        Py_DECREF(item); /* not something Python lends: dropped */
+        return pending_miss(lane, fd);
+    }
+    /* The client's socket is the relay's now; both are watched as one session. */
+    if (slot_set_relay(fd, r, SIDE_CLIENT) < 0 || slot_set_relay(r->fds[1], r, SIDE_SERVER) < 0) {
+        Py_DECREF(item);
+        return -1;
+    }
+    lane->pending--;
+    lane->active++;
+    lane->hits++;
+    r->fds[0] = fd;
+    r->wstate = W_ACTIVE;
+    r->secret = secret;
+    r->received = 0;
+    r->uses++;
+    if (r->uses_left > 0)
+        r->uses_left--;
+    Tracker *t = r->tracker;
+    t->pending = 0;
+    t->unsynced = 0;
+    t->status = IDLE;
+    t->c_skip = t->s_skip = t->s_need = 0;
+    t->c_head_len = t->s_head_len = 0;
+    t->s_body_len = 0;
+    t->changed = 0;
+    /* The end of the login, as a direct connection sends it. */
+    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
+    Py_ssize_t n = reply_len + 13 + 6;
+    unsigned char small[2048];
+    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (out == NULL) {
+        Py_DECREF(item);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
+    unsigned char *k = out + reply_len;
+    uint32_t pid = r->pid;
+    const unsigned char tail[19] = {
+        'K', 0, 0, 0, 12,
+        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
+        (unsigned char)pid,
+        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
+        (unsigned char)(secret >> 8), (unsigned char)secret,
+        'Z', 0, 0, 0, 5, IDLE,
+    };
+    memcpy(k, tail, sizeof(tail));
+    int rc = warm_send_client(r, out, n);
+    if (out != small)
+        PyMem_Free(out);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* One event of a client the lane accepted and has not logged in yet. */
+int
+pending_event(Lane *lane, int fd, unsigned int ev)
+{
+    Pending *p = slots[fd].pending;
+    if (!(ev & EPOLLIN)) {
+        pending_close(lane, fd);
+        return 0;
+    }
+    ssize_t n = recv(fd, p->buf + p->len, (size_t)(PENDING_MAX - p->len), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        pending_close(lane, fd);
+        return 0;
+    }
+    p->len += (int)n;
+    for (;;) {
+        if (p->len < 8) {
+            if (p->len >= 4 && length_at(p->buf) < 8)
+                return pending_miss(lane, fd); /* Python's login names the error */
+            return 0;
+        }
+        int64_t length = length_at(p->buf);
+        if (length < 8 || length > PENDING_MAX)
+            return pending_miss(lane, fd);
+        if (p->len < length)
+            return 0;
+        uint32_t code = (uint32_t)length_at(p->buf + 4);
+        int request = 0;
+        if (length == 8 && code == SSL_REQUEST_CODE && !(p->answered & 1) && lane->answer_ssl)
+            request = 1;
+        else if (length == 8 && code == GSSENC_REQUEST_CODE && !(p->answered & 2))
+            request = 2;
+        if (request) {
+            if (send(fd, "N", 1, MSG_NOSIGNAL) != 1) {
+                pending_close(lane, fd);
+                return 0;
+            }
+            p->answered |= request;
+            p->len -= 8;
+            memmove(p->buf, p->buf + 8, (size_t)p->len);
+            continue;
+        }
+        if (code == PROTOCOL_3 && p->len == length)
+            return pending_startup(lane, fd, p);
+        return pending_miss(lane, fd);
+    }
+}
+
+/* The listening socket is readable: accept what is there. */
+int
+lane_accept(Lane *lane, int listen_fd)
+{
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+        int fd = accept4(listen_fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            /* EMFILE and the like: Twisted's accept knows how to shed that load. */
+            struct epoll_event unused = {0};
+            epoll_ctl(lane->epfd, EPOLL_CTL_DEL, listen_fd, &unused);
+            Py_INCREF(lane);
+            slot_clear(listen_fd);
+            PyObject *which = PyLong_FromLong(listen_fd);
+            int rc = which == NULL ? -1 : lane_call(lane, EV_LISTENER, NULL, which);
+            Py_XDECREF(which);
+            Py_DECREF(lane);
+            return rc;
+        }
+        Pending *p = PyMem_Malloc(sizeof(Pending));
+        if (p == NULL || slots_reserve(fd) < 0) {
+            PyMem_Free(p);
+            close(fd);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
+        }
+        p->listen_fd = listen_fd;
+        p->answered = 0;
+        p->generation = lane->generation;
+        p->len = 0;
+        p->addr_len = 0;
+        if (sa.ss_family == AF_INET) {
+            p->addr_len = 4;
+            memcpy(p->addr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+        } else if (sa.ss_family == AF_INET6) {
+            p->addr_len = 16;
+            memcpy(p->addr, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
+        }
+        struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
+        if (epoll_ctl(lane->epfd, EPOLL_CTL_ADD, fd, &want) < 0) {
+            PyMem_Free(p);
+            close(fd);
+            continue;
+        }
+        slot_clear(fd);
+        Py_INCREF(lane);
+        slots[fd].lane = lane;
+        slots[fd].pending = p;
+        slots[fd].side = SIDE_PENDING;
+        lane->pending++;
+    }
+    return 0;
+}
+
+static PyObject *
+lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Lane *self = (Lane *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->epfd = -1;
+    self->entries = PyDict_New();
+    if (self->entries == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+lane_init(Lane *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"epfd", "on_miss", "on_event", NULL};
+    PyObject *on_miss, *on_event;
+    int epfd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO", kwlist, &epfd, &on_miss, &on_event))
+        return -1;
+    self->epfd = epfd;
+    Py_INCREF(on_miss);
+    Py_XSETREF(self->on_miss, on_miss);
+    Py_INCREF(on_event);
+    Py_XSETREF(self->on_event, on_event);
+    self->answer_ssl = 1;
+    self->limit = 0;
+    return 0;
+}
+
+static int
+lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->entries);
+    Py_VISIT(self->on_miss);
+    Py_VISIT(self->on_event);
+    return 0;
+}
+
+static int
+lane_clear(Lane *self)
+{
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->on_miss);
+    Py_CLEAR(self->on_event);
+    return 0;
+}
+
+static void
+lane_dealloc(Lane *self)
+{
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+lane_owns(Lane *self, int fd, int side)
+{
+    return fd >= 0 && fd < slots_size && slots[fd].lane == self && slots[fd].side == side;
+}
+
+static PyObject *
+lane_listen(Lane *self, PyObject *arg)
+{
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (slots_reserve(fd) < 0)
+        return NULL;
+    struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &want) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    slot_clear(fd);
+    Py_INCREF(self);
+    slots[fd].lane = self;
+    slots[fd].side = SIDE_LISTEN;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lane_unlisten(Lane *self, PyObject *arg)
+{
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (lane_owns(self, fd, SIDE_LISTEN)) {
+        struct epoll_event unused = {0};
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, &unused);
+        slot_clear(fd);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Close pending clients: all (`all`), or those already pending at the last sweep. */
+static long
+lane_close_pending(Lane *self, int all)
+{
+    long closed = 0;
+    for (int fd = 0; fd < slots_size; fd++) {
+        if (lane_owns(self, fd, SIDE_PENDING) &&
+            (all || slots[fd].pending->generation != self->generation)) {
+            pending_close(self, fd);
+            closed++;
+        }
+    }
+    return closed;
+}
+
+static PyObject *
+lane_sweep(Lane *self, PyObject *unused)
+{
+    long closed = lane_close_pending(self, 0);
+    self->generation++;
+    return PyLong_FromLong(closed);
+}
+
+static PyObject *
+lane_drop_pending(Lane *self, PyObject *unused)
+{
+    return PyLong_FromLong(lane_close_pending(self, 1));
+}
+
+static PyObject *
+lane_sessions(Lane *self, PyObject *unused)
+{
+    PyObject *result = PyList_New(0);
+    if (result == NULL)
+        return NULL;
+    for (int fd = 0; fd < slots_size; fd++) {
+        Relay *r = slots[fd].relay;
+        if (r != NULL && slots[fd].side == SIDE_CLIENT && r->lane == self &&
+            r->wstate == W_ACTIVE && PyList_Append(result, (PyObject *)r) < 0) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
+static PyObject *
+lane_find(Lane *self, PyObject *args)
+{
+    long long pid, secret;
+    if (!PyArg_ParseTuple(args, "LL", &pid, &secret))
+        return NULL;
+    for (int fd = 0; fd < slots_size; fd++) {
+        Relay *r = slots[fd].relay;
+        if (r != NULL && slots[fd].side == SIDE_CLIENT && r->lane == self &&
+            r->wstate == W_ACTIVE && r->pid == (uint32_t)pid && r->secret == (uint32_t)secret)
+            return relay_get_object(r->server);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lane_get_entries(Lane *self, void *closure)
+{
+    return relay_get_object(self->entries);
+}
+
+#define LANE_GET(name)                                                                \
+    static PyObject *lane_get_##name(Lane *self, void *closure)                       \
+    {                                                                                 \
+        return PyLong_FromLong((long)self->name);                                     \
+    }
+#define LANE_SET(name)                                                                \
+    static int lane_set_##name(Lane *self, PyObject *value, void *closure)            \
+    {                                                                                 \
+        long v = value != NULL ? PyLong_AsLong(value) : -1;                           \
+        if (v == -1 && (value == NULL || PyErr_Occurred())) {                         \
+            if (!PyErr_Occurred())                                                    \
+                PyErr_SetString(PyExc_AttributeError, "cannot delete " #name);        \
+            return -1;                                                                \
+        }                                                                             \
+        self->name = v;                                                               \
+        return 0;                                                                     \
+    }
+
+LANE_GET(answer_ssl)
+LANE_SET(answer_ssl)
+LANE_GET(closing)
+LANE_SET(closing)
+LANE_GET(wake)
+LANE_SET(wake)
+LANE_GET(limit)
+LANE_SET(limit)
+LANE_GET(outside)
+LANE_SET(outside)
+LANE_GET(active)
+LANE_GET(pending)
+LANE_GET(hits)
+LANE_GET(misses)
+
+#define LANE_RW(name, doc) {#name, (getter)lane_get_##name, (setter)lane_set_##name, doc, NULL}
+#define LANE_RO(name, doc) {#name, (getter)lane_get_##name, NULL, doc, NULL}
+
+static PyGetSetDef lane_getset[] = {
+    {"entries", (getter)lane_get_entries, NULL,
+     "address + startup packet -> the list of warm relays parked for such clients", NULL},
+    LANE_RW(answer_ssl, "Answer SSLRequest with 'N' here (the pooler has no TLS)."),
+    LANE_RW(closing, "Log nobody in and park nothing (a shutdown)."),
+    LANE_RW(wake, "Call on_event(EV_LEFT) when a session ends (clients wait for a slot)."),
+    LANE_RW(limit, "Client sessions at once, the lane's and Python's together."),
+    LANE_RW(outside, "Python's own client sessions."),
+    LANE_RO(active, "Warm sessions relayed now."),
+    LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
+    LANE_RO(hits, "Clients logged in here."),
+    LANE_RO(misses, "Clients handed to on_miss."),
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef lane_methods[] = {
+    {"listen", (PyCFunction)lane_listen, METH_O,
+     "listen(fd): accept on this listening socket (Twisted must not watch it)."},
+    {"unlisten", (PyCFunction)lane_unlisten, METH_O,
+     "unlisten(fd): stop accepting on it (no-op if not listening)."},
+    {"sweep", (PyCFunction)lane_sweep, METH_NOARGS,
+     "Close clients pending since the last sweep; returns how many."},
+    {"drop_pending", (PyCFunction)lane_drop_pending, METH_NOARGS,
+     "Close every pending client; returns how many."},
+    {"sessions", (PyCFunction)lane_sessions, METH_NOARGS,
+     "The warm relays with a client now."},
+    {"find", (PyCFunction)lane_find, METH_VARARGS,
+     "find(pid, secret): the server connection a warm session's cancel key points at."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pgpool_tw._speedups.Lane",
+    .tp_doc = "Warm logins served by poll() without Python (see _speedups.c).",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = lane_new,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_getset = lane_getset,
+    .tp_methods = lane_methods,
+};
+

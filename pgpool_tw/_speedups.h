@@ -1,0 +1,179 @@
+/*
+ * Declarations shared by the C files of pgpool_tw._speedups (see _speedups.c).
+ */
+#ifndef PGPOOL_TW_SPEEDUPS_H
+#define PGPOOL_TW_SPEEDUPS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IDLE 'I'
+#define RECV_SIZE 65536
+
+/* Client message types. */
+#define C_QUERY 'Q'
+#define C_SYNC 'S'
+#define C_FUNCTION_CALL 'F'
+#define C_TERMINATE 'X'
+#define C_COPY_DATA 'd'
+#define C_COPY_DONE 'c'
+#define C_COPY_FAIL 'f'
+/* Server message types the tracker reads the body of. */
+#define S_READY 'Z'
+#define S_PARAMETER_STATUS 'S'
+
+static inline int64_t
+length_at(const unsigned char *p)
+{
+    return ((int64_t)p[0] << 24) | ((int64_t)p[1] << 16) | ((int64_t)p[2] << 8) | (int64_t)p[3];
+}
+
+/* -- the session tracker (_tracker.c) -- */
+
+typedef struct {
+    PyObject_HEAD
+    long pending;
+    int unsynced;
+    int status;
+    PyObject *params; /* dict, shared with the server connection */
+    int64_t c_skip;
+    unsigned char c_head[5];
+    int c_head_len;
+    int64_t s_skip;
+    unsigned char s_head[5];
+    int s_head_len;
+    int s_type;
+    unsigned char *s_body;
+    Py_ssize_t s_body_len;
+    Py_ssize_t s_body_cap;
+    int64_t s_need;
+    long changed; /* ParameterStatus messages recorded (a warm login's reply is stale) */
+} Tracker;
+
+extern PyTypeObject TrackerType;
+Py_ssize_t feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n);
+int feed_server_raw(Tracker *t, const unsigned char *data, Py_ssize_t n);
+int parameter_status(Tracker *t, const unsigned char *body, Py_ssize_t n);
+int tracker_in_sync_c(Tracker *t);
+
+/* -- relays and the loop (_speedups.c) -- */
+
+struct Lane;
+
+enum { W_PARKED = 0, W_ACTIVE = 1, W_RESETTING = 2, W_RETURNED = 3 };
+
+typedef struct {
+    PyObject_HEAD
+    Tracker *tracker;
+    PyObject *transports[2]; /* [0] the client's (None in a warm relay), [1] the server's */
+    PyObject *fd_objs[2];    /* the fds as ints, to look up in `writes` */
+    PyObject *writes;        /* the epoll reactor's set of fds it waits to write to */
+    int fds[2];
+    PyObject *on_terminate;
+    long received; /* client chunks forwarded here (client_idle_limit reads it) */
+    /* A warm relay (lane != NULL): a pooled server connection lent to a Lane,
+       which logs clients in on it, relays, resets and parks it again itself. */
+    struct Lane *lane;
+    PyObject *stack;  /* the list it parks on */
+    PyObject *server; /* the server connection (BackendProtocol) */
+    PyObject *reply;  /* AuthenticationOk and the ParameterStatus messages */
+    PyObject *reset;  /* the reset queries' messages */
+    int reset_count;
+    long uses_left; /* sessions it may still start; negative: no limit */
+    long uses;      /* sessions it started */
+    int wstate;
+    uint32_t pid, secret;
+    double parked_at; /* CLOCK_MONOTONIC seconds */
+    int awaiting;     /* ReadyForQuery messages the reset still owes */
+    int reset_ok;
+    unsigned char *rbuf; /* the reset's answer, until whole messages are there */
+    Py_ssize_t rlen, rcap;
+} Relay;
+
+enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
+
+#define PENDING_MAX 1024
+
+typedef struct {
+    int listen_fd;
+    int answered; /* 1: its SSLRequest was answered, 2: its GSSENCRequest */
+    unsigned generation;
+    int len;
+    int addr_len;
+    unsigned char addr[16];
+    unsigned char buf[PENDING_MAX];
+} Pending;
+
+typedef struct {
+    Relay *relay;      /* SIDE_CLIENT, SIDE_SERVER */
+    struct Lane *lane; /* SIDE_LISTEN, SIDE_PENDING */
+    Pending *pending;  /* SIDE_PENDING */
+    int side;
+} Slot;
+
+enum { PUMPED = 0, TO_TWISTED = 1, TO_TWISTED_ERROR = 2 };
+
+#define AGAIN (-2)
+
+extern PyTypeObject RelayType;
+extern Slot *slots;
+extern int slots_size;
+extern unsigned char recv_buffer[RECV_SIZE];
+extern int ran_python;
+
+double monotonic_s(void);
+PyObject *relay_get_object(PyObject *value);
+int slots_reserve(int fd);
+void slot_clear(int fd);
+int slot_set_relay(int fd, Relay *relay, int side);
+void slot_clear_server(Relay *r);
+int clear_to_send(Relay *r, int peer);
+int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n);
+ssize_t recv_chunk(int fd);
+int forward_client(Relay *r, ssize_t n);
+
+/* -- warm logins (_lane.c) -- */
+
+enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 };
+
+#define SSL_REQUEST_CODE 80877103u
+#define GSSENC_REQUEST_CODE 80877104u
+#define PROTOCOL_3 196608u
+#define RESET_REPLY_MAX 65536
+
+typedef struct Lane {
+    PyObject_HEAD
+    int epfd;
+    PyObject *entries; /* address + startup packet -> list of parked warm relays */
+    PyObject *on_miss;  /* on_miss(fd, listen_fd, data, answered) */
+    PyObject *on_event; /* on_event(kind, relay, data) */
+    int answer_ssl;     /* SSLRequest gets 'N' here (the pooler has no TLS) */
+    int closing;
+    int wake;       /* call on_event(EV_LEFT) when a session ends (clients wait) */
+    long limit;     /* client sessions at once, the lane's and Python's */
+    long outside;   /* Python's own sessions */
+    long active, pending, hits, misses;
+    unsigned generation;
+    int random_left;
+    unsigned char random[256];
+} Lane;
+
+extern PyTypeObject LaneType;
+int warm_event(Relay *r, int side, unsigned int ev);
+int lane_accept(Lane *lane, int listen_fd);
+int pending_event(Lane *lane, int fd, unsigned int ev);
+PyObject *relay_promote(Relay *self, PyObject *unused);
+PyObject *relay_drop(Relay *self, PyObject *arg);
+
+#endif
