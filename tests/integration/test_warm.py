@@ -271,3 +271,66 @@ class WarmLoginTests(PoolerTestCase):
         client.sock.close()
         self.assertEqual(error_fields(messages).get("C"), "28000")
         self.assertEqual(self.lane(service).hits, hits)
+
+    @defer.inlineCallbacks
+    def test_child_max_connections_counts_warm_sessions(self):
+        """A server retires after child_max_connections sessions, warm ones included."""
+        service = self.start_pooler(child_max_connections=4)
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)  # sessions 1 and 2 on one server
+
+        def session() -> int:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            pid = client.pid
+            client.close()
+            return pid
+
+        pids = []
+        for _ in range(4):
+            pids.append((yield self.in_thread(session)))
+            yield sleep(0.1)
+        self.assertEqual(self.lane(service).hits, hits + 3)  # the fifth login found none
+        self.assertEqual(pids[0], pids[1])
+        self.assertNotEqual(pids[1], pids[2])  # sessions 3 and 4 were the first's last
+
+    @defer.inlineCallbacks
+    def test_reported_parameter_a_session_set_is_reset_for_the_next(self):
+        """SET DateStyle in one warm session: the next one is told, and shows, the default."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+
+        def change() -> str:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.query("set datestyle = 'SQL, DMY'")
+            told = client.params.get("DateStyle", "")
+            client.close()
+            return told
+
+        def look() -> tuple[str, bool]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            told = client.params.get("DateStyle", "")
+            shown = client.query("show datestyle")
+            client.close()
+            return told, any(kind == ord("D") and b"ISO, MDY" in body for kind, body in shown)
+
+        self.assertEqual((yield self.in_thread(change)), "SQL, DMY")
+        yield sleep(0.2)
+        self.assertEqual((yield self.in_thread(look)), ("ISO, MDY", True))
+        self.assertEqual(self.lane(service).hits, hits + 2)
+
+    @defer.inlineCallbacks
+    def test_connection_life_time_closes_lent_servers(self):
+        """An idle server parked with the lane is closed after connection_life_time."""
+        service = self.start_pooler(connection_life_time=1)
+        user, db = self.role_and_db()
+        yield self.warm_up(service, user, db)
+        self.assertEqual(len(self.server_pids(user)), 1)
+        deadline = time.monotonic() + 10
+        while self.server_pids(user) and time.monotonic() < deadline:
+            yield sleep(0.2)
+        self.assertEqual(self.server_pids(user), set())
+        self.assertEqual(service.pool.idle_count, 0)
