@@ -179,20 +179,8 @@ static int
 warm_reset_reply(Relay *r, const unsigned char *data, Py_ssize_t n)
 {
     Tracker *t = r->tracker;
-    if (r->rlen + n > r->rcap) {
-        Py_ssize_t cap = r->rcap ? r->rcap : 256;
-        while (cap < r->rlen + n)
-            cap *= 2;
-        unsigned char *grown = PyMem_Realloc(r->rbuf, (size_t)cap);
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        r->rbuf = grown;
-        r->rcap = cap;
-    }
-    memcpy(r->rbuf + r->rlen, data, (size_t)n);
-    r->rlen += n;
+    if (buffer_append(&r->rbuf, &r->rlen, &r->rcap, data, n) < 0)
+        return -1;
     Py_ssize_t pos = 0;
     while (r->rlen - pos >= 5) {
         const unsigned char *p = r->rbuf + pos;

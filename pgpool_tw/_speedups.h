@@ -66,6 +66,8 @@ Py_ssize_t feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n);
 int feed_server_raw(Tracker *t, const unsigned char *data, Py_ssize_t n);
 int parameter_status(Tracker *t, const unsigned char *body, Py_ssize_t n);
 int tracker_in_sync_c(Tracker *t);
+int buffer_append(unsigned char **buf, Py_ssize_t *len, Py_ssize_t *cap, const unsigned char *data,
+                  Py_ssize_t n);
 
 /* -- relays and the loop (_speedups.c) -- */
 

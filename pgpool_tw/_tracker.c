@@ -119,26 +119,34 @@ feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
     return -1;
 }
 
-static int
-body_append(Tracker *t, const unsigned char *data, Py_ssize_t n)
+/* Append to a growing PyMem buffer (doubling from 64 bytes); -1 on no memory. */
+int
+buffer_append(unsigned char **buf, Py_ssize_t *len, Py_ssize_t *cap, const unsigned char *data,
+              Py_ssize_t n)
 {
     if (n <= 0)
         return 0;
-    if (t->s_body_len + n > t->s_body_cap) {
-        Py_ssize_t cap = t->s_body_cap ? t->s_body_cap : 64;
-        while (cap < t->s_body_len + n)
-            cap *= 2;
-        unsigned char *grown = PyMem_Realloc(t->s_body, (size_t)cap);
+    if (*len + n > *cap) {
+        Py_ssize_t size = *cap ? *cap : 64;
+        while (size < *len + n)
+            size *= 2;
+        unsigned char *grown = PyMem_Realloc(*buf, (size_t)size);
         if (grown == NULL) {
             PyErr_NoMemory();
             return -1;
         }
-        t->s_body = grown;
-        t->s_body_cap = cap;
+        *buf = grown;
+        *cap = size;
     }
-    memcpy(t->s_body + t->s_body_len, data, (size_t)n);
-    t->s_body_len += n;
+    memcpy(*buf + *len, data, (size_t)n);
+    *len += n;
     return 0;
+}
+
+static int
+body_append(Tracker *t, const unsigned char *data, Py_ssize_t n)
+{
+    return buffer_append(&t->s_body, &t->s_body_len, &t->s_body_cap, data, n);
 }
 
 /* A ParameterStatus body: name\0value\0.  Malformed ones are ignored, as in Python. */

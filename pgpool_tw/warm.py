@@ -229,8 +229,7 @@ class WarmLane:
 
     def _reclaim(self, server: BackendProtocol, lent: _Lent, why: Optional[str]) -> None:
         """Take a parked server back: to the caller (``why`` None), the pool, or closed."""
-        if lent.relay in lent.stack:
-            lent.stack.remove(lent.relay)
+        self._unstack(lent)
         self._returned(server, lent.relay)
         if why is None:
             return
@@ -238,6 +237,12 @@ class WarmLane:
             self.factory.pool.discard(server, why)
         else:
             self.factory.pool.park(server)
+
+    @staticmethod
+    def _unstack(lent: _Lent) -> None:
+        """A parked relay leaves its stack (one that is not parked is on none)."""
+        if lent.relay in lent.stack:
+            lent.stack.remove(lent.relay)
 
     def _returned(self, server: BackendProtocol, relay: Any) -> None:
         """The lane is done with ``server``: Python's view of it is brought up to date."""
@@ -255,11 +260,8 @@ class WarmLane:
         if port is None:
             os.close(fd)
             return
-        skt = socket.socket(fileno=fd)  # family and type read from the socket
-        try:
-            client = self._adopt(port, skt)
-        except OSError:  # gone already (getpeername fails)
-            skt.close()
+        client = self._adopt(port, fd)
+        if client is None:
             return
         if answered & 1:
             client.tls_answered()
@@ -305,23 +307,24 @@ class WarmLane:
     def _promote(self, server: BackendProtocol, relay: Any, fd: int, rest: bytes) -> None:
         """A warm session goes on as an ordinary client session on the same server."""
         self.promoted += 1
-        port = self._any_port
-        skt = socket.socket(fileno=fd)
         server.sessions -= 1  # counted by the lane; attach counts it again
-        try:
-            client = self._adopt(port, skt)
-        except OSError:
-            skt.close()
+        client = self._adopt(self._any_port, fd)
+        if client is None:
             pool = self.factory.pool
             tracker = relay.tracker
             pool.give_back(server, tracker.in_sync and tracker.status == m.IDLE)
             return
         client.resume(server, relay.tracker, relay.secret, rest)
 
-    def _adopt(self, port: Any, skt: socket.socket) -> FrontendProtocol:
-        """What Twisted's Port.doRead does with an accepted socket."""
+    def _adopt(self, port: Any, fd: int) -> Optional[FrontendProtocol]:
+        """What Twisted's Port.doRead does with an accepted socket; None if it is gone."""
+        skt = socket.socket(fileno=fd)  # family and type read from the socket
         skt.setblocking(False)
-        addr = skt.getpeername()
+        try:
+            addr = skt.getpeername()
+        except OSError:
+            skt.close()
+            return None
         if len(addr) == 4:
             host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
             addr = (host[0],) + tuple(addr[1:])
@@ -357,8 +360,7 @@ class WarmLane:
         lent = self._lent.pop(server, None)
         if lent is None:
             return
-        if lent.relay in lent.stack:
-            lent.stack.remove(lent.relay)
+        self._unstack(lent)
         last_words = b""
         if lent.relay.state == speedups.W_ACTIVE:  # type: ignore[union-attr]
             log.warn("server={server} lost mid-session: {why}", server=server.node.address, why=why)
