@@ -52,13 +52,16 @@ from targets import (
     find_binary,
     missing_binaries,
 )
-from workloads import WORKLOADS, RunResult, Workload, run_pgbench
+from workloads import WORKLOADS, RunResult, Workload, run_pgbench, warm_up
 
 from pgpool_tw.devdb import TempPostgres
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "out", "last-run.md")
 DEFAULT_DURATION = 12  # 30 runs of 12 s plus restarts, init and memory: under 10 minutes
+DEFAULT_WARMUP = 50  # transactions per client: S5's 25,000 take about 2 s
+RAMP_ROUND_S = 2  # a further warm-up round while a pooler's server count still grows
+WARM_UP_LIMIT_S = 30.0
 DRAIN_TIMEOUT = 30.0
 PG_SETTINGS = {"max_connections": "700", "shared_buffers": "256MB"}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -94,6 +97,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -115,6 +125,14 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         type=_positive,
         default=DEFAULT_DURATION,
         help=f"seconds per pgbench run (default {DEFAULT_DURATION})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative,
+        default=DEFAULT_WARMUP,
+        help="transactions per client run untimed before each timed run, on a target just "
+        "started, then more rounds while the target's server count grows "
+        f"(default {DEFAULT_WARMUP}; 0 times a cold start)",
     )
     parser.add_argument("--scale", type=_positive, default=10, help="pgbench -i -s (default 10)")
     parser.add_argument("--no-memory", action="store_true", help="skip the idle-client part")
@@ -203,6 +221,11 @@ class Bench:
         self._prepare_database()
         running = self._start(launcher, target)
         try:
+            if self.args.warmup > 0:
+                failed = self._warm_up(workload, target, running.port)
+                if failed is not None:
+                    return failed
+            servers = None if target == "direct" else self._client_backends()
             before = tree_cpu_ns(running.cpu_pid)
             result = run_pgbench(
                 workload, target, running.port, self.args.duration, self._track_pgbench
@@ -218,20 +241,51 @@ class Bench:
             else:
                 result.cpu_us = (after - before) / 1000
                 result.cpu_of = running.cpu_of
+            result.servers = servers
         finally:
             self._stop(running)
         return result
+
+    def _warm_up(self, workload: Workload, target: str, port: int) -> Optional[RunResult]:
+        """Bring a freshly started target to its steady state: None, or the failed run.
+
+        First every client runs --warmup transactions.  A pooler that opens servers
+        lazily (PgBouncer) may still hold fewer servers than clients then, since a client
+        that finished hands its server to one still waiting; while that count grows, the
+        workload runs on in rounds of RAMP_ROUND_S seconds, up to WARM_UP_LIMIT_S.  The
+        timed run then measures what a long-running pooler does, not its first seconds.
+        """
+        failed = warm_up(workload, target, port, ["-t", str(self.args.warmup)], self._track_pgbench)
+        if failed is not None or target == "direct":
+            return failed
+        deadline = time.monotonic() + WARM_UP_LIMIT_S
+        held = self._client_backends()
+        while held < workload.clients and time.monotonic() < deadline:
+            length = ["-T", str(RAMP_ROUND_S)]
+            failed = warm_up(workload, target, port, length, self._track_pgbench)
+            if failed is not None:
+                return failed
+            now = self._client_backends()
+            if now <= held:
+                break
+            held = now
+        return None
+
+    def _client_backends(self) -> int:
+        """PostgreSQL's client backends, not counting the one that asks."""
+        assert self.pg is not None
+        count_sql = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();\n"
+        )
+        return int(self.pg.psql(count_sql).strip())
 
     def _prepare_database(self) -> None:
         """Wait for the last target's server connections to go; vacuum as pgbench would."""
         assert self.pg is not None
         deadline = time.monotonic() + DRAIN_TIMEOUT
-        count_sql = (
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();\n"
-        )
         while True:
-            left = int(self.pg.psql(count_sql).strip())
+            left = self._client_backends()
             if left == 0:
                 break
             if time.monotonic() > deadline:
@@ -325,6 +379,13 @@ class Bench:
             "targets": ",".join(self.targets),
             "workloads": ",".join(self.workloads),
             "duration_s": self.args.duration,
+            "warm-up": (
+                f"{self.args.warmup} transactions per client, untimed, on each freshly started "
+                f"target, then {RAMP_ROUND_S}-second rounds while the count of servers it "
+                f"holds grows (at most {WARM_UP_LIMIT_S:g} s)"
+                if self.args.warmup
+                else "none: each timed run starts on a freshly started target"
+            ),
             "scale": self.args.scale,
             "pool sizing": (
                 f"pgpool-II and pgpool-tw num_init_children={self.max_clients + SPARE_SLOTS} "

@@ -86,7 +86,7 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
     refs = {ref: by_target.get(ref) for ref in REFERENCES}
     workload = WORKLOADS[name]
     header = ["target", "status", "TPS", "÷ pgbouncer-session", "÷ direct", "latency ms"]
-    header += ["failed tx", "exit", "transactions", "CPU µs/tx"]
+    header += ["failed tx", "exit", "transactions", "CPU µs/tx", "servers at start"]
     rows = []
     notes = []
     for target in targets:
@@ -106,6 +106,7 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
                 exit_text,
                 _num(run.processed),
                 _cpu(run),
+                "-" if run.servers is None else str(run.servers),
             ]
         )
         if run.error:
@@ -198,6 +199,7 @@ def as_json(meta: dict[str, Any], runs: list[RunResult], memory: list[MemoryResu
             "cpu_us": run.cpu_us,
             "cpu_us_per_tx": run.cpu_us_per_tx,
             "cpu_of": run.cpu_of,
+            "servers_at_start": run.servers,
             "wall_s": round(run.wall_s, 3),
             "argv": run.argv,
         }

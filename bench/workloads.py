@@ -1,7 +1,8 @@
 """The six pgbench workloads, one pgbench run, and what its output says.
 
-Owns: the pgbench arguments of S1..S6, running pgbench with a hard wall-clock timeout,
-and parsing its summary (TPS, average latency, failed and processed transactions).
+Owns: the pgbench arguments of S1..S6, the warm-up before a timed run, running pgbench
+with a hard wall-clock timeout, and parsing its summary (TPS, average latency, failed and
+processed transactions).
 
 Must never: raise on a pgbench failure (a failed run is a result), or judge speed.
 """
@@ -17,6 +18,7 @@ from typing import Callable, Optional
 from procs import client_env, pg_bin
 
 TIMEOUT_MARGIN = 60.0  # seconds past --duration before a pgbench run counts as hung
+WARM_UP_TIMEOUT = 120.0  # seconds before a warm-up counts as hung
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class RunResult:
     error: str = ""  # first error line pgbench printed, or why it did not run
     cpu_us: Optional[float] = None  # CPU of the measured process tree during the run
     cpu_of: str = ""  # "pooler" or "PostgreSQL"
+    servers: Optional[int] = None  # server connections a pooler held when timing began
     wall_s: float = 0.0
     argv: list[str] = field(default_factory=list)
 
@@ -109,6 +112,69 @@ def parse_output(result: RunResult, stdout: str, stderr: str) -> None:
         result.error = errors[0].strip()[:300] + more
 
 
+def _pgbench(
+    argv: list[str],
+    timeout: float,
+    on_start: Callable[[Optional[subprocess.Popen[str]]], None],
+) -> tuple[str, str, Optional[int]]:
+    """Run pgbench: (stdout, stderr, exit status), the status None when it hung and was killed."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=client_env(),
+        start_new_session=True,
+    )
+    on_start(proc)
+    status: Optional[int]
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        status = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        status = None
+    except BaseException:  # a signal stops the benchmark: pgbench goes first
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        on_start(None)
+    return stdout, stderr, status
+
+
+def _argv(workload: Workload, port: int, length: list[str]) -> list[str]:
+    argv = [pg_bin("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n"]
+    return argv + length + pgbench_args(workload) + ["bench"]
+
+
+def warm_up(
+    workload: Workload,
+    target: str,
+    port: int,
+    length: list[str],
+    on_start: Callable[[Optional[subprocess.Popen[str]]], None],
+) -> Optional[RunResult]:
+    """One untimed pgbench run of the workload (``length``: -t N or -T S): None, or the failure."""
+    argv = _argv(workload, port, length)
+    result = RunResult(workload.name, target, argv=argv)
+    started = time.monotonic()
+    stdout, stderr, status = _pgbench(argv, WARM_UP_TIMEOUT, on_start)
+    result.wall_s = time.monotonic() - started
+    result.exit_status = status
+    parse_output(result, stdout, stderr)
+    if result.ok:
+        return None
+    result.timed_out = status is None
+    reason = result.error or (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
+    if status is None:
+        reason = f"hung: killed after {WARM_UP_TIMEOUT:g}s"
+    result.error = f"warm-up ({' '.join(length)}) failed: {reason}"
+    return result
+
+
 def run_pgbench(
     workload: Workload,
     target: str,
@@ -121,36 +187,16 @@ def run_pgbench(
     ``on_start`` is told the process (and None once it is gone), so that a signal
     handler elsewhere can kill it.  Vacuuming is done beforehand by the caller (-n).
     """
-    argv = [pg_bin("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n"]
-    argv += ["-T", str(duration)] + pgbench_args(workload) + ["bench"]
+    argv = _argv(workload, port, ["-T", str(duration)])
     result = RunResult(workload.name, target, argv=argv)
     started = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=client_env(),
-        start_new_session=True,
-    )
-    on_start(proc)
-    try:
-        stdout, stderr = proc.communicate(timeout=duration + TIMEOUT_MARGIN)
-        result.exit_status = proc.returncode
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
+    stdout, stderr, status = _pgbench(argv, duration + TIMEOUT_MARGIN, on_start)
+    result.exit_status = status
+    if status is None:
         result.timed_out = True
         result.error = f"hung: killed after {duration + TIMEOUT_MARGIN:g}s"
-    except BaseException:  # a signal stops the benchmark: pgbench goes first
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        on_start(None)
     result.wall_s = time.monotonic() - started
     parse_output(result, stdout, stderr)
     if result.exit_status not in (0, None) and not result.error:
-        result.error = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        result.error = (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
     return result

@@ -1,5 +1,5 @@
 """``bench/bench.py`` end to end, small: direct, pgpool-tw (C relay) and pgpool-tw-pure
-(the Python relay, as on PyPy), S1 and S3, two seconds each."""
+(the Python relay, as on PyPy), S1 and S3, a warm-up and two timed seconds each."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 BENCH = os.path.join(REPO_ROOT, "bench", "bench.py")
 TARGETS = ("direct", "pgpool-tw", "pgpool-tw-pure")
 WORKLOADS = ("S1", "S3")
+CLIENTS = 16  # both workloads'
 RUN_TIMEOUT = 600.0
 
 
@@ -52,3 +53,6 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertFalse(run["timed_out"], where)
             self.assertEqual(run["failed_transactions"], 0, where)
             self.assertGreater(run["transactions_processed"], 0, where)
+            # The warm-up left a pooler holding a server for each of the 16 clients.
+            expected = None if run["target"] == "direct" else CLIENTS
+            self.assertEqual(run["servers_at_start"], expected, where)
