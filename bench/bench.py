@@ -58,7 +58,7 @@ from pgpool_tw.devdb import TempPostgres
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "out", "last-run.md")
-DEFAULT_DURATION = 12  # 30 runs of 12 s plus restarts, init and memory: under 10 minutes
+DEFAULT_DURATION = 11  # 42 runs of 11 s, their warm-ups, restarts, init and memory: < 10 min
 DEFAULT_WARMUP = 50  # transactions per client: S5's 25,000 take about 2 s
 RAMP_ROUND_S = 2  # a further warm-up round while a pooler's server count still grows
 WARM_UP_LIMIT_S = 30.0

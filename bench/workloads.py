@@ -172,6 +172,7 @@ def warm_up(
     if status is None:
         reason = f"hung: killed after {WARM_UP_TIMEOUT:g}s"
     result.error = f"warm-up ({' '.join(length)}) failed: {reason}"
+    result.tps = result.latency_ms = None  # an untimed run's figures are no result
     return result
 
 
