@@ -16,13 +16,13 @@ from setuptools import Extension, setup
 # which looks for ``twisted/plugins`` under each sys.path entry, finds the dropin.
 
 # The relay's hot path and warm logins in C (pgpool_tw/_speedups.c, _tracker.c,
-# _lane.c) for CPython on Linux; optional:
+# _lane.c, _warm.c) for CPython on Linux; optional:
 # without a compiler the pure-Python relay runs.  PyPy keeps the Python relay,
 # which its JIT compiles (its C-API emulation would make the extension slower).
 SPEEDUPS = [
     Extension(
         "pgpool_tw._speedups",
-        ["pgpool_tw/_speedups.c", "pgpool_tw/_tracker.c", "pgpool_tw/_lane.c"],
+        ["pgpool_tw/_speedups.c", "pgpool_tw/_tracker.c", "pgpool_tw/_lane.c", "pgpool_tw/_warm.c"],
         depends=["pgpool_tw/_speedups.h"],
         optional=True,
         # Only PyInit__speedups is exported: the files share plain C names.

@@ -26,11 +26,11 @@
  *   returns to Twisted only when there is something for it: an event it owns, a
  *   pump that ran Python code, a signal, or the timeout of its next timed call.
  *
- * - Lane (_lane.c): warm logins.  A client that connects once per transaction and sends a
- *   startup packet Python has logged in before is accepted, logged in on a
- *   pooled server Python lent, relayed, and its server reset and parked again,
- *   all in C; every other case goes back to Python (see _lane.c and
- *   pgpool_tw/warm.py).  _speedups.h holds what the three files share.
+ * - Lane (_lane.c, _warm.c): warm logins.  A client that connects once per transaction and
+ *   sends a startup packet Python has logged in before is accepted, logged in on a
+ *   pooled server Python lent (_lane.c), relayed, and its server reset and parked
+ *   again (_warm.c), all in C; every other case goes back to Python (see
+ *   pgpool_tw/warm.py).  _speedups.h holds what the four files share.
  *
  * Rules: no allocation per chunk on the common path; Python is called only for
  * a Terminate (the relay's on_terminate), a ParameterStatus (the params dict),

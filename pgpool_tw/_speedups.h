@@ -145,7 +145,7 @@ int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t 
 ssize_t recv_chunk(int fd);
 int forward_client(Relay *r, ssize_t n);
 
-/* -- warm logins (_lane.c) -- */
+/* -- warm logins (_lane.c: accept and login; _warm.c: the session) -- */
 
 enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 };
 
@@ -177,5 +177,7 @@ int lane_accept(Lane *lane, int listen_fd);
 int pending_event(Lane *lane, int fd, unsigned int ev);
 PyObject *relay_promote(Relay *self, PyObject *unused);
 PyObject *relay_drop(Relay *self, PyObject *arg);
+int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
+int warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n);
 
 #endif

@@ -3,7 +3,7 @@
 A client that connects once per transaction (``pgbench -C``, PHP, short
 scripts) costs a whole login.  On Twisted's path that is some 300 Python calls,
 about twice PgBouncer's CPU per connection (bench/RESULTS.md), so such clients
-got half its throughput.  The C loop's ``Lane`` (``_speedups.c``) does what
+got half its throughput.  The C loop's ``Lane`` (``_lane.c``, ``_warm.c``) does what
 PgBouncer does for the common case: accept, answer SSLRequest 'N', match the
 startup packet, hand out a pooled server connection with the login's last
 messages, relay, and on Terminate reset the server and park it again.

@@ -1,0 +1,252 @@
+/* pgpool_tw._speedups: the sessions of warm logins, from login to park (see _lane.c). */
+#include "_speedups.h"
+
+/*
+ * A warm relay is a pooled server connection Python lent to a Lane.  Once the
+ * lane logged a client in on it (_lane.c), its events come here: the session
+ * is relayed like any other; a clean Terminate sends the reset queries and
+ * parks the relay again once they all answered without an error; every other
+ * end goes back to Python through on_event, and a client that cannot take a
+ * send, or whose server has bytes queued in Twisted, is promoted to Python.
+ */
+
+/* Tell Python: on_event(kind, relay, data). */
+int
+lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data)
+{
+    ran_python = 1;
+    PyObject *res = PyObject_CallFunction(lane->on_event, "iOO", kind,
+                                          relay != NULL ? relay : Py_None,
+                                          data != NULL ? data : Py_None);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* The client's socket is closed; the session counts no more. */
+static int
+warm_client_closed(Relay *r)
+{
+    Lane *lane = r->lane;
+    int fd = r->fds[0];
+    r->fds[0] = -1;
+    if (fd >= 0) {
+        slot_clear(fd);
+        close(fd);
+    }
+    lane->active--;
+    return lane->wake ? lane_call(lane, EV_LEFT, NULL, NULL) : 0;
+}
+
+/* The server connection goes back to Python; the pool decides its fate. */
+static int
+warm_return(Relay *r, int kind, PyObject *data)
+{
+    slot_clear_server(r);
+    r->wstate = W_RETURNED;
+    return lane_call(r->lane, kind, (PyObject *)r, data);
+}
+
+static int
+warm_park(Relay *r)
+{
+    if (r->lane->closing)
+        return warm_return(r, EV_RESET, Py_True); /* a shutdown: the pool decides */
+    slot_clear_server(r); /* parked: Twisted watches the server again */
+    r->wstate = W_PARKED;
+    r->parked_at = monotonic_s();
+    return PyList_Append(r->stack, (PyObject *)r);
+}
+
+/* The client went away without a Terminate. */
+static int
+warm_gone(Relay *r)
+{
+    int rc = warm_client_closed(r);
+    if (warm_return(r, EV_ENDED, Py_False) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* Python carries the session on: it gets the client's socket and what it is owed. */
+static int
+warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
+{
+    Lane *lane = r->lane;
+    int fd = r->fds[0];
+    struct epoll_event unused = {0};
+    epoll_ctl(lane->epfd, EPOLL_CTL_DEL, fd, &unused);
+    slot_clear(fd);
+    slot_clear_server(r);
+    r->fds[0] = -1;
+    r->wstate = W_RETURNED;
+    lane->active--;
+    PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
+    if (data == NULL)
+        return -1;
+    int rc = lane_call(lane, EV_PROMOTE, (PyObject *)r, data);
+    Py_DECREF(data);
+    return rc;
+}
+
+/* Send to the warm client; what the kernel does not take promotes the session. */
+int
+warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n)
+{
+    ssize_t sent = send(r->fds[0], data, (size_t)n, MSG_NOSIGNAL);
+    if (sent == n)
+        return 0;
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return warm_gone(r);
+        sent = 0;
+    }
+    return warm_promote(r, data + sent, n - sent);
+}
+
+/* The client's Terminate: reset and park, or let the pool decide. */
+static int
+warm_ended(Relay *r)
+{
+    Tracker *t = r->tracker;
+    int reusable = tracker_in_sync_c(t) && t->status == IDLE && !t->changed &&
+                   r->uses_left != 0 && !r->lane->closing;
+    int rc = warm_client_closed(r);
+    if (!reusable) {
+        if (warm_return(r, EV_ENDED, Py_True) < 0)
+            rc = -1;
+        return rc;
+    }
+    if (r->reset_count == 0)
+        return warm_park(r) < 0 ? -1 : rc;
+    r->wstate = W_RESETTING;
+    r->awaiting = r->reset_count;
+    r->reset_ok = 1;
+    r->rlen = 0;
+    if (send_now(r->fds[1], r->transports[1], (const unsigned char *)PyBytes_AS_STRING(r->reset),
+                 PyBytes_GET_SIZE(r->reset)) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* The reset's answer: whole messages are read; the last ReadyForQuery decides. */
+static int
+warm_reset_reply(Relay *r, const unsigned char *data, Py_ssize_t n)
+{
+    Tracker *t = r->tracker;
+    if (buffer_append(&r->rbuf, &r->rlen, &r->rcap, data, n) < 0)
+        return -1;
+    Py_ssize_t pos = 0;
+    while (r->rlen - pos >= 5) {
+        const unsigned char *p = r->rbuf + pos;
+        int64_t length = length_at(p + 1);
+        if (length < 4 || length > RESET_REPLY_MAX) {
+            r->rlen = 0;
+            return warm_return(r, EV_RESET, Py_False);
+        }
+        if (pos + 1 + length > r->rlen)
+            break;
+        int kind = p[0];
+        if (kind == 'E' || kind == 'G' || kind == 'H' || kind == 'W') {
+            r->reset_ok = 0; /* a failed query, or COPY: the stream is not to be trusted */
+        } else if (kind == S_PARAMETER_STATUS) {
+            if (parameter_status(t, p + 5, (Py_ssize_t)length - 4) < 0)
+                return -1;
+        } else if (kind == S_READY) {
+            t->status = length > 4 ? p[5] : IDLE;
+            r->awaiting--;
+        }
+        pos += 1 + length;
+        if (r->awaiting == 0) {
+            int whole = pos == r->rlen; /* nothing may follow the last ReadyForQuery */
+            int clean = r->reset_ok && t->status == IDLE && whole;
+            r->rlen = 0;
+            if (clean && !t->changed)
+                return warm_park(r);
+            return warm_return(r, EV_RESET, clean ? Py_True : Py_False);
+        }
+    }
+    if (pos) {
+        memmove(r->rbuf, r->rbuf + pos, (size_t)(r->rlen - pos));
+        r->rlen -= pos;
+    }
+    if (r->rlen > RESET_REPLY_MAX) {
+        r->rlen = 0;
+        return warm_return(r, EV_RESET, Py_False);
+    }
+    return 0;
+}
+
+/* One event of a warm relay's socket.  -1 on a Python error. */
+int
+warm_event(Relay *r, int side, unsigned int ev)
+{
+    if (side == SIDE_CLIENT) {
+        if (r->wstate != W_ACTIVE)
+            return PUMPED;
+        if (!(ev & EPOLLIN))
+            return warm_gone(r) < 0 ? -1 : PUMPED;
+        int clear = clear_to_send(r, 1);
+        if (clear <= 0)
+            return clear < 0 || warm_promote(r, NULL, 0) < 0 ? -1 : PUMPED;
+        ssize_t n = recv_chunk(r->fds[0]);
+        if (n == AGAIN)
+            return PUMPED;
+        if (n <= 0)
+            return warm_gone(r) < 0 ? -1 : PUMPED;
+        int terminated = forward_client(r, n);
+        if (terminated > 0)
+            return warm_ended(r) < 0 ? -1 : PUMPED;
+        return terminated < 0 ? -1 : PUMPED;
+    }
+    if (ev != EPOLLIN)
+        return TO_TWISTED; /* the server's hang-up or error: its protocol reports it */
+    ssize_t n = recv_chunk(r->fds[1]);
+    if (n == AGAIN)
+        return PUMPED;
+    if (n < 0)
+        return TO_TWISTED_ERROR;
+    if (n == 0)
+        return TO_TWISTED;
+    if (r->wstate == W_RESETTING)
+        return warm_reset_reply(r, recv_buffer, n) < 0 ? -1 : PUMPED;
+    int rc = feed_server_raw(r->tracker, recv_buffer, n);
+    if (warm_send_client(r, recv_buffer, n) < 0 || rc < 0)
+        return -1;
+    return PUMPED;
+}
+
+PyObject *
+relay_promote(Relay *self, PyObject *unused)
+{
+    if (self->lane == NULL || self->wstate != W_ACTIVE) {
+        PyErr_SetString(PyExc_ValueError, "only an active warm relay can be promoted");
+        return NULL;
+    }
+    if (warm_promote(self, NULL, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyObject *
+relay_drop(Relay *self, PyObject *arg)
+{
+    if (self->lane == NULL) {
+        PyErr_SetString(PyExc_ValueError, "only a warm relay can be dropped");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int active = self->wstate == W_ACTIVE;
+    if (active && view.len > 0) /* last words, if the kernel takes them */
+        (void)send(self->fds[0], view.buf, (size_t)view.len, MSG_NOSIGNAL);
+    PyBuffer_Release(&view);
+    slot_clear_server(self);
+    self->wstate = W_RETURNED;
+    self->rlen = 0;
+    if (active && warm_client_closed(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
