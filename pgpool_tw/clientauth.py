@@ -17,7 +17,9 @@ from typing import Optional, Union
 
 from pgpool_tw.authfiles import AuthFiles
 from pgpool_tw.hba import NO_MATCH_SQLSTATE, match, no_match_message, reject_message
-from pgpool_tw.protocol.auth import BackendAuth, FrontendAuth, Secret
+from pgpool_tw.protocol.auth import FrontendAuth
+from pgpool_tw.protocol.backend_auth import BackendAuth
+from pgpool_tw.protocol.credentials import Secret
 from pgpool_tw.protocol.messages import error_response
 
 

@@ -27,7 +27,7 @@ from pgpool_tw.backend import BackendProtocol, connect_server, send_cancel
 from pgpool_tw.config import BackendNode
 from pgpool_tw.deadlines import Deadline
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.auth import BackendAuth, BackendAuthError
+from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.sql import quote_literal
 from pgpool_tw.protocol.startup import (

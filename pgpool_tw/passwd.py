@@ -33,7 +33,7 @@ import sys
 import tempfile
 from typing import Optional, TextIO
 
-from pgpool_tw.protocol.auth import (
+from pgpool_tw.protocol.credentials import (
     DEFAULT_ITERATIONS,
     SALT_LENGTH,
     Md5Secret,

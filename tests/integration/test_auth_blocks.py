@@ -27,7 +27,8 @@ from pgpool_tw.passwd import (
     scram_entry,
 )
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.auth import AuthResult, BackendAuth, BackendAuthError, FrontendAuth
+from pgpool_tw.protocol.auth import AuthResult, FrontendAuth
+from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.startup import (
     GSSENCRequest,
     SSLRequest,

@@ -1,4 +1,5 @@
-"""Tests for pgpool_tw.protocol.auth: frontend and backend password exchanges, no sockets."""
+"""Tests for pgpool_tw.protocol.auth, backend_auth and credentials: frontend and backend
+password exchanges, no sockets."""
 
 from __future__ import annotations
 
@@ -10,16 +11,9 @@ from typing import Callable, Optional
 import scramp
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.protocol.auth import (
-    AuthResult,
-    BackendAuth,
-    BackendAuthError,
-    FrontendAuth,
-    Md5Secret,
-    PlainSecret,
-    ScramSecret,
-    Secret,
-)
+from pgpool_tw.protocol.auth import AuthResult, FrontendAuth
+from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
+from pgpool_tw.protocol.credentials import Md5Secret, PlainSecret, ScramSecret, Secret
 from pgpool_tw.protocol.messages import INT32, MessageReader, auth_code, cstring, parse_fields
 
 SALT = b"pool-tw-salt-16b"
