@@ -64,7 +64,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "pgpool-tw-demo = pgpool_tw.devdb:demo_main",
+            "pgpool-tw-demo = pgpool_tw.demo:main",
             "pgpool-tw-passwd = pgpool_tw.passwd:main",
         ],
     },

@@ -2,7 +2,8 @@
 
 Owns: finding the PostgreSQL binaries, ``initdb`` into a private temp dir, starting the
 server on a free loopback port with a private unix socket dir, and tearing it all down
-again; plus the ``pgpool-tw-demo`` console script.
+again.  The ``pgpool-tw-demo`` console script that runs the pooler in front of one is
+``demo.py``.
 
 Must never: import Twisted (the benchmark and the test helpers use it outside a reactor),
 listen on anything but loopback, paste a name or a password into SQL (psql quotes them),
@@ -11,7 +12,6 @@ or signal any process but the postmaster it started itself.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import glob
 import os
@@ -22,10 +22,9 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Optional
 
 AUTH_METHODS = ("trust", "md5", "scram-sha-256", "password")
@@ -83,7 +82,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _quote_conf(value: str) -> str:
+def quote_conf(value: str) -> str:
     """Quote a value for postgresql.conf / pgpool.conf (any setting accepts quotes)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
@@ -314,7 +313,7 @@ class TempPostgres:
         path = os.path.join(self.data_dir, "pgpool_tw.conf")
         with open(path, "w", encoding="utf-8") as conf:
             for name, value in settings.items():
-                conf.write(f"{name} = {_quote_conf(value)}\n")
+                conf.write(f"{name} = {quote_conf(value)}\n")
         if self._server_user is not None:
             os.chown(path, self._server_user.pw_uid, self._server_user.pw_gid)
 
@@ -414,86 +413,3 @@ class TempPostgres:
             group=None if user is None else user.pw_gid,
             extra_groups=None if user is None else [],
         )
-
-
-# -- the pgpool-tw-demo console script ----------------------------------------------------
-
-# ``python -m twisted`` is ``twist``, which has no ``-n``; this is ``twistd`` itself.
-_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-
-def _twistd_argv(conf: str) -> list[str]:
-    return [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "pgpool", "-c", conf]
-
-
-def _run_forwarding_signals(argv: list[str]) -> int:
-    """Run argv as a child in its own session; pass SIGINT/SIGTERM on; return its status."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def forward(signum: int, frame: Optional[FrameType]) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    # Handlers go in before the fork: a child inherits an *ignored* SIGINT (as under `cmd &`)
-    # across exec, and then Twisted would not handle it; a handled one resets to default.
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        children.append(subprocess.Popen(argv, start_new_session=True))
-        returncode = children[0].wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def demo_conf(pg: TempPostgres, port: int, socket_dir: str) -> str:
-    """The pgpool.conf text for a pooler on ``port`` in front of ``pg``."""
-    lines = [
-        "# Written by pgpool-tw-demo",
-        f"backend_hostname0 = {_quote_conf(pg.host)}",
-        f"backend_port0 = {pg.port}",
-        f"port = {port}",
-        "listen_addresses = 'localhost'",
-        f"socket_dir = {_quote_conf(socket_dir)}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def demo_main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of ``pgpool-tw-demo``: a throwaway PostgreSQL with the pooler in front."""
-    parser = argparse.ArgumentParser(
-        prog="pgpool-tw-demo",
-        description="Start a throwaway PostgreSQL and run pgpool-tw in front of it "
-        "(or, with -c, just run the pooler with that config).",
-    )
-    parser.add_argument("-c", "--config", metavar="PATH", help="run twistd pgpool with PATH")
-    parser.add_argument("--port", type=int, default=9999, help="pooler port (default 9999)")
-    args = parser.parse_args(argv)
-    if args.config:
-        return _run_forwarding_signals(_twistd_argv(args.config))
-
-    conf_dir = tempfile.mkdtemp(prefix="pgpool-tw-demo-")
-    try:
-        print("starting a throwaway PostgreSQL ...", flush=True)
-        with TempPostgres(auth_method="trust") as pg:
-            pg.create_database("demo")
-            conf = os.path.join(conf_dir, "pgpool.conf")
-            with open(conf, "w", encoding="utf-8") as f:
-                f.write(demo_conf(pg, args.port, conf_dir))
-            print(
-                f"PostgreSQL {pg.bindir} listens on {pg.host}:{pg.port} (data in {pg.data_dir})\n"
-                f"pgpool-tw listens on localhost:{args.port} and in {conf_dir}; config {conf}\n"
-                "connect with:\n"
-                f"    psql -h 127.0.0.1 -p {args.port} -U postgres demo\n"
-                f"    psql -h {conf_dir} -p {args.port} -U postgres demo\n"
-                "stop with Ctrl-C",
-                flush=True,
-            )
-            return _run_forwarding_signals(_twistd_argv(conf))
-    finally:
-        shutil.rmtree(conf_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(demo_main())
