@@ -23,8 +23,9 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from pgpool_tw import accepted, clientauth
-from pgpool_tw.backend import BackendProtocol, connect_server, send_cancel
+from pgpool_tw.backend import BackendProtocol
 from pgpool_tw.config import BackendNode
+from pgpool_tw.connector import connect_server, send_cancel
 from pgpool_tw.deadlines import Deadline
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
