@@ -145,6 +145,13 @@ def _pgbench(
     return stdout, stderr, status
 
 
+def _failure(result: RunResult, stderr: str, status: Optional[int], timeout: float) -> str:
+    """Why a pgbench run failed: hung, or pgbench's first error line, or its last line."""
+    if status is None:
+        return f"hung: killed after {timeout:g}s"
+    return result.error or (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
+
+
 def _argv(workload: Workload, port: int, length: list[str]) -> list[str]:
     argv = [pg_bin("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n"]
     return argv + length + pgbench_args(workload) + ["bench"]
@@ -168,9 +175,7 @@ def warm_up(
     if result.ok:
         return None
     result.timed_out = status is None
-    reason = result.error or (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
-    if status is None:
-        reason = f"hung: killed after {WARM_UP_TIMEOUT:g}s"
+    reason = _failure(result, stderr, status, WARM_UP_TIMEOUT)
     result.error = f"warm-up ({' '.join(length)}) failed: {reason}"
     result.tps = result.latency_ms = None  # an untimed run's figures are no result
     return result
@@ -192,12 +197,10 @@ def run_pgbench(
     result = RunResult(workload.name, target, argv=argv)
     started = time.monotonic()
     stdout, stderr, status = _pgbench(argv, duration + TIMEOUT_MARGIN, on_start)
-    result.exit_status = status
-    if status is None:
-        result.timed_out = True
-        result.error = f"hung: killed after {duration + TIMEOUT_MARGIN:g}s"
     result.wall_s = time.monotonic() - started
+    result.exit_status = status
+    result.timed_out = status is None
     parse_output(result, stdout, stderr)
-    if result.exit_status not in (0, None) and not result.error:
-        result.error = (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
+    if status != 0:
+        result.error = _failure(result, stderr, status, duration + TIMEOUT_MARGIN)
     return result
