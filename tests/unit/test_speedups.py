@@ -14,7 +14,7 @@ import platform
 import select
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -192,13 +192,14 @@ class PollTests(SynchronousTestCase):
         self.ct, self.st = FakeTransport(), FakeTransport()
         self.writes: set[int] = set()
         self.terminated: list[bool] = []
+        self.on_terminate: Callable[[], None] = lambda: self.terminated.append(True)
         self.relay = speedups.Relay(
             self.tracker,
             self.ct,
             self.st,
             self.c.fileno(),
             self.s.fileno(),
-            lambda: self.terminated.append(True),
+            lambda: self.on_terminate(),
             self.writes,
         )
         speedups.register(self.c.fileno(), self.relay, 0)
@@ -235,6 +236,27 @@ class PollTests(SynchronousTestCase):
         self.assertEqual(self.poll(), [])
         self.assertEqual(self.server.recv(100), messages.query("select 1"))
         self.assertEqual(self.terminated, [True])
+
+    def test_clients_bytes_forwarded_before_servers_answers(self) -> None:
+        """In one batch the client's bytes go first, though the server's were ready first.
+
+        epoll lists ready sockets in the order they became ready, so the server's answer
+        heads the batch; poll() still forwards the client's bytes (here a Terminate, whose
+        on_terminate shows the moment) before it sends any answer on.
+        """
+        answer_seen_at_terminate: list[bytes] = []
+
+        def on_terminate() -> None:
+            with contextlib.suppress(BlockingIOError):
+                answer_seen_at_terminate.append(self.client.recv(100))
+            self.terminated.append(True)
+
+        self.on_terminate = on_terminate
+        self.server.send(base.ready(messages.IDLE))
+        self.client.send(messages.terminate())
+        self.assertEqual(self.poll(), [])
+        self.assertEqual((answer_seen_at_terminate, self.terminated), ([], [True]))
+        self.assertEqual(self.client.recv(100), base.ready(messages.IDLE))
 
     def test_end_of_file_left_to_twisted(self) -> None:
         """A client's end of file is Twisted's to notice: its read event comes back."""
