@@ -525,8 +525,9 @@ dispatch(int fd, unsigned int ev, PyObject **culprit)
  * so the answers to many clients leave together.  A client program that
  * multiplexes connections (pgbench's threads, an application's pool) then wakes
  * once for several answers instead of once each: in S5 pgbench's CPU per
- * transaction fell from 7.9-9.7 to 5.9-6.7 us (bench/RESULTS.md).  epoll's order within a batch means
- * nothing, so this changes no outcome, only when the bytes move.
+ * transaction fell from 7.9-9.7 to 5.9-6.7 us (bench/RESULTS.md).  epoll's
+ * order within a batch means nothing, so this changes no outcome, only when
+ * the bytes move.
  */
 #define DONE (-1) /* an event a pass already handled */
 
