@@ -52,13 +52,13 @@ from targets import (
     find_binary,
     missing_binaries,
 )
-from workloads import WORKLOADS, RunResult, Workload, run_pgbench, warm_up
+from workloads import WORKLOADS, RunResult, Workload, combine, run_pgbench, warm_up
 
 from pgpool_tw.devdb import TempPostgres
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "out", "last-run.md")
-DEFAULT_DURATION = 11  # 42 runs of 11 s, their warm-ups, restarts, init and memory: < 10 min
+DEFAULT_DURATION = 8  # 54 runs of 8 s, their warm-ups, restarts, init and memory: < 10 min
 DEFAULT_WARMUP = 50  # transactions per client: S5's 25,000 take about 2 s
 RAMP_ROUND_S = 2  # a further warm-up round while a pooler's server count still grows
 WARM_UP_LIMIT_S = 30.0
@@ -101,9 +101,10 @@ def run_order(targets: list[str], index: int) -> list[str]:
     """The targets of the index-th workload, in the order they run.
 
     Each workload starts one target further along, so no target always runs first.
-    pgpool-tw runs right next to pgbouncer-session, before it and after it by turns:
-    this VM's speed drifts by tens of percent within minutes, and the ratio the
-    issue's targets are read from should compare two runs seconds apart.
+    pgpool-tw and pgbouncer-session, the pair the issue's targets compare, run twice
+    each, back to back in ABBA order (BAAB in the next workload): this VM's speed
+    drifts by tens of percent within minutes, a steady drift cancels out of ABBA,
+    and each of the two is first and last by turns.
     """
     paired = "pgpool-tw" in targets and "pgbouncer-session" in targets
     others = [t for t in targets if t != "pgpool-tw"] if paired else list(targets)
@@ -111,7 +112,8 @@ def run_order(targets: list[str], index: int) -> list[str]:
     order = others[shift:] + others[:shift]
     if paired:
         at = order.index("pgbouncer-session")
-        order.insert(at + 1 if index % 2 == 0 else at, "pgpool-tw")
+        a, b = ("pgbouncer-session", "pgpool-tw")[:: 1 if index % 2 == 0 else -1]
+        order[at : at + 1] = [a, b, b, a]
     return order
 
 
@@ -210,12 +212,17 @@ class Bench:
             log(f"checking that {target} starts")
             self._stop(self._start(launcher, target))
 
-        total = len(self.workloads) * len(self.targets)
-        for index, name in enumerate(self.workloads):
-            for target in run_order(self.targets, index):
+        orders = [run_order(self.targets, index) for index in range(len(self.workloads))]
+        total = sum(len(order) for order in orders)
+        done = 0
+        for name, order in zip(self.workloads, orders):
+            runs: dict[str, list[RunResult]] = {}
+            for target in order:
                 result = self._one_run(launcher, WORKLOADS[name], target)
-                self.runs.append(result)
-                self._progress(result, len(self.runs), total)
+                runs.setdefault(target, []).append(result)
+                done += 1
+                self._progress(result, done, total)
+            self.runs += [combine(runs[target]) for target in self.targets]
 
         if not self.args.no_memory:
             self._memory(launcher, limit)
@@ -413,7 +420,10 @@ class Bench:
                 "a fresh target process per run; TPS as pgbench reports it (without initial "
                 "connection time, except -C); CPU = run time of the target's process tree "
                 "(PostgreSQL's for direct: every thread's schedstat, plus reaped children's "
-                "cutime+cstime) over the run / transactions processed"
+                "cutime+cstime) over the run / transactions processed; pgbouncer-session "
+                "and pgpool-tw run twice per workload, back to back in ABBA order, and "
+                "their row is the mean TPS and latency of the two runs, with transactions, "
+                "failures and CPU summed"
             ),
             "wall_time_s": round(time.monotonic() - self.started, 1),
         }

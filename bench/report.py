@@ -85,8 +85,8 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
     by_target = {run.target: run for run in runs if run.workload == name}
     refs = {ref: by_target.get(ref) for ref in REFERENCES}
     workload = WORKLOADS[name]
-    header = ["target", "status", "TPS", "÷ pgbouncer-session", "÷ direct", "latency ms"]
-    header += ["failed tx", "exit", "transactions", "CPU µs/tx", "servers at start"]
+    header = ["target", "status", "TPS", "TPS of each run", "÷ pgbouncer-session", "÷ direct"]
+    header += ["latency ms", "failed tx", "exit", "transactions", "CPU µs/tx", "servers at start"]
     rows = []
     notes = []
     for target in targets:
@@ -99,6 +99,7 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
                 target,
                 _status(run),
                 _num(run.tps),
+                " / ".join(_num(sample.tps) for sample in run.samples) or "-",
                 _ratio(run, refs["pgbouncer-session"]),
                 _ratio(run, refs["direct"]),
                 _num(run.latency_ms, 3),
@@ -202,6 +203,7 @@ def as_json(meta: dict[str, Any], runs: list[RunResult], memory: list[MemoryResu
             "servers_at_start": run.servers,
             "wall_s": round(run.wall_s, 3),
             "argv": run.argv,
+            "samples": [run_dict(sample) for sample in run.samples],
         }
 
     def memory_dict(result: MemoryResult) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The six pgbench workloads, one pgbench run, and what its output says.
 
 Owns: the pgbench arguments of S1..S6, the warm-up before a timed run, running pgbench
-with a hard wall-clock timeout, and parsing its summary (TPS, average latency, failed and
-processed transactions).
+with a hard wall-clock timeout, parsing its summary (TPS, average latency, failed and
+processed transactions), and combining one target's runs of a workload into one result.
 
 Must never: raise on a pgbench failure (a failed run is a result), or judge speed.
 """
@@ -13,9 +13,11 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from procs import client_env, pg_bin
+
+_N = TypeVar("_N", int, float)
 
 TIMEOUT_MARGIN = 60.0  # seconds past --duration before a pgbench run counts as hung
 WARM_UP_TIMEOUT = 120.0  # seconds before a warm-up counts as hung
@@ -67,6 +69,7 @@ class RunResult:
     servers: Optional[int] = None  # server connections a pooler held when timing began
     wall_s: float = 0.0
     argv: list[str] = field(default_factory=list)
+    samples: list[RunResult] = field(default_factory=list)  # the runs ``combine`` merged
 
     @property
     def ok(self) -> bool:
@@ -82,6 +85,44 @@ class RunResult:
         if self.cpu_us is None or not self.processed:
             return None
         return self.cpu_us / self.processed
+
+
+def _all(values: list[Optional[_N]]) -> Optional[list[_N]]:
+    """Every value, or None when one is missing."""
+    present = [v for v in values if v is not None]
+    return present if len(present) == len(values) else None
+
+
+def combine(runs: list[RunResult]) -> RunResult:
+    """One target's runs of one workload as one result, the runs kept as ``samples``.
+
+    The runs are equally long, so the mean of their TPS is their transactions over
+    their time.  A figure one run lacks is lacking in the whole, and one failed,
+    hung or killed run makes the whole fail.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    merged = RunResult(first.workload, first.target, argv=first.argv, samples=list(runs))
+    tps = _all([run.tps for run in runs])
+    latency = _all([run.latency_ms for run in runs])
+    failed = _all([run.failed for run in runs])
+    processed = _all([run.processed for run in runs])
+    cpu = _all([run.cpu_us for run in runs])
+    merged.tps = None if tps is None else sum(tps) / len(tps)
+    merged.latency_ms = None if latency is None else sum(latency) / len(latency)
+    merged.failed = None if failed is None else sum(failed)
+    merged.processed = None if processed is None else sum(processed)
+    merged.cpu_us = None if cpu is None else sum(cpu)
+    merged.cpu_of = first.cpu_of
+    statuses = [run.exit_status for run in runs]
+    merged.exit_status = None if None in statuses else next((s for s in statuses if s), 0)
+    merged.timed_out = any(run.timed_out for run in runs)
+    merged.error = "; ".join(dict.fromkeys(run.error for run in runs if run.error))
+    servers = [run.servers for run in runs if run.servers is not None]
+    merged.servers = min(servers) if servers else None
+    merged.wall_s = sum(run.wall_s for run in runs)
+    return merged
 
 
 _TPS = re.compile(r"^tps = (\d+(?:\.\d+)?)", re.MULTILINE)

@@ -1,4 +1,5 @@
-"""Tests for the order in which ``bench/bench.py`` runs its targets within a workload."""
+"""Tests for the order in which ``bench/bench.py`` runs its targets within a workload, and
+for how ``bench/workloads.py`` combines a target's two runs into one result."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bench")
 
 
-def _bench() -> Any:
+def _bench(module: str = "bench") -> Any:
     """bench.py imports its siblings by their bare names, as a script does."""
     if BENCH_DIR not in sys.path:
         sys.path.insert(0, BENCH_DIR)
-    return importlib.import_module("bench")
+    return importlib.import_module(module)
+
+
+PAIR = ("pgbouncer-session", "pgpool-tw")
 
 
 class RunOrderTests(SynchronousTestCase):
@@ -25,18 +29,21 @@ class RunOrderTests(SynchronousTestCase):
         self.run_order = bench.run_order
         self.targets = list(bench.TARGETS)
 
-    def test_every_target_runs_once_per_workload(self) -> None:
+    def test_the_pair_runs_twice_and_every_other_target_once(self) -> None:
         for index in range(12):
-            self.assertEqual(sorted(self.run_order(self.targets, index)), sorted(self.targets))
-
-    def test_pgpool_tw_runs_next_to_pgbouncer_session_on_alternate_sides(self) -> None:
-        sides = []
-        for index in range(6):
             order = self.run_order(self.targets, index)
-            gap = order.index("pgpool-tw") - order.index("pgbouncer-session")
-            self.assertIn(gap, (1, -1), order)
-            sides.append(gap)
-        self.assertEqual(sides, [1, -1, 1, -1, 1, -1])
+            expected = self.targets + list(PAIR)
+            self.assertEqual(sorted(order), sorted(expected), order)
+
+    def test_the_pair_runs_back_to_back_in_abba_then_baab_order(self) -> None:
+        blocks = []
+        for index in range(4):
+            order = self.run_order(self.targets, index)
+            at = min(order.index(name) for name in PAIR)
+            block = order[at : at + 4]
+            self.assertEqual(block, block[::-1], order)  # A B B A
+            blocks.append(block[0])
+        self.assertEqual(blocks, ["pgbouncer-session", "pgpool-tw"] * 2)
 
     def test_the_first_target_moves_from_workload_to_workload(self) -> None:
         firsts = [self.run_order(self.targets, index)[0] for index in range(len(self.targets) - 1)]
@@ -45,3 +52,50 @@ class RunOrderTests(SynchronousTestCase):
     def test_without_the_pair_the_order_is_a_plain_rotation(self) -> None:
         self.assertEqual(self.run_order(["direct", "pgpool-tw"], 1), ["pgpool-tw", "direct"])
         self.assertEqual(self.run_order([], 0), [])
+
+
+class CombineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        workloads = _bench("workloads")
+        self.combine = workloads.combine
+        self.RunResult = workloads.RunResult
+
+    def _result(self, tps: float, processed: int, **more: Any) -> Any:
+        fields = {"exit_status": 0, "failed": 0, "latency_ms": 16 / tps * 1000}
+        fields.update(more)
+        return self.RunResult("S1", "pgpool-tw", tps=tps, processed=processed, **fields)
+
+    def test_one_run_is_its_own_result(self) -> None:
+        run = self._result(40000.0, 320000)
+        self.assertIs(self.combine([run]), run)
+
+    def test_two_runs_give_mean_rates_and_summed_counts(self) -> None:
+        first = self._result(40000.0, 320000, cpu_us=2_600_000.0, servers=16, wall_s=8.0)
+        second = self._result(42000.0, 336000, cpu_us=2_700_000.0, servers=15, wall_s=8.1)
+        merged = self.combine([first, second])
+        self.assertEqual(merged.tps, 41000.0)
+        self.assertAlmostEqual(merged.latency_ms, (0.4 + 16 / 42) / 2)
+        self.assertEqual(merged.processed, 656000)
+        self.assertEqual(merged.failed, 0)
+        self.assertEqual(merged.cpu_us_per_tx, 5_300_000.0 / 656000)
+        self.assertEqual(merged.servers, 15)
+        self.assertAlmostEqual(merged.wall_s, 16.1)
+        self.assertEqual(merged.samples, [first, second])
+        self.assertTrue(merged.ok)
+
+    def test_one_failed_run_fails_the_whole(self) -> None:
+        good = self._result(40000.0, 320000)
+        bad = self._result(41000.0, 328000, failed=3, exit_status=2, error="pgbench: error: boom")
+        merged = self.combine([good, bad])
+        self.assertFalse(merged.ok)
+        self.assertEqual((merged.failed, merged.exit_status), (3, 2))
+        self.assertEqual(merged.error, "pgbench: error: boom")
+
+    def test_a_figure_one_run_lacks_is_lacking_in_the_whole(self) -> None:
+        killed = self.RunResult("S1", "pgpool-tw", exit_status=None, timed_out=True, error="hung")
+        merged = self.combine([self._result(40000.0, 320000), killed])
+        self.assertIsNone(merged.tps)
+        self.assertIsNone(merged.processed)
+        self.assertIsNone(merged.exit_status)
+        self.assertTrue(merged.timed_out)
+        self.assertFalse(merged.ok)
