@@ -1,8 +1,7 @@
 """pgbench side by side: PostgreSQL, PgBouncer (session, transaction), pgpool-II, pgpool-tw.
 
-Usage: ``bench/run [--targets a,b] [--workloads S1,S2] [--duration S] [--scale N]
-[--no-memory] [--json] [--out PATH]`` (``bench/run`` installs what is missing, then
-runs this with the project's venv).
+Usage: ``bench/run [options]``, the options in ``options.py`` (``bench/run`` installs
+what is missing, then runs this with the project's venv).
 
 How a run goes:
 
@@ -10,7 +9,9 @@ How a run goes:
    shared_buffers=256MB) and ``pgbench -i -s SCALE`` straight against it.
 2. Every chosen target is started once and must answer ``psql -c 'select 1'`` (a target
    that does not start stops the run with its log tail, before any workload runs).
-3. For each workload, each target in turn, the target order rotated by one per workload.
+3. For each workload, each target in turn, the target order rotated by one per workload;
+   pgpool-tw and pgbouncer-session run twice each, back to back in ABBA order, and their
+   two runs are combined into one result (``run_order``, ``workloads.combine``).
    Each run gets a *fresh* target process: PostgreSQL's 700 connections cannot hold the
    idle server pools of several poolers after 500-client runs, and a fresh process makes
    every run start from the same state.  Before each run PostgreSQL's client backends
@@ -40,15 +41,14 @@ from types import FrameType
 from typing import Optional
 
 from memory import MemoryResult, measure_idle_clients, nofile_needed, raise_nofile
+from options import parse_args
 from procs import StartError, pg_bin, tree_cpu_ns
 from report import as_json, markdown, program_version, python_versions
 from targets import (
     MAX_CLIENT_CONN,
     SPARE_SLOTS,
-    TARGETS,
     Launcher,
     Running,
-    default_targets,
     find_binary,
     missing_binaries,
 )
@@ -56,10 +56,6 @@ from workloads import WORKLOADS, RunResult, Workload, combine, run_pgbench, warm
 
 from pgpool_tw.devdb import TempPostgres
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "out", "last-run.md")
-DEFAULT_DURATION = 8  # 54 runs of 8 s, their warm-ups, restarts, init and memory: < 10 min
-DEFAULT_WARMUP = 50  # transactions per client: S5's 25,000 take about 2 s
 RAMP_ROUND_S = 2  # a further warm-up round while a pooler's server count still grows
 WARM_UP_LIMIT_S = 30.0
 DRAIN_TIMEOUT = 30.0
@@ -77,24 +73,6 @@ class Interrupted(BaseException):
 
 def log(text: str) -> None:
     print(f"==> {text}", file=sys.stderr, flush=True)
-
-
-def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [c for c in chosen if c not in allowed]
-    if unknown or not chosen:
-        raise argparse.ArgumentTypeError(
-            f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from "
-            + ",".join(allowed)
-        )
-    return [name for name in allowed if name in chosen]  # canonical order, no duplicates
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def run_order(targets: list[str], index: int) -> list[str]:
@@ -115,58 +93,6 @@ def run_order(targets: list[str], index: int) -> list[str]:
         a, b = ("pgbouncer-session", "pgpool-tw")[:: 1 if index % 2 == 0 else -1]
         order[at : at + 1] = [a, b, b, a]
     return order
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
-
-
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--targets",
-        type=lambda t: _choices(t, TARGETS, "target"),
-        default=default_targets(),
-        help="comma-separated subset of "
-        + ",".join(TARGETS)
-        + " (default: all; pgpool-tw-pypy when bench/run could set up PyPy)",
-    )
-    parser.add_argument(
-        "--workloads",
-        type=lambda t: _choices(t, tuple(WORKLOADS), "workload"),
-        default=list(WORKLOADS),
-        help="comma-separated subset of " + ",".join(WORKLOADS) + " (default: all)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=_positive,
-        default=DEFAULT_DURATION,
-        help=f"seconds per pgbench run (default {DEFAULT_DURATION})",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=_non_negative,
-        default=DEFAULT_WARMUP,
-        help="transactions per client run untimed before each timed run, on a target just "
-        "started, then more rounds while the target's server count grows "
-        f"(default {DEFAULT_WARMUP}; 0 times a cold start)",
-    )
-    parser.add_argument("--scale", type=_positive, default=10, help="pgbench -i -s (default 10)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the idle-client part")
-    parser.add_argument(
-        "--idle-clients",
-        type=_positive,
-        default=10000,
-        help="idle connections for the memory part (default 10000)",
-    )
-    parser.add_argument("--json", action="store_true", help="also write results as JSON")
-    parser.add_argument(
-        "--out", default=DEFAULT_OUT, help="Markdown report path (default bench/out/last-run.md)"
-    )
-    return parser.parse_args(argv)
 
 
 class Bench:

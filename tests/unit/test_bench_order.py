@@ -27,7 +27,7 @@ class RunOrderTests(SynchronousTestCase):
     def setUp(self) -> None:
         bench = _bench()
         self.run_order = bench.run_order
-        self.targets = list(bench.TARGETS)
+        self.targets = list(_bench("targets").TARGETS)
 
     def test_the_pair_runs_twice_and_every_other_target_once(self) -> None:
         for index in range(12):
