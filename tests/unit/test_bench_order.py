@@ -30,12 +30,14 @@ class RunOrderTests(SynchronousTestCase):
         self.targets = list(_bench("targets").TARGETS)
 
     def test_the_pair_runs_twice_and_every_other_target_once(self) -> None:
+        """The pair runs twice per workload, every other target once."""
         for index in range(12):
             order = self.run_order(self.targets, index)
             expected = self.targets + list(PAIR)
             self.assertEqual(sorted(order), sorted(expected), order)
 
     def test_the_pair_runs_back_to_back_in_abba_then_baab_order(self) -> None:
+        """The pair runs back to back, ABBA with PgBouncer outside, then BAAB, by turns."""
         blocks = []
         for index in range(4):
             order = self.run_order(self.targets, index)
@@ -46,10 +48,12 @@ class RunOrderTests(SynchronousTestCase):
         self.assertEqual(blocks, ["pgbouncer-session", "pgpool-tw"] * 2)
 
     def test_the_first_target_moves_from_workload_to_workload(self) -> None:
+        """No target runs first in two workloads until each has had its turn."""
         firsts = [self.run_order(self.targets, index)[0] for index in range(len(self.targets) - 1)]
         self.assertEqual(len(set(firsts)), len(firsts), firsts)
 
     def test_without_the_pair_the_order_is_a_plain_rotation(self) -> None:
+        """Without both of the pair, the targets rotate and none runs twice."""
         self.assertEqual(self.run_order(["direct", "pgpool-tw"], 1), ["pgpool-tw", "direct"])
         self.assertEqual(self.run_order([], 0), [])
 
@@ -66,10 +70,12 @@ class CombineTests(SynchronousTestCase):
         return self.RunResult("S1", "pgpool-tw", tps=tps, processed=processed, **fields)
 
     def test_one_run_is_its_own_result(self) -> None:
+        """A target that ran once keeps its run as its result."""
         run = self._result(40000.0, 320000)
         self.assertIs(self.combine([run]), run)
 
     def test_two_runs_give_mean_rates_and_summed_counts(self) -> None:
+        """Two runs give the mean TPS and latency, counts and CPU summed, the runs kept."""
         first = self._result(40000.0, 320000, cpu_us=2_600_000.0, servers=16, wall_s=8.0)
         second = self._result(42000.0, 336000, cpu_us=2_700_000.0, servers=15, wall_s=8.1)
         merged = self.combine([first, second])
@@ -84,6 +90,7 @@ class CombineTests(SynchronousTestCase):
         self.assertTrue(merged.ok)
 
     def test_one_failed_run_fails_the_whole(self) -> None:
+        """A failed run makes the combined result fail, with its error and counts."""
         good = self._result(40000.0, 320000)
         bad = self._result(41000.0, 328000, failed=3, exit_status=2, error="pgbench: error: boom")
         merged = self.combine([good, bad])
@@ -92,6 +99,7 @@ class CombineTests(SynchronousTestCase):
         self.assertEqual(merged.error, "pgbench: error: boom")
 
     def test_a_figure_one_run_lacks_is_lacking_in_the_whole(self) -> None:
+        """A run killed before its summary leaves the combined figures empty."""
         killed = self.RunResult("S1", "pgpool-tw", exit_status=None, timed_out=True, error="hung")
         merged = self.combine([self._result(40000.0, 320000), killed])
         self.assertIsNone(merged.tps)
