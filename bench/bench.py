@@ -90,8 +90,10 @@ def run_order(targets: list[str], index: int) -> list[str]:
     order = others[shift:] + others[:shift]
     if paired:
         at = order.index("pgbouncer-session")
-        a, b = ("pgbouncer-session", "pgpool-tw")[:: 1 if index % 2 == 0 else -1]
-        order[at : at + 1] = [a, b, b, a]
+        outer, inner = "pgbouncer-session", "pgpool-tw"
+        if index % 2:
+            outer, inner = inner, outer
+        order[at : at + 1] = [outer, inner, inner, outer]
     return order
 
 
