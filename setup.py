@@ -15,15 +15,18 @@ from setuptools import Extension, setup
 # sys.path (a static .pth) instead of an import hook, so Twisted's plugin scan,
 # which looks for ``twisted/plugins`` under each sys.path entry, finds the dropin.
 
-# The relay's hot path and warm logins in C (pgpool_tw/_speedups.c, _tracker.c,
+# The relay's hot path and warm logins in C (pgpool_tw/engine/_speedups.c, _tracker.c,
 # _lane.c, _warm.c) for CPython on Linux; optional:
 # without a compiler the pure-Python relay runs.  PyPy keeps the Python relay,
 # which its JIT compiles (its C-API emulation would make the extension slower).
+#: The runtime package's sub-packages, one room each (docs/ARCHITECTURE.md).
+ROOMS = ("protocol", "config", "session", "pool", "engine", "net", "stats")
+
 SPEEDUPS = [
     Extension(
-        "pgpool_tw._speedups",
-        ["pgpool_tw/_speedups.c", "pgpool_tw/_tracker.c", "pgpool_tw/_lane.c", "pgpool_tw/_warm.c"],
-        depends=["pgpool_tw/_speedups.h"],
+        "pgpool_tw.engine._speedups",
+        [f"pgpool_tw/engine/{name}.c" for name in ("_speedups", "_tracker", "_lane", "_warm")],
+        depends=["pgpool_tw/engine/_speedups.h"],
         optional=True,
         # Only PyInit__speedups is exported: the files share plain C names.
         extra_compile_args=["-O2", "-fvisibility=hidden"],
@@ -41,9 +44,16 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     package_dir={"": "."},
-    packages=["pgpool_tw", "pgpool_tw.protocol", "twisted.plugins"],
+    # pgpool_tw_dev (the throwaway PostgreSQL and the demo) ships for scripts/run's
+    # pgpool-tw-demo; the pooler itself never imports it.
+    packages=[
+        "pgpool_tw",
+        *(f"pgpool_tw.{room}" for room in ROOMS),
+        "pgpool_tw_dev",
+        "twisted.plugins",
+    ],
     # The extension's shared header goes into an sdist with its sources.
-    package_data={"twisted": ["plugins/pgpool_plugin.py"], "pgpool_tw": ["_speedups.h"]},
+    package_data={"twisted": ["plugins/pgpool_plugin.py"], "pgpool_tw.engine": ["_speedups.h"]},
     ext_modules=SPEEDUPS,
     install_requires=[
         "twisted[tls]>=22.10",
@@ -64,8 +74,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "pgpool-tw-demo = pgpool_tw.demo:main",
-            "pgpool-tw-passwd = pgpool_tw.passwd:main",
+            "pgpool-tw-demo = pgpool_tw_dev.demo:main",
+            "pgpool-tw-passwd = pgpool_tw.config.passwd:main",
         ],
     },
     classifiers=[

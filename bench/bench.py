@@ -5,7 +5,7 @@ what is missing, then runs this with the project's venv).
 
 How a run goes:
 
-1. A throwaway PostgreSQL (``pgpool_tw.devdb.TempPostgres``, trust, max_connections=700,
+1. A throwaway PostgreSQL (``pgpool_tw_dev.devdb.TempPostgres``, trust, max_connections=700,
    shared_buffers=256MB) and ``pgbench -i -s SCALE`` straight against it.
 2. Every chosen target is started once and must answer ``psql -c 'select 1'`` (a target
    that does not start stops the run with its log tail, before any workload runs).
@@ -54,7 +54,7 @@ from targets import (
 )
 from workloads import WORKLOADS, RunResult, Workload, combine, run_pgbench, warm_up
 
-from pgpool_tw.devdb import TempPostgres
+from pgpool_tw_dev.devdb import TempPostgres
 
 RAMP_ROUND_S = 2  # a further warm-up round while a pooler's server count still grows
 WARM_UP_LIMIT_S = 30.0

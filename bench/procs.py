@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Optional
 
-from pgpool_tw.devdb import find_pg_bindir
+from pgpool_tw_dev.devdb import find_pg_bindir
 
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 _HAVE_SCHEDSTAT = os.path.exists("/proc/self/schedstat")

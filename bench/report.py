@@ -35,9 +35,13 @@ def python_versions() -> dict[str, str]:
         twisted = metadata.version("Twisted")
     except metadata.PackageNotFoundError:
         twisted = "not installed"
-    from pgpool_tw.speedups import speedups
+    from pgpool_tw.engine.speedups import speedups
 
-    relay = "C (pgpool_tw._speedups)" if speedups is not None else "pure Python (C part not built)"
+    relay = (
+        "C (pgpool_tw.engine._speedups)"
+        if speedups is not None
+        else "pure Python (C part not built)"
+    )
     return {"Python": platform.python_version(), "Twisted": twisted, "pgpool-tw relay": relay}
 
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from procs import Server, StartError, descendants, give_to, select_one, server_user
 
-from pgpool_tw.devdb import TempPostgres, free_port
+from pgpool_tw_dev.devdb import TempPostgres, free_port
 
 TARGETS = (
     "direct",
@@ -35,7 +35,7 @@ TARGETS = (
     "pgpool-tw-pure",
     "pgpool-tw-pypy",
 )
-#: pgpool-tw on CPython with its C relay turned off (pgpool_tw/speedups.py): the lever's gain.
+#: pgpool-tw on CPython with its C relay turned off (pgpool_tw/engine/speedups.py).
 PURE_PYTHON_ENV = {"PGPOOL_TW_PURE_PYTHON": "1"}
 #: pgpool-tw on PyPy: the venv bench/run makes when Debian's pypy3 is installable.
 PYPY_TWISTD = os.path.join(

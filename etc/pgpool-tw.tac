@@ -28,7 +28,7 @@ from twisted.application.service import Application
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pgpool_tw.events import IPoolEvents, ServerInfo, SessionInfo
+from pgpool_tw.stats.events import IPoolEvents, ServerInfo, SessionInfo
 from pgpool_tw.service import PgpoolService
 
 CONF = os.environ.get("PGPOOL_CONF", "/etc/pgpool2/pgpool.conf")

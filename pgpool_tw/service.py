@@ -29,14 +29,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pgpool_tw import systemd
-from pgpool_tw.authfiles import AuthFilesError, load_auth_files
-from pgpool_tw.config import RESTART_REQUIRED, Config, ConfigError, load_config
-from pgpool_tw.events import EventHub
-from pgpool_tw.frontend import FrontendFactory
-from pgpool_tw.pool import Pool
-from pgpool_tw.tls import TLSConfigError, load_tls
-from pgpool_tw.transport import tune_listener
-from pgpool_tw.warm import WarmLane
+from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
+from pgpool_tw.config.settings import RESTART_REQUIRED, Config, ConfigError, load_config
+from pgpool_tw.config.tls import TLSConfigError, load_tls
+from pgpool_tw.engine.warm import WarmLane
+from pgpool_tw.net.transport import tune_listener
+from pgpool_tw.pool.pool import Pool
+from pgpool_tw.session.frontend import FrontendFactory
+from pgpool_tw.stats.events import EventHub
 
 log = Logger()
 
@@ -80,7 +80,7 @@ class PgpoolService(MultiService):
 
     Build it from a parsed ``Config`` (or with ``from_file``) and add it to an
     application like any Twisted service.  ``add_observer`` lets code watch
-    sessions and server connections (see ``pgpool_tw.events.IPoolEvents``).
+    sessions and server connections (see ``pgpool_tw.stats.events.IPoolEvents``).
     """
 
     def __init__(

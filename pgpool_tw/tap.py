@@ -10,11 +10,11 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pgpool_tw import fastpoll
-from pgpool_tw.authfiles import AuthFilesError, load_auth_files
-from pgpool_tw.config import ConfigError, load_config
+from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
+from pgpool_tw.config.settings import ConfigError, load_config
+from pgpool_tw.config.tls import TLSConfigError, load_tls
+from pgpool_tw.engine import fastpoll
 from pgpool_tw.service import ListenError, PgpoolService
-from pgpool_tw.tls import TLSConfigError, load_tls
 
 log = Logger()
 

@@ -50,7 +50,7 @@ ensure_postgres() {
     export PATH="$bindir:$PATH"
 }
 
-# ensure_compiler: gcc and Python.h, so that pip builds pgpool_tw/_speedups.c (CPython only;
+# ensure_compiler: gcc and Python.h, so that pip builds pgpool_tw/engine/_speedups.c (CPython only;
 # without them the build is skipped and the pure-Python relay runs).
 ensure_compiler() {
     local has_headers

@@ -12,7 +12,7 @@ import uuid
 
 from twisted.trial.unittest import SkipTest
 
-from pgpool_tw.devdb import TempPostgres, find_pg_bindir
+from pgpool_tw_dev.devdb import TempPostgres, find_pg_bindir
 
 _lock = threading.Lock()
 _clusters: dict[str, TempPostgres] = {}

@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.devdb import TempPostgres, find_pg_bindir, free_port
+from pgpool_tw_dev.devdb import TempPostgres, find_pg_bindir, free_port
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

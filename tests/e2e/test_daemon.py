@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import psycopg
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.devdb import free_port
+from pgpool_tw_dev.devdb import free_port
 from tests.e2e.pooler import (
     START_TIMEOUT,
     TWISTD,

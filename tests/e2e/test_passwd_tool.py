@@ -13,9 +13,9 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.devdb import TempPostgres
-from pgpool_tw.passwd import md5_entry, parse_secret
+from pgpool_tw.config.passwd import md5_entry, parse_secret
 from pgpool_tw.protocol.credentials import ScramSecret, scram_keys
+from pgpool_tw_dev.devdb import TempPostgres
 from tests.e2e.pooler import PoolerProcess, client_env, make_temp_dir
 from tests.support import shared_postgres, skip_unless_postgres, unique_name
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.devdb import free_port
+from pgpool_tw_dev.devdb import free_port
 from tests.e2e.pooler import PoolerProcess, Setting
 from tests.support import shared_postgres, skip_unless_postgres, unique_name
 

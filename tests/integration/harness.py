@@ -17,12 +17,12 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from pgpool_tw import fastpoll
-from pgpool_tw.config import BackendNode, Config
-from pgpool_tw.devdb import TempPostgres
+from pgpool_tw.config.settings import BackendNode, Config
+from pgpool_tw.engine import fastpoll
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.startup import PROTOCOL_3, cancel_request
 from pgpool_tw.service import PgpoolService
+from pgpool_tw_dev.devdb import TempPostgres
 from tests.support import shared_postgres, skip_unless_postgres, unique_name
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ class PoolerTestCase(unittest.TestCase):
         self.pg: TempPostgres = shared_postgres(self.auth_method)
         if self.c_loop:
             if not fastpoll.c_loop_available():
-                raise unittest.SkipTest("pgpool_tw._speedups is not built or turned off")
+                raise unittest.SkipTest("pgpool_tw.engine._speedups is not built or turned off")
             self.assertTrue(fastpoll.install(reactor))
             self.addCleanup(fastpoll.uninstall, reactor)
 

@@ -16,8 +16,7 @@ import psycopg
 import scramp
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.devdb import TempPostgres
-from pgpool_tw.passwd import (
+from pgpool_tw.config.passwd import (
     Md5Secret,
     PlainSecret,
     ScramSecret,
@@ -35,6 +34,7 @@ from pgpool_tw.protocol.startup import (
     StartupMessage,
     read_startup_packet,
 )
+from pgpool_tw_dev.devdb import TempPostgres
 from tests.support import shared_postgres, skip_unless_postgres, unique_name
 
 # Non-ASCII and a soft hyphen (which SASLprep maps to nothing) prove our key derivation

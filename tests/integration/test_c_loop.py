@@ -13,7 +13,7 @@ import psycopg
 from twisted.internet import defer, reactor
 from twisted.internet.threads import blockingCallFromThread
 
-from pgpool_tw.frontend import FrontendProtocol
+from pgpool_tw.session.frontend import FrontendProtocol
 from tests.integration import test_limits, test_sessions, test_tls
 from tests.integration.harness import PoolerTestCase
 

@@ -24,9 +24,9 @@ import psycopg
 import scramp
 from twisted.internet import defer, reactor
 
-from pgpool_tw.authfiles import AuthFilesError
-from pgpool_tw.config import BackendNode, Config
-from pgpool_tw.passwd import md5_entry, scram_entry, text_entry
+from pgpool_tw.config.authfiles import AuthFilesError
+from pgpool_tw.config.passwd import md5_entry, scram_entry, text_entry
+from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.service import PgpoolService

@@ -1,4 +1,4 @@
-"""Tests for pgpool_tw.devdb: the throwaway PostgreSQL the other tests stand on."""
+"""Tests for pgpool_tw_dev.devdb: the throwaway PostgreSQL the other tests stand on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from pgpool_tw.devdb import TempPostgres, find_pg_bindir, free_port
+from pgpool_tw_dev.devdb import TempPostgres, find_pg_bindir, free_port
 from tests.support import shared_postgres, skip_unless_postgres, unique_name
 
 # A name that would end the statement and run another one if it were pasted into SQL.

@@ -22,10 +22,10 @@ from twisted.persisted.sob import loadValueFromFile
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from pgpool_tw.config import BackendNode
-from pgpool_tw.devdb import free_port
-from pgpool_tw.events import IPoolEvents, ServerInfo, SessionInfo
+from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.service import PgpoolService
+from pgpool_tw.stats.events import IPoolEvents, ServerInfo, SessionInfo
+from pgpool_tw_dev.devdb import free_port
 from tests.e2e.pooler import TWISTD, client_env, make_temp_dir, pg_bin, quote_conf
 from tests.integration.harness import PoolerTestCase, sleep
 

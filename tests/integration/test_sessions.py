@@ -451,8 +451,8 @@ class FailureTests(PoolerTestCase):
     @defer.inlineCallbacks
     def test_backend_unreachable(self):
         """An unreachable backend gives FATAL 08006 naming host:port; the pooler carries on."""
-        from pgpool_tw.config import BackendNode
-        from pgpool_tw.devdb import free_port
+        from pgpool_tw.config.settings import BackendNode
+        from pgpool_tw_dev.devdb import free_port
 
         dead = free_port()
         service = self.start_pooler(backends=(BackendNode(0, "127.0.0.1", dead),))

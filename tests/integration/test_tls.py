@@ -24,11 +24,11 @@ import psycopg
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest
 
-from pgpool_tw.config import BackendNode
-from pgpool_tw.devdb import TempPostgres
+from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
 from pgpool_tw.service import PgpoolService
+from pgpool_tw_dev.devdb import TempPostgres
 from tests.certs import CertificateAuthority, Issued
 from tests.e2e.pooler import client_env, pg_bin, quote_conf
 from tests.integration.harness import (

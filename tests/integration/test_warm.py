@@ -17,7 +17,7 @@ import time
 import psycopg
 from twisted.internet import defer
 
-from pgpool_tw.authfiles import load_auth_files
+from pgpool_tw.config.authfiles import load_auth_files
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
 from tests.integration.harness import (

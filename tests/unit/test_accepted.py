@@ -1,4 +1,4 @@
-"""Tests for pgpool_tw.accepted: closing a client connection without a loop turn."""
+"""Tests for pgpool_tw.net.accepted: closing a client connection without a loop turn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw import accepted
+from pgpool_tw.net import accepted
 
 
 class FakeFDReactor:

@@ -1,10 +1,10 @@
-"""Tests for pgpool_tw.cancel: the pooler's own cancel keys and the sessions they point to."""
+"""pgpool_tw.session.cancel: the pooler's own cancel keys and the sessions they point to."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.cancel import CancelRegistry, new_secret
+from pgpool_tw.session.cancel import CancelRegistry, new_secret
 
 
 class Session:

@@ -1,4 +1,4 @@
-"""Tests for pgpool_tw.config: pgpool.conf syntax, values, backends, warnings and errors."""
+"""pgpool_tw.config.settings: pgpool.conf syntax, values, backends, warnings and errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw import config
-from pgpool_tw.config import (
+from pgpool_tw.config import settings as config
+from pgpool_tw.config.settings import (
     RESTART_REQUIRED,
     BackendNode,
     Config,

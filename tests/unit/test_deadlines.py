@@ -1,11 +1,11 @@
-"""Tests for pgpool_tw.deadlines: many equal timeouts on one reactor timer."""
+"""Tests for pgpool_tw.net.deadlines: many equal timeouts on one reactor timer."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.deadlines import Deadlines
+from pgpool_tw.net.deadlines import Deadlines
 
 
 class DeadlinesTests(SynchronousTestCase):

@@ -7,9 +7,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.config import Config
-from pgpool_tw.frontend import FrontendFactory, FrontendProtocol
-from pgpool_tw.pool import Pool
+from pgpool_tw.config.settings import Config
+from pgpool_tw.pool.pool import Pool
+from pgpool_tw.session.frontend import FrontendFactory, FrontendProtocol
 
 
 def factory() -> FrontendFactory:

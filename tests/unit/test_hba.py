@@ -1,4 +1,4 @@
-"""Tests for pgpool_tw.hba: pool_hba.conf syntax, errors and first-match-wins matching."""
+"""Tests for pgpool_tw.config.hba: pool_hba.conf syntax, errors and first-match-wins matching."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.hba import (
+from pgpool_tw.config.hba import (
     ALL,
     REPLICATION,
     SAMEUSER,

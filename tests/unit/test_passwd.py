@@ -1,4 +1,4 @@
-"""Tests for pgpool_tw.passwd: pool_passwd entries, safe rewriting and the pgpool-tw-passwd CLI."""
+"""pgpool_tw.config.passwd: pool_passwd entries, safe rewriting and the pgpool-tw-passwd CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import tempfile
 import scramp
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw import passwd
-from pgpool_tw.passwd import (
+from pgpool_tw.config import passwd
+from pgpool_tw.config.passwd import (
     Md5Secret,
     PasswdError,
     PlainSecret,

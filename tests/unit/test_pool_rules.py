@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.pool import reset_batch, reset_queries
+from pgpool_tw.pool.pool import reset_batch, reset_queries
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.messages import without_channel_binding
 

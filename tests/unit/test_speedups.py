@@ -1,4 +1,4 @@
-"""Tests for pgpool_tw._speedups' SessionTracker: the same rules as the Python one.
+"""Tests for pgpool_tw.engine._speedups' SessionTracker: the same rules as the Python one.
 
 Every test of tests/unit/test_protocol_relay.py runs again with the C tracker, and
 both trackers are fed the same random streams with the same random cuts and must
@@ -20,12 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.protocol import messages
 from pgpool_tw.protocol.relay import SessionTracker, Tracker
-from pgpool_tw.speedups import speedups
 from tests.unit import test_protocol_relay as base
 
-SKIP = "pgpool_tw._speedups is not built (or PGPOOL_TW_PURE_PYTHON is set)" if not speedups else ""
+SKIP = (
+    "pgpool_tw.engine._speedups is not built (or PGPOOL_TW_PURE_PYTHON is set)"
+    if not speedups
+    else ""
+)
 
 
 def _relay_tests_on_c() -> Any:
@@ -155,7 +159,7 @@ class BuildTests(SynchronousTestCase):
         if os.environ.get("PGPOOL_TW_PURE_PYTHON"):
             raise self.skipTest("PGPOOL_TW_PURE_PYTHON is set")
         if SKIP:
-            self.fail("pgpool_tw._speedups did not build: is a C compiler installed?")
+            self.fail("pgpool_tw.engine._speedups did not build: is a C compiler installed?")
         assert speedups is not None
         self.assertIs(Tracker, speedups.SessionTracker)
 

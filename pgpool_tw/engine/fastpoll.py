@@ -8,7 +8,7 @@ of its CPU.  ``install`` replaces the reactor's ``doIteration`` with the same
 loop minus those two steps for plain read events; anything else (writes,
 hang-ups, errors) still goes through Twisted's own ``_doReadOrWrite``.
 
-Where the C extension ``pgpool_tw._speedups`` is built (CPython on Linux), the
+Where the C extension ``pgpool_tw.engine._speedups`` is built (CPython on Linux), the
 iteration itself is C: the sockets of attached sessions registered with
 ``start_relay`` are forwarded without entering Python at all (receive, header
 walk, send), and every other event comes back to the loop below as from
@@ -29,9 +29,9 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
+from pgpool_tw.engine.speedups import speedups as _speedups
+from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.protocol.relay import SessionTracker
-from pgpool_tw.speedups import speedups as _speedups
-from pgpool_tw.transport import plain_socket
 
 log = Logger()
 

@@ -43,15 +43,15 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
-from pgpool_tw import fastpoll
-from pgpool_tw.backend import BackendProtocol
-from pgpool_tw.pool import UNPOOLED_DATABASES, reset_batch
+from pgpool_tw.engine import fastpoll
+from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.net.transport import plain_socket
+from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.speedups import speedups
-from pgpool_tw.transport import plain_socket
 
 if TYPE_CHECKING:
-    from pgpool_tw.frontend import FrontendFactory, FrontendProtocol
+    from pgpool_tw.session.frontend import FrontendFactory, FrontendProtocol
 
 log = Logger()
 

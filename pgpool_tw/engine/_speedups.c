@@ -30,7 +30,7 @@
  *   sends a startup packet Python has logged in before is accepted, logged in on a
  *   pooled server Python lent (_lane.c), relayed, and its server reset and parked
  *   again (_warm.c), all in C; every other case goes back to Python (see
- *   pgpool_tw/warm.py).  _speedups.h holds what the four files share.
+ *   pgpool_tw/engine/warm.py).  _speedups.h holds what the four files share.
  *
  * Rules: no allocation per chunk on the common path; Python is called only for
  * a Terminate (the relay's on_terminate), a ParameterStatus (the params dict),
@@ -251,7 +251,7 @@ static PyMethodDef relay_methods[] = {
 
 PyTypeObject RelayType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pgpool_tw._speedups.Relay",
+    .tp_name = "pgpool_tw.engine._speedups.Relay",
     .tp_doc = "One attached session's two sockets, forwarded by poll() while registered.",
     .tp_basicsize = sizeof(Relay),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -638,8 +638,8 @@ static PyMethodDef speedups_methods[] = {
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "pgpool_tw._speedups",
-    .m_doc = "The relay's hot path in C (see pgpool_tw/_speedups.c).",
+    .m_name = "pgpool_tw.engine._speedups",
+    .m_doc = "The relay's hot path in C (see pgpool_tw/engine/_speedups.c).",
     .m_size = -1,
     .m_methods = speedups_methods,
 };

@@ -1,4 +1,4 @@
-"""The optional C extension ``pgpool_tw._speedups``, or None.
+"""The optional C extension ``pgpool_tw.engine._speedups``, or None.
 
 One switch for every part that uses it: the extension is built only for CPython
 on Linux (PyPy runs the pure-Python relay, which it compiles well itself), and
@@ -17,7 +17,7 @@ def _load() -> Optional[ModuleType]:
     if os.environ.get("PGPOOL_TW_PURE_PYTHON"):
         return None
     try:
-        from pgpool_tw import _speedups
+        from pgpool_tw.engine import _speedups
     except ImportError:
         return None
     return _speedups

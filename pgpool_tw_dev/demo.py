@@ -18,7 +18,7 @@ import tempfile
 from types import FrameType
 from typing import Optional
 
-from pgpool_tw.devdb import TempPostgres, quote_conf
+from pgpool_tw_dev.devdb import TempPostgres, quote_conf
 
 # ``python -m twisted`` is ``twist``, which has no ``-n``; this is ``twistd`` itself.
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"

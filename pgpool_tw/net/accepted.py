@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet import main
 from twisted.python.failure import Failure
 
-from pgpool_tw.transport import plain_socket
+from pgpool_tw.net.transport import plain_socket
 
 #: The reason Twisted itself passes for a clean close (its reactors share one
 #: Failure per reason the same way, see ``_DisconnectSelectableMixin``).

@@ -17,12 +17,12 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw.backend import BackendProtocol, ServerBook
-from pgpool_tw.config import BackendNode
+from pgpool_tw.config.settings import BackendNode
+from pgpool_tw.pool.backend import BackendProtocol, ServerBook
 from pgpool_tw.protocol.startup import StartupMessage, cancel_request
 
 if TYPE_CHECKING:
-    from pgpool_tw.backend import ServerOwner
+    from pgpool_tw.pool.backend import ServerOwner
 
 log = Logger()
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from pgpool_tw.authfiles import AuthFiles
-from pgpool_tw.hba import NO_MATCH_SQLSTATE, match, no_match_message, reject_message
+from pgpool_tw.config.authfiles import AuthFiles
+from pgpool_tw.config.hba import NO_MATCH_SQLSTATE, match, no_match_message, reject_message
 from pgpool_tw.protocol.auth import FrontendAuth
 from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.credentials import Secret

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from pgpool_tw.config import BackendNode, Config
+from pgpool_tw.config.settings import BackendNode, Config
 
 try:  # twisted[tls]; without it the pooler still runs, in plaintext only (as libpq without SSL)
     from OpenSSL import SSL, crypto

@@ -287,7 +287,7 @@ class TempPostgres:
         if proc.returncode != 0:
             raise RuntimeError(f"initdb failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         with open(os.path.join(self.data_dir, "postgresql.conf"), "a", encoding="utf-8") as conf:
-            conf.write("\n# Added by pgpool_tw.devdb\ninclude 'pgpool_tw.conf'\n")
+            conf.write("\n# Added by pgpool_tw_dev.devdb\ninclude 'pgpool_tw.conf'\n")
         with open(os.path.join(self.data_dir, "pg_hba.conf"), "w", encoding="utf-8") as hba:
             hba.write("local all all trust\n")
             hba.write(f"host all all 127.0.0.1/32 {self.auth_method}\n")

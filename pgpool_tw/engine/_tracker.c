@@ -416,7 +416,7 @@ static PyGetSetDef tracker_getset[] = {
 
 PyTypeObject TrackerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pgpool_tw._speedups.SessionTracker",
+    .tp_name = "pgpool_tw.engine._speedups.SessionTracker",
     .tp_doc = "Headers-only view of one session; shared by both directions of a relay.",
     .tp_basicsize = sizeof(Tracker),
     .tp_flags = Py_TPFLAGS_DEFAULT,

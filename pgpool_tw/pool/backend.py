@@ -17,13 +17,13 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw.config import BackendNode
-from pgpool_tw.events import EventHub, ServerInfo
+from pgpool_tw.config.settings import BackendNode
+from pgpool_tw.net.transport import Writer, make_writer, tune_socket
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker, Tracker
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
-from pgpool_tw.transport import Writer, make_writer, tune_socket
+from pgpool_tw.stats.events import EventHub, ServerInfo
 
 if TYPE_CHECKING:
     from typing import Protocol as TypingProtocol

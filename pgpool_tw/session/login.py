@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from pgpool_tw import accepted, clientauth
-from pgpool_tw.backend import BackendProtocol
-from pgpool_tw.config import BackendNode
-from pgpool_tw.connector import connect_server, send_cancel
-from pgpool_tw.deadlines import Deadline
+from pgpool_tw.config.settings import BackendNode
+from pgpool_tw.net import accepted
+from pgpool_tw.net.deadlines import Deadline
+from pgpool_tw.net.transport import Writer
+from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.connector import connect_server, send_cancel
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.errors import ProtocolViolation
@@ -38,10 +39,10 @@ from pgpool_tw.protocol.startup import (
     StartupMessage,
     read_startup_packet,
 )
-from pgpool_tw.transport import Writer
+from pgpool_tw.session import clientauth
 
 if TYPE_CHECKING:
-    from pgpool_tw.frontend import FrontendFactory
+    from pgpool_tw.session.frontend import FrontendFactory
 
 log = Logger()
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgpool_tw.config import Config
-from pgpool_tw.hba import HbaError, HbaRule, load_hba
-from pgpool_tw.passwd import PasswdError, ScramSecret, Secret, load_passwd
+from pgpool_tw.config.hba import HbaError, HbaRule, load_hba
+from pgpool_tw.config.passwd import PasswdError, ScramSecret, Secret, load_passwd
+from pgpool_tw.config.settings import Config
 
 
 class AuthFilesError(Exception):

@@ -17,22 +17,23 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgpool_tw import accepted, fastpoll
-from pgpool_tw.authfiles import AuthFiles
-from pgpool_tw.backend import BackendProtocol, ServerBook
-from pgpool_tw.cancel import CancelRegistry, new_secret
-from pgpool_tw.config import Config
-from pgpool_tw.deadlines import Deadlines
-from pgpool_tw.events import EventHub, SessionInfo
-from pgpool_tw.login import CLOSED, CONNECTING, RELAY, WAITING, ClientLogin, discard
-from pgpool_tw.pool import Pool
+from pgpool_tw.config.authfiles import AuthFiles
+from pgpool_tw.config.settings import Config
+from pgpool_tw.config.tls import TLSContexts
+from pgpool_tw.engine import fastpoll
+from pgpool_tw.net import accepted
+from pgpool_tw.net.deadlines import Deadlines
+from pgpool_tw.net.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
+from pgpool_tw.pool.backend import BackendProtocol, ServerBook
+from pgpool_tw.pool.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import SessionTracker
-from pgpool_tw.tls import TLSContexts
-from pgpool_tw.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
+from pgpool_tw.session.cancel import CancelRegistry, new_secret
+from pgpool_tw.session.login import CLOSED, CONNECTING, RELAY, WAITING, ClientLogin, discard
+from pgpool_tw.stats.events import EventHub, SessionInfo
 
 if TYPE_CHECKING:
-    from pgpool_tw.warm import WarmLane
+    from pgpool_tw.engine.warm import WarmLane
 
 log = Logger()
 

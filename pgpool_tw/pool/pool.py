@@ -29,9 +29,9 @@ from typing import Any, Callable, Optional, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from pgpool_tw.backend import BackendProtocol
-from pgpool_tw.config import Config
-from pgpool_tw.deadlines import Deadline, Deadlines
+from pgpool_tw.config.settings import Config
+from pgpool_tw.net.deadlines import Deadline, Deadlines
+from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.protocol.messages import IDLE, query
 
 log = Logger()

@@ -1,4 +1,4 @@
-/* pgpool_tw._speedups: warm logins, from accept to login (see _warm.c, pgpool_tw/warm.py). */
+/* pgpool_tw._speedups: warm logins, from accept to login (see _warm.c, pgpool_tw/engine/warm.py). */
 #include "_speedups.h"
 
 /* ------------------------------------------------------------------------- */
@@ -513,7 +513,7 @@ static PyMethodDef lane_methods[] = {
 
 PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pgpool_tw._speedups.Lane",
+    .tp_name = "pgpool_tw.engine._speedups.Lane",
     .tp_doc = "Warm logins served by poll() without Python (see _speedups.c).",
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
