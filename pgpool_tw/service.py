@@ -112,6 +112,8 @@ class PgpoolService(MultiService):
         self.factory.tls = load_tls(config)
         for warning in self.factory.auth_files.warnings:
             log.warn("{warning}", warning=warning)
+        #: Warm logins served by the C loop, when it runs this reactor (engine/warm.py).
+        self.warm: Optional[WarmLane] = None
         self.ports: list[IListeningPort] = []
         self.shutting_down: Optional[str] = None
         self._ticker: Optional[LoopingCall] = None
@@ -127,8 +129,8 @@ class PgpoolService(MultiService):
 
     def add_observer(self, observer: Any) -> None:
         self.events.add(observer)
-        if self.factory.warm is not None:
-            self.factory.warm.forget()  # observed sessions are Python's to log in
+        if self.warm is not None:
+            self.warm.forget()  # observed sessions are Python's to log in
 
     def remove_observer(self, observer: Any) -> None:
         self.events.remove(observer)
@@ -203,9 +205,9 @@ class PgpoolService(MultiService):
 
     def _start_lane(self) -> None:
         """Warm logins in C, when the C loop runs this reactor (``twistd pgpool``)."""
-        warm = self.factory.warm
+        warm = self.warm
         if warm is None or warm.lane.closing:
-            warm = WarmLane.start(self.factory, self.ports)
+            warm = self.warm = WarmLane.start(self.factory, self.ports)
             self.factory.warm = warm
             self.pool.lender = warm
 
@@ -297,8 +299,8 @@ class PgpoolService(MultiService):
         self.config = config
         self.pool.config = config
         self.factory.config = config
-        if self.factory.warm is not None:
-            self.factory.warm.apply()
+        if self.warm is not None:
+            self.warm.apply()
         self.pool.admit_waiting()
         if ticker_changed and self._ticker is not None and self._ticker.running:
             self._start_ticker()
@@ -346,8 +348,8 @@ class PgpoolService(MultiService):
         return stopped
 
     def _stop_listening(self) -> None:
-        if self.factory.warm is not None:
-            self.factory.warm.stop()
+        if self.warm is not None:
+            self.warm.stop()
         self._port_stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []
 

@@ -1,18 +1,31 @@
-"""The pooler's own cancel keys and where each one points now.
+"""The pooler's own cancel keys, where each one points now, and forwarding a cancel.
 
 A client is told the server's real process id (so ``pg_backend_pid()`` and
 NOTIFY agree with what it was told) and a secret key the pooler made up for
 this one session.  A CancelRequest is honoured only while that session is live
 and only with that secret, so a client that once held a pooled server
 connection cannot cancel the queries of the next client on it.  Must never
-hold the server's own key longer than the session it belongs to.
+hold the server's own key longer than the session it belongs to, nor compare a
+key in a way whose time depends on how much of it matched: Python sessions are
+looked up here with ``hmac.compare_digest``, warm sessions by the C lane's
+``find``, which compares all four bytes every time.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
+
+from twisted.logger import Logger
+
+from pgpool_tw.pool.connector import send_cancel
+from pgpool_tw.protocol.startup import CancelRequest
+
+if TYPE_CHECKING:
+    from pgpool_tw.session.context import SessionContext
+
+log = Logger()
 
 T = TypeVar("T")
 
@@ -67,3 +80,21 @@ class CancelRegistry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+def forward(context: SessionContext, request: CancelRequest, peer: str) -> bool:
+    """Send ``request`` on with the server's own key, if its key is a live session's.
+
+    Python's sessions first, then the warm lane's; an unknown key is logged and
+    dropped (PostgreSQL never answers a CancelRequest either way).
+    """
+    session: Any = context.cancels.lookup(request.pid, request.key)
+    server = session.server if session is not None else None
+    warm = context.warm
+    if server is None and warm is not None:
+        server = warm.find(request.pid, request.key)
+    if server is None:
+        log.info("client={client} cancel request with an unknown key ignored", client=peer)
+        return False
+    send_cancel(context.reactor, server.node, server.pid, server.secret)
+    return True

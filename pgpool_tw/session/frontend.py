@@ -1,97 +1,57 @@
-"""One client connection's session: attach, relay, detach.
+"""Twisted glue for one client connection: bytes to its ``Session``, or to its server.
 
-``FrontendProtocol`` extends the login (``login.ClientLogin``: startup packet,
-TLS, authentication, a pooled or new server connection) with the session that
-follows it: ``RELAY → CLOSED``.  It sends the end of the login as a direct
-connection would, relays bytes through the session tracker (or hands both
-sockets to the C loop), and on Terminate, end of file or a lost server gives
-the server connection back to the pool in a state the next client may use.
-Only methods of these two classes move a client between states.
+``FrontendProtocol`` owns only what needs the socket: the send-now writer, TLS,
+the relay's fast path (while a session relays, a chunk goes through the session
+tracker straight to the server, or the C loop forwards it without calling
+here), flow control between the two legs, and the chunk count that
+client_idle_limit watches.  Every decision is the session state machine's
+(machine.py), which it feeds and which calls back through ``ClientIO``.
+``FrontendFactory`` is the sessions' shared ``SessionContext`` as a Twisted
+factory.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from pgpool_tw.config.authfiles import AuthFiles
-from pgpool_tw.config.settings import Config
-from pgpool_tw.config.tls import TLSContexts
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.net import accepted
-from pgpool_tw.net.deadlines import Deadlines
 from pgpool_tw.net.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
-from pgpool_tw.pool.backend import BackendProtocol, ServerBook
-from pgpool_tw.pool.pool import Pool
-from pgpool_tw.protocol import messages as m
+from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.protocol.relay import SessionTracker
-from pgpool_tw.session.cancel import CancelRegistry, new_secret
-from pgpool_tw.session.login import CLOSED, CONNECTING, RELAY, WAITING, ClientLogin, discard
-from pgpool_tw.stats.events import EventHub, SessionInfo
-
-if TYPE_CHECKING:
-    from pgpool_tw.engine.warm import WarmLane
-
-log = Logger()
+from pgpool_tw.protocol.startup import StartupMessage
+from pgpool_tw.session.context import SessionContext
+from pgpool_tw.session.machine import RELAY, Session
 
 
-class FrontendFactory(Factory):
-    """Everything client sessions share: settings, the pool and the cancel keys."""
+class FrontendFactory(SessionContext, Factory):
+    """Everything client sessions share, building one ``FrontendProtocol`` per client."""
 
     noisy = False
-
-    def __init__(
-        self, config: Config, pool: Pool, reactor: Any, events: Optional[EventHub] = None
-    ) -> None:
-        self.config = config
-        self.pool = pool
-        self.reactor = reactor
-        self.events = events if events is not None else EventHub()
-        #: pool_hba.conf and pool_passwd (empty while enable_pool_hba is off).
-        self.auth_files = AuthFiles()
-        #: TLS contexts for both sides (a reload swaps in new ones).
-        self.tls = TLSContexts()
-        self.cancels: CancelRegistry[FrontendProtocol] = CancelRegistry()
-        #: Open connections on each side, so a shutdown can wait for all of them.
-        self.clients: set[FrontendProtocol] = set()
-        self.servers = ServerBook(self.events)
-        #: Every TCP port this factory listens on set the client socket options for
-        #: the clients it accepts (service.py); otherwise each client sets them.
-        self.listeners_tuned = False
-        #: Warm logins served by the C loop (service.py starts it under ``twistd pgpool``).
-        self.warm: Optional[WarmLane] = None
-        self._login_deadlines: dict[float, Deadlines] = {}
-
-    def login_deadlines(self, timeout: float) -> Deadlines:
-        """The authentication_timeout timeouts of this length, on one shared timer.
-
-        One queue per length, since a reload may change the setting while
-        clients that started under the old one are still logging in.
-        """
-        deadlines = self._login_deadlines.get(timeout)
-        if deadlines is None:
-            deadlines = self._login_deadlines[timeout] = Deadlines(self.reactor, timeout)
-        return deadlines
-
-    def stop_timers(self) -> None:
-        """The service stopped: leave no login timer scheduled on the reactor."""
-        for deadlines in self._login_deadlines.values():
-            deadlines.close()
-        self._login_deadlines.clear()
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
         return FrontendProtocol(self, addr)
 
 
-class FrontendProtocol(ClientLogin):
+class FrontendProtocol(Protocol):
     """A client connection from its first byte to its close."""
 
+    #: A TCP or unix stream transport (Twisted types it as an optional ITransport).
+    transport: Any
+
     def __init__(self, factory: FrontendFactory, address: Any = None) -> None:
-        super().__init__(factory, address)
+        self.factory = factory
+        #: The client's address as the listener saw it (what getPeer() returns).
+        self._address = address
+        self.session = Session(factory, self)
+        #: True exactly while bytes are relayed; checked first on every chunk.
+        self.relaying = False
         self.tracker: Optional[SessionTracker] = None
+        #: Sends now when nothing is queued (see transport.make_writer).
+        self.send: Writer = discard
         self.server_write: Writer = discard
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
         self.received = 0
@@ -100,8 +60,6 @@ class FrontendProtocol(ClientLogin):
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         #: The C loop's handle while it forwards this session (fastpoll.start_relay).
         self._relay: Any = None
-        self._secret = 0
-        self._session: Optional[SessionInfo] = None
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -110,7 +68,7 @@ class FrontendProtocol(ClientLogin):
             tune_socket(self.transport)
         self.send = make_writer(self.transport)
         self.factory.clients.add(self)
-        self._start_timer()
+        self.session.connected()
 
     def dataReceived(self, data: bytes) -> None:
         if self.relaying:
@@ -121,160 +79,141 @@ class FrontendProtocol(ClientLogin):
                 return
             if at:
                 self.server_write(data[:at])
-            self._terminated()
+            self.session.client_terminated()
             return
-        self._slow_data(data)
+        self.session.client_data(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        state, self.state = self.state, CLOSED
         self.factory.clients.discard(self)
-        self._stop_timer()
-        if self.relaying:
-            tracker = self.tracker
-            assert tracker is not None
-            self._release_server(tracker.in_sync and tracker.status == m.IDLE)
-        elif state == CONNECTING and self._connector is not None:
-            self._connector.disconnect()
-        self._leave_pool()
+        self.session.client_lost()
 
-    def server_lost(self, server: BackendProtocol, why: str) -> None:
-        """The server went away under this session: tell the client and close."""
-        if self.relaying:
-            tracker = self.tracker
-            assert tracker is not None
-            self._stop_relay(server)
-            log.warn(
-                "client={client} server={server} lost mid-session: {why}",
-                client=self.peer,
-                server=server.node.address,
-                why=why,
-            )
-            if tracker.server_at_boundary:
-                self.send(m.error_response("08006", "server closed the connection unexpectedly"))
-            self.transport.loseConnection()
-        else:
-            super().server_lost(server, why)
+    # -- ClientIO: what the session asks of the connection -----------------------
 
-    # -- the session -------------------------------------------------------------
+    @property
+    def peer(self) -> str:
+        """``host:port`` or ``local`` for logs and events.
 
-    def _attach(self, server: BackendProtocol) -> None:
-        """Send the login's end (as a direct connection would) and start relaying."""
-        self._stop_timer()
-        self.server = server
-        self._secret = new_secret()
-        out = [] if self._auth_ok_sent else [m.authentication_ok()]
-        out.append(server.parameter_statuses())
-        out.append(m.backend_key_data(server.pid, self._secret))
-        out.append(m.ready_for_query(server.status))
-        self.send(b"".join(out))
-        self._start_session(server)
-        warm = self.factory.warm
-        if warm is not None:
-            warm.learn(self, server)
-        if self._buffer:
-            data, self._buffer = self._buffer, b""
-            self.dataReceived(data)
+        Formatted when asked, not per connection: most connections never log.
+        """
+        address = self._address
+        if address is None and self.transport is not None:
+            address = self.transport.getPeer()
+        return "?" if address is None else _describe(address)
 
-    def resume(
-        self, server: BackendProtocol, tracker: SessionTracker, secret: int, owed: bytes
-    ) -> None:
-        """Carry on a session the warm lane started (see warm.py), owing the client ``owed``."""
-        self._stop_timer()
-        self.startup = server.startup
-        self.key = server.pool_key
-        self._in_pool = True
-        self.factory.pool.enter(self, self.key)
-        self.server = server
-        self._secret = secret
-        if owed:
-            self.send(owed)
-        self._start_session(server, tracker)
+    def close(self) -> None:
+        self.transport.loseConnection()
 
-    def _start_session(
-        self, server: BackendProtocol, tracker: Optional[SessionTracker] = None
-    ) -> None:
-        self.factory.cancels.register(server.pid, self._secret, self)
-        self.tracker = server.attach(self, self.send, tracker)
-        self.server_write = server.send
-        self._producers = link(self.transport, server.transport)
-        self._relay = fastpoll.start_relay(
-            self.factory.reactor, self.tracker, self.transport, server.transport, self._terminated
-        )
-        self._reader = None
-        self.state = RELAY
-        self.relaying = True
-        self._idle_since = self.factory.reactor.seconds()
-        if self.factory.events.observers:
-            startup = self.startup
-            assert startup is not None
-            self._session = SessionInfo(
-                self.peer, startup.user, startup.database, startup.application_name, server.pid
-            )
-            self.factory.events.fire("client_session_started", self._session)
-
-    def _terminated(self) -> None:
-        """A clean Terminate: the server is reset and pooled if the session was in sync."""
-        tracker = self.tracker
-        assert tracker is not None
-        self._release_server(tracker.in_sync)
-        self.state = CLOSED
-        self._leave_pool()
+    def finish(self) -> None:
+        """Close after what was written, at once when nothing is queued."""
         accepted.close(self.transport)  # runs connectionLost now when nothing is queued
 
-    def _stop_relay(self, server: BackendProtocol) -> None:
+    def start_tls(self, context: Any) -> None:
+        self.transport.startTLS(context)
+        self.send = self.transport.write  # through TLS from now on
+
+    def peer_host(self) -> Optional[str]:
+        return getattr(self.transport.getPeer(), "host", None)
+
+    def peer_common_name(self) -> Optional[str]:
+        """The CN of the client's verified certificate, if it sent one over TLS."""
+        if not self.session.ssl:
+            return None
+        certificate = self.transport.getPeerCertificate()
+        if certificate is None:
+            return None
+        name = certificate.get_subject().CN
+        return str(name) if name is not None else None
+
+    def start_relay(self, server: BackendProtocol, tracker: SessionTracker) -> None:
+        """Bytes flow both ways from now on, through the C loop where it can take them."""
+        self.tracker = tracker
+        self.server_write = server.send
+        self._producers = link(self.transport, server.transport)
+        factory = self.factory
+        self._relay = fastpoll.start_relay(
+            factory.reactor, tracker, self.transport, server.transport, self._terminated
+        )
+        self.relaying = True
+        self._idle_since = factory.reactor.seconds()
+
+    def stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
         if self._relay is not None:
             fastpoll.stop_relay(self._relay)
             self.received += self._relay.received
             self._relay = None
-        self.server = None
         self.server_write = discard
         if self._producers is not None:
             unlink(self.transport, server.transport, self._producers)
             self._producers = None
-        self.factory.cancels.unregister(server.pid, self)
-        session, self._session = self._session, None
-        if session is not None:
-            self.factory.events.fire("client_session_ended", session)
 
-    def _release_server(self, reusable: bool) -> None:
-        server = self.server
-        assert server is not None
-        self._stop_relay(server)
-        self.factory.pool.give_back(server, reusable)
+    def replay(self, data: bytes) -> None:
+        """Bytes the client sent before its session relayed go through the relay now."""
+        self.dataReceived(data)
 
-    def _leave_pool(self) -> None:
-        if self._in_pool:
-            self._in_pool = False
-            self.factory.pool.withdraw(self)
+    def _terminated(self) -> None:
+        """The C loop saw the client's Terminate."""
+        self.session.client_terminated()
+
+    # -- what the warm lane and the service ask ----------------------------------
+
+    @property
+    def state(self) -> int:
+        return self.session.state
+
+    @property
+    def startup(self) -> Optional[StartupMessage]:
+        return self.session.startup
+
+    @property
+    def startup_raw(self) -> Optional[bytes]:
+        return self.session.startup_raw
+
+    @property
+    def ssl(self) -> bool:
+        return self.session.ssl
+
+    @property
+    def auth_ok_sent(self) -> bool:
+        return self.session.auth_ok_sent
+
+    def tls_answered(self) -> None:
+        self.session.tls_answered()
+
+    def gss_answered(self) -> None:
+        self.session.gss_answered()
+
+    def resume(
+        self, server: BackendProtocol, tracker: SessionTracker, secret: int, owed: bytes
+    ) -> None:
+        """Carry on a session the warm lane started (see engine/warm.py)."""
+        self.session.resume(server, tracker, secret, owed)
 
     def shut_down(self) -> None:
-        """Fast shutdown: FATAL 57P01 where the stream allows it, then close."""
-        tracker = self.tracker
-        if self.relaying and tracker is not None and not tracker.server_at_boundary:
-            self.transport.loseConnection()  # mid-message: an error would corrupt it
-            return
-        self._fatal("57P01", "terminating connection due to administrator command")
+        self.session.shut_down()
 
     def refuse_waiting(self) -> None:
-        """Smart shutdown: a client still waiting for a slot will not get one."""
-        if self.state == WAITING:
-            self._fatal("57P03", "the database system is shutting down")
+        self.session.refuse_waiting()
 
     def idle_tick(self, now: float, limit: float) -> None:
-        """client_idle_limit: close a client idle that long between queries."""
+        """client_idle_limit: a session idle that long between queries is closed."""
         tracker = self.tracker
-        if not self.relaying or tracker is None:
+        if not self.relaying or tracker is None or self.session.state != RELAY:
             return
         received = self.received + (self._relay.received if self._relay is not None else 0)
         if received != self._idle_mark or tracker.pending:
             self._idle_mark = received
             self._idle_since = now
         elif now - self._idle_since >= limit:
-            log.info(
-                "client={client} idle for {limit}s: disconnecting", client=self.peer, limit=limit
-            )
-            self._fatal(
-                "57P05",
-                f"terminating connection because client_idle_limit ({limit:g}s) was reached",
-            )
+            self.session.idle_limit_reached(limit)
+
+
+def discard(data: bytes) -> None:
+    """The writer of a side that has nowhere to send yet (client bytes before a server)."""
+
+
+def _describe(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"
+    return "local"
