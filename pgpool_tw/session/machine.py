@@ -33,17 +33,11 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 from twisted.logger import Logger
 
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.sql import quote_literal
-from pgpool_tw.protocol.startup import (
-    CancelRequest,
-    GSSENCRequest,
-    SSLRequest,
-    StartupMessage,
-    read_startup_packet,
-)
+from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import cancel
+from pgpool_tw.session.handshake import Handshake
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
 from pgpool_tw.stats.events import SessionInfo
 
@@ -102,14 +96,13 @@ class Session:
         "_auth_ok_sent",
         "_buffer",
         "_connector",
-        "_gss_answered",
+        "_handshake",
         "_in_pool",
         "_info",
         "_password",
         "_secret",
         "_server_login",
         "_timer",
-        "_tls_answered",
         "_tls_retried",
         "context",
         "io",
@@ -138,8 +131,7 @@ class Session:
         self._timer: Optional[Deadline] = None
         self._connector: Any = None
         self._in_pool = False
-        self._tls_answered = False
-        self._gss_answered = False
+        self._handshake = Handshake(self)
         self._tls_retried = False
         self._auth_ok_sent = False
         self._password: Optional[PasswordCheck] = None
@@ -177,17 +169,17 @@ class Session:
 
     def tls_answered(self) -> None:
         """Its SSLRequest was answered 'N' before this session took the connection."""
-        self._tls_answered = True
+        self._handshake.tls_answered = True
 
     def gss_answered(self) -> None:
         """Its GSSENCRequest was answered 'N' before this session took the connection."""
-        self._gss_answered = True
+        self._handshake.gss_answered = True
 
     def client_data(self, data: bytes) -> None:
         """Client bytes outside the relay (the glue forwards relayed bytes itself)."""
         state = self.state
         if state == STARTUP:
-            self._startup_data(data)
+            self._handshake.feed(data)
         elif state == CONNECTING and self._server_login is not None:
             self._server_login.client_data(data)
         elif state == AUTHENTICATING and self._password is not None:
@@ -219,57 +211,11 @@ class Session:
             self._connector.disconnect()
         self._leave_pool()
 
-    def _startup_data(self, data: bytes) -> None:
-        buffer = self._buffer + data
-        while True:
-            try:
-                packet, used = read_startup_packet(buffer)
-            except ProtocolViolation as e:
-                self.fatal(e.sqlstate, e.message)
-                return
-            if packet is None:
-                self._buffer = buffer
-                return
-            whole, buffer = buffer, buffer[used:]
-            if isinstance(packet, SSLRequest) and not self._tls_answered:
-                self._tls_answered = True
-                if self._ssl_request(buffer):
-                    return
-            elif isinstance(packet, GSSENCRequest) and not self._gss_answered:
-                self._gss_answered = True
-                self.io.send(b"N")
-            elif isinstance(packet, CancelRequest):
-                cancel.forward(self.context, packet, self.peer)
-                self.io.finish()
-                return
-            elif isinstance(packet, StartupMessage):
-                if self.context.warm is not None:
-                    self.startup_raw = bytes(whole[:used])
-                self._buffer = buffer
-                self._started(packet)
-                return
-            else:
-                self.fatal("08P01", "duplicate SSL or GSS encryption request")
-                return
-
-    def _ssl_request(self, rest: bytes) -> bool:
-        """Answer an SSLRequest; True when reading must stop (TLS starts, or an error)."""
-        context = self.context.tls.frontend
-        if context is None:
-            self.io.send(b"N")
-            return False
-        if rest:
-            # PostgreSQL's CVE-2021-23214: bytes sent before the handshake
-            # must never be taken for encrypted ones.
-            self.fatal("08P01", "received unencrypted data after SSL request")
-            return True
-        self.io.send(b"S")
-        self.io.start_tls(context)
-        self.ssl = True
-        self._buffer = b""
-        return True
-
-    def _started(self, startup: StartupMessage) -> None:
+    def started(self, startup: StartupMessage, raw: bytes, rest: bytes) -> None:
+        """The startup packet (``raw``) arrived; ``rest`` is what followed it."""
+        if self.context.warm is not None:
+            self.startup_raw = raw
+        self._buffer = rest
         self.startup = startup
         config = self.context.config
         if config.log_connections:

@@ -1,0 +1,91 @@
+"""A client's first bytes: SSLRequest, GSSENCRequest, CancelRequest, the startup packet.
+
+PostgreSQL's rules for the opening of a connection, applied for one ``Session``
+in its ``STARTUP`` state: SSLRequest is answered once (S and TLS when the
+pooler has a certificate, else N) and GSSENCRequest once (N: GSSAPI encryption
+is not offered); a second request of either is a protocol violation; a
+CancelRequest is forwarded (``cancel.forward``) and ends the connection; the
+startup packet hands the session its parameters and whatever followed it.
+
+Must never read bytes that arrived in plaintext after an SSLRequest as if they
+were encrypted (PostgreSQL's CVE-2021-23214): they are refused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pgpool_tw.protocol.errors import ProtocolViolation
+from pgpool_tw.protocol.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    read_startup_packet,
+)
+from pgpool_tw.session import cancel
+
+if TYPE_CHECKING:
+    from pgpool_tw.session.machine import Session
+
+
+class Handshake:
+    """The startup phase of one session: buffers until a whole packet is in."""
+
+    __slots__ = ("_buffer", "gss_answered", "session", "tls_answered")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._buffer = b""
+        #: Each request is answered once, possibly already by the C lane.
+        self.tls_answered = False
+        self.gss_answered = False
+
+    def feed(self, data: bytes) -> None:
+        session = self.session
+        buffer = self._buffer + data
+        while True:
+            try:
+                packet, used = read_startup_packet(buffer)
+            except ProtocolViolation as e:
+                session.fatal(e.sqlstate, e.message)
+                return
+            if packet is None:
+                self._buffer = buffer
+                return
+            whole, buffer = buffer, buffer[used:]
+            if isinstance(packet, SSLRequest) and not self.tls_answered:
+                self.tls_answered = True
+                if self._ssl_request(buffer):
+                    return
+            elif isinstance(packet, GSSENCRequest) and not self.gss_answered:
+                self.gss_answered = True
+                session.io.send(b"N")
+            elif isinstance(packet, CancelRequest):
+                cancel.forward(session.context, packet, session.peer)
+                session.io.finish()
+                return
+            elif isinstance(packet, StartupMessage):
+                self._buffer = b""
+                session.started(packet, bytes(whole[:used]), buffer)
+                return
+            else:
+                session.fatal("08P01", "duplicate SSL or GSS encryption request")
+                return
+
+    def _ssl_request(self, rest: bytes) -> bool:
+        """Answer an SSLRequest; True when reading must stop (TLS starts, or an error)."""
+        session = self.session
+        context = session.context.tls.frontend
+        if context is None:
+            session.io.send(b"N")
+            return False
+        if rest:
+            # Bytes sent before the handshake must never be taken for encrypted ones.
+            session.fatal("08P01", "received unencrypted data after SSL request")
+            return True
+        session.io.send(b"S")
+        session.io.start_tls(context)
+        session.ssl = True
+        self._buffer = b""
+        return True

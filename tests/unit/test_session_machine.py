@@ -1,0 +1,306 @@
+"""pgpool_tw.session.machine: one client's life with no socket, bytes and events in.
+
+A ``Session`` is driven here exactly as the Twisted glue drives it, through a
+recording ``ClientIO``; the reactor is Twisted's ``MemoryReactorClock``, so a
+server connection the session opens is a recorded ``connectTCP`` and time moves
+only when a test says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from pgpool_tw.config.settings import BackendNode, Config
+from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.pool import Pool
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.protocol.startup import cancel_request
+from pgpool_tw.session.context import SessionContext
+from pgpool_tw.session.machine import (
+    AUTHENTICATING,
+    CLOSED,
+    CONNECTING,
+    MAX_EARLY_BYTES,
+    RELAY,
+    SETTING,
+    STARTUP,
+    WAITING,
+    Session,
+)
+
+NODE = BackendNode(0, "127.0.0.1", 5432)
+SSL_REQUEST = m.UINT32.pack(8) + m.UINT32.pack(80877103)
+GSSENC_REQUEST = m.UINT32.pack(8) + m.UINT32.pack(80877104)
+
+
+def startup_packet(user: str = "alice", database: str = "app", application: str = "") -> bytes:
+    body = m.INT32.pack(196608) + m.cstring("user") + m.cstring(user)
+    body += m.cstring("database") + m.cstring(database)
+    if application:
+        body += m.cstring("application_name") + m.cstring(application)
+    body += b"\0"
+    return m.UINT32.pack(len(body) + 4) + body
+
+
+class RecordingIO:
+    """A client connection that records what the session did to it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.actions: list[str] = []
+        self.relayed: list[bytes] = []
+
+    @property
+    def peer(self) -> str:
+        return "10.0.0.1:5000"
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        self.actions.append("close")
+
+    def finish(self) -> None:
+        self.actions.append("finish")
+
+    def start_tls(self, context: Any) -> None:
+        self.actions.append("start_tls")
+
+    def peer_host(self) -> Optional[str]:
+        return "10.0.0.1"
+
+    def peer_common_name(self) -> Optional[str]:
+        return None
+
+    def start_relay(self, server: BackendProtocol, tracker: SessionTracker) -> None:
+        self.actions.append("start_relay")
+
+    def stop_relay(self, server: BackendProtocol) -> None:
+        self.actions.append("stop_relay")
+
+    def replay(self, data: bytes) -> None:
+        self.relayed.append(data)
+
+    def messages(self) -> list[tuple[int, bytes]]:
+        return m.MessageReader().feed(b"".join(self.sent))
+
+    def error_code(self) -> str:
+        """The SQLSTATE of the last thing sent, which must be an ErrorResponse."""
+        ((kind, body),) = m.MessageReader().feed(self.sent[-1])
+        assert kind == m.ERROR_RESPONSE
+        return m.parse_fields(body)["C"]
+
+
+class Harness:
+    """A context, a pool and sessions on a memory reactor."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.config = dataclasses.replace(Config(backends=(NODE,)), **settings)
+        self.reactor = MemoryReactorClock()
+        self.pool = Pool(self.config, self.reactor)
+        self.context = SessionContext(self.config, self.pool, self.reactor)
+
+    def session(self) -> tuple[Session, RecordingIO]:
+        io = RecordingIO()
+        session = Session(self.context, io)
+        session.connected()
+        return session, io
+
+    def server_for(self, session: Session, pid: int = 4242) -> BackendProtocol:
+        """The server connection the session asked for, logged in as PostgreSQL would."""
+        assert session.startup is not None
+        server = BackendProtocol(NODE, session.startup, self.reactor)
+        server.pid, server.secret = pid, 777
+        server.params = {"server_version": "15.0"}
+        session.server_authenticated(server, m.message(b"R", m.INT32.pack(m.AUTH_OK)))
+        session.server_ready(server)
+        return server
+
+
+class StartupTests(SynchronousTestCase):
+    def test_startup_split_byte_by_byte_connects_to_the_primary(self) -> None:
+        """A startup packet fed one byte at a time opens one server connection to node 0."""
+        harness = Harness()
+        session, io = harness.session()
+        for byte in startup_packet():
+            self.assertEqual(session.state, STARTUP)
+            session.client_data(bytes([byte]))
+        self.assertEqual(session.state, CONNECTING)
+        ((host, port, *_),) = harness.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 5432))
+        self.assertEqual(io.sent, [])
+
+    def test_ssl_and_gss_requests_answered_n_once_each(self) -> None:
+        """Without TLS, SSLRequest and GSSENCRequest are each answered N, then the login goes on."""
+        session, io = Harness().session()
+        session.client_data(SSL_REQUEST + GSSENC_REQUEST + startup_packet())
+        self.assertEqual(io.sent, [b"N", b"N"])
+        self.assertEqual(session.state, CONNECTING)
+
+    def test_second_ssl_request_is_a_protocol_violation(self) -> None:
+        """A repeated SSLRequest gets FATAL 08P01 and the connection closes."""
+        session, io = Harness().session()
+        session.client_data(SSL_REQUEST + SSL_REQUEST)
+        self.assertEqual(io.error_code(), "08P01")
+        self.assertEqual(io.actions, ["close"])
+
+    def test_plaintext_after_ssl_request_is_refused(self) -> None:
+        """Bytes that follow an SSLRequest in the same chunk are never taken as encrypted."""
+        harness = Harness()
+        harness.context.tls = dataclasses.replace(harness.context.tls, frontend=object())
+        session, io = harness.session()
+        session.client_data(SSL_REQUEST + startup_packet())
+        self.assertEqual(io.error_code(), "08P01")
+        self.assertNotIn("start_tls", io.actions)
+
+    def test_ssl_request_starts_tls_when_configured(self) -> None:
+        """With a server certificate, SSLRequest is answered S and TLS starts."""
+        harness = Harness()
+        harness.context.tls = dataclasses.replace(harness.context.tls, frontend=object())
+        session, io = harness.session()
+        session.client_data(SSL_REQUEST)
+        self.assertEqual((io.sent, io.actions), ([b"S"], ["start_tls"]))
+        self.assertTrue(session.ssl)
+
+    def test_login_timer_closes_a_silent_client(self) -> None:
+        """A client that sends nothing within authentication_timeout is closed."""
+        harness = Harness(authentication_timeout=5)
+        session, io = harness.session()
+        harness.reactor.advance(4.9)
+        self.assertEqual(io.actions, [])
+        harness.reactor.advance(0.2)
+        self.assertEqual(io.actions, ["close"])
+
+
+class SessionTests(SynchronousTestCase):
+    def start(self, harness: Harness) -> tuple[Session, RecordingIO, BackendProtocol]:
+        session, io = harness.session()
+        session.client_data(startup_packet())
+        server = harness.server_for(session)
+        return session, io, server
+
+    def test_attach_sends_what_a_direct_login_ends_with(self) -> None:
+        """Attaching sends AuthenticationOk, ParameterStatus, the pooler's key, ReadyForQuery."""
+        harness = Harness()
+        session, io, server = self.start(harness)
+        kinds = [kind for kind, _ in io.messages()]
+        self.assertEqual(
+            kinds,
+            [m.AUTHENTICATION, m.PARAMETER_STATUS, m.BACKEND_KEY_DATA, m.READY_FOR_QUERY],
+        )
+        (key_body,) = [body for kind, body in io.messages() if kind == m.BACKEND_KEY_DATA]
+        pid, secret = m.parse_backend_key_data(key_body)
+        self.assertEqual(pid, 4242)
+        self.assertNotEqual(secret, server.secret)  # the pooler's own key, never the server's
+        self.assertEqual(session.state, RELAY)
+        self.assertEqual(io.actions, ["start_relay"])
+
+    def test_bytes_sent_while_setting_are_replayed_through_the_relay(self) -> None:
+        """A pooled server runs SET application_name; a query sent meanwhile is relayed after."""
+        harness = Harness()
+        first, _, server = self.start(harness)
+        server.makeConnection(StringTransport())
+        first.client_terminated()  # reset: DISCARD ALL, answered below
+        server.dataReceived(m.ready_for_query(m.IDLE))
+        second, io = harness.session()
+        second.client_data(startup_packet(application="report") + m.query("select 1"))
+        self.assertEqual(second.state, SETTING)
+        server.dataReceived(m.ready_for_query(m.IDLE))  # SET application_name done
+        self.assertEqual(second.state, RELAY)
+        self.assertEqual(io.relayed, [m.query("select 1")])
+
+    def test_too_many_early_bytes_are_refused(self) -> None:
+        """A waiting client that sends more than MAX_EARLY_BYTES gets FATAL 08P01."""
+        harness = Harness(num_init_children=1)
+        self.start(harness)
+        waiting, io = harness.session()
+        waiting.client_data(startup_packet())
+        self.assertEqual(waiting.state, WAITING)
+        waiting.client_data(b"x" * (MAX_EARLY_BYTES + 1))
+        self.assertEqual(io.error_code(), "08P01")
+
+    def test_waiting_client_admitted_when_a_slot_frees(self) -> None:
+        """With num_init_children = 1 the second client waits, untimed, until the first leaves."""
+        harness = Harness(num_init_children=1, authentication_timeout=5)
+        first, first_io, _ = self.start(harness)
+        second, second_io = harness.session()
+        second.client_data(startup_packet())
+        self.assertEqual(second.state, WAITING)
+        harness.reactor.advance(60)  # a waiting client is never timed out
+        self.assertEqual(second_io.actions, [])
+        first.client_lost()
+        harness.reactor.advance(0)
+        self.assertEqual(second.state, CONNECTING)
+        self.assertEqual(len(harness.reactor.tcpClients), 2)
+
+    def test_cancel_request_reaches_the_server_with_its_own_key(self) -> None:
+        """A CancelRequest with the session's key opens a connection to that session's node."""
+        harness = Harness()
+        session, io, server = self.start(harness)
+        (key_body,) = [body for kind, body in io.messages() if kind == m.BACKEND_KEY_DATA]
+        pid, secret = m.parse_backend_key_data(key_body)
+        canceller, canceller_io = harness.session()
+        canceller.client_data(cancel_request(pid, secret))
+        self.assertEqual(canceller_io.actions, ["finish"])
+        self.assertEqual(len(harness.reactor.tcpClients), 2)
+
+    def test_cancel_request_with_a_wrong_key_is_dropped(self) -> None:
+        """A CancelRequest with any other key opens no connection."""
+        harness = Harness()
+        session, io, server = self.start(harness)
+        canceller, canceller_io = harness.session()
+        canceller.client_data(cancel_request(server.pid, server.secret))
+        self.assertEqual(canceller_io.actions, ["finish"])
+        self.assertEqual(len(harness.reactor.tcpClients), 1)
+
+    def test_terminate_ends_the_session_and_returns_the_server(self) -> None:
+        """A clean Terminate stops the relay, frees the slot and leaves the session closed."""
+        harness = Harness(num_init_children=1)
+        session, io, _ = self.start(harness)
+        session.client_terminated()
+        self.assertEqual(session.state, CLOSED)
+        self.assertEqual(io.actions, ["start_relay", "stop_relay", "finish"])
+        self.assertEqual(len(harness.pool.sessions), 0)
+
+    def test_lost_server_mid_session_tells_the_client(self) -> None:
+        """A server that goes away at a message boundary gives the client FATAL 08006."""
+        harness = Harness()
+        session, io, server = self.start(harness)
+        io.sent.clear()
+        session.server_lost(server, "connection reset")
+        self.assertEqual(io.error_code(), "08006")
+        self.assertEqual(io.actions[-1], "close")
+        session.client_lost()  # the glue reports the close; nothing is released twice
+        self.assertEqual(session.state, CLOSED)
+
+    def test_fast_shutdown_sends_57p01(self) -> None:
+        """A fast shutdown tells a relaying client FATAL 57P01 between messages."""
+        harness = Harness()
+        session, io, _ = self.start(harness)
+        io.sent.clear()
+        session.shut_down()
+        self.assertEqual(io.error_code(), "57P01")
+
+
+class StatesTests(SynchronousTestCase):
+    def test_pool_hba_password_exchange_moves_to_authenticating(self) -> None:
+        """With enable_pool_hba and an md5 rule, the session asks for a password first."""
+        from pgpool_tw.config.authfiles import AuthFiles
+        from pgpool_tw.config.hba import parse_hba
+        from pgpool_tw.config.passwd import md5_entry, parse_passwd
+
+        harness = Harness(enable_pool_hba=True)
+        entries, _ = parse_passwd(md5_entry("alice", "secret") + "\n")
+        harness.context.auth_files = AuthFiles(
+            rules=parse_hba("host all all 0.0.0.0/0 md5\n"), secrets=entries
+        )
+        session, io = harness.session()
+        session.client_data(startup_packet())
+        self.assertEqual(session.state, AUTHENTICATING)
+        ((kind, body),) = io.messages()
+        self.assertEqual((kind, m.auth_code(body)), (m.AUTHENTICATION, m.AUTH_MD5))
