@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -304,3 +306,29 @@ class StatesTests(SynchronousTestCase):
         self.assertEqual(session.state, AUTHENTICATING)
         ((kind, body),) = io.messages()
         self.assertEqual((kind, m.auth_code(body)), (m.AUTHENTICATION, m.AUTH_MD5))
+
+
+class SplitTests(SynchronousTestCase):
+    @given(
+        cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+        gss=st.booleans(),
+        ssl=st.booleans(),
+    )
+    @settings(max_examples=200, deadline=None)
+    def test_opening_bytes_split_anywhere_give_one_outcome(
+        self, cuts: list[int], gss: bool, ssl: bool
+    ) -> None:
+        """SSL/GSS requests and a startup packet cut at any points are answered the same."""
+        stream = (SSL_REQUEST if ssl else b"") + (GSSENC_REQUEST if gss else b"")
+        stream += startup_packet(application="app") + m.query("select 1")
+        harness = Harness(num_init_children=1)
+        first, _ = harness.session()
+        first.client_data(startup_packet())  # holds the only slot: the next one waits
+        session, io = harness.session()
+        last = 0
+        for cut in sorted(set(cuts)) + [len(stream)]:
+            session.client_data(stream[last:cut])
+            last = max(last, cut)
+        self.assertEqual(b"".join(io.sent), b"N" * (ssl + gss))
+        self.assertEqual((session.state, io.actions), (WAITING, []))
+        self.assertEqual(session.startup.application_name, "app")  # type: ignore[union-attr]
