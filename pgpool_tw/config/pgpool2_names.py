@@ -57,7 +57,7 @@ _INDEXED = frozenset(
 
 _WATCHDOG = (
     "wd_hostname wd_port wd_priority wd_authkey wd_ipc_socket_dir wd_listen_address "
-    "wd_listen_port delegate_ip delegate_IP trusted_servers trusted_server_command ping_path "
+    "wd_listen_port delegate_ip trusted_servers trusted_server_command ping_path "
     "if_cmd_path if_up_cmd if_down_cmd arping_path arping_cmd clear_memqcache_on_escalation "
     "wd_escalation_command wd_de_escalation_command failover_when_quorum_exists "
     "failover_require_consensus allow_multiple_failover_requests_from_node "
