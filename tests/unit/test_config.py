@@ -567,6 +567,25 @@ class SampleTests(SynchronousTestCase):
             )
         self.assertTrue(re.search(r"^\s*#\s*socket_dir\s*=", text, re.MULTILINE))
 
+    def test_sample_lists_every_recognised_pgpool_ii_name(self) -> None:
+        """The sample's closing list names every pgpool-II setting recognised but not used."""
+        with open(SAMPLE, encoding="utf-8") as handle:
+            text = handle.read()
+        listed = set(re.findall(r"[A-Za-z_0-9]+", text[text.index("RECOGNISED BUT NOT USED") :]))
+        for feature in pgpool2_names.FEATURES:
+            names = list(feature.settings) + ([feature.switch[0]] if feature.switch else [])
+            for name in names:
+                indexed = pgpool2_names.indexed_base(name + "0") == name
+                self.assertIn(name + "n" if indexed else name, {n.lower() for n in listed}, name)
+
+    def test_sample_second_node_commented_out_as_documented(self) -> None:
+        """Uncommenting the sample's second server adds node 1 and nothing else."""
+        with open(SAMPLE, encoding="utf-8") as handle:
+            text = handle.read()
+        parsed = parse_config(re.sub(r"(?m)^#(backend_[a-z_]+1 =)", r"\1", text))
+        self.assertEqual([node.index for node in parsed.backends], [0, 1])
+        self.assertEqual(parsed.warnings, ())
+
 
 class PropertyTests(SynchronousTestCase):
     @given(st.integers(min_value=1, max_value=10000))

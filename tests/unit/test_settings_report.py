@@ -11,7 +11,10 @@ from pgpool_tw.config.pgpool2_names import FEATURES, feature_of
 from pgpool_tw.config.report import new_warnings, plan_reload, unused_lines, unused_settings
 from pgpool_tw.config.settings import load_config, parse_config
 
-DEBIAN_SAMPLE = "/usr/share/doc/pgpool2/examples/pgpool.conf.sample"
+#: Debian's stock pgpool.conf (package pgpool2); scripts/test unpacks it when it is missing.
+DEBIAN_SAMPLE = os.environ.get(
+    "PGPOOL2_SAMPLE", "/usr/share/doc/pgpool2/examples/pgpool.conf.sample"
+)
 
 TWO_NODES = "backend_hostname0 = a\nbackend_hostname1 = b\n"
 
