@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple, Optional
 
 from pgpool_tw.config.backends import backend_key
-from pgpool_tw.config.pgpool2_names import FEATURES, Feature, feature_of
+from pgpool_tw.config.pgpool2_names import FEATURES, Feature, feature_of, indexed_base
 from pgpool_tw.config.settings import RESTART_REQUIRED, Config, field_of
 from pgpool_tw.config.values import BOOLEANS
 
@@ -75,13 +75,20 @@ def unused_settings(config: Config) -> dict[str, list[str]]:
 
 
 def _switched_off(feature: Feature, name: str, given: dict[str, Any]) -> bool:
-    """A feature's settings mean nothing to pgpool-II while its switch is neutral."""
+    """A feature's settings mean nothing to pgpool-II while its switch is neutral.
+
+    A numbered setting (health_check_timeout1) follows its node's switch
+    (health_check_period1) when the file sets one, else the global switch.
+    """
     if feature.switch is None:
         return False
     switch, default, neutral = feature.switch
-    if name == switch:
+    base = indexed_base(name)
+    if switch in (name, base):
         return False
     value = given.get(switch, default)
+    if base is not None:
+        value = given.get(switch + name[len(base) :], value)
     return not _acts(value if isinstance(value, str) else default, neutral)
 
 
@@ -91,9 +98,10 @@ def unused_lines(config: Config, running: Optional[Config] = None) -> list[str]:
     before = unused_settings(running) if running is not None else {}
     old = dict(running.given) if running is not None else {}
     new = dict(config.given)
+    now = unused_settings(config)
     lines = []
     for feature in FEATURES:
-        names = unused_settings(config).get(feature.title, [])
+        names = now.get(feature.title, [])
         if not names:
             continue
         if (

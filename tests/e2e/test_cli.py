@@ -168,8 +168,7 @@ class FirstMinuteTests(SynchronousTestCase):
         return pooler.start()
 
     def test_stock_file_reports_a_handful_of_lines(self) -> None:
-        """Debian's file, every default uncommented, starts with a few feature lines and no
-        line-by-line warnings."""
+        """Debian's file, all uncommented, starts with a few feature lines and no line warning."""
         pooler = self.pooler_on(uncommented(DEBIAN_SAMPLE))
         pooler.wait_for_log("pgpool-tw listening on")
         output = pooler.log_text()

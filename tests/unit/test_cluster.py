@@ -86,8 +86,7 @@ class WarningTests(SynchronousTestCase):
         )
 
     def test_settings_report_once(self) -> None:
-        """The start report has line warnings, the nodes line and feature lines; a reload
-        with the same file says nothing again."""
+        """The start report lists each warning once; a reload of the same file says nothing."""
         text = THREE + "bogus = 1\nload_balance_mode = on\n"
         config = parse_config(text)
         lines = settings_report(config)

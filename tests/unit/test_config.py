@@ -65,8 +65,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertTrue(names >= RESTART_REQUIRED)
 
     def test_module_does_not_import_twisted(self) -> None:
-        """The parsing modules (settings, syntax, values, backends, names, report) and the
-        cluster import nothing from Twisted and do not log."""
+        """The config parsing modules and the cluster import neither Twisted nor logging."""
         for module in (config, syntax, values, backends, pgpool2_names, report, cluster):
             self.assertNoTwisted(module.__file__)
 

@@ -56,6 +56,16 @@ class UnusedTests(SynchronousTestCase):
             unused_settings(config), {"watchdog": ["use_watchdog", "wd_port0", "hostname0"]}
         )
 
+    def test_node_switch(self) -> None:
+        """A node's own health_check_periodN is reported, and turns on its node's settings."""
+        config = parse_config(
+            "health_check_period1 = 10\nhealth_check_timeout1 = 5\nhealth_check_timeout2 = 5\n"
+        )
+        self.assertEqual(
+            unused_settings(config),
+            {"health check": ["health_check_period1", "health_check_timeout1"]},
+        )
+
     def test_switch_default_applies_when_unset(self) -> None:
         """A dependent setting counts when pgpool-II's default turns its feature on."""
         config = parse_config("statement_level_load_balance = on\n")  # load_balance_mode is on
@@ -145,8 +155,7 @@ class DebianFileTests(SynchronousTestCase):
             raise self.skipTest(f"{DEBIAN_SAMPLE} missing (scripts/test installs pgpool2)")
 
     def test_stock_file_every_default_uncommented(self) -> None:
-        """Debian's pgpool.conf with every setting uncommented gives no line warning and a
-        handful of feature lines."""
+        """Debian's pgpool.conf, all uncommented, gives no line warning and a few feature lines."""
         with open(DEBIAN_SAMPLE, encoding="utf-8") as handle:
             text = handle.read()
         uncommented = re.sub(r"(?m)^#([a-z_0-9]+\s*=)", r"\1", text)
