@@ -22,18 +22,9 @@ from pgpool_tw.config.values import BOOLEANS
 
 __all__ = ["ReloadPlan", "new_warnings", "plan_reload", "unused_lines", "unused_settings"]
 
-_UNITS = {
-    "ms": 0.001,
-    "s": 1.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,  # fmt: skip
-    "b": 1.0,
-    "kb": 1024.0,
-    "mb": 1024.0**2,
-    "gb": 1024.0**3,
-    "tb": 1024.0**4,  # fmt: skip
-}
+# pgpool-II's time and memory units, lower-cased: '1min' and '60' are the same value.
+_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS.update({"b": 1.0, "kb": 1024.0, "mb": 1024.0**2, "gb": 1024.0**3, "tb": 1024.0**4})
 _LOAD_BALANCING = next(f for f in FEATURES if f.title == "load balancing")
 _QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)\Z")
 
