@@ -6,6 +6,7 @@ into Twisted's own plugin directory.
 """
 
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from setuptools import Extension, setup
 # without a compiler the pure-Python relay runs.  PyPy keeps the Python relay,
 # which its JIT compiles (its C-API emulation would make the extension slower).
 #: The runtime package's sub-packages, one room each (docs/ARCHITECTURE.md).
-ROOMS = ("protocol", "config", "session", "pool", "engine", "net", "stats")
+ROOMS = ("protocol", "config", "cluster", "session", "pool", "engine", "net", "stats")
+
+#: One version, read from the package so ``twistd pgpool --version`` and pip agree.
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    Path(__file__).with_name("pgpool_tw").joinpath("__init__.py").read_text(encoding="utf-8"),
+    re.MULTILINE,
+).group(1)
 
 SPEEDUPS = [
     Extension(
@@ -37,7 +45,7 @@ if platform.python_implementation() != "CPython" or not sys.platform.startswith(
 
 setup(
     name="pgpool-tw",
-    version="0.1.0",
+    version=VERSION,
     description="A PostgreSQL connection pooler and proxy on Twisted",
     long_description=Path(__file__).with_name("README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",

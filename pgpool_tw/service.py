@@ -29,8 +29,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pgpool_tw import systemd
+from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
-from pgpool_tw.config.settings import RESTART_REQUIRED, Config, ConfigError, load_config
+from pgpool_tw.config.report import plan_reload
+from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.engine.warm import WarmLane
 from pgpool_tw.net.transport import tune_listener
@@ -262,9 +264,10 @@ class PgpoolService(MultiService):
     def reload(self) -> bool:
         """SIGHUP: re-read pgpool.conf; a bad file keeps the running configuration.
 
-        Settings that only a restart can change keep their old value and are
-        logged; the rest apply to new sessions (and to pooled connections where
-        they are read at each tick, like connection_life_time).
+        Settings that only a restart can change keep their running value and are named;
+        the rest apply to new sessions (and to pooled connections where they are read at
+        each tick, like connection_life_time).  Warnings the running file already gave are
+        not repeated; the settings that changed are named, never their values.
         """
         path = self.config.path
         if path is None:
@@ -279,16 +282,20 @@ class PgpoolService(MultiService):
             log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             self._notify("READY=1")
             return False
-        kept = {}
-        for name in sorted(RESTART_REQUIRED):
-            if getattr(new, name) != getattr(self.config, name):
-                kept[name] = getattr(self.config, name)
-                log.warn("reload: {name} changed; it takes effect only after a restart", name=name)
-        for warning in new.warnings + auth_files.warnings:
+        plan = plan_reload(self.config, new)
+        for name in plan.restart:
+            log.warn(
+                "reload: {name} changed; it takes effect only after a restart "
+                "(the running value is kept)",
+                name=name,
+            )
+        if plan.changed:
+            log.info("reload: changed: {names}", names=", ".join(plan.changed))
+        for warning in settings_report(plan.config, self.config) + list(auth_files.warnings):
             log.warn("{warning}", warning=warning)
         self.factory.auth_files = auth_files
         self.factory.tls = tls
-        self.apply(dataclasses.replace(new, **kept))
+        self.apply(plan.config)
         log.info("configuration reloaded from {path}", path=path)
         self._notify("READY=1")
         return True

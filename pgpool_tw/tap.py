@@ -1,15 +1,24 @@
-"""``twistd pgpool``: command-line options and the service they build."""
+"""``twistd pgpool``: command-line options and the service they build.
+
+A configuration that cannot be used ends twistd with one line (``file:line: setting: what is
+allowed``) and exit status 1, never with twistd's usage text: the options were right, the
+file was not.  The start-up report (unused pgpool-II settings by feature, nodes not used yet)
+is logged here, once; a reload logs only what changed (``PgpoolService.reload``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+import pgpool_tw
+from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config.settings import ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
@@ -20,6 +29,11 @@ log = Logger()
 
 #: Where Debian's pgpool2 package keeps its file, so a pgpool-II user's file is found.
 DEFAULT_CONFIG = "/etc/pgpool2/pgpool.conf"
+
+
+def _refuse(message: str) -> NoReturn:
+    """One line on stderr and exit status 1; SystemExit skips twistd's usage text."""
+    raise SystemExit(message)
 
 
 class Options(usage.Options):
@@ -38,17 +52,25 @@ class Options(usage.Options):
         ],
     ]
 
+    def opt_version(self) -> None:
+        """Display pgpool-tw's and Twisted's versions and exit."""
+        from twisted import copyright
+
+        print(f"pgpool-tw {pgpool_tw.__version__}")
+        print(f"Twisted {copyright.version}")
+        sys.exit(0)
+
     def postOptions(self) -> None:
         path = self["config"]
         if path is None:
             path = "pgpool.conf" if os.path.exists("pgpool.conf") else DEFAULT_CONFIG
         try:
-            self["settings"] = load_config(os.path.abspath(path))
+            settings = load_config(os.path.abspath(path))
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        settings = self["settings"]
+            _refuse(str(e))
         if not settings.backends:
-            raise usage.UsageError(f"{path}: no backend configured; set backend_hostname0")
+            _refuse(f"{path}: no backend configured; set backend_hostname0")
+        self["settings"] = settings
         self["overrides"] = {}
         if self["hba-file"] is not None:
             self["overrides"]["pool_hba_file"] = os.path.abspath(self["hba-file"])
@@ -56,7 +78,7 @@ class Options(usage.Options):
             load_auth_files(dataclasses.replace(settings, **self["overrides"]))
             load_tls(settings)
         except (AuthFilesError, TLSConfigError) as e:
-            raise usage.UsageError(str(e)) from None
+            _refuse(str(e))
 
 
 class _TwistdService(PgpoolService):
@@ -75,6 +97,6 @@ class _TwistdService(PgpoolService):
 
 def makeService(options: Any) -> IService:
     settings = options["settings"]
-    for warning in settings.warnings:
+    for warning in settings_report(settings):
         log.warn("{warning}", warning=warning)
     return _TwistdService(settings, handle_signals=True, overrides=options["overrides"])

@@ -81,3 +81,37 @@ ensure_venv() {
     log "pip install -e $spec"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec" </dev/null
 }
+
+# ensure_pgpool2_sample: export PGPOOL2_SAMPLE, Debian's stock pgpool.conf, which the tests load
+# as a pgpool-II user's first file.  When package pgpool2 is not installed, its .deb is
+# downloaded with apt-get and unpacked into the venv, never installed: its server must not
+# start.  Without apt the tests that need the file skip.
+ensure_pgpool2_sample() {
+    local sample=/usr/share/doc/pgpool2/examples/pgpool.conf.sample
+    local unpacked="$VENV/pgpool2"
+    if [ -f "$sample" ]; then
+        export PGPOOL2_SAMPLE="$sample"
+        return 0
+    fi
+    if [ ! -f "$unpacked$sample" ] && command -v apt-get >/dev/null; then
+        local download
+        download="$(mktemp -d)"
+        log "apt-get download pgpool2 (unpacked into $unpacked, not installed)"
+        if ! (cd "$download" && apt-get download -q pgpool2 </dev/null); then
+            if [ "$(id -u)" = 0 ] && [ -z "$_APT_UPDATED" ]; then
+                apt-get update -q </dev/null && _APT_UPDATED=1
+                (cd "$download" && apt-get download -q pgpool2 </dev/null) || true
+            fi
+        fi
+        if ls "$download"/pgpool2_*.deb >/dev/null 2>&1; then
+            mkdir -p "$unpacked"
+            dpkg-deb -x "$download"/pgpool2_*.deb "$unpacked"
+        fi
+        rm -rf "$download"
+    fi
+    if [ -f "$unpacked$sample" ]; then
+        export PGPOOL2_SAMPLE="$unpacked$sample"
+    else
+        log "no pgpool2 sample: the tests that load Debian's pgpool.conf will skip"
+    fi
+}

@@ -1,15 +1,16 @@
 """Reading pgpool-II's ``pgpool.conf`` into a frozen, validated :class:`Config`.
 
-This module owns three things: the file syntax (pgpool-II's, which is PostgreSQL's
-``name = value`` format), the one table of supported settings with their ranges, and the
-wording of configuration errors.  Everything else in pgpool-tw receives a finished ``Config``
-and never looks at the text.
+This module owns the one table of settings pgpool-tw acts on, with their ranges, and the
+walk over a file that fills a ``Config``.  The line syntax is :mod:`.syntax`'s, the value
+readers :mod:`.values`', the ``backend_*N`` nodes :mod:`.backends`', and the pgpool-II names
+pgpool-tw knows but does not act on yet :mod:`.pgpool2_names`'.  Everything else in
+pgpool-tw receives a finished ``Config`` and never looks at the text.
 
 It must never import Twisted, open sockets, log, or read globals: parsing is a pure function
 from text to either a ``Config`` or one :class:`ConfigError`, so a reload can build a
 candidate configuration, diff it against the running one and refuse it with no side effects.
-Unknown settings are not errors, because a real pgpool.conf holds hundreds we do not
-implement; they are returned in ``Config.warnings`` for the caller to log.
+A setting that is neither ours nor pgpool-II's is not an error (pgpool-II versions add
+names); it is returned in ``Config.warnings``, with the nearest known name when there is one.
 
 Adding a setting takes one field on :class:`Config` (which holds the default) and one row in
 ``_SETTINGS`` (which holds the parser and the text that says what is allowed).
@@ -17,56 +18,26 @@ Adding a setting takes one field on :class:`Config` (which holds the default) an
 
 from __future__ import annotations
 
-import math
+import difflib
 import os
-import re
-from dataclasses import dataclass, replace
-from typing import Any, Callable, NamedTuple, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from pgpool_tw.config.backends import BACKEND_KEYS, MAX_BACKENDS, BackendNode, backend_key
+from pgpool_tw.config.backends import build_backends as _build_backends
+from pgpool_tw.config.pgpool2_names import all_names, feature_of, indexed_base
+from pgpool_tw.config.syntax import ConfigError, read_entries
+from pgpool_tw.config.values import BOOLEAN, DIRECTORIES, TIME, Kind, integer, one_of, split_on
 
 __all__ = [
     "RESTART_REQUIRED",
     "BackendNode",
     "Config",
     "ConfigError",
+    "field_of",
     "load_config",
     "parse_config",
 ]
-
-
-class ConfigError(Exception):
-    """A configuration that must not be used, told in one line an operator can act on.
-
-    The shape is '<file>:<line>: <setting>: <what is wrong>; <what is allowed>', so an editor
-    can jump to the line and the fix is in the message rather than in our source.
-    """
-
-
-@dataclass(frozen=True)
-class BackendNode:
-    """One PostgreSQL server, from the ``backend_*N`` settings.
-
-    ``index`` is kept, not just the order, because pgpool-II's tools and logs name nodes by N.
-    """
-
-    index: int
-    hostname: str
-    port: int = 5432
-    weight: float = 1.0
-
-    @property
-    def is_unix(self) -> bool:
-        """libpq's rule: a host starting with '/' is a socket directory, not a host name."""
-        return self.hostname.startswith("/")
-
-    @property
-    def address(self) -> str:
-        """Where we connect, written so it can be pasted into psql, ss or a bug report."""
-        if self.is_unix:
-            return f"{self.hostname.rstrip('/')}/.s.PGSQL.{self.port}"
-        if ":" in self.hostname:
-            # An IPv6 address: brackets keep the port from reading as another group.
-            return f"[{self.hostname}]:{self.port}"
-        return f"{self.hostname}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -107,6 +78,10 @@ class Config:
     server_tls_sslmode: str = "prefer"
     server_tls_ca_file: str = ""
     warnings: tuple[str, ...] = ()
+    #: Every name the file set, with its parsed value (ours, backend_*N) or its text
+    #: (pgpool-II's others): what a reload diffs and what the unused-settings report reads.
+    #: Not compared: two Configs that behave alike are equal however they were written.
+    given: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def primary_backend(self) -> Optional[BackendNode]:
@@ -121,243 +96,89 @@ RESTART_REQUIRED: frozenset[str] = frozenset(
 )
 
 
-class _Kind(NamedTuple):
-    """How to read one type of value, and the words that tell a user what was expected."""
-
-    parse: Callable[[str], Any]  # raises ValueError on a bad value
-    allowed: str
-
-
-_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
-_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-_REAL = re.compile(_NUMBER + r"\Z")
-# pgpool-II 4.x, like PostgreSQL, allows whitespace between number and unit, and the unit
-# is case-sensitive ('5min', '5 min'; not '5MIN').
-_TIME = re.compile(rf"({_NUMBER})\s*(ms|s|min|h|d)?\Z")
-_SECONDS_PER_UNIT: dict[Optional[str], float] = {
-    None: 1.0,
-    "ms": 0.001,
-    "s": 1.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-_BOOLEANS = {
-    "on": True,
-    "true": True,
-    "yes": True,
-    "1": True,
-    "off": False,
-    "false": False,
-    "no": False,
-    "0": False,
-}
-
-
-def _integer(low: int, high: Optional[int] = None) -> _Kind:
-    """Integers are matched by regex first because int() also accepts '1_000' and ' 1 '."""
-
-    def parse(text: str) -> int:
-        text = text.strip()
-        if not _INTEGER.match(text):
-            raise ValueError(text)
-        value = int(text)
-        if value < low or (high is not None and value > high):
-            raise ValueError(text)
-        return value
-
-    if high is None:
-        return _Kind(parse, f"expected an integer >= {low}")
-    return _Kind(parse, f"expected an integer from {low} to {high}")
-
-
-def _parse_real(text: str) -> float:
-    """float() alone would let 'nan', 'inf' and '1_0' through."""
-    text = text.strip()
-    if not _REAL.match(text):
-        raise ValueError(text)
-    value = float(text)
-    if value < 0 or not math.isfinite(value):
-        raise ValueError(text)
-    return value + 0.0  # turns -0.0 into 0.0
-
-
-def _parse_time(text: str) -> float:
-    """Seconds, so that callers never need to know which unit the file used."""
-    match = _TIME.match(text.strip())
-    if match is None:
-        raise ValueError(text)
-    seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
-    if seconds < 0 or not math.isfinite(seconds):
-        raise ValueError(text)
-    return seconds + 0.0
-
-
-def _parse_boolean(text: str) -> bool:
-    """pgpool-II's spellings; prefixes ('of') are refused since nobody needs them."""
-    try:
-        return _BOOLEANS[text.strip().lower()]
-    except KeyError:
-        raise ValueError(text) from None
-
-
-def _split_on(separator: str) -> Callable[[str], tuple[str, ...]]:
-    """Lists are written as one quoted string; '' is how a user says 'none at all'."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        return tuple(item.strip() for item in text.split(separator) if item.strip())
-
-    return parse
-
-
-_TIME_KIND = _Kind(
-    _parse_time, "expected a time >= 0 in seconds, or with a unit ms, s, min, h or d (e.g. 5min)"
-)
-_BOOLEAN_KIND = _Kind(_parse_boolean, "expected on/off, true/false, yes/no or 1/0")
-_DIRECTORIES = _Kind(_split_on(","), "expected a comma-separated list of directories")
-
-
 # The settings table: pgpool.conf name -> (Config field, how to read it).  Two names may
 # share a field (synonyms); the default lives on the Config field.
-def _one_of(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value not in choices:
-            raise ValueError(value)
-        return value
-
-    return parse
-
-
-_SETTINGS: dict[str, tuple[str, _Kind]] = {
+_SETTINGS: dict[str, tuple[str, Kind]] = {
     "listen_addresses": (
         "listen_addresses",
-        _Kind(_split_on(","), "expected a comma-separated list of addresses, '*' or ''"),
+        Kind(split_on(","), "expected a comma-separated list of addresses, '*' or ''"),
     ),
-    "port": ("port", _integer(0, 65535)),
-    "socket_dir": ("socket_dirs", _DIRECTORIES),
-    "unix_socket_directories": ("socket_dirs", _DIRECTORIES),
-    "num_init_children": ("num_init_children", _integer(1, 10000)),
-    "max_pool": ("max_pool", _integer(1, 10000)),
-    "child_life_time": ("child_life_time", _TIME_KIND),
-    "child_max_connections": ("child_max_connections", _integer(0)),
-    "connection_life_time": ("connection_life_time", _TIME_KIND),
-    "client_idle_limit": ("client_idle_limit", _TIME_KIND),
-    "authentication_timeout": ("authentication_timeout", _TIME_KIND),
-    "connection_cache": ("connection_cache", _BOOLEAN_KIND),
+    "port": ("port", integer(0, 65535)),
+    "socket_dir": ("socket_dirs", DIRECTORIES),
+    "unix_socket_directories": ("socket_dirs", DIRECTORIES),
+    "num_init_children": ("num_init_children", integer(1, 10000)),
+    "max_pool": ("max_pool", integer(1, 10000)),
+    "child_life_time": ("child_life_time", TIME),
+    "child_max_connections": ("child_max_connections", integer(0)),
+    "connection_life_time": ("connection_life_time", TIME),
+    "client_idle_limit": ("client_idle_limit", TIME),
+    "authentication_timeout": ("authentication_timeout", TIME),
+    "connection_cache": ("connection_cache", BOOLEAN),
     "reset_query_list": (
         "reset_query_list",
-        _Kind(_split_on(";"), "expected SQL statements separated by ';'"),
+        Kind(split_on(";"), "expected SQL statements separated by ';'"),
     ),
-    "log_connections": ("log_connections", _BOOLEAN_KIND),
-    "smart_shutdown_timeout": ("smart_shutdown_timeout", _TIME_KIND),
-    "enable_pool_hba": ("enable_pool_hba", _BOOLEAN_KIND),
-    "pool_hba_file": ("pool_hba_file", _Kind(str, "expected a file path")),
-    "pool_passwd": ("pool_passwd", _Kind(str, "expected a file path, or '' for none")),
-    "allow_clear_text_frontend_auth": ("allow_clear_text_frontend_auth", _BOOLEAN_KIND),
-    "ssl": ("ssl", _BOOLEAN_KIND),
-    "ssl_key": ("ssl_key", _Kind(str, "expected a file path")),
-    "ssl_cert": ("ssl_cert", _Kind(str, "expected a file path")),
-    "ssl_ca_cert": ("ssl_ca_cert", _Kind(str, "expected a file path, or ''")),
-    "ssl_ciphers": ("ssl_ciphers", _Kind(str, "expected an OpenSSL cipher list")),
+    "log_connections": ("log_connections", BOOLEAN),
+    "smart_shutdown_timeout": ("smart_shutdown_timeout", TIME),
+    "enable_pool_hba": ("enable_pool_hba", BOOLEAN),
+    "pool_hba_file": ("pool_hba_file", Kind(str, "expected a file path")),
+    "pool_passwd": ("pool_passwd", Kind(str, "expected a file path, or '' for none")),
+    "allow_clear_text_frontend_auth": ("allow_clear_text_frontend_auth", BOOLEAN),
+    "ssl": ("ssl", BOOLEAN),
+    "ssl_key": ("ssl_key", Kind(str, "expected a file path")),
+    "ssl_cert": ("ssl_cert", Kind(str, "expected a file path")),
+    "ssl_ca_cert": ("ssl_ca_cert", Kind(str, "expected a file path, or ''")),
+    "ssl_ciphers": ("ssl_ciphers", Kind(str, "expected an OpenSSL cipher list")),
     "ssl_min_protocol_version": (
         "ssl_min_protocol_version",
-        _Kind(
-            _one_of("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+        Kind(
+            one_of("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
             "expected TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3",
         ),
     ),
-    "ssl_prefer_server_ciphers": ("ssl_prefer_server_ciphers", _BOOLEAN_KIND),
+    "ssl_prefer_server_ciphers": ("ssl_prefer_server_ciphers", BOOLEAN),
     "server_tls_sslmode": (
         "server_tls_sslmode",
-        _Kind(
-            _one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+        Kind(
+            one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
             "expected disable, allow, prefer, require, verify-ca or verify-full",
         ),
     ),
-    "server_tls_ca_file": ("server_tls_ca_file", _Kind(str, "expected a file path, or ''")),
+    "server_tls_ca_file": ("server_tls_ca_file", Kind(str, "expected a file path, or ''")),
 }
 
-# backend_<key>N: the key -> how to read it, or None for pgpool-II keys we accept unread so
-# that an existing pgpool.conf loads without warnings.  Read keys are BackendNode fields.
-_BACKEND_SETTINGS: dict[str, Optional[_Kind]] = {
-    "hostname": _Kind(str, "expected a host name, an IP address or a socket directory"),
-    "port": _integer(1, 65535),
-    "weight": _Kind(_parse_real, "expected a number >= 0"),
-    "data_directory": None,
-    "flag": None,
-    "application_name": None,
-}
-_MAX_BACKENDS = 128  # pgpool-II's limit: N is 0..127
-# No leading zeros, so backend_hostname01 cannot silently alias backend_hostname1.
-_BACKEND_NAME = re.compile(r"backend_([a-z_]+?)(0|[1-9][0-9]*)\Z")
 
-_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=?\s*")
-_UNQUOTED = re.compile(r"[^\s#']+")
-_OCTAL = re.compile(r"[0-7]{1,3}")
-_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+def field_of(name: str) -> Optional[str]:
+    """The Config field a pgpool.conf name sets ('backends' for backend_*N), or None."""
+    if name in _SETTINGS:
+        return _SETTINGS[name][0]
+    return "backends" if backend_key(name) is not None else None
 
 
-def _read_quoted(line: str, pos: int, where: str, name: str) -> tuple[str, int]:
-    """PostgreSQL's string rules, which pgpool-II shares: '' and backslash escapes."""
-    out: list[str] = []
-    while pos < len(line):
-        char = line[pos]
-        if char == "'":
-            if line.startswith("'", pos + 1):
-                out.append("'")
-                pos += 2
-                continue
-            return "".join(out), pos + 1
-        if char == "\\" and pos + 1 < len(line):
-            octal = _OCTAL.match(line, pos + 1)
-            if octal is not None:
-                out.append(chr(int(octal.group(), 8)))
-                pos = octal.end()
-            else:
-                out.append(_ESCAPES.get(line[pos + 1], line[pos + 1]))
-                pos += 2
-            continue
-        out.append(char)
-        pos += 1
-    raise ConfigError(
-        f"{where}: {name}: unterminated quoted string; close it with ' on the same line"
-    )
-
-
-def _split_line(line: str, where: str) -> Optional[tuple[str, str]]:
-    """One line to (lower-case name, value text), or None for a blank or comment line."""
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    match = _NAME.match(line)
-    if match is None:
-        raise ConfigError(
-            f"{where}: syntax error at {stripped[:40]!r}; expected 'name = value' or a # comment"
-        )
-    name = match.group(1).lower()
-    pos = match.end()
-    if line.startswith("'", pos):
-        value, pos = _read_quoted(line, pos + 1, where, name)
-    else:
-        token = _UNQUOTED.match(line, pos)
-        if token is None:
-            raise ConfigError(f"{where}: {name}: missing value; expected 'name = value'")
-        value, pos = token.group(), token.end()
-    rest = line[pos:].strip()
-    if rest and not rest.startswith("#"):
-        raise ConfigError(
-            f"{where}: {name}: unexpected {rest[:40]!r} after the value; "
-            "quote a value that holds spaces or quotes"
-        )
-    return name, value
-
-
-def _convert(kind: _Kind, value: str, where: str, name: str) -> Any:
+def _convert(kind: Kind, value: str, where: str, name: str) -> Any:
     try:
         return kind.parse(value)
     except ValueError:
         # repr() keeps the message on one line even when the value holds an escaped newline.
         raise ConfigError(f"{where}: {name}: invalid value {value!r}; {kind.allowed}") from None
+
+
+# Names a misspelling is compared with: ours, pgpool-II's, and backend_<key>.
+_KNOWN = sorted(set(_SETTINGS) | all_names() | {f"backend_{key}" for key in BACKEND_KEYS})
+
+
+def _unknown(name: str, where: str) -> str:
+    """The warning for a name that is neither ours nor pgpool-II's, with a likely fix."""
+    stem = name.rstrip("0123456789")
+    digits = name[len(stem) :]
+    close = difflib.get_close_matches(stem, _KNOWN, n=1, cutoff=0.8) if digits else []
+    if close and close[0] + digits != name:
+        close = [close[0] + digits]
+    else:
+        close = difflib.get_close_matches(name, _KNOWN, n=1, cutoff=0.8)
+    if close:
+        return f"{where}: unknown setting '{name}' ignored; did you mean '{close[0]}'?"
+    return f"{where}: unknown setting '{name}' ignored"
 
 
 def parse_config(text: str, path: str = "pgpool.conf") -> Config:
@@ -366,22 +187,17 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
     The result's ``path`` stays None: only :func:`load_config` knows a file was read.
     """
     values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     set_by: dict[str, tuple[str, int]] = {}  # field -> (setting, line) that last set it
     nodes: dict[int, dict[str, tuple[Any, int]]] = {}  # N -> key -> (value, line)
     warnings: list[tuple[int, str]] = []
-    # split("\n"), not splitlines(): the latter also breaks on form feeds and U+2028, and then
-    # our line numbers would not match the user's editor.
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, name, value in read_entries(text, path):
         where = f"{path}:{number}"
-        entry = _split_line(line.rstrip("\r"), where)
-        if entry is None:
-            continue
-        name, value = entry
         setting = _SETTINGS.get(name)
         if setting is not None:
-            field, kind = setting
-            values[field] = _convert(kind, value, where, name)
-            previous = set_by.get(field)
+            field_name, kind = setting
+            values[field_name] = given[name] = _convert(kind, value, where, name)
+            previous = set_by.get(field_name)
             if previous is not None and previous[0] != name:
                 warnings.append(
                     (
@@ -390,42 +206,32 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
                         "set only one of them",
                     )
                 )
-            set_by[field] = (name, number)
+            set_by[field_name] = (name, number)
             continue
-        backend = _BACKEND_NAME.match(name)
-        if backend is not None and backend.group(1) in _BACKEND_SETTINGS:
-            key, index = backend.group(1), int(backend.group(2))
-            if index >= _MAX_BACKENDS:
+        backend = backend_key(name)
+        if backend is not None:
+            key, index = backend
+            if index >= MAX_BACKENDS:
                 raise ConfigError(
                     f"{where}: {name}: node number {index} is out of range; "
-                    f"expected 0 to {_MAX_BACKENDS - 1}"
+                    f"expected 0 to {MAX_BACKENDS - 1}"
                 )
-            backend_kind = _BACKEND_SETTINGS[key]
-            if backend_kind is not None:
-                parsed = _convert(backend_kind, value, where, name)
-                nodes.setdefault(index, {})[key] = (parsed, number)
+            parsed = _convert(BACKEND_KEYS[key], value, where, name)
+            nodes.setdefault(index, {})[key] = (parsed, number)
+            given[name] = parsed
             continue
-        warnings.append((number, f"{where}: unknown setting '{name}' ignored"))
+        if feature_of(name) is not None or indexed_base(name) is not None:
+            given[name] = value
+            continue
+        warnings.append((number, _unknown(name, where)))
 
-    backends: list[BackendNode] = []
-    for index in sorted(nodes):
-        given = nodes[index]
-        if given.get("hostname", ("", 0))[0]:
-            backends.append(BackendNode(index, **{key: value for key, (value, _) in given.items()}))
-            continue
-        for key, (_, number) in given.items():
-            if key != "hostname":
-                warnings.append(
-                    (
-                        number,
-                        f"{path}:{number}: backend_{key}{index} ignored: "
-                        f"backend_hostname{index} is not set",
-                    )
-                )
+    backends, node_warnings = _build_backends(nodes, path)
+    warnings += node_warnings
     warnings.sort(key=lambda item: item[0])
     return Config(
-        backends=tuple(backends),
+        backends=backends,
         warnings=tuple(message for _, message in warnings),
+        given=tuple(given.items()),
         **values,
     )
 

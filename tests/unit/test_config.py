@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgpool_tw.cluster import cluster
+from pgpool_tw.config import backends, pgpool2_names, report, syntax, values
 from pgpool_tw.config import settings as config
 from pgpool_tw.config.settings import (
     RESTART_REQUIRED,
@@ -63,8 +65,12 @@ class DefaultsTests(SynchronousTestCase):
         self.assertTrue(names >= RESTART_REQUIRED)
 
     def test_module_does_not_import_twisted(self) -> None:
-        """The config module imports nothing from Twisted."""
-        with open(config.__file__, encoding="utf-8") as handle:
+        """The config parsing modules and the cluster import neither Twisted nor logging."""
+        for module in (config, syntax, values, backends, pgpool2_names, report, cluster):
+            self.assertNoTwisted(module.__file__)
+
+    def assertNoTwisted(self, path: str) -> None:
+        with open(path, encoding="utf-8") as handle:
             tree = ast.parse(handle.read())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -74,7 +80,7 @@ class DefaultsTests(SynchronousTestCase):
             else:
                 continue
             for module in modules:
-                self.assertFalse(module.startswith("twisted"), module)
+                self.assertFalse(module.startswith(("twisted", "logging")), (path, module))
 
 
 class SettingTests(SynchronousTestCase):
@@ -291,16 +297,58 @@ class BackendTests(SynchronousTestCase):
         self.assertTrue(parsed.warnings[0].startswith("p.conf:2: backend_port1 ignored"))
         self.assertTrue(parsed.warnings[1].startswith("p.conf:3: backend_weight1 ignored"))
 
-    def test_other_backend_keys_accepted_silently(self) -> None:
-        """backend_data_directoryN, backend_flagN and backend_application_nameN do not warn."""
+    def test_other_backend_keys_read(self) -> None:
+        """backend_data_directoryN, backend_flagN and backend_application_nameN are read."""
         parsed = parse_config(
             "backend_hostname0 = 'a'\n"
             "backend_data_directory0 = '/data'\n"
-            "backend_flag0 = 'ALLOW_TO_FAILOVER'\n"
+            "backend_flag0 = 'DISALLOW_TO_FAILOVER'\n"
             "backend_application_name0 = 'server0'\n"
         )
         self.assertEqual(parsed.warnings, ())
-        self.assertEqual(parsed.backends, (BackendNode(0, "a"),))
+        self.assertEqual(
+            parsed.backends,
+            (
+                BackendNode(
+                    0,
+                    "a",
+                    data_directory="/data",
+                    application_name="server0",
+                    allow_to_failover=False,
+                ),
+            ),
+        )
+
+    def test_flag_words(self) -> None:
+        """backend_flagN takes pgpool-II's words, combined with '|' and spaces around them."""
+        cases = {
+            "''": (True, False),
+            "ALLOW_TO_FAILOVER": (True, False),
+            "DISALLOW_TO_FAILOVER": (False, False),
+            "ALWAYS_PRIMARY": (True, True),
+            "'DISALLOW_TO_FAILOVER | ALWAYS_PRIMARY'": (False, True),
+            "'ALWAYS_PRIMARY|ALLOW_TO_FAILOVER'": (True, True),
+        }
+        for text, (allow, always) in cases.items():
+            node = parse_config(f"backend_hostname0 = a\nbackend_flag0 = {text}").backends[0]
+            self.assertEqual((node.allow_to_failover, node.always_primary), (allow, always), text)
+
+    def test_flag_shown_as_pgpool_ii_shows_it(self) -> None:
+        """A node's flag reads back in pgpool-II's spelling."""
+        self.assertEqual(BackendNode(0, "a").flag, "ALLOW_TO_FAILOVER")
+        node = BackendNode(0, "a", allow_to_failover=False, always_primary=True)
+        self.assertEqual(node.flag, "DISALLOW_TO_FAILOVER|ALWAYS_PRIMARY")
+
+    def test_bad_flags(self) -> None:
+        """Unknown or lower-case words, and ALLOW with DISALLOW, are one-line errors."""
+        for text in ("allow_to_failover", "NOPE", "'ALLOW_TO_FAILOVER|DISALLOW_TO_FAILOVER'"):
+            error = self.assertRaises(
+                ConfigError, parse_config, f"# c\nbackend_flag3 = {text}", "my.conf"
+            )
+            message = str(error)
+            self.assertTrue(message.startswith("my.conf:2: backend_flag3: invalid value"), message)
+            self.assertIn("ALLOW_TO_FAILOVER or DISALLOW_TO_FAILOVER", message)
+            self.assertNotIn("\n", message)
 
     def test_highest_node_number(self) -> None:
         """Node 127 is allowed; node 128 is refused."""
@@ -327,6 +375,29 @@ class BackendTests(SynchronousTestCase):
 
 
 class WarningTests(SynchronousTestCase):
+    def test_misspelt_name_suggests_nearest(self) -> None:
+        """A misspelt name gets its own line with the nearest known name, node number kept."""
+        parsed = parse_config("max_pol = 3\nbackend_hostnme1 = h\nhealth_check_perod = 5\n")
+        self.assertEqual(
+            parsed.warnings,
+            (
+                "pgpool.conf:1: unknown setting 'max_pol' ignored; did you mean 'max_pool'?",
+                "pgpool.conf:2: unknown setting 'backend_hostnme1' ignored; "
+                "did you mean 'backend_hostname1'?",
+                "pgpool.conf:3: unknown setting 'health_check_perod' ignored; "
+                "did you mean 'health_check_period'?",
+            ),
+        )
+
+    def test_pgpool_ii_names_do_not_warn_per_line(self) -> None:
+        """pgpool-II names, numbered ones too, load without a line warning each."""
+        parsed = parse_config(
+            "load_balance_mode = on\nhealth_check_period0 = 10\nheartbeat_hostname2 = h\n"
+            "wd_port1 = 9000\nfollow_master_command = ''\ndelegate_IP = ''\n"
+        )
+        self.assertEqual(parsed.warnings, ())
+        self.assertEqual(dict(parsed.given)["health_check_period0"], "10")
+
     def test_unknown_setting_warns(self) -> None:
         """An unknown setting is ignored with a warning naming file, line and setting."""
         parsed = parse_config("port = 1\n\n\n\n\n\nfoo = 3\n", "pgpool.conf")
@@ -483,17 +554,36 @@ class SampleTests(SynchronousTestCase):
         self.assertEqual(parsed.pool_passwd, "")
 
     def test_sample_mentions_every_field(self) -> None:
-        """Every Config field (except path and warnings) has a setting in the sample."""
+        """Every Config field (except path, warnings, given) has a setting in the sample."""
         with open(SAMPLE, encoding="utf-8") as handle:
             text = handle.read()
         for field in dataclasses.fields(Config):
-            if field.name in ("path", "warnings"):
+            if field.name in ("path", "warnings", "given"):
                 continue
             name = self.SETTING_FOR_FIELD.get(field.name, field.name)
             self.assertTrue(
                 re.search(rf"^{name}\s*=", text, re.MULTILINE), f"{name} missing from sample"
             )
         self.assertTrue(re.search(r"^\s*#\s*socket_dir\s*=", text, re.MULTILINE))
+
+    def test_sample_lists_every_recognised_pgpool_ii_name(self) -> None:
+        """The sample's closing list names every pgpool-II setting recognised but not used."""
+        with open(SAMPLE, encoding="utf-8") as handle:
+            text = handle.read()
+        listed = set(re.findall(r"[A-Za-z_0-9]+", text[text.index("RECOGNISED BUT NOT USED") :]))
+        for feature in pgpool2_names.FEATURES:
+            names = list(feature.settings) + ([feature.switch[0]] if feature.switch else [])
+            for name in names:
+                indexed = pgpool2_names.indexed_base(name + "0") == name
+                self.assertIn(name + "n" if indexed else name, {n.lower() for n in listed}, name)
+
+    def test_sample_second_node_commented_out_as_documented(self) -> None:
+        """Uncommenting the sample's second server adds node 1 and nothing else."""
+        with open(SAMPLE, encoding="utf-8") as handle:
+            text = handle.read()
+        parsed = parse_config(re.sub(r"(?m)^#(backend_[a-z_]+1 =)", r"\1", text))
+        self.assertEqual([node.index for node in parsed.backends], [0, 1])
+        self.assertEqual(parsed.warnings, ())
 
 
 class PropertyTests(SynchronousTestCase):

@@ -1,0 +1,148 @@
+"""What to tell a user about their pgpool.conf: unused pgpool-II settings, and reload changes.
+
+A pgpool-II user's file names many settings pgpool-tw does not act on yet.  They are told
+once, one line per feature ("load balancing: load_balance_mode, backend_weight1 not used
+yet"), and only for settings the file sets to a value at which pgpool-II would behave
+differently from pgpool-tw (see :mod:`.pgpool2_names`); a reload repeats a line only when
+one of its settings changed.  A reload also says which settings changed and which of those
+keep their running value until a restart.  Lines name settings, never their values, so no
+password reaches a log.  Pure: no Twisted, no logging; the caller logs the lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, NamedTuple, Optional
+
+from pgpool_tw.config.backends import backend_key
+from pgpool_tw.config.pgpool2_names import FEATURES, Feature, feature_of, indexed_base
+from pgpool_tw.config.settings import RESTART_REQUIRED, Config, field_of
+from pgpool_tw.config.values import BOOLEANS
+
+__all__ = ["ReloadPlan", "new_warnings", "plan_reload", "unused_lines", "unused_settings"]
+
+# pgpool-II's time and memory units, lower-cased: '1min' and '60' are the same value.
+_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS.update({"b": 1.0, "kb": 1024.0, "mb": 1024.0**2, "gb": 1024.0**3, "tb": 1024.0**4})
+_LOAD_BALANCING = next(f for f in FEATURES if f.title == "load balancing")
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)\Z")
+
+
+def _normal(text: str) -> str:
+    """One spelling per value, so 'on' matches 'true' and '1min' matches '60'."""
+    lowered = text.strip().lower()
+    if lowered in BOOLEANS:
+        return "on" if BOOLEANS[lowered] else "off"
+    match = _QUANTITY.match(lowered)
+    if match is not None and (not match.group(2) or match.group(2) in _UNITS):
+        return repr(float(match.group(1)) * _UNITS.get(match.group(2), 1.0))
+    return text.strip()
+
+
+def _acts(value: Optional[str], neutral: Optional[str]) -> bool:
+    """Whether pgpool-II would act on ``value`` where pgpool-tw does not."""
+    return value is not None and (neutral is None or _normal(value) != _normal(neutral))
+
+
+def unused_settings(config: Config) -> dict[str, list[str]]:
+    """Feature title -> the names the file sets that pgpool-tw does not act on, file order."""
+    given = dict(config.given)
+    found: dict[str, list[str]] = {}
+    for name, value in config.given:
+        known = feature_of(name)
+        if known is None or not isinstance(value, str):
+            continue
+        feature, neutral = known
+        if _switched_off(feature, name, given) or not _acts(value, neutral):
+            continue
+        found.setdefault(feature.title, []).append(name)
+    # Weights matter only between two nodes or more, and only when load balancing is on.
+    if len(config.backends) > 1 and not _switched_off(_LOAD_BALANCING, "", given):
+        weights = [n for n in given if (backend_key(n) or ("",))[0] == "weight"]
+        if weights:
+            found.setdefault(_LOAD_BALANCING.title, []).extend(weights)
+    return found
+
+
+def _switched_off(feature: Feature, name: str, given: dict[str, Any]) -> bool:
+    """A feature's settings mean nothing to pgpool-II while its switch is neutral.
+
+    A numbered setting (health_check_timeout1) follows its node's switch
+    (health_check_period1) when the file sets one, else the global switch.
+    """
+    if feature.switch is None:
+        return False
+    switch, default, neutral = feature.switch
+    base = indexed_base(name)
+    if switch in (name, base):
+        return False
+    value = given.get(switch, default)
+    if base is not None:
+        value = given.get(switch + name[len(base) :], value)
+    return not _acts(value if isinstance(value, str) else default, neutral)
+
+
+def unused_lines(config: Config, running: Optional[Config] = None) -> list[str]:
+    """One line per feature; with ``running``, only features whose settings changed."""
+    where = config.path or "pgpool.conf"
+    before = unused_settings(running) if running is not None else {}
+    old = dict(running.given) if running is not None else {}
+    new = dict(config.given)
+    now = unused_settings(config)
+    lines = []
+    for feature in FEATURES:
+        names = now.get(feature.title, [])
+        if not names:
+            continue
+        if (
+            running is not None
+            and names == before.get(feature.title)
+            and all(old.get(name) == new.get(name) for name in names)
+        ):
+            continue
+        hint = f" ({feature.hint})" if feature.hint else ""
+        lines.append(f"{where}: {feature.title}: {', '.join(names)} not used yet{hint}")
+    return lines
+
+
+def new_warnings(config: Config, running: Config) -> list[str]:
+    """Warnings ``running`` did not have, told apart by their text without the line number,
+    so that inserting a line above them does not repeat them all."""
+
+    def key(warning: str) -> str:
+        return re.sub(r"^.*?:[0-9]+: ", "", warning, count=1)
+
+    seen = {key(w) for w in running.warnings}
+    return [w for w in config.warnings if key(w) not in seen]
+
+
+class ReloadPlan(NamedTuple):
+    """What a reload does: the Config to apply and the names to tell the operator."""
+
+    config: Config
+    changed: list[str]  # applied
+    restart: list[str]  # changed in the file, running value kept until a restart
+
+
+def plan_reload(running: Config, new: Config) -> ReloadPlan:
+    """Apply ``new`` except the settings only a restart can change, which keep ``running``'s.
+
+    Nodes need a restart when one is added, removed or given another address; a weight,
+    flag, data directory or application name applies (pgpool-II reloads those too).
+    """
+    old, now = dict(running.given), dict(new.given)
+    names = sorted(n for n in old.keys() | now.keys() if old.get(n) != now.get(n))
+    kept: dict[str, Any] = {}
+    for name in sorted(RESTART_REQUIRED - {"backends"}):
+        if getattr(new, name) != getattr(running, name):
+            kept[name] = getattr(running, name)
+    if _addresses(new) != _addresses(running):
+        kept["backends"] = running.backends
+    restart = [n for n in names if field_of(n) in kept]
+    changed = [n for n in names if n not in restart]
+    return ReloadPlan(replace(new, **kept) if kept else new, changed, restart)
+
+
+def _addresses(config: Config) -> list[tuple[int, str, int]]:
+    return [(node.index, node.hostname, node.port) for node in config.backends]
