@@ -133,6 +133,7 @@ pending_startup(Lane *lane, int fd, Pending *p)
     r->uses++;
     if (r->uses_left > 0)
         r->uses_left--;
+    lane_note(lane, NOTE_STARTED, r, p);
     Tracker *t = r->tracker;
     t->pending = 0;
     t->unsynced = 0;
@@ -257,12 +258,15 @@ lane_accept(Lane *lane, int listen_fd)
         p->generation = lane->generation;
         p->len = 0;
         p->addr_len = 0;
+        p->port = 0;
         if (sa.ss_family == AF_INET) {
             p->addr_len = 4;
             memcpy(p->addr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+            p->port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
         } else if (sa.ss_family == AF_INET6) {
             p->addr_len = 16;
             memcpy(p->addr, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
+            p->port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
         }
         struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
         if (epoll_ctl(lane->epfd, EPOLL_CTL_ADD, fd, &want) < 0) {
@@ -319,6 +323,7 @@ lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->entries);
     Py_VISIT(self->on_miss);
     Py_VISIT(self->on_event);
+    Py_VISIT(self->log);
     return 0;
 }
 
@@ -328,6 +333,7 @@ lane_clear(Lane *self)
     Py_CLEAR(self->entries);
     Py_CLEAR(self->on_miss);
     Py_CLEAR(self->on_event);
+    Py_CLEAR(self->log);
     return 0;
 }
 
@@ -423,6 +429,21 @@ lane_sessions(Lane *self, PyObject *unused)
     return result;
 }
 
+/*
+ * Equal cancel secrets, in a time that does not depend on where they differ
+ * (as hmac.compare_digest on Python's side): every byte is looked at, no early
+ * exit, and `volatile` keeps the compiler from turning it back into `==`.
+ */
+static int
+secret_equal(uint32_t a, uint32_t b)
+{
+    volatile uint32_t diff = a ^ b;
+    unsigned acc = 0;
+    for (int i = 0; i < 4; i++)
+        acc |= (diff >> (8 * i)) & 0xFFu;
+    return acc == 0;
+}
+
 static PyObject *
 lane_find(Lane *self, PyObject *args)
 {
@@ -431,11 +452,54 @@ lane_find(Lane *self, PyObject *args)
         return NULL;
     for (int fd = 0; fd < slots_size; fd++) {
         Relay *r = slots[fd].relay;
-        if (r != NULL && slots[fd].side == SIDE_CLIENT && r->lane == self &&
-            r->wstate == W_ACTIVE && r->pid == (uint32_t)pid && r->secret == (uint32_t)secret)
+        if (r == NULL || slots[fd].side != SIDE_CLIENT || r->lane != self ||
+            r->wstate != W_ACTIVE)
+            continue;
+        /* `&`, not `&&`: the secret is compared whatever the pid says. */
+        if ((r->pid == (uint32_t)pid) & secret_equal(r->secret, (uint32_t)secret))
             return relay_get_object(r->server);
     }
     Py_RETURN_NONE;
+}
+
+/*
+ * A session record for observers, only while Python set `log` to a list: a
+ * warm login (NOTE_STARTED, with the client's address bytes and port) or the
+ * end of a warm session (NOTE_ENDED).  Python drains the list on its tick, so
+ * a session costs nothing extra while nobody watches.  A record that cannot be
+ * made (no memory) is reported and lost: it never breaks the session.
+ */
+void
+lane_note(Lane *lane, int kind, Relay *r, const Pending *p)
+{
+    if (lane->log == NULL)
+        return;
+    PyObject *record = Py_BuildValue("(iOy#i)", kind, (PyObject *)r,
+                                     p != NULL ? (const char *)p->addr : "",
+                                     (Py_ssize_t)(p != NULL ? p->addr_len : 0),
+                                     p != NULL ? p->port : 0);
+    if (record == NULL || PyList_Append(lane->log, record) < 0)
+        PyErr_WriteUnraisable((PyObject *)lane);
+    Py_XDECREF(record);
+}
+
+static PyObject *
+lane_get_log(Lane *self, void *closure)
+{
+    return relay_get_object(self->log);
+}
+
+static int
+lane_set_log(Lane *self, PyObject *value, void *closure)
+{
+    if (value != NULL && value != Py_None && !PyList_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "log must be a list or None");
+        return -1;
+    }
+    PyObject *log = value == Py_None ? NULL : value;
+    Py_XINCREF(log);
+    Py_XSETREF(self->log, log);
+    return 0;
 }
 
 static PyObject *
@@ -492,6 +556,9 @@ static PyGetSetDef lane_getset[] = {
     LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
     LANE_RO(hits, "Clients logged in here."),
     LANE_RO(misses, "Clients handed to on_miss."),
+    {"log", (getter)lane_get_log, (setter)lane_set_log,
+     "None, or a list the lane appends (kind, relay, address, port) to as warm sessions "
+     "start (NOTE_STARTED) and end (NOTE_ENDED): set while observers watch.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
