@@ -118,6 +118,10 @@ pending_startup(Lane *lane, int fd, Pending *p)
         Py_DECREF(item); /* not something Python lends: dropped */
         return pending_miss(lane, fd);
     }
+    /* The client's address outlives its Pending, which the slot change frees. */
+    unsigned char addr[16];
+    int addr_len = p->addr_len, port = p->port;
+    memcpy(addr, p->addr, sizeof(addr));
     /* The client's socket is the relay's now; both are watched as one session. */
     if (slot_set_relay(fd, r, SIDE_CLIENT) < 0 || slot_set_relay(r->fds[1], r, SIDE_SERVER) < 0) {
         Py_DECREF(item);
@@ -133,7 +137,7 @@ pending_startup(Lane *lane, int fd, Pending *p)
     r->uses++;
     if (r->uses_left > 0)
         r->uses_left--;
-    lane_note(lane, NOTE_STARTED, r, p);
+    lane_note(lane, NOTE_STARTED, r, addr, addr_len, port);
     Tracker *t = r->tracker;
     t->pending = 0;
     t->unsynced = 0;
@@ -470,14 +474,13 @@ lane_find(Lane *self, PyObject *args)
  * made (no memory) is reported and lost: it never breaks the session.
  */
 void
-lane_note(Lane *lane, int kind, Relay *r, const Pending *p)
+lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port)
 {
     if (lane->log == NULL)
         return;
     PyObject *record = Py_BuildValue("(iOy#i)", kind, (PyObject *)r,
-                                     p != NULL ? (const char *)p->addr : "",
-                                     (Py_ssize_t)(p != NULL ? p->addr_len : 0),
-                                     p != NULL ? p->port : 0);
+                                     addr != NULL ? (const char *)addr : "",
+                                     (Py_ssize_t)(addr != NULL ? addr_len : 0), port);
     if (record == NULL || PyList_Append(lane->log, record) < 0)
         PyErr_WriteUnraisable((PyObject *)lane);
     Py_XDECREF(record);

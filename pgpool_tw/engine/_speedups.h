@@ -190,6 +190,6 @@ PyObject *relay_promote(Relay *self, PyObject *unused);
 PyObject *relay_drop(Relay *self, PyObject *arg);
 int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
 int warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n);
-void lane_note(Lane *lane, int kind, Relay *r, const Pending *p);
+void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port);
 
 #endif
