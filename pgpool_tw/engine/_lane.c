@@ -86,6 +86,48 @@ pending_miss(Lane *lane, int fd)
     return 0;
 }
 
+/* A warm relay's tracker, for a new session on the same server. */
+static void
+tracker_restart(Tracker *t)
+{
+    t->pending = 0;
+    t->unsynced = 0;
+    t->status = IDLE;
+    t->c_skip = t->s_skip = t->s_need = 0;
+    t->c_head_len = t->s_head_len = 0;
+    t->s_body_len = 0;
+    t->changed = 0;
+}
+
+/* The end of the login, as a direct connection sends it: parameters, cancel key, ready. */
+static int
+send_login_end(Relay *r, uint32_t secret)
+{
+    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
+    Py_ssize_t n = reply_len + 13 + 6;
+    unsigned char small[2048];
+    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
+    uint32_t pid = r->pid;
+    const unsigned char tail[19] = {
+        'K', 0, 0, 0, 12,
+        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
+        (unsigned char)pid,
+        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
+        (unsigned char)(secret >> 8), (unsigned char)secret,
+        'Z', 0, 0, 0, 5, IDLE,
+    };
+    memcpy(out + reply_len, tail, sizeof(tail));
+    int rc = warm_send_client(r, out, n);
+    if (out != small)
+        PyMem_Free(out);
+    return rc;
+}
+
 /* A whole startup packet: a warm login, or a miss. */
 static int
 pending_startup(Lane *lane, int fd, Pending *p)
@@ -138,39 +180,8 @@ pending_startup(Lane *lane, int fd, Pending *p)
     if (r->uses_left > 0)
         r->uses_left--;
     lane_note(lane, NOTE_STARTED, r, addr, addr_len, port);
-    Tracker *t = r->tracker;
-    t->pending = 0;
-    t->unsynced = 0;
-    t->status = IDLE;
-    t->c_skip = t->s_skip = t->s_need = 0;
-    t->c_head_len = t->s_head_len = 0;
-    t->s_body_len = 0;
-    t->changed = 0;
-    /* The end of the login, as a direct connection sends it. */
-    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
-    Py_ssize_t n = reply_len + 13 + 6;
-    unsigned char small[2048];
-    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
-    if (out == NULL) {
-        Py_DECREF(item);
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
-    unsigned char *k = out + reply_len;
-    uint32_t pid = r->pid;
-    const unsigned char tail[19] = {
-        'K', 0, 0, 0, 12,
-        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
-        (unsigned char)pid,
-        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
-        (unsigned char)(secret >> 8), (unsigned char)secret,
-        'Z', 0, 0, 0, 5, IDLE,
-    };
-    memcpy(k, tail, sizeof(tail));
-    int rc = warm_send_client(r, out, n);
-    if (out != small)
-        PyMem_Free(out);
+    tracker_restart(r->tracker);
+    int rc = send_login_end(r, secret);
     Py_DECREF(item);
     return rc;
 }
@@ -464,26 +475,6 @@ lane_find(Lane *self, PyObject *args)
             return relay_get_object(r->server);
     }
     Py_RETURN_NONE;
-}
-
-/*
- * A session record for observers, only while Python set `log` to a list: a
- * warm login (NOTE_STARTED, with the client's address bytes and port) or the
- * end of a warm session (NOTE_ENDED).  Python drains the list on its tick, so
- * a session costs nothing extra while nobody watches.  A record that cannot be
- * made (no memory) is reported and lost: it never breaks the session.
- */
-void
-lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port)
-{
-    if (lane->log == NULL)
-        return;
-    PyObject *record = Py_BuildValue("(iOy#i)", kind, (PyObject *)r,
-                                     addr != NULL ? (const char *)addr : "",
-                                     (Py_ssize_t)(addr != NULL ? addr_len : 0), port);
-    if (record == NULL || PyList_Append(lane->log, record) < 0)
-        PyErr_WriteUnraisable((PyObject *)lane);
-    Py_XDECREF(record);
 }
 
 static PyObject *

@@ -407,3 +407,22 @@ class WarmLoginTests(PoolerTestCase):
         self.assertEqual([info.server_pid for _, info in sessions], [pid] * 4)
         self.assertEqual(sessions[0][1], sessions[1][1])
         self.assertEqual(sessions[2][1], sessions[3][1])
+
+    @defer.inlineCallbacks
+    def test_cancel_key_must_match_in_every_byte(self):
+        """The lane finds a warm session's server by its whole cancel key, no byte ignored."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        yield self.warm_up(service, user, db)
+        client = yield self.in_thread(RawClient, service.port)
+        yield self.in_thread(client.startup, user=user, database=db)
+        warm = service.factory.warm
+        self.assertEqual(warm.active, 1)
+        server = warm.find(client.pid, client.key)
+        self.assertIsNotNone(server)
+        self.assertEqual(server.pid, client.pid)
+        for byte in range(4):
+            self.assertIsNone(warm.find(client.pid, client.key ^ (0x80 << (8 * byte))))
+            self.assertIsNone(warm.find(client.pid, client.key ^ (0x01 << (8 * byte))))
+        self.assertIsNone(warm.find(client.pid ^ 1, client.key))
+        yield self.in_thread(client.close)
