@@ -125,7 +125,7 @@ def _clients(
     for client in connections:
         name = _CLIENT_STATES.get(client.state, str(client.state))
         overall[name] = overall.get(name, 0) + 1
-        key = client.key
+        key = getattr(client, "key", None)  # the pool key, once its startup packet is read
         if key is not None:
             states = by_key.setdefault(key, dict.fromkeys(CLIENT_STATES, 0))
             states[name] = states.get(name, 0) + 1
