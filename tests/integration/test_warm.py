@@ -223,6 +223,9 @@ class WarmLoginTests(PoolerTestCase):
         dsn = self.dsn(service, user, db)
         yield self.in_thread(_pid, dsn)
         yield self.in_thread(_pid, dsn)
+        deadline = time.monotonic() + 10
+        while service.pool.idle_count < 1 and time.monotonic() < deadline:
+            yield sleep(0.02)  # the reset, before the lane can lend the server again
         holder = yield self.in_thread(RawClient, service.port)
         yield self.in_thread(holder.startup, user=user, database=db)
         self.assertEqual(self.lane(service).active, 1)
