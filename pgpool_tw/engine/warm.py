@@ -31,9 +31,10 @@ This module keeps every decision in Python by choosing what it lends:
 
 * **Observers and stats** never turn the lane off: while observers exist the
   lane appends a record to ``lane.log`` as a warm session starts and ends, and
-  ``drain`` (the service's tick) fires ``client_session_started`` /
+  ``watch.drain`` (the service's tick) fires ``client_session_started`` /
   ``client_session_ended`` from them, up to a tick late.  A lent server's
-  tracker counts as any other; ``harvest`` adds its counts to the totals.
+  tracker counts as any other; ``watch.harvest`` adds its counts to the totals
+  (see warm_watch.py).
 
 Only ``twistd pgpool`` (which installs the C loop) gets a lane; an embedding
 application's reactor keeps Twisted's own accept and login.
