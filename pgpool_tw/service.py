@@ -39,6 +39,7 @@ from pgpool_tw.net.transport import tune_listener
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
+from pgpool_tw.stats.snapshot import Snapshot, take_snapshot
 
 log = Logger()
 
@@ -130,12 +131,21 @@ class PgpoolService(MultiService):
         return cls(load_config(path), reactor, handle_signals)
 
     def add_observer(self, observer: Any) -> None:
+        """Tell ``observer`` of events from now on; warm logins stay on (see IPoolEvents)."""
         self.events.add(observer)
         if self.warm is not None:
-            self.warm.forget()  # observed sessions are Python's to log in
+            self.warm.watch.observe()  # the C lane records its sessions from now on
 
     def remove_observer(self, observer: Any) -> None:
+        if self.warm is not None:
+            self.warm.watch.drain()  # what it was owed, before it goes
         self.events.remove(observer)
+        if self.warm is not None:
+            self.warm.watch.observe()
+
+    def snapshot(self) -> Snapshot:
+        """Clients, servers, waiting clients and per-pool counters now (``stats.snapshot``)."""
+        return take_snapshot(self.reactor.seconds(), self.factory, self.pool)
 
     # -- addresses ---------------------------------------------------------------
 
@@ -222,7 +232,10 @@ class PgpoolService(MultiService):
         self._ticker.start(min(1.0, limit / 2) if limit > 0 else 1.0, now=False)
 
     def tick(self) -> None:
-        """Once a second (or faster for a short client_idle_limit): expire what is due."""
+        """Once a second (or faster for a short client_idle_limit): expire what is due,
+        and tell observers of the warm sessions the C lane recorded since the last tick."""
+        if self.warm is not None:
+            self.warm.watch.drain()
         self.pool.tick()
         limit = self.config.client_idle_limit
         if limit > 0:

@@ -86,6 +86,48 @@ pending_miss(Lane *lane, int fd)
     return 0;
 }
 
+/* A warm relay's tracker, for a new session on the same server. */
+static void
+tracker_restart(Tracker *t)
+{
+    t->pending = 0;
+    t->unsynced = 0;
+    t->status = IDLE;
+    t->c_skip = t->s_skip = t->s_need = 0;
+    t->c_head_len = t->s_head_len = 0;
+    t->s_body_len = 0;
+    t->changed = 0;
+}
+
+/* The end of the login, as a direct connection sends it: parameters, cancel key, ready. */
+static int
+send_login_end(Relay *r, uint32_t secret)
+{
+    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
+    Py_ssize_t n = reply_len + 13 + 6;
+    unsigned char small[2048];
+    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
+    uint32_t pid = r->pid;
+    const unsigned char tail[19] = {
+        'K', 0, 0, 0, 12,
+        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
+        (unsigned char)pid,
+        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
+        (unsigned char)(secret >> 8), (unsigned char)secret,
+        'Z', 0, 0, 0, 5, IDLE,
+    };
+    memcpy(out + reply_len, tail, sizeof(tail));
+    int rc = warm_send_client(r, out, n);
+    if (out != small)
+        PyMem_Free(out);
+    return rc;
+}
+
 /* A whole startup packet: a warm login, or a miss. */
 static int
 pending_startup(Lane *lane, int fd, Pending *p)
@@ -118,6 +160,10 @@ pending_startup(Lane *lane, int fd, Pending *p)
         Py_DECREF(item); /* not something Python lends: dropped */
         return pending_miss(lane, fd);
     }
+    /* The client's address outlives its Pending, which the slot change frees. */
+    unsigned char addr[16];
+    int addr_len = p->addr_len, port = p->port;
+    memcpy(addr, p->addr, sizeof(addr));
     /* The client's socket is the relay's now; both are watched as one session. */
     if (slot_set_relay(fd, r, SIDE_CLIENT) < 0 || slot_set_relay(r->fds[1], r, SIDE_SERVER) < 0) {
         Py_DECREF(item);
@@ -133,39 +179,9 @@ pending_startup(Lane *lane, int fd, Pending *p)
     r->uses++;
     if (r->uses_left > 0)
         r->uses_left--;
-    Tracker *t = r->tracker;
-    t->pending = 0;
-    t->unsynced = 0;
-    t->status = IDLE;
-    t->c_skip = t->s_skip = t->s_need = 0;
-    t->c_head_len = t->s_head_len = 0;
-    t->s_body_len = 0;
-    t->changed = 0;
-    /* The end of the login, as a direct connection sends it. */
-    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
-    Py_ssize_t n = reply_len + 13 + 6;
-    unsigned char small[2048];
-    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
-    if (out == NULL) {
-        Py_DECREF(item);
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
-    unsigned char *k = out + reply_len;
-    uint32_t pid = r->pid;
-    const unsigned char tail[19] = {
-        'K', 0, 0, 0, 12,
-        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
-        (unsigned char)pid,
-        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
-        (unsigned char)(secret >> 8), (unsigned char)secret,
-        'Z', 0, 0, 0, 5, IDLE,
-    };
-    memcpy(k, tail, sizeof(tail));
-    int rc = warm_send_client(r, out, n);
-    if (out != small)
-        PyMem_Free(out);
+    lane_note(lane, NOTE_STARTED, r, addr, addr_len, port);
+    tracker_restart(r->tracker);
+    int rc = send_login_end(r, secret);
     Py_DECREF(item);
     return rc;
 }
@@ -257,12 +273,15 @@ lane_accept(Lane *lane, int listen_fd)
         p->generation = lane->generation;
         p->len = 0;
         p->addr_len = 0;
+        p->port = 0;
         if (sa.ss_family == AF_INET) {
             p->addr_len = 4;
             memcpy(p->addr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+            p->port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
         } else if (sa.ss_family == AF_INET6) {
             p->addr_len = 16;
             memcpy(p->addr, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
+            p->port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
         }
         struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
         if (epoll_ctl(lane->epfd, EPOLL_CTL_ADD, fd, &want) < 0) {
@@ -319,6 +338,7 @@ lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->entries);
     Py_VISIT(self->on_miss);
     Py_VISIT(self->on_event);
+    Py_VISIT(self->log);
     return 0;
 }
 
@@ -328,6 +348,7 @@ lane_clear(Lane *self)
     Py_CLEAR(self->entries);
     Py_CLEAR(self->on_miss);
     Py_CLEAR(self->on_event);
+    Py_CLEAR(self->log);
     return 0;
 }
 
@@ -423,6 +444,21 @@ lane_sessions(Lane *self, PyObject *unused)
     return result;
 }
 
+/*
+ * Equal cancel secrets, in a time that does not depend on where they differ
+ * (as hmac.compare_digest on Python's side): every byte is looked at, no early
+ * exit, and `volatile` keeps the compiler from turning it back into `==`.
+ */
+static int
+secret_equal(uint32_t a, uint32_t b)
+{
+    volatile uint32_t diff = a ^ b;
+    unsigned acc = 0;
+    for (int i = 0; i < 4; i++)
+        acc |= (diff >> (8 * i)) & 0xFFu;
+    return acc == 0;
+}
+
 static PyObject *
 lane_find(Lane *self, PyObject *args)
 {
@@ -431,11 +467,33 @@ lane_find(Lane *self, PyObject *args)
         return NULL;
     for (int fd = 0; fd < slots_size; fd++) {
         Relay *r = slots[fd].relay;
-        if (r != NULL && slots[fd].side == SIDE_CLIENT && r->lane == self &&
-            r->wstate == W_ACTIVE && r->pid == (uint32_t)pid && r->secret == (uint32_t)secret)
+        if (r == NULL || slots[fd].side != SIDE_CLIENT || r->lane != self ||
+            r->wstate != W_ACTIVE)
+            continue;
+        /* `&`, not `&&`: the secret is compared whatever the pid says. */
+        if ((r->pid == (uint32_t)pid) & secret_equal(r->secret, (uint32_t)secret))
             return relay_get_object(r->server);
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+lane_get_log(Lane *self, void *closure)
+{
+    return relay_get_object(self->log);
+}
+
+static int
+lane_set_log(Lane *self, PyObject *value, void *closure)
+{
+    if (value != NULL && value != Py_None && !PyList_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "log must be a list or None");
+        return -1;
+    }
+    PyObject *log = value == Py_None ? NULL : value;
+    Py_XINCREF(log);
+    Py_XSETREF(self->log, log);
+    return 0;
 }
 
 static PyObject *
@@ -492,6 +550,9 @@ static PyGetSetDef lane_getset[] = {
     LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
     LANE_RO(hits, "Clients logged in here."),
     LANE_RO(misses, "Clients handed to on_miss."),
+    {"log", (getter)lane_get_log, (setter)lane_set_log,
+     "None, or a list the lane appends (kind, relay, address, port) to as warm sessions "
+     "start (NOTE_STARTED) and end (NOTE_ENDED): set while observers watch.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

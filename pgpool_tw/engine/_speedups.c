@@ -672,7 +672,7 @@ PyInit__speedups(void)
         {"RECV_SIZE", RECV_SIZE},     {"EV_ENDED", EV_ENDED},       {"EV_RESET", EV_RESET},
         {"EV_PROMOTE", EV_PROMOTE},   {"EV_LEFT", EV_LEFT},         {"EV_LISTENER", EV_LISTENER},
         {"W_PARKED", W_PARKED},       {"W_ACTIVE", W_ACTIVE},       {"W_RESETTING", W_RESETTING},
-        {"W_RETURNED", W_RETURNED},
+        {"W_RETURNED", W_RETURNED},   {"NOTE_STARTED", NOTE_STARTED}, {"NOTE_ENDED", NOTE_ENDED},
     };
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(module, constants[i].name, constants[i].value) < 0)

@@ -59,6 +59,12 @@ typedef struct {
     Py_ssize_t s_body_cap;
     int64_t s_need;
     long changed; /* ParameterStatus messages recorded (a warm login's reply is stale) */
+    /* Counters for the stats snapshot: plain adds in the header walk, taken by
+       take_counts() when Python harvests them (a session's end, a snapshot). */
+    long long queries;   /* ReadyForQuery answering a Query, Sync or FunctionCall */
+    long long xacts;     /* those of them reporting idle: a transaction ended */
+    long long bytes_in;  /* client bytes walked */
+    long long bytes_out; /* server bytes walked */
 } Tracker;
 
 extern PyTypeObject TrackerType;
@@ -113,6 +119,7 @@ typedef struct {
     unsigned generation;
     int len;
     int addr_len;
+    int port; /* the client's TCP port, for a session record */
     unsigned char addr[16];
     unsigned char buf[PENDING_MAX];
 } Pending;
@@ -149,6 +156,9 @@ int forward_client(Relay *r, ssize_t n);
 
 enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 };
 
+/* Session records in Lane.log: a warm login, and the end of a warm session. */
+enum { NOTE_STARTED = 1, NOTE_ENDED = 2 };
+
 #define SSL_REQUEST_CODE 80877103u
 #define GSSENC_REQUEST_CODE 80877104u
 #define PROTOCOL_3 196608u
@@ -166,6 +176,7 @@ typedef struct Lane {
     long limit;     /* client sessions at once, the lane's and Python's */
     long outside;   /* Python's own sessions */
     long active, pending, hits, misses;
+    PyObject *log; /* a list while observers watch: session records (see lane_note) */
     unsigned generation;
     int random_left;
     unsigned char random[256];
@@ -179,5 +190,6 @@ PyObject *relay_promote(Relay *self, PyObject *unused);
 PyObject *relay_drop(Relay *self, PyObject *arg);
 int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
 int warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n);
+void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port);
 
 #endif

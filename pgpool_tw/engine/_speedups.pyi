@@ -12,6 +12,8 @@ W_PARKED: int
 W_ACTIVE: int
 W_RESETTING: int
 W_RETURNED: int
+NOTE_STARTED: int
+NOTE_ENDED: int
 
 class SessionTracker:
     pending: int
@@ -20,10 +22,15 @@ class SessionTracker:
     params: dict[str, str]
     in_sync: bool
     server_at_boundary: bool
+    queries: int
+    xacts: int
+    bytes_in: int
+    bytes_out: int
     _c_head: bytes
     _s_head: bytes
     _s_body: bytes
     def __init__(self, params: dict[str, str], status: int = ...) -> None: ...
+    def take_counts(self) -> tuple[int, int, int, int]: ...
     def feed_client(self, data: bytes) -> int: ...
     def feed_server(self, data: bytes) -> None: ...
 
@@ -68,6 +75,7 @@ class Lane:
     pending: int
     hits: int
     misses: int
+    log: list[tuple[int, Relay, bytes, int]] | None
     def __init__(
         self,
         epfd: int,

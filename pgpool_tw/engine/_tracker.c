@@ -44,6 +44,7 @@ tracker_init(Tracker *self, PyObject *args, PyObject *kwds)
     self->s_body_len = 0;
     self->s_need = 0;
     self->changed = 0;
+    self->queries = self->xacts = self->bytes_in = self->bytes_out = 0;
     return 0;
 }
 
@@ -77,6 +78,7 @@ Py_ssize_t
 feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
 {
     int64_t pos = t->c_skip;
+    t->bytes_in += n;
     if (pos >= n) {
         t->c_skip = pos - n;
         return -1;
@@ -184,8 +186,11 @@ server_body(Tracker *t, int kind, const unsigned char *body, Py_ssize_t n)
     if (kind == S_READY) {
         if (n > 0)
             t->status = body[0];
-        if (t->pending)
+        if (t->pending) {
             t->pending--;
+            t->queries++;
+            t->xacts += t->status == IDLE;
+        }
         return 0;
     }
     return parameter_status(t, body, n);
@@ -227,6 +232,7 @@ feed_server_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
 {
     int64_t pos = t->s_skip;
     int64_t end;
+    t->bytes_out += n;
     if (t->s_need) {
         int64_t need = t->s_need;
         if (body_append(t, data, n < need ? n : need) < 0)
@@ -271,8 +277,11 @@ feed_server_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
         if (kind == S_READY && end <= n) {
             if (end > pos + 5)
                 t->status = data[pos + 5];
-            if (t->pending)
+            if (t->pending) {
                 t->pending--;
+                t->queries++;
+                t->xacts += t->status == IDLE;
+            }
         } else if (kind == S_READY || kind == S_PARAMETER_STATUS) {
             if (server_header(t, data, n, data + pos, pos + 5, &end) < 0)
                 return -1;
@@ -387,7 +396,30 @@ tracker_get_s_body(Tracker *self, void *closure)
     return PyBytes_FromStringAndSize((const char *)self->s_body, len);
 }
 
+#define TRACKER_COUNTER(name)                                                         \
+    static PyObject *tracker_get_##name(Tracker *self, void *closure)                  \
+    {                                                                                  \
+        return PyLong_FromLongLong(self->name);                                        \
+    }
+TRACKER_COUNTER(queries)
+TRACKER_COUNTER(xacts)
+TRACKER_COUNTER(bytes_in)
+TRACKER_COUNTER(bytes_out)
+
+/* The counters since the last take, zeroed: each count reaches the totals once. */
+static PyObject *
+tracker_take_counts(Tracker *self, PyObject *unused)
+{
+    PyObject *counts =
+        Py_BuildValue("(LLLL)", self->queries, self->xacts, self->bytes_in, self->bytes_out);
+    if (counts != NULL)
+        self->queries = self->xacts = self->bytes_in = self->bytes_out = 0;
+    return counts;
+}
+
 static PyMethodDef tracker_methods[] = {
+    {"take_counts", (PyCFunction)tracker_take_counts, METH_NOARGS,
+     "(queries, xacts, bytes_in, bytes_out) since the last take; zeroes them."},
     {"feed_client", (PyCFunction)tracker_feed_client, METH_O,
      "Walk a client chunk; return the offset of a Terminate in it, or -1."},
     {"feed_server", (PyCFunction)tracker_feed_server, METH_O,
@@ -408,6 +440,11 @@ static PyGetSetDef tracker_getset[] = {
      "Transaction state byte of the last ReadyForQuery.", NULL},
     {"params", (getter)tracker_get_params, NULL,
      "The server connection's reported parameters, updated in place.", NULL},
+    {"queries", (getter)tracker_get_queries, NULL,
+     "ReadyForQuery messages that answered a Query, Sync or FunctionCall.", NULL},
+    {"xacts", (getter)tracker_get_xacts, NULL, "Those of them that reported idle.", NULL},
+    {"bytes_in", (getter)tracker_get_bytes_in, NULL, "Client bytes walked.", NULL},
+    {"bytes_out", (getter)tracker_get_bytes_out, NULL, "Server bytes walked.", NULL},
     {"_c_head", (getter)tracker_get_c_head, NULL, NULL, NULL},
     {"_s_head", (getter)tracker_get_s_head, NULL, NULL, NULL},
     {"_s_body", (getter)tracker_get_s_body, NULL, NULL, NULL},

@@ -24,6 +24,26 @@ lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data)
     return 0;
 }
 
+/*
+ * A session record for observers, only while Python set `log` to a list: a
+ * warm login (NOTE_STARTED, with the client's address bytes and port) or the
+ * end of a warm session (NOTE_ENDED).  Python drains the list on its tick, so
+ * a session costs nothing extra while nobody watches.  A record that cannot be
+ * made (no memory) is reported and lost: it never breaks the session.
+ */
+void
+lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port)
+{
+    if (lane->log == NULL)
+        return;
+    PyObject *record = Py_BuildValue("(iOy#i)", kind, (PyObject *)r,
+                                     addr != NULL ? (const char *)addr : "",
+                                     (Py_ssize_t)(addr != NULL ? addr_len : 0), port);
+    if (record == NULL || PyList_Append(lane->log, record) < 0)
+        PyErr_WriteUnraisable((PyObject *)lane);
+    Py_XDECREF(record);
+}
+
 /* The client's socket is closed; the session counts no more. */
 static int
 warm_client_closed(Relay *r)
@@ -36,6 +56,7 @@ warm_client_closed(Relay *r)
         close(fd);
     }
     lane->active--;
+    lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
     return lane->wake ? lane_call(lane, EV_LEFT, NULL, NULL) : 0;
 }
 
@@ -82,6 +103,7 @@ warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
     r->fds[0] = -1;
     r->wstate = W_RETURNED;
     lane->active--;
+    lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
     PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
     if (data == NULL)
         return -1;

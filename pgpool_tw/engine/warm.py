@@ -15,9 +15,9 @@ This module keeps every decision in Python by choosing what it lends:
   a client in itself and the login needed nothing the lane cannot give: no TLS,
   no password, no protocol negotiation, a pooled database, a server that did not
   ask for a password.  The same bytes from the same address get the same answer
-  from pool_hba.conf, so the lane repeats Python's decision.  A reload, an event
-  observer or a setting the lane cannot honour (log_connections,
-  client_idle_limit, connection_cache off) forgets them all.
+  from pool_hba.conf, so the lane repeats Python's decision.  A reload or a
+  setting the lane cannot honour (log_connections, client_idle_limit,
+  connection_cache off) forgets them all.
 * **Servers**: the pool lends a server it parks when a learned stack wants its
   pool key and application_name, and takes it back whenever it wants one (a
   Python client of that key, life times, close_idle, a shutdown).  Whatever the
@@ -28,6 +28,13 @@ This module keeps every decision in Python by choosing what it lends:
   login carries on as if Twisted had accepted it.  A warm session the kernel
   cannot take a send for is *promoted*: it becomes an ordinary
   ``FrontendProtocol`` relaying the same server.
+
+* **Observers and stats** never turn the lane off: while observers exist the
+  lane appends a record to ``lane.log`` as a warm session starts and ends, and
+  ``watch.drain`` (the service's tick) fires ``client_session_started`` /
+  ``client_session_ended`` from them, up to a tick late.  A lent server's
+  tracker counts as any other; ``watch.harvest`` adds its counts to the totals
+  (see warm_watch.py).
 
 Only ``twistd pgpool`` (which installs the C loop) gets a lane; an embedding
 application's reactor keeps Twisted's own accept and login.
@@ -45,6 +52,7 @@ from twisted.logger import Logger
 
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.engine.warm_watch import Lent, StackKey, WarmWatch
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
@@ -58,19 +66,6 @@ log = Logger()
 #: Entries kept at most (distinct address and startup packet pairs).
 MAX_ENTRIES = 4096
 
-StackKey = tuple[Hashable, str]
-
-
-class _Lent:
-    """A server connection lent to the lane: its warm relay and where it parks."""
-
-    __slots__ = ("relay", "stack", "stack_key")
-
-    def __init__(self, relay: Any, stack: list[Any], stack_key: StackKey) -> None:
-        self.relay = relay
-        self.stack = stack
-        self.stack_key = stack_key
-
 
 class WarmLane:
     """The Python half of the C loop's warm logins, for one FrontendFactory."""
@@ -81,7 +76,7 @@ class WarmLane:
         self.lane = lane
         self.entries: dict[bytes, list[Any]] = lane.entries
         self._stacks: dict[StackKey, list[Any]] = {}
-        self._lent: dict[BackendProtocol, _Lent] = {}
+        self._lent: dict[BackendProtocol, Lent] = {}
         self._ports: dict[int, Any] = {}
         self._given_back: set[int] = set()
         #: A listening port, for the transport of a promoted session (Twisted names it).
@@ -89,6 +84,8 @@ class WarmLane:
         self._last_sweep = time.monotonic()
         #: Warm sessions handed to Python's relay (a slow client), for tests and logs.
         self.promoted = 0
+        #: Observers' and the stats snapshot's view of warm sessions.
+        self.watch = WarmWatch(lane, factory.events, self._lent, factory.servers.totals)
         self.apply()
 
     @classmethod
@@ -126,6 +123,7 @@ class WarmLane:
         config = self.factory.config
         self.lane.limit = config.num_init_children
         self.lane.answer_ssl = int(self.factory.tls.frontend is None)
+        self.watch.observe()
         self.forget()
 
     def usable(self) -> bool:
@@ -136,7 +134,6 @@ class WarmLane:
             and config.connection_cache
             and not config.log_connections
             and config.client_idle_limit <= 0
-            and not self.factory.events.observers
         )
 
     def forget(self) -> None:
@@ -212,7 +209,7 @@ class WarmLane:
             pid=server.pid & 0xFFFFFFFF,
         )
         server.park(self)
-        self._lent[server] = _Lent(relay, stack, stack_key)
+        self._lent[server] = Lent(relay, stack, stack_key)
         stack.append(relay)
         return True
 
@@ -227,7 +224,7 @@ class WarmLane:
                     return server
         return None
 
-    def _reclaim(self, server: BackendProtocol, lent: _Lent, why: Optional[str]) -> None:
+    def _reclaim(self, server: BackendProtocol, lent: Lent, why: Optional[str]) -> None:
         """Take a parked server back: to the caller (``why`` None), the pool, or closed."""
         self._unstack(lent)
         self._returned(server, lent.relay)
@@ -239,14 +236,17 @@ class WarmLane:
             self.factory.pool.park(server)
 
     @staticmethod
-    def _unstack(lent: _Lent) -> None:
+    def _unstack(lent: Lent) -> None:
         """A parked relay leaves its stack (one that is not parked is on none)."""
         if lent.relay in lent.stack:
             lent.stack.remove(lent.relay)
 
     def _returned(self, server: BackendProtocol, relay: Any) -> None:
         """The lane is done with ``server``: Python's view of it is brought up to date."""
-        self._lent.pop(server, None)
+        self.watch.drain()
+        lent = self._lent.pop(server, None)
+        if lent is not None:
+            self.watch.harvest_one(server, lent)
         relay.drop(b"")
         server.keeper = None
         server.sessions += relay.uses
@@ -305,7 +305,11 @@ class WarmLane:
             self._promote(server, relay, fd, rest)
 
     def _promote(self, server: BackendProtocol, relay: Any, fd: int, rest: bytes) -> None:
-        """A warm session goes on as an ordinary client session on the same server."""
+        """A warm session goes on as an ordinary client session on the same server.
+
+        Observers hear of the warm part's start and end first (``_returned``
+        drained the lane's records), then of the Python session that carries on.
+        """
         self.promoted += 1
         server.sessions -= 1  # counted by the lane; attach counts it again
         client = self._adopt(self._any_port, fd)
@@ -357,9 +361,11 @@ class WarmLane:
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
         """A lent server closed: its warm client, if any, is told as on Twisted's path."""
+        self.watch.drain()
         lent = self._lent.pop(server, None)
         if lent is None:
             return
+        self.watch.harvest_one(server, lent)
         self._unstack(lent)
         last_words = b""
         if lent.relay.state == speedups.W_ACTIVE:  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker, Tracker
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
+from pgpool_tw.stats.counters import Totals
 from pgpool_tw.stats.events import EventHub, ServerInfo
 
 if TYPE_CHECKING:
@@ -46,11 +47,19 @@ log = Logger()
 
 
 class ServerBook:
-    """Every open server connection, and the observers told when one opens or closes."""
+    """Every open server connection, the observers told when one opens or closes,
+    and the per-pool totals its sessions counted (see ``stats.counters``)."""
 
     def __init__(self, events: Optional[EventHub] = None) -> None:
         self.live: set[BackendProtocol] = set()
         self.events = events if events is not None else EventHub()
+        self.totals = Totals()
+
+    def harvest(self, server: BackendProtocol) -> None:
+        """Bring the totals up to date with what ``server``'s session counted so far."""
+        tracker = server.tracker
+        if tracker is not None:
+            self.totals.harvest(server.pool_key, tracker)
 
     def logged_in(self, server: BackendProtocol) -> None:
         self.events.fire("server_connection_opened", server.info())
@@ -184,6 +193,7 @@ class BackendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         state, self.state = self.state, CLOSED
+        self.book.harvest(self)  # a session lost with its server is never detached
         self.book.closed(self)
         why = reason.getErrorMessage() if reason is not None else "closed"
         if state == RUNNING:
@@ -306,6 +316,8 @@ class BackendProtocol(Protocol):
         self.owner = owner
         self.keeper = None
         self.sessions += 1
+        if tracker is None:  # a session the warm lane started was counted there
+            self.book.totals.of(self.pool_key).logins += 1
         self.peer_write = peer_write
         self.tracker = tracker if tracker is not None else Tracker(self.params, self.status)
         self.state = ATTACHED
@@ -315,6 +327,7 @@ class BackendProtocol(Protocol):
         """Stop relaying; the pool decides what comes next."""
         if self.tracker is not None:
             self.status = self.tracker.status
+            self.book.harvest(self)
         self.tracker = None
         self.owner = None
         self.peer_write = _nowhere

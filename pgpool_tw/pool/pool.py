@@ -33,6 +33,7 @@ from pgpool_tw.config.settings import Config
 from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.protocol.messages import IDLE, query
+from pgpool_tw.stats.counters import Totals
 
 log = Logger()
 
@@ -111,16 +112,19 @@ class Pool:
         self._claims: dict[BackendProtocol, Callable[[Optional[BackendProtocol]], None]] = {}
         #: Admitted client sessions and the key each one uses.
         self.sessions: dict[Any, Key] = {}
-        self._waiting: deque[tuple[Waiter, Key]] = deque()
+        #: Clients waiting for a slot, in arrival order, with when they began to wait.
+        self._waiting: deque[tuple[Waiter, Key, float]] = deque()
         self._key_sessions: dict[Key, int] = {}
         self._key_last_left: dict[Key, float] = {}
         #: Set by a shutdown: every server that comes back is closed, not reset.
         self.closing = False
         #: Borrows parked servers and logs clients in on them itself (warm.py), if any.
         self.lender: Optional[Lender] = None
-        # Counters, read by tests and (later) the admin console.
+        # Counters, read by tests and the stats snapshot.
         self.reused = 0
         self.discarded = 0
+        #: Per pool key: the time admitted clients waited (``Counters.wait_time``).
+        self.totals = Totals()
 
     # -- client admission --------------------------------------------------------
 
@@ -129,7 +133,7 @@ class Pool:
         if self._slots_taken() < self.config.num_init_children:
             self.enter(session, key)
             return True
-        self._waiting.append((session, key))
+        self._waiting.append((session, key, self.clock.seconds()))
         self._tell_lender()
         return False
 
@@ -160,7 +164,8 @@ class Pool:
     def admit_waiting(self) -> None:
         """Let waiting clients in while there are free slots (after a leave or a reload)."""
         while self._waiting and self._slots_taken() < self.config.num_init_children:
-            waiter, waiter_key = self._waiting.popleft()
+            waiter, waiter_key, since = self._waiting.popleft()
+            self.totals.of(waiter_key).wait_time += self.clock.seconds() - since
             self.enter(waiter, waiter_key)
             # Not from inside another session's connectionLost.
             self.clock.callLater(0, waiter.admitted)
@@ -174,6 +179,15 @@ class Pool:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def waiting_by_key(self) -> dict[Key, tuple[int, float]]:
+        """Per pool key: clients waiting for a slot, and the longest wait so far (seconds)."""
+        now = self.clock.seconds()
+        out: dict[Key, tuple[int, float]] = {}
+        for _, key, since in self._waiting:
+            count, longest = out.get(key, (0, 0.0))
+            out[key] = (count + 1, max(longest, now - since))
+        return out
 
     # -- server connections ------------------------------------------------------
 

@@ -8,7 +8,19 @@ know to end a session safely:
 * how many Query/Sync/FunctionCall messages still await their ReadyForQuery,
 * whether the client left extended-protocol messages without a Sync,
 * the transaction state of the last ReadyForQuery,
-* ParameterStatus changes (replayed to the next client of that connection).
+* ParameterStatus changes (replayed to the next client of that connection),
+* counters for the stats snapshot (``take_counts``): queries, transactions and
+  bytes, as plain int adds, read by Python only when it harvests them.
+
+Counting, after PgBouncer's SHOW STATS: a *query* is a Query, a Sync-ended
+extended-protocol batch or a FunctionCall, counted when the ReadyForQuery that
+answers it arrives; a *transaction* is counted when such a ReadyForQuery
+reports idle (``I``), so an autocommit statement is one and BEGIN ... COMMIT is
+one.  PgBouncer counts both when the client starts them, which makes a
+difference only for a query or transaction still under way (counted there, not
+yet here) and for a pipeline sent before any answer (PgBouncer counts it as one
+query, this as one per ReadyForQuery).  Bytes are what each side sent while
+the session was attached, a Terminate included; the login is not counted.
 
 Rules of this module: no objects per message, no joining of received chunks,
 no exceptions raised; a message split across chunks is followed with a
@@ -56,6 +68,10 @@ class SessionTracker:
         "_s_type",
         "_s_body",
         "_s_need",
+        "queries",
+        "xacts",
+        "bytes_in",
+        "bytes_out",
     )
 
     def __init__(self, params: dict[str, str], status: int = IDLE) -> None:
@@ -74,6 +90,20 @@ class SessionTracker:
         self._s_type = 0  # type whose body is being collected across chunks
         self._s_body = b""
         self._s_need = 0
+        #: ReadyForQuery messages that answered a Query, Sync or FunctionCall.
+        self.queries = 0
+        #: Those of them that reported idle: a transaction ended.
+        self.xacts = 0
+        #: Client bytes walked.
+        self.bytes_in = 0
+        #: Server bytes walked.
+        self.bytes_out = 0
+
+    def take_counts(self) -> tuple[int, int, int, int]:
+        """(queries, xacts, bytes_in, bytes_out) since the last take; zeroes them."""
+        counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
+        self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
+        return counts
 
     @property
     def in_sync(self) -> bool:
@@ -98,6 +128,7 @@ class SessionTracker:
     def feed_client(self, data: bytes) -> int:
         """Walk a client chunk; return the offset of a Terminate in it, or -1."""
         n = len(data)
+        self.bytes_in += n
         pos = self._c_skip
         if pos >= n:
             self._c_skip = pos - n
@@ -155,6 +186,7 @@ class SessionTracker:
     def feed_server(self, data: bytes) -> None:
         """Walk a server chunk, noting ReadyForQuery states and ParameterStatus."""
         n = len(data)
+        self.bytes_out += n
         pos = self._s_skip
         if self._s_need:
             need = self._s_need
@@ -190,6 +222,9 @@ class SessionTracker:
                     self.status = data[pos + 5]
                 if self.pending:
                     self.pending -= 1
+                    self.queries += 1
+                    if self.status == IDLE:
+                        self.xacts += 1
             elif kind == _READY or kind == _PARAMETER_STATUS:
                 end = self._server_header(data, data, pos, pos + 5)
                 if self._s_need:
@@ -219,6 +254,9 @@ class SessionTracker:
                 self.status = body[0]
             if self.pending:
                 self.pending -= 1
+                self.queries += 1
+                if self.status == IDLE:
+                    self.xacts += 1
         else:
             try:
                 name, value = parse_parameter_status(body)

@@ -2,8 +2,16 @@
 
 Observers provide ``IPoolEvents`` (any subset of its methods) and are told of
 events that happen once per session or connection, never per message, so
-watching costs the relay nothing.  An observer that raises is logged and the
-pooler carries on.
+watching costs the relay nothing and never turns the C fast path off.  An
+observer that raises is logged and the pooler carries on.
+
+Timing: events are fired as they happen, except the sessions of warm logins
+(clients the C loop logs in and relays itself under ``twistd pgpool``, see
+``engine/warm.py``).  While observers exist the loop records their starts and
+ends, and the service's tick (once a second) fires them, so those two events
+arrive up to a tick late, still in order.  A warm session handed to Python's
+relay mid-way (a slow reader) is reported as its warm part, started and
+ended, then as the Python session that carries it on.
 """
 
 from __future__ import annotations
@@ -38,10 +46,19 @@ class IPoolEvents(Interface):
     """Events of a pgpool-tw service, for code embedding it."""
 
     def client_session_started(session: SessionInfo) -> None:
-        """A client was attached to a server connection and can send queries."""
+        """A client was attached to a server connection and can send queries.
+
+        For a warm login (served by the C loop) this comes on the next tick,
+        up to a second late; the session may even have ended by then.
+        """
 
     def client_session_ended(session: SessionInfo) -> None:
-        """A client session ended (Terminate, disconnect or error)."""
+        """A client session ended (Terminate, disconnect or error).
+
+        ``session`` equals the one given to ``client_session_started``.  For a
+        warm login this too comes on the next tick, up to a second late.  A
+        session that started before the observer was added is not reported.
+        """
 
     def server_connection_opened(server: ServerInfo) -> None:
         """A new server connection finished its login."""

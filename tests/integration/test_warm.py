@@ -27,6 +27,7 @@ from tests.integration.harness import (
     send_cancel,
     sleep,
 )
+from tests.integration.test_embedding import Recorder
 
 
 def _pid(dsn: str, sslmode: str = "prefer") -> int:
@@ -222,6 +223,9 @@ class WarmLoginTests(PoolerTestCase):
         dsn = self.dsn(service, user, db)
         yield self.in_thread(_pid, dsn)
         yield self.in_thread(_pid, dsn)
+        deadline = time.monotonic() + 10
+        while service.pool.idle_count < 1 and time.monotonic() < deadline:
+            yield sleep(0.02)  # the reset, before the lane can lend the server again
         holder = yield self.in_thread(RawClient, service.port)
         yield self.in_thread(holder.startup, user=user, database=db)
         self.assertEqual(self.lane(service).active, 1)
@@ -334,3 +338,94 @@ class WarmLoginTests(PoolerTestCase):
             yield sleep(0.2)
         self.assertEqual(self.server_pids(user), set())
         self.assertEqual(service.pool.idle_count, 0)
+
+    @defer.inlineCallbacks
+    def test_observer_sees_warm_sessions_and_they_stay_warm(self):
+        """Observers are told of warm sessions (on the tick), and warm logins stay on."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        recorder = Recorder()
+        service.add_observer(recorder)
+        hits = yield self.warm_up(service, user, db)
+
+        def session() -> tuple[int, int]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            port = client.sock.getsockname()[1]
+            client.query("select 1")
+            client.close()
+            return client.pid, port
+
+        seen = []
+        for _ in range(2):
+            seen.append((yield self.in_thread(session)))
+            yield sleep(0.1)
+        self.assertEqual(self.lane(service).hits, hits + 2)
+        deadline = time.monotonic() + 10
+        while len(recorder.of("client_session_ended")) < 4 and time.monotonic() < deadline:
+            yield sleep(0.05)
+        sessions = [event for event in recorder.events if "session" in event[0]]
+        self.assertEqual(
+            [name for name, _ in sessions], ["client_session_started", "client_session_ended"] * 4
+        )
+        for (_, started), (_, ended) in zip(sessions[0::2], sessions[1::2]):
+            self.assertEqual(started, ended)
+            self.assertEqual((started.user, started.database), (user, db))
+        warm = [info for _, info in sessions[4::2]]
+        self.assertEqual(
+            [(info.server_pid, info.client) for info in warm],
+            [(pid, f"127.0.0.1:{port}") for pid, port in seen],
+        )
+        service.remove_observer(recorder)
+        self.assertIsNone(self.lane(service).log)
+
+    @defer.inlineCallbacks
+    def test_observer_sees_promoted_session_as_two(self):
+        """A promoted warm session: its warm part starts and ends, then Python's, in order."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        recorder = Recorder()
+        service.add_observer(recorder)
+
+        def slow() -> int:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.send(m.query("select repeat('x', 1000) from generate_series(1, 20000)"))
+            time.sleep(1.0)  # let the pooler's sends fill the socket buffers
+            client.until_ready()
+            client.close()
+            return client.pid
+
+        pid = yield self.in_thread(slow)
+        self.assertEqual((self.lane(service).hits, service.factory.warm.promoted), (hits + 1, 1))
+        deadline = time.monotonic() + 10
+        while len(recorder.of("client_session_ended")) < 2 and time.monotonic() < deadline:
+            yield sleep(0.05)
+        sessions = [event for event in recorder.events if "session" in event[0]]
+        self.assertEqual(
+            [name for name, _ in sessions], ["client_session_started", "client_session_ended"] * 2
+        )
+        self.assertEqual([info.server_pid for _, info in sessions], [pid] * 4)
+        self.assertEqual(sessions[0][1], sessions[1][1])
+        self.assertEqual(sessions[2][1], sessions[3][1])
+
+    @defer.inlineCallbacks
+    def test_cancel_key_must_match_in_every_byte(self):
+        """The lane finds a warm session's server by its whole cancel key, no byte ignored."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        yield self.warm_up(service, user, db)
+        client = yield self.in_thread(RawClient, service.port)
+        yield self.in_thread(client.startup, user=user, database=db)
+        warm = service.factory.warm
+        self.assertEqual(warm.active, 1)
+        server = warm.find(client.pid, client.key)
+        self.assertIsNotNone(server)
+        self.assertEqual(server.pid, client.pid)
+        for byte in range(4):
+            self.assertIsNone(warm.find(client.pid, client.key ^ (0x80 << (8 * byte))))
+            self.assertIsNone(warm.find(client.pid, client.key ^ (0x01 << (8 * byte))))
+        self.assertIsNone(warm.find(client.pid ^ 1, client.key))
+        yield self.in_thread(client.close)

@@ -785,3 +785,79 @@ class RandomSessionTests(SynchronousTestCase):
         for chunk in split_at(data, cuts):
             if tracker.feed_client(chunk) >= 0:
                 break
+
+
+class CounterTests(SynchronousTestCase):
+    """Queries, transactions and bytes as PgBouncer's SHOW STATS means them."""
+
+    def run_session(self, client: bytes, server: bytes, cuts: Iterable[int] = ()) -> SessionTracker:
+        tracker = new_tracker()
+        cuts = list(cuts)
+        feed_client_chunks(tracker, split_at(client, cuts))
+        feed_server_chunks(tracker, split_at(server, cuts))
+        return tracker
+
+    def counts(self, tracker: SessionTracker) -> tuple[int, int, int, int]:
+        return (tracker.queries, tracker.xacts, tracker.bytes_in, tracker.bytes_out)
+
+    def test_autocommit_statement_is_one_query_and_one_transaction(self) -> None:
+        """A Query answered with an idle ReadyForQuery counts one query and one transaction."""
+        client = messages.query("select 1")
+        server = command_complete("SELECT 1") + ready(IDLE)
+        tracker = self.run_session(client, server)
+        self.assertEqual(self.counts(tracker), (1, 1, len(client), len(server)))
+
+    def test_explicit_transaction_is_one_transaction(self) -> None:
+        """BEGIN, a statement and COMMIT: three queries, one transaction (ended at COMMIT)."""
+        client = messages.query("begin") + messages.query("select 1") + messages.query("commit")
+        server = (
+            command_complete("BEGIN")
+            + ready(IN_TRANSACTION)
+            + command_complete("SELECT 1")
+            + ready(IN_TRANSACTION)
+            + command_complete("COMMIT")
+            + ready(IDLE)
+        )
+        for cuts in ([], range(len(server))):
+            tracker = self.run_session(client, server, cuts)
+            self.assertEqual(self.counts(tracker)[:2], (3, 1))
+
+    def test_open_transaction_is_not_counted_yet(self) -> None:
+        """A transaction still open (or failed, not rolled back) counts its queries only."""
+        client = messages.query("begin") + messages.query("oops")
+        server = (
+            command_complete("BEGIN")
+            + ready(IN_TRANSACTION)
+            + error("syntax")
+            + ready(IN_FAILED_TRANSACTION)
+        )
+        self.assertEqual(self.counts(self.run_session(client, server))[:2], (2, 0))
+
+    def test_extended_batch_is_one_query(self) -> None:
+        """Parse, Bind, Execute, Sync is one query, counted at its ReadyForQuery."""
+        client = parse("select 1") + bind() + execute() + sync()
+        server = parse_complete() + bind_complete() + command_complete("SELECT 1") + ready(IDLE)
+        tracker = self.run_session(client, server, range(0, len(server), 3))
+        self.assertEqual(self.counts(tracker), (1, 1, len(client), len(server)))
+
+    def test_unasked_ready_for_query_is_not_a_query(self) -> None:
+        """A ReadyForQuery nobody asked for (nothing pending) counts nothing."""
+        tracker = self.run_session(b"", ready(IDLE))
+        self.assertEqual(self.counts(tracker)[:2], (0, 0))
+
+    def test_take_counts_returns_and_zeroes(self) -> None:
+        """take_counts hands each count out once: the second take is all zero."""
+        client = messages.query("select 1") + messages.terminate()
+        server = command_complete("SELECT 1") + ready(IDLE)
+        tracker = self.run_session(client, server)
+        self.assertEqual(tracker.take_counts(), (1, 1, len(client), len(server)))
+        self.assertEqual(tracker.take_counts(), (0, 0, 0, 0))
+        tracker.feed_client(messages.query("select 2"))
+        self.assertEqual(tracker.take_counts(), (0, 0, len(messages.query("select 2")), 0))
+
+    def test_whole_conversation_counts_every_answer(self) -> None:
+        """The realistic conversation: one query per owed ReadyForQuery, however it is cut."""
+        for cuts in ([], range(len(SERVER))):
+            tracker = self.run_session(CLIENT, SERVER, cuts)
+            self.assertEqual(tracker.queries, OWED)
+            self.assertEqual((tracker.bytes_in, tracker.bytes_out), (len(CLIENT), len(SERVER)))

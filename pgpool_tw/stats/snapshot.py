@@ -1,0 +1,186 @@
+"""One stats snapshot: clients, servers, waits and per-pool counters, built on demand.
+
+``PgpoolService.snapshot()`` builds it; the admin console, metrics and embedding
+code read it and nothing else.  Building one walks the open connections once
+and harvests the session trackers' counters (``stats.counters``); the relay
+never does anything for it, so taking none costs nothing.
+
+Meanings, after PgBouncer's SHOW POOLS and SHOW STATS:
+
+* ``clients``: client connections by state.  ``startup`` covers clients whose
+  startup packet is not read yet, the warm lane's pending ones included;
+  ``active`` covers relayed sessions, warm ones included (``Lane.active``).
+* ``servers``: per pool key and node index, server connections by state:
+  ``login`` (connecting and logging in), ``ready`` (logged in, not yet handed
+  out), ``active`` (relaying for a client), ``running`` (the pooler's own
+  queries: reset, SET application_name), ``idle`` (pooled), ``closed``.
+* ``waiting`` / ``max_wait``: clients waiting for a client slot
+  (num_init_children), and the longest wait so far in seconds.
+* counters, totals since the start: ``logins`` (sessions that got a server
+  connection), ``queries`` and ``xacts`` (counted at the ReadyForQuery that ends
+  them: see ``protocol.relay``), ``bytes_in`` / ``bytes_out`` (relayed from and to
+  clients after the login), ``wait_time`` (seconds admitted clients waited).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pgpool_tw.pool import backend
+from pgpool_tw.session import login
+from pgpool_tw.stats.counters import Counters, Totals
+
+_CLIENT_STATES = {
+    login.STARTUP: "startup",
+    login.AUTHENTICATING: "authenticating",
+    login.WAITING: "waiting",
+    login.CONNECTING: "connecting",
+    login.SETTING: "setting",
+    login.RELAY: "active",
+    login.CLOSED: "closed",
+}
+CLIENT_STATES = tuple(_CLIENT_STATES.values())
+
+_SERVER_STATES = {
+    backend.NEGOTIATING: "login",
+    backend.CONNECTING: "login",
+    backend.STARTUP: "login",
+    backend.LOGIN: "login",
+    backend.READY: "ready",
+    backend.ATTACHED: "active",
+    backend.RUNNING: "running",
+    backend.IDLE: "idle",
+    backend.CLOSED: "closed",
+}
+SERVER_STATES = ("login", "ready", "active", "running", "idle", "closed")
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """One pool key: a user, a database and the startup options they share."""
+
+    key: Hashable
+    user: str
+    database: str
+    clients: Mapping[str, int]
+    waiting: int
+    max_wait: float
+    #: node index -> server state -> count
+    servers: Mapping[int, Mapping[str, int]]
+    logins: int
+    xacts: int
+    queries: int
+    bytes_in: int
+    bytes_out: int
+    wait_time: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole pooler at one moment (``taken_at``, the reactor's clock)."""
+
+    taken_at: float
+    clients: Mapping[str, int]
+    waiting: int
+    max_wait: float
+    pools: Mapping[Hashable, PoolStats]
+
+    def pools_of(self, user: str, database: str) -> list[PoolStats]:
+        """The pools of a user and database (one per distinct startup options)."""
+        return [p for p in self.pools.values() if (p.user, p.database) == (user, database)]
+
+
+def take_snapshot(now: float, factory: Any, pool: Any) -> Snapshot:
+    """Build a snapshot of ``factory`` (a FrontendFactory) and its ``pool``."""
+    book = factory.servers
+    warm = factory.warm
+    for server in book.live:
+        book.harvest(server)
+    if warm is not None:
+        warm.watch.harvest()
+    clients, by_key = _clients(factory.clients, warm)
+    servers = _servers(book.live, warm.watch.server_states() if warm is not None else {})
+    waits = pool.waiting_by_key()
+    totals = _merged(book.totals, pool.totals)
+    keys = set(by_key) | set(servers) | set(waits) | set(totals)
+    pools = {key: _pool(key, by_key, servers, waits, totals) for key in keys}
+    return Snapshot(
+        taken_at=now,
+        clients=MappingProxyType(clients),
+        waiting=sum(count for count, _ in waits.values()),
+        max_wait=max((longest for _, longest in waits.values()), default=0.0),
+        pools=MappingProxyType(pools),
+    )
+
+
+def _clients(
+    connections: Iterable[Any], warm: Any
+) -> tuple[dict[str, int], dict[Hashable, dict[str, int]]]:
+    """Client connections by state, overall and by pool key (those that have one)."""
+    overall = dict.fromkeys(CLIENT_STATES, 0)
+    by_key: dict[Hashable, dict[str, int]] = {}
+    for client in connections:
+        name = _CLIENT_STATES.get(client.state, str(client.state))
+        overall[name] = overall.get(name, 0) + 1
+        key = getattr(client, "key", None)  # the pool key, once its startup packet is read
+        if key is not None:
+            states = by_key.setdefault(key, dict.fromkeys(CLIENT_STATES, 0))
+            states[name] = states.get(name, 0) + 1
+    if warm is not None:
+        overall["active"] += warm.active
+        overall["startup"] += int(warm.lane.pending)
+        for key, count in warm.watch.active_by_key().items():
+            by_key.setdefault(key, dict.fromkeys(CLIENT_STATES, 0))["active"] += count
+    return overall, by_key
+
+
+def _servers(live: Iterable[Any], lent: Mapping[Any, str]) -> dict[Hashable, dict[int, dict]]:
+    """Server connections by pool key, node index and state."""
+    out: dict[Hashable, dict[int, dict[str, int]]] = {}
+    for server in live:
+        name = lent.get(server) or _SERVER_STATES.get(server.state, str(server.state))
+        nodes = out.setdefault(server.pool_key, {})
+        states = nodes.setdefault(server.node.index, dict.fromkeys(SERVER_STATES, 0))
+        states[name] = states.get(name, 0) + 1
+    return out
+
+
+def _merged(*parts: Totals) -> dict[Hashable, Counters]:
+    out: dict[Hashable, Counters] = {}
+    for totals in parts:
+        for key, counters in totals.by_key.items():
+            out.setdefault(key, Counters()).add(counters)
+    return out
+
+
+def _pool(
+    key: Hashable,
+    clients: Mapping[Hashable, dict[str, int]],
+    servers: Mapping[Hashable, dict[int, dict[str, int]]],
+    waits: Mapping[Hashable, tuple[int, float]],
+    totals: Mapping[Hashable, Counters],
+) -> PoolStats:
+    params = dict(key) if isinstance(key, tuple) else {}
+    counters = totals.get(key, Counters())
+    waiting, max_wait = waits.get(key, (0, 0.0))
+    nodes = servers.get(key, {})
+    return PoolStats(
+        key=key,
+        user=str(params.get("user", "")),
+        database=str(params.get("database", "")),
+        clients=MappingProxyType(clients.get(key, dict.fromkeys(CLIENT_STATES, 0))),
+        waiting=waiting,
+        max_wait=max_wait,
+        servers=MappingProxyType(
+            {index: MappingProxyType(states) for index, states in nodes.items()}
+        ),
+        logins=counters.logins,
+        xacts=counters.xacts,
+        queries=counters.queries,
+        bytes_in=counters.bytes_in,
+        bytes_out=counters.bytes_out,
+        wait_time=counters.wait_time,
+    )
