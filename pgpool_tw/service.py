@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pgpool_tw import systemd
+from pgpool_tw.admin.snapshot import Snapshot, take_snapshot
 from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config.report import plan_reload
@@ -39,7 +40,6 @@ from pgpool_tw.net.transport import tune_listener
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
-from pgpool_tw.stats.snapshot import Snapshot, take_snapshot
 
 log = Logger()
 
@@ -144,8 +144,8 @@ class PgpoolService(MultiService):
             self.warm.watch.observe()
 
     def snapshot(self) -> Snapshot:
-        """Clients, servers, waiting clients and per-pool counters now (``stats.snapshot``)."""
-        return take_snapshot(self.reactor.seconds(), self.factory, self.pool)
+        """Clients, servers, waiting clients and per-pool counters now (``admin.snapshot``)."""
+        return take_snapshot(self.reactor.seconds(), self.factory, self.pool, self.warm)
 
     # -- addresses ---------------------------------------------------------------
 

@@ -162,6 +162,11 @@ class FrontendProtocol(Protocol):
         return self.session.state
 
     @property
+    def key(self) -> Any:
+        """The session's pool key, once its startup packet is read."""
+        return self.session.key
+
+    @property
     def startup(self) -> Optional[StartupMessage]:
         return self.session.startup
 

@@ -61,12 +61,13 @@ RELAY = 4
 CLOSED = 5
 AUTHENTICATING = 6  # the pooler checks the client's password against pool_passwd
 
+#: The states' names in logs and the stats snapshot (PgBouncer's "active" for RELAY).
 STATE_NAMES = {
     STARTUP: "startup",
     WAITING: "waiting",
     CONNECTING: "connecting",
     SETTING: "setting",
-    RELAY: "relay",
+    RELAY: "active",
     CLOSED: "closed",
     AUTHENTICATING: "authenticating",
 }

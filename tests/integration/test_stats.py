@@ -16,9 +16,9 @@ from typing import Any, Callable
 import psycopg
 from twisted.internet import defer
 
+from pgpool_tw.admin.snapshot import PoolStats
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
-from pgpool_tw.stats.snapshot import PoolStats
 from tests.integration.harness import PoolerTestCase, RawClient, sleep
 
 #: The statements of one session: two transactions (an autocommit one and BEGIN..COMMIT).

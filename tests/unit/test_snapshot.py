@@ -9,13 +9,13 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgpool_tw.admin.snapshot import CLIENT_STATES, Snapshot, take_snapshot
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.frontend import FrontendFactory
-from pgpool_tw.stats.snapshot import CLIENT_STATES, Snapshot, take_snapshot
 
 ALICE = StartupMessage((("user", "alice"), ("database", "shop")))
 BOB = StartupMessage((("user", "bob"), ("database", "shop")))

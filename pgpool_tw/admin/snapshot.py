@@ -2,7 +2,7 @@
 
 ``PgpoolService.snapshot()`` builds it; the admin console, metrics and embedding
 code read it and nothing else.  Building one walks the open connections once
-and harvests the session trackers' counters (``stats.counters``); the relay
+and harvests the session trackers' counters (``stats/counters.py``); the relay
 never does anything for it, so taking none costs nothing.
 
 Meanings, after PgBouncer's SHOW POOLS and SHOW STATS:
@@ -27,21 +27,15 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Optional
 
+from pgpool_tw.engine.warm import WarmLane
 from pgpool_tw.pool import backend
-from pgpool_tw.session import login
+from pgpool_tw.pool.pool import Pool
+from pgpool_tw.session.frontend import FrontendFactory
+from pgpool_tw.session.machine import STATE_NAMES as _CLIENT_STATES
 from pgpool_tw.stats.counters import Counters, Totals
 
-_CLIENT_STATES = {
-    login.STARTUP: "startup",
-    login.AUTHENTICATING: "authenticating",
-    login.WAITING: "waiting",
-    login.CONNECTING: "connecting",
-    login.SETTING: "setting",
-    login.RELAY: "active",
-    login.CLOSED: "closed",
-}
 CLIENT_STATES = tuple(_CLIENT_STATES.values())
 
 _SERVER_STATES = {
@@ -93,10 +87,11 @@ class Snapshot:
         return [p for p in self.pools.values() if (p.user, p.database) == (user, database)]
 
 
-def take_snapshot(now: float, factory: Any, pool: Any) -> Snapshot:
-    """Build a snapshot of ``factory`` (a FrontendFactory) and its ``pool``."""
+def take_snapshot(
+    now: float, factory: FrontendFactory, pool: Pool, warm: Optional[WarmLane] = None
+) -> Snapshot:
+    """Build a snapshot of the sessions ``factory`` serves, its ``pool`` and warm lane."""
     book = factory.servers
-    warm = factory.warm
     for server in book.live:
         book.harvest(server)
     if warm is not None:
