@@ -318,7 +318,7 @@ class PgpoolService(MultiService):
         ticker_changed = config.client_idle_limit != self.config.client_idle_limit
         self.config = config
         self.pool.config = config
-        self.factory.config = config
+        self.factory.use(config)
         if self.warm is not None:
             self.warm.apply()
         self.pool.admit_waiting()

@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 from pgpool_tw.engine.warm import WarmLane
 from pgpool_tw.pool import backend
+from pgpool_tw.pool.key import PoolKey
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.session.machine import STATE_NAMES as _CLIENT_STATES
@@ -158,14 +159,13 @@ def _pool(
     waits: Mapping[Hashable, tuple[int, float]],
     totals: Mapping[Hashable, Counters],
 ) -> PoolStats:
-    params = dict(key) if isinstance(key, tuple) else {}
     counters = totals.get(key, Counters())
     waiting, max_wait = waits.get(key, (0, 0.0))
     nodes = servers.get(key, {})
     return PoolStats(
         key=key,
-        user=str(params.get("user", "")),
-        database=str(params.get("database", "")),
+        user=key.user if isinstance(key, PoolKey) else "",
+        database=key.database if isinstance(key, PoolKey) else "",
         clients=MappingProxyType(clients.get(key, dict.fromkeys(CLIENT_STATES, 0))),
         waiting=waiting,
         max_wait=max_wait,

@@ -169,7 +169,7 @@ class WarmLane:
         key = address + raw
         if key in self.entries:
             return
-        stack_key = (startup.pool_key(), startup.application_name)
+        stack_key = (server.pool_key, startup.application_name)
         stack = self._stacks.get(stack_key)
         if stack is None:
             stack = self._stacks[stack_key] = []

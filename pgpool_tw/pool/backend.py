@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.net.transport import Writer, make_writer, tune_socket
+from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker, Tracker
@@ -109,7 +110,7 @@ class BackendProtocol(Protocol):
         #: Every open server connection, so a shutdown can wait for all of them.
         self.book = book if book is not None else ServerBook()
         self.startup = startup
-        self.pool_key = startup.pool_key()
+        self.pool_key = pool_key(node.index, startup)
         self.clock = clock
         self.state = CONNECTING
         self.owner: Optional[ServerOwner] = None

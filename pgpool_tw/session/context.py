@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from pgpool_tw.cluster.cluster import UP, Cluster
 from pgpool_tw.config.authfiles import AuthFiles
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.config.tls import TLSContexts
@@ -40,6 +41,8 @@ class SessionContext:
         self, config: Config, pool: Pool, reactor: Any, events: Optional[EventHub] = None
     ) -> None:
         self.config = config
+        #: The backend nodes, rebuilt from each configuration the service applies.
+        self.cluster = Cluster.from_config(config)
         self.pool = pool
         self.reactor = reactor
         self.events = events if events is not None else EventHub()
@@ -75,6 +78,23 @@ class SessionContext:
         for deadlines in self._login_deadlines.values():
             deadlines.close()
         self._login_deadlines.clear()
+
+    def use(self, config: Config) -> None:
+        """A reload's configuration: new sessions read it; nodes keep their status."""
+        old = self.cluster
+        self.config = config
+        self.cluster = Cluster.from_config(config)
+        for node in self.cluster:
+            before = old.get(node.index)
+            if before is not None and before.address == node.address:
+                self.cluster.set_status(node.index, before.status)
+
+    def node_up(self, backend: BackendNode) -> None:
+        """A server of ``backend`` finished a login: the node is up (pgpool-II's status)."""
+        node = self.cluster.get(backend.index)
+        if node is not None and node.status != UP:
+            self.cluster.set_status(backend.index, UP)
+        self.events.backend_status(backend.address, "up")
 
     def connect(
         self,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from twisted.logger import Logger
 
+from pgpool_tw.pool.key import PoolKey, pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.sql import quote_literal
@@ -125,7 +126,7 @@ class Session:
         self.startup: Optional[StartupMessage] = None
         #: The startup packet as received (a warm lane learns it; see engine/warm.py).
         self.startup_raw: Optional[bytes] = None
-        self.key: Any = None  # the pool key, once the startup packet is read
+        self.key: Optional[PoolKey] = None  # once the startup packet is read
         #: The client talks TLS to the pooler (hostssl lines match it).
         self.ssl = False
         self._buffer = b""
@@ -255,8 +256,12 @@ class Session:
     def admit(self) -> None:
         """Ask for a client slot (the password check calls this once it succeeds)."""
         assert self.startup is not None
+        node = self.context.cluster.primary
+        if node is None:
+            self.fatal("08006", "no backend node is configured (backend_hostname0)")
+            return
         self._in_pool = True
-        self.key = self.startup.pool_key()
+        self.key = pool_key(node.index, self.startup)
         if self.context.pool.admit(self, self.key):
             self.admitted()
             return
@@ -286,15 +291,16 @@ class Session:
             self.connect()
 
     def connect(self, tls_override: Optional[Any] = None) -> None:
-        """Log in on a new server connection to the primary node."""
-        node = self.context.config.primary_backend
+        """Log in on a new server connection to the node of the session's pool key."""
+        key, startup = self.key, self.startup
+        assert key is not None and startup is not None
+        node = self.context.cluster.get(key.node)
         if node is None:
-            self.fatal("08006", "no backend node is configured (backend_hostname0)")
+            self.fatal("08006", f"backend node {key.node} is no longer configured")
             return
-        assert self.startup is not None
         self._move(CONNECTING)
         login = self._server_login = ServerLogin(self, self._password)
-        self._connector = self.context.connect(node, self.startup, self, tls_override)
+        self._connector = self.context.connect(node.backend, startup, self, tls_override)
         data, self._buffer = self._buffer, b""
         if data:
             login.client_data(data)
@@ -339,7 +345,7 @@ class Session:
             self.io.send(raw)
 
     def server_ready(self, server: BackendProtocol) -> None:
-        self.context.events.backend_status(server.node.address, "up")
+        self.context.node_up(server.node)
         if self.state == CONNECTING:
             self._connector = None
             self._attach(server)

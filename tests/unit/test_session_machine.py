@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgpool_tw.cluster.cluster import UP
+from pgpool_tw.cluster.cluster import WAITING as WAITING_STATUS
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.key import pool_key
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import SessionTracker
@@ -102,7 +105,8 @@ class Harness:
     """A context, a pool and sessions on a memory reactor."""
 
     def __init__(self, **settings: Any) -> None:
-        self.config = dataclasses.replace(Config(backends=(NODE,)), **settings)
+        settings.setdefault("backends", (NODE,))
+        self.config = dataclasses.replace(Config(), **settings)
         self.reactor = MemoryReactorClock()
         self.pool = Pool(self.config, self.reactor)
         self.context = SessionContext(self.config, self.pool, self.reactor)
@@ -332,3 +336,36 @@ class SplitTests(SynchronousTestCase):
         self.assertEqual(b"".join(io.sent), b"N" * (ssl + gss))
         self.assertEqual((session.state, io.actions), (WAITING, []))
         self.assertEqual(session.startup.application_name, "app")  # type: ignore[union-attr]
+
+
+class NodeTests(SynchronousTestCase):
+    def test_session_uses_the_primary_node_and_keys_its_pool_by_it(self) -> None:
+        """With only backend_hostname3 set, the session connects to node 3 and its key says so."""
+        node = BackendNode(3, "127.0.0.3", 5433)
+        harness = Harness(backends=(node,))
+        session, _ = harness.session()
+        session.client_data(startup_packet())
+        ((host, port, *_),) = harness.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.3", 5433))
+        assert session.key is not None
+        self.assertEqual(session.key.node, 3)
+        self.assertNotEqual(session.key, pool_key(0, session.startup))  # type: ignore[arg-type]
+
+    def test_node_up_after_a_login_and_kept_across_a_reload(self) -> None:
+        """A finished login marks its node up; a reload that keeps the node keeps that status."""
+        harness = Harness(backends=(NODE, BackendNode(1, "127.0.0.2", 5432)))
+        session, _ = harness.session()
+        session.client_data(startup_packet())
+        self.assertEqual(harness.context.cluster[0].status, WAITING_STATUS)
+        harness.server_for(session)
+        self.assertEqual(harness.context.cluster[0].status, UP)
+        harness.context.use(dataclasses.replace(harness.config, max_pool=2))
+        self.assertEqual([node.status for node in harness.context.cluster], [UP, WAITING_STATUS])
+
+    def test_no_backend_refuses_the_client(self) -> None:
+        """With no backend node configured a client gets FATAL 08006, no connection attempt."""
+        harness = Harness(backends=())
+        session, io = harness.session()
+        session.client_data(startup_packet())
+        self.assertEqual(io.error_code(), "08006")
+        self.assertEqual(harness.reactor.tcpClients, [])

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pgpool_tw.admin.snapshot import CLIENT_STATES, Snapshot, take_snapshot
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.key import pool_key
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.startup import StartupMessage
@@ -55,10 +56,10 @@ class SnapshotTests(SynchronousTestCase):
     def test_waiting_clients_and_longest_wait(self) -> None:
         """Clients past num_init_children wait; the snapshot counts them and the longest wait."""
         first, second, third = Waiter(), Waiter(), Waiter()
-        self.assertTrue(self.pool.admit(first, ALICE.pool_key()))
-        self.assertFalse(self.pool.admit(second, ALICE.pool_key()))
+        self.assertTrue(self.pool.admit(first, pool_key(0, ALICE)))
+        self.assertFalse(self.pool.admit(second, pool_key(0, ALICE)))
         self.clock.advance(2.0)
-        self.assertFalse(self.pool.admit(third, BOB.pool_key()))
+        self.assertFalse(self.pool.admit(third, pool_key(0, BOB)))
         self.clock.advance(1.5)
         snapshot = self.snapshot()
         self.assertEqual((snapshot.waiting, snapshot.max_wait), (2, 3.5))
@@ -70,8 +71,8 @@ class SnapshotTests(SynchronousTestCase):
     def test_wait_time_counted_when_admitted(self) -> None:
         """A client admitted after waiting adds its wait to its pool's wait_time."""
         first, second = Waiter(), Waiter()
-        self.pool.admit(first, ALICE.pool_key())
-        self.pool.admit(second, ALICE.pool_key())
+        self.pool.admit(first, pool_key(0, ALICE))
+        self.pool.admit(second, pool_key(0, ALICE))
         self.clock.advance(4.0)
         self.pool.withdraw(first)
         self.clock.advance(0)
