@@ -34,7 +34,7 @@ from pgpool_tw.pool import backend
 from pgpool_tw.pool.key import PoolKey
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
-from pgpool_tw.session.machine import STATE_NAMES as _CLIENT_STATES
+from pgpool_tw.session.states import STATE_NAMES as _CLIENT_STATES
 from pgpool_tw.stats.counters import Counters, Totals
 
 CLIENT_STATES = tuple(_CLIENT_STATES.values())

@@ -2,7 +2,7 @@
 
 A ``BackendProtocol`` is in exactly one state at a time and only the methods
 here move it.  While it logs in, every message that matters is handed to its
-owner (the client session that asked for it); while attached it streams to that
+owner (the login of the client session that asked for it); while attached it streams to that
 client without parsing (see ``protocol.relay``); while pooled it belongs to the
 pool and is only watched for the server going away.  It must never decide
 whether it may be reused: the pool does.  ``connector.py`` opens the connection.
@@ -308,14 +308,16 @@ class BackendProtocol(Protocol):
     # -- attach and detach (called by the client session) ------------------------
 
     def attach(
-        self, owner: ServerOwner, peer_write: Writer, tracker: Optional[SessionTracker] = None
+        self, session: ServerKeeper, peer_write: Writer, tracker: Optional[SessionTracker] = None
     ) -> SessionTracker:
         """Start relaying to a client; returns the tracker both legs share.
 
-        ``tracker`` carries on a session relayed so far by someone else (the warm lane).
+        The client's ``session`` keeps the server from now on (it is told if the
+        server goes away); ``tracker`` carries on a session relayed so far by
+        someone else (the warm lane).
         """
-        self.owner = owner
-        self.keeper = None
+        self.owner = None
+        self.keeper = session
         self.sessions += 1
         if tracker is None:  # a session the warm lane started was counted there
             self.book.totals.of(self.pool_key).logins += 1
@@ -331,6 +333,7 @@ class BackendProtocol(Protocol):
             self.book.harvest(self)
         self.tracker = None
         self.owner = None
+        self.keeper = None
         self.peer_write = _nowhere
         if self.state != CLOSED:
             self.state = READY

@@ -15,7 +15,7 @@ but the server that asked for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
@@ -24,10 +24,13 @@ from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import clientauth
+from pgpool_tw.session.states import CLOSED, CONNECTING
 
 if TYPE_CHECKING:
+    from pgpool_tw.config.settings import BackendNode
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.session.machine import Session
+
 
 log = Logger()
 
@@ -124,23 +127,44 @@ class PasswordCheck:
 
 
 class ServerLogin:
-    """A new server connection's authentication, answered or relayed for one client."""
+    """A new server connection's login for one client: the server's owner until it is up.
 
-    __slots__ = ("_backend_auth", "_reader", "session")
+    It answers the server's authentication requests from pool_passwd when the
+    pooler checked the client, relays them otherwise, forwards the client's
+    password messages, and reports the outcome to its session:
+    ``server_said_ok``, ``server_logged_in``, or a FATAL for the client.
+    """
 
-    def __init__(self, session: Session, check: Optional[PasswordCheck]) -> None:
+    __slots__ = ("_backend_auth", "_reader", "_retried", "connector", "server", "session")
+
+    def __init__(self, session: Session, check: Optional[PasswordCheck], retried: bool) -> None:
         self.session = session
         self._reader = m.MessageReader()
         #: Answers from pool_passwd, when the pooler checks clients itself.
         self._backend_auth: Optional[BackendAuth] = (
             check.login.backend_auth() if check is not None else None
         )
+        #: This is server_tls_sslmode=allow's second try, over TLS.
+        self._retried = retried
+        #: The connection attempt, until the server is up or refused (to abort it).
+        self.connector: Any = None
+        self.server: Optional[BackendProtocol] = None
+
+    def abandon(self) -> None:
+        """The client left while the server was still connecting."""
+        if self.connector is not None:
+            self.connector.disconnect()
+
+    def _live(self) -> bool:
+        return self.session.state == CONNECTING and self.session.server_login is self
+
+    # -- the client ------------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
         """Client messages while a new server authenticates it: passwords go through."""
         session = self.session
         for kind, body in _frames(session, self._reader, data):
-            server = session.server
+            server = self.server
             if kind == m.PASSWORD_MESSAGE and server is not None:
                 server.send(m.message(b"p", body))
             elif kind == m.TERMINATE:
@@ -150,8 +174,13 @@ class ServerLogin:
                 session.fatal("08P01", f"unexpected message {chr(kind)!r} during authentication")
                 return
 
-    def server_message(self, server: BackendProtocol, raw: bytes) -> None:
+    # -- backend.ServerOwner -----------------------------------------------------------
+
+    def server_forward(self, server: BackendProtocol, raw: bytes) -> None:
         """A server's login message: answered from pool_passwd, or relayed to the client."""
+        self.server = server
+        if not self._live():
+            return
         session = self.session
         if raw[0] != m.AUTHENTICATION:
             session.io.send(raw)  # a notice
@@ -159,14 +188,61 @@ class ServerLogin:
             try:
                 reply = self._backend_auth.receive(m.auth_code(raw[5:]), raw[5:])
             except BackendAuthError as e:
-                session.server_refused(server, str(e))
+                self._refused(server, str(e))
                 return
             if reply:
                 server.send(reply)
         elif session.auth_ok_sent:
             # The pooler authenticated the client; there is nobody to relay to.
-            session.server_refused(
-                server, f'pool_passwd has no entry for user "{server.startup.user}"'
-            )
+            self._refused(server, f'pool_passwd has no entry for user "{server.startup.user}"')
         else:
             session.io.send(m.without_channel_binding(raw))
+
+    def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
+        self.server = server
+        self.session.server_said_ok(raw)
+
+    def server_ready(self, server: BackendProtocol) -> None:
+        self.connector = None
+        self.session.server_logged_in(server)
+
+    def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
+        """The server refused the login; the client gets the server's own words.
+
+        With server_tls_sslmode = allow, a plaintext login refused before any
+        authentication request (a hostssl-only server) is tried once more over TLS.
+        """
+        self.server = None
+        self.connector = None
+        session = self.session
+        if self._live() and not server.spoke and not server.encrypted and not self._retried:
+            retry = session.context.tls.for_allow_retry(server.node)
+            if retry is not None:
+                session.connect(retry)
+                return
+        if session.state != CLOSED:
+            session.io.send(raw)
+            session.io.close()
+
+    def server_lost(self, server: BackendProtocol, why: str) -> None:
+        self.server = None
+        if self._live():
+            self.session.fatal("08006", f"server closed the connection during login: {why}")
+
+    def server_connect_failed(self, node: BackendNode, why: str) -> None:
+        self.connector = None
+        session = self.session
+        session.context.events.backend_status(node.address, "unreachable")
+        log.warn(
+            "client={client} server={server} unreachable: {why}",
+            client=session.peer,
+            server=node.address,
+            why=why,
+        )
+        session.fatal("08006", f'could not connect to server at "{node.address}": {why}')
+
+    def _refused(self, server: BackendProtocol, why: str) -> None:
+        """The pooler cannot answer the server's password request for this client."""
+        log.warn("client={client} server login failed: {why}", client=self.session.peer, why=why)
+        server.transport.abortConnection()
+        self.session.fatal("28000", f"the pooler cannot log in to the server: {why}")

@@ -40,10 +40,33 @@ from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import cancel
 from pgpool_tw.session.handshake import Handshake
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
+from pgpool_tw.session.states import (
+    AUTHENTICATING,
+    CLOSED,
+    CONNECTING,
+    RELAY,
+    SETTING,
+    STARTUP,
+    STATE_NAMES,
+    WAITING,
+)
 from pgpool_tw.stats.events import SessionInfo
 
+__all__ = [
+    "AUTHENTICATING",
+    "CLOSED",
+    "CONNECTING",
+    "MAX_EARLY_BYTES",
+    "RELAY",
+    "SETTING",
+    "STARTUP",
+    "STATE_NAMES",
+    "WAITING",
+    "ClientIO",
+    "Session",
+]
+
 if TYPE_CHECKING:
-    from pgpool_tw.config.settings import BackendNode
     from pgpool_tw.net.deadlines import Deadline
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.session.context import SessionContext
@@ -52,26 +75,6 @@ log = Logger()
 
 #: What a client may send before its session is attached (it should send nothing).
 MAX_EARLY_BYTES = 65536
-
-# States.
-STARTUP = 0
-WAITING = 1  # startup read; waiting for a client slot or a server
-CONNECTING = 2  # a new server connection logs in; its auth exchange is relayed
-SETTING = 3  # a pooled server connection runs SET application_name
-RELAY = 4
-CLOSED = 5
-AUTHENTICATING = 6  # the pooler checks the client's password against pool_passwd
-
-#: The states' names in logs and the stats snapshot (PgBouncer's "active" for RELAY).
-STATE_NAMES = {
-    STARTUP: "startup",
-    WAITING: "waiting",
-    CONNECTING: "connecting",
-    SETTING: "setting",
-    RELAY: "active",
-    CLOSED: "closed",
-    AUTHENTICATING: "authenticating",
-}
 
 
 class ClientIO(Protocol):
@@ -97,15 +100,13 @@ class Session:
         "__weakref__",
         "_auth_ok_sent",
         "_buffer",
-        "_connector",
         "_handshake",
         "_in_pool",
         "_info",
         "_password",
         "_secret",
-        "_server_login",
+        "server_login",
         "_timer",
-        "_tls_retried",
         "context",
         "io",
         "key",
@@ -131,13 +132,11 @@ class Session:
         self.ssl = False
         self._buffer = b""
         self._timer: Optional[Deadline] = None
-        self._connector: Any = None
         self._in_pool = False
         self._handshake = Handshake(self)
-        self._tls_retried = False
         self._auth_ok_sent = False
         self._password: Optional[PasswordCheck] = None
-        self._server_login: Optional[ServerLogin] = None
+        self.server_login: Optional[ServerLogin] = None
         self._secret = 0
         self._info: Any = None
 
@@ -182,8 +181,8 @@ class Session:
         state = self.state
         if state == STARTUP:
             self._handshake.feed(data)
-        elif state == CONNECTING and self._server_login is not None:
-            self._server_login.client_data(data)
+        elif state == CONNECTING and self.server_login is not None:
+            self.server_login.client_data(data)
         elif state == AUTHENTICATING and self._password is not None:
             self._password.client_data(data)
         elif state != CLOSED:
@@ -209,8 +208,8 @@ class Session:
             tracker = self.tracker
             assert tracker is not None
             self._release_server(tracker.in_sync and tracker.status == m.IDLE)
-        elif state == CONNECTING and self._connector is not None:
-            self._connector.disconnect()
+        elif state == CONNECTING and self.server_login is not None:
+            self.server_login.abandon()
         self._leave_pool()
 
     def started(self, startup: StartupMessage, raw: bytes, rest: bytes) -> None:
@@ -299,8 +298,8 @@ class Session:
             self.fatal("08006", f"backend node {key.node} is no longer configured")
             return
         self._move(CONNECTING)
-        login = self._server_login = ServerLogin(self, self._password)
-        self._connector = self.context.connect(node.backend, startup, self, tls_override)
+        login = self.server_login = ServerLogin(self, self._password, tls_override is not None)
+        login.connector = self.context.connect(node.backend, startup, login, tls_override)
         data, self._buffer = self._buffer, b""
         if data:
             login.client_data(data)
@@ -309,8 +308,8 @@ class Session:
         """pgpool-II's connect_using_existing_connection, with the name quoted."""
         assert self.startup is not None
         self.server = server
-        server.owner = self
-        server.keeper = None
+        server.owner = None
+        server.keeper = self  # told if the server goes away while SET runs
         wanted = self.startup.application_name
         if server.params.get("application_name", "") == wanted:
             self._attach(server)
@@ -326,50 +325,11 @@ class Session:
             self._attach(server)
         else:
             self.server = None
-            server.owner = None  # its loss, if that was the failure, is not ours now
+            server.keeper = None  # its loss, if that was the failure, is not ours now
             self.context.pool.give_back(server, False)
             self.connect()
 
-    # -- inputs: the server connection (backend.ServerOwner) -----------------------
-
-    def server_forward(self, server: BackendProtocol, raw: bytes) -> None:
-        """A server's login message: answered from pool_passwd, or relayed to the client."""
-        self.server = server
-        if self.state == CONNECTING and self._server_login is not None:
-            self._server_login.server_message(server, raw)
-
-    def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
-        self.server = server
-        if not self._auth_ok_sent:
-            self._auth_ok_sent = True
-            self.io.send(raw)
-
-    def server_ready(self, server: BackendProtocol) -> None:
-        self.context.node_up(server.node)
-        if self.state == CONNECTING:
-            self._connector = None
-            self._attach(server)
-        else:
-            # The client left while this login finished: the pool decides its fate.
-            self.context.pool.give_back(server, True)
-
-    def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
-        """The server refused the login; the client gets the server's own words.
-
-        With server_tls_sslmode = allow, a plaintext login refused before any
-        authentication request (a hostssl-only server) is tried once more over TLS.
-        """
-        self.server = None
-        self._connector = None
-        if self.state == CONNECTING and not server.spoke and not server.encrypted:
-            retry = None if self._tls_retried else self.context.tls.for_allow_retry(server.node)
-            if retry is not None:
-                self._tls_retried = True
-                self.connect(retry)
-                return
-        if self.state != CLOSED:
-            self.io.send(raw)
-            self.io.close()
+    # -- inputs: the server connection (backend.ServerOwner once attached or reused) --
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
         """The server went away under this session: tell the client and close."""
@@ -390,22 +350,21 @@ class Session:
             self.server = None
             self.fatal("08006", f"server closed the connection during login: {why}")
 
-    def server_connect_failed(self, node: BackendNode, why: str) -> None:
-        self._connector = None
-        self.context.events.backend_status(node.address, "unreachable")
-        log.warn(
-            "client={client} server={server} unreachable: {why}",
-            client=self.peer,
-            server=node.address,
-            why=why,
-        )
-        self.fatal("08006", f'could not connect to server at "{node.address}": {why}')
+    # -- what the new server's login (login.ServerLogin) reports -----------------------
 
-    def server_refused(self, server: BackendProtocol, why: str) -> None:
-        """The pooler cannot answer the server's password request for this client."""
-        log.warn("client={client} server login failed: {why}", client=self.peer, why=why)
-        server.transport.abortConnection()
-        self.fatal("28000", f"the pooler cannot log in to the server: {why}")
+    def server_said_ok(self, raw: bytes) -> None:
+        """The server's AuthenticationOk, relayed unless the pooler sent its own."""
+        if not self._auth_ok_sent:
+            self._auth_ok_sent = True
+            self.io.send(raw)
+
+    def server_logged_in(self, server: BackendProtocol) -> None:
+        self.context.node_up(server.node)
+        if self.state == CONNECTING:
+            self._attach(server)
+        else:
+            # The client left while this login finished: the pool decides its fate.
+            self.context.pool.give_back(server, True)
 
     # -- the session ------------------------------------------------------------------
 

@@ -119,12 +119,16 @@ class Harness:
 
     def server_for(self, session: Session, pid: int = 4242) -> BackendProtocol:
         """The server connection the session asked for, logged in as PostgreSQL would."""
-        assert session.startup is not None
+        assert session.startup is not None and session.server_login is not None
         server = BackendProtocol(NODE, session.startup, self.reactor)
-        server.pid, server.secret = pid, 777
-        server.params = {"server_version": "15.0"}
-        session.server_authenticated(server, m.message(b"R", m.INT32.pack(m.AUTH_OK)))
-        session.server_ready(server)
+        server.owner = session.server_login  # what connector.BackendFactory does
+        server.makeConnection(StringTransport())
+        server.dataReceived(
+            m.message(b"R", m.INT32.pack(m.AUTH_OK))
+            + m.parameter_status("server_version", "15.0")
+            + m.message(b"K", m.INT32.pack(pid) + m.INT32.pack(777))
+            + m.ready_for_query(m.IDLE)
+        )
         return server
 
 
@@ -210,7 +214,6 @@ class SessionTests(SynchronousTestCase):
         """A pooled server runs SET application_name; a query sent meanwhile is relayed after."""
         harness = Harness()
         first, _, server = self.start(harness)
-        server.makeConnection(StringTransport())
         first.client_terminated()  # reset: DISCARD ALL, answered below
         server.dataReceived(m.ready_for_query(m.IDLE))
         second, io = harness.session()
@@ -231,18 +234,21 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(io.error_code(), "08P01")
 
     def test_waiting_client_admitted_when_a_slot_frees(self) -> None:
-        """With num_init_children = 1 the second client waits, untimed, until the first leaves."""
+        """With num_init_children = 1 the second client waits, untimed, then reuses the server."""
         harness = Harness(num_init_children=1, authentication_timeout=5)
-        first, first_io, _ = self.start(harness)
+        first, first_io, server = self.start(harness)
         second, second_io = harness.session()
         second.client_data(startup_packet())
         self.assertEqual(second.state, WAITING)
         harness.reactor.advance(60)  # a waiting client is never timed out
         self.assertEqual(second_io.actions, [])
-        first.client_lost()
+        first.client_lost()  # end of file while idle: the server is reset for the next client
         harness.reactor.advance(0)
-        self.assertEqual(second.state, CONNECTING)
-        self.assertEqual(len(harness.reactor.tcpClients), 2)
+        self.assertEqual(second.state, WAITING)  # it claimed the server being reset
+        server.dataReceived(m.ready_for_query(m.IDLE))  # DISCARD ALL done
+        self.assertEqual(second.state, RELAY)
+        self.assertIs(second.server, server)
+        self.assertEqual(len(harness.reactor.tcpClients), 1)
 
     def test_cancel_request_reaches_the_server_with_its_own_key(self) -> None:
         """A CancelRequest with the session's key opens a connection to that session's node."""
