@@ -24,7 +24,8 @@ from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.context import SessionContext
-from pgpool_tw.session.machine import RELAY, Session
+from pgpool_tw.session.machine import Session
+from pgpool_tw.session.states import RELAY
 
 
 class FrontendFactory(SessionContext, Factory):

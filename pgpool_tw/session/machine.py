@@ -5,7 +5,7 @@ client, with no socket in sight:
 
 * ``STARTUP``: read the startup packet within authentication_timeout; answer
   SSLRequest (S and TLS, or N) and GSSENCRequest (N) once each; a CancelRequest
-  goes to ``cancel.py`` and ends the connection.
+  goes to ``cancel.py`` and ends the connection (``handshake.Handshake``).
 * ``AUTHENTICATING``: with enable_pool_hba, the pooler's own password exchange
   (``login.PasswordCheck``).
 * ``WAITING``: a client slot is asked of the pool (``num_init_children``); while
@@ -20,15 +20,15 @@ client, with no socket in sight:
 * ``CLOSED``: nothing more happens.
 
 ``_move`` is the only place the state changes.  Everything the machine does to
-the outside goes through ``ClientIO`` (the Twisted glue in ``frontend.py``
-implements it; tests implement it with a list) and ``SessionContext`` (what
+the outside goes through ``ClientIO`` (``io.py``; the Twisted glue in
+``frontend.py`` implements it, tests implement it with lists) and ``SessionContext`` (what
 all sessions share).  It must never touch a transport, a reactor call other
 than the context's, or another session's state.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
@@ -47,50 +47,20 @@ from pgpool_tw.session.states import (
     RELAY,
     SETTING,
     STARTUP,
-    STATE_NAMES,
     WAITING,
 )
 from pgpool_tw.stats.events import SessionInfo
-
-__all__ = [
-    "AUTHENTICATING",
-    "CLOSED",
-    "CONNECTING",
-    "MAX_EARLY_BYTES",
-    "RELAY",
-    "SETTING",
-    "STARTUP",
-    "STATE_NAMES",
-    "WAITING",
-    "ClientIO",
-    "Session",
-]
 
 if TYPE_CHECKING:
     from pgpool_tw.net.deadlines import Deadline
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.session.context import SessionContext
+    from pgpool_tw.session.io import ClientIO
 
 log = Logger()
 
 #: What a client may send before its session is attached (it should send nothing).
 MAX_EARLY_BYTES = 65536
-
-
-class ClientIO(Protocol):
-    """What a session asks of its client connection (the glue's side of the contract)."""
-
-    @property
-    def peer(self) -> str: ...
-    def send(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
-    def finish(self) -> None: ...
-    def start_tls(self, context: Any) -> None: ...
-    def peer_host(self) -> Optional[str]: ...
-    def peer_common_name(self) -> Optional[str]: ...
-    def start_relay(self, server: BackendProtocol, tracker: SessionTracker) -> None: ...
-    def stop_relay(self, server: BackendProtocol) -> None: ...
-    def replay(self, data: bytes) -> None: ...
 
 
 class Session:

@@ -26,16 +26,15 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.startup import cancel_request
 from pgpool_tw.session.context import SessionContext
-from pgpool_tw.session.machine import (
+from pgpool_tw.session.machine import MAX_EARLY_BYTES, Session
+from pgpool_tw.session.states import (
     AUTHENTICATING,
     CLOSED,
     CONNECTING,
-    MAX_EARLY_BYTES,
     RELAY,
     SETTING,
     STARTUP,
     WAITING,
-    Session,
 )
 
 NODE = BackendNode(0, "127.0.0.1", 5432)
