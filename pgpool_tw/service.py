@@ -18,12 +18,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 from typing import Any, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -36,7 +34,7 @@ from pgpool_tw.config.report import plan_reload
 from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.engine.warm import WarmLane
-from pgpool_tw.net.transport import tune_listener
+from pgpool_tw.listeners import describe, listen
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
@@ -47,35 +45,6 @@ log = Logger()
 CLOSE_WAIT = 5.0
 
 SMART, FAST, IMMEDIATE = "smart", "fast", "immediate"
-
-
-class ListenError(Exception):
-    """A listener could not be opened; the message names the address."""
-
-
-def expand_addresses(addresses: tuple[str, ...]) -> list[str]:
-    """listen_addresses as interfaces: ``*`` is every address, ``localhost`` both loopbacks."""
-    out: list[str] = []
-    for address in addresses:
-        if address == "*":
-            candidates = ["::"] if _ipv6_works("::") else ["0.0.0.0"]
-        elif address == "localhost":
-            candidates = ["127.0.0.1"] + (["::1"] if _ipv6_works("::1") else [])
-        else:
-            candidates = [address]
-        out += [c for c in candidates if c not in out]
-    return out
-
-
-def _ipv6_works(address: str) -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind((address, 0))
-    except OSError:
-        return False
-    return True
 
 
 class PgpoolService(MultiService):
@@ -178,7 +147,7 @@ class PgpoolService(MultiService):
         self._start_ticker()
         log.info(
             "pgpool-tw listening on {where}",
-            where=", ".join(_where(p) for p in self.ports) or "nothing",
+            where=", ".join(describe(p) for p in self.ports) or "nothing",
         )
         self.reactor.callWhenRunning(self._running)
 
@@ -189,31 +158,7 @@ class PgpoolService(MultiService):
             systemd.notify("READY=1", f"MAINPID={os.getpid()}")
 
     def _listen(self) -> None:
-        config = self.config
-        port = config.port
-        tuned: list[bool] = []
-        try:
-            for interface in expand_addresses(config.listen_addresses):
-                listening = self.reactor.listenTCP(
-                    port, self.factory, backlog=1024, interface=interface
-                )
-                self.ports.append(listening)
-                tuned.append(tune_listener(listening))
-                port = listening.getHost().port
-            for directory in config.socket_dirs:
-                path = os.path.join(directory, f".s.PGSQL.{port}")
-                self.ports.append(
-                    self.reactor.listenUNIX(
-                        path, self.factory, backlog=1024, mode=0o777, wantPID=True
-                    )
-                )
-        except CannotListenError as e:
-            for listening in self.ports:
-                listening.stopListening()
-            self.ports = []
-            where = f"{e.interface or '*'}:{e.port}"
-            raise ListenError(f"cannot listen on {where}: {e.socketError}") from e
-        self.factory.listeners_tuned = all(tuned)
+        self.ports, self.factory.listeners_tuned = listen(self.reactor, self.config, self.factory)
 
     def _start_lane(self) -> None:
         """Warm logins in C, when the C loop runs this reactor (``twistd pgpool``)."""
@@ -435,11 +380,3 @@ class PgpoolService(MultiService):
         if done is not None:
             waits.append(done)
         return defer.DeferredList(waits)
-
-
-def _where(port: IListeningPort) -> str:
-    address: Any = port.getHost()
-    if hasattr(address, "port"):
-        return f"{address.host}:{address.port}"
-    name = getattr(address, "name", address)
-    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)

@@ -23,7 +23,8 @@ from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config.settings import ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.engine import fastpoll
-from pgpool_tw.service import ListenError, PgpoolService
+from pgpool_tw.listeners import ListenError
+from pgpool_tw.service import PgpoolService
 
 log = Logger()
 

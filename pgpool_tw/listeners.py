@@ -1,0 +1,84 @@
+"""Where clients connect: listen_addresses, port and the unix socket directories.
+
+Binding happens in ``PgpoolService.privilegedStartService`` so that a port in
+use fails the start with one line (``ListenError``) instead of later.  All or
+nothing: a listener that cannot open closes the ones already opened.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+
+from pgpool_tw.config.settings import Config
+from pgpool_tw.net.transport import tune_listener
+
+
+class ListenError(Exception):
+    """A listener could not be opened; the message names the address."""
+
+
+def expand_addresses(addresses: tuple[str, ...]) -> list[str]:
+    """listen_addresses as interfaces: ``*`` is every address, ``localhost`` both loopbacks."""
+    out: list[str] = []
+    for address in addresses:
+        if address == "*":
+            candidates = ["::"] if _ipv6_works("::") else ["0.0.0.0"]
+        elif address == "localhost":
+            candidates = ["127.0.0.1"] + (["::1"] if _ipv6_works("::1") else [])
+        else:
+            candidates = [address]
+        out += [c for c in candidates if c not in out]
+    return out
+
+
+def _ipv6_works(address: str) -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def listen(reactor: Any, config: Config, factory: Factory) -> tuple[list[IListeningPort], bool]:
+    """Bind every TCP address and unix socket of ``config``: all of them, or none.
+
+    Returns the ports and whether every TCP listener got the client socket
+    options (then the accepted clients inherit them and need no call each).
+    Raises ListenError naming the address that could not be bound.
+    """
+    ports: list[IListeningPort] = []
+    port = config.port
+    tuned: list[bool] = []
+    try:
+        for interface in expand_addresses(config.listen_addresses):
+            listening = reactor.listenTCP(port, factory, backlog=1024, interface=interface)
+            ports.append(listening)
+            tuned.append(tune_listener(listening))
+            port = listening.getHost().port
+        for directory in config.socket_dirs:
+            path = os.path.join(directory, f".s.PGSQL.{port}")
+            ports.append(reactor.listenUNIX(path, factory, backlog=1024, mode=0o777, wantPID=True))
+    except CannotListenError as e:
+        for listening in ports:
+            listening.stopListening()
+        where = f"{e.interface or '*'}:{e.port}"
+        raise ListenError(f"cannot listen on {where}: {e.socketError}") from e
+    return ports, all(tuned)
+
+
+def describe(port: IListeningPort) -> str:
+    """``host:port`` or the socket path, for the start-up log line."""
+    address: Any = port.getHost()
+    if hasattr(address, "port"):
+        return f"{address.host}:{address.port}"
+    name = getattr(address, "name", address)
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
