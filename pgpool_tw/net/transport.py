@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ISystemHandle, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ISystemHandle, ITCPTransport
 from zope.interface import implementer
 
 from pgpool_tw.net import twisted_private
@@ -66,7 +66,9 @@ def plain_socket(transport: Any) -> bool:
     Only such a transport may be sent to past Twisted (the send-now writer, the C
     relay) or closed without its loop turn (accepted.close).
     """
-    return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
+    # TLS is _newtls.ConnectionMixin's documented ivar; ISSLTransport.providedBy
+    # says the same at 2.5 times the cost (both set by startTLS in 25.5.0, 26.10.0).
+    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
 
 
 def make_writer(transport: Any) -> Writer:

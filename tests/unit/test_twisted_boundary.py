@@ -23,9 +23,10 @@ import pgpool_tw
 PACKAGE = Path(pgpool_tw.__file__).parent
 ADAPTER = "net/twisted_private.py"
 
-#: Twisted attributes with public names that no Twisted interface documents.
+#: Twisted attributes with public names that neither an interface nor an ivar note documents
+#: (``TLS``, ``producer``, ``connected`` are documented ivars).
 UNDOCUMENTED = frozenset(
-    {"addressFamily", "dataBuffer", "disconnecting", "doIteration", "sessionno", "socket", "TLS"}
+    {"addressFamily", "dataBuffer", "disconnecting", "doIteration", "sessionno", "socket"}
 )
 
 #: (module under pgpool_tw/, the access as ``ast.unparse`` writes it) -> why it is not Twisted's.
