@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from pgpool_tw.config.settings import BackendNode, Config
+from pgpool_tw.net import twisted_private
 
 try:  # twisted[tls]; without it the pooler still runs, in plaintext only (as libpq without SSL)
     from OpenSSL import SSL, crypto
@@ -161,7 +162,7 @@ def _frontend(config: Config) -> Any:
         )
         if not config.ssl_prefer_server_ciphers:
             # Twisted always sets it; pgpool-II leaves the choice to the setting.
-            options._options &= ~SSL.OP_CIPHER_SERVER_PREFERENCE
+            twisted_private.clear_option(options, SSL.OP_CIPHER_SERVER_PREFERENCE)
         options.getContext()  # build now: a key that does not match fails here
     except (SSL.Error, ValueError) as e:
         raise TLSConfigError(f"ssl_cert/ssl_key: cannot make a TLS context: {e}") from None

@@ -6,7 +6,8 @@ protocol's name) and asks each selectable for its ``fileno()`` first.  For a
 relay that handles two read events per transaction that is a measurable share
 of its CPU.  ``install`` replaces the reactor's ``doIteration`` with the same
 loop minus those two steps for plain read events; anything else (writes,
-hang-ups, errors) still goes through Twisted's own ``_doReadOrWrite``.
+hang-ups, errors) still goes through Twisted's own ``_doReadOrWrite``.  The
+reactor's private parts are reached through ``pgpool_tw.net.twisted_private``.
 
 Where the C extension ``pgpool_tw.engine._speedups`` is built (CPython on Linux), the
 iteration itself is C: the sockets of attached sessions registered with
@@ -30,6 +31,7 @@ from typing import Any, Callable, Optional
 from twisted.logger import Logger
 
 from pgpool_tw.engine.speedups import speedups as _speedups
+from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.protocol.relay import SessionTracker
 
@@ -38,8 +40,9 @@ log = Logger()
 #: The longest wait epoll_wait takes in one call (ms): a C int.
 _MAX_WAIT_MS = 2**31 - 1
 
-#: The reactor whose iteration forwards registered relays itself, if any.
+#: The reactor whose iteration forwards registered relays itself, if any, and its parts.
 _pumping_reactor: Any = None
+_pumping_parts: Optional[twisted_private.EpollParts] = None
 
 
 def c_loop_available() -> bool:
@@ -49,18 +52,15 @@ def c_loop_available() -> bool:
 
 def install(reactor: Any) -> bool:
     """Swap in the lean iteration when ``reactor`` is Twisted's epoll reactor."""
-    global _pumping_reactor
-    try:
-        from twisted.internet.epollreactor import EPollReactor
-    except ImportError:
+    global _pumping_reactor, _pumping_parts
+    parts = twisted_private.epoll_parts(reactor)
+    if parts is None:
         return False
-    if not isinstance(reactor, EPollReactor) or "doIteration" in vars(reactor):
-        return False
-    selectables = reactor._selectables
-    slow = reactor._doReadOrWrite
-    disconnect = reactor._disconnectSelectable
+    selectables = parts.selectables
+    slow = parts.read_or_write
+    disconnect = parts.disconnect
     readable = select.EPOLLIN
-    poll = _c_poll(reactor._poller) if _speedups is not None else reactor._poller.poll
+    poll = _c_poll(parts.poller) if _speedups is not None else parts.poller.poll
 
     def do_poll(timeout: Optional[float]) -> None:
         try:
@@ -84,18 +84,32 @@ def install(reactor: Any) -> bool:
             if why:
                 disconnect(selectable, why, True)
 
-    reactor.doIteration = do_poll  # type: ignore[method-assign]
+    if not twisted_private.replace_iteration(reactor, do_poll):
+        return False
     if _speedups is not None:
         _pumping_reactor = reactor
+        _pumping_parts = parts
     return True
 
 
 def uninstall(reactor: Any) -> None:
     """Give ``reactor`` its own iteration back (tests install and remove the loop)."""
-    global _pumping_reactor
-    vars(reactor).pop("doIteration", None)
+    global _pumping_reactor, _pumping_parts
+    twisted_private.restore_iteration(reactor)
     if _pumping_reactor is reactor:
         _pumping_reactor = None
+        _pumping_parts = None
+
+
+def relay_writes(reactor: Any) -> set[int]:
+    """The fds ``reactor`` waits to write, for a C ``Relay``; only where the C loop runs.
+
+    A ``Relay`` sends past Twisted only while its peer's fd is not in this set
+    (nothing queued), so there is no stand-in: raises when the loop is elsewhere.
+    """
+    if _pumping_parts is None or reactor is not _pumping_reactor:
+        raise RuntimeError("the C iteration does not run on this reactor")
+    return _pumping_parts.writes
 
 
 def _c_poll(poller: Any) -> Callable[[float, int], list[tuple[int, int]]]:
@@ -133,9 +147,9 @@ def start_relay(
     if not (plain_socket(client) and plain_socket(server)):
         return None
     client_fd, server_fd = client.fileno(), server.fileno()
-    writes = getattr(reactor, "_writes", None)  # the epoll reactor's fds it waits to write
-    if client_fd < 0 or server_fd < 0 or not isinstance(writes, set):
+    if client_fd < 0 or server_fd < 0 or _pumping_parts is None:
         return None
+    writes = _pumping_parts.writes
     relay = _speedups.Relay(tracker, client, server, client_fd, server_fd, on_terminate, writes)
     _speedups.register(client_fd, relay, 0)
     _speedups.register(server_fd, relay, 1)
@@ -148,11 +162,9 @@ def new_lane(
     on_event: Callable[[int, Any, Any], None],
 ) -> Optional[Any]:
     """A ``Lane`` for warm logins (see warm.py) on the C iteration; None without one."""
-    if _speedups is None or reactor is not _pumping_reactor:
+    if _speedups is None or reactor is not _pumping_reactor or _pumping_parts is None:
         return None
-    if not isinstance(getattr(reactor, "_writes", None), set):
-        return None
-    return _speedups.Lane(reactor._poller.fileno(), on_miss, on_event)
+    return _speedups.Lane(_pumping_parts.poller.fileno(), on_miss, on_event)
 
 
 def stop_relay(relay: Any) -> None:

@@ -53,6 +53,7 @@ from twisted.logger import Logger
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.engine.warm_watch import Lent, StackKey, WarmWatch
+from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
@@ -198,7 +199,7 @@ class WarmLane:
             -1,
             transport.fileno(),
             _never,
-            self.factory.reactor._writes,
+            fastpoll.relay_writes(self.factory.reactor),
             lane=self.lane,
             stack=stack,
             connection=server,
@@ -332,12 +333,7 @@ class WarmLane:
         if len(addr) == 4:
             host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
             addr = (host[0],) + tuple(addr[1:])
-        client = self.factory.buildProtocol(port._buildAddr(addr))
-        session = port.sessionno
-        port.sessionno = session + 1
-        transport = port.transport(skt, client, addr, port, session, self.factory.reactor)
-        client.makeConnection(transport)
-        return client
+        return twisted_private.adopt_socket(port, skt, addr, self.factory, self.factory.reactor)
 
     # -- the pool's and the service's calls --------------------------------------
 

@@ -20,14 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import main
-from twisted.python.failure import Failure
-
+from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
-
-#: The reason Twisted itself passes for a clean close (its reactors share one
-#: Failure per reason the same way, see ``_DisconnectSelectableMixin``).
-_DONE = Failure(main.CONNECTION_DONE)
 
 
 def close(transport: Any) -> None:
@@ -40,17 +34,7 @@ def close(transport: Any) -> None:
     connection afterwards.  Anything else (TLS, queued data, a registered
     producer, a transport that is not a plain socket) takes ``loseConnection``.
     """
-    if (
-        plain_socket(transport)
-        and transport.connected
-        and not transport.disconnecting
-        and transport.producer is None
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-    ):
-        transport._shouldShutdown = False  # Twisted's own switch (set for adopted sockets)
-        transport.connectionLost(_DONE)
-    else:
+    if not (plain_socket(transport) and twisted_private.close_at_once(transport)):
         transport.loseConnection()
 
 
