@@ -39,7 +39,7 @@
  */
 
 static int
-lane_random(Lane *lane, uint32_t *out)
+lane_random(Lane *lane, unsigned char *out)
 {
     if (lane->random_left < 4) {
         if (getrandom(lane->random, sizeof(lane->random), 0) != (ssize_t)sizeof(lane->random))
@@ -99,33 +99,16 @@ tracker_restart(Tracker *t)
     t->changed = 0;
 }
 
-/* The end of the login, as a direct connection sends it: parameters, cancel key, ready. */
+/*
+ * The end of the login: Python's bytes (engine/warm.py builds them with
+ * protocol/login_end.py, as a Python login sends them), with this session's
+ * secret written where Python said it goes.
+ */
 static int
-send_login_end(Relay *r, uint32_t secret)
+send_login_end(Relay *r, const unsigned char *secret)
 {
-    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
-    Py_ssize_t n = reply_len + 13 + 6;
-    unsigned char small[2048];
-    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
-    if (out == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
-    uint32_t pid = r->pid;
-    const unsigned char tail[19] = {
-        'K', 0, 0, 0, 12,
-        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
-        (unsigned char)pid,
-        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
-        (unsigned char)(secret >> 8), (unsigned char)secret,
-        'Z', 0, 0, 0, 5, IDLE,
-    };
-    memcpy(out + reply_len, tail, sizeof(tail));
-    int rc = warm_send_client(r, out, n);
-    if (out != small)
-        PyMem_Free(out);
-    return rc;
+    memcpy(r->login + r->secret_at, secret, 4);
+    return warm_send_client(r, r->login, r->login_len);
 }
 
 /* A whole startup packet: a warm login, or a miss. */
@@ -146,8 +129,8 @@ pending_startup(Lane *lane, int fd, Pending *p)
     Py_ssize_t size = stack != NULL && PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
     if (size == 0)
         return pending_miss(lane, fd);
-    uint32_t secret;
-    if (lane_random(lane, &secret) < 0)
+    unsigned char secret[4];
+    if (lane_random(lane, secret) < 0)
         return pending_miss(lane, fd);
     PyObject *item = PyList_GET_ITEM(stack, size - 1);
     Py_INCREF(item);
@@ -174,7 +157,7 @@ pending_startup(Lane *lane, int fd, Pending *p)
     lane->hits++;
     r->fds[0] = fd;
     r->wstate = W_ACTIVE;
-    r->secret = secret;
+    r->secret = (uint32_t)length_at(secret); /* as BackendKeyData carries it: big-endian */
     r->received = 0;
     r->uses++;
     if (r->uses_left > 0)

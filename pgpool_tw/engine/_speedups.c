@@ -62,24 +62,27 @@ relay_init(Relay *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"tracker", "client",      "server",    "client_fd",
                              "server_fd", "on_terminate", "writes",  "lane",
                              "stack",   "connection",  "reply",     "reset",
-                             "reset_count", "uses_left", "pid",     NULL};
+                             "reset_count", "uses_left", "pid",     "secret_at", NULL};
     PyObject *tracker, *client, *server, *on_terminate, *writes;
     PyObject *lane = NULL, *stack = NULL, *connection = NULL, *reply = NULL, *reset = NULL;
     int client_fd, server_fd, reset_count = 0;
     long uses_left = -1;
     unsigned long pid = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOiiOO!|O!O!OSSilk", kwlist, &TrackerType,
+    Py_ssize_t secret_at = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOiiOO!|O!O!OSSilkn", kwlist, &TrackerType,
                                      &tracker, &client, &server, &client_fd, &server_fd,
                                      &on_terminate, &PySet_Type, &writes, &LaneType, &lane,
                                      &PyList_Type, &stack, &connection, &reply, &reset,
-                                     &reset_count, &uses_left, &pid))
+                                     &reset_count, &uses_left, &pid, &secret_at))
         return -1;
     if (lane != NULL) {
         if (client_fd != -1 || server_fd < 0 || stack == NULL || connection == NULL ||
-            reply == NULL || reset == NULL || reset_count < 0) {
+            reply == NULL || reset == NULL || reset_count < 0 || secret_at < 0 ||
+            secret_at > PyBytes_GET_SIZE(reply) - 4) {
             PyErr_SetString(PyExc_ValueError,
                             "a warm relay needs a server socket, a stack, the connection, "
-                            "its login reply and its reset, and no client yet");
+                            "its login's end with the secret's offset in it, its reset, "
+                            "and no client yet");
             return -1;
         }
     } else if (client_fd < 0 || server_fd < 0) {
@@ -111,8 +114,19 @@ relay_init(Relay *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->stack, stack);
     Py_XINCREF(connection);
     Py_XSETREF(self->server, connection);
-    Py_XINCREF(reply);
-    Py_XSETREF(self->reply, reply);
+    if (reply != NULL) {
+        Py_ssize_t n = PyBytes_GET_SIZE(reply);
+        unsigned char *login = PyMem_Malloc(n > 0 ? (size_t)n : 1);
+        if (login == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(login, PyBytes_AS_STRING(reply), (size_t)n);
+        PyMem_Free(self->login);
+        self->login = login;
+        self->login_len = n;
+        self->secret_at = secret_at;
+    }
     Py_XINCREF(reset);
     Py_XSETREF(self->reset, reset);
     self->reset_count = reset_count;
@@ -153,7 +167,6 @@ relay_clear(Relay *self)
     Py_CLEAR(self->lane);
     Py_CLEAR(self->stack);
     Py_CLEAR(self->server);
-    Py_CLEAR(self->reply);
     Py_CLEAR(self->reset);
     return 0;
 }
@@ -164,6 +177,7 @@ relay_dealloc(Relay *self)
     PyObject_GC_UnTrack(self);
     relay_clear(self);
     PyMem_Free(self->rbuf);
+    PyMem_Free(self->login);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

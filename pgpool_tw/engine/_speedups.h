@@ -95,7 +95,9 @@ typedef struct {
     struct Lane *lane;
     PyObject *stack;  /* the list it parks on */
     PyObject *server; /* the server connection (BackendProtocol) */
-    PyObject *reply;  /* AuthenticationOk and the ParameterStatus messages */
+    unsigned char *login; /* the login's end, Python's bytes; C writes only the secret */
+    Py_ssize_t login_len;
+    Py_ssize_t secret_at; /* where the 4 secret bytes go in `login` */
     PyObject *reset;  /* the reset queries' messages */
     int reset_count;
     long uses_left; /* sessions it may still start; negative: no limit */

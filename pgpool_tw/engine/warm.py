@@ -57,6 +57,7 @@ from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.login_end import login_end
 
 if TYPE_CHECKING:
     from pgpool_tw.session.frontend import FrontendFactory, FrontendProtocol
@@ -190,6 +191,8 @@ class WarmLane:
         if uses_left == 0:
             return False
         count, reset = reset_batch(config.reset_query_list, m.IDLE)
+        # The secret is the lane's to write, per login; 0 holds its place.
+        reply, secret_at = login_end(server.parameter_statuses(), server.pid, 0, m.IDLE)
         assert speedups is not None
         relay = speedups.Relay(
             speedups.SessionTracker(server.params, m.IDLE),
@@ -202,11 +205,12 @@ class WarmLane:
             lane=self.lane,
             stack=stack,
             connection=server,
-            reply=m.authentication_ok() + server.parameter_statuses(),
+            reply=reply,
             reset=reset,
             reset_count=count,
             uses_left=uses_left,
             pid=server.pid & 0xFFFFFFFF,
+            secret_at=secret_at,
         )
         server.park(self)
         self._lent[server] = Lent(relay, stack, stack_key)
