@@ -18,7 +18,8 @@
  *   it needed nothing the lane cannot give: no TLS, no password, no message of
  *   its own.  Python takes entries and parked relays back whenever it wants.
  * - An accepted client's SSLRequest (when the pooler has no TLS) and
- *   GSSENCRequest get their 'N' here.  A startup packet that hits an entry with
+ *   GSSENCRequest get their 'N' here, from the table `answers` Python builds
+ *   (session/handshake.py's lane_answers), each at most once.  A startup packet that hits an entry with
  *   a parked relay, while a client slot is free, takes the relay: the client
  *   gets AuthenticationOk, the connection's ParameterStatus messages, a random
  *   cancel key and ReadyForQuery, and the session is relayed like any other.
@@ -169,7 +170,26 @@ pending_startup(Lane *lane, int fd, Pending *p)
     return rc;
 }
 
-/* One event of a client the lane accepted and has not logged in yet. */
+/* The answer Python allows to this whole packet, or NULL (not in Lane.answers, or a repeat). */
+static const Answer *
+lane_answer(Lane *lane, const Pending *p, int64_t length)
+{
+    if (length != REQUEST_LEN)
+        return NULL;
+    for (int i = 0; i < lane->answers_len; i++) {
+        const Answer *a = &lane->answers[i];
+        if (memcmp(p->buf, a->request, REQUEST_LEN) == 0)
+            return p->answered & a->bit ? NULL : a;
+    }
+    return NULL;
+}
+
+/*
+ * One event of a client the lane accepted and has not logged in yet.  Only
+ * the packets' framing is read here: a request in Lane.answers is answered (at
+ * most once), a whole packet alone is looked up in Lane.entries, and every
+ * other case is Python's handshake's to judge (a miss).
+ */
 int
 pending_event(Lane *lane, int fd, unsigned int ev)
 {
@@ -187,35 +207,23 @@ pending_event(Lane *lane, int fd, unsigned int ev)
     }
     p->len += (int)n;
     for (;;) {
-        if (p->len < 8) {
-            if (p->len >= 4 && length_at(p->buf) < 8)
-                return pending_miss(lane, fd); /* Python's login names the error */
+        if (p->len < 4)
             return 0;
-        }
         int64_t length = length_at(p->buf);
-        if (length < 8 || length > PENDING_MAX)
-            return pending_miss(lane, fd);
+        if (length < REQUEST_LEN || length > PENDING_MAX)
+            return pending_miss(lane, fd); /* Python's handshake names the error */
         if (p->len < length)
             return 0;
-        uint32_t code = (uint32_t)length_at(p->buf + 4);
-        int request = 0;
-        if (length == 8 && code == SSL_REQUEST_CODE && !(p->answered & 1) && lane->answer_ssl)
-            request = 1;
-        else if (length == 8 && code == GSSENC_REQUEST_CODE && !(p->answered & 2))
-            request = 2;
-        if (request) {
-            if (send(fd, "N", 1, MSG_NOSIGNAL) != 1) {
-                pending_close(lane, fd);
-                return 0;
-            }
-            p->answered |= request;
-            p->len -= 8;
-            memmove(p->buf, p->buf + 8, (size_t)p->len);
-            continue;
+        const Answer *a = lane_answer(lane, p, length);
+        if (a == NULL)
+            return p->len == length ? pending_startup(lane, fd, p) : pending_miss(lane, fd);
+        if (send(fd, &a->answer, 1, MSG_NOSIGNAL) != 1) {
+            pending_close(lane, fd);
+            return 0;
         }
-        if (code == PROTOCOL_3 && p->len == length)
-            return pending_startup(lane, fd, p);
-        return pending_miss(lane, fd);
+        p->answered |= a->bit;
+        p->len -= REQUEST_LEN;
+        memmove(p->buf, p->buf + REQUEST_LEN, (size_t)p->len);
     }
 }
 
@@ -310,7 +318,6 @@ lane_init(Lane *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_miss, on_miss);
     Py_INCREF(on_event);
     Py_XSETREF(self->on_event, on_event);
-    self->answer_ssl = 1;
     self->limit = 0;
     return 0;
 }
@@ -485,6 +492,56 @@ lane_get_entries(Lane *self, void *closure)
     return relay_get_object(self->entries);
 }
 
+static PyObject *
+lane_get_answers(Lane *self, void *closure)
+{
+    PyObject *table = PyDict_New();
+    for (int i = 0; table != NULL && i < self->answers_len; i++) {
+        const Answer *a = &self->answers[i];
+        PyObject *value = Py_BuildValue("(y#i)", (const char *)&a->answer, (Py_ssize_t)1, a->bit);
+        PyObject *key = PyBytes_FromStringAndSize((const char *)a->request, REQUEST_LEN);
+        if (value == NULL || key == NULL || PyDict_SetItem(table, key, value) < 0)
+            Py_CLEAR(table);
+        Py_XDECREF(value);
+        Py_XDECREF(key);
+    }
+    return table;
+}
+
+/* Copied into a C table: a lookup on a client's first packet touches no Python object. */
+static int
+lane_set_answers(Lane *self, PyObject *value, void *closure)
+{
+    Answer table[ANSWERS_MAX];
+    Py_ssize_t pos = 0;
+    PyObject *key, *item;
+    int n = 0;
+    if (value == NULL || !PyDict_Check(value) || PyDict_GET_SIZE(value) > ANSWERS_MAX) {
+        PyErr_SetString(PyExc_TypeError, "answers must be a dict of at most 4 entries");
+        return -1;
+    }
+    while (PyDict_Next(value, &pos, &key, &item)) {
+        const char *answer;
+        Py_ssize_t answer_len;
+        int bit;
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) != REQUEST_LEN ||
+            !PyArg_ParseTuple(item, "y#i", &answer, &answer_len, &bit) || answer_len != 1 ||
+            bit <= 0) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError,
+                            "answers: {8-byte request: (1-byte answer, positive bit)}");
+            return -1;
+        }
+        memcpy(table[n].request, PyBytes_AS_STRING(key), REQUEST_LEN);
+        table[n].answer = (unsigned char)answer[0];
+        table[n].bit = bit;
+        n++;
+    }
+    memcpy(self->answers, table, sizeof(table));
+    self->answers_len = n;
+    return 0;
+}
+
 #define LANE_GET(name)                                                                \
     static PyObject *lane_get_##name(Lane *self, void *closure)                       \
     {                                                                                 \
@@ -503,8 +560,6 @@ lane_get_entries(Lane *self, void *closure)
         return 0;                                                                     \
     }
 
-LANE_GET(answer_ssl)
-LANE_SET(answer_ssl)
 LANE_GET(closing)
 LANE_SET(closing)
 LANE_GET(wake)
@@ -524,7 +579,9 @@ LANE_GET(misses)
 static PyGetSetDef lane_getset[] = {
     {"entries", (getter)lane_get_entries, NULL,
      "address + startup packet -> the list of warm relays parked for such clients", NULL},
-    LANE_RW(answer_ssl, "Answer SSLRequest with 'N' here (the pooler has no TLS)."),
+    {"answers", (getter)lane_get_answers, (setter)lane_set_answers,
+     "{request packet (8 bytes): (answer (1 byte), bit)}: requests the lane answers itself, "
+     "each at most once; the bits of those answered are on_miss's `answered`.", NULL},
     LANE_RW(closing, "Log nobody in and park nothing (a shutdown)."),
     LANE_RW(wake, "Call on_event(EV_LEFT) when a session ends (clients wait for a slot)."),
     LANE_RW(limit, "Client sessions at once, the lane's and Python's together."),

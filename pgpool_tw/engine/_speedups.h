@@ -117,7 +117,7 @@ enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
 
 typedef struct {
     int listen_fd;
-    int answered; /* 1: its SSLRequest was answered, 2: its GSSENCRequest */
+    int answered; /* the bits of the answers given (Lane.answers) */
     unsigned generation;
     int len;
     int addr_len;
@@ -161,10 +161,16 @@ enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 
 /* Session records in Lane.log: a warm login, and the end of a warm session. */
 enum { NOTE_STARTED = 1, NOTE_ENDED = 2 };
 
-#define SSL_REQUEST_CODE 80877103u
-#define GSSENC_REQUEST_CODE 80877104u
-#define PROTOCOL_3 196608u
 #define RESET_REPLY_MAX 65536
+#define REQUEST_LEN 8 /* an answered request: length and code, nothing more */
+#define ANSWERS_MAX 4
+
+/* One row of Lane.answers: a request packet, the byte that answers it, its bit. */
+typedef struct {
+    unsigned char request[REQUEST_LEN];
+    unsigned char answer;
+    int bit;
+} Answer;
 
 typedef struct Lane {
     PyObject_HEAD
@@ -172,7 +178,8 @@ typedef struct Lane {
     PyObject *entries; /* address + startup packet -> list of parked warm relays */
     PyObject *on_miss;  /* on_miss(fd, listen_fd, data, answered) */
     PyObject *on_event; /* on_event(kind, relay, data) */
-    int answer_ssl;     /* SSLRequest gets 'N' here (the pooler has no TLS) */
+    Answer answers[ANSWERS_MAX]; /* what Python lets the lane answer itself, once each */
+    int answers_len;
     int closing;
     int wake;       /* call on_event(EV_LEFT) when a session ends (clients wait) */
     long limit;     /* client sessions at once, the lane's and Python's */

@@ -67,7 +67,7 @@ class Relay:
 
 class Lane:
     entries: dict[bytes, list[Relay]]
-    answer_ssl: int
+    answers: dict[bytes, tuple[bytes, int]]
     closing: int
     wake: int
     limit: int

@@ -4,7 +4,8 @@ A client that connects once per transaction (``pgbench -C``, PHP, short
 scripts) costs a whole login.  On Twisted's path that is some 300 Python calls,
 about twice PgBouncer's CPU per connection (bench/RESULTS.md), so such clients
 got half its throughput.  The C loop's ``Lane`` (``_lane.c``, ``_warm.c``) does what
-PgBouncer does for the common case: accept, answer SSLRequest 'N', match the
+PgBouncer does for the common case: accept, answer SSLRequest 'N' (from a table
+``session/handshake.py`` builds), match the
 startup packet, hand out a pooled server connection with the login's last
 messages, relay, and on Terminate reset the server and park it again.
 
@@ -58,6 +59,7 @@ from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
+from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
 if TYPE_CHECKING:
     from pgpool_tw.session.frontend import FrontendFactory, FrontendProtocol
@@ -123,7 +125,7 @@ class WarmLane:
         """The settings changed (or were just read): forget what they may have changed."""
         config = self.factory.config
         self.lane.limit = config.num_init_children
-        self.lane.answer_ssl = int(self.factory.tls.frontend is None)
+        self.lane.answers = lane_answers(self.factory.tls.frontend is not None)
         self.watch.observe()
         self.forget()
 
@@ -267,9 +269,9 @@ class WarmLane:
         client = self._adopt(port, fd)
         if client is None:
             return
-        if answered & 1:
+        if answered & TLS_ANSWERED:
             client.tls_answered()
-        if answered & 2:
+        if answered & GSS_ANSWERED:
             client.gss_answered()
         if data:
             client.dataReceived(data)
