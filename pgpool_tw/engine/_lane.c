@@ -19,10 +19,11 @@
  *   its own.  Python takes entries and parked relays back whenever it wants.
  * - An accepted client's SSLRequest (when the pooler has no TLS) and
  *   GSSENCRequest get their 'N' here, from the table `answers` Python builds
- *   (session/handshake.py's lane_answers), each at most once.  A startup packet that hits an entry with
- *   a parked relay, while a client slot is free, takes the relay: the client
- *   gets AuthenticationOk, the connection's ParameterStatus messages, a random
- *   cancel key and ReadyForQuery, and the session is relayed like any other.
+ *   (session/handshake.py's lane_answers), each at most once.  A startup
+ *   packet that hits an entry with a parked relay, while a client slot is
+ *   free, takes the relay: the client gets the login's end Python built
+ *   (protocol/login_end.py) with a cancel secret from the random bytes Python
+ *   handed down (add_keys), and the session is relayed like any other.
  *   Anything else (no entry, an empty stack, a CancelRequest, TLS, a packet cut
  *   oddly) is a miss: the socket and the bytes read go to on_miss, and Python's
  *   login takes over as if Twisted had accepted the client.
@@ -39,17 +40,15 @@
  * authentication_timeout, and a client still pending at the next sweep is closed.
  */
 
+/* The next cancel secret of Python's block, used once and wiped; -1 when none is left. */
 static int
-lane_random(Lane *lane, unsigned char *out)
+lane_take_key(Lane *lane, unsigned char *out)
 {
-    if (lane->random_left < 4) {
-        if (getrandom(lane->random, sizeof(lane->random), 0) != (ssize_t)sizeof(lane->random))
-            return -1;
-        lane->random_left = (int)sizeof(lane->random);
-    }
-    lane->random_left -= 4;
-    memcpy(out, lane->random + lane->random_left, 4);
-    memset(lane->random + lane->random_left, 0, 4);
+    if (lane->keys_left < 4)
+        return -1;
+    lane->keys_left -= 4;
+    memcpy(out, lane->keys + lane->keys_left, 4);
+    memset(lane->keys + lane->keys_left, 0, 4);
     return 0;
 }
 
@@ -131,8 +130,8 @@ pending_startup(Lane *lane, int fd, Pending *p)
     if (size == 0)
         return pending_miss(lane, fd);
     unsigned char secret[4];
-    if (lane_random(lane, secret) < 0)
-        return pending_miss(lane, fd);
+    if (lane_take_key(lane, secret) < 0)
+        return pending_miss(lane, fd); /* no key left: Python's login makes its own */
     PyObject *item = PyList_GET_ITEM(stack, size - 1);
     Py_INCREF(item);
     if (PyList_SetSlice(stack, size - 1, size, NULL) < 0) {
@@ -418,6 +417,21 @@ lane_drop_pending(Lane *self, PyObject *unused)
 }
 
 static PyObject *
+lane_add_keys(Lane *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t room = KEYS_MAX - self->keys_left;
+    Py_ssize_t n = view.len < room ? view.len : room;
+    n -= n % 4;
+    memcpy(self->keys + self->keys_left, view.buf, (size_t)n);
+    self->keys_left += (int)n;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
 lane_sessions(Lane *self, PyObject *unused)
 {
     PyObject *result = PyList_New(0);
@@ -569,6 +583,7 @@ LANE_SET(limit)
 LANE_GET(outside)
 LANE_SET(outside)
 LANE_GET(active)
+LANE_GET(keys_left)
 LANE_GET(pending)
 LANE_GET(hits)
 LANE_GET(misses)
@@ -587,6 +602,7 @@ static PyGetSetDef lane_getset[] = {
     LANE_RW(limit, "Client sessions at once, the lane's and Python's together."),
     LANE_RW(outside, "Python's own client sessions."),
     LANE_RO(active, "Warm sessions relayed now."),
+    LANE_RO(keys_left, "Bytes of cancel secrets left (4 per warm login; none left: a miss)."),
     LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
     LANE_RO(hits, "Clients logged in here."),
     LANE_RO(misses, "Clients handed to on_miss."),
@@ -605,6 +621,9 @@ static PyMethodDef lane_methods[] = {
      "Close clients pending since the last sweep; returns how many."},
     {"drop_pending", (PyCFunction)lane_drop_pending, METH_NOARGS,
      "Close every pending client; returns how many."},
+    {"add_keys", (PyCFunction)lane_add_keys, METH_O,
+     "add_keys(random_bytes): cancel secrets for warm logins, 4 bytes each; returns how many "
+     "bytes were taken (whole keys, up to 4096 held)."},
     {"sessions", (PyCFunction)lane_sessions, METH_NOARGS,
      "The warm relays with a client now."},
     {"find", (PyCFunction)lane_find, METH_VARARGS,

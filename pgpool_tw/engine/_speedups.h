@@ -12,7 +12,6 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
@@ -164,6 +163,7 @@ enum { NOTE_STARTED = 1, NOTE_ENDED = 2 };
 #define RESET_REPLY_MAX 65536
 #define REQUEST_LEN 8 /* an answered request: length and code, nothing more */
 #define ANSWERS_MAX 4
+#define KEYS_MAX 4096
 
 /* One row of Lane.answers: a request packet, the byte that answers it, its bit. */
 typedef struct {
@@ -187,8 +187,8 @@ typedef struct Lane {
     long active, pending, hits, misses;
     PyObject *log; /* a list while observers watch: session records (see lane_note) */
     unsigned generation;
-    int random_left;
-    unsigned char random[256];
+    int keys_left;                /* bytes of `keys` not used yet */
+    unsigned char keys[KEYS_MAX]; /* cancel secrets: Python's random bytes, 4 per login */
 } Lane;
 
 extern PyTypeObject LaneType;

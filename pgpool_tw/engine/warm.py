@@ -59,6 +59,7 @@ from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
+from pgpool_tw.session.cancel import KEY_BLOCK, random_keys
 from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ log = Logger()
 
 #: Entries kept at most (distinct address and startup packet pairs).
 MAX_ENTRIES = 4096
+#: Cancel-key bytes under which a miss refills the lane (the tick always tops it up).
+KEYS_LOW = KEY_BLOCK // 4
 
 
 class WarmLane:
@@ -127,7 +130,14 @@ class WarmLane:
         self.lane.limit = config.num_init_children
         self.lane.answers = lane_answers(self.factory.tls.frontend is not None)
         self.watch.observe()
+        self.refill_keys()
         self.forget()
+
+    def refill_keys(self) -> None:
+        """Top the lane's cancel secrets up to a whole block (session/cancel.py's source)."""
+        missing = KEY_BLOCK - self.lane.keys_left
+        if missing > 0:
+            self.lane.add_keys(random_keys(missing))
 
     def usable(self) -> bool:
         """Nothing the pooler must do per session is left undone by a warm login."""
@@ -262,6 +272,8 @@ class WarmLane:
 
     def _missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
         """A client the lane cannot log in: Python's login takes it from where it is."""
+        if self.lane.keys_left < KEYS_LOW:
+            self.refill_keys()  # a burst of warm logins used them up before the tick
         port = self._ports.get(listen_fd)
         if port is None:
             os.close(fd)
@@ -386,6 +398,7 @@ class WarmLane:
         config = self.factory.config
         now = time.monotonic()
         timeout = config.authentication_timeout
+        self.refill_keys()
         if timeout > 0 and now - self._last_sweep >= timeout:
             self._last_sweep = now
             self.lane.sweep()

@@ -21,6 +21,7 @@ from pgpool_tw.config.authfiles import load_auth_files
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.service import PgpoolService
+from pgpool_tw.session.cancel import KEY_BLOCK
 from tests.integration.harness import (
     PoolerTestCase,
     RawClient,
@@ -446,3 +447,21 @@ class WarmLoginTests(PoolerTestCase):
         expected, _ = login_end(server.parameter_statuses(), server.pid, relay.secret, m.IDLE)
         self.assertEqual(b"".join(m.message(bytes([kind]), body) for kind, body in got), expected)
         yield self.in_thread(client.close)
+
+    @defer.inlineCallbacks
+    def test_cancel_keys_come_from_python_and_are_topped_up(self):
+        """Each warm login uses 4 of Python's random bytes; the tick tops the block up."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        service._ticker.stop()  # only this test's tick may top the keys up
+        lane = self.lane(service)
+        full = lane.keys_left
+        self.assertEqual(full, KEY_BLOCK)
+        for _ in range(3):
+            yield self.in_thread(_pid, self.dsn(service, user, db))
+            yield sleep(0.1)
+        self.assertEqual(lane.hits, hits + 3)
+        self.assertEqual(lane.keys_left, full - 12)
+        service.factory.warm.tick()
+        self.assertEqual(lane.keys_left, full)

@@ -62,6 +62,9 @@ class LaneCase(SynchronousTestCase):
         self.addCleanup(self.lane.unlisten, self.listener.fileno())
         self.addCleanup(self.lane.drop_pending)
         self.lane.answers = lane_answers(False)
+        self.keys = os.urandom(8)  # two warm logins' cancel secrets
+        self.lane.add_keys(self.keys)
+        self.lane.limit = 10
 
     def missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
         os.close(fd)  # Python's login would take it over
@@ -182,3 +185,40 @@ class HandshakeTableTests(SynchronousTestCase):
             {GSSENC_REQUEST: (b"N", GSS_ANSWERED), ssl_request(): (b"N", TLS_ANSWERED)},
         )
         self.assertEqual(lane_answers(True), {GSSENC_REQUEST: (b"N", GSS_ANSWERED)})
+
+
+class KeyTests(LaneCase):
+    """Cancel secrets are Python's random bytes, 4 per warm login, each used once."""
+
+    def secret(self, login: list[tuple[int, bytes]]) -> int:
+        (key_data,) = [body for kind, body in login if kind == m.BACKEND_KEY_DATA]
+        return m.parse_backend_key_data(key_data)[1]
+
+    def test_each_login_takes_the_next_4_bytes(self) -> None:
+        """Two warm logins get the handed-down bytes as secrets (last first), then a miss."""
+        relays = [self.lend(), self.lend(), self.lend()]
+        first = self.login(self.connect())
+        second = self.login(self.connect())
+        expected = [int.from_bytes(self.keys[at : at + 4], "big", signed=True) for at in (4, 0)]
+        self.assertEqual([self.secret(first), self.secret(second)], expected)
+        self.assertEqual([relays[2].secret, relays[1].secret], expected)
+        self.assertEqual((self.lane.keys_left, self.lane.hits, self.misses), (0, 2, []))
+        self.assertEqual(self.login(self.connect()), [])
+        self.assertEqual((self.lane.hits, len(self.misses)), (2, 1))
+        self.assertEqual(self.misses[0][2], STARTUP)
+
+    def test_refilled_lane_logs_in_again(self) -> None:
+        """Once Python adds keys, a login that missed for want of one is served."""
+        self.lend()
+        self.lend()
+        self.lend()
+        self.login(self.connect())
+        self.login(self.connect())
+        self.assertEqual(self.lane.add_keys(b"\x01\x02\x03\x04"), 4)
+        self.assertEqual(self.secret(self.login(self.connect())), 0x01020304)
+
+    def test_add_keys_takes_whole_keys_up_to_a_block(self) -> None:
+        """At most 4096 bytes are held, in whole 4-byte keys; the rest is refused."""
+        self.assertEqual(self.lane.add_keys(b"12345"), 4)
+        self.assertEqual(self.lane.add_keys(bytes(5000)), 4096 - 12)
+        self.assertEqual((self.lane.keys_left, self.lane.add_keys(b"abcd")), (4096, 0))
