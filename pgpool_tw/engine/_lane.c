@@ -115,8 +115,8 @@ send_login_end(Relay *r, const unsigned char *secret)
 static int
 pending_startup(Lane *lane, int fd, Pending *p)
 {
-    if (lane->closing || lane->active + lane->outside >= lane->limit)
-        return pending_miss(lane, fd);
+    if (lane->closing || lane->free <= 0)
+        return pending_miss(lane, fd); /* Python queues it (num_init_children) */
     PyObject *key = PyBytes_FromStringAndSize(NULL, p->addr_len + p->len);
     if (key == NULL)
         return -1;
@@ -153,6 +153,7 @@ pending_startup(Lane *lane, int fd, Pending *p)
         return -1;
     }
     lane->pending--;
+    lane->free--;
     lane->active++;
     lane->hits++;
     r->fds[0] = fd;
@@ -317,7 +318,6 @@ lane_init(Lane *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_miss, on_miss);
     Py_INCREF(on_event);
     Py_XSETREF(self->on_event, on_event);
-    self->limit = 0;
     return 0;
 }
 
@@ -578,10 +578,8 @@ LANE_GET(closing)
 LANE_SET(closing)
 LANE_GET(wake)
 LANE_SET(wake)
-LANE_GET(limit)
-LANE_SET(limit)
-LANE_GET(outside)
-LANE_SET(outside)
+LANE_GET(free)
+LANE_SET(free)
 LANE_GET(active)
 LANE_GET(keys_left)
 LANE_GET(pending)
@@ -599,8 +597,8 @@ static PyGetSetDef lane_getset[] = {
      "each at most once; the bits of those answered are on_miss's `answered`.", NULL},
     LANE_RW(closing, "Log nobody in and park nothing (a shutdown)."),
     LANE_RW(wake, "Call on_event(EV_LEFT) when a session ends (clients wait for a slot)."),
-    LANE_RW(limit, "Client sessions at once, the lane's and Python's together."),
-    LANE_RW(outside, "Python's own client sessions."),
+    LANE_RW(free, "Client slots free (Pool.free_slots): a warm login takes one, its end "
+                  "gives it back; none free: a miss."),
     LANE_RO(active, "Warm sessions relayed now."),
     LANE_RO(keys_left, "Bytes of cancel secrets left (4 per warm login; none left: a miss)."),
     LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),

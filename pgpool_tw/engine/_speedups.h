@@ -182,8 +182,7 @@ typedef struct Lane {
     int answers_len;
     int closing;
     int wake;       /* call on_event(EV_LEFT) when a session ends (clients wait) */
-    long limit;     /* client sessions at once, the lane's and Python's */
-    long outside;   /* Python's own sessions */
+    long free;      /* client slots free (Python's count): a warm login takes one */
     long active, pending, hits, misses;
     PyObject *log; /* a list while observers watch: session records (see lane_note) */
     unsigned generation;

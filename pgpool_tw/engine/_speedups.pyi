@@ -70,8 +70,7 @@ class Lane:
     answers: dict[bytes, tuple[bytes, int]]
     closing: int
     wake: int
-    limit: int
-    outside: int
+    free: int
     active: int
     keys_left: int
     pending: int

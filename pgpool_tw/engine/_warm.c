@@ -56,6 +56,7 @@ warm_client_closed(Relay *r)
         close(fd);
     }
     lane->active--;
+    lane->free++; /* its client slot */
     lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
     return lane->wake ? lane_call(lane, EV_LEFT, NULL, NULL) : 0;
 }
@@ -103,6 +104,7 @@ warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
     r->fds[0] = -1;
     r->wstate = W_RETURNED;
     lane->active--;
+    lane->free++; /* its client slot */
     lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
     PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
     if (data == NULL)

@@ -126,8 +126,8 @@ class WarmLane:
 
     def apply(self) -> None:
         """The settings changed (or were just read): forget what they may have changed."""
-        config = self.factory.config
-        self.lane.limit = config.num_init_children
+        pool = self.factory.pool
+        self.sessions_changed(pool.free_slots(), pool.waiting)
         self.lane.answers = lane_answers(self.factory.tls.frontend is not None)
         self.watch.observe()
         self.refill_keys()
@@ -368,8 +368,9 @@ class WarmLane:
     def parked(self) -> int:
         return sum(len(stack) for stack in self._stacks.values())
 
-    def sessions_changed(self, python_sessions: int, waiting: int) -> None:
-        self.lane.outside = python_sessions
+    def sessions_changed(self, free_slots: int, waiting: int) -> None:
+        """The pool's free client slots: a warm login takes one and gives it back."""
+        self.lane.free = max(free_slots, 0)
         self.lane.wake = int(waiting > 0)
 
     def find(self, pid: int, secret: int) -> Optional[BackendProtocol]:

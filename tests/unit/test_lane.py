@@ -64,7 +64,7 @@ class LaneCase(SynchronousTestCase):
         self.lane.answers = lane_answers(False)
         self.keys = os.urandom(8)  # two warm logins' cancel secrets
         self.lane.add_keys(self.keys)
-        self.lane.limit = 10
+        self.lane.free = 10
 
     def missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
         os.close(fd)  # Python's login would take it over
@@ -117,9 +117,10 @@ class LaneCase(SynchronousTestCase):
         return relay
 
     def login(self, client: socket.socket, packet: bytes = STARTUP) -> list[tuple[int, bytes]]:
+        missed = len(self.misses)
         client.sendall(packet)
         self.poll()
-        if self.misses:
+        if len(self.misses) > missed:
             return []
         reader = m.MessageReader()
         out: list[tuple[int, bytes]] = []
@@ -222,3 +223,29 @@ class KeyTests(LaneCase):
         self.assertEqual(self.lane.add_keys(b"12345"), 4)
         self.assertEqual(self.lane.add_keys(bytes(5000)), 4096 - 12)
         self.assertEqual((self.lane.keys_left, self.lane.add_keys(b"abcd")), (4096, 0))
+
+
+class SlotTests(LaneCase):
+    """Warm logins take the free client slots Python counted, and give them back."""
+
+    def test_no_free_slot_is_a_miss(self) -> None:
+        """With no slot free a login the lane could serve goes to Python (which queues it)."""
+        self.lane.free = 0
+        self.lend()
+        self.assertEqual(self.login(self.connect()), [])
+        self.assertEqual((len(self.misses), self.lane.hits, self.lane.active), (1, 0, 0))
+
+    def test_each_login_takes_one_and_its_end_gives_it_back(self) -> None:
+        """One free slot: one warm session; its Terminate frees the slot for the next."""
+        self.lane.free = 1
+        self.lend()
+        self.lend()
+        first = self.connect()
+        self.assertNotEqual(self.login(first), [])
+        self.assertEqual((self.lane.free, self.lane.active), (0, 1))
+        self.assertEqual(self.login(self.connect()), [])  # no slot: a miss
+        first.sendall(m.terminate())
+        self.poll()
+        self.assertEqual((self.lane.free, self.lane.active), (1, 0))
+        self.assertNotEqual(self.login(self.connect()), [])
+        self.assertEqual((self.lane.free, self.lane.hits, len(self.misses)), (0, 2, 1))
