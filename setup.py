@@ -33,7 +33,10 @@ VERSION = re.search(
 SPEEDUPS = [
     Extension(
         "pgpool_tw.engine._speedups",
-        [f"pgpool_tw/engine/{name}.c" for name in ("_speedups", "_tracker", "_lane", "_warm")],
+        [
+            f"pgpool_tw/engine/{name}.c"
+            for name in ("_speedups", "_tracker", "_lane", "_warm", "_reset")
+        ],
         depends=["pgpool_tw/engine/_speedups.h"],
         optional=True,
         # Only PyInit__speedups is exported: the files share plain C names.

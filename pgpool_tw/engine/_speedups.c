@@ -136,7 +136,7 @@ relay_init(Relay *self, PyObject *args, PyObject *kwds)
     self->pid = (uint32_t)pid;
     self->secret = 0;
     self->parked_at = monotonic_s();
-    self->rlen = 0;
+    reset_start(&self->answer, 0);
     return 0;
 }
 
@@ -176,7 +176,7 @@ relay_dealloc(Relay *self)
 {
     PyObject_GC_UnTrack(self);
     relay_clear(self);
-    PyMem_Free(self->rbuf);
+    PyMem_Free(self->answer.buf);
     PyMem_Free(self->login);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -662,7 +662,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0 ||
-        PyType_Ready(&LaneType) < 0)
+        PyType_Ready(&LaneType) < 0 || PyType_Ready(&ResetReplyType) < 0)
         return NULL;
     str_write = PyUnicode_InternFromString("write");
     if (str_write == NULL)
@@ -678,6 +678,9 @@ PyInit__speedups(void)
         goto fail;
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(module, "Lane", (PyObject *)&LaneType) < 0)
+        goto fail;
+    Py_INCREF(&ResetReplyType);
+    if (PyModule_AddObject(module, "ResetReply", (PyObject *)&ResetReplyType) < 0)
         goto fail;
     const struct {
         const char *name;

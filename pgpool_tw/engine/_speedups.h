@@ -74,6 +74,23 @@ int tracker_in_sync_c(Tracker *t);
 int buffer_append(unsigned char **buf, Py_ssize_t *len, Py_ssize_t *cap, const unsigned char *data,
                   Py_ssize_t n);
 
+/* -- the reset's answer (_reset.c) -- */
+
+enum { RESET_MORE = 0, RESET_CLEAN = 1, RESET_FAILED = 2 };
+#define RESET_REPLY_MAX 65536
+
+typedef struct {
+    int owed; /* ReadyForQuery messages still owed */
+    int ok;   /* no ErrorResponse so far */
+    int verdict;
+    unsigned char *buf; /* received, until whole messages are there */
+    Py_ssize_t len, cap;
+} ResetState;
+
+extern PyTypeObject ResetReplyType;
+void reset_start(ResetState *s, int owed);
+int reset_feed(ResetState *s, Tracker *t, const unsigned char *data, Py_ssize_t n);
+
 /* -- relays and the loop (_speedups.c) -- */
 
 struct Lane;
@@ -104,10 +121,7 @@ typedef struct {
     int wstate;
     uint32_t pid, secret;
     double parked_at; /* CLOCK_MONOTONIC seconds */
-    int awaiting;     /* ReadyForQuery messages the reset still owes */
-    int reset_ok;
-    unsigned char *rbuf; /* the reset's answer, until whole messages are there */
-    Py_ssize_t rlen, rcap;
+    ResetState answer; /* the reset's answer, read as it comes */
 } Relay;
 
 enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
@@ -160,7 +174,6 @@ enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 
 /* Session records in Lane.log: a warm login, and the end of a warm session. */
 enum { NOTE_STARTED = 1, NOTE_ENDED = 2 };
 
-#define RESET_REPLY_MAX 65536
 #define REQUEST_LEN 8 /* an answered request: length and code, nothing more */
 #define ANSWERS_MAX 4
 #define KEYS_MAX 4096
