@@ -35,7 +35,17 @@ SPEEDUPS = [
         "pgpool_tw.engine._speedups",
         [
             f"pgpool_tw/engine/{name}.c"
-            for name in ("_speedups", "_tracker", "_lane", "_warm", "_reset")
+            for name in (
+                "_speedups",
+                "_relay",
+                "_slots",
+                "_tracker",
+                "_tracker_type",
+                "_lane",
+                "_login",
+                "_warm",
+                "_reset",
+            )
         ],
         depends=["pgpool_tw/engine/_speedups.h"],
         optional=True,

@@ -38,7 +38,7 @@ length_at(const unsigned char *p)
     return ((int64_t)p[0] << 24) | ((int64_t)p[1] << 16) | ((int64_t)p[2] << 8) | (int64_t)p[3];
 }
 
-/* -- the session tracker (_tracker.c) -- */
+/* -- the session tracker (_tracker.c: the walk; _tracker_type.c: the Python type) -- */
 
 typedef struct {
     PyObject_HEAD
@@ -91,7 +91,7 @@ extern PyTypeObject ResetReplyType;
 void reset_start(ResetState *s, int owed);
 int reset_feed(ResetState *s, Tracker *t, const unsigned char *data, Py_ssize_t n);
 
-/* -- relays and the loop (_speedups.c) -- */
+/* -- relays (_relay.c), the slot table and sending (_slots.c), the loop (_speedups.c) -- */
 
 struct Lane;
 
@@ -166,8 +166,11 @@ int clear_to_send(Relay *r, int peer);
 int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n);
 ssize_t recv_chunk(int fd);
 int forward_client(Relay *r, ssize_t n);
+extern PyObject *str_write;
+PyObject *speedups_register(PyObject *module, PyObject *args);
+PyObject *speedups_unregister(PyObject *module, PyObject *args);
 
-/* -- warm logins (_lane.c: accept and login; _warm.c: the session) -- */
+/* -- warm logins (_lane.c: the Lane type; _login.c: accept and login; _warm.c: the session) -- */
 
 enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 };
 
@@ -207,6 +210,7 @@ extern PyTypeObject LaneType;
 int warm_event(Relay *r, int side, unsigned int ev);
 int lane_accept(Lane *lane, int listen_fd);
 int pending_event(Lane *lane, int fd, unsigned int ev);
+void pending_close(Lane *lane, int fd);
 PyObject *relay_promote(Relay *self, PyObject *unused);
 PyObject *relay_drop(Relay *self, PyObject *arg);
 int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
