@@ -45,6 +45,7 @@ SPEEDUPS = [
                 "_login",
                 "_warm",
                 "_reset",
+                "_writer",
             )
         ],
         depends=["pgpool_tw/engine/_speedups.h"],

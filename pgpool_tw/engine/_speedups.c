@@ -274,7 +274,8 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0 ||
-        PyType_Ready(&LaneType) < 0 || PyType_Ready(&ResetReplyType) < 0)
+        PyType_Ready(&LaneType) < 0 || PyType_Ready(&ResetReplyType) < 0 ||
+        PyType_Ready(&SendNowType) < 0)
         return NULL;
     str_write = PyUnicode_InternFromString("write");
     if (str_write == NULL)
@@ -290,6 +291,9 @@ PyInit__speedups(void)
         goto fail;
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(module, "Lane", (PyObject *)&LaneType) < 0)
+        goto fail;
+    Py_INCREF(&SendNowType);
+    if (PyModule_AddObject(module, "SendNow", (PyObject *)&SendNowType) < 0)
         goto fail;
     Py_INCREF(&ResetReplyType);
     if (PyModule_AddObject(module, "ResetReply", (PyObject *)&ResetReplyType) < 0)

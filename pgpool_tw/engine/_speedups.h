@@ -167,6 +167,7 @@ int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t 
 ssize_t recv_chunk(int fd);
 int forward_client(Relay *r, ssize_t n);
 extern PyObject *str_write;
+extern PyTypeObject SendNowType; /* _writer.c */
 PyObject *speedups_register(PyObject *module, PyObject *args);
 PyObject *speedups_unregister(PyObject *module, PyObject *args);
 

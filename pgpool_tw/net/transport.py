@@ -15,6 +15,8 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from zope.interface import implementer
 
+from pgpool_tw.engine.writer import c_writer
+
 Writer = Callable[[bytes], None]
 
 
@@ -63,7 +65,7 @@ def plain_socket(transport: Any) -> bool:
     return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
 
 
-def make_writer(transport: Any) -> Writer:
+def make_writer(transport: Any, in_c: bool = True) -> Writer:
     """A ``write`` that sends at once when nothing is queued.
 
     Twisted's ``write`` always queues, registers the socket for writability and
@@ -72,10 +74,15 @@ def make_writer(transport: Any) -> Writer:
     away; whatever the kernel does not take, and every write while anything is
     queued, goes through ``transport.write`` so ordering, flow control and error
     handling stay Twisted's.  Transports that are not plain sockets (TLS) just
-    get their own ``write``.
+    get their own ``write``.  On CPython with the C extension the same rule runs
+    in C (``engine.writer.c_writer``); this one is for PyPy and pure Python
+    (``in_c=False`` asks for it: tests compare the two).
     """
     if not plain_socket(transport):
         return transport.write
+    fast = c_writer(transport) if in_c else None
+    if fast is not None:
+        return fast
     send = transport.socket.send
     queue_write = transport.write
 
