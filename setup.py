@@ -33,7 +33,21 @@ VERSION = re.search(
 SPEEDUPS = [
     Extension(
         "pgpool_tw.engine._speedups",
-        [f"pgpool_tw/engine/{name}.c" for name in ("_speedups", "_tracker", "_lane", "_warm")],
+        [
+            f"pgpool_tw/engine/{name}.c"
+            for name in (
+                "_speedups",
+                "_relay",
+                "_slots",
+                "_tracker",
+                "_tracker_type",
+                "_lane",
+                "_login",
+                "_warm",
+                "_reset",
+                "_writer",
+            )
+        ],
         depends=["pgpool_tw/engine/_speedups.h"],
         optional=True,
         # Only PyInit__speedups is exported: the files share plain C names.

@@ -1,4 +1,4 @@
-/* pgpool_tw._speedups: warm logins, from accept to login (see _warm.c, pgpool_tw/engine/warm.py). */
+/* pgpool_tw._speedups: the Lane type, warm logins (_login.c logs in, _warm.c relays; see engine/warm.py). */
 #include "_speedups.h"
 
 /* ------------------------------------------------------------------------- */
@@ -18,10 +18,12 @@
  *   it needed nothing the lane cannot give: no TLS, no password, no message of
  *   its own.  Python takes entries and parked relays back whenever it wants.
  * - An accepted client's SSLRequest (when the pooler has no TLS) and
- *   GSSENCRequest get their 'N' here.  A startup packet that hits an entry with
- *   a parked relay, while a client slot is free, takes the relay: the client
- *   gets AuthenticationOk, the connection's ParameterStatus messages, a random
- *   cancel key and ReadyForQuery, and the session is relayed like any other.
+ *   GSSENCRequest get their 'N' here, from the table `answers` Python builds
+ *   (session/handshake.py's lane_answers), each at most once.  A startup
+ *   packet that hits an entry with a parked relay, while a client slot is
+ *   free, takes the relay: the client gets the login's end Python built
+ *   (protocol/login_end.py) with a cancel secret from the random bytes Python
+ *   handed down (add_keys), and the session is relayed like any other.
  *   Anything else (no entry, an empty stack, a CancelRequest, TLS, a packet cut
  *   oddly) is a miss: the socket and the bytes read go to on_miss, and Python's
  *   login takes over as if Twisted had accepted the client.
@@ -37,267 +39,6 @@
  * Pending clients time out by sweep(): Python calls it every
  * authentication_timeout, and a client still pending at the next sweep is closed.
  */
-
-static int
-lane_random(Lane *lane, uint32_t *out)
-{
-    if (lane->random_left < 4) {
-        if (getrandom(lane->random, sizeof(lane->random), 0) != (ssize_t)sizeof(lane->random))
-            return -1;
-        lane->random_left = (int)sizeof(lane->random);
-    }
-    lane->random_left -= 4;
-    memcpy(out, lane->random + lane->random_left, 4);
-    memset(lane->random + lane->random_left, 0, 4);
-    return 0;
-}
-
-/* Close a client that never finished its startup packet. */
-static void
-pending_close(Lane *lane, int fd)
-{
-    slot_clear(fd);
-    close(fd);
-    lane->pending--;
-}
-
-/* Python's login takes the client over, with what was read (and answered) so far. */
-static int
-pending_miss(Lane *lane, int fd)
-{
-    Pending *p = slots[fd].pending;
-    PyObject *args = Py_BuildValue("(iiy#i)", fd, p->listen_fd, (const char *)p->buf,
-                                   (Py_ssize_t)p->len, p->answered);
-    if (args == NULL)
-        return -1;
-    struct epoll_event unused = {0};
-    epoll_ctl(lane->epfd, EPOLL_CTL_DEL, fd, &unused);
-    Py_INCREF(lane); /* the slot's reference goes */
-    slot_clear(fd);
-    lane->pending--;
-    lane->misses++;
-    ran_python = 1;
-    PyObject *res = PyObject_Call(lane->on_miss, args, NULL);
-    Py_DECREF(args);
-    Py_DECREF(lane);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    return 0;
-}
-
-/* A warm relay's tracker, for a new session on the same server. */
-static void
-tracker_restart(Tracker *t)
-{
-    t->pending = 0;
-    t->unsynced = 0;
-    t->status = IDLE;
-    t->c_skip = t->s_skip = t->s_need = 0;
-    t->c_head_len = t->s_head_len = 0;
-    t->s_body_len = 0;
-    t->changed = 0;
-}
-
-/* The end of the login, as a direct connection sends it: parameters, cancel key, ready. */
-static int
-send_login_end(Relay *r, uint32_t secret)
-{
-    Py_ssize_t reply_len = PyBytes_GET_SIZE(r->reply);
-    Py_ssize_t n = reply_len + 13 + 6;
-    unsigned char small[2048];
-    unsigned char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
-    if (out == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(out, PyBytes_AS_STRING(r->reply), (size_t)reply_len);
-    uint32_t pid = r->pid;
-    const unsigned char tail[19] = {
-        'K', 0, 0, 0, 12,
-        (unsigned char)(pid >> 24), (unsigned char)(pid >> 16), (unsigned char)(pid >> 8),
-        (unsigned char)pid,
-        (unsigned char)(secret >> 24), (unsigned char)(secret >> 16),
-        (unsigned char)(secret >> 8), (unsigned char)secret,
-        'Z', 0, 0, 0, 5, IDLE,
-    };
-    memcpy(out + reply_len, tail, sizeof(tail));
-    int rc = warm_send_client(r, out, n);
-    if (out != small)
-        PyMem_Free(out);
-    return rc;
-}
-
-/* A whole startup packet: a warm login, or a miss. */
-static int
-pending_startup(Lane *lane, int fd, Pending *p)
-{
-    if (lane->closing || lane->active + lane->outside >= lane->limit)
-        return pending_miss(lane, fd);
-    PyObject *key = PyBytes_FromStringAndSize(NULL, p->addr_len + p->len);
-    if (key == NULL)
-        return -1;
-    memcpy(PyBytes_AS_STRING(key), p->addr, (size_t)p->addr_len);
-    memcpy(PyBytes_AS_STRING(key) + p->addr_len, p->buf, (size_t)p->len);
-    PyObject *stack = PyDict_GetItemWithError(lane->entries, key);
-    Py_DECREF(key);
-    if (stack == NULL && PyErr_Occurred())
-        return -1;
-    Py_ssize_t size = stack != NULL && PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
-    if (size == 0)
-        return pending_miss(lane, fd);
-    uint32_t secret;
-    if (lane_random(lane, &secret) < 0)
-        return pending_miss(lane, fd);
-    PyObject *item = PyList_GET_ITEM(stack, size - 1);
-    Py_INCREF(item);
-    if (PyList_SetSlice(stack, size - 1, size, NULL) < 0) {
-        Py_DECREF(item);
-        return -1;
-    }
-    Relay *r = (Relay *)item;
-    if (!PyObject_TypeCheck(item, &RelayType) || r->lane != lane || r->wstate != W_PARKED) {
-        Py_DECREF(item); /* not something Python lends: dropped */
-        return pending_miss(lane, fd);
-    }
-    /* The client's address outlives its Pending, which the slot change frees. */
-    unsigned char addr[16];
-    int addr_len = p->addr_len, port = p->port;
-    memcpy(addr, p->addr, sizeof(addr));
-    /* The client's socket is the relay's now; both are watched as one session. */
-    if (slot_set_relay(fd, r, SIDE_CLIENT) < 0 || slot_set_relay(r->fds[1], r, SIDE_SERVER) < 0) {
-        Py_DECREF(item);
-        return -1;
-    }
-    lane->pending--;
-    lane->active++;
-    lane->hits++;
-    r->fds[0] = fd;
-    r->wstate = W_ACTIVE;
-    r->secret = secret;
-    r->received = 0;
-    r->uses++;
-    if (r->uses_left > 0)
-        r->uses_left--;
-    lane_note(lane, NOTE_STARTED, r, addr, addr_len, port);
-    tracker_restart(r->tracker);
-    int rc = send_login_end(r, secret);
-    Py_DECREF(item);
-    return rc;
-}
-
-/* One event of a client the lane accepted and has not logged in yet. */
-int
-pending_event(Lane *lane, int fd, unsigned int ev)
-{
-    Pending *p = slots[fd].pending;
-    if (!(ev & EPOLLIN)) {
-        pending_close(lane, fd);
-        return 0;
-    }
-    ssize_t n = recv(fd, p->buf + p->len, (size_t)(PENDING_MAX - p->len), 0);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return 0;
-    if (n <= 0) {
-        pending_close(lane, fd);
-        return 0;
-    }
-    p->len += (int)n;
-    for (;;) {
-        if (p->len < 8) {
-            if (p->len >= 4 && length_at(p->buf) < 8)
-                return pending_miss(lane, fd); /* Python's login names the error */
-            return 0;
-        }
-        int64_t length = length_at(p->buf);
-        if (length < 8 || length > PENDING_MAX)
-            return pending_miss(lane, fd);
-        if (p->len < length)
-            return 0;
-        uint32_t code = (uint32_t)length_at(p->buf + 4);
-        int request = 0;
-        if (length == 8 && code == SSL_REQUEST_CODE && !(p->answered & 1) && lane->answer_ssl)
-            request = 1;
-        else if (length == 8 && code == GSSENC_REQUEST_CODE && !(p->answered & 2))
-            request = 2;
-        if (request) {
-            if (send(fd, "N", 1, MSG_NOSIGNAL) != 1) {
-                pending_close(lane, fd);
-                return 0;
-            }
-            p->answered |= request;
-            p->len -= 8;
-            memmove(p->buf, p->buf + 8, (size_t)p->len);
-            continue;
-        }
-        if (code == PROTOCOL_3 && p->len == length)
-            return pending_startup(lane, fd, p);
-        return pending_miss(lane, fd);
-    }
-}
-
-/* The listening socket is readable: accept what is there. */
-int
-lane_accept(Lane *lane, int listen_fd)
-{
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage sa;
-        socklen_t salen = sizeof(sa);
-        int fd = accept4(listen_fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            /* EMFILE and the like: Twisted's accept knows how to shed that load. */
-            struct epoll_event unused = {0};
-            epoll_ctl(lane->epfd, EPOLL_CTL_DEL, listen_fd, &unused);
-            Py_INCREF(lane);
-            slot_clear(listen_fd);
-            PyObject *which = PyLong_FromLong(listen_fd);
-            int rc = which == NULL ? -1 : lane_call(lane, EV_LISTENER, NULL, which);
-            Py_XDECREF(which);
-            Py_DECREF(lane);
-            return rc;
-        }
-        Pending *p = PyMem_Malloc(sizeof(Pending));
-        if (p == NULL || slots_reserve(fd) < 0) {
-            PyMem_Free(p);
-            close(fd);
-            if (!PyErr_Occurred())
-                PyErr_NoMemory();
-            return -1;
-        }
-        p->listen_fd = listen_fd;
-        p->answered = 0;
-        p->generation = lane->generation;
-        p->len = 0;
-        p->addr_len = 0;
-        p->port = 0;
-        if (sa.ss_family == AF_INET) {
-            p->addr_len = 4;
-            memcpy(p->addr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
-            p->port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
-        } else if (sa.ss_family == AF_INET6) {
-            p->addr_len = 16;
-            memcpy(p->addr, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
-            p->port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
-        }
-        struct epoll_event want = {.events = EPOLLIN, .data.fd = fd};
-        if (epoll_ctl(lane->epfd, EPOLL_CTL_ADD, fd, &want) < 0) {
-            PyMem_Free(p);
-            close(fd);
-            continue;
-        }
-        slot_clear(fd);
-        Py_INCREF(lane);
-        slots[fd].lane = lane;
-        slots[fd].pending = p;
-        slots[fd].side = SIDE_PENDING;
-        lane->pending++;
-    }
-    return 0;
-}
 
 static PyObject *
 lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -327,8 +68,6 @@ lane_init(Lane *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_miss, on_miss);
     Py_INCREF(on_event);
     Py_XSETREF(self->on_event, on_event);
-    self->answer_ssl = 1;
-    self->limit = 0;
     return 0;
 }
 
@@ -428,6 +167,21 @@ lane_drop_pending(Lane *self, PyObject *unused)
 }
 
 static PyObject *
+lane_add_keys(Lane *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t room = KEYS_MAX - self->keys_left;
+    Py_ssize_t n = view.len < room ? view.len : room;
+    n -= n % 4;
+    memcpy(self->keys + self->keys_left, view.buf, (size_t)n);
+    self->keys_left += (int)n;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
 lane_sessions(Lane *self, PyObject *unused)
 {
     PyObject *result = PyList_New(0);
@@ -502,6 +256,56 @@ lane_get_entries(Lane *self, void *closure)
     return relay_get_object(self->entries);
 }
 
+static PyObject *
+lane_get_answers(Lane *self, void *closure)
+{
+    PyObject *table = PyDict_New();
+    for (int i = 0; table != NULL && i < self->answers_len; i++) {
+        const Answer *a = &self->answers[i];
+        PyObject *value = Py_BuildValue("(y#i)", (const char *)&a->answer, (Py_ssize_t)1, a->bit);
+        PyObject *key = PyBytes_FromStringAndSize((const char *)a->request, REQUEST_LEN);
+        if (value == NULL || key == NULL || PyDict_SetItem(table, key, value) < 0)
+            Py_CLEAR(table);
+        Py_XDECREF(value);
+        Py_XDECREF(key);
+    }
+    return table;
+}
+
+/* Copied into a C table: a lookup on a client's first packet touches no Python object. */
+static int
+lane_set_answers(Lane *self, PyObject *value, void *closure)
+{
+    Answer table[ANSWERS_MAX];
+    Py_ssize_t pos = 0;
+    PyObject *key, *item;
+    int n = 0;
+    if (value == NULL || !PyDict_Check(value) || PyDict_GET_SIZE(value) > ANSWERS_MAX) {
+        PyErr_SetString(PyExc_TypeError, "answers must be a dict of at most 4 entries");
+        return -1;
+    }
+    while (PyDict_Next(value, &pos, &key, &item)) {
+        const char *answer;
+        Py_ssize_t answer_len;
+        int bit;
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) != REQUEST_LEN ||
+            !PyArg_ParseTuple(item, "y#i", &answer, &answer_len, &bit) || answer_len != 1 ||
+            bit <= 0) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError,
+                            "answers: {8-byte request: (1-byte answer, positive bit)}");
+            return -1;
+        }
+        memcpy(table[n].request, PyBytes_AS_STRING(key), REQUEST_LEN);
+        table[n].answer = (unsigned char)answer[0];
+        table[n].bit = bit;
+        n++;
+    }
+    memcpy(self->answers, table, sizeof(table));
+    self->answers_len = n;
+    return 0;
+}
+
 #define LANE_GET(name)                                                                \
     static PyObject *lane_get_##name(Lane *self, void *closure)                       \
     {                                                                                 \
@@ -520,17 +324,14 @@ lane_get_entries(Lane *self, void *closure)
         return 0;                                                                     \
     }
 
-LANE_GET(answer_ssl)
-LANE_SET(answer_ssl)
 LANE_GET(closing)
 LANE_SET(closing)
 LANE_GET(wake)
 LANE_SET(wake)
-LANE_GET(limit)
-LANE_SET(limit)
-LANE_GET(outside)
-LANE_SET(outside)
+LANE_GET(free)
+LANE_SET(free)
 LANE_GET(active)
+LANE_GET(keys_left)
 LANE_GET(pending)
 LANE_GET(hits)
 LANE_GET(misses)
@@ -541,12 +342,15 @@ LANE_GET(misses)
 static PyGetSetDef lane_getset[] = {
     {"entries", (getter)lane_get_entries, NULL,
      "address + startup packet -> the list of warm relays parked for such clients", NULL},
-    LANE_RW(answer_ssl, "Answer SSLRequest with 'N' here (the pooler has no TLS)."),
+    {"answers", (getter)lane_get_answers, (setter)lane_set_answers,
+     "{request packet (8 bytes): (answer (1 byte), bit)}: requests the lane answers itself, "
+     "each at most once; the bits of those answered are on_miss's `answered`.", NULL},
     LANE_RW(closing, "Log nobody in and park nothing (a shutdown)."),
     LANE_RW(wake, "Call on_event(EV_LEFT) when a session ends (clients wait for a slot)."),
-    LANE_RW(limit, "Client sessions at once, the lane's and Python's together."),
-    LANE_RW(outside, "Python's own client sessions."),
+    LANE_RW(free, "Client slots free (Pool.free_slots): a warm login takes one, its end "
+                  "gives it back; none free: a miss."),
     LANE_RO(active, "Warm sessions relayed now."),
+    LANE_RO(keys_left, "Bytes of cancel secrets left (4 per warm login; none left: a miss)."),
     LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
     LANE_RO(hits, "Clients logged in here."),
     LANE_RO(misses, "Clients handed to on_miss."),
@@ -565,6 +369,9 @@ static PyMethodDef lane_methods[] = {
      "Close clients pending since the last sweep; returns how many."},
     {"drop_pending", (PyCFunction)lane_drop_pending, METH_NOARGS,
      "Close every pending client; returns how many."},
+    {"add_keys", (PyCFunction)lane_add_keys, METH_O,
+     "add_keys(random_bytes): cancel secrets for warm logins, 4 bytes each; returns how many "
+     "bytes were taken (whole keys, up to 4096 held)."},
     {"sessions", (PyCFunction)lane_sessions, METH_NOARGS,
      "The warm relays with a client now."},
     {"find", (PyCFunction)lane_find, METH_VARARGS,

@@ -12,7 +12,6 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
@@ -39,7 +38,7 @@ length_at(const unsigned char *p)
     return ((int64_t)p[0] << 24) | ((int64_t)p[1] << 16) | ((int64_t)p[2] << 8) | (int64_t)p[3];
 }
 
-/* -- the session tracker (_tracker.c) -- */
+/* -- the session tracker (_tracker.c: the walk; _tracker_type.c: the Python type) -- */
 
 typedef struct {
     PyObject_HEAD
@@ -75,7 +74,24 @@ int tracker_in_sync_c(Tracker *t);
 int buffer_append(unsigned char **buf, Py_ssize_t *len, Py_ssize_t *cap, const unsigned char *data,
                   Py_ssize_t n);
 
-/* -- relays and the loop (_speedups.c) -- */
+/* -- the reset's answer (_reset.c) -- */
+
+enum { RESET_MORE = 0, RESET_CLEAN = 1, RESET_FAILED = 2 };
+#define RESET_REPLY_MAX 65536
+
+typedef struct {
+    int owed; /* ReadyForQuery messages still owed */
+    int ok;   /* no ErrorResponse so far */
+    int verdict;
+    unsigned char *buf; /* received, until whole messages are there */
+    Py_ssize_t len, cap;
+} ResetState;
+
+extern PyTypeObject ResetReplyType;
+void reset_start(ResetState *s, int owed);
+int reset_feed(ResetState *s, Tracker *t, const unsigned char *data, Py_ssize_t n);
+
+/* -- relays (_relay.c), the slot table and sending (_slots.c), the loop (_speedups.c) -- */
 
 struct Lane;
 
@@ -95,7 +111,9 @@ typedef struct {
     struct Lane *lane;
     PyObject *stack;  /* the list it parks on */
     PyObject *server; /* the server connection (BackendProtocol) */
-    PyObject *reply;  /* AuthenticationOk and the ParameterStatus messages */
+    unsigned char *login; /* the login's end, Python's bytes; C writes only the secret */
+    Py_ssize_t login_len;
+    Py_ssize_t secret_at; /* where the 4 secret bytes go in `login` */
     PyObject *reset;  /* the reset queries' messages */
     int reset_count;
     long uses_left; /* sessions it may still start; negative: no limit */
@@ -103,10 +121,7 @@ typedef struct {
     int wstate;
     uint32_t pid, secret;
     double parked_at; /* CLOCK_MONOTONIC seconds */
-    int awaiting;     /* ReadyForQuery messages the reset still owes */
-    int reset_ok;
-    unsigned char *rbuf; /* the reset's answer, until whole messages are there */
-    Py_ssize_t rlen, rcap;
+    ResetState answer; /* the reset's answer, read as it comes */
 } Relay;
 
 enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
@@ -115,7 +130,7 @@ enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
 
 typedef struct {
     int listen_fd;
-    int answered; /* 1: its SSLRequest was answered, 2: its GSSENCRequest */
+    int answered; /* the bits of the answers given (Lane.answers) */
     unsigned generation;
     int len;
     int addr_len;
@@ -151,18 +166,28 @@ int clear_to_send(Relay *r, int peer);
 int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n);
 ssize_t recv_chunk(int fd);
 int forward_client(Relay *r, ssize_t n);
+extern PyObject *str_write;
+extern PyTypeObject SendNowType; /* _writer.c */
+PyObject *speedups_register(PyObject *module, PyObject *args);
+PyObject *speedups_unregister(PyObject *module, PyObject *args);
 
-/* -- warm logins (_lane.c: accept and login; _warm.c: the session) -- */
+/* -- warm logins (_lane.c: the Lane type; _login.c: accept and login; _warm.c: the session) -- */
 
 enum { EV_ENDED = 1, EV_RESET = 2, EV_PROMOTE = 3, EV_LEFT = 4, EV_LISTENER = 5 };
 
 /* Session records in Lane.log: a warm login, and the end of a warm session. */
 enum { NOTE_STARTED = 1, NOTE_ENDED = 2 };
 
-#define SSL_REQUEST_CODE 80877103u
-#define GSSENC_REQUEST_CODE 80877104u
-#define PROTOCOL_3 196608u
-#define RESET_REPLY_MAX 65536
+#define REQUEST_LEN 8 /* an answered request: length and code, nothing more */
+#define ANSWERS_MAX 4
+#define KEYS_MAX 4096
+
+/* One row of Lane.answers: a request packet, the byte that answers it, its bit. */
+typedef struct {
+    unsigned char request[REQUEST_LEN];
+    unsigned char answer;
+    int bit;
+} Answer;
 
 typedef struct Lane {
     PyObject_HEAD
@@ -170,22 +195,23 @@ typedef struct Lane {
     PyObject *entries; /* address + startup packet -> list of parked warm relays */
     PyObject *on_miss;  /* on_miss(fd, listen_fd, data, answered) */
     PyObject *on_event; /* on_event(kind, relay, data) */
-    int answer_ssl;     /* SSLRequest gets 'N' here (the pooler has no TLS) */
+    Answer answers[ANSWERS_MAX]; /* what Python lets the lane answer itself, once each */
+    int answers_len;
     int closing;
     int wake;       /* call on_event(EV_LEFT) when a session ends (clients wait) */
-    long limit;     /* client sessions at once, the lane's and Python's */
-    long outside;   /* Python's own sessions */
+    long free;      /* client slots free (Python's count): a warm login takes one */
     long active, pending, hits, misses;
     PyObject *log; /* a list while observers watch: session records (see lane_note) */
     unsigned generation;
-    int random_left;
-    unsigned char random[256];
+    int keys_left;                /* bytes of `keys` not used yet */
+    unsigned char keys[KEYS_MAX]; /* cancel secrets: Python's random bytes, 4 per login */
 } Lane;
 
 extern PyTypeObject LaneType;
 int warm_event(Relay *r, int side, unsigned int ev);
 int lane_accept(Lane *lane, int listen_fd);
 int pending_event(Lane *lane, int fd, unsigned int ev);
+void pending_close(Lane *lane, int fd);
 PyObject *relay_promote(Relay *self, PyObject *unused);
 PyObject *relay_drop(Relay *self, PyObject *arg);
 int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);

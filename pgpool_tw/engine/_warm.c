@@ -56,6 +56,7 @@ warm_client_closed(Relay *r)
         close(fd);
     }
     lane->active--;
+    lane->free++; /* its client slot */
     lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
     return lane->wake ? lane_call(lane, EV_LEFT, NULL, NULL) : 0;
 }
@@ -103,6 +104,7 @@ warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
     r->fds[0] = -1;
     r->wstate = W_RETURNED;
     lane->active--;
+    lane->free++; /* its client slot */
     lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
     PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
     if (data == NULL)
@@ -143,61 +145,29 @@ warm_ended(Relay *r)
     if (r->reset_count == 0)
         return warm_park(r) < 0 ? -1 : rc;
     r->wstate = W_RESETTING;
-    r->awaiting = r->reset_count;
-    r->reset_ok = 1;
-    r->rlen = 0;
+    reset_start(&r->answer, r->reset_count);
     if (send_now(r->fds[1], r->transports[1], (const unsigned char *)PyBytes_AS_STRING(r->reset),
                  PyBytes_GET_SIZE(r->reset)) < 0)
         rc = -1;
     return rc;
 }
 
-/* The reset's answer: whole messages are read; the last ReadyForQuery decides. */
+/*
+ * The reset's answer (the rule is _reset.c's, shared with Python's run_batch):
+ * clean, and no parameter changed during the session or the reset, parks the
+ * relay again; anything else goes back to the pool.
+ */
 static int
 warm_reset_reply(Relay *r, const unsigned char *data, Py_ssize_t n)
 {
-    Tracker *t = r->tracker;
-    if (buffer_append(&r->rbuf, &r->rlen, &r->rcap, data, n) < 0)
+    int verdict = reset_feed(&r->answer, r->tracker, data, n);
+    if (verdict < 0)
         return -1;
-    Py_ssize_t pos = 0;
-    while (r->rlen - pos >= 5) {
-        const unsigned char *p = r->rbuf + pos;
-        int64_t length = length_at(p + 1);
-        if (length < 4 || length > RESET_REPLY_MAX) {
-            r->rlen = 0;
-            return warm_return(r, EV_RESET, Py_False);
-        }
-        if (pos + 1 + length > r->rlen)
-            break;
-        int kind = p[0];
-        if (kind == 'E' || kind == 'G' || kind == 'H' || kind == 'W') {
-            r->reset_ok = 0; /* a failed query, or COPY: the stream is not to be trusted */
-        } else if (kind == S_PARAMETER_STATUS) {
-            if (parameter_status(t, p + 5, (Py_ssize_t)length - 4) < 0)
-                return -1;
-        } else if (kind == S_READY) {
-            t->status = length > 4 ? p[5] : IDLE;
-            r->awaiting--;
-        }
-        pos += 1 + length;
-        if (r->awaiting == 0) {
-            int whole = pos == r->rlen; /* nothing may follow the last ReadyForQuery */
-            int clean = r->reset_ok && t->status == IDLE && whole;
-            r->rlen = 0;
-            if (clean && !t->changed)
-                return warm_park(r);
-            return warm_return(r, EV_RESET, clean ? Py_True : Py_False);
-        }
-    }
-    if (pos) {
-        memmove(r->rbuf, r->rbuf + pos, (size_t)(r->rlen - pos));
-        r->rlen -= pos;
-    }
-    if (r->rlen > RESET_REPLY_MAX) {
-        r->rlen = 0;
-        return warm_return(r, EV_RESET, Py_False);
-    }
-    return 0;
+    if (verdict == RESET_MORE)
+        return 0;
+    if (verdict == RESET_CLEAN && !r->tracker->changed)
+        return warm_park(r);
+    return warm_return(r, EV_RESET, verdict == RESET_CLEAN ? Py_True : Py_False);
 }
 
 /* One event of a warm relay's socket.  -1 on a Python error. */
@@ -267,7 +237,7 @@ relay_drop(Relay *self, PyObject *arg)
     PyBuffer_Release(&view);
     slot_clear_server(self);
     self->wstate = W_RETURNED;
-    self->rlen = 0;
+    reset_start(&self->answer, 0);
     if (active && warm_client_closed(self) < 0)
         return NULL;
     Py_RETURN_NONE;

@@ -1,43 +1,32 @@
 """Warm logins: clients the pooler has logged in before, served by the C loop alone.
 
 A client that connects once per transaction (``pgbench -C``, PHP, short
-scripts) costs a whole login.  On Twisted's path that is some 300 Python calls,
-about twice PgBouncer's CPU per connection (bench/RESULTS.md), so such clients
-got half its throughput.  The C loop's ``Lane`` (``_lane.c``, ``_warm.c``) does what
-PgBouncer does for the common case: accept, answer SSLRequest 'N', match the
-startup packet, hand out a pooled server connection with the login's last
-messages, relay, and on Terminate reset the server and park it again.
+scripts) costs a whole login: on Twisted's path some 300 Python calls, about
+twice PgBouncer's CPU per connection (bench/RESULTS.md).  The C loop's ``Lane``
+does what PgBouncer does for the common case: accept, answer SSLRequest 'N',
+match the startup packet, hand out a pooled server connection with the login's
+last messages, relay, and on Terminate reset the server and park it again.
 
-This module keeps every decision in Python by choosing what it lends:
+This module keeps every decision in Python by choosing what it lends (the
+values themselves are built in warm_handdown.py):
 
 * **Entries**: a client's address and startup packet, byte for byte, mapped to
-  a stack of parked servers.  An entry is learned only after Python logged such
-  a client in itself and the login needed nothing the lane cannot give: no TLS,
-  no password, no protocol negotiation, a pooled database, a server that did not
-  ask for a password.  The same bytes from the same address get the same answer
-  from pool_hba.conf, so the lane repeats Python's decision.  A reload or a
-  setting the lane cannot honour (log_connections, client_idle_limit,
-  connection_cache off) forgets them all.
+  a stack of parked servers, learned only after Python logged such a client in
+  itself and the login needed nothing the lane cannot give (no TLS, no
+  password, no negotiation, a pooled database, a server that asked for no
+  password).  The same bytes from the same address get the same answer from
+  pool_hba.conf.  A reload or a setting the lane cannot honour forgets them all.
 * **Servers**: the pool lends a server it parks when a learned stack wants its
-  pool key and application_name, and takes it back whenever it wants one (a
-  Python client of that key, life times, close_idle, a shutdown).  Whatever the
-  lane cannot finish cleanly comes back through ``_event`` and the pool decides
-  as on Twisted's path.
+  pool key and application_name, and takes it back whenever it wants one.
+  Whatever the lane cannot finish cleanly comes back through ``_event`` and the
+  pool decides as on Twisted's path.
 * **Clients**: a miss (no entry, an empty stack, a CancelRequest, TLS, no free
-  slot) reaches ``_missed`` with the socket and the bytes read, and Python's own
-  login carries on as if Twisted had accepted it.  A warm session the kernel
-  cannot take a send for is *promoted*: it becomes an ordinary
-  ``FrontendProtocol`` relaying the same server.
+  slot, no cancel key left) reaches ``_missed`` with the socket and the bytes
+  read, and Python's own login carries on.  A warm session the kernel cannot
+  take a send for is *promoted* to an ordinary session on the same server.
+* **Observers and stats** never turn the lane off (see warm_watch.py).
 
-* **Observers and stats** never turn the lane off: while observers exist the
-  lane appends a record to ``lane.log`` as a warm session starts and ends, and
-  ``watch.drain`` (the service's tick) fires ``client_session_started`` /
-  ``client_session_ended`` from them, up to a tick late.  A lent server's
-  tracker counts as any other; ``watch.harvest`` adds its counts to the totals
-  (see warm_watch.py).
-
-Only ``twistd pgpool`` (which installs the C loop) gets a lane; an embedding
-application's reactor keeps Twisted's own accept and login.
+Only ``twistd pgpool`` (which installs the C loop) gets a lane.
 """
 
 from __future__ import annotations
@@ -48,16 +37,19 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Optional
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.engine.warm_handdown import KEYS_LOW, entry, refill_keys, relay_fields
+from pgpool_tw.engine.warm_handdown import never as _never
 from pgpool_tw.engine.warm_watch import Lent, StackKey, WarmWatch
 from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol
-from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
 if TYPE_CHECKING:
     from pgpool_tw.session.frontend import FrontendFactory, FrontendProtocol
@@ -109,7 +101,7 @@ class WarmLane:
             return None
         warm = cls(factory, lane)
         for port in ports:
-            if getattr(port, "addressFamily", None) in (socket.AF_INET, socket.AF_INET6):
+            if isinstance(port.getHost(), (IPv4Address, IPv6Address)):
                 fd = port.fileno()
                 port.stopReading()
                 lane.listen(fd)
@@ -121,10 +113,11 @@ class WarmLane:
 
     def apply(self) -> None:
         """The settings changed (or were just read): forget what they may have changed."""
-        config = self.factory.config
-        self.lane.limit = config.num_init_children
-        self.lane.answer_ssl = int(self.factory.tls.frontend is None)
+        pool = self.factory.pool
+        self.sessions_changed(pool.free_slots(), pool.waiting)
+        self.lane.answers = lane_answers(self.factory.tls.frontend is not None)
         self.watch.observe()
+        refill_keys(self.lane)
         self.forget()
 
     def usable(self) -> bool:
@@ -149,28 +142,12 @@ class WarmLane:
 
     def learn(self, client: FrontendProtocol, server: BackendProtocol) -> None:
         """A client Python logged in: clients sending the same bytes may be warm."""
-        raw = client.startup_raw
-        startup = client.startup
-        if (
-            raw is None
-            or startup is None
-            or client.ssl
-            or client.auth_ok_sent
-            or server.asked_password
-            or len(self.entries) >= MAX_ENTRIES
-            or not self.usable()
-            or startup.negotiation() is not None
-        ):
+        if len(self.entries) >= MAX_ENTRIES or not self.usable():
             return
-        if startup.database in UNPOOLED_DATABASES:
+        learned = entry(client, server)
+        if learned is None or learned[0] in self.entries:
             return
-        address = _address_bytes(client._address)
-        if address is None:
-            return
-        key = address + raw
-        if key in self.entries:
-            return
-        stack_key = (server.pool_key, startup.application_name)
+        key, stack_key = learned
         stack = self._stacks.get(stack_key)
         if stack is None:
             stack = self._stacks[stack_key] = []
@@ -185,12 +162,9 @@ class WarmLane:
         transport = server.transport
         if not plain_socket(transport) or transport.fileno() < 0:
             return False
-        config = self.factory.config
-        limit = config.child_max_connections
-        uses_left = limit - server.sessions if limit else -1
-        if uses_left == 0:
+        fields = relay_fields(server, self.factory.config)
+        if fields is None:
             return False
-        count, reset = reset_batch(config.reset_query_list, m.IDLE)
         assert speedups is not None
         relay = speedups.Relay(
             speedups.SessionTracker(server.params, m.IDLE),
@@ -203,11 +177,7 @@ class WarmLane:
             lane=self.lane,
             stack=stack,
             connection=server,
-            reply=m.authentication_ok() + server.parameter_statuses(),
-            reset=reset,
-            reset_count=count,
-            uses_left=uses_left,
-            pid=server.pid & 0xFFFFFFFF,
+            **fields,
         )
         server.park(self)
         self._lent[server] = Lent(relay, stack, stack_key)
@@ -257,6 +227,8 @@ class WarmLane:
 
     def _missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
         """A client the lane cannot log in: Python's login takes it from where it is."""
+        if self.lane.keys_left < KEYS_LOW:
+            refill_keys(self.lane)  # a burst of warm logins used them up before the tick
         port = self._ports.get(listen_fd)
         if port is None:
             os.close(fd)
@@ -264,9 +236,9 @@ class WarmLane:
         client = self._adopt(port, fd)
         if client is None:
             return
-        if answered & 1:
+        if answered & TLS_ANSWERED:
             client.tls_answered()
-        if answered & 2:
+        if answered & GSS_ANSWERED:
             client.gss_answered()
         if data:
             client.dataReceived(data)
@@ -346,8 +318,9 @@ class WarmLane:
     def parked(self) -> int:
         return sum(len(stack) for stack in self._stacks.values())
 
-    def sessions_changed(self, python_sessions: int, waiting: int) -> None:
-        self.lane.outside = python_sessions
+    def sessions_changed(self, free_slots: int, waiting: int) -> None:
+        """The pool's free client slots: a warm login takes one and gives it back."""
+        self.lane.free = max(free_slots, 0)
         self.lane.wake = int(waiting > 0)
 
     def find(self, pid: int, secret: int) -> Optional[BackendProtocol]:
@@ -376,6 +349,7 @@ class WarmLane:
         config = self.factory.config
         now = time.monotonic()
         timeout = config.authentication_timeout
+        refill_keys(self.lane)
         if timeout > 0 and now - self._last_sweep >= timeout:
             self._last_sweep = now
             self.lane.sweep()
@@ -421,20 +395,3 @@ class WarmLane:
         for relay in self.lane.sessions():
             relay.promote()
         self.forget()
-
-
-def _never() -> None:
-    """A warm relay's Terminate is the lane's to handle; this is never called."""
-
-
-def _address_bytes(address: Any) -> Optional[bytes]:
-    """The client's IP address as the lane's accept sees it (None: not TCP)."""
-    host = getattr(address, "host", None)
-    if not isinstance(host, str):
-        return None
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            return socket.inet_pton(family, host)
-        except OSError:
-            continue
-    return None

@@ -80,7 +80,9 @@ def make_writer(transport: Any) -> Writer:
     away; whatever the kernel does not take, and every write while anything is
     queued, goes through ``transport.write`` so ordering, flow control and error
     handling stay Twisted's.  Transports that are not plain sockets (TLS) just
-    get their own ``write``.
+    get their own ``write``.  On CPython with the C extension the same rule runs
+    in C: callers take ``engine.writer.make_writer``, which falls back to this
+    one on PyPy, in pure Python and on other reactors (tests compare the two).
     """
     if not plain_socket(transport):
         return transport.write

@@ -88,6 +88,22 @@ def epoll_parts(reactor: Any) -> Optional[EpollParts]:
     return EpollParts(selectables, writes, poller, read_or_write, disconnect)
 
 
+def reactor_writes(reactor: Any) -> Optional[set[int]]:
+    """The fds an epoll ``reactor`` waits to write to (a non-empty write queue), or None.
+
+    ``_writes`` as in ``EpollParts``; read once per connection by the C writer,
+    so nothing is logged when it is missing: the Python writer serves instead.
+    """
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # not Linux
+        return None
+    if not isinstance(reactor, EPollReactor):
+        return None
+    writes = getattr(reactor, "_writes", None)
+    return writes if isinstance(writes, set) else None
+
+
 def replace_iteration(reactor: Any, iterate: Callable[[Optional[float]], None]) -> bool:
     """Make ``iterate`` the reactor's loop step; False when something already replaced it.
 
@@ -175,6 +191,17 @@ def close_at_once(transport: Any) -> bool:
     transport._shouldShutdown = False  # the descriptor is close-on-exec and ours alone
     transport.connectionLost(_DONE)
     return True
+
+
+def connection_socket(transport: Any) -> Optional[socket.socket]:
+    """The socket a TCP or unix ``transport`` sends on, or None.
+
+    25.5.0 and 26.10.0 ``tcp.Connection.__init__`` sets ``self.socket`` (the one
+    ``writeSomeData`` sends on; ``getHandle`` returns it too, but only
+    ``ITCPTransport`` promises that, not a unix transport).
+    """
+    skt = getattr(transport, "socket", None)
+    return skt if isinstance(skt, socket.socket) else None
 
 
 def listening_socket(port: Any) -> Optional[socket.socket]:

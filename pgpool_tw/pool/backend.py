@@ -18,11 +18,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgpool_tw.config.settings import BackendNode
-from pgpool_tw.net.transport import Writer, make_writer, tune_socket
+from pgpool_tw.engine.writer import make_writer
+from pgpool_tw.net.transport import Writer, tune_socket
 from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker, Tracker
+from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
 from pgpool_tw.stats.counters import Totals
 from pgpool_tw.stats.events import EventHub, ServerInfo
@@ -126,12 +128,12 @@ class BackendProtocol(Protocol):
         self.idle_since = self.created
         self.tracker: Optional[SessionTracker] = None
         self.peer_write: Writer = _nowhere
-        #: Sends now when nothing is queued (see transport.make_writer).
+        #: Sends now when nothing is queued (see engine/writer.py).
         self.send: Writer = _nowhere
         self._reader = m.MessageReader()
-        self._awaiting = 0  # ReadyForQuery messages still owed to run()
         self._statuses: tuple[tuple[tuple[str, str], ...], bytes] = ((), b"")
-        self._run_ok = True
+        #: The answer to run()'s queries, while they run.
+        self._reply: Optional[ResetReply] = None
         self._run_done: Optional[RunCallback] = None
 
     def parameter_statuses(self) -> bytes:
@@ -172,6 +174,9 @@ class BackendProtocol(Protocol):
             self.tracker.feed_server(data)  # type: ignore[union-attr]
             self.peer_write(data)
             return
+        if self.state == RUNNING:
+            self._run_data(data)
+            return
         if self.state == NEGOTIATING:
             self._negotiated(data)
             return
@@ -188,8 +193,8 @@ class BackendProtocol(Protocol):
             except ProtocolViolation as e:
                 self._broken(e.message)
                 return
-        if self.state == ATTACHED and len(self._reader):
-            # Bytes after the ReadyForQuery that completed login belong to the relay.
+        if (self.state == ATTACHED or self.state == RUNNING) and len(self._reader):
+            # Bytes after the ReadyForQuery that completed login belong to the relay (or run).
             self.dataReceived(self._reader.take_rest())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -237,7 +242,8 @@ class BackendProtocol(Protocol):
         elif state == LOGIN:
             self._login_message(kind, body)
         elif state == RUNNING:
-            self._run_message(kind, body)
+            # A run started while this chunk was being read (a login its client left).
+            self._run_data(m.message(bytes((kind,)), body))
         elif kind == m.PARAMETER_STATUS:
             self._parameter(body)
         elif kind == m.NOTICE_RESPONSE or kind == ord("A"):
@@ -353,37 +359,35 @@ class BackendProtocol(Protocol):
         """``run`` with its ``count`` Query messages already built.
 
         For a batch sent after every session (the pool's reset): built once, not per session.
+        The answer is judged by ``protocol.reset_reply`` (the warm lane's C reset follows
+        the same rule): ``ok`` only when it is CLEAN.
         """
         self.state = RUNNING
-        self._awaiting = count
-        self._run_ok = True
         self._run_done = done
         if not count:
+            self._reply = None
             self._finish_run(self.status == m.IDLE)
             return
+        self._reply = ResetReply(count, self.params, self.status)
         self.send(messages)
 
-    def _run_message(self, kind: int, body: bytes) -> None:
-        if kind == m.READY_FOR_QUERY:
-            self.status = body[0] if body else m.IDLE
-            self._awaiting -= 1
-            if not self._awaiting:
-                self._finish_run(self._run_ok and self.status == m.IDLE)
-        elif kind == m.ERROR_RESPONSE:
-            fields = m.parse_fields(body)
+    def _run_data(self, data: bytes) -> None:
+        reply = self._reply
+        assert reply is not None
+        verdict = reply.feed(data)
+        if verdict == MORE:
+            return
+        self._reply = None
+        self.status = reply.status
+        if reply.error is not None:
+            fields = m.parse_fields(reply.error)
             log.warn(
                 "server={server} query failed: {code} {text}",
                 server=self.node.address,
                 code=fields.get("C", ""),
                 text=fields.get("M", ""),
             )
-            self._run_ok = False
-        elif kind == m.PARAMETER_STATUS:
-            self._parameter(body)
-        elif kind in _COPY_START:
-            # A reset query must never start COPY; the stream can't be trusted.
-            self._run_ok = False
-            self.transport.abortConnection()
+        self._finish_run(verdict == CLEAN)
 
     def _finish_run(self, ok: bool) -> None:
         done, self._run_done = self._run_done, None
@@ -417,9 +421,6 @@ class BackendProtocol(Protocol):
     @property
     def connected_ok(self) -> bool:
         return self.state != CLOSED and bool(self.connected)
-
-
-_COPY_START = (ord("G"), ord("H"), ord("W"))
 
 
 def _nowhere(data: bytes) -> None:

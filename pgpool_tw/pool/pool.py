@@ -92,7 +92,7 @@ class Lender(Protocol):
     def parked(self) -> int: ...
     def lend(self, server: BackendProtocol) -> bool: ...
     def take(self, key: Key) -> Optional[BackendProtocol]: ...
-    def sessions_changed(self, python_sessions: int, waiting: int) -> None: ...
+    def sessions_changed(self, free_slots: int, waiting: int) -> None: ...
     def tick(self) -> None: ...
     def reclaim_all(self, why: str) -> int: ...
 
@@ -130,20 +130,23 @@ class Pool:
 
     def admit(self, session: Waiter, key: Key) -> bool:
         """True when ``session`` may start now; otherwise it waits for ``admitted()``."""
-        if self._slots_taken() < self.config.num_init_children:
+        if self.free_slots() > 0:
             self.enter(session, key)
             return True
         self._waiting.append((session, key, self.clock.seconds()))
         self._tell_lender()
         return False
 
-    def _slots_taken(self) -> int:
+    def free_slots(self) -> int:
+        """Client slots nobody holds: the one admission rule, for Python's logins and,
+        handed down as a count (``Lender.sessions_changed``), for the warm lane's."""
         lender = self.lender
-        return len(self.sessions) + (lender.active if lender is not None else 0)
+        taken = len(self.sessions) + (lender.active if lender is not None else 0)
+        return self.config.num_init_children - taken
 
     def _tell_lender(self) -> None:
         if self.lender is not None:
-            self.lender.sessions_changed(len(self.sessions), len(self._waiting))
+            self.lender.sessions_changed(self.free_slots(), len(self._waiting))
 
     def withdraw(self, session: Any) -> None:
         """The session ended or gave up waiting; admit the next in line."""
@@ -163,7 +166,7 @@ class Pool:
 
     def admit_waiting(self) -> None:
         """Let waiting clients in while there are free slots (after a leave or a reload)."""
-        while self._waiting and self._slots_taken() < self.config.num_init_children:
+        while self._waiting and self.free_slots() > 0:
             waiter, waiter_key, since = self._waiting.popleft()
             self.totals.of(waiter_key).wait_time += self.clock.seconds() - since
             self.enter(waiter, waiter_key)

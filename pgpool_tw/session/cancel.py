@@ -30,9 +30,19 @@ log = Logger()
 T = TypeVar("T")
 
 _KEY_BYTES = 4
-
+#: Random bytes drawn at once: 1024 keys per getrandom call.
+KEY_BLOCK = 4096
 
 _random = bytearray()
+
+
+def random_keys(n: int = KEY_BLOCK) -> bytes:
+    """``n`` bytes from the OS's CSPRNG: the one source of every cancel secret.
+
+    Python's sessions take theirs through ``new_secret``; the warm lane is handed
+    whole blocks (``WarmLane``) and takes 4 bytes per warm login.
+    """
+    return secrets.token_bytes(n)
 
 
 def new_secret() -> int:
@@ -42,7 +52,7 @@ def new_secret() -> int:
     sessions, not one per session); each key is used once and forgotten.
     """
     if not _random:
-        _random.extend(secrets.token_bytes(4096))
+        _random.extend(random_keys())
     key = int.from_bytes(_random[-_KEY_BYTES:], "big", signed=True)
     del _random[-_KEY_BYTES:]
     return key

@@ -18,8 +18,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from pgpool_tw.engine import fastpoll
+from pgpool_tw.engine.writer import make_writer
 from pgpool_tw.net import accepted
-from pgpool_tw.net.transport import PeerProducer, Writer, link, make_writer, tune_socket, unlink
+from pgpool_tw.net.transport import PeerProducer, Writer, link, tune_socket, unlink
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.startup import StartupMessage
@@ -51,7 +52,7 @@ class FrontendProtocol(Protocol):
         #: True exactly while bytes are relayed; checked first on every chunk.
         self.relaying = False
         self.tracker: Optional[SessionTracker] = None
-        #: Sends now when nothing is queued (see transport.make_writer).
+        #: Sends now when nothing is queued (see engine/writer.py).
         self.send: Writer = discard
         self.server_write: Writer = discard
         #: Chunks received while relaying; client_idle_limit compares it across ticks.
@@ -161,6 +162,11 @@ class FrontendProtocol(Protocol):
     @property
     def state(self) -> int:
         return self.session.state
+
+    @property
+    def address(self) -> Any:
+        """The client's address as the listener saw it (the warm lane learns it)."""
+        return self._address
 
     @property
     def key(self) -> Any:

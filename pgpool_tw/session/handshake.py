@@ -16,17 +16,43 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pgpool_tw.protocol.errors import ProtocolViolation
+from pgpool_tw.protocol.messages import UINT32
 from pgpool_tw.protocol.startup import (
+    GSSENC_REQUEST_CODE,
     CancelRequest,
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
     read_startup_packet,
+    ssl_request,
 )
 from pgpool_tw.session import cancel
 
 if TYPE_CHECKING:
     from pgpool_tw.session.machine import Session
+
+#: The answer to an encryption request the pooler does not take up.
+REFUSED = b"N"
+#: Bits of the requests already answered when this handshake takes a connection over
+#: (the warm lane answers from ``lane_answers`` and reports them on a miss).
+TLS_ANSWERED = 1
+GSS_ANSWERED = 2
+
+_SSL_REQUEST = ssl_request()
+_GSSENC_REQUEST = UINT32.pack(8) + UINT32.pack(GSSENC_REQUEST_CODE)
+
+
+def lane_answers(frontend_tls: bool) -> dict[bytes, tuple[bytes, int]]:
+    """The answers the C lane may give by itself: this module's rules as a table.
+
+    Request packet -> (answer, bit).  GSSENCRequest is always refused; SSLRequest
+    only when the pooler has no client TLS (else TLS starts here, in Python).  The
+    lane answers each at most once; a repeat, or anything else, comes here.
+    """
+    table = {_GSSENC_REQUEST: (REFUSED, GSS_ANSWERED)}
+    if not frontend_tls:
+        table[_SSL_REQUEST] = (REFUSED, TLS_ANSWERED)
+    return table
 
 
 class Handshake:
@@ -60,7 +86,7 @@ class Handshake:
                     return
             elif isinstance(packet, GSSENCRequest) and not self.gss_answered:
                 self.gss_answered = True
-                session.io.send(b"N")
+                session.io.send(REFUSED)
             elif isinstance(packet, CancelRequest):
                 cancel.forward(session.context, packet, session.peer)
                 session.io.finish()
@@ -78,7 +104,7 @@ class Handshake:
         session = self.session
         context = session.context.tls.frontend
         if context is None:
-            session.io.send(b"N")
+            session.io.send(REFUSED)
             return False
         if rest:
             # Bytes sent before the handshake must never be taken for encrypted ones.

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from pgpool_tw.pool.key import PoolKey, pool_key
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.sql import quote_literal
 from pgpool_tw.protocol.startup import StartupMessage
@@ -342,11 +343,14 @@ class Session:
         """Send the login's end (as a direct connection would) and start relaying."""
         self.server = server
         self._secret = cancel.new_secret()
-        out = [] if self._auth_ok_sent else [m.authentication_ok()]
-        out.append(server.parameter_statuses())
-        out.append(m.backend_key_data(server.pid, self._secret))
-        out.append(m.ready_for_query(server.status))
-        self.io.send(b"".join(out))
+        end, _ = login_end(
+            server.parameter_statuses(),
+            server.pid,
+            self._secret,
+            server.status,
+            not self._auth_ok_sent,
+        )
+        self.io.send(end)
         self._start_session(server)
         warm = self.context.warm
         if warm is not None:

@@ -368,6 +368,16 @@ class LimitsTests(PoolerTestCase):
         pid2 = yield self.in_thread(_session_pid, dsn)
         self.assertNotEqual(pid2, pid1)
 
+    @inlineCallbacks
+    def test_reset_starting_copy_discards_server(self) -> Steps:
+        """A reset statement that starts COPY gets the server connection closed at once."""
+        service = self.start_pooler(reset_query_list=("COPY (SELECT 1) TO STDOUT",))
+        user, db = self.role_and_db()
+        dsn = self.dsn(service, user, db)
+        pid1 = yield self.in_thread(_session_pid, dsn)
+        yield self.wait_until(lambda: pid1 not in self.server_pids(user), "the server closed")
+        self.assertEqual((service.pool.idle_count, service.pool.discarded), (0, 1))
+
     # -- clients that vanish -----------------------------------------------------
 
     @inlineCallbacks

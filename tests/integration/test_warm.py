@@ -19,7 +19,9 @@ from twisted.internet import defer
 
 from pgpool_tw.config.authfiles import load_auth_files
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.service import PgpoolService
+from pgpool_tw.session.cancel import KEY_BLOCK
 from tests.integration.harness import (
     PoolerTestCase,
     RawClient,
@@ -429,3 +431,37 @@ class WarmLoginTests(PoolerTestCase):
             self.assertIsNone(warm.find(client.pid, client.key ^ (0x01 << (8 * byte))))
         self.assertIsNone(warm.find(client.pid ^ 1, client.key))
         yield self.in_thread(client.close)
+
+    @defer.inlineCallbacks
+    def test_warm_login_ends_as_a_python_login_does(self):
+        """A warm login's bytes are login_end's, with the relay's own secret in BackendKeyData."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        client = yield self.in_thread(RawClient, service.port)
+        got = yield self.in_thread(client.startup, user=user, database=db)
+        self.assertEqual(self.lane(service).hits, hits + 1)
+        (relay,) = self.lane(service).sessions()
+        server = relay.connection
+        self.assertEqual(client.key, relay.secret)
+        expected, _ = login_end(server.parameter_statuses(), server.pid, relay.secret, m.IDLE)
+        self.assertEqual(b"".join(m.message(bytes([kind]), body) for kind, body in got), expected)
+        yield self.in_thread(client.close)
+
+    @defer.inlineCallbacks
+    def test_cancel_keys_come_from_python_and_are_topped_up(self):
+        """Each warm login uses 4 of Python's random bytes; the tick tops the block up."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        hits = yield self.warm_up(service, user, db)
+        service._ticker.stop()  # only this test's tick may top the keys up
+        lane = self.lane(service)
+        full = lane.keys_left
+        self.assertEqual(full, KEY_BLOCK)
+        for _ in range(3):
+            yield self.in_thread(_pid, self.dsn(service, user, db))
+            yield sleep(0.1)
+        self.assertEqual(lane.hits, hits + 3)
+        self.assertEqual(lane.keys_left, full - 12)
+        service.factory.warm.tick()
+        self.assertEqual(lane.keys_left, full)

@@ -35,10 +35,7 @@ ALLOWED = {
     ("engine/warm.py", "warm._event"): "WarmLane.start: our own lane, built by its classmethod",
     ("engine/warm.py", "warm._ports"): "WarmLane.start: our own lane, built by its classmethod",
     ("engine/warm.py", "warm._any_port"): "WarmLane.start: our own lane, built by its classmethod",
-    ("engine/warm.py", "client._address"): "WarmLane.learn reads FrontendProtocol's (ours)",
     ("net/deadlines.py", "self._queue._cancelled"): "a Deadline tells its own Deadlines",
-    # Twisted's, still to move into the adapter (or to ``port.getHost()``'s address type):
-    ("engine/warm.py", "getattr(port, 'addressFamily', None)"): "WarmLane.start: tcp.Port's",
 }
 
 _BY_NAME = frozenset({"getattr", "setattr", "hasattr", "delattr"})
