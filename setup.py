@@ -21,7 +21,18 @@ from setuptools import Extension, setup
 # without a compiler the pure-Python relay runs.  PyPy keeps the Python relay,
 # which its JIT compiles (its C-API emulation would make the extension slower).
 #: The runtime package's sub-packages, one room each (docs/ARCHITECTURE.md).
-ROOMS = ("protocol", "config", "cluster", "session", "pool", "engine", "net", "stats", "admin")
+ROOMS = (
+    "protocol",
+    "config",
+    "cluster",
+    "net",
+    "engine",
+    "pool",
+    "session",
+    "lane",
+    "stats",
+    "admin",
+)
 
 #: One version, read from the package so ``twistd pgpool --version`` and pip agree.
 VERSION = re.search(

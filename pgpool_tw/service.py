@@ -33,7 +33,7 @@ from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config.report import plan_reload
 from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
-from pgpool_tw.engine.warm import WarmLane
+from pgpool_tw.lane.warm import WarmLane
 from pgpool_tw.listeners import describe, listen
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
@@ -84,7 +84,7 @@ class PgpoolService(MultiService):
         self.factory.tls = load_tls(config)
         for warning in self.factory.auth_files.warnings:
             log.warn("{warning}", warning=warning)
-        #: Warm logins served by the C loop, when it runs this reactor (engine/warm.py).
+        #: Warm logins served by the C loop, when it runs this reactor (lane/warm.py).
         self.warm: Optional[WarmLane] = None
         self.ports: list[IListeningPort] = []
         self.shutting_down: Optional[str] = None

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Optional
 
-from pgpool_tw.engine.warm import WarmLane
+from pgpool_tw.lane.warm import WarmLane
 from pgpool_tw.pool import backend
 from pgpool_tw.pool.key import PoolKey
 from pgpool_tw.pool.pool import Pool

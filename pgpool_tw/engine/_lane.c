@@ -1,4 +1,4 @@
-/* pgpool_tw._speedups: the Lane type, warm logins (_login.c logs in, _warm.c relays; see engine/warm.py). */
+/* pgpool_tw._speedups: the Lane type, warm logins (_login.c logs in, _warm.c relays; see lane/warm.py). */
 #include "_speedups.h"
 
 /* ------------------------------------------------------------------------- */

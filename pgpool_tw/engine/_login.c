@@ -61,7 +61,7 @@ tracker_restart(Tracker *t)
 }
 
 /*
- * The end of the login: Python's bytes (engine/warm.py builds them with
+ * The end of the login: Python's bytes (lane/warm.py builds them with
  * protocol/login_end.py, as a Python login sends them), with this session's
  * secret written where Python said it goes.
  */

@@ -32,7 +32,7 @@
  *   in before is accepted, logged in on a pooled server Python lent (_login.c),
  *   relayed, and its server reset (_reset.c reads the answer, by the rule of
  *   protocol/reset_reply.py) and parked again (_warm.c), all in C; every other
- *   case goes back to Python (see pgpool_tw/engine/warm.py).  Every rule the
+ *   case goes back to Python (see pgpool_tw/lane/warm.py).  Every rule the
  *   lane applies is data Python hands down (docs/ARCHITECTURE.md section 3).
  *   _speedups.h holds what the files share.
  *

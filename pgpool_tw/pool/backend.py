@@ -18,12 +18,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgpool_tw.config.settings import BackendNode
+from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.engine.writer import make_writer
 from pgpool_tw.net.transport import Writer, tune_socket
 from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
-from pgpool_tw.protocol.relay import SessionTracker, Tracker
+from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
 from pgpool_tw.stats.counters import Totals

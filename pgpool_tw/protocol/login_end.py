@@ -2,7 +2,7 @@
 
 One rule for both paths that log a client in: ``Session._attach`` sends it for
 a Python login, and the warm lane is handed the same bytes when Python lends it
-a server (``engine/warm.py``), together with where the cancel secret sits, so
+a server (``lane/warm.py``), together with where the cancel secret sits, so
 the C lane only writes a fresh secret there and never knows the messages'
 layout.  No I/O here.
 """

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from struct import Struct
 
-from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.messages import IDLE, parse_parameter_status
 
@@ -263,8 +262,3 @@ class SessionTracker:
             except ProtocolViolation:
                 return
             self.params[name] = value
-
-
-#: The tracker sessions use: the C one from ``pgpool_tw.engine._speedups`` where it is
-#: built (the same rules, tested against this class), else this class.
-Tracker: type[SessionTracker] = speedups.SessionTracker if speedups is not None else SessionTracker

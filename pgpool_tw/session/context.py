@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class WarmLogins(Protocol):
-    """The C loop's warm lane as sessions see it (engine/warm.py's ``WarmLane``)."""
+    """The C loop's warm lane as sessions see it (lane/warm.py's ``WarmLane``)."""
 
     def learn(self, client: Any, server: BackendProtocol) -> None: ...
     def find(self, pid: int, secret: int) -> Optional[BackendProtocol]: ...

@@ -198,7 +198,7 @@ class FrontendProtocol(Protocol):
     def resume(
         self, server: BackendProtocol, tracker: SessionTracker, secret: int, owed: bytes
     ) -> None:
-        """Carry on a session the warm lane started (see engine/warm.py)."""
+        """Carry on a session the warm lane started (see lane/warm.py)."""
         self.session.resume(server, tracker, secret, owed)
 
     def shut_down(self) -> None:

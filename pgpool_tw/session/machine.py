@@ -96,7 +96,7 @@ class Session:
         self.server: Optional[BackendProtocol] = None
         self.tracker: Optional[SessionTracker] = None
         self.startup: Optional[StartupMessage] = None
-        #: The startup packet as received (a warm lane learns it; see engine/warm.py).
+        #: The startup packet as received (a warm lane learns it; see lane/warm.py).
         self.startup_raw: Optional[bytes] = None
         self.key: Optional[PoolKey] = None  # once the startup packet is read
         #: The client talks TLS to the pooler (hostssl lines match it).
@@ -362,7 +362,7 @@ class Session:
     def resume(
         self, server: BackendProtocol, tracker: SessionTracker, secret: int, owed: bytes
     ) -> None:
-        """Carry on a session the warm lane started (see engine/warm.py), owing ``owed``."""
+        """Carry on a session the warm lane started (see lane/warm.py), owing ``owed``."""
         self.startup = server.startup
         self.key = server.pool_key
         self._in_pool = True

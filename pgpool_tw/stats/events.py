@@ -7,7 +7,7 @@ observer that raises is logged and the pooler carries on.
 
 Timing: events are fired as they happen, except the sessions of warm logins
 (clients the C loop logs in and relays itself under ``twistd pgpool``, see
-``engine/warm.py``).  While observers exist the loop records their starts and
+``lane/warm.py``).  While observers exist the loop records their starts and
 ends, and the service's tick (once a second) fires them, so those two events
 arrive up to a tick late, still in order.  A warm session handed to Python's
 relay mid-way (a slow reader) is reported as its warm part, started and

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.protocol import messages
-from pgpool_tw.protocol.relay import SessionTracker, Tracker
+from pgpool_tw.protocol.relay import SessionTracker
 from tests.unit import test_protocol_relay as base
 
 SKIP = (

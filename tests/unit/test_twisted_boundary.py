@@ -31,10 +31,10 @@ UNDOCUMENTED = frozenset(
 
 #: (module under pgpool_tw/, the access as ``ast.unparse`` writes it) -> why it is not Twisted's.
 ALLOWED = {
-    ("engine/warm.py", "warm._missed"): "WarmLane.start: our own lane, built by its classmethod",
-    ("engine/warm.py", "warm._event"): "WarmLane.start: our own lane, built by its classmethod",
-    ("engine/warm.py", "warm._ports"): "WarmLane.start: our own lane, built by its classmethod",
-    ("engine/warm.py", "warm._any_port"): "WarmLane.start: our own lane, built by its classmethod",
+    ("lane/warm.py", "warm._missed"): "WarmLane.start: our own lane, built by its classmethod",
+    ("lane/warm.py", "warm._event"): "WarmLane.start: our own lane, built by its classmethod",
+    ("lane/warm.py", "warm._ports"): "WarmLane.start: our own lane, built by its classmethod",
+    ("lane/warm.py", "warm._any_port"): "WarmLane.start: our own lane, built by its classmethod",
     ("net/deadlines.py", "self._queue._cancelled"): "a Deadline tells its own Deadlines",
 }
 

@@ -42,9 +42,9 @@ from twisted.logger import Logger
 
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
-from pgpool_tw.engine.warm_handdown import KEYS_LOW, entry, refill_keys, relay_fields
-from pgpool_tw.engine.warm_handdown import never as _never
-from pgpool_tw.engine.warm_watch import Lent, StackKey, WarmWatch
+from pgpool_tw.lane.handdown import KEYS_LOW, entry, refill_keys, relay_fields
+from pgpool_tw.lane.handdown import never as _never
+from pgpool_tw.lane.watch import Lent, StackKey, WarmWatch
 from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol

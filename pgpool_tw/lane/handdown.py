@@ -22,7 +22,7 @@ import socket
 from typing import Any, Optional
 
 from pgpool_tw.config.settings import Config
-from pgpool_tw.engine.warm_watch import StackKey
+from pgpool_tw.lane.watch import StackKey
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
 from pgpool_tw.protocol import messages as m
