@@ -2,6 +2,8 @@
 
 from typing import Any, Callable
 
+from pgpool_tw.protocol.relay import SessionTracker as PythonSessionTracker
+
 RECV_SIZE: int
 EV_ENDED: int
 EV_RESET: int
@@ -15,7 +17,9 @@ W_RETURNED: int
 NOTE_STARTED: int
 NOTE_ENDED: int
 
-class SessionTracker:
+class SessionTracker(PythonSessionTracker):
+    """The same object as protocol.relay.SessionTracker, in C (compared by the tests)."""
+
     pending: int
     unsynced: bool
     status: int

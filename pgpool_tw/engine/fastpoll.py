@@ -26,7 +26,7 @@ import errno
 import math
 import select
 import sys
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -34,6 +34,9 @@ from pgpool_tw.engine.speedups import speedups as _speedups
 from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.protocol.relay import SessionTracker
+
+if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import Lane, Relay
 
 log = Logger()
 
@@ -132,7 +135,7 @@ def start_relay(
     client: Any,
     server: Any,
     on_terminate: Callable[[], None],
-) -> Optional[Any]:
+) -> Optional[Relay]:
     """Let the C iteration forward this session's chunks; None when it cannot.
 
     It cannot when the loop is not installed on ``reactor``, the tracker is the
@@ -159,15 +162,15 @@ def start_relay(
 def new_lane(
     reactor: Any,
     on_miss: Callable[[int, int, bytes, int], None],
-    on_event: Callable[[int, Any, Any], None],
-) -> Optional[Any]:
+    on_event: Callable[[int, Optional[Relay], Any], None],
+) -> Optional[Lane]:
     """A ``Lane`` for warm logins (see warm.py) on the C iteration; None without one."""
     if _speedups is None or reactor is not _pumping_reactor or _pumping_parts is None:
         return None
     return _speedups.Lane(_pumping_parts.poller.fileno(), on_miss, on_event)
 
 
-def stop_relay(relay: Any) -> None:
+def stop_relay(relay: Relay) -> None:
     """Hand both sockets back to Twisted's path (safe after either was closed)."""
     assert _speedups is not None
     client_fd, server_fd = relay.fds

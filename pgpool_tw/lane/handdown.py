@@ -19,7 +19,7 @@ This module builds those values; it never looks at a socket.
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pgpool_tw.config.settings import Config
 from pgpool_tw.lane.watch import StackKey
@@ -29,11 +29,14 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.session.cancel import KEY_BLOCK, random_keys
 
+if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import Lane
+
 #: Cancel-key bytes under which a miss refills the lane (the tick always tops it up).
 KEYS_LOW = KEY_BLOCK // 4
 
 
-def refill_keys(lane: Any) -> None:
+def refill_keys(lane: Lane) -> None:
     """Top the lane's cancel secrets up to a whole block."""
     missing = KEY_BLOCK - lane.keys_left
     if missing > 0:

@@ -52,6 +52,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
 if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import Lane, Relay
     from pgpool_tw.session.frontend import FrontendFactory, FrontendProtocol
 
 log = Logger()
@@ -63,12 +64,12 @@ MAX_ENTRIES = 4096
 class WarmLane:
     """The Python half of the C loop's warm logins, for one FrontendFactory."""
 
-    def __init__(self, factory: FrontendFactory, lane: Any) -> None:
+    def __init__(self, factory: FrontendFactory, lane: Lane) -> None:
         assert speedups is not None
         self.factory = factory
         self.lane = lane
-        self.entries: dict[bytes, list[Any]] = lane.entries
-        self._stacks: dict[StackKey, list[Any]] = {}
+        self.entries: dict[bytes, list[Relay]] = lane.entries
+        self._stacks: dict[StackKey, list[Relay]] = {}
         self._lent: dict[BackendProtocol, Lent] = {}
         self._ports: dict[int, Any] = {}
         self._given_back: set[int] = set()
@@ -92,7 +93,7 @@ class WarmLane:
             assert warm is not None
             warm._missed(fd, listen_fd, data, answered)
 
-        def event(kind: int, relay: Any, data: Any) -> None:
+        def event(kind: int, relay: Optional[Relay], data: Any) -> None:
             assert warm is not None
             warm._event(kind, relay, data)
 
@@ -212,7 +213,7 @@ class WarmLane:
         if lent.relay in lent.stack:
             lent.stack.remove(lent.relay)
 
-    def _returned(self, server: BackendProtocol, relay: Any) -> None:
+    def _returned(self, server: BackendProtocol, relay: Relay) -> None:
         """The lane is done with ``server``: Python's view of it is brought up to date."""
         self.watch.drain()
         lent = self._lent.pop(server, None)
@@ -243,13 +244,13 @@ class WarmLane:
         if data:
             client.dataReceived(data)
 
-    def _event(self, kind: int, relay: Any, data: Any) -> None:
+    def _event(self, kind: int, relay: Optional[Relay], data: Any) -> None:
         try:
             self._handle(kind, relay, data)
         except Exception:
             log.failure("warm lane: event {kind} failed", kind=kind)
 
-    def _handle(self, kind: int, relay: Any, data: Any) -> None:
+    def _handle(self, kind: int, relay: Optional[Relay], data: Any) -> None:
         assert speedups is not None
         pool = self.factory.pool
         if kind == speedups.EV_LEFT:
@@ -262,6 +263,7 @@ class WarmLane:
                 self._given_back.add(data)
                 port.startReading()
             return
+        assert relay is not None  # every other event is about a warm relay
         server = relay.connection
         self._returned(server, relay)
         if kind == speedups.EV_ENDED:
@@ -277,7 +279,7 @@ class WarmLane:
             fd, rest = data
             self._promote(server, relay, fd, rest)
 
-    def _promote(self, server: BackendProtocol, relay: Any, fd: int, rest: bytes) -> None:
+    def _promote(self, server: BackendProtocol, relay: Relay, fd: int, rest: bytes) -> None:
         """A warm session goes on as an ordinary client session on the same server.
 
         Observers hear of the warm part's start and end first (``_returned``

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.stats.counters import Totals
 from pgpool_tw.stats.events import EventHub, SessionInfo
+
+if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import Lane, Relay
+    from pgpool_tw.pool.backend import BackendProtocol
 
 StackKey = tuple[Hashable, str]
 
@@ -32,7 +36,7 @@ class Lent:
 
     __slots__ = ("relay", "stack", "stack_key", "logins")
 
-    def __init__(self, relay: Any, stack: list[Any], stack_key: StackKey) -> None:
+    def __init__(self, relay: Relay, stack: list[Relay], stack_key: StackKey) -> None:
         self.relay = relay
         self.stack = stack
         self.stack_key = stack_key
@@ -43,14 +47,16 @@ class Lent:
 class WarmWatch:
     """Turns a lane's session records into observer events, and its counts into totals."""
 
-    def __init__(self, lane: Any, events: EventHub, lent: dict[Any, Lent], totals: Totals) -> None:
+    def __init__(
+        self, lane: Lane, events: EventHub, lent: dict[BackendProtocol, Lent], totals: Totals
+    ) -> None:
         self.lane = lane
         self.events = events
         #: The lane's lent servers (WarmLane's own dict, read here).
         self.lent = lent
         self.totals = totals
         #: Warm sessions reported started and not yet ended, by their relay.
-        self._started: dict[Any, SessionInfo] = {}
+        self._started: dict[Relay, SessionInfo] = {}
 
     def observe(self) -> None:
         """Observers came or went: the lane records sessions only while there are some."""
@@ -82,7 +88,7 @@ class WarmWatch:
                 if ended is not None:  # else it started before anyone watched
                     self.events.fire("client_session_ended", ended)
 
-    def _application_name(self, relay: Any) -> str:
+    def _application_name(self, relay: Relay) -> str:
         lent = self.lent.get(relay.connection)
         if lent is not None:
             return lent.stack_key[1]
@@ -90,7 +96,7 @@ class WarmWatch:
 
     # -- stats ---------------------------------------------------------------------
 
-    def harvest_one(self, server: Any, lent: Lent) -> None:
+    def harvest_one(self, server: BackendProtocol, lent: Lent) -> None:
         """Add what a lent server's warm sessions counted since the last harvest."""
         self.totals.harvest(server.pool_key, lent.relay.tracker)
         uses = lent.relay.uses
@@ -103,7 +109,7 @@ class WarmWatch:
         for server, lent in self.lent.items():
             self.harvest_one(server, lent)
 
-    def server_states(self) -> dict[Any, str]:
+    def server_states(self) -> dict[BackendProtocol, str]:
         """Lent servers' states as the snapshot names them (Python sees them all idle)."""
         assert speedups is not None
         names = {speedups.W_PARKED: "idle", speedups.W_ACTIVE: "active"}
@@ -121,7 +127,7 @@ class WarmWatch:
         return out
 
 
-def _session_info(relay: Any, address: bytes, port: int, application_name: str) -> SessionInfo:
+def _session_info(relay: Relay, address: bytes, port: int, application_name: str) -> SessionInfo:
     server = relay.connection
     if len(address) == 4:
         client = f"{socket.inet_ntop(socket.AF_INET, address)}:{port}"

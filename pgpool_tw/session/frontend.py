@@ -12,7 +12,7 @@ factory.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -27,6 +27,9 @@ from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.context import SessionContext
 from pgpool_tw.session.machine import Session
 from pgpool_tw.session.states import RELAY
+
+if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import Relay
 
 
 class FrontendFactory(SessionContext, Factory):
@@ -61,7 +64,7 @@ class FrontendProtocol(Protocol):
         self._idle_since = 0.0
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         #: The C loop's handle while it forwards this session (fastpoll.start_relay).
-        self._relay: Any = None
+        self._relay: Optional[Relay] = None
 
     # -- Twisted -----------------------------------------------------------------
 

@@ -11,9 +11,10 @@ import dataclasses
 import shutil
 import socket
 import tempfile
+import time
 from typing import Any, Callable, Optional, TypeVar
 
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
@@ -85,6 +86,17 @@ def sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+@defer.inlineCallbacks
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> Any:
+    """Wait, without blocking the reactor, until ``predicate()`` holds; return whether it did."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        yield sleep(0.02)
+    return True
 
 
 class RawClient:

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from twisted.application.service import IService, IServiceCollection, MultiService, Service
@@ -27,7 +27,7 @@ from pgpool_tw.service import PgpoolService
 from pgpool_tw.stats.events import IPoolEvents, ServerInfo, SessionInfo
 from pgpool_tw_dev.devdb import free_port
 from tests.e2e.pooler import TWISTD, client_env, make_temp_dir, pg_bin, quote_conf
-from tests.integration.harness import PoolerTestCase, sleep
+from tests.integration.harness import PoolerTestCase, eventually
 
 TAC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pgpool-tw.tac")
 
@@ -129,17 +129,6 @@ def query_error(conn: psycopg.Connection, sql: str) -> BaseException:
     except psycopg.Error as e:
         return e
     raise AssertionError(f"{sql!r} did not fail")
-
-
-@defer.inlineCallbacks
-def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Any:
-    """Wait, without blocking the reactor, until ``predicate()`` holds; return whether it did."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        yield sleep(0.02)
-    return True
 
 
 class EmbeddingTestCase(PoolerTestCase):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from twisted.internet import defer
@@ -19,7 +19,7 @@ from twisted.internet import defer
 from pgpool_tw.admin.snapshot import PoolStats
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
-from tests.integration.harness import PoolerTestCase, RawClient, sleep
+from tests.integration.harness import PoolerTestCase, RawClient, eventually, sleep
 
 #: The statements of one session: two transactions (an autocommit one and BEGIN..COMMIT).
 STATEMENTS = ("select 1", "begin", "select 2", "commit")
@@ -56,17 +56,6 @@ def one_session(port: int, user: str, db: str) -> tuple[int, int]:
     return session.sent, session.read
 
 
-@defer.inlineCallbacks
-def until(predicate: Callable[[], bool], timeout: float = 10.0) -> Any:
-    """Wait, reactor running, until ``predicate()`` holds; return whether it did."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        yield sleep(0.02)
-    return True
-
-
 class StatsTestCase(PoolerTestCase):
     def pool_of(self, service: PgpoolService, user: str, db: str) -> PoolStats:
         pools = service.snapshot().pools_of(user, db)
@@ -91,7 +80,7 @@ class StatsTestCase(PoolerTestCase):
         expected = tuple(
             b + d for b, d in zip(before, (count, count * QUERIES, count * XACTS, sent, read))
         )
-        counted = yield until(lambda: self.counters(service, user, db) == expected)
+        counted = yield eventually(lambda: self.counters(service, user, db) == expected)
         self.assertTrue(counted, (self.counters(service, user, db), expected))
         self.assertGreater(sent, 0)
         self.assertGreater(read, 0)
@@ -123,7 +112,7 @@ class TwistedPathStatsTests(StatsTestCase):
         self.assertEqual((pool.logins, pool.queries, pool.xacts), (1, 1, 1))
         self.assertEqual((pool.bytes_in, pool.bytes_out), (session.sent, session.read))
         yield self.in_thread(session.close)
-        closed = yield until(lambda: service.snapshot().clients["active"] == 0)
+        closed = yield eventually(lambda: service.snapshot().clients["active"] == 0)
         self.assertTrue(closed)
         self.assertEqual(self.pool_of(service, user, db).bytes_in, session.sent)
 
@@ -140,7 +129,7 @@ class TwistedPathStatsTests(StatsTestCase):
                 return int(conn.execute("select 7").fetchone()[0])
 
         answer = self.in_thread(waited)
-        seen = yield until(lambda: service.snapshot().waiting == 1)
+        seen = yield eventually(lambda: service.snapshot().waiting == 1)
         self.assertTrue(seen, "the second client never waited")
         yield sleep(0.2)
         snapshot = service.snapshot()
@@ -195,7 +184,7 @@ class WarmLaneStatsTests(StatsTestCase):
             (pool.logins, pool.queries, pool.xacts), (3, 2 * QUERIES + 1, 2 * XACTS + 1)
         )
         yield self.in_thread(session.close)
-        idle = yield until(lambda: self.pool_of(service, user, db).servers[0]["idle"] == 1)
+        idle = yield eventually(lambda: self.pool_of(service, user, db).servers[0]["idle"] == 1)
         self.assertTrue(idle)
         self.assertEqual(service.snapshot().clients["active"], 0)
 
@@ -224,5 +213,5 @@ class WarmLaneStatsTests(StatsTestCase):
         session = yield self.in_thread(slow)
         self.assertEqual(service.factory.warm.promoted, 1)
         expected = tuple(b + d for b, d in zip(before, (1, 2, 2, session.sent, session.read)))
-        counted = yield until(lambda: self.counters(service, user, db) == expected)
+        counted = yield eventually(lambda: self.counters(service, user, db) == expected)
         self.assertTrue(counted, (self.counters(service, user, db), expected))
