@@ -21,14 +21,14 @@ from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.engine.writer import make_writer
 from pgpool_tw.net.transport import Writer, tune_socket
+from pgpool_tw.pool.book import ServerBook
 from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
-from pgpool_tw.stats.counters import Totals
-from pgpool_tw.stats.events import EventHub, ServerInfo
+from pgpool_tw.stats.events import ServerInfo
 
 if TYPE_CHECKING:
     from typing import Protocol as TypingProtocol
@@ -48,30 +48,6 @@ if TYPE_CHECKING:
 
 
 log = Logger()
-
-
-class ServerBook:
-    """Every open server connection, the observers told when one opens or closes,
-    and the per-pool totals its sessions counted (see ``stats.counters``)."""
-
-    def __init__(self, events: Optional[EventHub] = None) -> None:
-        self.live: set[BackendProtocol] = set()
-        self.events = events if events is not None else EventHub()
-        self.totals = Totals()
-
-    def harvest(self, server: BackendProtocol) -> None:
-        """Bring the totals up to date with what ``server``'s session counted so far."""
-        tracker = server.tracker
-        if tracker is not None:
-            self.totals.harvest(server.pool_key, tracker)
-
-    def logged_in(self, server: BackendProtocol) -> None:
-        self.events.fire("server_connection_opened", server.info())
-
-    def closed(self, server: BackendProtocol) -> None:
-        self.live.discard(server)
-        if server.pid:
-            self.events.fire("server_connection_closed", server.info())
 
 
 # States.

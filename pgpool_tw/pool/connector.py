@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgpool_tw.config.settings import BackendNode
-from pgpool_tw.pool.backend import BackendProtocol, ServerBook
+from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.book import ServerBook
 from pgpool_tw.protocol.startup import StartupMessage, cancel_request
 
 if TYPE_CHECKING:

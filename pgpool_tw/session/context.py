@@ -16,7 +16,8 @@ from pgpool_tw.config.authfiles import AuthFiles
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.config.tls import TLSContexts
 from pgpool_tw.net.deadlines import Deadlines
-from pgpool_tw.pool.backend import BackendProtocol, ServerBook
+from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.book import ServerBook
 from pgpool_tw.pool.connector import connect_server
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.protocol.startup import StartupMessage
