@@ -109,7 +109,7 @@ class Session:
         self._password: Optional[PasswordCheck] = None
         self.server_login: Optional[ServerLogin] = None
         self._secret = 0
-        self._info: Any = None
+        self._info: Optional[SessionInfo] = None
 
     # -- the one function that moves the state ------------------------------------
 
@@ -137,6 +137,7 @@ class Session:
     # -- inputs: the client ---------------------------------------------------------
 
     def connected(self) -> None:
+        """The connection is up: authentication_timeout starts now."""
         self._start_timer()
 
     def tls_answered(self) -> None:
