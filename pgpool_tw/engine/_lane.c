@@ -36,8 +36,9 @@
  *   queued in Twisted, is promoted: its socket goes to Python, which carries
  *   the session on with a Twisted transport.
  *
- * Pending clients time out by sweep(): Python calls it every
- * authentication_timeout, and a client still pending at the next sweep is closed.
+ * Pending clients time out by sweep(cutoff): Python calls it on its tick with
+ * the CLOCK_MONOTONIC second before which a login must have finished (now less
+ * authentication_timeout), and a client accepted at or before it is closed.
  */
 
 static PyObject *
@@ -137,14 +138,14 @@ lane_unlisten(Lane *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* Close pending clients: all (`all`), or those already pending at the last sweep. */
+/* Close pending clients: all (`all`), or those accepted at or before `cutoff`. */
 static long
-lane_close_pending(Lane *self, int all)
+lane_close_pending(Lane *self, int all, double cutoff)
 {
     long closed = 0;
     for (int fd = 0; fd < slots_size; fd++) {
         if (lane_owns(self, fd, SIDE_PENDING) &&
-            (all || slots[fd].pending->generation != self->generation)) {
+            (all || slots[fd].pending->accepted_at <= cutoff)) {
             pending_close(self, fd);
             closed++;
         }
@@ -153,17 +154,18 @@ lane_close_pending(Lane *self, int all)
 }
 
 static PyObject *
-lane_sweep(Lane *self, PyObject *unused)
+lane_sweep(Lane *self, PyObject *arg)
 {
-    long closed = lane_close_pending(self, 0);
-    self->generation++;
-    return PyLong_FromLong(closed);
+    double cutoff = PyFloat_AsDouble(arg);
+    if (cutoff == -1.0 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(lane_close_pending(self, 0, cutoff));
 }
 
 static PyObject *
 lane_drop_pending(Lane *self, PyObject *unused)
 {
-    return PyLong_FromLong(lane_close_pending(self, 1));
+    return PyLong_FromLong(lane_close_pending(self, 1, 0.0));
 }
 
 static PyObject *
@@ -365,8 +367,9 @@ static PyMethodDef lane_methods[] = {
      "listen(fd): accept on this listening socket (Twisted must not watch it)."},
     {"unlisten", (PyCFunction)lane_unlisten, METH_O,
      "unlisten(fd): stop accepting on it (no-op if not listening)."},
-    {"sweep", (PyCFunction)lane_sweep, METH_NOARGS,
-     "Close clients pending since the last sweep; returns how many."},
+    {"sweep", (PyCFunction)lane_sweep, METH_O,
+     "sweep(cutoff): close clients still logging in that were accepted at or before cutoff "
+     "(CLOCK_MONOTONIC seconds, Python's time.monotonic); returns how many."},
     {"drop_pending", (PyCFunction)lane_drop_pending, METH_NOARGS,
      "Close every pending client; returns how many."},
     {"add_keys", (PyCFunction)lane_add_keys, METH_O,

@@ -222,7 +222,7 @@ lane_accept(Lane *lane, int listen_fd)
         }
         p->listen_fd = listen_fd;
         p->answered = 0;
-        p->generation = lane->generation;
+        p->accepted_at = monotonic_s();
         p->len = 0;
         p->addr_len = 0;
         p->port = 0;

@@ -131,7 +131,7 @@ enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
 typedef struct {
     int listen_fd;
     int answered; /* the bits of the answers given (Lane.answers) */
-    unsigned generation;
+    double accepted_at; /* CLOCK_MONOTONIC seconds: Lane.sweep's cutoff is compared to it */
     int len;
     int addr_len;
     int port; /* the client's TCP port, for a session record */
@@ -202,7 +202,6 @@ typedef struct Lane {
     long free;      /* client slots free (Python's count): a warm login takes one */
     long active, pending, hits, misses;
     PyObject *log; /* a list while observers watch: session records (see lane_note) */
-    unsigned generation;
     int keys_left;                /* bytes of `keys` not used yet */
     unsigned char keys[KEYS_MAX]; /* cancel secrets: Python's random bytes, 4 per login */
 } Lane;

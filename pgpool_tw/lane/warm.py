@@ -75,7 +75,6 @@ class WarmLane:
         self._given_back: set[int] = set()
         #: A listening port, for the transport of a promoted session (Twisted names it).
         self._any_port: Any = None
-        self._last_sweep = time.monotonic()
         #: Warm sessions handed to Python's relay (a slow client), for tests and logs.
         self.promoted = 0
         #: Observers' and the stats snapshot's view of warm sessions.
@@ -352,9 +351,9 @@ class WarmLane:
         now = time.monotonic()
         timeout = config.authentication_timeout
         refill_keys(self.lane)
-        if timeout > 0 and now - self._last_sweep >= timeout:
-            self._last_sweep = now
-            self.lane.sweep()
+        if timeout > 0:
+            # Python's timing, C's close: the same clock (CLOCK_MONOTONIC) on both sides.
+            self.lane.sweep(now - timeout)
         for fd in list(self._given_back):
             port = self._ports.get(fd)
             if port is not None and not self.lane.closing:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -249,3 +250,27 @@ class SlotTests(LaneCase):
         self.assertEqual((self.lane.free, self.lane.active), (1, 0))
         self.assertNotEqual(self.login(self.connect()), [])
         self.assertEqual((self.lane.free, self.lane.hits, len(self.misses)), (0, 2, 1))
+
+
+class SweepTests(LaneCase):
+    """authentication_timeout for clients the lane accepted: Python names the cutoff."""
+
+    def test_client_accepted_before_the_cutoff_is_closed(self) -> None:
+        """sweep(cutoff) closes a client still logging in that was accepted by then."""
+        client = self.connect()
+        client.sendall(STARTUP[:6])  # a startup packet cut short: still pending
+        self.poll()
+        self.assertEqual(self.lane.pending, 1)
+        self.assertEqual(self.lane.sweep(time.monotonic() - 60), 0)  # not due yet
+        self.assertEqual(self.lane.pending, 1)
+        self.assertEqual(self.lane.sweep(time.monotonic()), 1)
+        self.assertEqual((self.lane.pending, client.recv(1)), (0, b""))  # end of file
+
+    def test_client_accepted_after_the_cutoff_stays(self) -> None:
+        """A client accepted after the cutoff keeps its time to log in."""
+        cutoff = time.monotonic()
+        client = self.connect()
+        client.sendall(STARTUP[:6])
+        self.poll()
+        self.assertEqual(self.lane.sweep(cutoff), 0)
+        self.assertEqual(self.lane.pending, 1)
