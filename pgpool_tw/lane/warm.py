@@ -48,6 +48,7 @@ from pgpool_tw.lane.watch import Lent, StackKey, WarmWatch
 from pgpool_tw.net import twisted_private
 from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.pool import expired
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
@@ -360,8 +361,6 @@ class WarmLane:
                 port.stopReading()
                 self.lane.listen(fd)
             self._given_back.discard(fd)
-        life = config.connection_life_time
-        quiet = config.child_life_time
         last_use: dict[StackKey, float] = {}
         for lent in self._lent.values():
             at = now if lent.relay.state != speedups.W_PARKED else lent.relay.parked_at  # type: ignore[union-attr]
@@ -371,10 +370,10 @@ class WarmLane:
                 continue
             if self._stacks.get(lent.stack_key) is not lent.stack:
                 self._reclaim(server, lent, "")  # its entries were forgotten
-            elif life and now - lent.relay.parked_at >= life:
-                self._reclaim(server, lent, "connection_life_time")
-            elif quiet and now - last_use[lent.stack_key] >= quiet:
-                self._reclaim(server, lent, "child_life_time")
+                continue
+            why = expired(config, now, lent.relay.parked_at, last_use[lent.stack_key])
+            if why:
+                self._reclaim(server, lent, why)
 
     def reclaim_all(self, why: str) -> int:
         """Close every parked server (close_idle, a shutdown); returns how many."""

@@ -77,6 +77,23 @@ def reset_batch(configured: tuple[str, ...], status: int) -> tuple[int, bytes]:
     return len(queries), b"".join(query(sql) for sql in queries)
 
 
+def expired(config: Config, now: float, idle_since: float, quiet_since: Optional[float]) -> str:
+    """Why an idle server must close now, or "" when it may stay.
+
+    connection_life_time counts from when the server went idle; child_life_time
+    from when its pool key last had a client (``quiet_since`` None: one has it
+    now).  One rule for the pool's idle servers and the warm lane's parked ones,
+    each passing times of its own clock.
+    """
+    life = config.connection_life_time
+    if life and now - idle_since >= life:
+        return "connection_life_time"
+    quiet = config.child_life_time
+    if quiet and quiet_since is not None and now - quiet_since >= quiet:
+        return "child_life_time"
+    return ""
+
+
 class Waiter(Protocol):
     """A client session as the pool's admission queue sees it."""
 
@@ -340,17 +357,18 @@ class Pool:
     def tick(self) -> None:
         """Close idle servers past connection_life_time or child_life_time."""
         now = self.clock.seconds()
-        life = self.config.connection_life_time
-        quiet = self.config.child_life_time
         for server in list(self._idle):
-            if life and now - server.idle_since >= life:
-                self._discard(server, "connection_life_time")
-            elif quiet and server.pool_key not in self._key_sessions:
-                left = self._key_last_left.get(server.pool_key, server.idle_since)
-                if now - left >= quiet:
-                    self._discard(server, "child_life_time")
-        for key in [k for k in self._key_last_left if k not in self._by_key]:
-            del self._key_last_left[key]
+            key = server.pool_key
+            quiet_since = (
+                None
+                if key in self._key_sessions
+                else self._key_last_left.get(key, server.idle_since)
+            )
+            why = expired(self.config, now, server.idle_since, quiet_since)
+            if why:
+                self._discard(server, why)
+        for gone in [k for k in self._key_last_left if k not in self._by_key]:
+            del self._key_last_left[gone]
         if self.lender is not None:
             self.lender.tick()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.pool.pool import reset_batch, reset_queries
+from pgpool_tw.config.settings import Config
+from pgpool_tw.pool.pool import expired, reset_batch, reset_queries
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.messages import without_channel_binding
 
@@ -60,3 +61,26 @@ class ChannelBindingTests(SynchronousTestCase):
         plain = _sasl(b"SCRAM-SHA-256")
         for raw in (md5, cont, plain):
             self.assertEqual(without_channel_binding(raw), raw)
+
+
+class ExpiredTests(SynchronousTestCase):
+    """pool.expired: the one life-time rule for idle and warm-parked servers."""
+
+    def test_connection_life_time_counts_from_idle(self) -> None:
+        """An idle server past connection_life_time must close; before it, it may stay."""
+        config = Config(connection_life_time=10, child_life_time=0)
+        self.assertEqual(expired(config, 109.0, 100.0, None), "")
+        self.assertEqual(expired(config, 110.0, 100.0, None), "connection_life_time")
+
+    def test_child_life_time_counts_from_the_last_client(self) -> None:
+        """child_life_time counts from the key's last client, and never while one has it."""
+        config = Config(connection_life_time=0, child_life_time=30)
+        self.assertEqual(expired(config, 200.0, 100.0, None), "")
+        self.assertEqual(expired(config, 200.0, 100.0, 171.0), "")
+        self.assertEqual(expired(config, 200.0, 100.0, 170.0), "child_life_time")
+
+    def test_zero_turns_each_off(self) -> None:
+        """0 for both settings keeps any idle server."""
+        self.assertEqual(
+            expired(Config(connection_life_time=0, child_life_time=0), 1e9, 0.0, 0.0), ""
+        )
