@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from typing import Protocol as TypingProtocol
 
     class ServerOwner(TypingProtocol):
-        """What a client session must offer the server connection it starts."""
+        """Who a new server connection reports its login to (a session's ``ServerLogin``)."""
 
         def server_forward(self, server: BackendProtocol, raw: bytes) -> None: ...
         def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None: ...
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         def server_connect_failed(self, node: BackendNode, why: str) -> None: ...
 
     class ServerKeeper(TypingProtocol):
+        """Who watches a server that is not logging in: the pool, the warm lane, a session."""
+
         def server_lost(self, server: BackendProtocol, why: str) -> None: ...
 
 

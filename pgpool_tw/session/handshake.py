@@ -93,7 +93,9 @@ class Handshake:
                 return
             elif isinstance(packet, StartupMessage):
                 self._buffer = b""
-                session.started(packet, bytes(whole[:used]), buffer)
+                # The packet's bytes only for a warm lane to learn: a copy otherwise unused.
+                raw = whole[:used] if session.context.warm is not None else b""
+                session.started(packet, raw, buffer)
                 return
             else:
                 session.fatal("08P01", "duplicate SSL or GSS encryption request")

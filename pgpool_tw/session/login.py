@@ -227,7 +227,7 @@ class ServerLogin:
     def server_lost(self, server: BackendProtocol, why: str) -> None:
         self.server = None
         if self._live():
-            self.session.fatal("08006", f"server closed the connection during login: {why}")
+            self.session.server_lost(server, why)  # its words for a login cut short
 
     def server_connect_failed(self, node: BackendNode, why: str) -> None:
         self.connector = None

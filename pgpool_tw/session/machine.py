@@ -185,8 +185,9 @@ class Session:
         self._leave_pool()
 
     def started(self, startup: StartupMessage, raw: bytes, rest: bytes) -> None:
-        """The startup packet (``raw``) arrived; ``rest`` is what followed it."""
-        if self.context.warm is not None:
+        """The startup packet arrived (``raw``: its bytes, for a warm lane to learn, or
+        b""); ``rest`` is what followed it."""
+        if raw:
             self.startup_raw = raw
         self._buffer = rest
         self.startup = startup
