@@ -72,13 +72,9 @@ _WATCHDOG = (
 
 FEATURES: tuple[Feature, ...] = (
     Feature(
-        "clustering mode",
+        "native replication mode",
         None,
         {
-            "backend_clustering_mode": "raw",
-            "replication_mode": "off",
-            "master_slave_mode": "off",
-            "master_slave_sub_mode": "slony",
             "replicate_select": "off",
             "insert_lock": "off",
             "lobj_lock_table": "",
@@ -90,33 +86,15 @@ FEATURES: tuple[Feature, ...] = (
         "load balancing",
         ("load_balance_mode", "on", "off"),
         {
+            # pglast skips leading white space as PostgreSQL does: pgpool-tw acts as 'on'.
             "ignore_leading_white_space": "on",
-            "read_only_function_list": "",
-            "write_function_list": "",
-            "white_function_list": "",
-            "black_function_list": "",
-            "primary_routing_query_pattern_list": "",
-            "black_query_pattern_list": "",
-            "user_redirect_preference_list": "",
-            "database_redirect_preference_list": "",
-            "app_name_redirect_preference_list": "",
-            "allow_sql_comments": "off",
-            "disable_load_balance_on_write": "transaction",
             "dml_adaptive_object_relationship_list": "",
-            "statement_level_load_balance": "off",
         },
     ),
     Feature(
         "streaming replication check",
         ("sr_check_period", "10", "0"),
         {
-            "sr_check_user": "nobody",
-            "sr_check_password": "",
-            "sr_check_database": "postgres",
-            "delay_threshold": "0",
-            "delay_threshold_by_time": "0",
-            "prefer_lower_delay_standby": "off",
-            "log_standby_delay": "if_over_threshold",
             "replication_delay_source_cmd": "",
             "replication_delay_source_timeout": "10",
         },
@@ -243,7 +221,6 @@ FEATURES: tuple[Feature, ...] = (
             "log_disconnections": "off",
             "log_hostname": "off",
             "log_statement": "off",
-            "log_per_node_statement": "off",
             "notice_per_node_statement": "off",
             "log_client_messages": "off",
             "log_backend_messages": "none",

@@ -1,8 +1,7 @@
 """What to tell a user about their pgpool.conf: unused pgpool-II settings, and reload changes.
 
 A pgpool-II user's file names many settings pgpool-tw does not act on yet.  They are told
-once, one line per feature ("load balancing: load_balance_mode, backend_weight1 not used
-yet"), and only for settings the file sets to a value at which pgpool-II would behave
+once, one line per feature ("failover: failover_command, auto_failback not used yet"), and only for settings the file sets to a value at which pgpool-II would behave
 differently from pgpool-tw (see :mod:`.pgpool2_names`); a reload repeats a line only when
 one of its settings changed.  A reload also says which settings changed and which of those
 keep their running value until a restart.  Lines name settings, never their values, so no
@@ -15,17 +14,22 @@ import re
 from dataclasses import replace
 from typing import Any, NamedTuple, Optional
 
-from pgpool_tw.config.backends import backend_key
 from pgpool_tw.config.pgpool2_names import FEATURES, Feature, feature_of, indexed_base
 from pgpool_tw.config.settings import RESTART_REQUIRED, Config, field_of
 from pgpool_tw.config.values import BOOLEANS
 
-__all__ = ["ReloadPlan", "new_warnings", "plan_reload", "unused_lines", "unused_settings"]
+__all__ = [
+    "ReloadPlan",
+    "new_warnings",
+    "plan_reload",
+    "restart_needed",
+    "unused_lines",
+    "unused_settings",
+]
 
 # pgpool-II's time and memory units, lower-cased: '1min' and '60' are the same value.
 _UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _UNITS.update({"b": 1.0, "kb": 1024.0, "mb": 1024.0**2, "gb": 1024.0**3, "tb": 1024.0**4})
-_LOAD_BALANCING = next(f for f in FEATURES if f.title == "load balancing")
 _QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)\Z")
 
 
@@ -57,11 +61,6 @@ def unused_settings(config: Config) -> dict[str, list[str]]:
         if _switched_off(feature, name, given) or not _acts(value, neutral):
             continue
         found.setdefault(feature.title, []).append(name)
-    # Weights matter only between two nodes or more, and only when load balancing is on.
-    if len(config.backends) > 1 and not _switched_off(_LOAD_BALANCING, "", given):
-        weights = [n for n in given if (backend_key(n) or ("",))[0] == "weight"]
-        if weights:
-            found.setdefault(_LOAD_BALANCING.title, []).extend(weights)
     return found
 
 
@@ -80,7 +79,16 @@ def _switched_off(feature: Feature, name: str, given: dict[str, Any]) -> bool:
     value = given.get(switch, default)
     if base is not None:
         value = given.get(switch + name[len(base) :], value)
-    return not _acts(value if isinstance(value, str) else default, neutral)
+    return not _acts(_text(value), neutral)
+
+
+def _text(value: Any) -> str:
+    """A switch pgpool-tw reads itself (load_balance_mode, sr_check_period) is given parsed."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # '0', which _normal reads as the '0' a file would hold
+    return str(value)
 
 
 def unused_lines(config: Config, running: Optional[Config] = None) -> list[str]:
@@ -125,24 +133,36 @@ class ReloadPlan(NamedTuple):
     restart: list[str]  # changed in the file, running value kept until a restart
 
 
-def plan_reload(running: Config, new: Config) -> ReloadPlan:
-    """Apply ``new`` except the settings only a restart can change, which keep ``running``'s.
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """The Config fields ``new`` changes that only a restart applies, as pgpool-II rules.
 
-    Nodes need a restart when one is added, removed or given another address; a weight,
-    flag, data directory or application name applies (pgpool-II reloads those too).
+    pgpool-II reads backend_clustering_mode and load_balance_mode at server start only, and
+    its nodes' backend_hostnameN, backend_portN and backend_data_directoryN cannot change
+    without a restart.  pgpool-II adds a node on reload; pgpool-tw builds its pools and
+    cluster at start, so adding or removing a node needs a restart here.  backend_weightN,
+    backend_flagN and backend_application_nameN apply on reload, to new sessions.
     """
+    fields = [
+        name
+        for name in sorted(RESTART_REQUIRED - {"backends"})
+        if getattr(new, name) != getattr(running, name)
+    ]
+    if _fixed(new) != _fixed(running):
+        fields.append("backends")
+    return sorted(fields)
+
+
+def plan_reload(running: Config, new: Config) -> ReloadPlan:
+    """Apply ``new`` except the settings only a restart can change (:func:`restart_needed`),
+    which keep ``running``'s."""
     old, now = dict(running.given), dict(new.given)
     names = sorted(n for n in old.keys() | now.keys() if old.get(n) != now.get(n))
-    kept: dict[str, Any] = {}
-    for name in sorted(RESTART_REQUIRED - {"backends"}):
-        if getattr(new, name) != getattr(running, name):
-            kept[name] = getattr(running, name)
-    if _addresses(new) != _addresses(running):
-        kept["backends"] = running.backends
+    kept = {name: getattr(running, name) for name in restart_needed(running, new)}
     restart = [n for n in names if field_of(n) in kept]
     changed = [n for n in names if n not in restart]
     return ReloadPlan(replace(new, **kept) if kept else new, changed, restart)
 
 
-def _addresses(config: Config) -> list[tuple[int, str, int]]:
-    return [(node.index, node.hostname, node.port) for node in config.backends]
+def _fixed(config: Config) -> list[tuple[int, str, int, str]]:
+    """What of the nodes only a restart changes: which exist, where, and their data."""
+    return [(n.index, n.hostname, n.port, n.data_directory) for n in config.backends]

@@ -20,20 +20,42 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from pgpool_tw.config.backends import BACKEND_KEYS, MAX_BACKENDS, BackendNode, backend_key
 from pgpool_tw.config.backends import build_backends as _build_backends
 from pgpool_tw.config.pgpool2_names import all_names, feature_of, indexed_base
+from pgpool_tw.config.routing import (
+    FUNCTION_LIST,
+    QUERY_PATTERN_LIST,
+    REDIRECT_LIST,
+    REGEX_SETTINGS,
+    Redirect,
+    raw_value,
+)
 from pgpool_tw.config.syntax import ConfigError, read_entries
-from pgpool_tw.config.values import BOOLEAN, DIRECTORIES, TIME, Kind, integer, one_of, split_on
+from pgpool_tw.config.values import (
+    BOOLEAN,
+    BYTES,
+    DIRECTORIES,
+    MILLISECONDS,
+    TIME,
+    BadValue,
+    Kind,
+    choice,
+    integer,
+    one_of,
+    split_on,
+)
 
 __all__ = [
     "RESTART_REQUIRED",
     "BackendNode",
     "Config",
     "ConfigError",
+    "Redirect",
     "field_of",
     "load_config",
     "parse_config",
@@ -77,6 +99,51 @@ class Config:
     ssl_prefer_server_ciphers: bool = False
     server_tls_sslmode: str = "prefer"
     server_tls_ca_file: str = ""
+    #: backend_clustering_mode: 'streaming_replication' or 'raw' (pgpool-II's other modes
+    #: run as 'raw', with a warning).  In 'raw' every query goes to the primary_backend.
+    clustering_mode: str = "streaming_replication"
+    #: Reads may go to standbys (streaming_replication only).
+    load_balance_mode: bool = True
+    #: Choose the load-balance node per read rather than once per session.
+    statement_level_load_balance: bool = False
+    #: off, transaction, trans_transaction, always or dml_adaptive: where reads go after a
+    #: write (pgpool-II's meanings; see etc/pgpool.conf.sample).
+    disable_load_balance_on_write: str = "transaction"
+    #: Anchored, case-insensitive patterns over function names: a read calling one of these
+    #: goes to the primary (write_) / only reads calling no other function may be balanced
+    #: (read_only_).  pgpool-II wants at most one of the two set.
+    write_function_list: tuple[re.Pattern[str], ...] = ()
+    read_only_function_list: tuple[re.Pattern[str], ...] = ()
+    #: Anchored, case-insensitive patterns over a query's whole text: matches go to the primary.
+    primary_routing_query_pattern_list: tuple[re.Pattern[str], ...] = ()
+    #: Where a session's reads go by its user, database or application_name (startup packet
+    #: only); the first matching entry of a list wins, and app_name beats database beats user.
+    user_redirect_preference_list: tuple[Redirect, ...] = ()
+    database_redirect_preference_list: tuple[Redirect, ...] = ()
+    app_name_redirect_preference_list: tuple[Redirect, ...] = ()
+    #: Ignore SQL comments when deciding whether a query may be load balanced.
+    allow_sql_comments: bool = False
+    #: Seconds between replication-delay checks; 0 turns the check off.
+    sr_check_period: float = 10
+    #: Who the replication check logs in as; '' is not set.  A '' password means: take it
+    #: from pool_passwd, then try none (pgpool-II's rule).
+    sr_check_user: str = ""
+    sr_check_password: str = ""
+    sr_check_database: str = "postgres"
+    #: A standby behind the primary by more than this many bytes of WAL takes no reads; 0 off.
+    delay_threshold: int = 0
+    #: The same by replay time, in seconds (the file says milliseconds unless it gives a
+    #: unit); 0 off, and when set it is used instead of delay_threshold (pgpool-II 4.4+).
+    delay_threshold_by_time: float = 0
+    #: When the chosen standby is too far behind, pick the least delayed standby, not the primary.
+    prefer_lower_delay_standby: bool = False
+    #: none, always or if_over_threshold: when the replication check logs a standby's delay.
+    log_standby_delay: str = "if_over_threshold"
+    #: Log each statement with the node it was sent to.
+    log_per_node_statement: bool = False
+    #: pgpool-tw's own: after a session's write commits, its reads go only to a standby that
+    #: has replayed that commit (or to the primary), whatever disable_load_balance_on_write says.
+    read_your_writes: bool = True
     warnings: tuple[str, ...] = ()
     #: Every name the file set, with its parsed value (ours, backend_*N) or its text
     #: (pgpool-II's others): what a reload diffs and what the unused-settings report reads.
@@ -89,11 +156,27 @@ class Config:
         return self.backends[0] if self.backends else None
 
 
-# Fields that name sockets we listen on or servers we hold connections to: a reload that
-# changes them cannot be applied to the running process.
+# Fields that name sockets we listen on or servers we hold connections to, or that pgpool-II
+# reads only at server start (backend_clustering_mode, load_balance_mode): a reload that
+# changes them cannot be applied to the running process.  For "backends" only a node's
+# address or data directory, or the set of nodes, needs a restart (report.restart_needed).
 RESTART_REQUIRED: frozenset[str] = frozenset(
-    {"listen_addresses", "port", "socket_dirs", "backends"}
+    {
+        "listen_addresses",
+        "port",
+        "socket_dirs",
+        "backends",
+        "clustering_mode",
+        "load_balance_mode",
+    }
 )
+
+STREAMING_REPLICATION = "streaming_replication"
+RAW = "raw"
+#: pgpool-II's modes pgpool-tw reads but runs as raw (see _clustering_mode).
+UNSUPPORTED_MODES = ("native_replication", "logical_replication", "slony", "snapshot_isolation")
+_LOG_STANDBY_DELAY = ("none", "always", "if_over_threshold")
+_ON_WRITE = ("off", "transaction", "trans_transaction", "always", "dml_adaptive")
 
 
 # The settings table: pgpool.conf name -> (Config field, how to read it).  Two names may
@@ -145,26 +228,80 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
         ),
     ),
     "server_tls_ca_file": ("server_tls_ca_file", Kind(str, "expected a file path, or ''")),
+    "backend_clustering_mode": (
+        "clustering_mode",
+        Kind(
+            choice(STREAMING_REPLICATION, RAW, *UNSUPPORTED_MODES),
+            "expected streaming_replication, native_replication, logical_replication, slony, "
+            "snapshot_isolation or raw",
+        ),
+    ),
+    "load_balance_mode": ("load_balance_mode", BOOLEAN),
+    "statement_level_load_balance": ("statement_level_load_balance", BOOLEAN),
+    "disable_load_balance_on_write": (
+        "disable_load_balance_on_write",
+        Kind(
+            choice(*_ON_WRITE, "dml_adaptive_global"),
+            "expected off, transaction, trans_transaction, always or dml_adaptive",
+        ),
+    ),
+    "write_function_list": ("write_function_list", FUNCTION_LIST),
+    "black_function_list": ("write_function_list", FUNCTION_LIST),
+    "read_only_function_list": ("read_only_function_list", FUNCTION_LIST),
+    "white_function_list": ("read_only_function_list", FUNCTION_LIST),
+    "primary_routing_query_pattern_list": ("primary_routing_query_pattern_list", QUERY_PATTERN_LIST),
+    "black_query_pattern_list": ("primary_routing_query_pattern_list", QUERY_PATTERN_LIST),
+    "user_redirect_preference_list": ("user_redirect_preference_list", REDIRECT_LIST),
+    "database_redirect_preference_list": ("database_redirect_preference_list", REDIRECT_LIST),
+    "app_name_redirect_preference_list": ("app_name_redirect_preference_list", REDIRECT_LIST),
+    "allow_sql_comments": ("allow_sql_comments", BOOLEAN),
+    "sr_check_period": ("sr_check_period", TIME),
+    "sr_check_user": ("sr_check_user", Kind(str, "expected a user name")),
+    "sr_check_password": ("sr_check_password", Kind(str, "expected a password, or ''")),
+    "sr_check_database": ("sr_check_database", Kind(str, "expected a database name")),
+    "delay_threshold": ("delay_threshold", BYTES),
+    "delay_threshold_by_time": ("delay_threshold_by_time", MILLISECONDS),
+    "prefer_lower_delay_standby": ("prefer_lower_delay_standby", BOOLEAN),
+    "log_standby_delay": (
+        "log_standby_delay",
+        Kind(choice(*_LOG_STANDBY_DELAY), "expected none, always or if_over_threshold"),
+    ),
+    "log_per_node_statement": ("log_per_node_statement", BOOLEAN),
+    "read_your_writes": ("read_your_writes", BOOLEAN),
 }
+
+# pgpool-II before 4.2 chose the mode with these; they still mean what they meant.
+_OLD_MODE: dict[str, Kind] = {
+    "master_slave_mode": BOOLEAN,
+    "master_slave_sub_mode": Kind(
+        choice("slony", "stream", "logical"), "expected stream, slony or logical"
+    ),
+    "replication_mode": BOOLEAN,
+}
+_OLD_SUB_MODES = {"stream": STREAMING_REPLICATION, "slony": "slony", "logical": "logical_replication"}
 
 
 def field_of(name: str) -> Optional[str]:
     """The Config field a pgpool.conf name sets ('backends' for backend_*N), or None."""
     if name in _SETTINGS:
         return _SETTINGS[name][0]
+    if name in _OLD_MODE:
+        return "clustering_mode"
     return "backends" if backend_key(name) is not None else None
 
 
 def _convert(kind: Kind, value: str, where: str, name: str) -> Any:
     try:
         return kind.parse(value)
+    except BadValue as e:
+        raise ConfigError(f"{where}: {name}: {e}") from None
     except ValueError:
         # repr() keeps the message on one line even when the value holds an escaped newline.
         raise ConfigError(f"{where}: {name}: invalid value {value!r}; {kind.allowed}") from None
 
 
 # Names a misspelling is compared with: ours, pgpool-II's, and backend_<key>.
-_KNOWN = sorted(set(_SETTINGS) | all_names() | {f"backend_{key}" for key in BACKEND_KEYS})
+_KNOWN = sorted(set(_SETTINGS) | set(_OLD_MODE) | all_names() | {f"backend_{key}" for key in BACKEND_KEYS})
 
 
 def _unknown(name: str, where: str) -> str:
@@ -191,11 +328,15 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
     set_by: dict[str, tuple[str, int]] = {}  # field -> (setting, line) that last set it
     nodes: dict[int, dict[str, tuple[Any, int]]] = {}  # N -> key -> (value, line)
     warnings: list[tuple[int, str]] = []
+    old_mode: dict[str, tuple[Any, int]] = {}  # master_slave_mode etc. -> (value, line)
+    lines = text.split("\n")
     for number, name, value in read_entries(text, path):
         where = f"{path}:{number}"
         setting = _SETTINGS.get(name)
         if setting is not None:
             field_name, kind = setting
+            if name in REGEX_SETTINGS:
+                value = raw_value(lines[number - 1], value)
             values[field_name] = given[name] = _convert(kind, value, where, name)
             previous = set_by.get(field_name)
             if previous is not None and previous[0] != name:
@@ -207,6 +348,10 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
                     )
                 )
             set_by[field_name] = (name, number)
+            continue
+        if name in _OLD_MODE:
+            old_mode[name] = (_convert(_OLD_MODE[name], value, where, name), number)
+            given[name] = old_mode[name][0]
             continue
         backend = backend_key(name)
         if backend is not None:
@@ -227,6 +372,8 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
 
     backends, node_warnings = _build_backends(nodes, path)
     warnings += node_warnings
+    warnings += _clustering_mode(values, set_by, old_mode, path)
+    warnings += _load_balancing(values, set_by, path)
     warnings.sort(key=lambda item: item[0])
     return Config(
         backends=backends,
@@ -234,6 +381,86 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
         given=tuple(given.items()),
         **values,
     )
+
+
+def _clustering_mode(
+    values: dict[str, Any],
+    set_by: dict[str, tuple[str, int]],
+    old_mode: dict[str, tuple[Any, int]],
+    path: str,
+) -> list[tuple[int, str]]:
+    """Settle ``clustering_mode`` from backend_clustering_mode or the pre-4.2 spelling.
+
+    A mode pgpool-tw does not support runs as raw (every query to the primary backend) with
+    one warning rather than refusing to start: pgpool-tw ran every file as raw before it
+    knew this setting, so a file that worked keeps working, and raw never sends a read to a
+    node that may not have the data.  The warning says what the user loses.
+    """
+    warnings: list[tuple[int, str]] = []
+    mode = values.get("clustering_mode")
+    line = set_by["clustering_mode"][1] if mode is not None else 0
+    if old_mode:
+        old_line = max(number for _, number in old_mode.values())
+        old_names = [name for name in _OLD_MODE if name in old_mode]
+        if mode is not None:
+            first = min(old_mode.values(), key=lambda item: item[1])[1]
+            warnings.append(
+                (
+                    line,
+                    f"{path}:{line}: backend_clustering_mode overrides {' and '.join(old_names)} "
+                    f"set on line {first}; set only backend_clustering_mode",
+                )
+            )
+        else:
+            line = old_line
+            if old_mode.get("replication_mode", (False, 0))[0]:
+                mode = "native_replication"
+            elif old_mode.get("master_slave_mode", (False, 0))[0]:
+                sub = old_mode.get("master_slave_sub_mode", ("slony", 0))[0]
+                mode = _OLD_SUB_MODES[sub]
+            else:
+                mode = RAW  # both off: pgpool-II before 4.2 ran in raw mode
+    if mode in UNSUPPORTED_MODES:
+        warnings.append(
+            (
+                line,
+                f"{path}:{line}: clustering mode {mode} is not supported by pgpool-tw; "
+                "running as raw (every query goes to the primary backend)",
+            )
+        )
+        mode = RAW
+    if mode is not None:
+        values["clustering_mode"] = mode
+    return warnings
+
+
+def _load_balancing(
+    values: dict[str, Any], set_by: dict[str, tuple[str, int]], path: str
+) -> list[tuple[int, str]]:
+    """Warnings for load-balancing values pgpool-II takes and pgpool-tw reads otherwise."""
+    warnings: list[tuple[int, str]] = []
+    if values.get("disable_load_balance_on_write") == "dml_adaptive_global":
+        line = set_by["disable_load_balance_on_write"][1]
+        warnings.append(
+            (
+                line,
+                f"{path}:{line}: disable_load_balance_on_write = dml_adaptive_global is not "
+                "supported by pgpool-tw; using dml_adaptive (writes are tracked per session; "
+                "read_your_writes covers reads after a commit)",
+            )
+        )
+        values["disable_load_balance_on_write"] = "dml_adaptive"
+    if values.get("write_function_list") and values.get("read_only_function_list"):
+        line = max(set_by["write_function_list"][1], set_by["read_only_function_list"][1])
+        warnings.append(
+            (
+                line,
+                f"{path}:{line}: write_function_list and read_only_function_list are both set; "
+                "pgpool-II allows only one of them (pgpool-tw uses write_function_list)",
+            )
+        )
+        values["read_only_function_list"] = ()
+    return warnings
 
 
 def load_config(path: str) -> Config:

@@ -14,12 +14,17 @@ from typing import Any, Callable, NamedTuple, Optional
 __all__ = [
     "BOOLEAN",
     "BOOLEANS",
+    "BYTES",
     "DIRECTORIES",
+    "MILLISECONDS",
     "TIME",
+    "BadValue",
     "Kind",
+    "choice",
     "integer",
     "one_of",
     "parse_boolean",
+    "parse_bytes",
     "parse_real",
     "parse_time",
     "split_on",
@@ -31,6 +36,11 @@ class Kind(NamedTuple):
 
     parse: Callable[[str], Any]  # raises ValueError on a bad value
     allowed: str
+
+
+class BadValue(ValueError):
+    """A bad value whose own words say more than the kind's "expected ..." (a regular
+    expression's error, say); the message replaces the generic one after the setting name."""
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
@@ -87,15 +97,29 @@ def parse_real(text: str) -> float:
     return value + 0.0  # turns -0.0 into 0.0
 
 
-def parse_time(text: str) -> float:
-    """Seconds, so that callers never need to know which unit the file used."""
+def parse_time(text: str, unit: str = "s") -> float:
+    """Seconds, so that callers never need to know which unit the file used; ``unit`` is the
+    one a bare number is in (pgpool-II's delay_threshold_by_time counts milliseconds)."""
     match = _TIME.match(text.strip())
     if match is None:
         raise ValueError(text)
-    seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+    seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2) or unit]
     if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(text)
     return seconds + 0.0
+
+
+# PostgreSQL's memory units, which pgpool-II takes for byte settings: case-sensitive, 1024s.
+_BYTES = re.compile(r"([0-9]+)\s*(B|kB|MB|GB|TB)?\Z")
+_BYTES_PER_UNIT = {None: 1, "B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes, so that callers compare with WAL positions whatever unit the file used."""
+    match = _BYTES.match(text.strip())
+    if match is None:
+        raise ValueError(text)
+    return int(match.group(1)) * _BYTES_PER_UNIT[match.group(2)]
 
 
 def parse_boolean(text: str) -> bool:
@@ -126,8 +150,25 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def choice(*choices: str) -> Callable[[str], str]:
+    """A word from a pgpool-II enum; pgpool-II compares those ignoring case."""
+
+    def parse(value: str) -> str:
+        word = value.strip().lower()
+        if word not in choices:
+            raise ValueError(value)
+        return word
+
+    return parse
+
+
 TIME = Kind(
     parse_time, "expected a time >= 0 in seconds, or with a unit ms, s, min, h or d (e.g. 5min)"
 )
 BOOLEAN = Kind(parse_boolean, "expected on/off, true/false, yes/no or 1/0")
 DIRECTORIES = Kind(split_on(","), "expected a comma-separated list of directories")
+MILLISECONDS = Kind(
+    lambda text: parse_time(text, "ms"),
+    "expected a time >= 0 in milliseconds, or with a unit ms, s, min, h or d (e.g. 10s)",
+)
+BYTES = Kind(parse_bytes, "expected a number of bytes >= 0, or with a unit B, kB, MB, GB or TB")

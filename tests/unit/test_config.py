@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.cluster import cluster
-from pgpool_tw.config import backends, pgpool2_names, report, syntax, values
+from pgpool_tw.config import backends, pgpool2_names, report, routing, syntax, values
 from pgpool_tw.config import settings as config
 from pgpool_tw.config.settings import (
     RESTART_REQUIRED,
@@ -59,14 +59,25 @@ class DefaultsTests(SynchronousTestCase):
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, Config(), "port", 1)
 
     def test_restart_required_names_fields(self) -> None:
-        """RESTART_REQUIRED lists the listening and backend fields, all real Config fields."""
+        """RESTART_REQUIRED lists the listening and backend fields and pgpool-II's start-only
+        settings, all real Config fields."""
         names = {f.name for f in dataclasses.fields(Config)}
-        self.assertEqual(RESTART_REQUIRED, {"listen_addresses", "port", "socket_dirs", "backends"})
+        self.assertEqual(
+            RESTART_REQUIRED,
+            {
+                "listen_addresses",
+                "port",
+                "socket_dirs",
+                "backends",
+                "clustering_mode",
+                "load_balance_mode",
+            },
+        )
         self.assertTrue(names >= RESTART_REQUIRED)
 
     def test_module_does_not_import_twisted(self) -> None:
         """The config parsing modules and the cluster import neither Twisted nor logging."""
-        for module in (config, syntax, values, backends, pgpool2_names, report, cluster):
+        for module in (config, syntax, values, backends, pgpool2_names, report, routing, cluster):
             self.assertNoTwisted(module.__file__)
 
     def assertNoTwisted(self, path: str) -> None:
@@ -528,7 +539,11 @@ class LoadTests(SynchronousTestCase):
 
 class SampleTests(SynchronousTestCase):
     # Fields whose setting name differs from the field name.
-    SETTING_FOR_FIELD = {"socket_dirs": "unix_socket_directories", "backends": "backend_hostname0"}
+    SETTING_FOR_FIELD = {
+        "socket_dirs": "unix_socket_directories",
+        "backends": "backend_hostname0",
+        "clustering_mode": "backend_clustering_mode",
+    }
 
     def test_sample_parses_without_warnings(self) -> None:
         """The sample parses with no warnings into the defaults plus one local backend."""

@@ -8,7 +8,13 @@ import re
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.config.pgpool2_names import FEATURES, feature_of
-from pgpool_tw.config.report import new_warnings, plan_reload, unused_lines, unused_settings
+from pgpool_tw.config.report import (
+    new_warnings,
+    plan_reload,
+    restart_needed,
+    unused_lines,
+    unused_settings,
+)
 from pgpool_tw.config.settings import load_config, parse_config
 
 #: Debian's stock pgpool.conf (package pgpool2); scripts/test unpacks it when it is missing.
@@ -24,15 +30,15 @@ class UnusedTests(SynchronousTestCase):
         """Settings pgpool-II would act on are grouped by feature, one line per feature."""
         config = parse_config(
             "failover_command = '/bin/failover %d'\n"
-            "load_balance_mode = on\n"
+            "ignore_leading_white_space = off\n"
             "pcp_port = 9898\n"
-            "statement_level_load_balance = on\n",
+            "dml_adaptive_object_relationship_list = 't1:t2'\n",
         )
         self.assertEqual(
             unused_lines(config),
             [
-                "pgpool.conf: load balancing: load_balance_mode, statement_level_load_balance "
-                "not used yet",
+                "pgpool.conf: load balancing: ignore_leading_white_space, "
+                "dml_adaptive_object_relationship_list not used yet",
                 "pgpool.conf: failover: failover_command not used yet",
                 "pgpool.conf: PCP (pgpool-II's control port): pcp_port not used yet",
             ],
@@ -68,28 +74,53 @@ class UnusedTests(SynchronousTestCase):
 
     def test_switch_default_applies_when_unset(self) -> None:
         """A dependent setting counts when pgpool-II's default turns its feature on."""
-        config = parse_config("statement_level_load_balance = on\n")  # load_balance_mode is on
+        config = parse_config("ignore_leading_white_space = off\n")  # load_balance_mode is on
         self.assertEqual(
-            unused_settings(config), {"load balancing": ["statement_level_load_balance"]}
+            unused_settings(config), {"load balancing": ["ignore_leading_white_space"]}
         )
         config = parse_config("health_check_timeout = 5\n")  # health_check_period is 0
         self.assertEqual(unused_settings(config), {})
 
-    def test_weights_only_with_two_nodes_and_load_balancing(self) -> None:
-        """backend_weightN is reported only when two nodes or more could share reads."""
-        one = parse_config("backend_hostname0 = a\nbackend_weight0 = 2\n")
-        self.assertEqual(unused_settings(one), {})
-        two = parse_config(TWO_NODES + "backend_weight1 = 0.5\n")
-        self.assertEqual(unused_settings(two), {"load balancing": ["backend_weight1"]})
-        off = parse_config(TWO_NODES + "backend_weight1 = 0.5\nload_balance_mode = off\n")
+    def test_switch_read_by_pgpool_tw_still_silences(self) -> None:
+        """A switch pgpool-tw now reads itself (load_balance_mode, sr_check_period) still
+        silences the settings of its feature that are not used yet."""
+        text = "ignore_leading_white_space = off\nreplication_delay_source_cmd = '/bin/d'\n"
+        self.assertEqual(
+            sorted(unused_settings(parse_config(text))),
+            ["load balancing", "streaming replication check"],
+        )
+        off = parse_config(text + "load_balance_mode = off\nsr_check_period = 0\n")
         self.assertEqual(unused_settings(off), {})
+        quoted = parse_config(text + "load_balance_mode = 'false'\nsr_check_period = '0s'\n")
+        self.assertEqual(unused_settings(quoted), {})
+
+    def test_used_settings_not_reported(self) -> None:
+        """Settings pgpool-tw reads now (weights, load balancing, replication check, modes)
+        are never reported, whatever their value."""
+        config = parse_config(
+            TWO_NODES + "backend_weight1 = 0.5\nload_balance_mode = on\n"
+            "statement_level_load_balance = on\ndisable_load_balance_on_write = always\n"
+            "write_function_list = 'nextval'\nprimary_routing_query_pattern_list = 'x'\n"
+            "database_redirect_preference_list = 'a:1'\nallow_sql_comments = on\n"
+            "sr_check_period = 5\nsr_check_user = u\nsr_check_password = p\n"
+            "delay_threshold = 10\ndelay_threshold_by_time = 5\n"
+            "prefer_lower_delay_standby = on\nlog_standby_delay = always\n"
+            "log_per_node_statement = on\nbackend_clustering_mode = raw\n"
+        )
+        self.assertEqual(unused_settings(config), {})
+        old = parse_config("master_slave_mode = on\nmaster_slave_sub_mode = stream\n")
+        self.assertEqual(unused_settings(old), {})
 
     def test_only_names_are_printed(self) -> None:
         """A secret value never appears in a report line."""
-        config = parse_config("sr_check_period = 5\nsr_check_password = 'hunter2'\n")
-        line = unused_lines(config)[0]
-        self.assertIn("sr_check_password", line)
-        self.assertNotIn("hunter2", line)
+        config = parse_config(
+            "health_check_period = 5\nhealth_check_password = 'hunter2'\n"
+            "sr_check_password = 'hunter2'\n"
+        )
+        lines = unused_lines(config)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("health_check_password", lines[0])
+        self.assertNotIn("hunter2", lines[0])
 
     def test_every_name_in_one_feature(self) -> None:
         """No pgpool-II name is listed in two features."""
@@ -103,7 +134,7 @@ class UnusedTests(SynchronousTestCase):
 
     def test_reload_repeats_only_changed_features(self) -> None:
         """On reload a feature's line comes back only when one of its settings changed."""
-        text = "load_balance_mode = on\npcp_port = 9898\n"
+        text = "ignore_leading_white_space = off\npcp_port = 9898\n"
         running = parse_config(text)
         self.assertEqual(unused_lines(parse_config("\n\n" + text), running), [])
         changed = unused_lines(parse_config(text.replace("9898", "9899")), running)
@@ -117,9 +148,10 @@ class ReloadPlanTests(SynchronousTestCase):
         running = parse_config("max_pool = 4\nlog_connections = on\nnum_init_children = 5\n")
         new = parse_config("max_pool = 5\nnum_init_children = '5'\nload_balance_mode = off\n")
         plan = plan_reload(running, new)
-        self.assertEqual(plan.changed, ["load_balance_mode", "log_connections", "max_pool"])
-        self.assertEqual(plan.restart, [])
-        self.assertIs(plan.config, new)
+        self.assertEqual(plan.changed, ["log_connections", "max_pool"])
+        self.assertEqual(plan.restart, ["load_balance_mode"])
+        self.assertTrue(plan.config.load_balance_mode)
+        self.assertEqual(plan.config.max_pool, 5)
 
     def test_restart_settings_keep_running_value(self) -> None:
         """port and node addresses keep their running values; the rest applies."""
@@ -139,6 +171,63 @@ class ReloadPlanTests(SynchronousTestCase):
         plan = plan_reload(running, new)
         self.assertEqual((plan.changed, plan.restart), (["backend_flag0"], []))
         self.assertFalse(plan.config.backends[0].allow_to_failover)
+
+    def test_weight_and_application_name_apply(self) -> None:
+        """backend_weightN and backend_application_nameN apply on reload, as in pgpool-II."""
+        running = parse_config(TWO_NODES)
+        new = parse_config(
+            TWO_NODES + "backend_weight1 = 0.25\nbackend_application_name1 = 'b1'\n"
+        )
+        self.assertEqual(restart_needed(running, new), [])
+        plan = plan_reload(running, new)
+        self.assertEqual(plan.restart, [])
+        self.assertEqual(plan.changed, ["backend_application_name1", "backend_weight1"])
+        self.assertEqual(plan.config.backends[1].weight, 0.25)
+        self.assertEqual(plan.config.backends[1].application_name, "b1")
+
+    def test_node_address_data_directory_and_count_need_restart(self) -> None:
+        """A node's host, port or data directory, or the set of nodes, needs a restart."""
+        running = parse_config(TWO_NODES)
+        for text in (
+            TWO_NODES.replace("= b", "= c"),
+            TWO_NODES + "backend_port1 = 5433\n",
+            TWO_NODES + "backend_data_directory1 = '/data'\n",
+            TWO_NODES + "backend_hostname2 = c\n",
+            "backend_hostname0 = a\n",
+        ):
+            new = parse_config(text)
+            self.assertEqual(restart_needed(running, new), ["backends"], text)
+            plan = plan_reload(running, new)
+            self.assertEqual(plan.config.backends, running.backends)
+            self.assertTrue(plan.restart, text)
+
+    def test_start_only_settings_need_restart(self) -> None:
+        """backend_clustering_mode (in either spelling) and load_balance_mode need a restart;
+        the other routing and replication-check settings apply on reload."""
+        running = parse_config("")
+        new = parse_config("backend_clustering_mode = raw\nload_balance_mode = off\n")
+        self.assertEqual(restart_needed(running, new), ["clustering_mode", "load_balance_mode"])
+        plan = plan_reload(running, new)
+        self.assertEqual(plan.restart, ["backend_clustering_mode", "load_balance_mode"])
+        self.assertEqual(plan.config.clustering_mode, "streaming_replication")
+        old = plan_reload(running, parse_config("master_slave_mode = off\n"))
+        self.assertEqual(old.restart, ["master_slave_mode"])
+        reloadable = parse_config(
+            "statement_level_load_balance = on\ndisable_load_balance_on_write = always\n"
+            "write_function_list = 'f'\nprimary_routing_query_pattern_list = 'x'\n"
+            "user_redirect_preference_list = 'u:primary'\n"
+            "database_redirect_preference_list = 'd:1'\n"
+            "app_name_redirect_preference_list = 'a:standby(0.5)'\nallow_sql_comments = on\n"
+            "sr_check_period = 1\nsr_check_user = u\nsr_check_password = p\n"
+            "sr_check_database = d\ndelay_threshold = 1\ndelay_threshold_by_time = 1\n"
+            "prefer_lower_delay_standby = on\nlog_standby_delay = none\n"
+            "log_per_node_statement = on\nread_your_writes = off\n"
+        )
+        self.assertEqual(restart_needed(running, reloadable), [])
+        plan = plan_reload(running, reloadable)
+        self.assertEqual(plan.restart, [])
+        self.assertIs(plan.config, reloadable)
+        self.assertEqual(len(plan.changed), 18)
 
     def test_warnings_not_repeated_when_lines_move(self) -> None:
         """A warning already given is not given again because its line number moved."""
@@ -166,5 +255,6 @@ class DebianFileTests(SynchronousTestCase):
         self.assertEqual(config.warnings, ())
         lines = unused_lines(config)
         self.assertTrue(3 <= len(lines) <= 12, lines)
-        self.assertTrue(any("load_balance_mode" in line for line in lines), lines)
+        self.assertTrue(any("pcp_port" in line for line in lines), lines)
+        self.assertFalse(any("load balancing" in line for line in lines), lines)
         self.assertTrue(all(line.startswith(f"{path}: ") for line in lines), lines)
