@@ -1,7 +1,8 @@
 """What to tell a user about their pgpool.conf: unused pgpool-II settings, and reload changes.
 
 A pgpool-II user's file names many settings pgpool-tw does not act on yet.  They are told
-once, one line per feature ("failover: failover_command, auto_failback not used yet"), and only for settings the file sets to a value at which pgpool-II would behave
+once, one line per feature ("failover: failover_command, auto_failback not used yet"), and
+only for settings the file sets to a value at which pgpool-II would behave
 differently from pgpool-tw (see :mod:`.pgpool2_names`); a reload repeats a line only when
 one of its settings changed.  A reload also says which settings changed and which of those
 keep their running value until a restart.  Lines name settings, never their values, so no

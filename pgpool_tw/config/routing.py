@@ -1,14 +1,14 @@
 """How the routing settings read: pgpool-II's regular-expression lists and redirect lists.
 
-pgpool-II takes users' regular expressions in four settings: ``write_function_list`` and
-``read_only_function_list`` (function names, comma-separated), ``primary_routing_query_pattern_list``
-(whole SQL texts, ';'-separated, '\\;' for a ';' inside a pattern) and the
-``*_redirect_preference_list`` settings (``name:node(weight)`` pairs, comma-separated, the
-name a regular expression).  pgpool-II anchors every pattern (it adds ``^`` unless the pattern
-starts with one and ``$`` unless it ends with one) and matches ignoring case; so do we, and we
-compile each pattern here so that a bad one stops the file at its line rather than at the
-first query.  These are the user's regexes over names and SQL text; classifying SQL itself is
-pglast's job elsewhere.
+pgpool-II takes users' regular expressions in these settings: ``write_function_list`` and
+``read_only_function_list`` (function names, comma-separated),
+``primary_routing_query_pattern_list`` (whole SQL texts, ';'-separated, '\\;' for a ';'
+inside a pattern) and the ``*_redirect_preference_list`` settings (``name:node(weight)``
+pairs, comma-separated, the name a regular expression).  pgpool-II anchors every pattern
+(it adds ``^`` unless the pattern starts with one and ``$`` unless it ends with one) and
+matches ignoring case; so do we, and we compile each pattern here so that a bad one stops
+the file at its line rather than at the first query.  These are the user's regexes over
+names and SQL text; classifying SQL itself is pglast's job elsewhere.
 
 pgpool-II compiles POSIX extended expressions and we compile Python's; the two agree on
 everything a pattern list normally holds (``.*``, classes, alternation, escapes), not on POSIX
@@ -72,10 +72,13 @@ def anchored(pattern: str) -> str:
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
+    """The pattern is checked as written, so an error's position is the user's; then
+    anchored as pgpool-II anchors it ('a|b' becomes '^a|b$' there too)."""
     try:
-        return re.compile(anchored(pattern), re.IGNORECASE)
+        re.compile(pattern)
     except re.error as e:
         raise BadValue(f"invalid regular expression {pattern!r} ({e})") from None
+    return re.compile(anchored(pattern), re.IGNORECASE)
 
 
 def parse_function_list(text: str) -> tuple[re.Pattern[str], ...]:

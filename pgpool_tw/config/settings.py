@@ -249,7 +249,10 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
     "black_function_list": ("write_function_list", FUNCTION_LIST),
     "read_only_function_list": ("read_only_function_list", FUNCTION_LIST),
     "white_function_list": ("read_only_function_list", FUNCTION_LIST),
-    "primary_routing_query_pattern_list": ("primary_routing_query_pattern_list", QUERY_PATTERN_LIST),
+    "primary_routing_query_pattern_list": (
+        "primary_routing_query_pattern_list",
+        QUERY_PATTERN_LIST,
+    ),
     "black_query_pattern_list": ("primary_routing_query_pattern_list", QUERY_PATTERN_LIST),
     "user_redirect_preference_list": ("user_redirect_preference_list", REDIRECT_LIST),
     "database_redirect_preference_list": ("database_redirect_preference_list", REDIRECT_LIST),
@@ -278,7 +281,11 @@ _OLD_MODE: dict[str, Kind] = {
     ),
     "replication_mode": BOOLEAN,
 }
-_OLD_SUB_MODES = {"stream": STREAMING_REPLICATION, "slony": "slony", "logical": "logical_replication"}
+_OLD_SUB_MODES = {
+    "stream": STREAMING_REPLICATION,
+    "slony": "slony",
+    "logical": "logical_replication",
+}
 
 
 def field_of(name: str) -> Optional[str]:
@@ -301,7 +308,9 @@ def _convert(kind: Kind, value: str, where: str, name: str) -> Any:
 
 
 # Names a misspelling is compared with: ours, pgpool-II's, and backend_<key>.
-_KNOWN = sorted(set(_SETTINGS) | set(_OLD_MODE) | all_names() | {f"backend_{key}" for key in BACKEND_KEYS})
+_KNOWN = sorted(
+    set(_SETTINGS) | set(_OLD_MODE) | all_names() | {f"backend_{key}" for key in BACKEND_KEYS}
+)
 
 
 def _unknown(name: str, where: str) -> str:

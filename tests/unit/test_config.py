@@ -78,7 +78,7 @@ class DefaultsTests(SynchronousTestCase):
     def test_module_does_not_import_twisted(self) -> None:
         """The config parsing modules and the cluster import neither Twisted nor logging."""
         for module in (config, syntax, values, backends, pgpool2_names, report, routing, cluster):
-            self.assertNoTwisted(module.__file__)
+            self.assertNoTwisted(module.__file__ or "")
 
     def assertNoTwisted(self, path: str) -> None:
         with open(path, encoding="utf-8") as handle:

@@ -130,7 +130,8 @@ class UnusedTests(SynchronousTestCase):
             for name in names:
                 self.assertNotIn(name.lower(), seen, feature.title)
                 seen[name.lower()] = feature.title
-        self.assertEqual(feature_of("health_check_user3")[0].title, "health check")
+        found = feature_of("health_check_user3")
+        self.assertEqual(found[0].title if found else None, "health check")
 
     def test_reload_repeats_only_changed_features(self) -> None:
         """On reload a feature's line comes back only when one of its settings changed."""
@@ -175,9 +176,7 @@ class ReloadPlanTests(SynchronousTestCase):
     def test_weight_and_application_name_apply(self) -> None:
         """backend_weightN and backend_application_nameN apply on reload, as in pgpool-II."""
         running = parse_config(TWO_NODES)
-        new = parse_config(
-            TWO_NODES + "backend_weight1 = 0.25\nbackend_application_name1 = 'b1'\n"
-        )
+        new = parse_config(TWO_NODES + "backend_weight1 = 0.25\nbackend_application_name1 = 'b1'\n")
         self.assertEqual(restart_needed(running, new), [])
         plan = plan_reload(running, new)
         self.assertEqual(plan.restart, [])
