@@ -28,8 +28,9 @@ class BackendNode:
     """One PostgreSQL server, from the ``backend_*N`` settings.
 
     ``index`` is kept, not just the order, because pgpool-II's tools and logs name nodes by N.
-    The fields after ``weight`` are pgpool-II's; pgpool-tw keeps them for the cluster room
-    (failover, online recovery, replication checks) and does not act on them yet.
+    ``weight`` is the node's share of load-balanced reads, and ``application_name`` names it
+    in the primary's pg_stat_replication (both apply on reload).  The failover flags and
+    ``data_directory`` are kept for failover and online recovery, not acted on yet.
     """
 
     index: int

@@ -11,8 +11,9 @@ the file at its line rather than at the first query.  These are the user's regex
 names and SQL text; classifying SQL itself is pglast's job elsewhere.
 
 pgpool-II compiles POSIX extended expressions and we compile Python's; the two agree on
-everything a pattern list normally holds (``.*``, classes, alternation, escapes), not on POSIX
-bracket classes such as ``[[:digit:]]``.  Pure: no Twisted, no logging.
+everything a pattern list normally holds (``.*``, bracket sets, alternation, repeats).  POSIX
+character classes (``[[:digit:]]``) are turned into Python's sets; Python's escapes (``\\d``),
+which POSIX lacks, keep Python's meaning.  Pure: no Twisted, no logging.
 """
 
 from __future__ import annotations
@@ -71,9 +72,28 @@ def anchored(pattern: str) -> str:
     return pattern
 
 
+# POSIX character classes, as they read inside a bracket expression, in Python's words.
+_POSIX_CLASSES = {
+    "[:alnum:]": "0-9A-Za-z",
+    "[:alpha:]": "A-Za-z",
+    "[:blank:]": " \\t",
+    "[:cntrl:]": "\\x00-\\x1f\\x7f",
+    "[:digit:]": "0-9",
+    "[:graph:]": "!-~",
+    "[:lower:]": "a-z",
+    "[:print:]": " -~",
+    "[:punct:]": "!-/:-@\\[-`{-~",
+    "[:space:]": " \\t\\n\\r\\f\\v",
+    "[:upper:]": "A-Z",
+    "[:xdigit:]": "0-9A-Fa-f",
+}
+_POSIX_CLASS = re.compile("|".join(re.escape(name) for name in _POSIX_CLASSES))
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
     """The pattern is checked as written, so an error's position is the user's; then
     anchored as pgpool-II anchors it ('a|b' becomes '^a|b$' there too)."""
+    pattern = _POSIX_CLASS.sub(lambda m: _POSIX_CLASSES[m.group()], pattern)
     try:
         re.compile(pattern)
     except re.error as e:

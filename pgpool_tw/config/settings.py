@@ -128,7 +128,7 @@ class Config:
     #: Who the replication check logs in as; '' is not set.  A '' password means: take it
     #: from pool_passwd, then try none (pgpool-II's rule).
     sr_check_user: str = ""
-    sr_check_password: str = ""
+    sr_check_password: str = field(default="", repr=False)
     sr_check_database: str = "postgres"
     #: A standby behind the primary by more than this many bytes of WAL takes no reads; 0 off.
     delay_threshold: int = 0

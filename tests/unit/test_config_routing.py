@@ -46,6 +46,7 @@ class DefaultTests(SynchronousTestCase):
         self.assertEqual(c.sr_check_period, 10)
         self.assertEqual((c.sr_check_user, c.sr_check_password), ("", ""))
         self.assertEqual(c.sr_check_database, "postgres")
+        self.assertNotIn("sr_check_password", repr(c))
         self.assertEqual((c.delay_threshold, c.delay_threshold_by_time), (0, 0))
         self.assertFalse(c.prefer_lower_delay_standby)
         self.assertEqual(c.log_standby_delay, "if_over_threshold")
@@ -211,6 +212,15 @@ class FunctionListTests(SynchronousTestCase):
         self.assertEqual(patterns(c.read_only_function_list), ["^get_\\d+$"])
         self.assertTrue(c.read_only_function_list[0].match("get_12"))
         self.assertFalse(c.read_only_function_list[0].match("get_d"))
+
+    def test_posix_classes(self) -> None:
+        """POSIX character classes, which pgpool-II's regex library takes, work here too."""
+        c = parse_config("write_function_list = 'get_[[:digit:]]+,[[:alpha:]_]+x'\n")
+        digits, alpha = c.write_function_list
+        self.assertTrue(digits.match("get_42"))
+        self.assertFalse(digits.match("get_x"))
+        self.assertTrue(alpha.match("Set_Ax"))
+        self.assertFalse(alpha.match("s1x"))
 
     def test_empty_list(self) -> None:
         """'' and a list of blanks are no patterns at all."""
