@@ -2,8 +2,9 @@
 
 This module owns the one table of settings pgpool-tw acts on, with their ranges, and the
 walk over a file that fills a ``Config``.  The line syntax is :mod:`.syntax`'s, the value
-readers :mod:`.values`', the ``backend_*N`` nodes :mod:`.backends`', and the pgpool-II names
-pgpool-tw knows but does not act on yet :mod:`.pgpool2_names`'.  Everything else in
+readers :mod:`.values`', the regex and redirect lists :mod:`.routing`'s, the ``backend_*N``
+nodes :mod:`.backends`', and the pgpool-II names pgpool-tw knows but does not act on yet
+:mod:`.pgpool2_names`'.  Everything else in
 pgpool-tw receives a finished ``Config`` and never looks at the text.
 
 It must never import Twisted, open sockets, log, or read globals: parsing is a pure function
