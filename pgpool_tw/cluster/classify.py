@@ -13,7 +13,8 @@ Rules (pgpool-II 4.x's, "Load Balancing" in its docs and ``send_to_where`` /
   no locking clause, no INTO, no data-modifying CTE, no system catalog (pg_catalog, or an
   unqualified ``pg_*`` name: the standby's catalog can lag and its statistics views describe
   the standby), no ``pg_temp`` reference, and only read-only functions; EXPLAIN of such a
-  statement; SHOW; COPY ... TO STDOUT of a table or of such a query.
+  statement, and EXPLAIN without ANALYZE of any statement but EXECUTE; SHOW;
+  COPY ... TO STDOUT of a table or of such a query.
 - A function is read-only (pgpool-II's three cases): when read_only_function_list is set,
   only if it matches it; else when write_function_list is set, unless it matches it; when
   both are empty, if the catalog says it is not VOLATILE (``known_read_only``, supplied by
@@ -34,8 +35,8 @@ Rules (pgpool-II 4.x's, "Load Balancing" in its docs and ``send_to_where`` /
   SERIALIZABLE and BEGIN READ WRITE stay ROUTE_ALL (pgpool-II sends BEGIN to both; the
   standby refuses them and the router copes).
 - Everything else goes to the primary; it is a write unless it only signals or reads
-  (LISTEN/UNLISTEN/NOTIFY, cursors, COPY to a server file, EXPLAIN without ANALYZE of a
-  non-read, SET CONSTRAINTS, PREPARE TRANSACTION).  Text that fails to parse: primary, write.
+  (LISTEN/UNLISTEN/NOTIFY, cursors, COPY to a server file, SET CONSTRAINTS, PREPARE
+  TRANSACTION).  Text that fails to parse: primary, write.
 - Several statements in one text: ROUTE_STANDBY if all are, ROUTE_ALL if all are;
   otherwise the primary, a write if one writes, ``desync`` if one changed session state
   (not transaction control: the session follows that by ReadyForQuery and ``tx``).
@@ -146,9 +147,9 @@ _ALWAYS_WRITE = frozenset({"nextval", "setval"})
 # PostgreSQL's parse_bool spellings of false.
 _FALSE = frozenset({"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"})
 _ROW_EXCLUSIVE = 3  # storage/lockdefs.h: weaker locks are taken on every node
-_LOCK, _INTO, _MODIFY = 1, 2, 4
+_LOCK, _MODIFY = 1, 2
 _COMMENTS = ("C_COMMENT", "SQL_COMMENT")
-_NODES = frozenset({"FuncCall", "RangeVar", "relation", "intoClause"}) | _DML
+_NODES = frozenset({"FuncCall", "RangeVar", "relation"}) | _DML
 
 
 def _compile(pattern: Union[str, re.Pattern[str]], setting: str) -> re.Pattern[str]:
@@ -165,7 +166,10 @@ def _compile(pattern: Union[str, re.Pattern[str]], setting: str) -> re.Pattern[s
 
 
 def _walk(tree: Any) -> tuple[list[str], list[str], int]:
-    """The functions called, the relations named, and _LOCK/_INTO/_MODIFY seen in a tree."""
+    """The functions called, the relations named, and _LOCK/_MODIFY seen in a tree.
+
+    SELECT INTO is legal only at the top, where the caller looks for it.
+    """
     functions: list[str] = []
     relations: list[str] = []
     flags = 0
@@ -184,8 +188,6 @@ def _walk(tree: Any) -> tuple[list[str], list[str], int]:
                         schema = value.get("schemaname")
                         table = value.get("relname", "")
                         relations.append(f"{schema}.{table}" if schema else table)
-                    elif key == "intoClause":
-                        flags |= _INTO
                     else:
                         flags |= _MODIFY
                 push(value)
@@ -344,9 +346,15 @@ class Classifier:
                 and not _is_false(o["DefElem"].get("arg"))
                 for o in body.get("options", ())
             )
-            if inner.route == ROUTE_STANDBY or (analyze and inner.route == ROUTE_PRIMARY):
+            if inner.route == ROUTE_STANDBY or analyze:
                 return inner
-            return Verdict(ROUTE_PRIMARY, relations=inner.relations)
+            if "ExecuteStmt" in body["query"]:
+                return _PRIMARY  # the statement may exist on the primary only
+            # Without ANALYZE nothing runs: a standby plans even a DELETE (pgpool-II sends
+            # EXPLAIN there), provided it knows every relation.
+            names = tuple(sorted(set(_walk(body["query"])[1])))
+            special = any(_special(name) for name in names)
+            return Verdict(ROUTE_PRIMARY if special else ROUTE_STANDBY, relations=names)
         if kind == "CopyStmt":
             if body.get("is_from"):
                 return _WRITE

@@ -89,8 +89,12 @@ class ReadTests(SynchronousTestCase):
         t.row("EXPLAIN ANALYZE SELECT * FROM t", STANDBY)
         t.row("EXPLAIN (ANALYZE) DELETE FROM t", PRIMARY, write=True)
         t.row("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", PRIMARY, write=True)
-        t.row("EXPLAIN (ANALYZE false) DELETE FROM t", PRIMARY, write=False)
-        t.row("EXPLAIN DELETE FROM t", PRIMARY, write=False)
+        t.row("EXPLAIN (ANALYZE false) DELETE FROM t", STANDBY, relations=("t",))
+        t.row("EXPLAIN DELETE FROM t USING u", STANDBY, write=False, relations=("t", "u"))
+        t.row("EXPLAIN SELECT * FROM t FOR UPDATE", STANDBY, relations=("t",))
+        t.row("EXPLAIN INSERT INTO pg_temp.x VALUES (1)", PRIMARY, write=False)
+        t.row("EXPLAIN EXECUTE p(1)", PRIMARY, write=False)
+        t.row("EXPLAIN ANALYZE EXECUTE p(1)", PRIMARY, write=True, execute_name="p")
         t.row("EXPLAIN ANALYZE SELECT nextval('s')", PRIMARY, write=True)
         t.done()
 
@@ -191,6 +195,7 @@ class TextRuleTests(SynchronousTestCase):
         """Matching patterns (anchored, case-insensitive, without double quotes) go primary."""
         t = table(self, primary_patterns=(r"SELECT \* FROM table_name1\;", ".*table_name3.*"))
         t.row("select * from table_name1;", PRIMARY, write=False)
+        t.row('select * from "table_name1";', PRIMARY)  # pgpool-II strips double quotes
         t.row("select * from table_name1", STANDBY)  # anchored: the ';' is missing
         t.row('select a from "table_name3" where b', PRIMARY)
         t.row("select a\nfrom x join table_name3 on true", PRIMARY)
