@@ -92,6 +92,7 @@ setup(
         "twisted[tls]>=22.10",
         "zope.interface",
         "scramp",
+        "pglast>=8",  # PostgreSQL's own parser: the load-balancing classifier
     ],
     extras_require={
         "test": [
