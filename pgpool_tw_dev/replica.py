@@ -106,7 +106,7 @@ def wait_replayed(primary: TempPostgres, replica: TempPostgres, timeout: float =
     Raises TimeoutError after ``timeout`` seconds (a paused or broken standby), so a test
     that forgets to resume replay fails instead of hanging.
     """
-    target = lsn_to_int(primary.psql("SELECT pg_current_wal_lsn();"))
+    target = lsn_to_int(primary.psql("SELECT pg_current_wal_insert_lsn();"))
     deadline = time.monotonic() + timeout
     while True:
         replayed = replica.psql("SELECT pg_last_wal_replay_lsn();").strip()

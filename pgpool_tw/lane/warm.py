@@ -129,6 +129,7 @@ class WarmLane:
             and config.connection_cache
             and not config.log_connections
             and config.client_idle_limit <= 0
+            and not self.factory.routes
         )
 
     def forget(self) -> None:

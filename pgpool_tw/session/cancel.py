@@ -99,12 +99,14 @@ def forward(context: SessionContext, request: CancelRequest, peer: str) -> bool:
     dropped (PostgreSQL never answers a CancelRequest either way).
     """
     session: Any = context.cancels.lookup(request.pid, request.key)
-    server = session.server if session is not None else None
+    servers = session.cancel_targets() if session is not None else []
     warm = context.warm
-    if server is None and warm is not None:
-        server = warm.find(request.pid, request.key)
-    if server is None:
+    if not servers and warm is not None:
+        found = warm.find(request.pid, request.key)
+        servers = [found] if found is not None else []
+    if not servers:
         log.info("client={client} cancel request with an unknown key ignored", client=peer)
         return False
-    send_cancel(context.reactor, server.node, server.pid, server.secret)
+    for server in servers:
+        send_cancel(context.reactor, server.node, server.pid, server.secret)
     return True

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from pgpool_tw.cluster.classify import Classifier
 from pgpool_tw.cluster.cluster import UP, Cluster
+from pgpool_tw.cluster.router import choose_lb_node, readable, routing_on
+from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
 from pgpool_tw.config.authfiles import AuthFiles
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.config.tls import TLSContexts
@@ -20,8 +23,11 @@ from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.book import ServerBook
 from pgpool_tw.pool.connector import connect_server
 from pgpool_tw.pool.pool import Pool
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.cancel import CancelRegistry
+from pgpool_tw.session.routed import RoutingRules
 from pgpool_tw.stats.events import EventHub
 
 if TYPE_CHECKING:
@@ -62,6 +68,11 @@ class SessionContext:
         #: Warm logins served by the C loop (service.py starts it under ``twistd pgpool``).
         self.warm: Optional[WarmLogins] = None
         self._login_deadlines: dict[float, Deadlines] = {}
+        #: Reads sent to each node since start (SHOW pool_nodes' select_cnt).
+        self.select_counts: dict[int, int] = {}
+        #: Function names the primary's catalog says are not VOLATILE (the sr_check).
+        self.read_only_functions: frozenset[str] = frozenset()
+        self.classifier = _classifier(config, self.read_only_functions)
 
     def login_deadlines(self, timeout: float) -> Deadlines:
         """The authentication_timeout timeouts of this length, on one shared timer.
@@ -84,11 +95,77 @@ class SessionContext:
         """A reload's configuration: new sessions read it; nodes keep their status."""
         old = self.cluster
         self.config = config
+        self.classifier = _classifier(config, self.read_only_functions)
         self.cluster = Cluster.from_config(config)
         for node in self.cluster:
             before = old.get(node.index)
             if before is not None and before.address == node.address:
                 self.cluster.set_status(node.index, before.status)
+
+    # -- routing (cluster/router.py decides; these hand sessions its answers) ----------
+
+    def learn_functions(self, names: frozenset[str]) -> None:
+        """The catalog's non-VOLATILE function names: reads that call them may balance."""
+        if names != self.read_only_functions:
+            self.read_only_functions = names
+            self.classifier.set_known_read_only(names)
+
+    @property
+    def routes(self) -> bool:
+        """Sessions route statements between nodes (their relay reads every message)."""
+        return routing_on(self.config, self.cluster)
+
+    def lb_node_for(self, startup: StartupMessage, primary: int) -> Optional[int]:
+        """The session's load-balancing node, or None when sessions do not route."""
+        if not routing_on(self.config, self.cluster):
+            return None
+        return choose_lb_node(
+            self.config,
+            self.cluster,
+            primary,
+            startup.database,
+            startup.application_name,
+            startup.user,
+        )
+
+    def routing_rules(self, lb_node: int) -> RoutingRules:
+        """What a routed session asks while it runs, read from the current settings."""
+        config = self.config
+
+        def lb_readable() -> bool:
+            return readable(self.cluster.get(lb_node))
+
+        def lb_replayed() -> int:
+            return getattr(self.cluster.get(lb_node), "replay_lsn", 0) or 0
+
+        def local(command: str, status: int) -> bytes:
+            return self.local_answer(command, status, lb_node)
+
+        return RoutingRules(
+            self.classifier.classify,
+            local,
+            lb_readable,
+            lb_replayed,
+            config.disable_load_balance_on_write,
+            config.read_your_writes,
+            self._count_select,
+        )
+
+    def _count_select(self, node: int) -> None:
+        counts = self.select_counts
+        counts[node] = counts.get(node, 0) + 1
+
+    def local_answer(self, command: str, status: int, lb_node: Optional[int]) -> bytes:
+        """The pooler's own answer to a SHOW it owns, ReadyForQuery included."""
+        if command == "pool_nodes":
+            by_time = self.config.delay_threshold_by_time > 0
+            rows = pool_nodes_rows(self.cluster, lb_node, self.select_counts, by_time)
+            body = result_set(POOL_NODES_COLUMNS, rows)
+        else:
+            body = m.error_response(
+                "0A000", f"SHOW {command} is not supported by pgpool-tw yet", severity="ERROR"
+            )
+        return body + m.ready_for_query(status)
 
     def node_up(self, backend: BackendNode) -> None:
         """A server of ``backend`` finished a login: the node is up (pgpool-II's status)."""
@@ -115,3 +192,14 @@ class SessionContext:
             tls_override if tls_override is not None else tls.for_server(node),
             tls.server_tls_required,
         )
+
+
+def _classifier(config: Config, known: frozenset[str]) -> Classifier:
+    """The classifier for ``config``'s function and pattern lists (its cache starts empty)."""
+    return Classifier(
+        write_functions=config.write_function_list,
+        read_only_functions=config.read_only_function_list,
+        primary_patterns=config.primary_routing_query_pattern_list,
+        allow_sql_comments=config.allow_sql_comments,
+        known_read_only=known,
+    )

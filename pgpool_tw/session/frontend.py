@@ -129,15 +129,21 @@ class FrontendProtocol(Protocol):
         name = certificate.get_subject().CN
         return str(name) if name is not None else None
 
-    def start_relay(self, server: BackendProtocol, tracker: SessionTracker) -> None:
-        """Bytes flow both ways from now on, through the C loop where it can take them."""
+    def start_relay(self, server: BackendProtocol, tracker: SessionTracker, routed: bool) -> None:
+        """Bytes flow both ways from now on, through the C loop where it can take them.
+
+        A routed session's stream (``routed.RoutedStream``) sends to its servers itself:
+        chunks go to its ``feed_client`` only, and flow control pairs the client with
+        the primary's leg.
+        """
         self.tracker = tracker
-        self.server_write = server.send
+        self.server_write = discard if routed else server.send
         self._producers = link(self.transport, server.transport)
         factory = self.factory
-        self._relay = fastpoll.start_relay(
-            factory.reactor, tracker, self.transport, server.transport, self._terminated
-        )
+        if not routed:
+            self._relay = fastpoll.start_relay(
+                factory.reactor, tracker, self.transport, server.transport, self._terminated
+            )
         self.relaying = True
         self._idle_since = factory.reactor.seconds()
 

@@ -39,8 +39,10 @@ from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.sql import quote_literal
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import cancel
+from pgpool_tw.session.balance import BalanceLeg
 from pgpool_tw.session.handshake import Handshake
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
+from pgpool_tw.session.routed import Leg, RoutedStream
 from pgpool_tw.session.states import (
     AUTHENTICATING,
     CLOSED,
@@ -70,10 +72,12 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_auth_ok_sent",
+        "_balance",
         "_buffer",
         "_handshake",
         "_in_pool",
         "_info",
+        "_lb_node",
         "_password",
         "_secret",
         "server_login",
@@ -81,6 +85,8 @@ class Session:
         "context",
         "io",
         "key",
+        "lb_server",
+        "routed",
         "server",
         "ssl",
         "startup",
@@ -110,6 +116,12 @@ class Session:
         self.server_login: Optional[ServerLogin] = None
         self._secret = 0
         self._info: Optional[SessionInfo] = None
+        #: Routing: the load-balancing node chosen at attach (None: the session does not
+        #: route), the leg being opened, its server, and the stream over both legs.
+        self._lb_node: Optional[int] = None
+        self._balance: Optional[BalanceLeg] = None
+        self.lb_server: Optional[BackendProtocol] = None
+        self.routed: Optional[RoutedStream] = None
 
     # -- the one function that moves the state ------------------------------------
 
@@ -182,6 +194,9 @@ class Session:
             self._release_server(tracker.in_sync and tracker.status == m.IDLE)
         elif state == CONNECTING and self.server_login is not None:
             self.server_login.abandon()
+        elif state == SETTING and self._balance is not None:
+            self._balance.abandon()
+            self._give_back_primary()
         self._leave_pool()
 
     def started(self, startup: StartupMessage, raw: bytes, rest: bytes) -> None:
@@ -305,11 +320,23 @@ class Session:
     # -- inputs: the server connection (backend.ServerOwner once attached or reused) --
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
-        """The server went away under this session: tell the client and close."""
+        """The server went away under this session: tell the client and close.
+
+        A load-balancing server that owed nothing is let go: the session reads from
+        the primary from then on.
+        """
+        if server is self.lb_server and self._lb_lost(server, why):
+            return
         if self.state == RELAY and self.server is not None:
             tracker = self.tracker
             assert tracker is not None
-            self._stop_relay(server)
+            primary = self.server
+            self._stop_relay(primary)
+            if server is not primary:
+                self.context.pool.give_back(primary, False)
+            lb, self.lb_server = self.lb_server, None
+            if lb is not None and lb is not server:
+                self.context.pool.give_back(lb, False)
             log.warn(
                 "client={client} server={server} lost mid-session: {why}",
                 client=self.peer,
@@ -342,8 +369,13 @@ class Session:
     # -- the session ------------------------------------------------------------------
 
     def _attach(self, server: BackendProtocol) -> None:
-        """Send the login's end (as a direct connection would) and start relaying."""
+        """Send the login's end (as a direct connection would) and start relaying.
+
+        A session that routes opens its load-balancing server first (``BalanceLeg``).
+        """
         self.server = server
+        if self._lb_node is None and self._open_balance(server):
+            return
         self._secret = cancel.new_secret()
         end, _ = login_end(
             server.parameter_statuses(),
@@ -355,7 +387,7 @@ class Session:
         self.io.send(end)
         self._start_session(server)
         warm = self.context.warm
-        if warm is not None:
+        if warm is not None and self.routed is None:
             warm.learn(self.io, server)
         data, self._buffer = self._buffer, b""
         if data:
@@ -380,9 +412,14 @@ class Session:
     ) -> None:
         context = self.context
         context.cancels.register(server.pid, self._secret, self)
-        self.tracker = server.attach(self, self.io.send, tracker)
-        self._move(RELAY)
-        self.io.start_relay(server, self.tracker)
+        if self._lb_node is not None:
+            self.tracker = self._start_routed(server)  # type: ignore[assignment]
+            self._move(RELAY)
+            self.io.start_relay(server, self.tracker, True)  # type: ignore[arg-type]
+        else:
+            self.tracker = server.attach(self, self.io.send, tracker)
+            self._move(RELAY)
+            self.io.start_relay(server, self.tracker, False)
         if context.events.observers:
             startup = self.startup
             assert startup is not None
@@ -394,6 +431,7 @@ class Session:
     def _stop_relay(self, server: BackendProtocol) -> None:
         self.io.stop_relay(server)
         self.server = None
+        self.routed = None
         self.context.cancels.unregister(server.pid, self)
         info, self._info = self._info, None
         if info is not None:
@@ -404,6 +442,103 @@ class Session:
         assert server is not None
         self._stop_relay(server)
         self.context.pool.give_back(server, reusable)
+        lb, self.lb_server = self.lb_server, None
+        if lb is not None:
+            self.context.pool.give_back(lb, reusable)
+
+    # -- routing: the load-balancing leg ------------------------------------------------
+
+    def _open_balance(self, server: BackendProtocol) -> bool:
+        """Choose the load-balancing node; True while its server is being opened."""
+        startup = self.startup
+        assert startup is not None
+        lb = self.context.lb_node_for(startup, server.node.index)
+        if lb is None:
+            return False
+        self._lb_node = lb
+        if lb == server.node.index:
+            return False
+        server.owner = None
+        server.keeper = self  # told if the primary goes away meanwhile
+        self._move(SETTING)
+        check = self._password
+        auth = check.login.backend_auth() if check is not None else None
+        self._balance = BalanceLeg(self, pool_key(lb, startup), auth)
+        self._balance.open()
+        return True
+
+    def balance_ready(self, server: Optional[BackendProtocol]) -> None:
+        """The load-balancing server is ours (None: this session reads from the primary)."""
+        self._balance = None
+        if self.state == CLOSED or self.server is None:
+            if server is not None:
+                self.context.pool.give_back(server, True)
+            return
+        self.lb_server = server
+        self._attach(self.server)
+
+    def _start_routed(self, server: BackendProtocol) -> RoutedStream:
+        """Both legs attached to one ``RoutedStream`` that answers the client as one server."""
+        assert self._lb_node is not None
+        primary = Leg(server.node.index, server.send, server.status, server.params, server.pid)
+        lb_server = self.lb_server
+        lb: Optional[Leg] = None
+        if lb_server is not None:
+            lb = Leg(
+                lb_server.node.index,
+                lb_server.send,
+                lb_server.status,
+                lb_server.params,
+                lb_server.pid,
+            )
+        node = lb.node if lb is not None else server.node.index
+        stream = RoutedStream(
+            primary, lb, self.io.send, self.context.routing_rules(node), self._stream_broken
+        )
+        server.attach(self, _nowhere, primary)  # type: ignore[arg-type]
+        if lb_server is not None:
+            lb_server.attach(self, _nowhere, lb)  # type: ignore[arg-type]
+        self.routed = stream
+        return stream
+
+    def _stream_broken(self, why: str) -> None:
+        self.fatal("08P01", f"invalid frontend message: {why}")
+
+    def _lb_lost(self, server: BackendProtocol, why: str) -> bool:
+        """The load-balancing server closed; True when the session carries on without it."""
+        stream = self.routed
+        self.lb_server = None
+        leg = server.tracker
+        if stream is not None and isinstance(leg, Leg) and stream.drop_leg(leg):
+            log.warn(
+                "client={client} load-balancing server {server} lost: {why}; "
+                "reading from the primary",
+                client=self.peer,
+                server=server.node.address,
+                why=why,
+            )
+            return True
+        return stream is None and self.state != RELAY
+
+    def _give_back_primary(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.keeper = None
+            self.context.pool.give_back(server, True)
+
+    def cancel_targets(self) -> list[BackendProtocol]:
+        """The servers a CancelRequest for this session goes to: what it waits on."""
+        server = self.server
+        if server is None:
+            return []
+        stream, lb = self.routed, self.lb_server
+        if stream is None or lb is None:
+            return [server]
+        waiting = stream.waiting_on()
+        targets = [server] if stream.primary in waiting or not waiting else []
+        if stream.lb in waiting:
+            targets.append(lb)
+        return targets
 
     def _leave_pool(self) -> None:
         if self._in_pool:
@@ -453,3 +588,7 @@ class Session:
         self._timer = None
         log.info("client={client} authentication_timeout: closing", client=self.peer)
         self.io.close()
+
+
+def _nowhere(data: bytes) -> None:
+    """A routed leg's peer writer: the stream sends to the client itself."""

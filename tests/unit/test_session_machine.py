@@ -81,7 +81,7 @@ class RecordingIO:
     def peer_common_name(self) -> Optional[str]:
         return None
 
-    def start_relay(self, server: BackendProtocol, tracker: SessionTracker) -> None:
+    def start_relay(self, server: BackendProtocol, tracker: SessionTracker, routed: bool) -> None:
         self.actions.append("start_relay")
 
     def stop_relay(self, server: BackendProtocol) -> None:

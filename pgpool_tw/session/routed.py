@@ -1,0 +1,823 @@
+"""One client's stream spread over the primary and a load-balancing node, as one server.
+
+A routed session holds a server connection per node it uses (pgpool-II's child holds
+one per valid backend): the primary, which takes every write and whose login the client
+saw, and the session's load-balancing node, chosen at session start.  ``RoutedStream``
+is the sans-I/O heart of such a session: client bytes in, bytes out to each leg; server
+bytes in per leg, bytes out to the client.  It frames every message (unlike the plain
+relay, which only walks headers), because it must read query texts and merge replies.
+
+The client must see what one server would send:
+
+* Every Query, Sync-ended batch and FunctionCall is a *unit*, sent to one leader leg
+  (and, for session state, to the other legs too).  Replies reach the client in the
+  order the client sent its units, whichever leg answers first; only the leader's reply
+  is forwarded, the others' are read and dropped.  A unit ends when every leg it went
+  to has sent its ReadyForQuery; the leader's is forwarded then.
+* A statement that provably only reads goes to the load-balancing node when the
+  session's rules allow it (``_read_leg``): same transaction state on both legs,
+  nothing in flight on the primary, no write earlier in the transaction
+  (``disable_load_balance_on_write``), no temp table of the session, and, with
+  read_your_writes, a node that has replayed the session's last commit.
+* Session state (SET, BEGIN/COMMIT, PREPARE, DEALLOCATE, named extended-protocol
+  statements) reaches every leg.  A transaction that failed on the leg that answered the
+  client is *aborted*: its statements go to that leg, which refuses them as one server
+  would, and its end goes to every leg, a COMMIT becoming ROLLBACK where the transaction
+  did not fail (one server would roll it back too).
+* ParameterStatus reaches the client from the primary only; every leg's parameters are
+  kept up to date for the pool.
+
+What it does not do yet: a Sync-ended batch is routed as a whole, decided from the
+messages already received when it starts; a batch that starts reading on the
+load-balancing node and later (after a Flush round trip) asks for a write gets the
+standby's refusal.  Flow control covers the primary's leg only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from struct import Struct
+from typing import Optional
+
+from pgpool_tw.cluster.classify import ROUTE_ALL, ROUTE_LOCAL, ROUTE_STANDBY, Verdict
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.errors import ProtocolViolation
+
+__all__ = ["Leg", "RoutedStream", "RoutingRules"]
+
+_LENGTH = Struct("!I").unpack_from
+_INT16 = Struct("!h").unpack_from
+
+IDLE, IN_TX, FAILED = m.IDLE, m.IN_TRANSACTION, m.IN_FAILED_TRANSACTION
+
+# Client message types.
+_QUERY, _PARSE, _BIND, _DESCRIBE, _EXECUTE = ord("Q"), ord("P"), ord("B"), ord("D"), ord("E")
+_CLOSE, _FLUSH, _SYNC, _FUNCTION_CALL, _TERMINATE = ord("C"), ord("H"), ord("S"), ord("F"), ord("X")
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = ord("d"), ord("c"), ord("f")
+_EXTENDED = frozenset((_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _FLUSH, _SYNC))
+# Server message types.
+_READY, _PARAMETER_STATUS, _ERROR, _DATA_ROW = ord("Z"), ord("S"), ord("E"), ord("D")
+
+#: The largest message PostgreSQL itself accepts (its MaxAllocSize).
+_MAX_MESSAGE = 0x3FFFFFFF
+
+_SYNC_MESSAGE = b"S\x00\x00\x00\x04"
+
+
+class RoutingRules:
+    """The session's settings and the cluster's answers, as the stream asks for them.
+
+    Plain attributes and callables, so a test can build one without a cluster.
+    """
+
+    __slots__ = (
+        "classify",
+        "local",
+        "lb_readable",
+        "lb_replayed",
+        "on_write_mode",
+        "read_your_writes",
+        "on_select",
+    )
+
+    def __init__(
+        self,
+        classify: Callable[[str], Verdict],
+        local: Callable[[str, int], bytes],
+        lb_readable: Callable[[], bool] = lambda: True,
+        lb_replayed: Callable[[], int] = lambda: 0,
+        on_write_mode: str = "transaction",
+        read_your_writes: bool = True,
+        on_select: Callable[[int], None] = lambda node: None,
+    ) -> None:
+        self.classify = classify
+        #: local(command, status) -> the pooler's own answer, ReadyForQuery included.
+        self.local = local
+        #: The load-balancing node is up and not over delay_threshold.
+        self.lb_readable = lb_readable
+        #: The load-balancing node's replayed LSN as last checked (0: unknown).
+        self.lb_replayed = lb_replayed
+        self.on_write_mode = on_write_mode
+        self.read_your_writes = read_your_writes
+        #: A read statement was sent to node N (SHOW pool_nodes' select_cnt).
+        self.on_select = on_select
+
+
+class Unit:
+    """One Query, Sync-ended batch or FunctionCall, or one of the pooler's own queries."""
+
+    __slots__ = ("leader", "owed", "held", "client", "last", "rows", "done", "write", "tx")
+
+    def __init__(self, leader: Leg, client: bool = True) -> None:
+        self.leader = leader
+        #: ReadyForQuery messages still owed, per leg.
+        self.owed: dict[Leg, int] = {}
+        #: The leader's reply while an earlier unit still answers the client.
+        self.held: list[bytes] = []
+        #: The reply goes to the client (False: the pooler's own query).
+        self.client = client
+        #: The leader's final ReadyForQuery, forwarded once every leg has answered.
+        self.last = b""
+        #: DataRow bodies of the pooler's own query.
+        self.rows: list[bytes] = []
+        self.done: Optional[Callable[[Unit], None]] = None
+        self.write = False
+        self.tx = ""
+
+    def expect(self, leg: Leg) -> None:
+        self.owed[leg] = self.owed.get(leg, 0) + 1
+        leg.units.append(self)
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.owed.values())
+
+
+class Leg:
+    """One server connection of a routed session, as the stream sees it.
+
+    Handed to ``BackendProtocol.attach`` as the server's tracker: the server calls
+    ``feed_server`` with each chunk, and reads ``status`` when it is detached.
+    """
+
+    __slots__ = ("node", "send", "status", "params", "units", "buf", "stream", "sent", "pid")
+
+    def __init__(
+        self,
+        node: int,
+        send: Callable[[bytes], None],
+        status: int,
+        params: dict[str, str],
+        pid: int = 0,
+    ) -> None:
+        self.node = node
+        self.send = send
+        self.status = status
+        self.params = params
+        self.pid = pid
+        #: Units this leg owes a ReadyForQuery, one entry per ReadyForQuery.
+        self.units: deque[Unit] = deque()
+        self.buf = b""
+        self.stream: Optional[RoutedStream] = None
+        #: Bytes queued for this leg during one client chunk.
+        self.sent: list[bytes] = []
+
+    def feed_server(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.server_data(self, data)
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.units and not self.buf
+
+    def take_counts(self) -> tuple[int, int, int, int]:
+        """The session's counters, harvested once: through the primary's leg."""
+        stream = self.stream
+        if stream is None or self is not stream.primary:
+            return (0, 0, 0, 0)
+        return stream.take_counts()
+
+    def __repr__(self) -> str:
+        return f"<Leg node {self.node}>"
+
+
+class _Batch:
+    """An extended-protocol batch from its first message to its Sync."""
+
+    __slots__ = ("unit", "legs")
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        #: Every leg that received a message of the batch: each gets the Sync.
+        self.legs: list[Leg] = [unit.leader]
+
+
+class RoutedStream:
+    """The client's stream over a primary leg and optionally a load-balancing leg."""
+
+    def __init__(
+        self,
+        primary: Leg,
+        lb: Optional[Leg],
+        client_send: Callable[[bytes], None],
+        rules: RoutingRules,
+        broken: Callable[[str], None] = lambda why: None,
+    ) -> None:
+        self.primary = primary
+        self.lb = lb if lb is not primary else None
+        self.legs = [primary] if self.lb is None else [primary, self.lb]
+        for leg in self.legs:
+            leg.stream = self
+        self.client_send = client_send
+        self.rules = rules
+        #: The client's stream cannot be framed: the session ends it (08P01).
+        self.broken = broken
+        self._cbuf = bytearray()
+        self._queue: deque[Unit] = deque()
+        self._out: list[bytes] = []
+        self._batch: Optional[_Batch] = None
+        self._copy_leg: Optional[Leg] = None
+        #: The leg whose transaction failed where the client saw it.
+        self.aborted: Optional[Leg] = None
+        #: Session state changed on the primary only: no more load balancing.
+        self.desynced = False
+        self._wrote_in_tx = False
+        self._wrote_in_a_tx = False  # trans_transaction
+        self._wrote = False  # always
+        self._dirty = False  # a write since the last LSN capture
+        self._lsn_pending = False
+        self.write_lsn = 0
+        self._lb_replayed = 0
+        self._temps: set[str] = set()
+        self._statements: dict[bytes, Verdict] = {}
+        self._prepared: dict[str, Verdict] = {}
+        self._unnamed: tuple[Optional[Verdict], list[Leg]] = (None, [primary])
+        self._portals: dict[bytes, list[Leg]] = {}
+        # Counters, as the plain tracker keeps them (stats/counters.py harvests them).
+        self.queries = 0
+        self.xacts = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- what the session and the glue read, as of the plain tracker -----------------
+
+    @property
+    def status(self) -> int:
+        return self.primary.status if self.aborted is None else FAILED
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_sync(self) -> bool:
+        return (
+            not self._queue
+            and self._batch is None
+            and not self._cbuf
+            and all(leg.in_sync for leg in self.legs)
+        )
+
+    @property
+    def server_at_boundary(self) -> bool:
+        return True  # only whole messages are ever sent to the client
+
+    def take_counts(self) -> tuple[int, int, int, int]:
+        counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
+        self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
+        return counts
+
+    def waiting_on(self) -> list[Leg]:
+        """The legs that owe the client an answer (a CancelRequest goes to them)."""
+        return [leg for leg in self.legs if any(unit.client for unit in leg.units)]
+
+    def drop_leg(self, leg: Leg) -> bool:
+        """Forget a load-balancing leg whose server went away; False if it owed answers."""
+        if leg is self.primary or leg.units:
+            return False
+        self.lb = None
+        self.legs = [self.primary]
+        leg.stream = None
+        return True
+
+    # -- client to servers ---------------------------------------------------------------
+
+    def feed_client(self, data: bytes) -> int:
+        """Route a client chunk; return 0 when it held a Terminate (never forwarded), else -1."""
+        self.bytes_in += len(data)
+        buf = self._cbuf
+        buf += data
+        pos = 0
+        size = len(buf)
+        terminated = False
+        try:
+            while size - pos >= 5:
+                length = _LENGTH(buf, pos + 1)[0]
+                if length < 4 or length > _MAX_MESSAGE:
+                    raise _Broken(f"invalid message length {length}")
+                end = pos + 1 + length
+                if end > size:
+                    break
+                kind = buf[pos]
+                if kind == _TERMINATE:
+                    terminated = True
+                    pos = size
+                    break
+                self._client_message(kind, bytes(buf[pos:end]), buf, end)
+                pos = end
+        except (_Broken, ValueError, IndexError) as e:
+            # A length out of range, or a Parse/Bind/Describe body without its strings.
+            del buf[:]
+            self._flush_legs()
+            self.broken(str(e) if isinstance(e, _Broken) else "malformed message")
+            return -1
+        del buf[:pos]
+        self._flush_legs()
+        if self._out:
+            out, self._out = self._out, []
+            self.client_send(b"".join(out))
+        return 0 if terminated else -1
+
+    def _flush_legs(self) -> None:
+        for leg in self.legs:
+            if leg.sent:
+                data = b"".join(leg.sent) if len(leg.sent) > 1 else leg.sent[0]
+                leg.sent = []
+                leg.send(data)
+
+    def _client_message(self, kind: int, msg: bytes, buf: bytearray, after: int) -> None:
+        if kind == _QUERY:
+            self._query(msg)
+        elif kind in _EXTENDED:
+            self._extended(kind, msg, buf, after)
+        elif kind in (_COPY_DATA, _COPY_DONE, _COPY_FAIL):
+            leg = self._copy_leg or self.primary
+            leg.sent.append(msg)
+        elif kind == _FUNCTION_CALL:
+            self._send_unit(self._leg_for_write(), [], msg, None)
+        else:
+            # Unknown to the protocol: the primary answers it as a server would.
+            self.primary.sent.append(msg)
+
+    # -- simple query ------------------------------------------------------------------
+
+    def _query(self, msg: bytes) -> None:
+        text = msg[5:-1].decode("utf-8", "replace")
+        verdict = self.rules.classify(text)
+        if self._batch is not None:
+            # A Query inside an open batch: the batch's leader answers it.
+            unit = self._batch.unit
+            unit.leader.sent.append(msg)
+            unit.expect(unit.leader)
+            return
+        route = verdict.route
+        if verdict.execute_name:
+            inner = self._prepared.get(verdict.execute_name)
+            if inner is not None and inner.route == ROUTE_STANDBY:
+                verdict = inner
+                route = ROUTE_STANDBY
+        if route == ROUTE_LOCAL:
+            self._local(verdict.local)
+            return
+        self._remember(verdict)
+        if route == ROUTE_ALL:
+            leader, others = self._all_legs(verdict)
+            rollback = m.query("ROLLBACK")
+            copies = [rollback if self._must_roll_back(leg, verdict) else msg for leg in others]
+            if self._must_roll_back(leader, verdict):
+                msg = rollback
+            self._send_unit(leader, list(zip(others, copies)), msg, verdict)
+            return
+        leader = self._read_leg(verdict) if route == ROUTE_STANDBY else self._leg_for_write()
+        self._send_unit(leader, [], msg, verdict)
+
+    def _send_unit(
+        self,
+        leader: Leg,
+        others: list[tuple[Leg, bytes]],
+        msg: bytes,
+        verdict: Optional[Verdict],
+    ) -> Unit:
+        unit = Unit(leader)
+        if verdict is not None:
+            unit.write = verdict.write
+            unit.tx = verdict.tx
+            self._note_sent(leader, verdict)
+        self._queue.append(unit)
+        leader.sent.append(msg)
+        unit.expect(leader)
+        for leg, copy in others:
+            leg.sent.append(copy)
+            unit.expect(leg)
+        self._copy_leg = leader
+        return unit
+
+    def _note_sent(self, leader: Leg, verdict: Verdict) -> None:
+        if verdict.write:
+            self._wrote_in_tx = self._wrote = self._dirty = True
+            if self.primary.status == IN_TX:
+                self._wrote_in_a_tx = True
+        if verdict.route == ROUTE_STANDBY:
+            self.rules.on_select(leader.node)
+
+    def _remember(self, verdict: Verdict) -> None:
+        """What a statement tells the session about its future reads."""
+        if verdict.temp_created:
+            self._temps.update(verdict.temp_created)
+        if verdict.desync:
+            self.desynced = True
+        if verdict.prepare_name and verdict.inner is not None:
+            self._prepared[verdict.prepare_name] = verdict.inner
+        if verdict.deallocate_name:
+            if verdict.deallocate_name == "*":
+                self._prepared.clear()
+            else:
+                self._prepared.pop(verdict.deallocate_name, None)
+
+    def _local(self, command: str) -> None:
+        unit = Unit(self.primary)
+        unit.held.append(self.rules.local(command, self.status))
+        self._queue.append(unit)
+        self._complete()
+
+    # -- where statements go -----------------------------------------------------------
+
+    def _leg_for_write(self) -> Leg:
+        return self.aborted if self.aborted is not None else self.primary
+
+    def _all_legs(self, verdict: Verdict) -> tuple[Leg, list[Leg]]:
+        """Session state: the leader, and the other legs that must see it too."""
+        aborted = self.aborted
+        if aborted is not None and verdict.tx not in ("commit", "rollback", "rollback_to"):
+            return aborted, []  # refused where the transaction failed, changes nothing
+        if self.lb is None or self.desynced:
+            return self.primary, []
+        return self.primary, [self.lb]
+
+    def _must_roll_back(self, leg: Leg, verdict: Verdict) -> bool:
+        """A COMMIT of a failed transaction, sent where it did not fail, must not commit."""
+        return verdict.tx == "commit" and self.aborted is not None and leg is not self.aborted
+
+    def _read_leg(self, verdict: Verdict) -> Leg:
+        """Where a statement that only reads goes now (pgpool-II's load-balance rules)."""
+        primary, lb = self.primary, self.lb
+        if self.aborted is not None:
+            return self.aborted
+        if lb is None or self.desynced or primary.units or lb.status != primary.status:
+            return primary
+        mode = self.rules.on_write_mode
+        if primary.status != IDLE:
+            if self._wrote_in_tx and mode != "always":
+                return primary
+            if mode == "trans_transaction" and self._wrote_in_a_tx:
+                return primary
+        if mode == "always" and self._wrote:
+            return primary
+        if self._temps and any(name in self._temps for name in verdict.relations):
+            return primary
+        if not self.rules.lb_readable():
+            return primary
+        if self.rules.read_your_writes and self.write_lsn:
+            if self._lsn_pending:
+                return primary
+            replayed = max(self._lb_replayed, self.rules.lb_replayed())
+            if replayed < self.write_lsn:
+                self._ask_replayed(lb)
+                return primary
+        elif self._lsn_pending:
+            return primary
+        return lb
+
+    # -- the extended protocol ---------------------------------------------------------
+
+    def _extended(self, kind: int, msg: bytes, buf: bytearray, after: int) -> None:
+        batch = self._batch
+        if batch is None:
+            if kind == _SYNC:
+                self._send_unit(self._leg_for_write(), [], msg, None)
+                return
+            leader = self._batch_leader(msg, buf, after)
+            unit = Unit(leader)
+            self._queue.append(unit)
+            self._copy_leg = leader
+            batch = self._batch = _Batch(unit)
+        unit = batch.unit
+        leader = unit.leader
+        if kind == _SYNC:
+            for leg in batch.legs:
+                leg.sent.append(msg)
+                unit.expect(leg)
+            self._batch = None
+            return
+        targets = self._targets(kind, msg, leader, unit)
+        for leg in targets:
+            if leg is leader:
+                leg.sent.append(msg)
+            else:
+                leg.sent.append(self._for_other(kind, msg, unit))
+                if leg not in batch.legs:
+                    batch.legs.append(leg)
+
+    def _for_other(self, kind: int, msg: bytes, unit: Unit) -> bytes:
+        if kind == _PARSE and unit.tx == "commit" and self.aborted is not None:
+            return _reparse(msg, "ROLLBACK")
+        return msg
+
+    def _targets(self, kind: int, msg: bytes, leader: Leg, unit: Unit) -> list[Leg]:
+        """The legs a message of the open batch goes to; the leader always among them."""
+        if kind == _PARSE:
+            name, text = _parse_fields(msg)
+            verdict = self.rules.classify(text)
+            self._remember(verdict)
+            if verdict.write:
+                unit.write = True
+                self._note_sent(leader, verdict)
+            elif verdict.route == ROUTE_STANDBY and leader is not self.primary:
+                self.rules.on_select(leader.node)
+            if verdict.tx:
+                unit.tx = verdict.tx
+            legs = self._everywhere(leader) if name or verdict.route == ROUTE_ALL else [leader]
+            ending = verdict.tx in ("commit", "rollback", "rollback_to")
+            if verdict.route == ROUTE_ALL and self.aborted is not None and not ending:
+                legs = [leader]
+            if name:
+                self._statements[name] = verdict
+            else:
+                self._unnamed = (verdict, legs)
+            return legs
+        if kind == _BIND:
+            portal, statement = _bind_names(msg)
+            if statement:
+                named = self._statements.get(statement)
+                legs = (
+                    self._everywhere(leader)
+                    if named is not None and named.route == ROUTE_ALL
+                    else [leader]
+                )
+            else:
+                legs = self._unnamed[1] if leader in self._unnamed[1] else [leader]
+            self._portals[portal] = legs
+            return legs
+        if kind == _EXECUTE or ((kind in (_DESCRIBE, _CLOSE)) and msg[5] == ord("P")):
+            name = msg[6 : msg.index(b"\0", 6)]
+            legs = self._portals.get(name, [leader])
+            return legs if leader in legs else [leader]
+        if kind in (_DESCRIBE, _CLOSE):
+            name = msg[6 : msg.index(b"\0", 6)]
+            if not name:
+                legs = self._unnamed[1]
+                return legs if leader in legs else [leader]
+            if kind == _CLOSE:
+                self._statements.pop(name, None)
+                return self._everywhere(leader)
+            return [leader]
+        return [leader]  # Flush
+
+    def _everywhere(self, leader: Leg) -> list[Leg]:
+        if self.desynced or self.lb is None:
+            return [leader]
+        return [leader] + [leg for leg in self.legs if leg is not leader]
+
+    def _batch_leader(self, first: bytes, buf: bytearray, after: int) -> Leg:
+        """Which leg answers a batch: read from its messages received so far.
+
+        The primary if any of them needs it; the leg a statement or portal already
+        lives on, if they name one; else the load-balancing node if every statement
+        may be read there.
+        """
+        needs: Optional[Leg] = None
+        reads: list[Verdict] = []
+        parsed: set[bytes] = set()
+        portals: set[bytes] = set()
+        unnamed_parsed = False
+        for kind, msg in _batch_messages(first, buf, after):
+            if kind == _PARSE:
+                name, text = _parse_fields(msg)
+                verdict = self.rules.classify(text)
+                if verdict.route != ROUTE_STANDBY:
+                    return self._leg_for_write()
+                reads.append(verdict)
+                if name:
+                    parsed.add(name)
+                else:
+                    unnamed_parsed = True
+            elif kind == _BIND:
+                portal, statement = _bind_names(msg)
+                portals.add(portal)
+                if statement:
+                    if statement in parsed:
+                        continue
+                    known = self._statements.get(statement)
+                    if known is None or known.route != ROUTE_STANDBY:
+                        return self._leg_for_write()
+                    reads.append(known)
+                elif not unnamed_parsed:
+                    unnamed, where = self._unnamed
+                    if unnamed is None or unnamed.route != ROUTE_STANDBY:
+                        return self._leg_for_write()
+                    if len(where) == 1:
+                        needs = where[0]
+                    reads.append(unnamed)
+            elif kind in (_EXECUTE, _DESCRIBE, _CLOSE):
+                if kind != _EXECUTE and msg[5] != ord("P"):
+                    continue
+                name = msg[6 : msg.index(b"\0", 6)]
+                if name in portals:
+                    continue
+                bound = self._portals.get(name)
+                if bound is not None and len(bound) == 1 and kind != _CLOSE:
+                    needs = bound[0]
+            elif kind == _FUNCTION_CALL:
+                return self._leg_for_write()
+        if self.aborted is not None:
+            return self.aborted
+        if needs is not None:
+            return needs
+        if not reads:
+            return self.primary
+        for verdict in reads:
+            if self._read_leg(verdict) is self.primary:
+                return self.primary
+        return self.lb if self.lb is not None else self.primary
+
+    # -- servers to the client -----------------------------------------------------------
+
+    def server_data(self, leg: Leg, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if leg.buf:
+            data = leg.buf + data
+            leg.buf = b""
+        size = len(data)
+        pos = 0
+        out = self._out
+        while size - pos >= 5:
+            end = pos + 1 + _LENGTH(data, pos + 1)[0]
+            if end > size:
+                break
+            self._server_message(leg, data[pos], data, pos, end, out)
+            pos = end
+        if pos < size:
+            leg.buf = data[pos:]
+        if out:
+            self._out = []
+            self.client_send(b"".join(out))
+
+    def _server_message(
+        self, leg: Leg, kind: int, data: bytes, pos: int, end: int, out: list[bytes]
+    ) -> None:
+        if kind == _PARAMETER_STATUS:
+            try:
+                name, value = m.parse_parameter_status(data[pos + 5 : end])
+            except ProtocolViolation:
+                name = ""
+            if name:
+                leg.params[name] = value
+            if leg is self.primary:
+                units = leg.units
+                if units and units[0].client and units[0].leader is leg:
+                    self._forward(units[0], data[pos:end], out)
+                else:
+                    out.append(data[pos:end])
+            return
+        units = leg.units
+        if not units:
+            # Outside any unit: a notice or notification from the primary reaches the client.
+            if leg is self.primary:
+                out.append(data[pos:end])
+            return
+        unit = units[0]
+        if kind == _READY:
+            units.popleft()
+            if end > pos + 5:
+                leg.status = data[pos + 5]
+            unit.owed[leg] -= 1
+            if leg is unit.leader and unit.client:
+                if unit.owed[leg]:
+                    self._forward(unit, data[pos:end], out)
+                else:
+                    unit.last = data[pos:end]
+            if unit.complete:
+                if unit.client:
+                    self._complete()
+                else:
+                    self._internal_done(unit)
+            return
+        if leg is not unit.leader:
+            return  # another leg's answer to session state: the leader's is the one
+        if unit.client:
+            self._forward(unit, data[pos:end], out)
+        elif kind == _DATA_ROW:
+            unit.rows.append(data[pos + 5 : end])
+
+    def _forward(self, unit: Unit, msg: bytes, out: list[bytes]) -> None:
+        if self._queue and self._queue[0] is unit:
+            out.append(msg)
+        else:
+            unit.held.append(msg)
+
+    def _complete(self) -> None:
+        """Send what the units at the head of the queue owe the client, in order."""
+        queue, out = self._queue, self._out
+        while queue:
+            head = queue[0]
+            if head.held:
+                out.extend(head.held)
+                head.held = []
+            if not head.complete:
+                return
+            queue.popleft()
+            if head.last:
+                out.append(head.last)
+                self.queries += 1
+                self._unit_done(head)
+
+    def _unit_done(self, unit: Unit) -> None:
+        status = unit.leader.status
+        self.aborted = unit.leader if status == FAILED else None
+        if status == IDLE and self.primary.status == IDLE:
+            self.xacts += 1
+            self._wrote_in_tx = False
+            if self._dirty and self.rules.read_your_writes and self.lb is not None:
+                self._dirty = False
+                self._capture_lsn()
+
+    # -- the pooler's own queries ------------------------------------------------------
+
+    def _internal(self, leg: Leg, sql: str, done: Callable[[Unit], None]) -> None:
+        unit = Unit(leg, client=False)
+        unit.done = done
+        unit.expect(leg)
+        leg.send(m.query(sql))
+
+    def _internal_done(self, unit: Unit) -> None:
+        done = unit.done
+        if done is not None:
+            done(unit)
+
+    def _capture_lsn(self) -> None:
+        """After a commit that wrote: where the primary's WAL is (read-your-writes)."""
+        self._lsn_pending = True
+        self._internal(self.primary, "SELECT pg_current_wal_insert_lsn()", self._lsn_captured)
+
+    def _lsn_captured(self, unit: Unit) -> None:
+        self._lsn_pending = False
+        lsn = _first_lsn(unit.rows)
+        if lsn is None:
+            # No answer: reads stay on the primary for this session (safe, not fast).
+            self.write_lsn = 1 << 63
+            return
+        self.write_lsn = max(self.write_lsn, lsn)
+
+    def _ask_replayed(self, lb: Leg) -> None:
+        """Ask the load-balancing node how far it has replayed, when it is idle."""
+        if lb.units or lb.status != IDLE:
+            return
+        self._internal(lb, "SELECT pg_last_wal_replay_lsn()", self._replayed)
+
+    def _replayed(self, unit: Unit) -> None:
+        lsn = _first_lsn(unit.rows)
+        if lsn is not None:
+            self._lb_replayed = max(self._lb_replayed, lsn)
+
+
+class _Broken(Exception):
+    """The client's stream can no longer be framed."""
+
+
+def _batch_messages(first: bytes, buf: bytearray, after: int) -> list[tuple[int, bytes]]:
+    """The batch's messages received so far: ``first``, then whole ones up to a Sync."""
+    found = [(first[0], first)]
+    if first[0] == _SYNC:
+        return found
+    pos, size = after, len(buf)
+    while size - pos >= 5:
+        end = pos + 1 + _LENGTH(buf, pos + 1)[0]
+        if end > size:
+            break
+        kind = buf[pos]
+        if kind in (_SYNC, _TERMINATE, _QUERY):
+            break
+        found.append((kind, bytes(buf[pos:end])))
+        pos = end
+    return found
+
+
+def _parse_fields(msg: bytes) -> tuple[bytes, str]:
+    """A Parse message's statement name and query text."""
+    name_end = msg.index(b"\0", 5)
+    text_end = msg.index(b"\0", name_end + 1)
+    return msg[5:name_end], msg[name_end + 1 : text_end].decode("utf-8", "replace")
+
+
+def _reparse(msg: bytes, text: str) -> bytes:
+    """The same Parse (name, no parameter types) for another query text."""
+    name_end = msg.index(b"\0", 5)
+    body = msg[5 : name_end + 1] + m.cstring(text) + b"\x00\x00"
+    return m.message(b"P", body)
+
+
+def _bind_names(msg: bytes) -> tuple[bytes, bytes]:
+    """A Bind message's portal and statement names."""
+    portal_end = msg.index(b"\0", 5)
+    statement_end = msg.index(b"\0", portal_end + 1)
+    return msg[5:portal_end], msg[portal_end + 1 : statement_end]
+
+
+def _first_lsn(rows: list[bytes]) -> Optional[int]:
+    """The LSN ('X/Y') in the first column of the first DataRow body."""
+    if not rows:
+        return None
+    body = rows[0]
+    if _INT16(body, 0)[0] < 1:
+        return None
+    size = _LENGTH(body, 2)[0]
+    if size == 0xFFFFFFFF:
+        return None
+    text = body[6 : 6 + size].decode("ascii", "replace")
+    high, _, low = text.partition("/")
+    try:
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        return None

@@ -1,0 +1,330 @@
+"""Routing through a real primary and a real streaming replica (pg_basebackup -R).
+
+Every test runs the pooler in front of ``tests.support.shared_cluster``: node 0 is the
+primary, node 1 the replica.  Where a statement ran is read from the server itself
+(``SHOW port``, ``inet_server_port()``), never from the pooler's own account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import psycopg
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from pgpool_tw.config.settings import BackendNode, Config
+from pgpool_tw.service import PgpoolService
+from tests.support import shared_cluster, skip_unless_postgres, unique_name, wait_replica_caught_up
+
+
+class RoutingCase(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        skip_unless_postgres()
+        self.primary, self.replica = shared_cluster()
+
+    def start_pooler(
+        self, weights: tuple[float, float] = (0.0, 1.0), **settings: Any
+    ) -> PgpoolService:
+        socket_dir = tempfile.mkdtemp(prefix="pgtw-")
+        self.addCleanup(shutil.rmtree, socket_dir, True)
+        primary, replica = self.primary, self.replica
+        base = Config(
+            listen_addresses=("127.0.0.1",),
+            port=0,
+            socket_dirs=(socket_dir,),
+            backends=(
+                BackendNode(0, primary.host, primary.port, weight=weights[0]),
+                BackendNode(1, replica.host, replica.port, weight=weights[1]),
+            ),
+            sr_check_period=0,
+        )
+        service = PgpoolService(dataclasses.replace(base, **settings), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def database(self) -> tuple[str, str]:
+        """A role and database made on the primary and replayed by the replica."""
+        user, db = unique_name("u"), unique_name("d")
+        self.primary.create_role(user)
+        self.primary.create_database(db, owner=user)
+        wait_replica_caught_up()
+        return user, db
+
+    def dsn(self, service: PgpoolService, user: str, db: str) -> str:
+        return f"host=127.0.0.1 port={service.port} user={user} dbname={db}"
+
+
+def _thread(fn: Any, *args: Any) -> Any:
+    from twisted.internet import threads
+
+    return threads.deferToThread(fn, *args)
+
+
+class ReadsAndWrites(RoutingCase):
+    @defer.inlineCallbacks
+    def test_reads_go_to_the_replica_writes_to_the_primary(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+        primary, replica = self.primary, self.replica
+
+        def work() -> dict[str, Any]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                read_port = conn.execute("SHOW port").fetchone()[0]
+                conn.execute("CREATE TABLE t (id int)")
+                conn.execute("INSERT INTO t VALUES (1)")
+                seen = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+                return {"read": int(read_port), "seen": seen}
+
+        got = yield _thread(work)
+        self.assertEqual(got["read"], replica.port)
+        self.assertEqual(got["seen"], 1)
+        self.assertNotEqual(primary.port, replica.port)
+
+    def _port(self, conn: psycopg.Connection[Any], sql: str = "SHOW port") -> int:
+        return int(conn.execute(sql).fetchone()[0])  # type: ignore[index]
+
+    def _replica_again(self, conn: psycopg.Connection[Any]) -> int:
+        """Read until a read lands on the replica again (read-your-writes waits for the
+        replica to replay the session's commit); the port of the last read."""
+        port = 0
+        for _ in range(200):
+            port = self._port(conn)
+            if port == self.replica.port:
+                break
+            time.sleep(0.05)
+        return port
+
+    @defer.inlineCallbacks
+    def test_weights_decide_the_load_balancing_node(self) -> Any:
+        """Weight 0 never reads; two nodes with weight both read over many sessions."""
+        user, db = self.database()
+        seen: dict[tuple[float, float], set[int]] = {}
+        for weights in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
+            service = self.start_pooler(weights)
+
+            def ports(service: PgpoolService = service) -> set[int]:
+                found = set()
+                for _ in range(40):
+                    with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                        found.add(self._port(conn))
+                return found
+
+            seen[weights] = yield _thread(ports)
+            yield service.stopService()
+        self.assertEqual(seen[(1.0, 0.0)], {self.primary.port})
+        self.assertEqual(seen[(0.0, 1.0)], {self.replica.port})
+        # Each of 40 sessions picks node 1 with probability 1/2: both appear (1 - 2**-39).
+        self.assertEqual(seen[(1.0, 1.0)], {self.primary.port, self.replica.port})
+
+    @defer.inlineCallbacks
+    def test_statements_a_standby_refuses_go_to_the_primary(self) -> Any:
+        """FOR UPDATE, nextval, temp tables and writes fail on a standby: they must not go there."""
+        service = self.start_pooler()
+        user, db = self.database()
+        self.primary.psql(
+            "CREATE TABLE t (id int); INSERT INTO t VALUES (1); CREATE SEQUENCE s;",
+            dbname=db,
+            user=user,
+        )
+        wait_replica_caught_up()
+
+        def work() -> list[Any]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                return [
+                    conn.execute("SELECT id FROM t FOR UPDATE").fetchall(),
+                    conn.execute("SELECT nextval('s')").fetchone(),
+                    conn.execute("CREATE TEMP TABLE tt AS SELECT 5 AS v").rowcount,
+                    conn.execute("SELECT v FROM tt").fetchall(),
+                    conn.execute("UPDATE t SET id = 2").rowcount,
+                    self._replica_again(conn),
+                ]
+
+        got = yield _thread(work)
+        self.assertEqual(got[:2], [[(1,)], (1,)])
+        self.assertEqual(got[3:5], [[(5,)], 1])
+        self.assertEqual(got[5], self.replica.port)  # reads still balanced afterwards
+
+    @defer.inlineCallbacks
+    def test_session_state_reaches_both_nodes(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+
+        def work() -> tuple[Any, ...]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                conn.execute("SET statement_timeout = '1234ms'")
+                on_replica = conn.execute("SHOW statement_timeout").fetchone()
+                port = self._port(conn)
+                conn.execute("CREATE TABLE st (v text)")
+                conn.execute("INSERT INTO st VALUES (current_setting('statement_timeout'))")
+                on_primary = conn.execute("SELECT v FROM st").fetchone()
+                return on_replica, port, on_primary
+
+        on_replica, port, on_primary = yield _thread(work)
+        self.assertEqual(port, self.replica.port)
+        self.assertEqual(on_replica, ("1234ms",))
+        self.assertEqual(on_primary, ("1234ms",))
+
+    @defer.inlineCallbacks
+    def test_a_transaction_reads_from_the_primary_after_its_first_write(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+        self.primary.psql("CREATE TABLE t (id int)", dbname=db, user=user)
+        wait_replica_caught_up()
+
+        def work() -> list[int]:
+            with psycopg.connect(self.dsn(service, user, db)) as conn:  # BEGIN implicitly
+                before = self._port(conn)
+                conn.execute("INSERT INTO t VALUES (1)")
+                after = self._port(conn)
+                count = conn.execute("SELECT count(*) FROM t").fetchone()[0]  # type: ignore[index]
+                conn.commit()
+                conn.autocommit = True
+                later = self._replica_again(conn)
+                return [before, after, count, later]
+
+        before, after, count, later = yield _thread(work)
+        self.assertEqual((before, after, count), (self.replica.port, self.primary.port, 1))
+        self.assertEqual(later, self.replica.port)
+
+    @defer.inlineCallbacks
+    def test_extended_and_prepared_statements_are_routed(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+        self.primary.psql(
+            "CREATE TABLE t (id int, v text); INSERT INTO t VALUES (1, 'one'), (2, 'two')",
+            dbname=db,
+            user=user,
+        )
+        wait_replica_caught_up()
+
+        def work() -> list[Any]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                out: list[Any] = []
+                for i in range(8):  # psycopg prepares a statement after 5 uses
+                    out.append(
+                        conn.execute("SELECT v FROM t WHERE id = %s", (i % 2 + 1,)).fetchone()
+                    )
+                out.append(self._port(conn))
+                conn.execute("INSERT INTO t VALUES (%s, %s)", (3, "three"), prepare=True)
+                conn.execute("INSERT INTO t VALUES (%s, %s)", (4, "four"), prepare=True)
+                out.append(conn.execute("SELECT count(*) FROM t", prepare=True).fetchone())
+                with conn.transaction():
+                    out.append(conn.execute("SELECT v FROM t WHERE id = %s", (1,)).fetchone())
+                    conn.execute("UPDATE t SET v = %s WHERE id = %s", ("uno", 1))
+                    out.append(conn.execute("SELECT v FROM t WHERE id = %s", (1,)).fetchone())
+                with conn.pipeline():
+                    a = conn.execute("SELECT v FROM t WHERE id = %s", (2,))
+                    b = conn.execute("UPDATE t SET v = %s WHERE id = %s", ("dos", 2))
+                    c = conn.execute("SELECT count(*) FROM t WHERE v = %s", ("dos",))
+                out += [a.fetchone(), b.rowcount, c.fetchone()]
+                return out
+
+        out = yield _thread(work)
+        self.assertEqual(out[:8], [("one",), ("two",)] * 4)
+        self.assertEqual(out[8], self.replica.port)
+        self.assertEqual(out[9:], [(4,), ("one",), ("uno",), ("two",), 1, (1,)])
+
+    @defer.inlineCallbacks
+    def test_a_failed_read_aborts_the_transaction_as_one_server_would(self) -> Any:
+        """A read that fails on the replica: later writes are refused, COMMIT rolls back."""
+        service = self.start_pooler(disable_load_balance_on_write="off")
+        user, db = self.database()
+        self.primary.psql("CREATE TABLE t (id int)", dbname=db, user=user)
+        wait_replica_caught_up()
+
+        def work() -> list[Any]:
+            out: list[Any] = []
+            with psycopg.connect(self.dsn(service, user, db)) as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+                try:
+                    conn.execute("SELECT 1 / 0 FROM t")
+                except psycopg.errors.DivisionByZero:
+                    out.append("22012")
+                try:
+                    conn.execute("INSERT INTO t VALUES (2)")
+                except psycopg.errors.InFailedSqlTransaction:
+                    out.append("25P02")
+                out.append(conn.info.transaction_status.name)
+                cur = conn.execute("COMMIT")
+                out.append(cur.statusmessage)
+                out.append(self._port(conn, "SELECT count(*) FROM t"))
+            return out
+
+        out = yield _thread(work)
+        self.assertEqual(out, ["22012", "25P02", "INERROR", "ROLLBACK", 0])
+        self.assertEqual(self.primary.psql("SELECT count(*) FROM t", dbname=db).strip(), "0")
+
+    @defer.inlineCallbacks
+    def test_show_pool_nodes(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+
+        def work() -> tuple[list[str], list[Any]]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                self._port(conn)
+                cur = conn.execute("SHOW pool_nodes")
+                names = [column.name for column in cur.description or ()]
+                return names, cur.fetchall()
+
+        names, rows = yield _thread(work)
+        self.assertEqual(
+            names[:6], ["node_id", "hostname", "port", "status", "pg_status", "lb_weight"]
+        )
+        self.assertEqual(len(names), 14)
+        self.assertEqual([row[0] for row in rows], ["0", "1"])
+        self.assertEqual([row[2] for row in rows], [str(self.primary.port), str(self.replica.port)])
+        self.assertEqual([row[9] for row in rows], ["false", "true"])  # load_balance_node
+        self.assertEqual(rows[1][5], "1.000000")
+        self.assertGreaterEqual(int(rows[1][8]), 1)  # select_cnt counts this session's read
+
+
+class ReadYourWrites(RoutingCase):
+    def _pause(self) -> None:
+        self.replica.psql("SELECT pg_wal_replay_pause()")
+        self.addCleanup(self.replica.psql, "SELECT pg_wal_replay_resume()")
+
+    @defer.inlineCallbacks
+    def test_a_session_reads_its_own_commit_while_the_replica_lags(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+        self.primary.psql("CREATE TABLE t (id int)", dbname=db, user=user)
+        wait_replica_caught_up()
+        self._pause()
+
+        def work() -> list[Any]:
+            dsn = self.dsn(service, user, db)
+            with psycopg.connect(dsn, autocommit=True) as writer:
+                writer.execute("INSERT INTO t VALUES (1)")
+                mine = writer.execute("SELECT count(*) FROM t").fetchone()
+                with psycopg.connect(dsn, autocommit=True) as other:
+                    theirs = other.execute("SELECT count(*) FROM t").fetchone()
+                    port = other.execute("SHOW port").fetchone()
+            return [mine, theirs, port]
+
+        mine, theirs, port = yield _thread(work)
+        self.assertEqual(mine, (1,))  # its own write, from the primary
+        self.assertEqual(theirs, (0,))  # another session still reads the paused replica
+        self.assertEqual(port, (str(self.replica.port),))
+
+    @defer.inlineCallbacks
+    def test_read_your_writes_off_reads_the_lagging_replica(self) -> Any:
+        service = self.start_pooler(read_your_writes=False)
+        user, db = self.database()
+        self.primary.psql("CREATE TABLE t (id int)", dbname=db, user=user)
+        wait_replica_caught_up()
+        self._pause()
+
+        def work() -> Any:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+                return conn.execute("SELECT count(*) FROM t").fetchone()
+
+        self.assertEqual((yield _thread(work)), (0,))
