@@ -21,7 +21,7 @@ from pgpool_tw.cluster.cluster import DOWN, Cluster, Node
 from pgpool_tw.config.routing import Redirect
 from pgpool_tw.config.settings import Config
 
-__all__ = ["choose_lb_node", "readable", "routing_on"]
+__all__ = ["choose_lb_node", "read_by_weight", "readable", "routing_on"]
 
 STREAMING = "streaming_replication"
 
@@ -102,7 +102,12 @@ def choose_lb_node(
             node = _redirect(rules, name, cluster, primary, rng)
             if node is not None:
                 return node.index
-    chosen = _weighted(_candidates(cluster), rng)
+    candidates = _candidates(cluster)
+    if config.statement_level_load_balance:
+        # The session keeps a standby at hand; each read then weighs it against the
+        # primary (``read_by_weight``).
+        candidates = [node for node in candidates if node.index != primary] or candidates
+    chosen = _weighted(candidates, rng)
     if chosen is None:
         return primary
     if config.prefer_lower_delay_standby and getattr(chosen, "lagging", False):
@@ -110,3 +115,15 @@ def choose_lb_node(
         if standbys:
             chosen = min(standbys, key=lambda n: getattr(n, "delay_bytes", 0) or 0)
     return chosen.index
+
+
+def read_by_weight(
+    cluster: Cluster, primary: int, lb: int, rng: Callable[[], float] = random.random
+) -> bool:
+    """statement_level_load_balance: this read goes to ``lb`` rather than the primary,
+    in proportion to their weights (pgpool-II chooses per statement)."""
+    lb_node, primary_node = cluster.get(lb), cluster.get(primary)
+    lb_weight = lb_node.weight if lb_node is not None else 0.0
+    primary_weight = primary_node.weight if primary_node is not None else 0.0
+    total = lb_weight + primary_weight
+    return total > 0 and rng() * total < lb_weight

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+from twisted.logger import Logger
+
 from pgpool_tw.cluster.classify import Classifier
 from pgpool_tw.cluster.cluster import UP, Cluster
-from pgpool_tw.cluster.router import choose_lb_node, readable, routing_on
+from pgpool_tw.cluster.router import choose_lb_node, read_by_weight, readable, routing_on
 from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
 from pgpool_tw.config.authfiles import AuthFiles
 from pgpool_tw.config.settings import BackendNode, Config
@@ -32,6 +34,9 @@ from pgpool_tw.stats.events import EventHub
 
 if TYPE_CHECKING:
     from pgpool_tw.pool.backend import ServerOwner
+
+
+log = Logger()
 
 
 class WarmLogins(Protocol):
@@ -128,7 +133,7 @@ class SessionContext:
             startup.user,
         )
 
-    def routing_rules(self, lb_node: int) -> RoutingRules:
+    def routing_rules(self, lb_node: int, primary: int) -> RoutingRules:
         """What a routed session asks while it runs, read from the current settings."""
         config = self.config
 
@@ -141,6 +146,9 @@ class SessionContext:
         def local(command: str, status: int) -> bytes:
             return self.local_answer(command, status, lb_node)
 
+        def per_statement() -> bool:
+            return read_by_weight(self.cluster, primary, lb_node)
+
         return RoutingRules(
             self.classifier.classify,
             local,
@@ -149,6 +157,8 @@ class SessionContext:
             config.disable_load_balance_on_write,
             config.read_your_writes,
             self._count_select,
+            _log_statement if config.log_per_node_statement else None,
+            per_statement if config.statement_level_load_balance else None,
         )
 
     def _count_select(self, node: int) -> None:
@@ -192,6 +202,13 @@ class SessionContext:
             tls_override if tls_override is not None else tls.for_server(node),
             tls.server_tls_required,
         )
+
+
+def _log_statement(node: int, pid: int, text: str) -> None:
+    """log_per_node_statement, in pgpool-II's words."""
+    log.info(
+        "DB node id: {node} backend pid: {pid} statement: {text}", node=node, pid=pid, text=text
+    )
 
 
 def _classifier(config: Config, known: frozenset[str]) -> Classifier:

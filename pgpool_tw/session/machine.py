@@ -493,7 +493,11 @@ class Session:
             )
         node = lb.node if lb is not None else server.node.index
         stream = RoutedStream(
-            primary, lb, self.io.send, self.context.routing_rules(node), self._stream_broken
+            primary,
+            lb,
+            self.io.send,
+            self.context.routing_rules(node, server.node.index),
+            self._stream_broken,
         )
         server.attach(self, _nowhere, primary)  # type: ignore[arg-type]
         if lb_server is not None:

@@ -79,6 +79,8 @@ class RoutingRules:
         "on_write_mode",
         "read_your_writes",
         "on_select",
+        "log_statement",
+        "per_statement",
     )
 
     def __init__(
@@ -90,6 +92,8 @@ class RoutingRules:
         on_write_mode: str = "transaction",
         read_your_writes: bool = True,
         on_select: Callable[[int], None] = lambda node: None,
+        log_statement: Optional[Callable[[int, int, str], None]] = None,
+        per_statement: Optional[Callable[[], bool]] = None,
     ) -> None:
         self.classify = classify
         #: local(command, status) -> the pooler's own answer, ReadyForQuery included.
@@ -102,6 +106,11 @@ class RoutingRules:
         self.read_your_writes = read_your_writes
         #: A read statement was sent to node N (SHOW pool_nodes' select_cnt).
         self.on_select = on_select
+        #: log_per_node_statement: (node, server pid, text) for each statement a node gets.
+        self.log_statement = log_statement
+        #: statement_level_load_balance: True when this read goes to the load-balancing
+        #: node (by weight, against the primary), asked per statement.
+        self.per_statement = per_statement
 
 
 class Unit:
@@ -369,9 +378,11 @@ class RoutedStream:
             if self._must_roll_back(leader, verdict):
                 msg = rollback
             self._send_unit(leader, list(zip(others, copies)), msg, verdict)
+            self._log(text, leader, *others)
             return
         leader = self._read_leg(verdict) if route == ROUTE_STANDBY else self._leg_for_write()
         self._send_unit(leader, [], msg, verdict)
+        self._log(text, leader)
 
     def _send_unit(
         self,
@@ -415,6 +426,12 @@ class RoutedStream:
                 self._prepared.clear()
             else:
                 self._prepared.pop(verdict.deallocate_name, None)
+
+    def _log(self, text: str, *legs: Leg) -> None:
+        log = self.rules.log_statement
+        if log is not None:
+            for leg in legs:
+                log(leg.node, leg.pid, text)
 
     def _local(self, command: str) -> None:
         unit = Unit(self.primary)
@@ -468,6 +485,9 @@ class RoutedStream:
                 return primary
         elif self._lsn_pending:
             return primary
+        per_statement = self.rules.per_statement
+        if per_statement is not None and not per_statement():
+            return primary
         return lb
 
     # -- the extended protocol ---------------------------------------------------------
@@ -519,6 +539,7 @@ class RoutedStream:
             if verdict.tx:
                 unit.tx = verdict.tx
             legs = self._everywhere(leader) if name or verdict.route == ROUTE_ALL else [leader]
+            self._log(text, *legs)
             ending = verdict.tx in ("commit", "rollback", "rollback_to")
             if verdict.route == ROUTE_ALL and self.aborted is not None and not ending:
                 legs = [leader]

@@ -30,7 +30,10 @@ class RoutingCase(unittest.TestCase):
         self.primary, self.replica = shared_cluster()
 
     def start_pooler(
-        self, weights: tuple[float, float] = (0.0, 1.0), **settings: Any
+        self,
+        weights: tuple[float, float] = (0.0, 1.0),
+        replica_port: int = 0,
+        **settings: Any,
     ) -> PgpoolService:
         socket_dir = tempfile.mkdtemp(prefix="pgtw-")
         self.addCleanup(shutil.rmtree, socket_dir, True)
@@ -41,7 +44,7 @@ class RoutingCase(unittest.TestCase):
             socket_dirs=(socket_dir,),
             backends=(
                 BackendNode(0, primary.host, primary.port, weight=weights[0]),
-                BackendNode(1, replica.host, replica.port, weight=weights[1]),
+                BackendNode(1, replica.host, replica_port or replica.port, weight=weights[1]),
             ),
             sr_check_period=0,
         )
@@ -60,6 +63,20 @@ class RoutingCase(unittest.TestCase):
 
     def dsn(self, service: PgpoolService, user: str, db: str) -> str:
         return f"host=127.0.0.1 port={service.port} user={user} dbname={db}"
+
+    def _port(self, conn: psycopg.Connection[Any], sql: str = "SHOW port") -> int:
+        return int(conn.execute(sql).fetchone()[0])  # type: ignore[index]
+
+    def _replica_again(self, conn: psycopg.Connection[Any]) -> int:
+        """Read until a read lands on the replica again (read-your-writes waits for the
+        replica to replay the session's commit); the port of the last read."""
+        port = 0
+        for _ in range(200):
+            port = self._port(conn)
+            if port == self.replica.port:
+                break
+            time.sleep(0.05)
+        return port
 
 
 def _thread(fn: Any, *args: Any) -> Any:
@@ -87,20 +104,6 @@ class ReadsAndWrites(RoutingCase):
         self.assertEqual(got["read"], replica.port)
         self.assertEqual(got["seen"], 1)
         self.assertNotEqual(primary.port, replica.port)
-
-    def _port(self, conn: psycopg.Connection[Any], sql: str = "SHOW port") -> int:
-        return int(conn.execute(sql).fetchone()[0])  # type: ignore[index]
-
-    def _replica_again(self, conn: psycopg.Connection[Any]) -> int:
-        """Read until a read lands on the replica again (read-your-writes waits for the
-        replica to replay the session's commit); the port of the last read."""
-        port = 0
-        for _ in range(200):
-            port = self._port(conn)
-            if port == self.replica.port:
-                break
-            time.sleep(0.05)
-        return port
 
     @defer.inlineCallbacks
     def test_weights_decide_the_load_balancing_node(self) -> Any:
@@ -328,3 +331,94 @@ class ReadYourWrites(RoutingCase):
                 return conn.execute("SELECT count(*) FROM t").fetchone()
 
         self.assertEqual((yield _thread(work)), (0,))
+
+
+class LoadBalancingNodeTrouble(RoutingCase):
+    @defer.inlineCallbacks
+    def test_an_unreachable_node_leaves_the_session_on_the_primary(self) -> Any:
+        from pgpool_tw_dev.devdb import free_port
+
+        service = self.start_pooler(replica_port=free_port())
+        user, db = self.database()
+
+        def work() -> list[Any]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                return [self._port(conn), conn.execute("SELECT 1").fetchone()]
+
+        self.assertEqual((yield _thread(work)), [self.primary.port, (1,)])
+
+    @defer.inlineCallbacks
+    def test_a_lost_load_balancing_server_costs_only_the_balancing(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+
+        def work() -> list[Any]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                first = self._port(conn)
+                self.replica.psql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :'u'",
+                    variables={"u": user},
+                )
+                time.sleep(0.5)  # the pooler notices the close between statements
+                return [first, self._port(conn), conn.execute("SELECT 2").fetchone()]
+
+        self.assertEqual((yield _thread(work)), [self.replica.port, self.primary.port, (2,)])
+
+
+class Pgbench(RoutingCase):
+    def _pgbench(self, service: PgpoolService, user: str, db: str, *args: str) -> str:
+        import subprocess
+
+        argv = ["pgbench", "-h", "127.0.0.1", "-p", str(service.port), "-U", user, *args, db]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        return proc.stdout
+
+    @defer.inlineCallbacks
+    def test_select_only_and_tpcb_run_without_failures(self) -> Any:
+        service = self.start_pooler((1.0, 1.0))
+        user, db = self.database()
+        yield _thread(self._pgbench, service, user, db, "-i", "-s", "1", "-q")
+        wait_replica_caught_up()
+        for args in (("-S",), ("-S", "-M", "prepared"), ("-M", "extended"), ()):
+            out = yield _thread(self._pgbench, service, user, db, "-T", "3", "-c", "4", *args)
+            self.assertIn("number of failed transactions: 0", out)
+            self.assertRegex(out, r"number of transactions actually processed: [1-9]")
+
+
+class PerStatement(RoutingCase):
+    @defer.inlineCallbacks
+    def test_statement_level_load_balance_spreads_one_sessions_reads(self) -> Any:
+        service = self.start_pooler((1.0, 1.0), statement_level_load_balance=True)
+        user, db = self.database()
+
+        def work() -> set[int]:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                return {self._port(conn) for _ in range(60)}
+
+        # Each read picks node 1 with probability 1/2: both appear (1 - 2**-59).
+        self.assertEqual((yield _thread(work)), {self.primary.port, self.replica.port})
+
+    @defer.inlineCallbacks
+    def test_log_per_node_statement_names_the_node(self) -> Any:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "statement" in event.get("log_format", ""):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        service = self.start_pooler(log_per_node_statement=True)
+        user, db = self.database()
+
+        def work() -> None:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                conn.execute("SHOW port")
+                conn.execute("CREATE TABLE logged (id int)")
+
+        yield _thread(work)
+        self.assertIn("DB node id: 1", "".join(line for line in lines if "SHOW port" in line))
+        self.assertIn("DB node id: 0", "".join(line for line in lines if "CREATE TABLE" in line))
