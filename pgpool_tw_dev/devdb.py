@@ -290,6 +290,8 @@ class TempPostgres:
             conf.write("\n# Added by pgpool_tw_dev.devdb\ninclude 'pgpool_tw.conf'\n")
         with open(os.path.join(self.data_dir, "pg_hba.conf"), "w", encoding="utf-8") as hba:
             hba.write("local all all trust\n")
+            # pgpool_tw_dev.replica's pg_basebackup and standbys stream over the unix socket.
+            hba.write("local replication all trust\n")
             hba.write(f"host all all 127.0.0.1/32 {self.auth_method}\n")
             hba.write(f"host all all ::1/128 {self.auth_method}\n")
 
