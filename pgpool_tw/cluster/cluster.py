@@ -7,7 +7,10 @@ SHOW POOL_NODES shows, decided by ``topology.py`` from what the servers said: th
 (``primary``/``standby``; ``main``/``replica`` in raw mode), ``pg_role`` and ``pg_status`` (what
 the server said, up or down, as last checked), the replication delay in bytes and seconds,
 ``replication_state`` and ``replication_sync_state``, the LSNs, ``last_status_change``, and
-whether a standby is over its delay threshold (``lagging``, which the router reads).
+whether a standby is over its delay threshold (``lagging``, which the router reads).  When
+a check finds no primary, writes go where pgpool-II sends them then: its "main node", the
+lowest-numbered node not down (:attr:`Cluster.primary`; :attr:`Cluster.detected_primary` is
+None).
 
 Statuses are pgpool-II's words (SHOW POOL_NODES, pcp_node_info): every configured node starts
 ``waiting`` ("up, no connection yet"), as pgpool-II's nodes do at start; ``up`` once a
@@ -166,13 +169,23 @@ class Cluster:
         return self._nodes.get(index)
 
     @property
-    def primary(self) -> Optional[Node]:
-        """The node writes go to: the detected primary (raw mode: the main node); the
-        lowest-numbered node until the first check; None when the check found none."""
+    def detected_primary(self) -> Optional[Node]:
+        """The node the last check found primary (raw mode: main), or the lowest-numbered
+        node before any check; None when the check found none."""
         for node in self:
             if node.role == PRIMARY or node.role == MAIN:
                 return node
         return None
+
+    @property
+    def primary(self) -> Optional[Node]:
+        """The node writes go to: the detected primary; when a check found none, pgpool-II's
+        "main node" (PRIMARY_NODE_ID falls back to it), the lowest-numbered node not down,
+        so a check that cannot log in (sr_check_user) leaves sessions where they went."""
+        found = self.detected_primary
+        if found is not None or not self.checked:
+            return found
+        return next((node for node in self if node.status != DOWN), None)
 
     @property
     def standbys(self) -> list[Node]:

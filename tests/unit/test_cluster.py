@@ -153,9 +153,20 @@ class CheckedTests(SynchronousTestCase):
         self.assertEqual(self.cluster[2].last_status_change, 400.0)
 
     def test_no_primary_found(self) -> None:
-        """A round with no node out of recovery leaves no primary."""
+        """A round with no node out of recovery detects no primary; writes then go to
+        pgpool-II's main node, the lowest-numbered node not down."""
         backends = list(_backends(3).backends)
         self.cluster.apply(decide(backends, {0: standby(1), 1: standby(1)}), now=1.0)
+        self.assertIsNone(self.cluster.detected_primary)
+        main = self.cluster.primary
+        assert main is not None
+        self.assertEqual((main.index, main.role), (0, STANDBY))
+        self.cluster.set_status(0, DOWN)
+        main = self.cluster.primary
+        assert main is not None
+        self.assertEqual(main.index, 1)
+        for index in (1, 2):
+            self.cluster.set_status(index, DOWN)
         self.assertIsNone(self.cluster.primary)
 
     def test_false_primary_logged_once(self) -> None:
