@@ -71,7 +71,6 @@ FUNCTIONS_SQL = (
 )
 APPLICATION_NAME = "pgpool-tw sr_check"
 DEFAULT_TIMEOUT = 10.0
-LOG_STANDBY_DELAY = ("always", "if_over_threshold", "none")
 
 
 class _NodeProbe:
@@ -84,7 +83,6 @@ class _NodeProbe:
         self.done: Deferred[tuple[Probe, Optional[str]]] = Deferred()
         self.server: Optional[BackendProtocol] = None
         self._auth: Optional[BackendAuth] = None
-        self._answers: dict[str, list[Row]] = {}
         self._finished = False
         self._connector: Any = None
         self._probe = Probe(reachable=False)
@@ -136,7 +134,7 @@ class _NodeProbe:
         if self._finished:
             server.terminate()
             return
-        self.ask(RECOVERY_SQL, self._recovery_answered)
+        self.ask("pg_is_in_recovery()", RECOVERY_SQL, self._recovery_answered)
 
     def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
         fields = m.parse_fields(raw[5:])
@@ -150,8 +148,9 @@ class _NodeProbe:
 
     # -- asking -------------------------------------------------------------------------
 
-    def ask(self, sql: str, then: Callable[[list[Row]], None]) -> None:
-        """Run ``sql``; ``then(rows)`` when it succeeded, else the node failed."""
+    def ask(self, what: str, sql: str, then: Callable[[list[Row]], None]) -> None:
+        """Run ``sql``; ``then(rows)`` when it succeeded, else the node failed (``what``
+        names the question in the log line; the server's words are backend.py's)."""
         server = self.server
         assert server is not None
         reply = RowsReply(server.params, server.status)
@@ -160,7 +159,7 @@ class _NodeProbe:
             if self._finished:  # timed out or stopped meanwhile
                 return
             if not ok:
-                self._fail(f"query failed: {sql.split(' FROM ')[0][:60]}")
+                self._fail(f"asking {what} failed")
                 return
             then(reply.rows)
 
@@ -181,7 +180,7 @@ class _NodeProbe:
         if self._probe.in_recovery:
             self._succeed()
         else:
-            self.ask(REPLICATION_SQL, self._replication_answered)
+            self.ask("pg_stat_replication", REPLICATION_SQL, self._replication_answered)
 
     def _replication_answered(self, rows: list[Row]) -> None:
         replication = tuple(

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.trial.unittest import TestCase
 
 from pgpool_tw.checks.sr_check import SrCheck
@@ -131,6 +132,24 @@ class SrCheckTests(TestCase):
         self.assertEqual(cluster[1].pg_role, UNKNOWN)
         self.assertIsNone(cluster[1].delay_bytes)
         self.assertEqual([n.role for n in cluster], [PRIMARY, STANDBY, STANDBY])
+
+    @inlineCallbacks
+    def test_silent_node_times_out(self) -> Any:
+        """A node that accepts but never answers counts as down once the round's timeout
+        (sr_check_period) passes; the other nodes' answers are kept."""
+        factory = ServerFactory()
+        factory.protocol = Protocol  # accepts, says nothing
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        silent: int = listening.getHost().port  # type: ignore[attr-defined]
+        cluster = Cluster.from_config(
+            parse_config(_node(0, self.primary) + _node(1, None, port=silent))
+        )
+        check = SrCheck(reactor, lambda: cluster, user="postgres", period=0.5)
+        self.addCleanup(check.stop)
+        yield check.check_now()
+        self.assertEqual([n.pg_status for n in cluster], ["up", "down"])
+        self.assertIn("no answer within", check._why[1])
 
     @inlineCallbacks
     def test_read_only_functions(self) -> Any:
