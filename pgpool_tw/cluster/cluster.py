@@ -276,8 +276,8 @@ class Cluster:
             )
         line = (
             f"{self.path}: backend {word} {listed} not used while node {primary.index} "
-            f"({primary.address}) is up: clustering_mode raw sends every session to the "
-            "first node that is up"
+            f"({primary.address}) is up: every session goes to node {primary.index}, the "
+            "first node that is up (clustering_mode raw)"
         )
         if marked:
             line += f"; {flags} ALWAYS_PRIMARY has no meaning in raw mode"

@@ -228,8 +228,8 @@ class WarningTests(SynchronousTestCase):
         self.assertEqual(
             line,
             "pgpool.conf: backend nodes 1 (/run/pg/.s.PGSQL.5432), 2 (db2:5434) not used while "
-            "node 0 (db0:5432) is up: clustering_mode raw sends every session to the first "
-            "node that is up; backend_flag1 ALWAYS_PRIMARY has no meaning in raw mode",
+            "node 0 (db0:5432) is up: every session goes to node 0, the first node that is up "
+            "(clustering_mode raw); backend_flag1 ALWAYS_PRIMARY has no meaning in raw mode",
         )
 
     def test_streaming_replication_with_load_balancing(self) -> None:
