@@ -10,7 +10,7 @@ from typing import Optional
 
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
-from pgpool_tw.protocol.reset_reply import ResetReply
+from pgpool_tw.protocol.reset_reply import FAILED, MORE, ResetReply
 
 __all__ = ["DATA_ROW", "Row", "RowsReply", "parse_data_row"]
 
@@ -42,19 +42,27 @@ def parse_data_row(body: bytes) -> Row:
 
 
 class RowsReply(ResetReply):
-    """The answer to one simple query: its rows, and ResetReply's verdict and status."""
+    """The answer to one simple query: its rows, and ResetReply's verdict and status.
 
-    __slots__ = ("rows",)
+    ResetReply judges the stream; a MessageReader of our own frames the same bytes to keep
+    the DataRows (the check's answers are small, and the reset's rule stays in one place).
+    """
+
+    __slots__ = ("_frames", "rows")
 
     def __init__(self, params: dict[str, str], status: int = m.IDLE) -> None:
         super().__init__(1, params, status)
         self.rows: list[Row] = []
+        self._frames = m.MessageReader()
 
-    def _message(self, kind: int, body: bytes) -> bool:
-        if kind == DATA_ROW:
-            try:
-                self.rows.append(parse_data_row(body))
-            except ProtocolViolation:
-                return False
-            return True
-        return super()._message(kind, body)
+    def feed(self, data: bytes) -> int:
+        if self.verdict != MORE:
+            return self.verdict
+        try:
+            for kind, body in self._frames.feed(data):
+                if kind == DATA_ROW:
+                    self.rows.append(parse_data_row(body))
+        except ProtocolViolation:
+            self.verdict = FAILED
+            return FAILED
+        return super().feed(data)

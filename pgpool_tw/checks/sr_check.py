@@ -121,7 +121,7 @@ class _NodeProbe:
         try:
             reply = self._auth.receive(m.auth_code(raw[5:]), raw[5:])
         except BackendAuthError as e:
-            self._fail(f"cannot log in as sr_check_user: {e}")
+            self.fail(f"cannot log in as sr_check_user: {e}")
             return
         if reply:
             server.send(reply)
@@ -138,13 +138,13 @@ class _NodeProbe:
 
     def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
         fields = m.parse_fields(raw[5:])
-        self._fail(f"login refused: {fields.get('C', '')} {fields.get('M', '')}".rstrip())
+        self.fail(f"login refused: {fields.get('C', '')} {fields.get('M', '')}".rstrip())
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
-        self._fail(f"connection lost: {why}")
+        self.fail(f"connection lost: {why}")
 
     def server_connect_failed(self, node: BackendNode, why: str) -> None:
-        self._fail(f"unreachable: {why}")
+        self.fail(f"unreachable: {why}")
 
     # -- asking -------------------------------------------------------------------------
 
@@ -159,7 +159,7 @@ class _NodeProbe:
             if self._finished:  # timed out or stopped meanwhile
                 return
             if not ok:
-                self._fail(f"asking {what} failed")
+                self.fail(f"asking {what} failed")
                 return
             then(reply.rows)
 
@@ -167,7 +167,7 @@ class _NodeProbe:
 
     def _recovery_answered(self, rows: list[Row]) -> None:
         if len(rows) != 1 or len(rows[0]) != 4 or rows[0][0] not in ("t", "f"):
-            self._fail("pg_is_in_recovery() gave no answer")
+            self.fail("pg_is_in_recovery() gave no answer")
             return
         in_recovery_text, current, replay, stamp = rows[0]
         self._probe = Probe(
@@ -210,7 +210,8 @@ class _NodeProbe:
             self._finished = True
             self.done.callback((self._probe, None))
 
-    def _fail(self, why: str) -> None:
+    def fail(self, why: str) -> None:
+        """The node counts as unreachable this round, for ``why`` (logged once per change)."""
         if self._finished:
             return
         self._finished = True
@@ -218,7 +219,7 @@ class _NodeProbe:
         self.done.callback((Probe(reachable=False), why))
 
     def _expire(self, timeout: float) -> None:
-        self._fail(f"no answer within {timeout:g}s")
+        self.fail(f"no answer within {timeout:g}s")
 
     def close(self) -> None:
         """End this node's connection (or attempt) and its timer."""
@@ -366,7 +367,7 @@ class SrCheck:
             self._next.cancel()
         self._next = None
         for probe in list(self._probes):
-            probe._fail("the check stopped")
+            probe.fail("the check stopped")
 
     def check_now(self) -> Deferred[Decision]:
         """Run one round (after the one in flight, if any: rounds never overlap); the
