@@ -28,6 +28,7 @@ ROOMS = (
     "net",
     "engine",
     "pool",
+    "checks",
     "session",
     "lane",
     "stats",

@@ -1,33 +1,53 @@
 """Nodes built from the ``backend_*N`` settings, with a role and a status, and the primary.
 
-pgpool-tw sends every session to one node today: the lowest-numbered one (node 0 in every
-usual pgpool.conf), as pgpool-II's "main node".  That node's role is ``primary``.  The other
-nodes' role is ``unknown``, not ``standby``: pgpool-II learns a node's role by asking the
-server (pg_is_in_recovery), which pgpool-tw does not do yet, and a node the user marked
-ALWAYS_PRIMARY would be wrongly called a standby.
+Until the first round of checks (checks/sr_check.py) every session goes to the
+lowest-numbered node (node 0 in every usual pgpool.conf), as pgpool-II's "main node": its
+role is ``primary``, the other nodes' ``unknown``.  Each round then sets what pgpool-II's
+SHOW POOL_NODES shows, decided by ``topology.py`` from what the servers said: the role
+(``primary``/``standby``; ``main``/``replica`` in raw mode), ``pg_role`` and ``pg_status`` (what
+the server said, up or down, as last checked), the replication delay in bytes and seconds,
+``replication_state`` and ``replication_sync_state``, the LSNs, ``last_status_change``, and
+whether a standby is over its delay threshold (``lagging``, which the router reads).  When
+a check finds no primary, writes go where pgpool-II sends them then: its "main node", the
+lowest-numbered node not down (:attr:`Cluster.primary`; :attr:`Cluster.detected_primary` is
+None).
 
 Statuses are pgpool-II's words (SHOW POOL_NODES, pcp_node_info): every configured node starts
 ``waiting`` ("up, no connection yet"), as pgpool-II's nodes do at start; ``up`` once a
 connection is pooled, ``down`` when detached; ``unused`` is pgpool-II's word for a slot with
-no node, so no node here has it.  Nodes other than the primary stay ``waiting``: configured,
-not used yet.  Until routing and failover exist, a file that names more than one node gets
-one warning (:meth:`Cluster.not_used_warning`) so the user is never silently ignored.
+no node, so no node here has it.  Failover (detaching, promoting) does not exist yet, so a
+file that names more than one node gets one warning (:meth:`Cluster.not_used_warning`) saying
+what is and is not done with them, so the user is never silently ignored.
 
-Pure: no Twisted, no logging; the caller logs.
+Pure: no Twisted, no logging; the caller logs (:meth:`Cluster.apply` returns the lines).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional
 
+from pgpool_tw.cluster.topology import (
+    MAIN,
+    PRIMARY,
+    RAW,
+    REPLICA,
+    STANDBY,
+    STREAMING_REPLICATION,
+    UNKNOWN,
+    Decision,
+    NodeState,
+)
 from pgpool_tw.config.report import new_warnings, unused_lines
 from pgpool_tw.config.settings import BackendNode, Config
 
 __all__ = [
     "DOWN",
+    "MAIN",
     "PRIMARY",
+    "REPLICA",
     "STANDBY",
     "UNKNOWN",
     "UNUSED",
@@ -38,8 +58,8 @@ __all__ = [
     "settings_report",
 ]
 
-# Roles (pgpool-II's words in streaming replication mode).
-PRIMARY, STANDBY, UNKNOWN = "primary", "standby", "unknown"
+# Roles are topology.py's: PRIMARY/STANDBY (streaming replication), MAIN/REPLICA (raw),
+# UNKNOWN (not checked yet, or a false primary).
 # Statuses (pgpool-II's words, in its order 0..3).
 UNUSED, WAITING, UP, DOWN = "unused", "waiting", "up", "down"
 _STATUSES = (UNUSED, WAITING, UP, DOWN)
@@ -47,11 +67,29 @@ _STATUSES = (UNUSED, WAITING, UP, DOWN)
 
 @dataclass(frozen=True)
 class Node:
-    """One server as the cluster sees it: its settings, role and status."""
+    """One server as the cluster sees it: its settings, role and status, and what the last
+    round of checks found (pgpool-II's SHOW POOL_NODES columns)."""
 
     backend: BackendNode
     role: str
     status: str = WAITING
+    #: What the server itself said (pg_is_in_recovery): primary, standby or unknown.
+    pg_role: str = UNKNOWN
+    #: up or down as last checked; unknown before the first check.
+    pg_status: str = UNKNOWN
+    #: Replication delay behind the primary, in WAL bytes and in seconds (None: unknown).
+    delay_bytes: Optional[int] = None
+    delay_seconds: Optional[float] = None
+    #: The primary's pg_stat_replication state and sync_state for this standby.
+    replication_state: str = ""
+    replication_sync_state: str = ""
+    #: Wall-clock time (epoch seconds) role or status last changed; the start until then.
+    last_status_change: float = 0.0
+    #: pg_current_wal_lsn() of a primary, pg_last_wal_replay_lsn() of a standby.
+    current_lsn: Optional[int] = None
+    replay_lsn: Optional[int] = None
+    #: A standby over delay_threshold / delay_threshold_by_time: no reads go there.
+    lagging: bool = False
 
     @property
     def index(self) -> int:
@@ -73,20 +111,49 @@ class Node:
 class Cluster:
     """The nodes of one configuration: iterate them, look one up by N, find the primary.
 
-    Built again from each Config a reload applies; a status set here lasts until then.
+    Built again from each Config a reload applies; :meth:`carry_over` keeps what the old
+    one learnt about the nodes whose address did not change.
     """
 
-    def __init__(self, nodes: tuple[Node, ...], path: str = "pgpool.conf") -> None:
+    def __init__(
+        self,
+        nodes: tuple[Node, ...],
+        path: str = "pgpool.conf",
+        clustering_mode: str = RAW,
+        load_balance_mode: bool = True,
+    ) -> None:
         self._nodes = {node.index: node for node in nodes}
         self.path = path
+        self.clustering_mode = clustering_mode
+        self.load_balance_mode = load_balance_mode
+        #: A round of checks has set the roles (until then: the lowest node is primary).
+        self.checked = False
+        #: The last false-primary line apply() returned, so it is logged once per change.
+        self._false_line: Optional[str] = None
 
     @classmethod
-    def from_config(cls, config: Config) -> Cluster:
+    def from_config(cls, config: Config, now: Optional[float] = None) -> Cluster:
+        """The nodes of ``config``, the lowest-numbered one primary until a check says.
+
+        clustering_mode and load_balance_mode are read with getattr: a Config from before
+        those settings existed means raw mode (what pgpool-tw did then), balancing on.
+        """
+        started = time.time() if now is None else now
         primary = config.primary_backend
         nodes = tuple(
-            Node(backend, PRIMARY if backend is primary else UNKNOWN) for backend in config.backends
+            Node(
+                backend,
+                PRIMARY if backend is primary else UNKNOWN,
+                last_status_change=started,
+            )
+            for backend in config.backends
         )
-        return cls(nodes, config.path or "pgpool.conf")
+        return cls(
+            nodes,
+            config.path or "pgpool.conf",
+            str(getattr(config, "clustering_mode", RAW)),
+            bool(getattr(config, "load_balance_mode", True)),
+        )
 
     def __iter__(self) -> Iterator[Node]:
         return iter(sorted(self._nodes.values(), key=lambda node: node.index))
@@ -102,23 +169,89 @@ class Cluster:
         return self._nodes.get(index)
 
     @property
-    def primary(self) -> Optional[Node]:
-        """The node writes go to: today every session's node."""
+    def detected_primary(self) -> Optional[Node]:
+        """The node the last check found primary (raw mode: main), or the lowest-numbered
+        node before any check; None when the check found none."""
         for node in self:
-            if node.role == PRIMARY:
+            if node.role == PRIMARY or node.role == MAIN:
                 return node
         return None
 
-    def set_status(self, index: int, status: str) -> None:
+    @property
+    def primary(self) -> Optional[Node]:
+        """The node writes go to: the detected primary; when a check found none, pgpool-II's
+        "main node" (PRIMARY_NODE_ID falls back to it), the lowest-numbered node not down,
+        so a check that cannot log in (sr_check_user) leaves sessions where they went."""
+        found = self.detected_primary
+        if found is not None or not self.checked:
+            return found
+        return next((node for node in self if node.status != DOWN), None)
+
+    @property
+    def standbys(self) -> list[Node]:
+        """The nodes other than the primary that a check found (standby or replica role)."""
+        return [node for node in self if node.role == STANDBY or node.role == REPLICA]
+
+    def set_status(self, index: int, status: str, now: Optional[float] = None) -> None:
         if status not in _STATUSES:
             raise ValueError(f"status must be one of {', '.join(_STATUSES)}")
-        self._nodes[index] = replace(self._nodes[index], status=status)
+        node = self._nodes[index]
+        if node.status != status:
+            changed = time.time() if now is None else now
+            self._nodes[index] = replace(node, status=status, last_status_change=changed)
+
+    def apply(self, decision: Decision, now: float) -> list[str]:
+        """Take one round's verdict; return one line per change worth a log line.
+
+        A change of role or pg_status moves ``last_status_change`` (pgpool-II moves it
+        when status or role changes); delays and LSNs change every round, silently.
+        """
+        lines: list[str] = []
+        for index, state in decision.nodes.items():
+            node = self._nodes.get(index)
+            if node is None:
+                continue
+            updates: dict[str, Any] = {f.name: getattr(state, f.name) for f in fields(NodeState)}
+            changes = [
+                f"{name} {getattr(node, name)} -> {updates[name]}"
+                for name in ("role", "pg_status")
+                if getattr(node, name) != updates[name]
+            ]
+            if changes:
+                updates["last_status_change"] = now
+                lines.append(f"node {index} ({node.address}): {', '.join(changes)}")
+            self._nodes[index] = replace(node, **updates)
+        if decision.false_primaries:
+            chosen = "none" if decision.primary is None else f"node {decision.primary}"
+            names = ", ".join(str(index) for index in decision.false_primaries)
+            word = "node" if len(decision.false_primaries) == 1 else "nodes"
+            line = (
+                f"{word} {names} also not in recovery (a false primary): the primary is "
+                f"{chosen}; nothing is routed to {names}"
+            )
+            if line != self._false_line:
+                lines.append(line)
+            self._false_line = line
+        else:
+            self._false_line = None
+        self.checked = True
+        return lines
+
+    def carry_over(self, previous: Cluster) -> None:
+        """A reload built this cluster: keep ``previous``'s status and checked state for
+        every node whose address did not change."""
+        for index, node in self._nodes.items():
+            before = previous.get(index)
+            if before is not None and before.address == node.address:
+                self._nodes[index] = replace(before, backend=node.backend)
+        self.checked = previous.checked
 
     def not_used_warning(self) -> Optional[str]:
-        """One line naming the nodes pgpool-tw does not use yet, or None when all are used.
+        """One line saying what is done with the nodes beyond the primary, or None when
+        there is only one node.
 
-        A node marked ALWAYS_PRIMARY that is not the primary is named too, since the user
-        expects writes to go there.
+        It no longer claims standbys are unused in streaming replication mode with
+        load_balance_mode on (reads go to them); what is still missing there is failover.
         """
         primary = self.primary
         others = [node for node in self if node is not primary]
@@ -126,15 +259,28 @@ class Cluster:
             return None
         listed = ", ".join(f"{node.index} ({node.address})" for node in others)
         word = "node" if len(others) == 1 else "nodes"
+        marked = [node.index for node in self if node.backend.always_primary]
+        flags = ", ".join(f"backend_flag{index}" for index in marked)
+        if self.clustering_mode == STREAMING_REPLICATION:
+            every = ", ".join(f"{node.index} ({node.address})" for node in self)
+            target = "the primary pg_is_in_recovery() finds"
+            if marked:
+                target = f"the ALWAYS_PRIMARY node ({flags})"
+            if self.load_balance_mode:
+                use = f"writes go to {target}, reads are load balanced over the standbys"
+            else:
+                use = f"every session goes to {target} (load_balance_mode is off)"
+            return (
+                f"{self.path}: streaming replication over backend nodes {every}: {use}; "
+                "failover (detaching a node, promoting a standby) does not exist yet"
+            )
         line = (
-            f"{self.path}: backend {word} {listed} not used yet: every session goes to "
-            f"node {primary.index} ({primary.address}) until routing, load balancing and "
-            "failover exist"
+            f"{self.path}: backend {word} {listed} not used while node {primary.index} "
+            f"({primary.address}) is up: every session goes to node {primary.index}, the "
+            "first node that is up (clustering_mode raw)"
         )
-        marked = [node.index for node in others if node.backend.always_primary]
         if marked:
-            names = ", ".join(f"backend_flag{index}" for index in marked)
-            line += f"; {names} ALWAYS_PRIMARY is not followed yet"
+            line += f"; {flags} ALWAYS_PRIMARY has no meaning in raw mode"
         return line
 
 

@@ -350,6 +350,17 @@ class BackendProtocol(Protocol):
         self._reply = ResetReply(count, self.params, self.status)
         self.send(messages)
 
+    def fetch(self, sql: str, reply: ResetReply, done: RunCallback) -> None:
+        """Run one query of the pooler's own whose rows it wants back, on a connection no
+        client uses (checks/sr_check.py's): ``reply`` (one ReadyForQuery owed) reads the
+        answer and keeps the rows, as checks/rows.py's RowsReply does; ``done(self, ok)``
+        as for run().  The same RUNNING state, so a server lost mid-query is told the same.
+        """
+        self.state = RUNNING
+        self._run_done = done
+        self._reply = reply
+        self.send(m.query(sql))
+
     def _run_data(self, data: bytes) -> None:
         reply = self._reply
         assert reply is not None
