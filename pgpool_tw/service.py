@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from pgpool_tw import systemd
 from pgpool_tw.admin.snapshot import Snapshot, take_snapshot
+from pgpool_tw.checks.sr_check import SrCheck
 from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config.report import plan_reload
@@ -79,6 +80,8 @@ class PgpoolService(MultiService):
         self.handle_signals = handle_signals
         self.events = EventHub()
         self.pool = Pool(config, reactor)
+        #: The streaming replication check (streaming_replication mode only).
+        self.sr_check: Optional[SrCheck] = None
         self.factory = FrontendFactory(config, self.pool, reactor, self.events)
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)
@@ -145,6 +148,7 @@ class PgpoolService(MultiService):
         self._start_lane()
         super().startService()
         self._start_ticker()
+        self._start_sr_check()
         log.info(
             "pgpool-tw listening on {where}",
             where=", ".join(describe(p) for p in self.ports) or "nothing",
@@ -167,6 +171,41 @@ class PgpoolService(MultiService):
             warm = self.warm = WarmLane.start(self.factory, self.ports)
             self.factory.warm = warm
             self.pool.lender = warm
+
+    def _start_sr_check(self) -> None:
+        """Streaming replication mode: ask the nodes who is primary, now and every
+        sr_check_period (checks/sr_check.py); sessions wait for the first answer."""
+        self._stop_sr_check()
+        config, factory = self.config, self.factory
+        if config.clustering_mode != "streaming_replication" or not config.backends:
+            return
+        if not config.sr_check_user:
+            log.warn(
+                "{path}: sr_check_user is not set: the primary is not checked (node {node} is "
+                "taken as primary) and replication delay is not measured",
+                path=config.path or "pgpool.conf",
+                node=config.backends[0].index,
+            )
+            return
+        check = self.sr_check = SrCheck.from_config(
+            self.reactor,
+            lambda: factory.cluster,
+            config,
+            secrets=lambda: factory.auth_files.secrets,
+            tls_for=lambda node: factory.tls.for_server(node),
+            tls_required=factory.tls.server_tls_required,
+            on_functions=factory.learn_functions,
+        )
+        factory.hold_sessions()
+        first = check.start()
+        first.addErrback(lambda failure: log.failure("sr_check failed", failure))
+        first.addBoth(lambda _: factory.release_sessions())
+
+    def _stop_sr_check(self) -> None:
+        check, self.sr_check = self.sr_check, None
+        if check is not None:
+            check.stop()
+        self.factory.release_sessions()
 
     def _start_ticker(self) -> None:
         if self._ticker is not None and self._ticker.running:
@@ -264,6 +303,7 @@ class PgpoolService(MultiService):
         self.config = config
         self.pool.config = config
         self.factory.use(config)
+        self._start_sr_check()
         if self.warm is not None:
             self.warm.apply()
         self.pool.admit_waiting()
@@ -290,6 +330,7 @@ class PgpoolService(MultiService):
             self._notify("STOPPING=1")
             log.info("{mode} shutdown", mode=mode)
             self._stop_listening()
+            self._stop_sr_check()
             self._stopped = defer.Deferred()
         stopped = self._stopped
         assert stopped is not None

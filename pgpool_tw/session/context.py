@@ -9,6 +9,7 @@ never hold per-session state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from twisted.logger import Logger
@@ -78,6 +79,8 @@ class SessionContext:
         #: Function names the primary's catalog says are not VOLATILE (the sr_check).
         self.read_only_functions: frozenset[str] = frozenset()
         self.classifier = _classifier(config, self.read_only_functions)
+        #: Sessions waiting for the first replication check to name the primary.
+        self._held: Optional[list[Callable[[], None]]] = None
 
     def login_deadlines(self, timeout: float) -> Deadlines:
         """The authentication_timeout timeouts of this length, on one shared timer.
@@ -102,10 +105,24 @@ class SessionContext:
         self.config = config
         self.classifier = _classifier(config, self.read_only_functions)
         self.cluster = Cluster.from_config(config)
-        for node in self.cluster:
-            before = old.get(node.index)
-            if before is not None and before.address == node.address:
-                self.cluster.set_status(node.index, before.status)
+        self.cluster.carry_over(old)
+
+    def hold_sessions(self) -> None:
+        """Until ``release_sessions``, admission waits: the primary is not known yet."""
+        if self._held is None:
+            self._held = []
+
+    def release_sessions(self) -> None:
+        held, self._held = self._held, None
+        for admit in held or ():
+            admit()
+
+    def when_topology_known(self, admit: Callable[[], None]) -> bool:
+        """False when ``admit`` may go on now; True when it will be called later."""
+        if self._held is None:
+            return False
+        self._held.append(admit)
+        return True
 
     # -- routing (cluster/router.py decides; these hand sessions its answers) ----------
 

@@ -243,9 +243,16 @@ class Session:
     def admit(self) -> None:
         """Ask for a client slot (the password check calls this once it succeeds)."""
         assert self.startup is not None
-        node = self.context.cluster.primary
+        context = self.context
+        if context.when_topology_known(self._admit_later):
+            self._move(WAITING)
+            return
+        node = context.cluster.primary
         if node is None:
-            self.fatal("08006", "no backend node is configured (backend_hostname0)")
+            if len(context.cluster):
+                self.fatal("08006", "no backend node is up")
+            else:
+                self.fatal("08006", "no backend node is configured (backend_hostname0)")
             return
         self._in_pool = True
         self.key = pool_key(node.index, self.startup)
@@ -257,6 +264,10 @@ class Session:
         # waiting client has nothing to say: more than a little is refused.
         self._move(WAITING)
         self._stop_timer()
+
+    def _admit_later(self) -> None:
+        if self.state == WAITING and not self._in_pool:
+            self.admit()
 
     def admitted(self) -> None:
         """A client slot is ours: reuse a pooled server connection or open one."""

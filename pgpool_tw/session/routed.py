@@ -40,7 +40,13 @@ from collections.abc import Callable
 from struct import Struct
 from typing import Optional
 
-from pgpool_tw.cluster.classify import ROUTE_ALL, ROUTE_LOCAL, ROUTE_STANDBY, Verdict
+from pgpool_tw.cluster.classify import (
+    ROUTE_ALL,
+    ROUTE_LOCAL,
+    ROUTE_PRIMARY,
+    ROUTE_STANDBY,
+    Verdict,
+)
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 
@@ -63,6 +69,8 @@ _READY, _PARAMETER_STATUS, _ERROR, _DATA_ROW = ord("Z"), ord("S"), ord("E"), ord
 _MAX_MESSAGE = 0x3FFFFFFF
 
 _SYNC_MESSAGE = b"S\x00\x00\x00\x04"
+#: A statement the session never saw parsed: taken as a write.
+_UNKNOWN = Verdict(ROUTE_PRIMARY, write=True)
 
 
 class RoutingRules:
@@ -531,13 +539,6 @@ class RoutedStream:
             name, text = _parse_fields(msg)
             verdict = self.rules.classify(text)
             self._remember(verdict)
-            if verdict.write:
-                unit.write = True
-                self._note_sent(leader, verdict)
-            elif verdict.route == ROUTE_STANDBY and leader is not self.primary:
-                self.rules.on_select(leader.node)
-            if verdict.tx:
-                unit.tx = verdict.tx
             legs = self._everywhere(leader) if name or verdict.route == ROUTE_ALL else [leader]
             self._log(text, *legs)
             ending = verdict.tx in ("commit", "rollback", "rollback_to")
@@ -549,16 +550,25 @@ class RoutedStream:
                 self._unnamed = (verdict, legs)
             return legs
         if kind == _BIND:
+            # What a statement does happens where it is bound and run, each time.
             portal, statement = _bind_names(msg)
             if statement:
-                named = self._statements.get(statement)
+                bound = self._statements.get(statement)
                 legs = (
                     self._everywhere(leader)
-                    if named is not None and named.route == ROUTE_ALL
+                    if bound is not None and bound.route == ROUTE_ALL
                     else [leader]
                 )
             else:
+                bound = self._unnamed[0]
                 legs = self._unnamed[1] if leader in self._unnamed[1] else [leader]
+            if bound is None or bound.write:
+                unit.write = True
+                self._note_sent(leader, bound if bound is not None else _UNKNOWN)
+            elif bound.route == ROUTE_STANDBY:
+                self._note_sent(leader, bound)
+            if bound is not None and bound.tx:
+                unit.tx = bound.tx
             self._portals[portal] = legs
             return legs
         if kind == _EXECUTE or ((kind in (_DESCRIBE, _CLOSE)) and msg[5] == ord("P")):

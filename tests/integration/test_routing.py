@@ -47,6 +47,7 @@ class RoutingCase(unittest.TestCase):
                 BackendNode(1, replica.host, replica_port or replica.port, weight=weights[1]),
             ),
             sr_check_period=0,
+            sr_check_user="postgres",
         )
         service = PgpoolService(dataclasses.replace(base, **settings), reactor)
         service.startService()
