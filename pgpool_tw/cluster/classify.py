@@ -202,6 +202,9 @@ def _walk(tree: Any) -> tuple[list[str], list[str], int]:
     return functions, relations, flags
 
 
+_VALUE_NODES = {"sval": "String", "ival": "Integer", "boolval": "Boolean"}
+
+
 def _constant(node: Any) -> Any:
     """The value of a constant node (A_Const, String, Integer, Boolean), or None.
 
@@ -213,9 +216,12 @@ def _constant(node: Any) -> Any:
     if kind not in ("A_Const", "String", "Integer", "Boolean") or not isinstance(value, dict):
         return None
     for key, default in (("sval", ""), ("ival", 0), ("boolval", False)):
-        if key in value:
-            inner = value[key]
-            return inner.get(key, default) if isinstance(inner, dict) else inner
+        if kind == "A_Const":
+            if key in value:  # {"ival": {"ival": 1}}; {"ival": {}} is 0
+                inner = value[key]
+                return inner.get(key, default) if isinstance(inner, dict) else None
+        elif kind == _VALUE_NODES[key]:  # {"Integer": {"ival": 1}}; {"Integer": {}} is 0
+            return value.get(key, default)
     return None
 
 
@@ -265,11 +271,13 @@ class Classifier:
         self._cache: dict[str, Verdict] = {}
         self._functions: dict[str, bool] = {}
         self._standby: dict[tuple[str, ...], Verdict] = {}
+        self._shapes: dict[str, Verdict] = {}
 
     def set_known_read_only(self, names: frozenset[str]) -> None:
         """Take the catalog's non-VOLATILE function names (``f`` for every ``f``, or ``s.f``)."""
         self._known = frozenset(name.lower() for name in names)
         self._cache.clear()
+        self._shapes.clear()
         self._functions.clear()
 
     def classify(self, text: str) -> Verdict:
@@ -292,11 +300,23 @@ class Classifier:
         return verdict
 
     def _classify(self, text: str) -> Verdict:
-        statements = json.loads(_pg.parse_sql_json(text))["stmts"]
-        if not statements:
-            return _EMPTY
-        verdicts = [self._statement(*next(iter(s["stmt"].items()))) for s in statements]
-        verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
+        # pglast's normalize replaces constants with $n and keeps names and comments; no
+        # rule here reads a constant inside a SELECT, so texts of one shape share a verdict.
+        shape = _pg.normalize(text)
+        verdict = self._shapes.get(shape)
+        if verdict is None:
+            statements = json.loads(_pg.parse_sql_json(text))["stmts"]
+            if not statements:
+                return _EMPTY
+            nodes = [next(iter(s["stmt"].items())) for s in statements]
+            verdicts = [self._statement(kind, body) for kind, body in nodes]
+            verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
+            # Constants matter elsewhere: SET transaction_read_only = off, EXPLAIN (ANALYZE 0).
+            if all(kind == "SelectStmt" for kind, _ in nodes):
+                if len(self._shapes) >= self._size:
+                    self._shapes.clear()
+                self._shapes[shape] = verdict
+        # The text rules read the text itself: its comments and the user's patterns.
         if verdict.route == ROUTE_STANDBY and self._held_back(text):
             return replace(verdict, route=ROUTE_PRIMARY)
         return verdict
