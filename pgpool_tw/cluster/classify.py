@@ -234,8 +234,8 @@ def _constant(node: Any) -> Any:
             if isinstance(inner, dict):
                 return inner.get(key, default)
         return None
-    key = _VALUE_KEYS.get(kind)  # {"Integer": {"ival": 1}}
-    return None if key is None else value.get(key, _DEFAULTS[key])
+    name = _VALUE_KEYS.get(kind)  # {"Integer": {"ival": 1}}
+    return None if name is None else value.get(name, _DEFAULTS[name])
 
 
 def _is_false(node: Any) -> bool:
@@ -324,7 +324,7 @@ class Classifier:
             verdicts = [self._statement(kind, body) for kind, body in nodes]
             verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
             # Constants matter elsewhere: SET transaction_read_only = off, EXPLAIN (ANALYZE 0).
-            if all(kind == "SelectStmt" for kind, _ in nodes):
+            if len(shape) <= CACHE_TEXT_LIMIT and all(kind == "SelectStmt" for kind, _ in nodes):
                 if len(self._shapes) >= self._size:
                     self._shapes.clear()
                 self._shapes[shape] = verdict

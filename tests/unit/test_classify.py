@@ -373,6 +373,7 @@ class PrimaryTests(SynchronousTestCase):
         t.row("SELEC 1", PRIMARY, write=True)
         t.row("SELECT '", PRIMARY, write=True)
         t.row("/* unterminated", PRIMARY, write=True)
+        t.row("SELECT '\udcff'", PRIMARY, write=True)  # undecodable bytes, surrogate-escaped
         t.row("", PRIMARY, write=False)
         t.row(";", PRIMARY, write=False)
         t.row("-- only a comment", PRIMARY, write=False)
@@ -469,6 +470,7 @@ class CacheTests(SynchronousTestCase):
         text = "SELECT 1 FROM t WHERE a IN (" + ", ".join(map(str, range(3000))) + ")"
         self.assertEqual(classifier.classify(text).route, STANDBY)
         self.assertEqual(len(classifier._cache), 0)
+        self.assertEqual(len(classifier._shapes), 0)
 
 
 class HostileTextTests(SynchronousTestCase):
