@@ -93,7 +93,7 @@ setup(
         "twisted[tls]>=22.10",
         "zope.interface",
         "scramp",
-        "pglast>=8",  # PostgreSQL's own parser: the load-balancing classifier
+        "pglast>=8",  # PostgreSQL's own parser: the load-balancing classifier (tested: 8.8)
     ],
     extras_require={
         "test": [

@@ -41,11 +41,15 @@ Rules (pgpool-II 4.x's, "Load Balancing" in its docs and ``send_to_where`` /
   otherwise the primary, a write if one writes, ``desync`` if one changed session state
   (not transaction control: the session follows that by ReadyForQuery and ``tx``).
 
-Cost, measured with timeit on this machine (CPython 3, pglast 8.8, one shared core), for
-``SELECT abalance FROM pgbench_accounts WHERE aid = 12345;``: a new text ~12.5 us (pglast's
-JSON parse tree ~2.2 us, json.loads ~4.3 us, the walk and the verdict the rest; pglast's
-Python node objects cost ~36 us for the parse alone, its fingerprint ~2.4 us, so caching by
-fingerprint would save nothing); a cache hit ~0.15 us.
+Cost, measured with timeit (CPython 3.11, pglast 8.8, a shared 2-core machine) for pgbench -S's
+``SELECT abalance FROM pgbench_accounts WHERE aid = 12345;``: a cache hit 0.06 us; a new text
+of a known shape 2.2 us (pglast's normalize 1.7 us, then the shape's verdict; a stream of
+200,000 distinct aids through a full cache, evictions included, 2.3 us); the first text of a
+shape 15 us (pglast's JSON parse tree 2.3 us, json.loads 4.7 us, the walk and the verdict the
+rest).  Rejected: pglast's Python node objects (37 us for the parse alone), and caching by
+pglast's fingerprint (2.6 us, no cheaper than normalize, and it drops what the rules read:
+schema names, relation names behind an alias, digit runs in names: ``FROM t x`` and
+``FROM my_temp x`` share a fingerprint).
 """
 
 from __future__ import annotations
@@ -89,7 +93,15 @@ CACHE_TEXT_LIMIT = 8192
 
 @dataclass(frozen=True)
 class Verdict:
-    """Where one query text may run, and what it changes that the session must remember."""
+    """Where one query text may run, and what it changes that the session must remember.
+
+    What only the session can add: a ROUTE_STANDBY read naming one of its temp tables in
+    ``relations`` goes to the primary; EXECUTE (ROUTE_PRIMARY, a write, ``execute_name``)
+    takes the ``inner`` verdict of its PREPARE when the session knows it; a PREPARE whose
+    ``relations`` name a temp table goes to the primary only, and desyncs; ``tx`` with
+    ReadyForQuery tells it where a transaction lives (``BEGIN; SELECT 1`` opens one on the
+    primary only); after ``prepare_transaction`` the standby's transaction must be ended.
+    """
 
     route: int
     write: bool = False
@@ -202,21 +214,28 @@ def _walk(tree: Any) -> tuple[list[str], list[str], int]:
     return functions, relations, flags
 
 
+_VALUE_KEYS = {"String": "sval", "Integer": "ival", "Boolean": "boolval"}
+_DEFAULTS = {"sval": "", "ival": 0, "boolval": False}
+
+
 def _constant(node: Any) -> Any:
     """The value of a constant node (A_Const, String, Integer, Boolean), or None.
 
-    The JSON tree omits zero values: ``{"ival": {}}`` is 0 and ``{"boolval": {}}`` false.
+    The JSON tree omits zero values: ``{"Integer": {}}`` and ``{"ival": {}}`` are 0.
     """
     if not isinstance(node, dict) or len(node) != 1:
         return None
     kind, value = next(iter(node.items()))
-    if kind not in ("A_Const", "String", "Integer", "Boolean") or not isinstance(value, dict):
+    if not isinstance(value, dict):
         return None
-    for key, default in (("sval", ""), ("ival", 0), ("boolval", False)):
-        if key in value:
-            inner = value[key]
-            return inner.get(key, default) if isinstance(inner, dict) else inner
-    return None
+    if kind == "A_Const":  # {"A_Const": {"ival": {"ival": 1}}}
+        for key, default in _DEFAULTS.items():
+            inner = value.get(key)
+            if isinstance(inner, dict):
+                return inner.get(key, default)
+        return None
+    name = _VALUE_KEYS.get(kind)  # {"Integer": {"ival": 1}}
+    return None if name is None else value.get(name, _DEFAULTS[name])
 
 
 def _is_false(node: Any) -> bool:
@@ -264,12 +283,13 @@ class Classifier:
         self._size = max(2, cache_size)
         self._cache: dict[str, Verdict] = {}
         self._functions: dict[str, bool] = {}
-        self._standby: dict[tuple[str, ...], Verdict] = {}
+        self._shapes: dict[str, Verdict] = {}
 
     def set_known_read_only(self, names: frozenset[str]) -> None:
         """Take the catalog's non-VOLATILE function names (``f`` for every ``f``, or ``s.f``)."""
         self._known = frozenset(name.lower() for name in names)
         self._cache.clear()
+        self._shapes.clear()
         self._functions.clear()
 
     def classify(self, text: str) -> Verdict:
@@ -279,7 +299,7 @@ class Classifier:
             return verdict
         try:
             verdict = self._classify(text)
-        except Exception:  # noqa: BLE001 - PostgreSQL decides; the primary reports the error
+        except Exception:  # PostgreSQL decides: the primary reports the error
             verdict = _WRITE
         if len(text) <= CACHE_TEXT_LIMIT:
             cache = self._cache
@@ -292,11 +312,23 @@ class Classifier:
         return verdict
 
     def _classify(self, text: str) -> Verdict:
-        statements = json.loads(_pg.parse_sql_json(text))["stmts"]
-        if not statements:
-            return _EMPTY
-        verdicts = [self._statement(*next(iter(s["stmt"].items()))) for s in statements]
-        verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
+        # pglast's normalize replaces constants with $n and keeps names and comments; no
+        # rule here reads a constant inside a SELECT, so texts of one shape share a verdict.
+        shape = _pg.normalize(text)
+        verdict = self._shapes.get(shape)
+        if verdict is None:
+            statements = json.loads(_pg.parse_sql_json(text))["stmts"]
+            if not statements:
+                return _EMPTY
+            nodes = [next(iter(s["stmt"].items())) for s in statements]
+            verdicts = [self._statement(kind, body) for kind, body in nodes]
+            verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
+            # Constants matter elsewhere: SET transaction_read_only = off, EXPLAIN (ANALYZE 0).
+            if len(shape) <= CACHE_TEXT_LIMIT and all(kind == "SelectStmt" for kind, _ in nodes):
+                if len(self._shapes) >= self._size:
+                    self._shapes.clear()
+                self._shapes[shape] = verdict
+        # The text rules read the text itself: its comments and the user's patterns.
         if verdict.route == ROUTE_STANDBY and self._held_back(text):
             return replace(verdict, route=ROUTE_PRIMARY)
         return verdict
@@ -402,13 +434,7 @@ class Classifier:
                 return Verdict(ROUTE_PRIMARY, write=True, relations=names)
         if any(_special(name) for name in names):
             return Verdict(ROUTE_PRIMARY, relations=names)
-        # One verdict object per relation set, so pgbench's texts share one.
-        verdict = self._standby.get(names)
-        if verdict is None:
-            if len(self._standby) >= self._size:
-                self._standby.clear()
-            verdict = self._standby[names] = Verdict(ROUTE_STANDBY, relations=names)
-        return verdict
+        return Verdict(ROUTE_STANDBY, relations=names)
 
     def _writes(self, name: str) -> bool:
         """Whether calling the function may write (is not provably read-only)."""

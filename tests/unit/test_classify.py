@@ -373,6 +373,7 @@ class PrimaryTests(SynchronousTestCase):
         t.row("SELEC 1", PRIMARY, write=True)
         t.row("SELECT '", PRIMARY, write=True)
         t.row("/* unterminated", PRIMARY, write=True)
+        t.row("SELECT '\udcff'", PRIMARY, write=True)  # undecodable bytes, surrogate-escaped
         t.row("", PRIMARY, write=False)
         t.row(";", PRIMARY, write=False)
         t.row("-- only a comment", PRIMARY, write=False)
@@ -427,6 +428,33 @@ class CacheTests(SynchronousTestCase):
             classifier.classify(f"SELECT {n} FROM u")
         self.assertLessEqual(len(classifier._cache), 10)
 
+    def test_texts_of_one_shape_share_a_verdict(self) -> None:
+        """SELECTs differing only in constants (pglast's normalize) share one verdict."""
+        classifier = Classifier()
+        first = classifier.classify("SELECT my_func(1) FROM t WHERE a = 'x'")
+        self.assertEqual((first.route, first.write), (PRIMARY, True))
+        self.assertIs(classifier.classify("SELECT my_func(2) FROM t WHERE a = 'y'"), first)
+
+    def test_constants_still_decide_outside_select(self) -> None:
+        """A shared shape never carries a verdict that depends on a constant."""
+        t = table(self)
+        t.row("SET transaction_read_only = on", ALL, desync=False)
+        t.row("SET transaction_read_only = off", PRIMARY, desync=True)
+        t.row("SET transaction_isolation = 'read committed'", ALL)
+        t.row("SET transaction_isolation = 'serializable'", PRIMARY, desync=True)
+        t.row("EXPLAIN (ANALYZE 0) DELETE FROM t", STANDBY)
+        t.row("EXPLAIN (ANALYZE 1) DELETE FROM t", PRIMARY, write=True)
+        t.done()
+
+    def test_text_rules_read_each_text(self) -> None:
+        """Comments and primary_routing_query_pattern_list apply per text, not per shape."""
+        t = table(self, primary_patterns=(".*a = 5.*",))
+        t.row("SELECT * FROM t WHERE a = 4", STANDBY)
+        t.row("SELECT * FROM t WHERE a = 5", PRIMARY)
+        t.row("SELECT * FROM t WHERE a = 6", STANDBY)
+        t.row("/* x */ SELECT * FROM t WHERE a = 7", PRIMARY)
+        t.done()
+
     def test_set_known_read_only_clears_the_cache(self) -> None:
         """New catalog knowledge changes verdicts already cached."""
         classifier = Classifier()
@@ -442,6 +470,7 @@ class CacheTests(SynchronousTestCase):
         text = "SELECT 1 FROM t WHERE a IN (" + ", ".join(map(str, range(3000))) + ")"
         self.assertEqual(classifier.classify(text).route, STANDBY)
         self.assertEqual(len(classifier._cache), 0)
+        self.assertEqual(len(classifier._shapes), 0)
 
 
 class HostileTextTests(SynchronousTestCase):
