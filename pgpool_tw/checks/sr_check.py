@@ -29,7 +29,6 @@ from pgpool_tw.checks.probe import NodeProbe
 from pgpool_tw.cluster.cluster import Cluster
 from pgpool_tw.cluster.topology import (
     NO_THRESHOLDS,
-    RAW,
     STREAMING_REPLICATION,
     Decision,
     Probe,
@@ -37,7 +36,7 @@ from pgpool_tw.cluster.topology import (
     decide,
 )
 from pgpool_tw.config.passwd import parse_secret
-from pgpool_tw.config.settings import BackendNode
+from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.protocol.credentials import Secret
 
 __all__ = ["DEFAULT_TIMEOUT", "SrCheck"]
@@ -100,24 +99,19 @@ class SrCheck:
 
     @classmethod
     def from_config(
-        cls, reactor: Any, cluster_getter: Callable[[], Cluster], config: Any, **kwargs: Any
+        cls, reactor: Any, cluster_getter: Callable[[], Cluster], config: Config, **kwargs: Any
     ) -> SrCheck:
-        """An SrCheck with the pgpool-II settings of ``config`` (read with getattr, so a
-        Config from before these settings existed gives pgpool-II's defaults)."""
-        mode = str(getattr(config, "clustering_mode", RAW))
+        """An SrCheck with the pgpool-II settings of ``config``."""
         return cls(
             reactor,
             cluster_getter,
-            user=str(getattr(config, "sr_check_user", "nobody")),
-            password=str(getattr(config, "sr_check_password", "")),
-            database=str(getattr(config, "sr_check_database", "postgres")),
-            period=float(getattr(config, "sr_check_period", 10.0)),
-            mode=mode,
-            thresholds=Thresholds(
-                int(getattr(config, "delay_threshold", 0)),
-                float(getattr(config, "delay_threshold_by_time", 0.0)),
-            ),
-            log_standby_delay=str(getattr(config, "log_standby_delay", "if_over_threshold")),
+            user=config.sr_check_user,
+            password=config.sr_check_password,
+            database=config.sr_check_database,
+            period=config.sr_check_period,
+            mode=config.clustering_mode,
+            thresholds=Thresholds(config.delay_threshold, config.delay_threshold_by_time),
+            log_standby_delay=config.log_standby_delay,
             **kwargs,
         )
 

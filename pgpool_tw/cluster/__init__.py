@@ -1,9 +1,10 @@
-"""The cluster room: the PostgreSQL servers behind the pooler, as nodes.
+"""The cluster room: the PostgreSQL servers behind the pooler, as nodes, and where a
+session's statements may go.
 
-It owns each node's address, weight, flag, role and status, and which node takes writes
-(the primary).  Later it owns primary detection, replication delay, health checks, failover
-commands and the router that picks a node per statement.  It never talks to clients and never
-holds a server connection: the pool does, asking the cluster where to connect.
-
-``classify``: where a statement may run (standby, primary, every node, the pooler), by pglast.
+``cluster``: each node's address, weight, flag, role and status, and the primary.
+``topology``: pgpool-II's rules that turn one round of the replication check's answers into
+roles, delays and ``lagging``.  ``classify``: where a statement may run (standby, primary,
+every node, the pooler), by pglast.  ``router``: whether sessions route, and each session's
+load-balancing node.  ``show``: SHOW pool_nodes' rows.  Pure: it never talks to clients,
+never holds a server connection and never imports Twisted.
 """

@@ -59,9 +59,17 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
-from pglast import parser as _pg
+try:
+    from pglast import parser as _pg
+except ImportError:  # PyPy, where pglast does not build: every statement to the primary
+    _pg = None  # type: ignore[assignment]
+
+#: PostgreSQL's parser is here; without it nothing is load balanced (cluster.settings_report
+#: says so once).
+AVAILABLE = _pg is not None
 
 __all__ = [
+    "AVAILABLE",
     "LOCAL_COMMANDS",
     "ROUTE_ALL",
     "ROUTE_LOCAL",
@@ -312,6 +320,8 @@ class Classifier:
         return verdict
 
     def _classify(self, text: str) -> Verdict:
+        if _pg is None:
+            return _WRITE
         # pglast's normalize replaces constants with $n and keeps names and comments; no
         # rule here reads a constant inside a SELECT, so texts of one shape share a verdict.
         shape = _pg.normalize(text)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
+from pgpool_tw.cluster.classify import AVAILABLE as PARSER_AVAILABLE
 from pgpool_tw.cluster.topology import (
     MAIN,
     PRIMARY,
@@ -133,11 +134,7 @@ class Cluster:
 
     @classmethod
     def from_config(cls, config: Config, now: Optional[float] = None) -> Cluster:
-        """The nodes of ``config``, the lowest-numbered one primary until a check says.
-
-        clustering_mode and load_balance_mode are read with getattr: a Config from before
-        those settings existed means raw mode (what pgpool-tw did then), balancing on.
-        """
+        """The nodes of ``config``, the lowest-numbered one primary until a check says."""
         started = time.time() if now is None else now
         primary = config.primary_backend
         nodes = tuple(
@@ -151,8 +148,8 @@ class Cluster:
         return cls(
             nodes,
             config.path or "pgpool.conf",
-            str(getattr(config, "clustering_mode", RAW)),
-            bool(getattr(config, "load_balance_mode", True)),
+            config.clustering_mode,
+            config.load_balance_mode,
         )
 
     def __iter__(self) -> Iterator[Node]:
@@ -207,11 +204,23 @@ class Cluster:
         when status or role changes); delays and LSNs change every round, silently.
         """
         lines: list[str] = []
+        kept = self.detected_primary
+        if decision.primary is not None or kept is None:
+            kept = None
+        elif (
+            decision.nodes.get(kept.index, None) is None
+            or decision.nodes[kept.index].pg_role != UNKNOWN
+        ):
+            kept = None  # it answered, in recovery: no longer the primary
         for index, state in decision.nodes.items():
             node = self._nodes.get(index)
             if node is None:
                 continue
             updates: dict[str, Any] = {f.name: getattr(state, f.name) for f in fields(NodeState)}
+            if kept is not None and index == kept.index:
+                # The primary did not answer this round: it stays the primary (a check
+                # that cannot reach it is not a failover; health checks decide that).
+                updates["role"] = PRIMARY
             changes = [
                 f"{name} {getattr(node, name)} -> {updates[name]}"
                 for name in ("role", "pg_status")
@@ -297,4 +306,14 @@ def settings_report(config: Config, running: Optional[Config] = None) -> list[st
             nodes = None
     if nodes is not None:
         lines.append(nodes)
+    routes = (
+        config.clustering_mode == STREAMING_REPLICATION
+        and config.load_balance_mode
+        and len(config.backends) > 1
+    )
+    if running is None and routes and not PARSER_AVAILABLE:
+        lines.append(
+            f"{config.path or 'pgpool.conf'}: pglast (PostgreSQL's parser) is not installed: "
+            "every statement goes to the primary"
+        )
     return lines + unused_lines(config, running)

@@ -116,6 +116,21 @@ class CheckedTests(SynchronousTestCase):
         self.assertEqual(node.last_status_change, 100.0)
         self.assertEqual(self.cluster.standbys, [])
 
+    def test_a_primary_that_does_not_answer_stays_primary(self) -> None:
+        """A round that cannot reach the primary is not a failover: writes stay there; a
+        round where it answers in recovery moves the role."""
+        backends = list(_backends(3).backends)
+        self.cluster.apply(decide(backends, {0: standby(5), 1: primary(8), 2: standby(8)}), 1.0)
+        self.cluster.apply(decide(backends, {0: standby(5), 1: DOWN_PROBE, 2: standby(8)}), 2.0)
+        node = self.cluster.primary
+        assert node is not None
+        self.assertEqual((node.index, node.role, node.pg_status), (1, PRIMARY, "down"))
+        self.cluster.apply(decide(backends, {0: primary(9), 1: standby(9), 2: standby(9)}), 3.0)
+        node = self.cluster.primary
+        assert node is not None
+        self.assertEqual(node.index, 0)
+        self.assertEqual(self.cluster[1].role, STANDBY)
+
     def test_primary_is_the_detected_one(self) -> None:
         """After a round, primary is the node the round found, with its delays."""
         probes = {0: standby(500), 1: primary(800), 2: DOWN_PROBE}
@@ -222,9 +237,10 @@ class WarningTests(SynchronousTestCase):
         self.assertIsNone(Cluster.from_config(config).not_used_warning())
 
     def test_more_nodes_one_line_raw(self) -> None:
-        """Raw mode (a Config without clustering_mode): one line naming the nodes used only
-        when the ones before are down, and that ALWAYS_PRIMARY means nothing there."""
-        line = Cluster.from_config(parse_config(THREE)).not_used_warning()
+        """Raw mode: one line naming the nodes used only when the ones before are down, and
+        that ALWAYS_PRIMARY means nothing there."""
+        raw = parse_config(THREE + "backend_clustering_mode = 'raw'\n")
+        line = Cluster.from_config(raw).not_used_warning()
         self.assertEqual(
             line,
             "pgpool.conf: backend nodes 1 (/run/pg/.s.PGSQL.5432), 2 (db2:5434) not used while "
@@ -263,13 +279,13 @@ class WarningTests(SynchronousTestCase):
 
     def test_settings_report_once(self) -> None:
         """The start report lists each warning once; a reload of the same file says nothing."""
-        text = THREE + "bogus = 1\nload_balance_mode = on\n"
+        text = THREE + "bogus = 1\nhealth_check_period = 10\nbackend_clustering_mode = raw\n"
         config = parse_config(text)
         lines = settings_report(config)
         self.assertEqual(len(lines), 3, lines)
         self.assertIn("unknown setting 'bogus'", lines[0])
         self.assertIn("backend nodes 1", lines[1])
-        self.assertIn("load balancing: load_balance_mode, backend_weight2", lines[2])
+        self.assertIn("health check: health_check_period not used yet", lines[2])
         self.assertEqual(settings_report(parse_config(text), config), [])
         fewer = parse_config(text.replace("backend_hostname2 = 'db2'", ""))
         again = settings_report(fewer, config)
