@@ -178,9 +178,10 @@ class FirstMinuteTests(SynchronousTestCase):
         # Load balancing is used now: its settings are not reported (pgpool-II's stock
         # values are what pgpool-tw does).
         self.assertEqual([f for f in features if ": load balancing: " in f], [], output)
-        nodes = [line for line in output.splitlines() if "1 (host2:5433)" in line]
+        nodes = [line for line in output.splitlines() if "backend nodes 0 (" in line]
         self.assertEqual(len(nodes), 1, output)
         self.assertIn("streaming replication over backend nodes 0", nodes[0])
+        self.assertIn("1 (host2:5433)", nodes[0])
         self.assertIn("reads are load balanced", nodes[0])
         self.assertNotIn("Traceback", output)
 
