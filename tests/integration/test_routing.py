@@ -95,7 +95,7 @@ class ReadsAndWrites(RoutingCase):
 
         def work() -> dict[str, Any]:
             with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
-                read_port = conn.execute("SHOW port").fetchone()[0]
+                read_port = conn.execute("SELECT inet_server_port()").fetchone()[0]
                 conn.execute("CREATE TABLE t (id int)")
                 conn.execute("INSERT INTO t VALUES (1)")
                 seen = conn.execute("SELECT count(*) FROM t").fetchone()[0]
@@ -423,3 +423,33 @@ class PerStatement(RoutingCase):
         yield _thread(work)
         self.assertIn("DB node id: 1", "".join(line for line in lines if "SHOW port" in line))
         self.assertIn("DB node id: 0", "".join(line for line in lines if "CREATE TABLE" in line))
+
+
+class Lagging(RoutingCase):
+    @defer.inlineCallbacks
+    def test_a_replica_past_delay_threshold_takes_no_reads(self) -> Any:
+        service = self.start_pooler(delay_threshold=1)
+        user, db = self.database()
+        self.primary.psql("CREATE TABLE t (id int)", dbname=db, user=user)
+        wait_replica_caught_up()
+        check = service.sr_check
+        assert check is not None
+        yield check.check_now()
+
+        def port() -> int:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                return self._port(conn)
+
+        self.assertEqual((yield _thread(port)), self.replica.port)
+        self.replica.psql("SELECT pg_wal_replay_pause()")
+        self.addCleanup(self.replica.psql, "SELECT pg_wal_replay_resume()")
+        self.primary.psql("INSERT INTO t SELECT generate_series(1, 1000)", dbname=db)
+        self.primary.psql("SELECT pg_switch_wal()")
+        decision = yield check.check_now()
+        self.assertTrue(service.factory.cluster[1].lagging, decision)
+        self.assertEqual((yield _thread(port)), self.primary.port)
+        self.replica.psql("SELECT pg_wal_replay_resume()")
+        wait_replica_caught_up()
+        yield check.check_now()
+        self.assertFalse(service.factory.cluster[1].lagging)
+        self.assertEqual((yield _thread(port)), self.replica.port)
