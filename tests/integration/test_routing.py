@@ -453,3 +453,35 @@ class Lagging(RoutingCase):
         yield check.check_now()
         self.assertFalse(service.factory.cluster[1].lagging)
         self.assertEqual((yield _thread(port)), self.replica.port)
+
+
+class ReplicaFirst(RoutingCase):
+    @defer.inlineCallbacks
+    def test_the_first_session_writes_to_the_detected_primary(self) -> Any:
+        """Node 0 is the replica: the first client waits for the check and writes to node 1."""
+        socket_dir = tempfile.mkdtemp(prefix="pgtw-")
+        self.addCleanup(shutil.rmtree, socket_dir, True)
+        config = Config(
+            listen_addresses=("127.0.0.1",),
+            port=0,
+            socket_dirs=(socket_dir,),
+            backends=(
+                BackendNode(0, self.replica.host, self.replica.port),
+                BackendNode(1, self.primary.host, self.primary.port),
+            ),
+            sr_check_user="postgres",
+        )
+        user, db = self.database()
+        service = PgpoolService(config, reactor)
+        service.startService()  # the client below may well arrive before the first check
+        self.addCleanup(service.stopService)
+
+        def work() -> Any:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                conn.execute("CREATE TABLE first (id int)")
+                return conn.execute("SELECT inet_server_port() FROM pg_class LIMIT 1").fetchone()
+
+        self.assertEqual((yield _thread(work)), (self.primary.port,))
+        primary = service.factory.cluster.primary
+        assert primary is not None
+        self.assertEqual(primary.index, 1)
