@@ -94,7 +94,7 @@ class NodeProbe:
         if self._auth is None:
             self._auth = BackendAuth(self.check.user, self.check.secret())
         try:
-            reply = self._auth.receive(m.auth_code(raw[5:]), raw[5:])
+            reply = self._auth.answer(raw)
         except BackendAuthError as e:
             self.fail(f"cannot log in as sr_check_user: {e}")
             return

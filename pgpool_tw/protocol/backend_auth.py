@@ -83,6 +83,13 @@ class BackendAuth:
         self._server_key = b""
         self._auth_message = b""
 
+    def answer(self, raw: bytes) -> bytes:
+        """The reply to a whole AuthenticationRequest message ``raw`` (b"" when none is due)."""
+        body = raw[5:]
+        if len(body) < 4:
+            raise BackendAuthError("the authentication request body does not carry its code")
+        return self.receive(INT32.unpack_from(body)[0], body)
+
     def receive(self, code: int, body: bytes) -> bytes:
         if len(body) < 4 or INT32.unpack_from(body)[0] != code:
             raise BackendAuthError("the authentication request body does not carry its code")

@@ -130,7 +130,7 @@ class BalanceLeg:
             self._refuse(server, "the server asks for a password and pool_passwd cannot answer")
             return
         try:
-            reply = auth.receive(m.auth_code(raw[5:]), raw[5:])
+            reply = auth.answer(raw)
         except BackendAuthError as e:
             self._refuse(server, str(e))
             return

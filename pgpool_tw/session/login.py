@@ -186,7 +186,7 @@ class ServerLogin:
             session.io.send(raw)  # a notice
         elif self._backend_auth is not None:
             try:
-                reply = self._backend_auth.receive(m.auth_code(raw[5:]), raw[5:])
+                reply = self._backend_auth.answer(raw)
             except BackendAuthError as e:
                 self._refused(server, str(e))
                 return

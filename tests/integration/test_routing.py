@@ -33,11 +33,14 @@ class RoutingCase(unittest.TestCase):
         self,
         weights: tuple[float, float] = (0.0, 1.0),
         replica_port: int = 0,
+        replica_first: bool = False,
         **settings: Any,
     ) -> PgpoolService:
         socket_dir = tempfile.mkdtemp(prefix="pgtw-")
         self.addCleanup(shutil.rmtree, socket_dir, True)
         primary, replica = self.primary, self.replica
+        if replica_first:
+            primary, replica = replica, primary
         base = Config(
             listen_addresses=("127.0.0.1",),
             port=0,
@@ -459,22 +462,9 @@ class ReplicaFirst(RoutingCase):
     @defer.inlineCallbacks
     def test_the_first_session_writes_to_the_detected_primary(self) -> Any:
         """Node 0 is the replica: the first client waits for the check and writes to node 1."""
-        socket_dir = tempfile.mkdtemp(prefix="pgtw-")
-        self.addCleanup(shutil.rmtree, socket_dir, True)
-        config = Config(
-            listen_addresses=("127.0.0.1",),
-            port=0,
-            socket_dirs=(socket_dir,),
-            backends=(
-                BackendNode(0, self.replica.host, self.replica.port),
-                BackendNode(1, self.primary.host, self.primary.port),
-            ),
-            sr_check_user="postgres",
-        )
         user, db = self.database()
-        service = PgpoolService(config, reactor)
-        service.startService()  # the client below may well arrive before the first check
-        self.addCleanup(service.stopService)
+        # The client below may well arrive before the first check.
+        service = self.start_pooler((1.0, 1.0), replica_first=True, sr_check_period=10)
 
         def work() -> Any:
             with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
