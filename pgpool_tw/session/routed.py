@@ -304,8 +304,12 @@ class RoutedStream:
     def feed_client(self, data: bytes) -> int:
         """Route a client chunk; return 0 when it held a Terminate (never forwarded), else -1."""
         self.bytes_in += len(data)
-        buf = self._cbuf
-        buf += data
+        buf: bytes | bytearray
+        if self._cbuf:
+            buf = self._cbuf
+            buf += data
+        else:
+            buf = data  # the common case: whole messages, never copied
         pos = 0
         size = len(buf)
         terminated = False
@@ -326,11 +330,14 @@ class RoutedStream:
                 pos = end
         except (_Broken, ValueError, IndexError) as e:
             # A length out of range, or a Parse/Bind/Describe body without its strings.
-            del buf[:]
+            self._cbuf = bytearray()
             self._flush_legs()
             self.broken(str(e) if isinstance(e, _Broken) else "malformed message")
             return -1
-        del buf[:pos]
+        if buf is self._cbuf:
+            del buf[:pos]
+        elif pos < size:
+            self._cbuf = bytearray(buf[pos:])
         self._flush_legs()
         if self._out:
             out, self._out = self._out, []
@@ -344,7 +351,7 @@ class RoutedStream:
                 leg.sent = []
                 leg.send(data)
 
-    def _client_message(self, kind: int, msg: bytes, buf: bytearray, after: int) -> None:
+    def _client_message(self, kind: int, msg: bytes, buf: bytes | bytearray, after: int) -> None:
         if kind == _QUERY:
             self._query(msg)
         elif kind in _EXTENDED:
@@ -500,7 +507,7 @@ class RoutedStream:
 
     # -- the extended protocol ---------------------------------------------------------
 
-    def _extended(self, kind: int, msg: bytes, buf: bytearray, after: int) -> None:
+    def _extended(self, kind: int, msg: bytes, buf: bytes | bytearray, after: int) -> None:
         batch = self._batch
         if batch is None:
             if kind == _SYNC:
@@ -591,7 +598,7 @@ class RoutedStream:
             return [leader]
         return [leader] + [leg for leg in self.legs if leg is not leader]
 
-    def _batch_leader(self, first: bytes, buf: bytearray, after: int) -> Leg:
+    def _batch_leader(self, first: bytes, buf: bytes | bytearray, after: int) -> Leg:
         """Which leg answers a batch: read from its messages received so far.
 
         The primary if any of them needs it; the leg a statement or portal already
@@ -663,12 +670,27 @@ class RoutedStream:
         size = len(data)
         pos = 0
         out = self._out
+        queue = self._queue
+        run = -1  # start of messages the client gets as they are, sent as one slice
         while size - pos >= 5:
+            kind = data[pos]
             end = pos + 1 + _LENGTH(data, pos + 1)[0]
             if end > size:
                 break
-            self._server_message(leg, data[pos], data, pos, end, out)
+            if kind != _READY and kind != _PARAMETER_STATUS and leg.units:
+                unit = leg.units[0]
+                if unit.leader is leg and unit.client and queue and queue[0] is unit:
+                    if run < 0:
+                        run = pos
+                    pos = end
+                    continue
+            if run >= 0:
+                out.append(data[run:pos])
+                run = -1
+            self._server_message(leg, kind, data, pos, end, out)
             pos = end
+        if run >= 0:
+            out.append(data[run:pos])
         if pos < size:
             leg.buf = data[pos:]
         if out:
@@ -797,7 +819,7 @@ class _Broken(Exception):
     """The client's stream can no longer be framed."""
 
 
-def _batch_messages(first: bytes, buf: bytearray, after: int) -> list[tuple[int, bytes]]:
+def _batch_messages(first: bytes, buf: bytes | bytearray, after: int) -> list[tuple[int, bytes]]:
     """The batch's messages received so far: ``first``, then whole ones up to a Sync."""
     found = [(first[0], first)]
     if first[0] == _SYNC:
