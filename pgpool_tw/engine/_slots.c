@@ -43,6 +43,7 @@ slot_clear(int fd)
     PyMem_Free(old.pending);
     Py_XDECREF(old.relay);
     Py_XDECREF((PyObject *)old.lane);
+    Py_XDECREF(old.feed);
 }
 
 int
@@ -98,6 +99,43 @@ speedups_unregister(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "iO!", &fd, &RelayType, &relay))
         return NULL;
     if (fd >= 0 && fd < slots_size && slots[fd].relay == (Relay *)relay)
+        slot_clear(fd);
+    Py_RETURN_NONE;
+}
+
+/*
+ * A feed: poll() receives this socket's chunks and calls `callback(chunk)` with each,
+ * instead of Twisted's doRead chain (a routed session, whose Python code decides where
+ * every message goes).  End of file, errors and other events stay Twisted's.
+ */
+PyObject *
+speedups_register_feed(PyObject *module, PyObject *args)
+{
+    int fd;
+    PyObject *callback;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &callback))
+        return NULL;
+    if (!PyCallable_Check(callback)) {
+        PyErr_SetString(PyExc_TypeError, "the feed must be callable");
+        return NULL;
+    }
+    if (slots_reserve(fd) < 0)
+        return NULL;
+    Py_INCREF(callback);
+    slot_clear(fd);
+    slots[fd].feed = callback;
+    slots[fd].side = SIDE_FEED;
+    Py_RETURN_NONE;
+}
+
+PyObject *
+speedups_unregister_feed(PyObject *module, PyObject *args)
+{
+    int fd;
+    PyObject *callback;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &callback))
+        return NULL;
+    if (fd >= 0 && fd < slots_size && slots[fd].feed == callback)
         slot_clear(fd);
     Py_RETURN_NONE;
 }

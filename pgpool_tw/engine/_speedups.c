@@ -116,6 +116,30 @@ dispatch(int fd, unsigned int ev, PyObject **culprit)
             Py_DECREF(relay);
         return how;
     }
+    if (slot->feed != NULL) {
+        if (ev != EPOLLIN)
+            return TO_TWISTED;
+        ssize_t n = recv_chunk(fd);
+        if (n == AGAIN)
+            return PUMPED;
+        if (n < 0)
+            return TO_TWISTED_ERROR;
+        if (n == 0)
+            return TO_TWISTED; /* end of file: Twisted's read sees it again */
+        PyObject *feed = slot->feed;
+        Py_INCREF(feed); /* the callback may unregister it */
+        ran_python = 1;
+        PyObject *chunk = PyBytes_FromStringAndSize((const char *)recv_buffer, n);
+        PyObject *res = chunk == NULL ? NULL : PyObject_CallOneArg(feed, chunk);
+        Py_XDECREF(chunk);
+        if (res == NULL) {
+            *culprit = feed;
+            return -1;
+        }
+        Py_DECREF(res);
+        Py_DECREF(feed);
+        return PUMPED;
+    }
     if (slot->lane != NULL) {
         Lane *lane = slot->lane;
         Py_INCREF(lane);
@@ -255,6 +279,10 @@ speedups_poll(PyObject *module, PyObject *args)
 static PyMethodDef speedups_methods[] = {
     {"register", speedups_register, METH_VARARGS,
      "register(fd, relay, side): poll() forwards this socket's chunks itself."},
+    {"register_feed", speedups_register_feed, METH_VARARGS,
+     "register_feed(fd, callback): poll() calls callback(chunk) with this socket's chunks."},
+    {"unregister_feed", speedups_unregister_feed, METH_VARARGS,
+     "unregister_feed(fd, callback): hand the socket back to Twisted (no-op if not its)."},
     {"unregister", speedups_unregister, METH_VARARGS,
      "unregister(fd, relay): hand the socket back to Twisted (no-op if not registered)."},
     {"poll", speedups_poll, METH_VARARGS,

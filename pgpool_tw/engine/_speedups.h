@@ -124,7 +124,7 @@ typedef struct {
     ResetState answer; /* the reset's answer, read as it comes */
 } Relay;
 
-enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3 };
+enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3, SIDE_FEED = 4 };
 
 #define PENDING_MAX 1024
 
@@ -143,6 +143,7 @@ typedef struct {
     Relay *relay;      /* SIDE_CLIENT, SIDE_SERVER */
     struct Lane *lane; /* SIDE_LISTEN, SIDE_PENDING */
     Pending *pending;  /* SIDE_PENDING */
+    PyObject *feed;    /* SIDE_FEED: called with each chunk received */
     int side;
 } Slot;
 
@@ -170,6 +171,8 @@ extern PyObject *str_write;
 extern PyTypeObject SendNowType; /* _writer.c */
 PyObject *speedups_register(PyObject *module, PyObject *args);
 PyObject *speedups_unregister(PyObject *module, PyObject *args);
+PyObject *speedups_register_feed(PyObject *module, PyObject *args);
+PyObject *speedups_unregister_feed(PyObject *module, PyObject *args);
 
 /* -- warm logins (_lane.c: the Lane type; _login.c: accept and login; _warm.c: the session) -- */
 

@@ -65,6 +65,9 @@ class FrontendProtocol(Protocol):
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         #: The C loop's handle while it forwards this session (fastpoll.start_relay).
         self._relay: Optional[Relay] = None
+        #: A routed session's sockets whose chunks the C loop hands to Python directly:
+        #: (transport, fd, callback) each (fastpoll.start_feed).
+        self._feeds: list[tuple[Any, Any]] = []
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -140,15 +143,35 @@ class FrontendProtocol(Protocol):
         self.server_write = discard if routed else server.send
         self._producers = link(self.transport, server.transport)
         factory = self.factory
-        if not routed:
+        if routed:
+            self._feed(self.transport, self.dataReceived)
+            self.add_leg(server)
+        else:
             self._relay = fastpoll.start_relay(
                 factory.reactor, tracker, self.transport, server.transport, self._terminated
             )
         self.relaying = True
         self._idle_since = factory.reactor.seconds()
 
+    def add_leg(self, server: BackendProtocol) -> None:
+        """A routed session's server: its chunks reach it through the C loop too."""
+        self._feed(server.transport, server.dataReceived)
+
+    def drop_leg(self, server: BackendProtocol) -> None:
+        """A routed session lets a server go: Twisted reads it again."""
+        for feed in [f for f in self._feeds if f[0] is server.transport]:
+            self._feeds.remove(feed)
+            fastpoll.stop_feed(*feed)
+
+    def _feed(self, transport: Any, callback: Any) -> None:
+        if fastpoll.start_feed(self.factory.reactor, transport, callback):
+            self._feeds.append((transport, callback))
+
     def stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
+        feeds, self._feeds = self._feeds, []
+        for feed in feeds:
+            fastpoll.stop_feed(*feed)
         if self._relay is not None:
             fastpoll.stop_relay(self._relay)
             self.received += self._relay.received

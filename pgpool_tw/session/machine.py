@@ -427,6 +427,8 @@ class Session:
             self.tracker = self._start_routed(server)  # type: ignore[assignment]
             self._move(RELAY)
             self.io.start_relay(server, self.tracker, True)  # type: ignore[arg-type]
+            if self.lb_server is not None:
+                self.io.add_leg(self.lb_server)
         else:
             self.tracker = server.attach(self, self.io.send, tracker)
             self._move(RELAY)
@@ -525,6 +527,7 @@ class Session:
         self.lb_server = None
         leg = server.tracker
         if stream is not None and isinstance(leg, Leg) and stream.drop_leg(leg):
+            self.io.drop_leg(server)
             log.warn(
                 "client={client} load-balancing server {server} lost: {why}; "
                 "reading from the primary",

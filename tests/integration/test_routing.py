@@ -18,7 +18,9 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from pgpool_tw.config.settings import BackendNode, Config
+from pgpool_tw.engine import fastpoll
 from pgpool_tw.service import PgpoolService
+from tests.integration.harness import eventually
 from tests.support import shared_cluster, skip_unless_postgres, unique_name, wait_replica_caught_up
 
 
@@ -475,3 +477,32 @@ class ReplicaFirst(RoutingCase):
         primary = service.factory.cluster.primary
         assert primary is not None
         self.assertEqual(primary.index, 1)
+
+
+class OnTheCLoop(ReadsAndWrites):
+    """The same, with the C iteration running the reactor (as under ``twistd pgpool``):
+    a routed session's three sockets are read by C and handed to Python's stream."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        if not fastpoll.c_loop_available():
+            raise unittest.SkipTest("pgpool_tw.engine._speedups is not built or turned off")
+        self.assertTrue(fastpoll.install(reactor))
+        self.addCleanup(fastpoll.uninstall, reactor)
+
+    @defer.inlineCallbacks
+    def test_the_c_loop_reads_all_three_sockets(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+        feeds: list[int] = []
+
+        def work() -> int:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                port = self._port(conn)
+                feeds.append(len(fastpoll._feed_fds))
+                return port
+
+        self.assertEqual((yield _thread(work)), self.replica.port)
+        self.assertEqual(feeds, [3])  # the client, the primary, the replica
+        # All handed back once the session ends.
+        self.assertTrue((yield eventually(lambda: not fastpoll._feed_fds)))

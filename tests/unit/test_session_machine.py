@@ -87,6 +87,12 @@ class RecordingIO:
     def stop_relay(self, server: BackendProtocol) -> None:
         self.actions.append("stop_relay")
 
+    def add_leg(self, server: BackendProtocol) -> None:
+        self.actions.append("add_leg")
+
+    def drop_leg(self, server: BackendProtocol) -> None:
+        self.actions.append("drop_leg")
+
     def replay(self, data: bytes) -> None:
         self.relayed.append(data)
 
