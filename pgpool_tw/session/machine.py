@@ -41,8 +41,9 @@ from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import cancel
 from pgpool_tw.session.balance import BalanceLeg
 from pgpool_tw.session.handshake import Handshake
+from pgpool_tw.session.legs import Leg
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
-from pgpool_tw.session.routed import Leg, RoutedStream
+from pgpool_tw.session.routed import RoutedStream
 from pgpool_tw.session.states import (
     AUTHENTICATING,
     CLOSED,

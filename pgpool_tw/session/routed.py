@@ -49,11 +49,18 @@ from pgpool_tw.cluster.classify import (
 )
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
+from pgpool_tw.protocol.extended import (
+    batch_messages,
+    bind_names,
+    first_lsn,
+    parse_fields,
+    reparse,
+)
+from pgpool_tw.session.legs import Batch, Leg, Unit
 
-__all__ = ["Leg", "RoutedStream", "RoutingRules"]
+__all__ = ["RoutedStream", "RoutingRules"]
 
 _LENGTH = Struct("!I").unpack_from
-_INT16 = Struct("!h").unpack_from
 
 IDLE, IN_TX, FAILED = m.IDLE, m.IN_TRANSACTION, m.IN_FAILED_TRANSACTION
 
@@ -121,96 +128,6 @@ class RoutingRules:
         self.per_statement = per_statement
 
 
-class Unit:
-    """One Query, Sync-ended batch or FunctionCall, or one of the pooler's own queries."""
-
-    __slots__ = ("leader", "owed", "held", "client", "last", "rows", "done", "write", "tx")
-
-    def __init__(self, leader: Leg, client: bool = True) -> None:
-        self.leader = leader
-        #: ReadyForQuery messages still owed, per leg.
-        self.owed: dict[Leg, int] = {}
-        #: The leader's reply while an earlier unit still answers the client.
-        self.held: list[bytes] = []
-        #: The reply goes to the client (False: the pooler's own query).
-        self.client = client
-        #: The leader's final ReadyForQuery, forwarded once every leg has answered.
-        self.last = b""
-        #: DataRow bodies of the pooler's own query.
-        self.rows: list[bytes] = []
-        self.done: Optional[Callable[[Unit], None]] = None
-        self.write = False
-        self.tx = ""
-
-    def expect(self, leg: Leg) -> None:
-        self.owed[leg] = self.owed.get(leg, 0) + 1
-        leg.units.append(self)
-
-    @property
-    def complete(self) -> bool:
-        return not any(self.owed.values())
-
-
-class Leg:
-    """One server connection of a routed session, as the stream sees it.
-
-    Handed to ``BackendProtocol.attach`` as the server's tracker: the server calls
-    ``feed_server`` with each chunk, and reads ``status`` when it is detached.
-    """
-
-    __slots__ = ("node", "send", "status", "params", "units", "buf", "stream", "sent", "pid")
-
-    def __init__(
-        self,
-        node: int,
-        send: Callable[[bytes], None],
-        status: int,
-        params: dict[str, str],
-        pid: int = 0,
-    ) -> None:
-        self.node = node
-        self.send = send
-        self.status = status
-        self.params = params
-        self.pid = pid
-        #: Units this leg owes a ReadyForQuery, one entry per ReadyForQuery.
-        self.units: deque[Unit] = deque()
-        self.buf = b""
-        self.stream: Optional[RoutedStream] = None
-        #: Bytes queued for this leg during one client chunk.
-        self.sent: list[bytes] = []
-
-    def feed_server(self, data: bytes) -> None:
-        stream = self.stream
-        if stream is not None:
-            stream.server_data(self, data)
-
-    @property
-    def in_sync(self) -> bool:
-        return not self.units and not self.buf
-
-    def take_counts(self) -> tuple[int, int, int, int]:
-        """The session's counters, harvested once: through the primary's leg."""
-        stream = self.stream
-        if stream is None or self is not stream.primary:
-            return (0, 0, 0, 0)
-        return stream.take_counts()
-
-    def __repr__(self) -> str:
-        return f"<Leg node {self.node}>"
-
-
-class _Batch:
-    """An extended-protocol batch from its first message to its Sync."""
-
-    __slots__ = ("unit", "legs")
-
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
-        #: Every leg that received a message of the batch: each gets the Sync.
-        self.legs: list[Leg] = [unit.leader]
-
-
 class RoutedStream:
     """The client's stream over a primary leg and optionally a load-balancing leg."""
 
@@ -234,7 +151,7 @@ class RoutedStream:
         self._cbuf = bytearray()
         self._queue: deque[Unit] = deque()
         self._out: list[bytes] = []
-        self._batch: Optional[_Batch] = None
+        self._batch: Optional[Batch] = None
         self._copy_leg: Optional[Leg] = None
         #: The leg whose transaction failed where the client saw it.
         self.aborted: Optional[Leg] = None
@@ -517,7 +434,7 @@ class RoutedStream:
             unit = Unit(leader)
             self._queue.append(unit)
             self._copy_leg = leader
-            batch = self._batch = _Batch(unit)
+            batch = self._batch = Batch(unit)
         unit = batch.unit
         leader = unit.leader
         if kind == _SYNC:
@@ -537,13 +454,13 @@ class RoutedStream:
 
     def _for_other(self, kind: int, msg: bytes, unit: Unit) -> bytes:
         if kind == _PARSE and unit.tx == "commit" and self.aborted is not None:
-            return _reparse(msg, "ROLLBACK")
+            return reparse(msg, "ROLLBACK")
         return msg
 
     def _targets(self, kind: int, msg: bytes, leader: Leg, unit: Unit) -> list[Leg]:
         """The legs a message of the open batch goes to; the leader always among them."""
         if kind == _PARSE:
-            name, text = _parse_fields(msg)
+            name, text = parse_fields(msg)
             verdict = self.rules.classify(text)
             self._remember(verdict)
             legs = self._everywhere(leader) if name or verdict.route == ROUTE_ALL else [leader]
@@ -558,7 +475,7 @@ class RoutedStream:
             return legs
         if kind == _BIND:
             # What a statement does happens where it is bound and run, each time.
-            portal, statement = _bind_names(msg)
+            portal, statement = bind_names(msg)
             if statement:
                 bound = self._statements.get(statement)
                 legs = (
@@ -610,9 +527,9 @@ class RoutedStream:
         parsed: set[bytes] = set()
         portals: set[bytes] = set()
         unnamed_parsed = False
-        for kind, msg in _batch_messages(first, buf, after):
+        for kind, msg in batch_messages(first, buf, after):
             if kind == _PARSE:
-                name, text = _parse_fields(msg)
+                name, text = parse_fields(msg)
                 verdict = self.rules.classify(text)
                 if verdict.route != ROUTE_STANDBY:
                     return self._leg_for_write()
@@ -622,7 +539,7 @@ class RoutedStream:
                 else:
                     unnamed_parsed = True
             elif kind == _BIND:
-                portal, statement = _bind_names(msg)
+                portal, statement = bind_names(msg)
                 portals.add(portal)
                 if statement:
                     if statement in parsed:
@@ -796,7 +713,7 @@ class RoutedStream:
 
     def _lsn_captured(self, unit: Unit) -> None:
         self._lsn_pending = False
-        lsn = _first_lsn(unit.rows)
+        lsn = first_lsn(unit.rows)
         if lsn is None:
             # No answer: reads stay on the primary for this session (safe, not fast).
             self.write_lsn = 1 << 63
@@ -810,67 +727,10 @@ class RoutedStream:
         self._internal(lb, "SELECT pg_last_wal_replay_lsn()", self._replayed)
 
     def _replayed(self, unit: Unit) -> None:
-        lsn = _first_lsn(unit.rows)
+        lsn = first_lsn(unit.rows)
         if lsn is not None:
             self._lb_replayed = max(self._lb_replayed, lsn)
 
 
 class _Broken(Exception):
     """The client's stream can no longer be framed."""
-
-
-def _batch_messages(first: bytes, buf: bytes | bytearray, after: int) -> list[tuple[int, bytes]]:
-    """The batch's messages received so far: ``first``, then whole ones up to a Sync."""
-    found = [(first[0], first)]
-    if first[0] == _SYNC:
-        return found
-    pos, size = after, len(buf)
-    while size - pos >= 5:
-        end = pos + 1 + _LENGTH(buf, pos + 1)[0]
-        if end > size:
-            break
-        kind = buf[pos]
-        if kind in (_SYNC, _TERMINATE, _QUERY):
-            break
-        found.append((kind, bytes(buf[pos:end])))
-        pos = end
-    return found
-
-
-def _parse_fields(msg: bytes) -> tuple[bytes, str]:
-    """A Parse message's statement name and query text."""
-    name_end = msg.index(b"\0", 5)
-    text_end = msg.index(b"\0", name_end + 1)
-    return msg[5:name_end], msg[name_end + 1 : text_end].decode("utf-8", "replace")
-
-
-def _reparse(msg: bytes, text: str) -> bytes:
-    """The same Parse (name, no parameter types) for another query text."""
-    name_end = msg.index(b"\0", 5)
-    body = msg[5 : name_end + 1] + m.cstring(text) + b"\x00\x00"
-    return m.message(b"P", body)
-
-
-def _bind_names(msg: bytes) -> tuple[bytes, bytes]:
-    """A Bind message's portal and statement names."""
-    portal_end = msg.index(b"\0", 5)
-    statement_end = msg.index(b"\0", portal_end + 1)
-    return msg[5:portal_end], msg[portal_end + 1 : statement_end]
-
-
-def _first_lsn(rows: list[bytes]) -> Optional[int]:
-    """The LSN ('X/Y') in the first column of the first DataRow body."""
-    if not rows:
-        return None
-    body = rows[0]
-    if _INT16(body, 0)[0] < 1:
-        return None
-    size = _LENGTH(body, 2)[0]
-    if size == 0xFFFFFFFF:
-        return None
-    text = body[6 : 6 + size].decode("ascii", "replace")
-    high, _, low = text.partition("/")
-    try:
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        return None

@@ -14,7 +14,8 @@ from twisted.trial import unittest
 
 from pgpool_tw.cluster.classify import Classifier
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.session.routed import Leg, RoutedStream, RoutingRules
+from pgpool_tw.session.legs import Leg
+from pgpool_tw.session.routed import RoutedStream, RoutingRules
 
 IDLE, T, E = b"I", b"T", b"E"
 
