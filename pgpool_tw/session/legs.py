@@ -21,7 +21,18 @@ __all__ = ["Batch", "Leg", "Unit"]
 class Unit:
     """One Query, Sync-ended batch or FunctionCall, or one of the pooler's own queries."""
 
-    __slots__ = ("leader", "owed", "held", "client", "last", "rows", "done", "write", "tx")
+    __slots__ = (
+        "leader",
+        "owed",
+        "held",
+        "client",
+        "last",
+        "rows",
+        "done",
+        "write",
+        "tx",
+        "named",
+    )
 
     def __init__(self, leader: Leg, client: bool = True) -> None:
         self.leader = leader
@@ -38,6 +49,8 @@ class Unit:
         self.done: Optional[Callable[[Unit], None]] = None
         self.write = False
         self.tx = ""
+        #: Statements the unit parsed on every leg (a leg that refuses one loses it).
+        self.named: list[bytes] = []
 
     def expect(self, leg: Leg) -> None:
         self.owed[leg] = self.owed.get(leg, 0) + 1

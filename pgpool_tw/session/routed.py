@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from struct import Struct
 from typing import Optional
 
@@ -470,6 +471,7 @@ class RoutedStream:
                 legs = [leader]
             if name:
                 self._statements[name] = verdict
+                unit.named.append(name)
             else:
                 self._unnamed = (verdict, legs)
             return legs
@@ -655,11 +657,28 @@ class RoutedStream:
                     self._internal_done(unit)
             return
         if leg is not unit.leader:
-            return  # another leg's answer to session state: the leader's is the one
+            # Another leg's answer to session state: the leader's is the one.  If it
+            # refused what the leader took, that leg no longer mirrors the session.
+            if kind == _ERROR and unit.client and leg is not self.primary:
+                self._diverged(unit)
+            return
         if unit.client:
             self._forward(unit, data[pos:end], out)
         elif kind == _DATA_ROW:
             unit.rows.append(data[pos + 5 : end])
+
+    def _diverged(self, unit: Unit) -> None:
+        """A non-leading leg refused part of ``unit``: statements it parsed run on the
+        primary only; any other session state it missed ends load balancing.  A refused
+        BEGIN (a standby refuses SERIALIZABLE) needs neither: the legs' transaction states
+        differ until the transaction ends, and reads stay on the primary meanwhile."""
+        if unit.named:
+            for name in unit.named:
+                verdict = self._statements.get(name)
+                if verdict is not None and verdict.route != ROUTE_PRIMARY:
+                    self._statements[name] = replace(verdict, route=ROUTE_PRIMARY)
+        elif not unit.tx:
+            self.desynced = True
 
     def _forward(self, unit: Unit, msg: bytes, out: list[bytes]) -> None:
         if self._queue and self._queue[0] is unit:

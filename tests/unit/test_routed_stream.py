@@ -41,6 +41,17 @@ def execute(portal: str = "") -> bytes:
 
 
 SYNC = b"S\x00\x00\x00\x04"
+
+
+def lsn_question() -> bytes:
+    return m.query("SELECT pg_current_wal_insert_lsn()")
+
+
+def lsn_answer(lsn: str) -> bytes:
+    row = m.message(b"D", b"\x00\x01" + len(lsn).to_bytes(4, "big") + lsn.encode())
+    return row + complete("SELECT 1") + rfq()
+
+
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 BIND_COMPLETE = b"2\x00\x00\x00\x04"
 
@@ -162,6 +173,33 @@ class SimpleQueries(unittest.TestCase):
         self.assertEqual(h.to(1), query("COMMIT"))
         self.assertEqual(h.stream.status, m.IN_FAILED_TRANSACTION)
 
+    def test_session_state_the_standby_refused_ends_load_balancing(self) -> None:
+        h = Harness()
+        h.stream.feed_client(query("SET x.y = 1"))
+        h.answer(0, complete("SET") + rfq())
+        h.answer(1, m.error_response("XX000", "no", severity="ERROR") + rfq())
+        self.assertEqual(h.seen(), complete("SET") + rfq())
+        h.to(0), h.to(1)
+        h.stream.feed_client(query("SELECT 1 FROM t"))
+        self.assertEqual(h.to(0), query("SELECT 1 FROM t"))
+        self.assertEqual(h.to(1), b"")
+
+    def test_a_refused_begin_keeps_reads_on_the_primary_for_that_transaction(self) -> None:
+        h = Harness()
+        h.stream.feed_client(query("BEGIN ISOLATION LEVEL SERIALIZABLE"))
+        h.answer(0, complete("BEGIN") + rfq(T))
+        h.answer(1, m.error_response("0A000", "no serializable", severity="ERROR") + rfq())
+        h.to(0), h.to(1), h.seen()
+        h.stream.feed_client(query("SELECT 1 FROM t"))
+        self.assertEqual(h.to(0), query("SELECT 1 FROM t"))
+        h.answer(0, complete("SELECT 1") + rfq(T))
+        h.stream.feed_client(query("COMMIT"))
+        h.answer(0, complete("COMMIT") + rfq())
+        h.answer(1, complete("COMMIT") + rfq())
+        h.to(0), h.to(1), h.seen()
+        h.stream.feed_client(query("SELECT 1 FROM t"))
+        self.assertEqual(h.to(1), query("SELECT 1 FROM t"))  # balanced again
+
     def test_show_pool_nodes_is_answered_in_order(self) -> None:
         h = Harness()
         h.stream.feed_client(query("SELECT 1 FROM t") + query("SHOW pool_nodes"))
@@ -222,6 +260,26 @@ class Extended(unittest.TestCase):
         self.assertEqual(h.to(1), bind("s2") + execute() + SYNC)
         h.stream.feed_client(bind("s1") + execute() + SYNC)
         self.assertEqual(h.to(0), bind("s1") + execute() + SYNC)
+
+    def test_a_statement_the_standby_cannot_parse_runs_on_the_primary(self) -> None:
+        """A table just created: read-your-writes leads with the primary, the standby
+        (not there yet) refuses the Parse, so the statement stays on the primary."""
+        h = Harness(read_your_writes=True, lb_replayed=lambda: 1 << 62)
+        h.stream.feed_client(query("CREATE TABLE t2 (a int)"))
+        h.answer(0, complete("CREATE TABLE") + rfq())
+        self.assertEqual(h.to(0), query("CREATE TABLE t2 (a int)") + lsn_question())
+        h.stream.feed_client(parse("SELECT count(*) FROM t2", "s") + SYNC)
+        self.assertEqual(h.to(0), parse("SELECT count(*) FROM t2", "s") + SYNC)
+        h.answer(0, lsn_answer("0/3000060") + PARSE_COMPLETE + rfq())
+        h.answer(1, m.error_response("42P01", "no t2 yet", severity="ERROR") + rfq())
+        self.assertEqual(h.seen(), complete("CREATE TABLE") + rfq() + PARSE_COMPLETE + rfq())
+        h.to(1)
+        h.stream.feed_client(bind("s") + execute() + SYNC)
+        self.assertEqual(h.to(0), bind("s") + execute() + SYNC)
+        self.assertEqual(h.to(1), b"")
+        h.answer(0, BIND_COMPLETE + complete("SELECT 1") + rfq())
+        h.stream.feed_client(query("SELECT 1 FROM t"))
+        self.assertEqual(h.to(1), query("SELECT 1 FROM t"))  # the replica has replayed
 
 
 STATEMENTS = [
