@@ -172,9 +172,10 @@ class PgpoolService(MultiService):
             self.factory.warm = warm
             self.pool.lender = warm
 
-    def _start_sr_check(self) -> None:
+    def _start_sr_check(self, hold: bool = True) -> None:
         """Streaming replication mode: ask the nodes who is primary, now and every
-        sr_check_period (checks/sr_check.py); sessions wait for the first answer."""
+        sr_check_period (checks/sr_check.py); at start, sessions wait for the first
+        answer (after a reload the cluster keeps what it learned)."""
         self._stop_sr_check()
         config, factory = self.config, self.factory
         if config.clustering_mode != "streaming_replication" or not config.backends:
@@ -196,7 +197,8 @@ class PgpoolService(MultiService):
             tls_required=factory.tls.server_tls_required,
             on_functions=factory.learn_functions,
         )
-        factory.hold_sessions()
+        if hold and not factory.cluster.checked:
+            factory.hold_sessions()
         first = check.start()
         first.addErrback(lambda failure: log.failure("sr_check failed", failure))
         first.addBoth(lambda _: factory.release_sessions())
@@ -303,7 +305,7 @@ class PgpoolService(MultiService):
         self.config = config
         self.pool.config = config
         self.factory.use(config)
-        self._start_sr_check()
+        self._start_sr_check(hold=False)
         if self.warm is not None:
             self.warm.apply()
         self.pool.admit_waiting()
