@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.service import PgpoolService
-from tests.integration.harness import eventually
+from tests.integration.harness import RawClient, error_fields, eventually, send_cancel
 from tests.support import shared_cluster, skip_unless_postgres, unique_name, wait_replica_caught_up
 
 
@@ -506,3 +506,38 @@ class OnTheCLoop(ReadsAndWrites):
         self.assertEqual(feeds, [3])  # the client, the primary, the replica
         # All handed back once the session ends.
         self.assertTrue((yield eventually(lambda: not fastpoll._feed_fds)))
+
+
+class Cancel(RoutingCase):
+    @defer.inlineCallbacks
+    def test_a_cancel_reaches_the_node_the_session_waits_on(self) -> Any:
+        """With the raw client: psycopg's cancel holds the GIL while it waits, which an
+        in-process pooler cannot answer."""
+        import threading
+
+        service = self.start_pooler()
+        user, db = self.database()
+
+        def work() -> list[Any]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            out: list[Any] = []
+            for sql in (
+                "SELECT count(*) FROM generate_series(1, 2000000000)",  # the replica
+                "SELECT pg_sleep(60)",  # VOLATILE: the primary
+            ):
+                timer = threading.Timer(0.5, send_cancel, (service.port, client.pid, client.key))
+                timer.start()
+                out.append(error_fields(client.query(sql)).get("C"))
+                timer.join()
+                rows = [
+                    body
+                    for kind, body in client.query("SELECT inet_server_port()")
+                    if kind == ord("D")
+                ]
+                out.append(int(rows[0][6:]))  # one column: count, length, the text
+            client.close()
+            return out
+
+        out = yield _thread(work)
+        self.assertEqual(out, ["57014", self.replica.port, "57014", self.replica.port])
