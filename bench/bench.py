@@ -22,6 +22,16 @@ How a run goes:
 5. Unless --no-memory: 10,000 idle TCP clients to pgpool-tw and to pgbouncer, and
    their VmRSS before and after.
 
+Routed workloads (R1..R3, issue #16) run only when named.  For them a real streaming
+replica of the PostgreSQL above is made after ``pgbench -i`` (``pgpool_tw_dev.replica``:
+pg_basebackup -R, then started), and only the poolers that route run them, each with both
+nodes and the same routing settings (``Launcher.routing_settings``), plus single-backend
+pgpool-tw for the select-only ones.  Their order is a palindrome (``routed_order``): every
+target runs twice, and a steady drift cancels out of every ratio between them.  Before
+each run the replica has replayed the primary's WAL and both nodes' client backends have
+drained; each node's committed transactions (pg_stat_database) are read before the
+warm-up and after the pooler has stopped, to show where the reads went.
+
 Must never: signal a process it did not start, listen off loopback, or print a table
 after a target failed to start.
 """
@@ -46,6 +56,8 @@ from procs import StartError, pg_bin, tree_cpu_ns
 from report import as_json, markdown, program_version, python_versions
 from targets import (
     MAX_CLIENT_CONN,
+    ROUTING_TARGETS,
+    SINGLE,
     SPARE_SLOTS,
     Launcher,
     Running,
@@ -55,6 +67,7 @@ from targets import (
 from workloads import WORKLOADS, RunResult, Workload, combine, run_pgbench, warm_up
 
 from pgpool_tw_dev.devdb import TempPostgres
+from pgpool_tw_dev.replica import start_replica, wait_replayed
 
 RAMP_ROUND_S = 2  # a further warm-up round while a pooler's server count still grows
 WARM_UP_LIMIT_S = 30.0
@@ -97,6 +110,31 @@ def run_order(targets: list[str], index: int) -> list[str]:
     return order
 
 
+def routed_order(targets: list[str], index: int, single: bool) -> list[str]:
+    """The targets of the index-th workload when it is routed, in the order they run.
+
+    Only the poolers that route take part, and single-backend pgpool-tw too when
+    ``single`` and pgpool-tw is chosen.  The order is a palindrome, rotated by one per
+    workload: every target runs twice and each target's two runs sit as far from the
+    middle as each other's, so a steady drift of the machine's speed cancels out of
+    every ratio between them (ABBA, for more than two).
+    """
+    chosen = [t for t in targets if t in ROUTING_TARGETS]
+    if single and "pgpool-tw" in chosen:
+        at = chosen.index("pgpool-tw")
+        chosen[at + 1 : at + 1] = [SINGLE]
+    shift = index % len(chosen) if chosen else 0
+    half = chosen[shift:] + chosen[:shift]
+    return half + half[::-1]
+
+
+def order_of(workload: Workload, targets: list[str], index: int) -> list[str]:
+    """The targets of the index-th workload, routed or not, in the order they run."""
+    if workload.routed:
+        return routed_order(targets, index, workload.single_too)
+    return run_order(targets, index)
+
+
 class Bench:
     """One benchmark run and everything it started, so that ``cleanup`` can stop it all."""
 
@@ -106,6 +144,8 @@ class Bench:
         self.workloads: list[str] = args.workloads
         self.max_clients = max(WORKLOADS[name].clients for name in self.workloads)
         self.pg: Optional[TempPostgres] = None
+        self.replica: Optional[TempPostgres] = None
+        self.routed = any(WORKLOADS[name].routed for name in self.workloads)
         self.root = ""
         self.live: list[Running] = []
         self.pgbench: Optional[subprocess.Popen[str]] = None
@@ -113,6 +153,7 @@ class Bench:
         self.memory: list[MemoryResult] = []
         self.notes: list[str] = []
         self.started = time.monotonic()
+        self.warmed = 0  # transactions the last warm-up processed
 
     # -- the run --------------------------------------------------------------------------
 
@@ -134,23 +175,36 @@ class Bench:
         self.pg = TempPostgres(auth_method="trust", settings=PG_SETTINGS).start()
         self.pg.create_database("bench")
         self._pgbench_init()
-        launcher = Launcher(self.pg, self.root, self.max_clients)
+        if self.routed:
+            log("starting a streaming replica (pg_basebackup -R)")
+            self.replica = start_replica(self.pg, settings=PG_SETTINGS)
+            wait_replayed(self.pg, self.replica)
+        launcher = Launcher(self.pg, self.root, self.max_clients, self.replica)
 
-        for target in self.targets:
-            log(f"checking that {target} starts")
-            self._stop(self._start(launcher, target))
+        workloads = [WORKLOADS[name] for name in self.workloads]
+        orders = [order_of(w, self.targets, index) for index, w in enumerate(workloads)]
+        for workload, order in zip(workloads, orders):
+            if not order:
+                raise StartError(
+                    f"workload {workload.name} is routed: it needs one of "
+                    f"{', '.join(ROUTING_TARGETS)} among --targets"
+                )
+        starts = dict.fromkeys((t, w.routed) for w, order in zip(workloads, orders) for t in order)
+        for target, routed in starts:
+            both = routed and target != SINGLE
+            log(f"checking that {target} starts" + (" with both nodes" if both else ""))
+            self._stop(self._start(launcher, target, routed=routed))
 
-        orders = [run_order(self.targets, index) for index in range(len(self.workloads))]
         total = sum(len(order) for order in orders)
         done = 0
-        for name, order in zip(self.workloads, orders):
+        for workload, order in zip(workloads, orders):
             runs: dict[str, list[RunResult]] = {}
             for target in order:
-                result = self._one_run(launcher, WORKLOADS[name], target)
+                result = self._one_run(launcher, workload, target)
                 runs.setdefault(target, []).append(result)
                 done += 1
                 self._progress(result, done, total)
-            self.runs += [combine(runs[target]) for target in self.targets]
+            self.runs += [combine(runs[target]) for target in dict.fromkeys(order)]
 
         if not self.args.no_memory:
             self._memory(launcher, limit)
@@ -171,13 +225,15 @@ class Bench:
 
     def _one_run(self, launcher: Launcher, workload: Workload, target: str) -> RunResult:
         self._prepare_database()
-        running = self._start(launcher, target)
+        commits = self._node_commits() if workload.routed else None
+        running = self._start(launcher, target, routed=workload.routed)
         try:
             if self.args.warmup > 0:
                 failed = self._warm_up(workload, target, running.port)
                 if failed is not None:
                     return failed
             servers = None if target == "direct" else self._client_backends()
+            replica_servers = self._client_backends(self.replica) if workload.routed else None
             before = tree_cpu_ns(running.cpu_pid)
             result = run_pgbench(
                 workload, target, running.port, self.args.duration, self._track_pgbench
@@ -194,9 +250,25 @@ class Bench:
                 result.cpu_us = (after - before) / 1000
                 result.cpu_of = running.cpu_of
             result.servers = servers
+            result.replica_servers = replica_servers
+            result.warmup_processed = self.warmed if self.args.warmup > 0 else 0
         finally:
             self._stop(running)
+        if commits is not None:
+            self._drain()
+            ended = self._node_commits()
+            result.node_commits = [end - start for start, end in zip(commits, ended)]
         return result
+
+    def _node_commits(self) -> list[int]:
+        """Transactions each node has committed so far, all databases, primary first.
+
+        A backend's counts reach pg_stat_database when it ends at the latest, so they are
+        read with no pooler running and every client backend gone.
+        """
+        nodes = [node for node in (self.pg, self.replica) if node is not None]
+        sql = "SELECT sum(xact_commit) FROM pg_stat_database;\n"
+        return [int(node.psql(sql).strip()) for node in nodes]
 
     def _warm_up(self, workload: Workload, target: str, port: int) -> Optional[RunResult]:
         """Bring a freshly started target to its steady state: None, or the failed run.
@@ -206,51 +278,79 @@ class Bench:
         that finished hands its server to one still waiting; while that count grows, the
         workload runs on in rounds of RAMP_ROUND_S seconds, up to WARM_UP_LIMIT_S.  The
         timed run then measures what a long-running pooler does, not its first seconds.
+        Routed, a session may hold a server on either node or both, so both nodes count.
+        The transactions the warm-up processed are kept in ``self.warmed``.
         """
-        failed = warm_up(workload, target, port, ["-t", str(self.args.warmup)], self._track_pgbench)
-        if failed is not None or target == "direct":
-            return failed
+        self.warmed = 0
+        length = ["-t", str(self.args.warmup)]
+        result = warm_up(workload, target, port, length, self._track_pgbench)
+        self.warmed += result.processed or 0
+        if not result.ok or target == "direct":
+            return None if result.ok else result
         deadline = time.monotonic() + WARM_UP_LIMIT_S
-        held = self._client_backends()
+        held = self._held(workload)
         while held < workload.clients and time.monotonic() < deadline:
             length = ["-T", str(RAMP_ROUND_S)]
-            failed = warm_up(workload, target, port, length, self._track_pgbench)
-            if failed is not None:
-                return failed
-            now = self._client_backends()
+            result = warm_up(workload, target, port, length, self._track_pgbench)
+            self.warmed += result.processed or 0
+            if not result.ok:
+                return result
+            now = self._held(workload)
             if now <= held:
                 break
             held = now
         return None
 
-    def _client_backends(self) -> int:
-        """PostgreSQL's client backends, not counting the one that asks."""
-        assert self.pg is not None
+    def _held(self, workload: Workload) -> int:
+        """Server connections the pooler holds: the primary's, and the replica's if routed."""
+        held = self._client_backends()
+        if workload.routed and self.replica is not None:
+            held += self._client_backends(self.replica)
+        return held
+
+    def _client_backends(self, node: Optional[TempPostgres] = None) -> int:
+        """A node's client backends (the primary's by default), not counting the one that asks."""
+        node = node or self.pg
+        assert node is not None
         count_sql = (
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();\n"
         )
-        return int(self.pg.psql(count_sql).strip())
+        return int(node.psql(count_sql).strip())
+
+    def _drain(self) -> None:
+        """Wait for the last target's server connections to go, on every node."""
+        for node in (self.pg, self.replica):
+            if node is None:
+                continue
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while True:
+                left = self._client_backends(node)
+                if left == 0:
+                    break
+                if time.monotonic() > deadline:
+                    role = "primary" if node is self.pg else "replica"
+                    note = (
+                        f"{left} PostgreSQL client backends still open on the {role} "
+                        f"after {DRAIN_TIMEOUT:g}s"
+                    )
+                    log(note)
+                    self.notes.append(note)
+                    break
+                time.sleep(0.05)
 
     def _prepare_database(self) -> None:
-        """Wait for the last target's server connections to go; vacuum as pgbench would."""
+        """Let the last target's connections go; vacuum as pgbench would; let the replica
+        replay that, so every run starts from the same data on both nodes."""
         assert self.pg is not None
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while True:
-            left = self._client_backends()
-            if left == 0:
-                break
-            if time.monotonic() > deadline:
-                note = f"{left} PostgreSQL client backends still open after {DRAIN_TIMEOUT:g}s"
-                log(note)
-                self.notes.append(note)
-                break
-            time.sleep(0.05)
+        self._drain()
         self.pg.psql(
             "VACUUM pgbench_branches;\nVACUUM pgbench_tellers;\n"
             "TRUNCATE pgbench_history;\nCHECKPOINT;\n",
             dbname="bench",
         )
+        if self.replica is not None:
+            wait_replayed(self.pg, self.replica)
 
     def _memory(self, launcher: Launcher, limit: int) -> None:
         wanted = []
@@ -272,8 +372,10 @@ class Bench:
 
     # -- targets and pgbench, tracked for cleanup -----------------------------------------
 
-    def _start(self, launcher: Launcher, target: str, idle_clients: bool = False) -> Running:
-        running = launcher.start(target, idle_clients=idle_clients)
+    def _start(
+        self, launcher: Launcher, target: str, idle_clients: bool = False, routed: bool = False
+    ) -> Running:
+        running = launcher.start(target, idle_clients=idle_clients, routed=routed)
         self.live.append(running)
         return running
 
@@ -297,6 +399,12 @@ class Bench:
                 running.stop()
             except Exception as e:  # keep cleaning up the rest
                 log(f"could not stop {running.name}: {e}")
+        if self.replica is not None:
+            try:
+                self.replica.stop()
+            except Exception as e:
+                log(f"could not stop the replica: {e}")
+            self.replica = None
         if self.pg is not None:
             try:
                 self.pg.stop()
@@ -355,9 +463,28 @@ class Bench:
             ),
             "wall_time_s": round(time.monotonic() - self.started, 1),
         }
+        if self.routed:
+            meta["routed workloads"] = (
+                "node 0 = the PostgreSQL above (primary), node 1 = its streaming replica "
+                "(pg_basebackup -R, hot standby, same settings, on the same 2 cores); "
+                "routed targets share these pgpool.conf lines: "
+                + ", ".join(f"{k}={v}" for k, v in self._routing_lines().items())
+                + f"; {SINGLE} is pgpool-tw with node 0 alone; each of a routed workload's "
+                "targets runs twice, in a palindrome order (ABBA), and its row is the mean "
+                "of the two; commits per node = pg_stat_database xact_commit, all databases, "
+                "from before the warm-up to after the pooler stopped"
+            )
         if self.notes:
             meta["notes"] = "; ".join(self.notes)
         return meta
+
+    def _routing_lines(self) -> dict[str, object]:
+        assert self.pg is not None
+        launcher = Launcher(self.pg, self.root, self.max_clients, self.replica)
+        lines = launcher.routing_settings()
+        return {
+            k: v for k, v in lines.items() if not k.startswith(("backend_hostname", "backend_port"))
+        }
 
     def _report(self) -> None:
         meta = self._meta()

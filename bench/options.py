@@ -12,7 +12,7 @@ import os
 from typing import Optional
 
 from targets import TARGETS, default_targets
-from workloads import WORKLOADS
+from workloads import DEFAULT_WORKLOADS, WORKLOADS
 
 DESCRIPTION = (
     "pgbench side by side: PostgreSQL, PgBouncer (session, transaction), pgpool-II, pgpool-tw."
@@ -61,8 +61,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         type=lambda t: _choices(t, tuple(WORKLOADS), "workload"),
-        default=list(WORKLOADS),
-        help="comma-separated subset of " + ",".join(WORKLOADS) + " (default: all)",
+        default=list(DEFAULT_WORKLOADS),
+        help="comma-separated subset of "
+        + ",".join(WORKLOADS)
+        + f" (default: {','.join(DEFAULT_WORKLOADS)}; the routed R1..R3 add a streaming "
+        "replica and run through the poolers that route, with single-backend pgpool-tw "
+        "beside the select-only ones)",
     )
     parser.add_argument(
         "--duration",

@@ -1,7 +1,9 @@
 """The benchmark's report: Markdown tables (printed and written to a file) and JSON.
 
-Owns: one table per workload, the final summary, the idle-client memory table, the
-header (date, nproc, versions, settings) and the JSON form of the same results.
+Owns: one table per workload, the final summary, the routing summary (issue #16's
+ratios: pgpool-tw ÷ pgpool-II routed, routed ÷ single-backend pgpool-tw, and where the
+transactions went), the idle-client memory table, the header (date, nproc, versions,
+settings) and the JSON form of the same results.
 
 Must never: run anything but ``--version`` of the programs whose versions it reports.
 """
@@ -18,6 +20,11 @@ from memory import MemoryResult
 from workloads import WORKLOADS, RunResult, pgbench_args
 
 REFERENCES = ("pgbouncer-session", "direct")
+#: Routed workloads' references: pgpool-II with the same routing, and pgpool-tw alone.
+ROUTED_REFERENCES = ("pgpool2", "pgpool-tw-single")
+#: Issue #16's targets: routed pgpool-tw ÷ routed pgpool-II, routed ÷ single-backend -S.
+TARGET_VS_PGPOOL2 = 1.5
+TARGET_VS_SINGLE = 0.85
 
 
 def program_version(argv: list[str]) -> str:
@@ -121,12 +128,118 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
     return lines + _table(header, rows) + ([""] + notes if notes else []) + [""]
 
 
+def _servers(run: RunResult) -> str:
+    if run.servers is None:
+        return "-"
+    if run.replica_servers is None:
+        return str(run.servers)
+    return f"{run.servers} + {run.replica_servers}"
+
+
+def _commits(run: RunResult) -> list[str]:
+    """Commits on the primary, on the replica, the replica's share, and commits per
+    transaction pgbench processed (warm-up included, as the commits are)."""
+    counts = run.node_commits
+    if not counts or len(counts) < 2:
+        return ["-", "-", "-", "-"]
+    total = sum(counts)
+    share = f"{100 * counts[1] / total:.0f} %" if total > 0 else "-"
+    transactions = (run.processed or 0) + (run.warmup_processed or 0)
+    per_tx = f"{total / transactions:.2f}" if transactions else "-"
+    return [_num(counts[0]), _num(counts[1]), share, per_tx]
+
+
+def routed_table(name: str, runs: list[RunResult]) -> list[str]:
+    """The Markdown section of one routed workload: one row per target, in run order."""
+    by_target = {run.target: run for run in runs if run.workload == name}
+    refs = {ref: by_target.get(ref) for ref in ROUTED_REFERENCES}
+    workload = WORKLOADS[name]
+    header = ["target", "status", "TPS", "TPS of each run", "÷ pgpool2", "÷ pgpool-tw-single"]
+    header += ["latency ms", "failed tx", "exit", "transactions", "CPU µs/tx"]
+    header += ["servers at start (primary + replica)", "commits primary", "commits replica"]
+    header += ["replica share", "commits per tx"]
+    rows = []
+    notes = []
+    for target, run in by_target.items():
+        exit_text = "killed" if run.exit_status is None else str(run.exit_status)
+        rows.append(
+            [
+                target,
+                _status(run),
+                _num(run.tps),
+                " / ".join(_num(sample.tps) for sample in run.samples) or "-",
+                _ratio(run, refs["pgpool2"]),
+                _ratio(run, refs["pgpool-tw-single"]),
+                _num(run.latency_ms, 3),
+                _num(run.failed) if run.failed is not None else "-",
+                exit_text,
+                _num(run.processed),
+                _cpu(run),
+                _servers(run),
+            ]
+            + _commits(run)
+        )
+        if run.error:
+            notes.append(f"- {target}: {run.error}")
+    args = " ".join(pgbench_args(workload))
+    legend = (
+        "Commits: pg_stat_database xact_commit summed over all databases of each node, "
+        "from before the warm-up to after the pooler stopped (both runs of a target); "
+        "per tx: over the transactions pgbench processed in that time, warm-up included."
+    )
+    lines = [f"### {name}: {workload.title}", "", f"`pgbench {args}`", "", legend, ""]
+    return lines + _table(header, rows) + ([""] + notes if notes else []) + [""]
+
+
+def routing_summary(runs: list[RunResult], workloads: list[str]) -> list[str]:
+    """Issue #16's ratios per routed workload, with the targets they are held to."""
+    by_key = {(run.workload, run.target): run for run in runs}
+    header = ["workload", "pgpool-tw TPS", "pgpool2 TPS", "pgpool-tw ÷ pgpool2"]
+    header += [f"≥ {TARGET_VS_PGPOOL2}?", "pgpool-tw-single TPS", "routed ÷ single"]
+    header += [f"≥ {TARGET_VS_SINGLE}?", "failed tx (all rows)", "replica share tw / II"]
+    rows = []
+    for name in workloads:
+        if not WORKLOADS[name].routed:
+            continue
+        tw = by_key.get((name, "pgpool-tw"))
+        two = by_key.get((name, "pgpool2"))
+        single = by_key.get((name, "pgpool-tw-single"))
+        failed = [r.failed for r in runs if r.workload == name]
+        vs_two = "-" if tw is None else _ratio(tw, two)
+        vs_single = "-" if tw is None else _ratio(tw, single)
+        rows.append(
+            [
+                name,
+                _num(tw.tps) if tw else "-",
+                _num(two.tps) if two else "-",
+                vs_two,
+                _met(vs_two, TARGET_VS_PGPOOL2),
+                _num(single.tps) if single else "-",
+                vs_single,
+                _met(vs_single, TARGET_VS_SINGLE) if single else "-",
+                "-" if None in failed else _num(sum(f for f in failed if f is not None)),
+                " / ".join(_commits(r)[2] if r else "-" for r in (tw, two)),
+            ]
+        )
+    if not rows:
+        return []
+    return ["## Routing summary (primary + streaming replica)", ""] + _table(header, rows) + [""]
+
+
+def _met(ratio: str, target: float) -> str:
+    if ratio == "-":
+        return "-"
+    return "yes" if float(ratio) >= target else "NO"
+
+
 def summary_table(runs: list[RunResult], workloads: list[str], targets: list[str]) -> list[str]:
     """TPS of every (workload, target), with its ratios to pgbouncer-session and direct."""
     by_key = {(run.workload, run.target): run for run in runs}
     header = ["workload"] + targets
     rows = []
     for name in workloads:
+        if WORKLOADS[name].routed:
+            continue  # routing_summary's
         row = [name]
         for target in targets:
             run = by_key.get((name, target))
@@ -181,8 +294,13 @@ def markdown(
     lines.append("## Workloads")
     lines.append("")
     for name in workloads:
-        lines += workload_table(name, runs, targets)
-    lines += summary_table(runs, workloads, targets)
+        if WORKLOADS[name].routed:
+            lines += routed_table(name, runs)
+        else:
+            lines += workload_table(name, runs, targets)
+    if any(not WORKLOADS[name].routed for name in workloads):
+        lines += summary_table(runs, workloads, targets)
+    lines += routing_summary(runs, workloads)
     if memory:
         lines += memory_table(memory)
     return "\n".join(lines) + "\n"
@@ -205,6 +323,9 @@ def as_json(meta: dict[str, Any], runs: list[RunResult], memory: list[MemoryResu
             "cpu_us_per_tx": run.cpu_us_per_tx,
             "cpu_of": run.cpu_of,
             "servers_at_start": run.servers,
+            "replica_servers_at_start": run.replica_servers,
+            "node_commits": run.node_commits,
+            "warmup_processed": run.warmup_processed,
             "wall_s": round(run.wall_s, 3),
             "argv": run.argv,
             "samples": [run_dict(sample) for sample in run.samples],

@@ -4,8 +4,11 @@ Owns: writing a config for ``direct`` (PostgreSQL itself, nothing to start),
 ``pgbouncer-session``, ``pgbouncer-transaction``, ``pgpool2`` (pgpool-II from Debian),
 ``pgpool-tw``, ``pgpool-tw-pure`` (its C relay turned off) and ``pgpool-tw-pypy``
 into a fresh directory of the run's temp dir, and starting it on a free
-loopback port as a subprocess run by hand (never a system service).  pgbouncer and
-pgpool-II run as the ``postgres`` OS user when we are root.
+loopback port as a subprocess run by hand (never a system service).  For a routed
+workload the poolers that route (``ROUTING_TARGETS``) get two backends, the primary and
+its streaming replica, with the same routing settings (``routing_settings``), and
+``pgpool-tw-single`` is pgpool-tw with the primary alone, the yardstick for routing's
+cost.  pgbouncer and pgpool-II run as the ``postgres`` OS user when we are root.
 
 Every pooler reaches PostgreSQL over TCP on 127.0.0.1, as pgbench reaches the poolers.
 
@@ -35,6 +38,12 @@ TARGETS = (
     "pgpool-tw-pure",
     "pgpool-tw-pypy",
 )
+#: The targets that load balance reads over a primary and a replica (routed workloads).
+ROUTING_TARGETS = ("pgpool2", "pgpool-tw", "pgpool-tw-pure", "pgpool-tw-pypy")
+#: pgpool-tw with the primary alone, run beside routed pgpool-tw; not a --targets choice.
+SINGLE = "pgpool-tw-single"
+#: The role pgbench, psql and the poolers' replication check log in as.
+BENCH_ROLE = "postgres"
 #: pgpool-tw on CPython with its C relay turned off (pgpool_tw/engine/speedups.py).
 PURE_PYTHON_ENV = {"PGPOOL_TW_PURE_PYTHON": "1"}
 #: pgpool-tw on PyPy: the venv bench/run makes when Debian's pypy3 is installable.
@@ -107,18 +116,28 @@ def _write(path: str, text: str) -> None:
 class Launcher:
     """Starts targets in front of one PostgreSQL, each in its own fresh directory."""
 
-    def __init__(self, pg: TempPostgres, root: str, max_clients: int) -> None:
+    def __init__(
+        self,
+        pg: TempPostgres,
+        root: str,
+        max_clients: int,
+        replica: Optional[TempPostgres] = None,
+    ) -> None:
         self.pg = pg
+        self.replica = replica
         self.root = root
         self.max_clients = max_clients
         self.user = server_user()
 
-    def start(self, name: str, idle_clients: bool = False) -> Running:
+    def start(self, name: str, idle_clients: bool = False, routed: bool = False) -> Running:
         """Start ``name`` and return it once ``psql -c 'select 1'`` through it works.
 
         ``idle_clients`` configures it to keep clients that never log in (the memory
         part): ``authentication_timeout = 0`` / ``client_login_timeout = 0``.
+        ``routed`` gives a routing target both backends (a replica must have been given).
         """
+        if routed and (self.replica is None or name not in ROUTING_TARGETS + (SINGLE,)):
+            raise ValueError(f"target {name!r} cannot run a routed workload here")
         if name == "direct":
             ok, error = select_one(self.pg.port)
             if not ok:
@@ -126,7 +145,7 @@ class Launcher:
             assert self.pg.pid is not None
             return Running(name, self.pg.port, self.pg.pid, "PostgreSQL")
         for attempt in range(1, START_ATTEMPTS + 1):
-            server = self._configure(name, idle_clients)
+            server = self._configure(name, idle_clients, routed and name != SINGLE)
             try:
                 server.start()
                 if name == "pgpool2":
@@ -143,21 +162,51 @@ class Launcher:
             return Running(name, server.port, server.pid, "pooler", server)
         raise AssertionError("unreachable")
 
-    def _configure(self, name: str, idle_clients: bool) -> Server:
+    def _configure(self, name: str, idle_clients: bool, routed: bool) -> Server:
         workdir = tempfile.mkdtemp(prefix=f"{name}-", dir=self.root)
         os.chmod(workdir, 0o755)
         port = free_port()
+        routing = self.routing_settings() if routed else None
         if name.startswith("pgbouncer-"):
             return self._pgbouncer(name, workdir, port, idle_clients)
         if name == "pgpool2":
-            return self._pgpool2(workdir, port)
-        if name == "pgpool-tw":
-            return self._pgpool_tw(workdir, port, idle_clients)
+            return self._pgpool2(workdir, port, routing)
+        if name in ("pgpool-tw", SINGLE):
+            return self._pgpool_tw(workdir, port, idle_clients, None, name, None, routing)
         if name == "pgpool-tw-pure":
-            return self._pgpool_tw(workdir, port, idle_clients, None, name, PURE_PYTHON_ENV)
+            return self._pgpool_tw(
+                workdir, port, idle_clients, None, name, PURE_PYTHON_ENV, routing
+            )
         if name == "pgpool-tw-pypy":
-            return self._pgpool_tw(workdir, port, idle_clients, [PYPY_TWISTD], name)
+            return self._pgpool_tw(workdir, port, idle_clients, [PYPY_TWISTD], name, None, routing)
         raise ValueError(f"unknown target {name!r}")
+
+    def routing_settings(self) -> dict[str, object]:
+        """The pgpool.conf lines routed pgpool-II and routed pgpool-tw share, word for word.
+
+        Streaming replication with load balancing, node 0 the primary and node 1 its
+        replica at equal weights, the replication check as the bench role (trust: no
+        password, so pool_passwd is not needed) every 10 s (both programs' default), and
+        no health checks or failover, which the benchmark has no use for.
+        """
+        assert self.replica is not None
+        return {
+            "backend_clustering_mode": "streaming_replication",
+            "load_balance_mode": True,
+            "backend_hostname0": self.pg.host,
+            "backend_port0": self.pg.port,
+            "backend_weight0": 1,
+            "backend_flag0": "DISALLOW_TO_FAILOVER",
+            "backend_hostname1": self.replica.host,
+            "backend_port1": self.replica.port,
+            "backend_weight1": 1,
+            "backend_flag1": "DISALLOW_TO_FAILOVER",
+            "sr_check_period": 10,
+            "sr_check_user": BENCH_ROLE,
+            "sr_check_password": "",
+            "sr_check_database": "postgres",
+            "health_check_period": 0,
+        }
 
     @staticmethod
     def _wait_children(server: Server, children: int) -> None:
@@ -208,7 +257,9 @@ class Launcher:
         argv = [_need(find_binary("pgbouncer"), "pgbouncer"), "pgbouncer.ini"]
         return Server(name, argv, workdir, os.path.join(workdir, "run.log"), port, self.user)
 
-    def _pgpool2(self, workdir: str, port: int) -> Server:
+    def _pgpool2(
+        self, workdir: str, port: int, routing: Optional[dict[str, object]] = None
+    ) -> Server:
         settings: dict[str, object] = {
             "backend_clustering_mode": "raw",
             "listen_addresses": "127.0.0.1",
@@ -237,6 +288,8 @@ class Launcher:
             "log_destination": "stderr",
             "logging_collector": False,
         }
+        if routing is not None:
+            settings.update(routing)
         _write(os.path.join(workdir, "pgpool.conf"), _pgpool_conf(settings))
         _write(os.path.join(workdir, "pcp.conf"), "")
         _write(os.path.join(workdir, "pool_hba.conf"), "host all all 127.0.0.1/32 trust\n")
@@ -254,6 +307,7 @@ class Launcher:
         head: Optional[list[str]] = None,
         name: str = "pgpool-tw",
         env: Optional[dict[str, str]] = None,
+        routing: Optional[dict[str, object]] = None,
     ) -> Server:
         settings: dict[str, object] = {
             "listen_addresses": "127.0.0.1",
@@ -267,6 +321,8 @@ class Launcher:
         }
         if idle_clients:
             settings["authentication_timeout"] = 0
+        if routing is not None:
+            settings.update(routing)
         conf = os.path.join(workdir, "pgpool.conf")
         _write(conf, _pgpool_conf(settings))
         if head is None:

@@ -1,6 +1,7 @@
-"""The six pgbench workloads, one pgbench run, and what its output says.
+"""The pgbench workloads, one pgbench run, and what its output says.
 
-Owns: the pgbench arguments of S1..S6, the warm-up before a timed run, running pgbench
+Owns: the pgbench arguments of S1..S6 (one PostgreSQL) and R1..R3 (routed: a primary and
+its streaming replica behind the pooler), the warm-up before a timed run, running pgbench
 with a hard wall-clock timeout, parsing its summary (TPS, average latency, failed and
 processed transactions), and combining one target's runs of a workload into one result.
 
@@ -29,6 +30,11 @@ class Workload:
     title: str
     args: tuple[str, ...]
     clients: int
+    #: Run through a pooler with two backends, a primary and its streaming replica, so
+    #: that reads are load balanced (issue #16); only poolers that route run it.
+    routed: bool = False
+    #: Also run single-backend pgpool-tw, the yardstick for what routing costs it.
+    single_too: bool = False
 
 
 WORKLOADS = {
@@ -40,8 +46,29 @@ WORKLOADS = {
         Workload("S4", "select-only, connect per transaction, 16 clients", ("-S", "-C"), 16),
         Workload("S5", "select-only, 500 clients", ("-S",), 500),
         Workload("S6", "select-only, 1 client", ("-S",), 1),
+        # S1's, S3's and S2's shapes, through a primary and a streaming replica.
+        Workload(
+            "R1",
+            "select-only, simple protocol, 16 clients, primary + replica",
+            ("-S", "-M", "simple"),
+            16,
+            routed=True,
+            single_too=True,
+        ),
+        Workload("R2", "TPC-B-like read/write, 16 clients, primary + replica", (), 16, True),
+        Workload(
+            "R3",
+            "select-only, prepared, 16 clients, primary + replica",
+            ("-S", "-M", "prepared"),
+            16,
+            routed=True,
+            single_too=True,
+        ),
     )
 }
+#: What runs when --workloads is not given: the one-PostgreSQL workloads.  The routed ones
+#: add a replica and about three minutes, so they run when named.
+DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if not w.routed)
 
 
 def pgbench_args(workload: Workload) -> list[str]:
@@ -67,6 +94,13 @@ class RunResult:
     cpu_us: Optional[float] = None  # CPU of the measured process tree during the run
     cpu_of: str = ""  # "pooler" or "PostgreSQL"
     servers: Optional[int] = None  # server connections a pooler held when timing began
+    #: Routed runs: the replica's server connections when timing began.
+    replica_servers: Optional[int] = None
+    #: Routed runs: transactions each node committed (pg_stat_database xact_commit, all
+    #: databases) from before the warm-up to after the pooler stopped, primary first.
+    node_commits: Optional[list[int]] = None
+    #: Transactions pgbench processed in the untimed warm-up before the run (its rounds too).
+    warmup_processed: Optional[int] = None
     wall_s: float = 0.0
     argv: list[str] = field(default_factory=list)
     samples: list[RunResult] = field(default_factory=list)  # the runs ``combine`` merged
@@ -121,6 +155,13 @@ def combine(runs: list[RunResult]) -> RunResult:
     merged.error = "; ".join(dict.fromkeys(run.error for run in runs if run.error))
     servers = [run.servers for run in runs if run.servers is not None]
     merged.servers = min(servers) if servers else None
+    replica = [run.replica_servers for run in runs if run.replica_servers is not None]
+    merged.replica_servers = min(replica) if replica else None
+    warmed = _all([run.warmup_processed for run in runs])
+    merged.warmup_processed = None if warmed is None else sum(warmed)
+    commits = [run.node_commits for run in runs if run.node_commits is not None]
+    if len(commits) == len(runs):
+        merged.node_commits = [sum(column) for column in zip(*commits)]
     merged.wall_s = sum(run.wall_s for run in runs)
     return merged
 
@@ -204,8 +245,12 @@ def warm_up(
     port: int,
     length: list[str],
     on_start: Callable[[Optional[subprocess.Popen[str]]], None],
-) -> Optional[RunResult]:
-    """One untimed pgbench run of the workload (``length``: -t N or -T S): None, or the failure."""
+) -> RunResult:
+    """One untimed pgbench run of the workload (``length``: -t N or -T S).
+
+    Its result is ``ok`` with the transactions it processed, or the failure (with no TPS
+    or latency: an untimed run's figures are no result).
+    """
     argv = _argv(workload, port, length)
     result = RunResult(workload.name, target, argv=argv)
     started = time.monotonic()
@@ -213,12 +258,12 @@ def warm_up(
     result.wall_s = time.monotonic() - started
     result.exit_status = status
     parse_output(result, stdout, stderr)
+    result.tps = result.latency_ms = None
     if result.ok:
-        return None
+        return result
     result.timed_out = status is None
     reason = _failure(result, stderr, status, WARM_UP_TIMEOUT)
     result.error = f"warm-up ({' '.join(length)}) failed: {reason}"
-    result.tps = result.latency_ms = None  # an untimed run's figures are no result
     return result
 
 

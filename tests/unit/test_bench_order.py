@@ -1,5 +1,6 @@
-"""Tests for the order in which ``bench/bench.py`` runs its targets within a workload, and
-for how ``bench/workloads.py`` combines a target's two runs into one result."""
+"""Tests for the order in which ``bench/bench.py`` runs its targets within a workload
+(routed workloads too), and for how ``bench/workloads.py`` combines a target's two runs
+into one result."""
 
 from __future__ import annotations
 
@@ -107,3 +108,52 @@ class CombineTests(SynchronousTestCase):
         self.assertIsNone(merged.exit_status)
         self.assertTrue(merged.timed_out)
         self.assertFalse(merged.ok)
+
+
+class RoutedOrderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        bench = _bench()
+        self.routed_order = bench.routed_order
+        self.order_of = bench.order_of
+        self.workloads = _bench("workloads").WORKLOADS
+        self.targets = list(_bench("targets").TARGETS)
+
+    def test_only_routing_targets_run_each_twice_in_a_palindrome(self) -> None:
+        """Routed: only the poolers that route run, each twice, the order a palindrome."""
+        for index in range(6):
+            order = self.routed_order(self.targets, index, False)
+            self.assertEqual(order, order[::-1], order)
+            self.assertEqual(
+                sorted(order),
+                sorted(["pgpool2", "pgpool-tw", "pgpool-tw-pure", "pgpool-tw-pypy"] * 2),
+            )
+
+    def test_single_backend_pgpool_tw_joins_the_select_only_ones(self) -> None:
+        """With single: pgpool-tw-single runs twice too, only when pgpool-tw is chosen."""
+        order = self.routed_order(["pgpool-tw", "pgpool2"], 0, True)
+        self.assertEqual(order, order[::-1], order)
+        self.assertEqual(sorted(order), sorted(["pgpool-tw", "pgpool-tw-single", "pgpool2"] * 2))
+        self.assertEqual(self.routed_order(["pgpool2"], 0, True), ["pgpool2", "pgpool2"])
+
+    def test_the_first_routed_target_moves_from_workload_to_workload(self) -> None:
+        """The rotation gives each target the first place by turns."""
+        targets = ["pgpool2", "pgpool-tw"]
+        firsts = [self.routed_order(targets, index, True)[0] for index in range(3)]
+        self.assertEqual(len(set(firsts)), 3, firsts)
+
+    def test_no_routing_target_leaves_a_routed_workload_empty(self) -> None:
+        """direct and PgBouncer do not route: a routed workload has nothing to run on them."""
+        self.assertEqual(self.routed_order(["direct", "pgbouncer-session"], 0, True), [])
+
+    def test_order_of_picks_the_order_by_the_workload(self) -> None:
+        """S-workloads keep run_order; R-workloads take routed_order."""
+        targets = ["pgbouncer-session", "pgpool-tw"]
+        self.assertEqual(
+            self.order_of(self.workloads["S1"], targets, 0),
+            ["pgbouncer-session", "pgpool-tw", "pgpool-tw", "pgbouncer-session"],
+        )
+        self.assertEqual(
+            self.order_of(self.workloads["R1"], targets, 0),
+            ["pgpool-tw", "pgpool-tw-single", "pgpool-tw-single", "pgpool-tw"],
+        )
+        self.assertEqual(self.order_of(self.workloads["R2"], targets, 0), ["pgpool-tw"] * 2)
