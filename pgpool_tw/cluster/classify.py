@@ -32,8 +32,8 @@ Rules (pgpool-II 4.x's, "Load Balancing" in its docs and ``send_to_where`` /
   PREPARE name AS ..., DEALLOCATE, LOCK weaker than ROW EXCLUSIVE.  SET
   transaction_read_only off, READ WRITE, SERIALIZABLE isolation and SET TRANSACTION
   SNAPSHOT fail on a standby: ROUTE_PRIMARY with ``desync``.  BEGIN ISOLATION LEVEL
-  SERIALIZABLE and BEGIN READ WRITE stay ROUTE_ALL (pgpool-II sends BEGIN to both; the
-  standby refuses them and the router copes).
+  SERIALIZABLE and BEGIN READ WRITE: ROUTE_PRIMARY (``tx='begin'``): the transaction
+  runs on the primary alone (pgpool-II sends BEGIN to both and lets the standby fail).
 - Everything else goes to the primary; it is a write unless it only signals or reads
   (LISTEN/UNLISTEN/NOTIFY, cursors, COPY to a server file, SET CONSTRAINTS, PREPARE
   TRANSACTION).  Text that fails to parse: primary, write.
@@ -130,6 +130,10 @@ _WRITE = Verdict(ROUTE_PRIMARY, write=True)
 _ALL = Verdict(ROUTE_ALL)
 _DESYNC = Verdict(ROUTE_PRIMARY, desync=True)
 _STANDBY = Verdict(ROUTE_STANDBY)
+
+#: BEGIN READ WRITE / ISOLATION LEVEL SERIALIZABLE: the standby would refuse it, so the
+#: transaction runs on the primary alone.
+_BEGIN_ON_PRIMARY = Verdict(ROUTE_PRIMARY, tx="begin")
 
 _TRANSACTIONS = {
     "TRANS_STMT_BEGIN": Verdict(ROUTE_ALL, tx="begin"),
@@ -375,7 +379,10 @@ class Classifier:
             name = body.get("name", "")
             return Verdict(ROUTE_LOCAL, local=name) if name in LOCAL_COMMANDS else _STANDBY
         if kind == "TransactionStmt":
-            return _TRANSACTIONS.get(body.get("kind", ""), _WRITE)
+            verdict = _TRANSACTIONS.get(body.get("kind", ""), _WRITE)
+            if verdict.tx == "begin" and _standby_refuses(body.get("options", ())):
+                return _BEGIN_ON_PRIMARY
+            return verdict
         if kind == "VariableSetStmt":
             return _set(body)
         if kind in _SESSION:
@@ -486,17 +493,21 @@ def _set(body: Any) -> Verdict:
             _text(a) == "serializable" for a in args
         ):
             return _DESYNC
-    elif kind == "VAR_SET_MULTI":
-        if name == "TRANSACTION SNAPSHOT":
-            return _DESYNC
-        for arg in args:
-            option = arg.get("DefElem", {})
-            value = option.get("arg")
-            if option.get("defname") == "transaction_read_only" and _is_false(value):
-                return _DESYNC
-            if option.get("defname") == "transaction_isolation" and _text(value) == "serializable":
-                return _DESYNC
+    elif kind == "VAR_SET_MULTI" and (name == "TRANSACTION SNAPSHOT" or _standby_refuses(args)):
+        return _DESYNC
     return _ALL
+
+
+def _standby_refuses(options: Any) -> bool:
+    """Transaction modes a hot standby refuses: READ WRITE, SERIALIZABLE."""
+    for arg in options:
+        option = arg.get("DefElem", {})
+        value = option.get("arg")
+        if option.get("defname") == "transaction_read_only" and _is_false(value):
+            return True
+        if option.get("defname") == "transaction_isolation" and _text(value) == "serializable":
+            return True
+    return False
 
 
 def _combine(verdicts: list[Verdict]) -> Verdict:

@@ -77,6 +77,8 @@ _READY, _PARAMETER_STATUS, _ERROR, _DATA_ROW = ord("Z"), ord("S"), ord("E"), ord
 _MAX_MESSAGE = 0x3FFFFFFF
 
 _SYNC_MESSAGE = b"S\x00\x00\x00\x04"
+_CURRENT_LSN = m.query("SELECT pg_current_wal_insert_lsn()")
+_REPLAYED_LSN = m.query("SELECT pg_last_wal_replay_lsn()")
 #: A statement the session never saw parsed: taken as a write.
 _UNKNOWN = Verdict(ROUTE_PRIMARY, write=True)
 
@@ -161,8 +163,15 @@ class RoutedStream:
         self._wrote_in_tx = False
         self._wrote_in_a_tx = False  # trans_transaction
         self._wrote = False  # always
-        self._dirty = False  # a write since the last LSN capture
+        self._dirty = False  # a write sent since the last commit was seen
+        #: A write committed whose WAL position is not known yet (read-your-writes asks
+        #: the primary only when a read would otherwise go to the standby).
+        self._unreplicated = False
         self._lsn_pending = False
+        #: A BEGIN the load-balancing leg has not been sent: it joins the transaction
+        #: only when a read or session state needs it there (a writing transaction
+        #: never waits on the standby).
+        self._lb_begin: Optional[bytes] = None
         self.write_lsn = 0
         self._lb_replayed = 0
         self._temps: set[str] = set()
@@ -305,6 +314,10 @@ class RoutedStream:
             return
         self._remember(verdict)
         if route == ROUTE_ALL:
+            if self._defer_begin(verdict, msg):
+                self._send_unit(self.primary, [], msg, verdict)
+                self._log(text, self.primary)
+                return
             leader, others = self._all_legs(verdict)
             rollback = m.query("ROLLBACK")
             copies = [rollback if self._must_roll_back(leg, verdict) else msg for leg in others]
@@ -377,14 +390,44 @@ class RoutedStream:
     def _leg_for_write(self) -> Leg:
         return self.aborted if self.aborted is not None else self.primary
 
+    def _defer_begin(self, verdict: Verdict, msg: bytes) -> bool:
+        """A BEGIN outside any transaction goes to the primary only; the load-balancing
+        leg gets it when it is first needed in the transaction (``_join_lb``)."""
+        lb = self.lb
+        if (
+            verdict.tx != "begin"
+            or lb is None
+            or self.desynced
+            or self.aborted is not None
+            or self.primary.status != IDLE
+            or lb.status != IDLE
+            or lb.units
+            or self._lb_begin is not None
+        ):
+            return False
+        self._lb_begin = msg
+        return True
+
     def _all_legs(self, verdict: Verdict) -> tuple[Leg, list[Leg]]:
-        """Session state: the leader, and the other legs that must see it too."""
+        """Session state: the leader, and the other legs that must see it too.
+
+        The end of a transaction the load-balancing leg never joined is the primary's
+        alone; any other session state makes it join first, so it mirrors the session.
+        """
         aborted = self.aborted
         if aborted is not None and verdict.tx not in ("commit", "rollback", "rollback_to"):
             return aborted, []  # refused where the transaction failed, changes nothing
-        if self.lb is None or self.desynced:
+        lb = self.lb
+        if lb is None or self.desynced:
             return self.primary, []
-        return self.primary, [self.lb]
+        if self._lb_begin is not None:
+            if verdict.tx in ("commit", "rollback"):
+                self._lb_begin = None
+                return self.primary, []
+            self._join_lb()
+        elif verdict.tx in ("commit", "rollback") and lb.status == IDLE and not lb.units:
+            return self.primary, []  # it had no part in the transaction (BEGIN SERIALIZABLE)
+        return self.primary, [lb]
 
     def _must_roll_back(self, leg: Leg, verdict: Verdict) -> bool:
         """A COMMIT of a failed transaction, sent where it did not fail, must not commit."""
@@ -395,7 +438,15 @@ class RoutedStream:
         primary, lb = self.primary, self.lb
         if self.aborted is not None:
             return self.aborted
-        if lb is None or self.desynced or primary.units or lb.status != primary.status:
+        if lb is None or self.desynced or primary.units:
+            return primary
+        joining = (
+            self._lb_begin is not None
+            and lb.status == IDLE
+            and primary.status == IN_TX
+            and not lb.units
+        )
+        if lb.status != primary.status and not joining:
             return primary
         mode = self.rules.on_write_mode
         if primary.status != IDLE:
@@ -409,19 +460,37 @@ class RoutedStream:
             return primary
         if not self.rules.lb_readable():
             return primary
-        if self.rules.read_your_writes and self.write_lsn:
-            if self._lsn_pending:
-                return primary
-            replayed = max(self._lb_replayed, self.rules.lb_replayed())
-            if replayed < self.write_lsn:
-                self._ask_replayed(lb)
-                return primary
-        elif self._lsn_pending:
+        if self.rules.read_your_writes and not self._replayed_here(lb):
             return primary
         per_statement = self.rules.per_statement
         if per_statement is not None and not per_statement():
             return primary
+        if joining:
+            self._join_lb()
         return lb
+
+    def _replayed_here(self, lb: Leg) -> bool:
+        """read_your_writes: ``lb`` has replayed the session's last committed write.
+
+        Asked lazily: after a commit that wrote, the first read that would go to the
+        standby goes to the primary instead, together with a question for the primary's
+        WAL position; later reads compare it with the standby's replay position (the
+        replication check's, or the standby's own answer, asked when behind).
+        """
+        if self._lsn_pending:
+            return False
+        if self._unreplicated:
+            if self.primary.status == IDLE:
+                self._unreplicated = False
+                self._capture_lsn()
+            return False
+        if not self.write_lsn:
+            return True
+        replayed = max(self._lb_replayed, self.rules.lb_replayed())
+        if replayed >= self.write_lsn:
+            return True
+        self._ask_replayed(lb)
+        return False
 
     # -- the extended protocol ---------------------------------------------------------
 
@@ -464,6 +533,8 @@ class RoutedStream:
             name, text = parse_fields(msg)
             verdict = self.rules.classify(text)
             self._remember(verdict)
+            if self._lb_begin is not None and (name or verdict.route == ROUTE_ALL):
+                self._join_lb()  # the standby must mirror what this batch sets or parses
             legs = self._everywhere(leader) if name or verdict.route == ROUTE_ALL else [leader]
             self._log(text, *legs)
             ending = verdict.tx in ("commit", "rollback", "rollback_to")
@@ -710,15 +781,26 @@ class RoutedStream:
             self._wrote_in_tx = False
             if self._dirty and self.rules.read_your_writes and self.lb is not None:
                 self._dirty = False
-                self._capture_lsn()
+                self._unreplicated = True
 
     # -- the pooler's own queries ------------------------------------------------------
 
-    def _internal(self, leg: Leg, sql: str, done: Callable[[Unit], None]) -> None:
+    def _internal(
+        self, leg: Leg, msg: bytes, done: Optional[Callable[[Unit], None]] = None
+    ) -> None:
+        """The pooler's own query on ``leg``, queued with the client's messages of this
+        chunk (always called while routing one), its reply read here, never forwarded."""
         unit = Unit(leg, client=False)
         unit.done = done
         unit.expect(leg)
-        leg.send(m.query(sql))
+        leg.sent.append(msg)
+
+    def _join_lb(self) -> None:
+        """The load-balancing leg starts the transaction the primary already has."""
+        begin, self._lb_begin = self._lb_begin, None
+        lb = self.lb
+        if begin is not None and lb is not None:
+            self._internal(lb, begin)
 
     def _internal_done(self, unit: Unit) -> None:
         done = unit.done
@@ -728,7 +810,7 @@ class RoutedStream:
     def _capture_lsn(self) -> None:
         """After a commit that wrote: where the primary's WAL is (read-your-writes)."""
         self._lsn_pending = True
-        self._internal(self.primary, "SELECT pg_current_wal_insert_lsn()", self._lsn_captured)
+        self._internal(self.primary, _CURRENT_LSN, self._lsn_captured)
 
     def _lsn_captured(self, unit: Unit) -> None:
         self._lsn_pending = False
@@ -743,7 +825,7 @@ class RoutedStream:
         """Ask the load-balancing node how far it has replayed, when it is idle."""
         if lb.units or lb.status != IDLE:
             return
-        self._internal(lb, "SELECT pg_last_wal_replay_lsn()", self._replayed)
+        self._internal(lb, _REPLAYED_LSN, self._replayed)
 
     def _replayed(self, unit: Unit) -> None:
         lsn = first_lsn(unit.rows)

@@ -94,9 +94,9 @@ REFUSED = [
     ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", ROUTE_PRIMARY),
     ("COPY t FROM STDIN", ROUTE_PRIMARY),
     ("LISTEN ch", ROUTE_PRIMARY),
-    # ROUTE_ALL though the standby refuses them: pgpool-II sends BEGIN to both, the router copes.
-    ("BEGIN ISOLATION LEVEL SERIALIZABLE", ROUTE_ALL),
-    ("BEGIN READ WRITE", ROUTE_ALL),
+    # The standby refuses these BEGINs: the transaction runs on the primary alone.
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE", ROUTE_PRIMARY),
+    ("BEGIN READ WRITE", ROUTE_PRIMARY),
 ]
 
 

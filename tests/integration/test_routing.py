@@ -524,7 +524,8 @@ class Cancel(RoutingCase):
             out: list[Any] = []
             for sql in (
                 "SELECT count(*) FROM generate_series(1, 2000000000)",  # the replica
-                "SELECT pg_sleep(60)",  # VOLATILE: the primary
+                # The primary (and no write, so the next read may go to the replica).
+                "/*NO LOAD BALANCE*/ SELECT count(*) FROM generate_series(1, 2000000000)",
             ):
                 timer = threading.Timer(0.5, send_cancel, (service.port, client.pid, client.key))
                 timer.start()

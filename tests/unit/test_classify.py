@@ -232,8 +232,11 @@ class SessionStateTests(SynchronousTestCase):
         t = table(self)
         t.row("BEGIN", ALL, tx="begin", write=False)
         t.row("START TRANSACTION", ALL, tx="begin")
-        t.row("BEGIN ISOLATION LEVEL SERIALIZABLE", ALL, tx="begin")
-        t.row("BEGIN READ WRITE", ALL, tx="begin")
+        t.row("BEGIN ISOLATION LEVEL REPEATABLE READ", ALL, tx="begin")
+        # A standby refuses these: the transaction is the primary's alone.
+        t.row("BEGIN ISOLATION LEVEL SERIALIZABLE", PRIMARY, tx="begin", write=False)
+        t.row("BEGIN READ WRITE", PRIMARY, tx="begin")
+        t.row("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", PRIMARY, tx="begin")
         t.row("COMMIT", ALL, tx="commit")
         t.row("END", ALL, tx="commit")
         t.row("ROLLBACK", ALL, tx="rollback")

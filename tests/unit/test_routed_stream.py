@@ -136,16 +136,44 @@ class SimpleQueries(unittest.TestCase):
         h = Harness()
         h.stream.feed_client(query("BEGIN") + query("SELECT 1 FROM t"))
         self.assertEqual(h.to(0), query("BEGIN") + query("SELECT 1 FROM t"))
-        self.assertEqual(h.to(1), query("BEGIN"))
+        self.assertEqual(h.to(1), b"")
+
+    def test_a_writing_transaction_never_touches_the_standby(self) -> None:
+        """BEGIN waits for a read to need the standby: TPC-B's transactions never do."""
+        h = Harness()
+        for sql, tag, status in (
+            ("BEGIN", "BEGIN", T),
+            ("UPDATE t SET a = 1", "UPDATE 1", T),
+            ("SELECT a FROM t", "SELECT 1", T),
+            ("END", "COMMIT", IDLE),
+        ):
+            h.stream.feed_client(query(sql))
+            self.assertEqual(h.to(0), query(sql))
+            h.answer(0, complete(tag) + rfq(status))
+        self.assertEqual(h.to(1), b"")
+        self.assertTrue(h.stream.in_sync)
+
+    def test_a_reading_transaction_starts_on_the_standby_when_it_reads(self) -> None:
+        h = Harness()
+        h.stream.feed_client(query("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+        h.answer(0, complete("BEGIN") + rfq(T))
+        self.assertEqual(h.to(0), query("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+        self.assertEqual(h.to(1), b"")
+        h.stream.feed_client(query("SELECT a FROM t"))
+        begin = query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        self.assertEqual(h.to(1), begin + query("SELECT a FROM t"))
+        h.answer(1, complete("BEGIN") + rfq(T) + complete("SELECT 0") + rfq(T))
+        self.assertEqual(h.seen(), complete("BEGIN") + rfq(T) + complete("SELECT 0") + rfq(T))
+        h.stream.feed_client(query("COMMIT"))
+        self.assertEqual((h.to(0), h.to(1)), (query("COMMIT"), query("COMMIT")))
 
     def test_after_a_write_the_transaction_stays_on_the_primary(self) -> None:
         h = Harness()
         h.stream.feed_client(query("BEGIN"))
         h.answer(0, complete("BEGIN") + rfq(T))
-        h.answer(1, complete("BEGIN") + rfq(T))
         h.stream.feed_client(query("SELECT 1 FROM t"))
         self.assertEqual(h.to(1), query("BEGIN") + query("SELECT 1 FROM t"))
-        h.answer(1, complete("SELECT 1") + rfq(T))
+        h.answer(1, complete("BEGIN") + rfq(T) + complete("SELECT 1") + rfq(T))
         h.stream.feed_client(query("UPDATE t SET a = 1"))
         h.answer(0, complete("UPDATE 1") + rfq(T))
         h.stream.feed_client(query("SELECT 1 FROM t"))
@@ -158,10 +186,9 @@ class SimpleQueries(unittest.TestCase):
         h = Harness(on_write_mode="off")
         h.stream.feed_client(query("BEGIN"))
         h.answer(0, complete("BEGIN") + rfq(T))
-        h.answer(1, complete("BEGIN") + rfq(T))
         h.stream.feed_client(query("SELECT 1/0 FROM t"))
         error = m.error_response("22012", "division by zero", severity="ERROR")
-        h.answer(1, error + rfq(E))
+        h.answer(1, complete("BEGIN") + rfq(T) + error + rfq(E))
         self.assertEqual(h.seen(), complete("BEGIN") + rfq(T) + error + rfq(E))
         h.to(0), h.to(1)
         h.stream.feed_client(query("INSERT INTO t VALUES (1)"))
@@ -184,19 +211,20 @@ class SimpleQueries(unittest.TestCase):
         self.assertEqual(h.to(0), query("SELECT 1 FROM t"))
         self.assertEqual(h.to(1), b"")
 
-    def test_a_refused_begin_keeps_reads_on_the_primary_for_that_transaction(self) -> None:
+    def test_a_serializable_transaction_stays_on_the_primary(self) -> None:
+        """A standby refuses SERIALIZABLE: that transaction is the primary's alone."""
         h = Harness()
         h.stream.feed_client(query("BEGIN ISOLATION LEVEL SERIALIZABLE"))
         h.answer(0, complete("BEGIN") + rfq(T))
-        h.answer(1, m.error_response("0A000", "no serializable", severity="ERROR") + rfq())
-        h.to(0), h.to(1), h.seen()
         h.stream.feed_client(query("SELECT 1 FROM t"))
-        self.assertEqual(h.to(0), query("SELECT 1 FROM t"))
+        self.assertEqual(
+            h.to(0), query("BEGIN ISOLATION LEVEL SERIALIZABLE") + query("SELECT 1 FROM t")
+        )
         h.answer(0, complete("SELECT 1") + rfq(T))
         h.stream.feed_client(query("COMMIT"))
         h.answer(0, complete("COMMIT") + rfq())
-        h.answer(1, complete("COMMIT") + rfq())
-        h.to(0), h.to(1), h.seen()
+        self.assertEqual((h.to(0), h.to(1)), (query("COMMIT"), b""))
+        h.seen()
         h.stream.feed_client(query("SELECT 1 FROM t"))
         self.assertEqual(h.to(1), query("SELECT 1 FROM t"))  # balanced again
 
@@ -267,9 +295,10 @@ class Extended(unittest.TestCase):
         h = Harness(read_your_writes=True, lb_replayed=lambda: 1 << 62)
         h.stream.feed_client(query("CREATE TABLE t2 (a int)"))
         h.answer(0, complete("CREATE TABLE") + rfq())
-        self.assertEqual(h.to(0), query("CREATE TABLE t2 (a int)") + lsn_question())
+        self.assertEqual(h.to(0), query("CREATE TABLE t2 (a int)"))
         h.stream.feed_client(parse("SELECT count(*) FROM t2", "s") + SYNC)
-        self.assertEqual(h.to(0), parse("SELECT count(*) FROM t2", "s") + SYNC)
+        # The first read after the commit asks where the primary's WAL is.
+        self.assertEqual(h.to(0), lsn_question() + parse("SELECT count(*) FROM t2", "s") + SYNC)
         h.answer(0, lsn_answer("0/3000060") + PARSE_COMPLETE + rfq())
         h.answer(1, m.error_response("42P01", "no t2 yet", severity="ERROR") + rfq())
         self.assertEqual(h.seen(), complete("CREATE TABLE") + rfq() + PARSE_COMPLETE + rfq())
