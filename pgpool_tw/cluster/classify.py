@@ -148,6 +148,9 @@ _TRANSACTIONS = {
 }
 
 _DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+#: Statements whose verdict no constant in them changes: texts of one shape (pglast's
+#: normalize) share it.  A write is a write whatever it writes.
+_SHAPED = frozenset({"SelectStmt"}) | _DML
 # Statements that must run on the primary but change no data.
 _PRIMARY_READS = frozenset(
     {
@@ -327,7 +330,8 @@ class Classifier:
         if _pg is None:
             return _WRITE
         # pglast's normalize replaces constants with $n and keeps names and comments; no
-        # rule here reads a constant inside a SELECT, so texts of one shape share a verdict.
+        # rule here reads a constant inside a SELECT or a DML statement, so texts of one
+        # such shape share a verdict.
         shape = _pg.normalize(text)
         verdict = self._shapes.get(shape)
         if verdict is None:
@@ -338,7 +342,7 @@ class Classifier:
             verdicts = [self._statement(kind, body) for kind, body in nodes]
             verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
             # Constants matter elsewhere: SET transaction_read_only = off, EXPLAIN (ANALYZE 0).
-            if len(shape) <= CACHE_TEXT_LIMIT and all(kind == "SelectStmt" for kind, _ in nodes):
+            if len(shape) <= CACHE_TEXT_LIMIT and all(kind in _SHAPED for kind, _ in nodes):
                 if len(self._shapes) >= self._size:
                     self._shapes.clear()
                 self._shapes[shape] = verdict

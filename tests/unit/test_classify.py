@@ -437,6 +437,11 @@ class CacheTests(SynchronousTestCase):
         first = classifier.classify("SELECT my_func(1) FROM t WHERE a = 'x'")
         self.assertEqual((first.route, first.write), (PRIMARY, True))
         self.assertIs(classifier.classify("SELECT my_func(2) FROM t WHERE a = 'y'"), first)
+        # Writes too (pgbench's TPC-B sends a new text for every statement).
+        update = classifier.classify("UPDATE t SET a = a + 5 WHERE b = 7")
+        self.assertEqual((update.route, update.write), (PRIMARY, True))
+        self.assertIs(classifier.classify("UPDATE t SET a = a + -3 WHERE b = 9"), update)
+        self.assertEqual(len(classifier._shapes), 2)
 
     def test_constants_still_decide_outside_select(self) -> None:
         """A shared shape never carries a verdict that depends on a constant."""
