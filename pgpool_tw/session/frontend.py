@@ -144,7 +144,7 @@ class FrontendProtocol(Protocol):
         self._producers = link(self.transport, server.transport)
         factory = self.factory
         if routed:
-            self._feed(self.transport, self.dataReceived)
+            self._feed(self.transport, self._routed_data)
             self.add_leg(server)
         else:
             self._relay = fastpoll.start_relay(
@@ -155,13 +155,21 @@ class FrontendProtocol(Protocol):
 
     def add_leg(self, server: BackendProtocol) -> None:
         """A routed session's server: its chunks reach it through the C loop too."""
-        self._feed(server.transport, server.dataReceived)
+        # The leg itself (the server's tracker while attached): one call per chunk.
+        self._feed(server.transport, server.tracker.feed_server)  # type: ignore[union-attr]
 
     def drop_leg(self, server: BackendProtocol) -> None:
         """A routed session lets a server go: Twisted reads it again."""
         for feed in [f for f in self._feeds if f[0] is server.transport]:
             self._feeds.remove(feed)
             fastpoll.stop_feed(*feed)
+
+    def _routed_data(self, data: bytes) -> None:
+        """A routed session's client chunk, straight from the C loop (``dataReceived``'s
+        relaying branch without the forwarding: the stream sends)."""
+        self.received += 1
+        if self.tracker.feed_client(data) >= 0:  # type: ignore[union-attr]
+            self.session.client_terminated()
 
     def _feed(self, transport: Any, callback: Any) -> None:
         if fastpoll.start_feed(self.factory.reactor, transport, callback):

@@ -230,7 +230,22 @@ class RoutedStream:
 
     def feed_client(self, data: bytes) -> int:
         """Route a client chunk; return 0 when it held a Terminate (never forwarded), else -1."""
-        self.bytes_in += len(data)
+        size = len(data)
+        self.bytes_in += size
+        if (
+            size > 5
+            and data[0] == _QUERY
+            and not self._cbuf
+            and _LENGTH(data, 1)[0] + 1 == size
+            and self._batch is None
+        ):
+            # The common chunk: one whole Query, routed with no framing loop.
+            self._query(data)
+            self._flush_legs()
+            if self._out:
+                out, self._out = self._out, []
+                self.client_send(b"".join(out))
+            return -1
         buf: bytes | bytearray
         if self._cbuf:
             buf = self._cbuf
@@ -328,7 +343,8 @@ class RoutedStream:
             return
         leader = self._read_leg(verdict) if route == ROUTE_STANDBY else self._leg_for_write()
         self._send_unit(leader, [], msg, verdict)
-        self._log(text, leader)
+        if self.rules.log_statement is not None:
+            self._log(text, leader)
 
     def _send_unit(
         self,
