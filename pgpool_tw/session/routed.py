@@ -172,6 +172,10 @@ class RoutedStream:
         #: only when a read or session state needs it there (a writing transaction
         #: never waits on the standby).
         self._lb_begin: Optional[bytes] = None
+        #: A read of the open transaction went to the primary.
+        self._tx_on_primary = False
+        #: A BEGIN was sent and no idle ReadyForQuery has come since.
+        self._begun = False
         self.write_lsn = 0
         self._lb_replayed = 0
         self._temps: set[str] = set()
@@ -368,6 +372,8 @@ class RoutedStream:
         return unit
 
     def _note_sent(self, leader: Leg, verdict: Verdict) -> None:
+        if verdict.tx == "begin":
+            self._begun = True
         if verdict.write:
             self._wrote_in_tx = self._wrote = self._dirty = True
             if self.primary.status == IN_TX:
@@ -451,10 +457,20 @@ class RoutedStream:
 
     def _read_leg(self, verdict: Verdict) -> Leg:
         """Where a statement that only reads goes now (pgpool-II's load-balance rules)."""
-        primary, lb = self.primary, self.lb
         if self.aborted is not None:
             return self.aborted
+        leg = self._balanced(verdict)
+        if leg is self.primary and (self.primary.status == IN_TX or self._begun):
+            # The transaction has read the primary: the rest of it does too, so it never
+            # sees older data than it already saw.
+            self._tx_on_primary = True
+        return leg
+
+    def _balanced(self, verdict: Verdict) -> Leg:
+        primary, lb = self.primary, self.lb
         if lb is None or self.desynced or primary.units:
+            return primary
+        if primary.status == IN_TX and self._tx_on_primary:
             return primary
         joining = (
             self._lb_begin is not None
@@ -465,8 +481,8 @@ class RoutedStream:
         if lb.status != primary.status and not joining:
             return primary
         mode = self.rules.on_write_mode
-        if primary.status != IDLE:
-            if self._wrote_in_tx and mode != "always":
+        if primary.status != IDLE and mode != "off":
+            if self._wrote_in_tx:
                 return primary
             if mode == "trans_transaction" and self._wrote_in_a_tx:
                 return primary
@@ -496,9 +512,10 @@ class RoutedStream:
         if self._lsn_pending:
             return False
         if self._unreplicated:
-            if self.primary.status == IDLE:
-                self._unreplicated = False
-                self._capture_lsn()
+            # Queued before the read that goes to the primary instead; inside a
+            # transaction it runs there too (its snapshot is the read's own moment).
+            self._unreplicated = False
+            self._capture_lsn()
             return False
         if not self.write_lsn:
             return True
@@ -795,6 +812,9 @@ class RoutedStream:
         if status == IDLE and self.primary.status == IDLE:
             self.xacts += 1
             self._wrote_in_tx = False
+            self._tx_on_primary = False
+            if not self._queue:  # nothing sent after it: no BEGIN in flight
+                self._begun = False
             if self._dirty and self.rules.read_your_writes and self.lb is not None:
                 self._dirty = False
                 self._unreplicated = True

@@ -167,6 +167,24 @@ class SimpleQueries(unittest.TestCase):
         h.stream.feed_client(query("COMMIT"))
         self.assertEqual((h.to(0), h.to(1)), (query("COMMIT"), query("COMMIT")))
 
+    def test_a_transaction_that_read_the_primary_keeps_reading_it(self) -> None:
+        """Never an older view later in the same transaction: once a read of the open
+        transaction went to the primary (here: sent behind its BEGIN), the rest follow."""
+        h = Harness()
+        h.stream.feed_client(query("BEGIN") + query("SELECT 1 FROM t"))
+        h.answer(0, complete("BEGIN") + rfq(T) + complete("SELECT 1") + rfq(T))
+        h.stream.feed_client(query("SELECT 2 FROM t"))
+        self.assertEqual(
+            h.to(0), query("BEGIN") + query("SELECT 1 FROM t") + query("SELECT 2 FROM t")
+        )
+        self.assertEqual(h.to(1), b"")
+        h.answer(0, complete("SELECT 1") + rfq(T))
+        h.stream.feed_client(query("COMMIT"))
+        h.answer(0, complete("COMMIT") + rfq())
+        h.to(0)
+        h.stream.feed_client(query("SELECT 3 FROM t"))
+        self.assertEqual(h.to(1), query("SELECT 3 FROM t"))  # a new transaction balances
+
     def test_after_a_write_the_transaction_stays_on_the_primary(self) -> None:
         h = Harness()
         h.stream.feed_client(query("BEGIN"))
