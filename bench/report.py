@@ -91,6 +91,23 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _cells(run: RunResult, first: Optional[RunResult], second: Optional[RunResult]) -> list[str]:
+    """A target's row up to its CPU column, with its ratios to two references."""
+    return [
+        run.target,
+        _status(run),
+        _num(run.tps),
+        " / ".join(_num(sample.tps) for sample in run.samples) or "-",
+        _ratio(run, first),
+        _ratio(run, second),
+        _num(run.latency_ms, 3),
+        _num(run.failed) if run.failed is not None else "-",
+        "killed" if run.exit_status is None else str(run.exit_status),
+        _num(run.processed),
+        _cpu(run),
+    ]
+
+
 def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list[str]:
     """The Markdown section of one workload: one row per target, in --targets order."""
     by_target = {run.target: run for run in runs if run.workload == name}
@@ -104,22 +121,9 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
         run = by_target.get(target)
         if run is None:
             continue
-        exit_text = "killed" if run.exit_status is None else str(run.exit_status)
         rows.append(
-            [
-                target,
-                _status(run),
-                _num(run.tps),
-                " / ".join(_num(sample.tps) for sample in run.samples) or "-",
-                _ratio(run, refs["pgbouncer-session"]),
-                _ratio(run, refs["direct"]),
-                _num(run.latency_ms, 3),
-                _num(run.failed) if run.failed is not None else "-",
-                exit_text,
-                _num(run.processed),
-                _cpu(run),
-                "-" if run.servers is None else str(run.servers),
-            ]
+            _cells(run, refs["pgbouncer-session"], refs["direct"])
+            + ["-" if run.servers is None else str(run.servers)]
         )
         if run.error:
             notes.append(f"- {target}: {run.error}")
@@ -161,23 +165,8 @@ def routed_table(name: str, runs: list[RunResult]) -> list[str]:
     rows = []
     notes = []
     for target, run in by_target.items():
-        exit_text = "killed" if run.exit_status is None else str(run.exit_status)
         rows.append(
-            [
-                target,
-                _status(run),
-                _num(run.tps),
-                " / ".join(_num(sample.tps) for sample in run.samples) or "-",
-                _ratio(run, refs["pgpool2"]),
-                _ratio(run, refs["pgpool-tw-single"]),
-                _num(run.latency_ms, 3),
-                _num(run.failed) if run.failed is not None else "-",
-                exit_text,
-                _num(run.processed),
-                _cpu(run),
-                _servers(run),
-            ]
-            + _commits(run)
+            _cells(run, refs["pgpool2"], refs["pgpool-tw-single"]) + [_servers(run)] + _commits(run)
         )
         if run.error:
             notes.append(f"- {target}: {run.error}")
