@@ -19,7 +19,7 @@ from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.connector import connect_server
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
+from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.startup import StartupMessage
 
 if TYPE_CHECKING:
@@ -93,13 +93,9 @@ class NodeProbe:
             return
         if self._auth is None:
             self._auth = BackendAuth(self.check.user, self.check.secret())
-        try:
-            reply = self._auth.answer(raw)
-        except BackendAuthError as e:
-            self.fail(f"cannot log in as sr_check_user: {e}")
-            return
-        if reply:
-            server.send(reply)
+        why = server.answer(self._auth, raw)
+        if why:
+            self.fail(f"cannot log in as sr_check_user: {why}")
 
     def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
         self.server = server

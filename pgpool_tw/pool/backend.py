@@ -24,6 +24,7 @@ from pgpool_tw.net.transport import Writer, tune_socket
 from pgpool_tw.pool.book import ServerBook
 from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
@@ -289,6 +290,17 @@ class BackendProtocol(Protocol):
             "server={server} protocol error: {why}; closing", server=self.node.address, why=why
         )
         self.transport.abortConnection()
+
+    def answer(self, auth: BackendAuth, raw: bytes) -> str:
+        """Answer this server's authentication request ``raw`` with ``auth``; the reason
+        it cannot be answered, or '' (an owner's one call for every login it answers)."""
+        try:
+            reply = auth.answer(raw)
+        except BackendAuthError as e:
+            return str(e)
+        if reply:
+            self.send(reply)
+        return ""
 
     # -- attach and detach (called by the client session) ------------------------
 

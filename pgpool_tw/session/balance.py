@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from pgpool_tw.pool.key import PoolKey
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
+from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.sql import quote_literal
 from pgpool_tw.session.states import CLOSED
 
@@ -129,13 +129,9 @@ class BalanceLeg:
         if auth is None:
             self._refuse(server, "the server asks for a password and pool_passwd cannot answer")
             return
-        try:
-            reply = auth.answer(raw)
-        except BackendAuthError as e:
-            self._refuse(server, str(e))
-            return
-        if reply:
-            server.send(reply)
+        why = server.answer(auth, raw)
+        if why:
+            self._refuse(server, why)
 
     def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
         self.server = server

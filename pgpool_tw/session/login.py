@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.logger import Logger
 
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
+from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import clientauth
@@ -185,13 +185,9 @@ class ServerLogin:
         if raw[0] != m.AUTHENTICATION:
             session.io.send(raw)  # a notice
         elif self._backend_auth is not None:
-            try:
-                reply = self._backend_auth.answer(raw)
-            except BackendAuthError as e:
-                self._refused(server, str(e))
-                return
-            if reply:
-                server.send(reply)
+            why = server.answer(self._backend_auth, raw)
+            if why:
+                self._refused(server, why)
         elif session.auth_ok_sent:
             # The pooler authenticated the client; there is nobody to relay to.
             self._refused(server, f'pool_passwd has no entry for user "{server.startup.user}"')
