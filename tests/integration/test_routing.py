@@ -545,3 +545,82 @@ class Cancel(RoutingCase):
 
         out = yield _thread(work)
         self.assertEqual(out, ["57014", self.replica.port, "57014", self.replica.port])
+
+
+class PasswordsOnBothNodes(RoutingCase):
+    """Servers that ask for md5 passwords: the load-balancing server's login is answered
+    from pool_passwd (the client's exchange belongs to the primary's login)."""
+
+    def setUp(self) -> None:
+        skip_unless_postgres()
+        from pgpool_tw_dev.devdb import TempPostgres
+        from pgpool_tw_dev.replica import start_replica
+
+        self.primary = TempPostgres(auth_method="md5").start()
+        self.addCleanup(self.primary.stop)
+        self.replica = start_replica(self.primary, application_name="md5replica")
+        self.addCleanup(self.replica.stop)
+
+    def _files(self, user: str, entries: list[str]) -> dict[str, Any]:
+        import os
+
+        directory = tempfile.mkdtemp(prefix="pgtw-auth-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        hba = os.path.join(directory, "pool_hba.conf")
+        passwd = os.path.join(directory, "pool_passwd")
+        with open(hba, "w", encoding="utf-8") as handle:
+            handle.write("host all all 127.0.0.1/32 md5\n")
+        fd = os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in entries))
+        return {"enable_pool_hba": True, "pool_hba_file": hba, "pool_passwd": passwd}
+
+    def _role(self) -> tuple[str, str]:
+        user, db = unique_name("u"), unique_name("d")
+        self.primary.create_role(user, "secret-pw")
+        self.primary.create_database(db, owner=user)
+        from pgpool_tw_dev.replica import wait_replayed
+
+        wait_replayed(self.primary, self.replica)
+        return user, db
+
+    @defer.inlineCallbacks
+    def test_pool_passwd_answers_both_logins_and_the_check(self) -> Any:
+        from pgpool_tw.config.passwd import md5_entry
+
+        user, db = self._role()
+        settings = self._files(user, [md5_entry(user, "secret-pw")])
+        # sr_check_password '' takes sr_check_user's password from pool_passwd.
+        service = self.start_pooler(sr_check_user=user, sr_check_database=db, **settings)
+
+        def work() -> int:
+            dsn = f"{self.dsn(service, user, db)} password=secret-pw"
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE w (id int)")
+                return self._port(conn, "SELECT inet_server_port()")
+
+        # Right after its own CREATE the session reads the primary (read-your-writes).
+        self.assertEqual((yield _thread(work)), self.primary.port)
+        self.assertEqual(service.factory.cluster[1].pg_role, "standby")  # the check logged in
+        # A new session reads the replica, over a login answered from pool_passwd.
+        replica_port = yield _thread(self._replica_read, service, user, db)
+        self.assertEqual(replica_port, self.replica.port)
+
+    def _replica_read(self, service: PgpoolService, user: str, db: str) -> int:
+        dsn = f"{self.dsn(service, user, db)} password=secret-pw"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return self._port(conn, "SELECT inet_server_port()")
+
+    @defer.inlineCallbacks
+    def test_without_pool_passwd_the_session_reads_from_the_primary(self) -> Any:
+        """enable_pool_hba off: the client's md5 exchange is the primary's; the replica's
+        login cannot be answered, so the session keeps to the primary, and says why."""
+        user, db = self._role()
+        service = self.start_pooler(sr_check_user="")
+
+        def work() -> list[int]:
+            dsn = f"{self.dsn(service, user, db)} password=secret-pw"
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                return [self._port(conn, "SHOW port"), self._port(conn, "SHOW port")]
+
+        self.assertEqual((yield _thread(work)), [self.primary.port, self.primary.port])
