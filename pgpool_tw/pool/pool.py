@@ -11,7 +11,8 @@ Mapping of pgpool-II's per-process settings to one process:
 
 * ``num_init_children``: client sessions served at once.
 * ``max_pool``: ``num_init_children * max_pool`` idle server connections are
-  kept in all; past that the least recently used is closed.
+  kept per backend node (a pgpool-II child's connection sets hold one per node);
+  past that the node's least recently used is closed.
 * ``child_life_time``: a pool key (user, database, startup options) that has had
   no client for this long loses its idle server connections.
 * ``connection_life_time``: an idle server connection idle this long is closed.
@@ -121,6 +122,8 @@ class Pool:
         self.config = config
         self.clock = clock
         self._idle: OrderedDict[BackendProtocol, None] = OrderedDict()
+        #: How many of ``_idle`` each node has (max_pool caps each node).
+        self._idle_by_node: dict[int, int] = {}
         self._by_key: dict[Key, list[BackendProtocol]] = {}
         self._resetting: dict[BackendProtocol, Deadline] = {}
         #: RESET_TIMEOUT for every reset under way, on one timer (see deadlines.py).
@@ -322,12 +325,18 @@ class Pool:
         server.park(self)
         self._idle[server] = None
         self._by_key.setdefault(server.pool_key, []).append(server)
+        # pgpool-II's child keeps max_pool connection sets, one connection per backend
+        # in each: the cap is per node, the least recently used of that node goes first.
+        node = server.pool_key.node
+        count = self._idle_by_node[node] = self._idle_by_node.get(node, 0) + 1
         limit = self.config.num_init_children * self.config.max_pool
-        while len(self._idle) > limit:
-            self._discard(next(iter(self._idle)), "too many idle connections")
+        if count > limit:
+            oldest = next(s for s in self._idle if s.pool_key.node == node)
+            self._discard(oldest, "too many idle connections")
 
     def _forget(self, server: BackendProtocol) -> None:
         if self._idle.pop(server, 0) is None:
+            self._idle_by_node[server.pool_key.node] -= 1
             servers = self._by_key.get(server.pool_key)
             if servers is not None:
                 servers.remove(server)

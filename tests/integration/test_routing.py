@@ -624,3 +624,31 @@ class PasswordsOnBothNodes(RoutingCase):
                 return [self._port(conn, "SHOW port"), self._port(conn, "SHOW port")]
 
         self.assertEqual((yield _thread(work)), [self.primary.port, self.primary.port])
+
+
+class IdleServersPerNode(RoutingCase):
+    @defer.inlineCallbacks
+    def test_max_pool_caps_each_node(self) -> Any:
+        """num_init_children * max_pool idle servers per node, as a pgpool-II child keeps one
+        connection per backend in each of its max_pool slots."""
+        service = self.start_pooler(num_init_children=1, max_pool=1)
+        first, db = self.database()
+        second = unique_name("u")
+        self.primary.create_role(second)
+        self.primary.psql(f'GRANT ALL ON DATABASE "{db}" TO "{second}"')
+        wait_replica_caught_up()
+
+        def session(user: str) -> int:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                return self._port(conn)
+
+        self.assertEqual((yield _thread(session, first)), self.replica.port)
+        self.assertTrue((yield eventually(lambda: service.pool.idle_count == 2)))
+        self.assertEqual((yield _thread(session, second)), self.replica.port)
+
+        def idle() -> tuple[set[str], list[int]]:
+            servers = list(service.pool._idle)
+            return {s.pool_key.user for s in servers}, sorted(s.pool_key.node for s in servers)
+
+        # The second session's two servers replace the first's, one per node.
+        self.assertTrue((yield eventually(lambda: idle() == ({second}, [0, 1]))), idle())
