@@ -32,12 +32,12 @@ def routing_on(config: Config, cluster: Cluster) -> bool:
 
 
 def _alive(node: Optional[Node]) -> bool:
-    return node is not None and node.status != DOWN and getattr(node, "pg_status", "up") != DOWN
+    return node is not None and node.status != DOWN and node.pg_status != DOWN
 
 
 def readable(node: Optional[Node]) -> bool:
     """A node may take a read now: not detached, answering, not past delay_threshold."""
-    return _alive(node) and not getattr(node, "lagging", False)
+    return node is not None and _alive(node) and not node.lagging
 
 
 def _candidates(cluster: Cluster) -> list[Node]:
@@ -110,10 +110,10 @@ def choose_lb_node(
     chosen = _weighted(candidates, rng)
     if chosen is None:
         return primary
-    if config.prefer_lower_delay_standby and getattr(chosen, "lagging", False):
+    if config.prefer_lower_delay_standby and chosen.lagging:
         standbys = [n for n in _candidates(cluster) if n.index != primary]
         if standbys:
-            chosen = min(standbys, key=lambda n: getattr(n, "delay_bytes", 0) or 0)
+            chosen = min(standbys, key=lambda n: n.delay_bytes or 0)
     return chosen.index
 
 

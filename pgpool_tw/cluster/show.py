@@ -38,14 +38,14 @@ def _delay(node: Node, primary: Optional[Node], by_time: bool) -> str:
     if primary is not None and node.index == primary.index:
         return "0"
     if by_time:
-        seconds = getattr(node, "delay_seconds", None)
+        seconds = node.delay_seconds
         return "0" if seconds is None else f"{seconds:g} second"
-    delay = getattr(node, "delay_bytes", None)
+    delay = node.delay_bytes
     return "0" if delay is None else str(delay)
 
 
 def _changed(node: Node) -> str:
-    when = getattr(node, "last_status_change", None)
+    when = node.last_status_change
     if not when:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
@@ -68,15 +68,15 @@ def pool_nodes_rows(
                 backend.hostname,
                 str(backend.port),
                 node.status,
-                getattr(node, "pg_status", node.status),
+                node.pg_status,
                 f"{node.weight / total:f}",
                 node.role,
-                getattr(node, "pg_role", node.role),
+                node.pg_role,
                 str(select_counts.get(node.index, 0)),
                 "true" if node.index == lb_node else "false",
                 _delay(node, primary, by_time),
-                getattr(node, "replication_state", "") or "",
-                getattr(node, "replication_sync_state", "") or "",
+                node.replication_state,
+                node.replication_sync_state,
                 _changed(node),
             ]
         )

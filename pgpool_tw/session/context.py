@@ -158,7 +158,8 @@ class SessionContext:
             return readable(self.cluster.get(lb_node))
 
         def lb_replayed() -> int:
-            return getattr(self.cluster.get(lb_node), "replay_lsn", 0) or 0
+            node = self.cluster.get(lb_node)
+            return (node.replay_lsn or 0) if node is not None else 0
 
         def local(command: str, status: int) -> bytes:
             return self.local_answer(command, status, lb_node)
