@@ -99,3 +99,30 @@ class PerReadTests(SynchronousTestCase):
         self.assertFalse(readable(replace(node, lagging=True)))
         self.assertFalse(readable(replace(node, pg_status="down")))
         self.assertFalse(readable(None))
+
+
+class PoolNodesTests(SynchronousTestCase):
+    def test_rows_in_pgpool_ii_words(self) -> None:
+        from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
+
+        cluster = Cluster.from_config(config(), now=0.0)
+        cluster._nodes[1] = replace(
+            cluster[1],
+            role="standby",
+            pg_role="standby",
+            pg_status="up",
+            delay_bytes=4096,
+            delay_seconds=1.5,
+            replication_state="streaming",
+            replication_sync_state="async",
+        )
+        rows = pool_nodes_rows(cluster, 1, {0: 3, 1: 7})
+        self.assertEqual(len(POOL_NODES_COLUMNS), 14)
+        self.assertEqual([len(row) for row in rows], [14, 14, 14])
+        self.assertEqual(rows[1][:4], ["1", "db1", "5432", "waiting"])
+        self.assertEqual(
+            rows[1][5:12], ["0.250000", "standby", "standby", "7", "true", "4096", "streaming"]
+        )
+        self.assertEqual(rows[0][8:11], ["3", "false", "0"])  # the primary has no delay
+        by_time = pool_nodes_rows(cluster, 1, {}, by_time=True)
+        self.assertEqual(by_time[1][10], "1.5 second")
