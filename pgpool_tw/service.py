@@ -178,8 +178,8 @@ class PgpoolService(MultiService):
         answer (after a reload the cluster keeps what it learned)."""
         self._stop_sr_check()
         config, factory = self.config, self.factory
-        if config.clustering_mode != "streaming_replication" or not config.backends:
-            return
+        if config.clustering_mode != "streaming_replication" or len(config.backends) < 2:
+            return  # one node is the primary there is: nothing to route, nothing to ask
         if not config.sr_check_user:
             log.warn(
                 "{path}: sr_check_user is not set: the primary is not checked (node {node} is "
