@@ -122,6 +122,9 @@ class Verdict:
     execute_name: str = ""
     deallocate_name: str = ""
     inner: Optional[Verdict] = None
+    #: The table an INSERT/UPDATE/DELETE/MERGE writes (disable_load_balance_on_write =
+    #: dml_adaptive keeps the transaction's reads of it on the primary).
+    writes_to: tuple[str, ...] = ()
 
 
 _EMPTY = Verdict(ROUTE_PRIMARY)
@@ -378,7 +381,14 @@ class Classifier:
                 return _created(into["rel"])
             return self._read(body)
         if kind in _DML:
-            return _WRITE
+            target = body.get("relation")
+            if not target:
+                return _WRITE
+            schema = target.get("schemaname")
+            table = target.get("relname", "")
+            return Verdict(
+                ROUTE_PRIMARY, write=True, writes_to=(f"{schema}.{table}" if schema else table,)
+            )
         if kind == "VariableShowStmt":
             name = body.get("name", "")
             return Verdict(ROUTE_LOCAL, local=name) if name in LOCAL_COMMANDS else _STANDBY
@@ -529,6 +539,12 @@ def _combine(verdicts: list[Verdict]) -> Verdict:
         deallocate = v.deallocate_name or deallocate
     if routes == {ROUTE_STANDBY}:
         return Verdict(ROUTE_STANDBY, relations=relations)
+    # A write whose table is not known leaves writes_to empty: the session then assumes
+    # the transaction may have written anything.
+    writes = [v for v in verdicts if v.write]
+    writes_to: tuple[str, ...] = ()
+    if writes and all(v.writes_to for v in writes):
+        writes_to = tuple(dict.fromkeys(w for v in writes for w in v.writes_to))
     if routes == {ROUTE_ALL}:
         route, desync = ROUTE_ALL, False
     else:
@@ -545,4 +561,5 @@ def _combine(verdicts: list[Verdict]) -> Verdict:
         execute_name=execute,
         deallocate_name=deallocate,
         inner=inner,
+        writes_to=writes_to,
     )

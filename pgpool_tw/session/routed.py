@@ -174,6 +174,9 @@ class RoutedStream:
         self._lb_begin: Optional[bytes] = None
         #: A read of the open transaction went to the primary.
         self._tx_on_primary = False
+        #: dml_adaptive: the tables the open transaction wrote, or a write of unknown target.
+        self._tx_written: set[str] = set()
+        self._tx_wrote_unknown = False
         #: A BEGIN was sent and no idle ReadyForQuery has come since.
         self._begun = False
         self.write_lsn = 0
@@ -376,6 +379,11 @@ class RoutedStream:
             self._begun = True
         if verdict.write:
             self._wrote_in_tx = self._wrote = self._dirty = True
+            if verdict.writes_to:
+                # Unqualified: ``public.a`` and ``a`` may be one table (conservative).
+                self._tx_written.update(name.rsplit(".", 1)[-1] for name in verdict.writes_to)
+            else:
+                self._tx_wrote_unknown = True
             if self.primary.status == IN_TX:
                 self._wrote_in_a_tx = True
         if verdict.route == ROUTE_STANDBY:
@@ -481,8 +489,12 @@ class RoutedStream:
         if lb.status != primary.status and not joining:
             return primary
         mode = self.rules.on_write_mode
-        if primary.status != IDLE and mode != "off":
-            if self._wrote_in_tx:
+        if primary.status != IDLE and mode != "off" and self._wrote_in_tx:
+            if mode != "dml_adaptive" or self._tx_wrote_unknown:
+                return primary
+            # dml_adaptive: only reads of the tables this transaction wrote stay on the primary.
+            written = self._tx_written
+            if any(name.rsplit(".", 1)[-1] in written for name in verdict.relations):
                 return primary
             if mode == "trans_transaction" and self._wrote_in_a_tx:
                 return primary
@@ -813,6 +825,8 @@ class RoutedStream:
             self.xacts += 1
             self._wrote_in_tx = False
             self._tx_on_primary = False
+            self._tx_written.clear()
+            self._tx_wrote_unknown = False
             if not self._queue:  # nothing sent after it: no BEGIN in flight
                 self._begun = False
             if self._dirty and self.rules.read_your_writes and self.lb is not None:

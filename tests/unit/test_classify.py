@@ -431,6 +431,17 @@ class CacheTests(SynchronousTestCase):
             classifier.classify(f"SELECT {n} FROM u")
         self.assertLessEqual(len(classifier._cache), 10)
 
+    def test_writes_name_their_table(self) -> None:
+        """dml_adaptive reads writes_to: the table a DML statement writes, as written."""
+        classifier = Classifier()
+        self.assertEqual(classifier.classify("UPDATE t SET a = 1").writes_to, ("t",))
+        self.assertEqual(classifier.classify("insert into s.T values (1)").writes_to, ("s.t",))
+        self.assertEqual(
+            classifier.classify("DELETE FROM a; UPDATE b SET x = 2").writes_to, ("a", "b")
+        )
+        # A write through a function has no known table.
+        self.assertEqual(classifier.classify("SELECT f(); UPDATE b SET x = 2").writes_to, ())
+
     def test_texts_of_one_shape_share_a_verdict(self) -> None:
         """SELECTs differing only in constants (pglast's normalize) share one verdict."""
         classifier = Classifier()

@@ -185,6 +185,31 @@ class SimpleQueries(unittest.TestCase):
         h.stream.feed_client(query("SELECT 3 FROM t"))
         self.assertEqual(h.to(1), query("SELECT 3 FROM t"))  # a new transaction balances
 
+    def test_dml_adaptive_keeps_only_the_written_tables_on_the_primary(self) -> None:
+        h = Harness(on_write_mode="dml_adaptive")
+        h.stream.feed_client(query("BEGIN"))
+        h.answer(0, complete("BEGIN") + rfq(T))
+        h.stream.feed_client(query("UPDATE a SET x = 1"))
+        h.answer(0, complete("UPDATE 1") + rfq(T))
+        h.to(0), h.seen()
+        h.stream.feed_client(query("SELECT x FROM b"))  # not written: the standby joins
+        self.assertEqual(h.to(1), query("BEGIN") + query("SELECT x FROM b"))
+        h.answer(1, complete("BEGIN") + rfq(T) + complete("SELECT 0") + rfq(T))
+        h.stream.feed_client(query("SELECT x FROM public.a"))  # written in this transaction
+        self.assertEqual((h.to(0), h.to(1)), (query("SELECT x FROM public.a"), b""))
+
+    def test_dml_adaptive_after_a_write_of_unknown_target(self) -> None:
+        """A write the classifier cannot pin to a table (a volatile function) keeps every
+        later read of the transaction on the primary."""
+        h = Harness(on_write_mode="dml_adaptive")
+        h.stream.feed_client(query("BEGIN"))
+        h.answer(0, complete("BEGIN") + rfq(T))
+        h.stream.feed_client(query("SELECT my_volatile()"))
+        h.answer(0, complete("SELECT 1") + rfq(T))
+        h.to(0)
+        h.stream.feed_client(query("SELECT x FROM b"))
+        self.assertEqual((h.to(0), h.to(1)), (query("SELECT x FROM b"), b""))
+
     def test_after_a_write_the_transaction_stays_on_the_primary(self) -> None:
         h = Harness()
         h.stream.feed_client(query("BEGIN"))
