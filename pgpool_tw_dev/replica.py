@@ -15,15 +15,14 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from pgpool_tw.protocol.rows import lsn_from_text
 from pgpool_tw_dev.devdb import TempPostgres
 
 __all__ = ["Replica", "lsn_to_int", "start_replica", "wait_replayed"]
 
 
-def lsn_to_int(lsn: str) -> int:
-    """PostgreSQL's ``X/Y`` LSN text as one byte position (``0/3000148`` -> 0x3000148)."""
-    high, _, low = lsn.strip().partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
+#: PostgreSQL's ``X/Y`` LSN text as one byte position (``0/3000148`` -> 0x3000148).
+lsn_to_int = lsn_from_text
 
 
 class Replica(TempPostgres):

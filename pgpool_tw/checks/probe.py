@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.internet.defer import Deferred
 
 from pgpool_tw.checks.rows import Row, RowsReply
-from pgpool_tw.cluster.topology import Probe, ReplicationRow, lsn_from_text
+from pgpool_tw.cluster.topology import Probe, ReplicationRow
 from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.connector import connect_server
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth
+from pgpool_tw.protocol.rows import lsn_from_text
 from pgpool_tw.protocol.startup import StartupMessage
 
 if TYPE_CHECKING:

@@ -11,34 +11,13 @@ from typing import Optional
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.reset_reply import FAILED, MORE, ResetReply
+from pgpool_tw.protocol.rows import parse_data_row
 
 __all__ = ["DATA_ROW", "Row", "RowsReply", "parse_data_row"]
 
 DATA_ROW = ord("D")
 
 Row = tuple[Optional[str], ...]
-
-
-def parse_data_row(body: bytes) -> Row:
-    """A DataRow body as text values (None for NULL); ProtocolViolation when malformed."""
-    if len(body) < 2:
-        raise ProtocolViolation("08P01", "DataRow too short")
-    count = int.from_bytes(body[:2], "big", signed=True)
-    pos = 2
-    values: list[Optional[str]] = []
-    for _ in range(count):
-        if pos + 4 > len(body):
-            raise ProtocolViolation("08P01", "DataRow ends inside a column length")
-        length = m.INT32.unpack_from(body, pos)[0]
-        pos += 4
-        if length < 0:
-            values.append(None)
-            continue
-        if pos + length > len(body):
-            raise ProtocolViolation("08P01", "DataRow ends inside a column")
-        values.append(m.decode(body[pos : pos + length]))
-        pos += length
-    return tuple(values)
 
 
 class RowsReply(ResetReply):

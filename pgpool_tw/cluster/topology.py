@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from pgpool_tw.config.settings import BackendNode
+from pgpool_tw.protocol.rows import lsn_from_text
 
 __all__ = [
     "MAIN",
@@ -72,14 +73,6 @@ MAIN, REPLICA = "main", "replica"
 UP, DOWN = "up", "down"
 # clustering_mode values.
 STREAMING_REPLICATION, RAW = "streaming_replication", "raw"
-
-
-def lsn_from_text(text: str) -> int:
-    """PostgreSQL's ``X/Y`` pg_lsn text as a byte position; ValueError when it is not one."""
-    high, slash, low = text.strip().partition("/")
-    if not slash or not high or not low:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,22 @@
 static struct epoll_event *events = NULL;
 static int events_size = 0;
 
+#define GOT_CHUNK 3 /* take_chunk: recv_buffer holds *n bytes */
+
+/* Receive a chunk of `fd` into recv_buffer: GOT_CHUNK, or how poll() leaves the event. */
+static int
+take_chunk(int fd, ssize_t *n)
+{
+    *n = recv_chunk(fd);
+    if (*n == AGAIN)
+        return PUMPED;
+    if (*n < 0)
+        return TO_TWISTED_ERROR;
+    if (*n == 0)
+        return TO_TWISTED; /* end of file: Twisted's read sees it again */
+    return GOT_CHUNK;
+}
+
 /* One readable event of a registered socket.  -1 on a Python error. */
 static int
 pump(Relay *r, int side)
@@ -55,13 +71,10 @@ pump(Relay *r, int side)
     int clear = clear_to_send(r, peer);
     if (clear <= 0)
         return clear < 0 ? -1 : TO_TWISTED;
-    ssize_t n = recv_chunk(r->fds[side]);
-    if (n == AGAIN)
-        return PUMPED;
-    if (n < 0)
-        return TO_TWISTED_ERROR;
-    if (n == 0)
-        return TO_TWISTED; /* end of file: Twisted's read sees it again */
+    ssize_t n;
+    int got = take_chunk(r->fds[side], &n);
+    if (got != GOT_CHUNK)
+        return got;
     if (side == 0) {
         int terminated = forward_client(r, n);
         if (terminated < 0)
@@ -119,13 +132,10 @@ dispatch(int fd, unsigned int ev, PyObject **culprit)
     if (slot->feed != NULL) {
         if (ev != EPOLLIN)
             return TO_TWISTED;
-        ssize_t n = recv_chunk(fd);
-        if (n == AGAIN)
-            return PUMPED;
-        if (n < 0)
-            return TO_TWISTED_ERROR;
-        if (n == 0)
-            return TO_TWISTED; /* end of file: Twisted's read sees it again */
+        ssize_t n;
+        int got = take_chunk(fd, &n);
+        if (got != GOT_CHUNK)
+            return got;
         PyObject *feed = slot->feed;
         Py_INCREF(feed); /* the callback may unregister it */
         ran_python = 1;

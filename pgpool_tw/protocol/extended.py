@@ -1,8 +1,8 @@
 """The few fields a router reads from extended-protocol messages, and an LSN in a row.
 
 Routing a session (``session/routed.py``) needs a Parse's statement name and text, a
-Bind's portal and statement, the messages of a batch received so far, a Parse rewritten
-for another text, and the LSN the pooler's own ``SELECT pg_..._lsn()`` returned.  Bodies
+Bind's portal and statement, the messages of a batch received so far, and a Parse
+rewritten for another text.  Bodies
 are read only as far as these fields; a message too short for them raises ValueError
 (``bytes.index``) or IndexError, which the caller treats as a broken stream.  No I/O.
 """
@@ -10,11 +10,10 @@ are read only as far as these fields; a message too short for them raises ValueE
 from __future__ import annotations
 
 from struct import Struct
-from typing import Optional
 
 from pgpool_tw.protocol import messages as m
 
-__all__ = ["batch_messages", "bind_names", "first_lsn", "parse_fields", "reparse"]
+__all__ = ["batch_messages", "bind_names", "parse_fields", "reparse"]
 
 _LENGTH = Struct("!I").unpack_from
 _INT16 = Struct("!h").unpack_from
@@ -58,21 +57,3 @@ def bind_names(msg: bytes) -> tuple[bytes, bytes]:
     portal_end = msg.index(b"\0", 5)
     statement_end = msg.index(b"\0", portal_end + 1)
     return msg[5:portal_end], msg[portal_end + 1 : statement_end]
-
-
-def first_lsn(rows: list[bytes]) -> Optional[int]:
-    """The LSN ('X/Y') in the first column of the first DataRow body."""
-    if not rows:
-        return None
-    body = rows[0]
-    if _INT16(body, 0)[0] < 1:
-        return None
-    size = _LENGTH(body, 2)[0]
-    if size == 0xFFFFFFFF:
-        return None
-    text = body[6 : 6 + size].decode("ascii", "replace")
-    high, _, low = text.partition("/")
-    try:
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        return None

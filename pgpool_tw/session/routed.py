@@ -53,10 +53,10 @@ from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.extended import (
     batch_messages,
     bind_names,
-    first_lsn,
     parse_fields,
     reparse,
 )
+from pgpool_tw.protocol.rows import first_lsn
 from pgpool_tw.session.legs import Batch, Leg, Unit
 
 __all__ = ["RoutedStream", "RoutingRules"]
@@ -317,14 +317,14 @@ class RoutedStream:
     # -- simple query ------------------------------------------------------------------
 
     def _query(self, msg: bytes) -> None:
-        text = msg[5:-1].decode("utf-8", "replace")
-        verdict = self.rules.classify(text)
         if self._batch is not None:
             # A Query inside an open batch: the batch's leader answers it.
             unit = self._batch.unit
             unit.leader.sent.append(msg)
             unit.expect(unit.leader)
             return
+        text = msg[5:-1].decode("utf-8", "replace")
+        verdict = self.rules.classify(text)
         route = verdict.route
         if verdict.execute_name:
             inner = self._prepared.get(verdict.execute_name)
