@@ -137,6 +137,11 @@ class PgpoolService(MultiService):
     # -- start -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        if self.handle_signals:
+            # Before the port accepts: a reload sent by whoever saw it accept is queued for
+            # the reactor, not fatal (SIGHUP's default action ends the process). Twisted
+            # leaves these two signals alone; the rest wait for ``_running``.
+            self._install_signals((signal.SIGHUP, signal.SIGUSR1))
         self._listen()
         super().privilegedStartService()
 
@@ -241,7 +246,7 @@ class PgpoolService(MultiService):
 
     # -- signals -----------------------------------------------------------------
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, only: tuple[int, ...] = ()) -> None:
         actions = {
             signal.SIGHUP: self.reload,
             signal.SIGTERM: lambda: self.shutdown(SMART),
@@ -250,7 +255,8 @@ class PgpoolService(MultiService):
             signal.SIGUSR1: self.close_idle,
         }
         for number, action in actions.items():
-            signal.signal(number, self._handler(action))
+            if not only or number in only:
+                signal.signal(number, self._handler(action))
 
     def _handler(self, action: Any) -> Any:
         def handle(number: int, frame: Any) -> None:

@@ -288,6 +288,43 @@ class ObserverTests(EmbeddingTestCase):
         self.assertTrue(self.flushLoggedErrors(RuntimeError))
 
 
+class EarlySignalTests(EmbeddingTestCase):
+    @defer.inlineCallbacks
+    def test_sighup_before_start_is_a_reload(self):
+        """A SIGHUP sent once the port accepts, before the service has started, reloads.
+
+        A supervisor that reloads as soon as the pooler answers must not end the process:
+        SIGHUP's default action would. twistd's service installs its handlers for SIGHUP
+        and SIGUSR1 before it listens; the reload itself waits for the reactor.
+        """
+        numbers = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+        saved = {number: signal.getsignal(number) for number in numbers}
+        self.addCleanup(lambda: [signal.signal(n, h) for n, h in saved.items()])
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        path = self.write_conf()
+        pooler = PgpoolService.from_file(path, reactor, handle_signals=True)
+        pooler.privilegedStartService()
+        self.addCleanup(
+            lambda: (
+                pooler.stopService()
+                if pooler.running
+                else defer.gatherResults([port.stopListening() for port in pooler.ports])
+            )
+        )
+        self.assertTrue(pooler.ports, "privilegedStartService did not listen")
+        handler = signal.getsignal(signal.SIGHUP)
+        # Never send the signal to the test process without a handler: it would end it.
+        self.assertNotIn(handler, (signal.SIG_DFL, signal.SIG_IGN, None))
+        self.assertFalse(pooler.config.log_connections)
+        with open(path, "a", encoding="utf-8") as conf:
+            conf.write("log_connections = on\n")
+        os.kill(os.getpid(), signal.SIGHUP)  # this process: the pooler runs inside it
+        pooler.startService()
+        reloaded = yield eventually(lambda: pooler.config.log_connections, 5.0)
+        self.assertTrue(reloaded, "the early SIGHUP was not applied")
+        yield pooler.stopService()
+
+
 class TacTests(EmbeddingTestCase):
     def test_tac_builds_application(self):
         """etc/pgpool-tw.tac yields an Application with a PgpoolService built from $PGPOOL_CONF."""
