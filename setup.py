@@ -58,6 +58,7 @@ SPEEDUPS = [
                 "_warm",
                 "_reset",
                 "_writer",
+                "_shape",
             )
         ],
         depends=["pgpool_tw/engine/_speedups.h"],

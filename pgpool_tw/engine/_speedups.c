@@ -297,6 +297,8 @@ static PyMethodDef speedups_methods[] = {
      "unregister(fd, relay): hand the socket back to Twisted (no-op if not registered)."},
     {"poll", speedups_poll, METH_VARARGS,
      "poll(epfd, timeout_ms, maxevents) -> [(fd, events)] left for Twisted."},
+    {"shape_key", speedups_shape_key, METH_O,
+     "shape_key(data) -> the text's key with literals as placeholders, or None (see _shape.c)."},
     {NULL, NULL, 0, NULL},
 };
 

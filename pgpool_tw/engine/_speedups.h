@@ -220,4 +220,11 @@ int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
 int warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n);
 void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port);
 
+/* -- the shape key of a query text (_shape.c) -- */
+
+/* The shape key of `text` (n bytes, no NUL) into `out` (capacity n + 1 is always enough);
+   returns the key's length, or -1 when the text has no key (Python must classify it). */
+Py_ssize_t shape_key_into(const unsigned char *text, Py_ssize_t n, unsigned char *out);
+PyObject *speedups_shape_key(PyObject *module, PyObject *arg);
+
 #endif
