@@ -105,7 +105,18 @@ def wait_replayed(primary: TempPostgres, replica: TempPostgres, timeout: float =
     Raises TimeoutError after ``timeout`` seconds (a paused or broken standby), so a test
     that forgets to resume replay fails instead of hanging.
     """
-    target = lsn_to_int(primary.psql("SELECT pg_current_wal_insert_lsn();"))
+    # The primary commits asynchronously (devdb's settings), and a record written after
+    # the last commit (bgwriter's running-transactions record) may wait in its WAL
+    # buffers until a page fills, unsent.  A transaction that writes WAL and commits
+    # synchronously flushes all of it; its flush position is a target the standby reaches
+    # at once.  (A transaction that only took an xid would not flush.)
+    target = lsn_to_int(
+        primary.psql(
+            "SET synchronous_commit = on; "
+            "SELECT pg_logical_emit_message(true, 'pgpool-tw', 'caught up?'); "
+            "SELECT pg_current_wal_flush_lsn();"
+        ).split()[-1]
+    )
     deadline = time.monotonic() + timeout
     while True:
         replayed = replica.psql("SELECT pg_last_wal_replay_lsn();").strip()
