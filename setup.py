@@ -59,6 +59,7 @@ SPEEDUPS = [
                 "_reset",
                 "_writer",
                 "_shape",
+                "_route",
             )
         ],
         depends=["pgpool_tw/engine/_speedups.h"],

@@ -201,6 +201,7 @@ class PgpoolService(MultiService):
             tls_for=lambda node: factory.tls.for_server(node),
             tls_required=factory.tls.server_tls_required,
             on_functions=factory.learn_functions,
+            on_applied=factory.routing_changed,
         )
         if hold and not factory.cluster.checked:
             factory.hold_sessions()

@@ -68,6 +68,7 @@ class SrCheck:
         log_standby_delay: str = "if_over_threshold",
         secrets: Optional[Callable[[], Mapping[str, Secret]]] = None,
         on_functions: Optional[Callable[[frozenset[str]], None]] = None,
+        on_applied: Optional[Callable[[], None]] = None,
         tls_for: Optional[Callable[[BackendNode], Optional[Any]]] = None,
         tls_required: bool = False,
     ) -> None:
@@ -82,6 +83,9 @@ class SrCheck:
         self.log_standby_delay = log_standby_delay
         self.secrets = secrets
         self.on_functions = on_functions
+        #: Called after each round's answers reached the cluster (routed sessions re-read
+        #: which nodes they may read from).
+        self.on_applied = on_applied
         self.tls_for = tls_for
         self.tls_required = tls_required
         #: Names of functions no overload of which is VOLATILE, from the last primary asked.
@@ -219,6 +223,8 @@ class SrCheck:
         for line in cluster.apply(decision, time.time()):
             log.info("sr_check: {line}", line=line)
         self._log_delays(cluster)
+        if self.on_applied is not None:
+            self.on_applied()
         return decision
 
     def _round_over(self, result: Any, probes: list[NodeProbe]) -> Any:

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
 try:
@@ -125,6 +125,10 @@ class Verdict:
     #: The table an INSERT/UPDATE/DELETE/MERGE writes (disable_load_balance_on_write =
     #: dml_adaptive keeps the transaction's reads of it on the primary).
     writes_to: tuple[str, ...] = ()
+    #: Every statement of the text is a SELECT or DML, whose rules read no constant: the
+    #: verdict holds for any text that differs only in its literals (the C loop's shape
+    #: key, engine/_shape.c, may stand for the text).
+    shaped: bool = field(default=False, compare=False)
 
 
 _EMPTY = Verdict(ROUTE_PRIMARY)
@@ -345,7 +349,9 @@ class Classifier:
             verdicts = [self._statement(kind, body) for kind, body in nodes]
             verdict = verdicts[0] if len(verdicts) == 1 else _combine(verdicts)
             # Constants matter elsewhere: SET transaction_read_only = off, EXPLAIN (ANALYZE 0).
-            if len(shape) <= CACHE_TEXT_LIMIT and all(kind in _SHAPED for kind, _ in nodes):
+            if all(kind in _SHAPED for kind, _ in nodes):
+                verdict = replace(verdict, shaped=True)
+            if verdict.shaped and len(shape) <= CACHE_TEXT_LIMIT:
                 if len(self._shapes) >= self._size:
                     self._shapes.clear()
                 self._shapes[shape] = verdict

@@ -129,6 +129,16 @@ dispatch(int fd, unsigned int ev, PyObject **culprit)
             Py_DECREF(relay);
         return how;
     }
+    if (slot->router != NULL) {
+        Router *router = slot->router;
+        Py_INCREF(router); /* Python called from here may unregister it */
+        int how = router_event(router, slot->side - SIDE_ROUTED, ev);
+        if (how < 0)
+            *culprit = (PyObject *)router;
+        else
+            Py_DECREF(router);
+        return how;
+    }
     if (slot->feed != NULL) {
         if (ev != EPOLLIN)
             return TO_TWISTED;
@@ -182,7 +192,11 @@ due_in_pass(int fd, int first)
         return 0;
     if (!first)
         return 1;
-    return fd >= 0 && fd < slots_size && slots[fd].relay != NULL && slots[fd].side == SIDE_CLIENT;
+    if (fd < 0 || fd >= slots_size)
+        return 0;
+    Slot *slot = &slots[fd];
+    return (slot->relay != NULL && slot->side == SIDE_CLIENT) ||
+           (slot->router != NULL && slot->side == SIDE_ROUTED);
 }
 
 /* One batch of `count` events in two passes; what is Twisted's goes on `result`.  -1: error. */
@@ -295,6 +309,12 @@ static PyMethodDef speedups_methods[] = {
      "unregister_feed(fd, callback): hand the socket back to Twisted (no-op if not its)."},
     {"unregister", speedups_unregister, METH_VARARGS,
      "unregister(fd, relay): hand the socket back to Twisted (no-op if not registered)."},
+    {"register_router", speedups_register_router, METH_VARARGS,
+     "register_router(fd, router, side): poll() gives this socket's events to the router."},
+    {"unregister_router", speedups_unregister_router, METH_VARARGS,
+     "unregister_router(fd, router): hand the socket back to Twisted (no-op if not its)."},
+    {"slot_kind", speedups_slot_kind, METH_O,
+     "slot_kind(fd): 'relay', 'router', 'feed', 'lane' or None (Twisted's)."},
     {"poll", speedups_poll, METH_VARARGS,
      "poll(epfd, timeout_ms, maxevents) -> [(fd, events)] left for Twisted."},
     {"shape_key", speedups_shape_key, METH_O,
@@ -315,7 +335,7 @@ PyInit__speedups(void)
 {
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0 ||
         PyType_Ready(&LaneType) < 0 || PyType_Ready(&ResetReplyType) < 0 ||
-        PyType_Ready(&SendNowType) < 0)
+        PyType_Ready(&SendNowType) < 0 || PyType_Ready(&RouterType) < 0)
         return NULL;
     str_write = PyUnicode_InternFromString("write");
     if (str_write == NULL)
@@ -334,6 +354,9 @@ PyInit__speedups(void)
         goto fail;
     Py_INCREF(&SendNowType);
     if (PyModule_AddObject(module, "SendNow", (PyObject *)&SendNowType) < 0)
+        goto fail;
+    Py_INCREF(&RouterType);
+    if (PyModule_AddObject(module, "Router", (PyObject *)&RouterType) < 0)
         goto fail;
     Py_INCREF(&ResetReplyType);
     if (PyModule_AddObject(module, "ResetReply", (PyObject *)&ResetReplyType) < 0)

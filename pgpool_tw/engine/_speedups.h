@@ -124,7 +124,8 @@ typedef struct {
     ResetState answer; /* the reset's answer, read as it comes */
 } Relay;
 
-enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3, SIDE_FEED = 4 };
+enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3, SIDE_FEED = 4,
+       SIDE_ROUTED = 8 };
 
 #define PENDING_MAX 1024
 
@@ -139,8 +140,11 @@ typedef struct {
     unsigned char buf[PENDING_MAX];
 } Pending;
 
+struct Router;
+
 typedef struct {
     Relay *relay;      /* SIDE_CLIENT, SIDE_SERVER */
+    struct Router *router; /* SIDE_ROUTED + 0 (client), + 1, + 2 (legs) */
     struct Lane *lane; /* SIDE_LISTEN, SIDE_PENDING */
     Pending *pending;  /* SIDE_PENDING */
     PyObject *feed;    /* SIDE_FEED: called with each chunk received */
@@ -173,6 +177,42 @@ PyObject *speedups_register(PyObject *module, PyObject *args);
 PyObject *speedups_unregister(PyObject *module, PyObject *args);
 PyObject *speedups_register_feed(PyObject *module, PyObject *args);
 PyObject *speedups_unregister_feed(PyObject *module, PyObject *args);
+PyObject *speedups_slot_kind(PyObject *module, PyObject *arg);
+
+/* -- routed sessions (_route.c) and the shape key of a query text (_shape.c) -- */
+
+#define ROUTE_TEXT_MAX 4096 /* longer texts are Python's (the router's key buffer) */
+#define ROUTE_CLASS_READ 1  /* the class of a plain read (Router.take_counts counts them) */
+
+/* The shape key of `text` (n bytes, no NUL) into `out` (capacity n + 1 is always enough);
+   returns the key's length, or -1 when the text has no key (Python must classify it). */
+Py_ssize_t shape_key_into(const unsigned char *text, Py_ssize_t n, unsigned char *out);
+
+typedef struct Router {
+    PyObject_HEAD
+    int fds[3]; /* [0] the client, [1] leg 0 (the primary), [2] leg 1; -1: none */
+    PyObject *transports[3];
+    PyObject *fd_objs[3]; /* the fds as ints, to look up in `writes` */
+    PyObject *writes;     /* the epoll reactor's set of fds it waits to write to */
+    PyObject *shapes;     /* Python's dict: shape key -> class */
+    PyObject *on_data[3]; /* Python's: a chunk of that socket */
+    PyObject *on_adopt;   /* Python's: on_adopt(leg, raw_left) */
+    int arm[4];           /* class -> leg, -1: Python's */
+    int status;           /* the ReadyForQuery status an armed statement ends with */
+    int busy;             /* the leg whose answer is forwarded here, or -1 */
+    int adopt_soon;       /* too much kept meanwhile: adopt at the next boundary */
+    int64_t skip;         /* body bytes of the message being forwarded */
+    unsigned char *pend[3]; /* what the other sockets sent while an answer was owed */
+    Py_ssize_t pend_len[3], pend_cap[3];
+    long received; /* client chunks routed here (client_idle_limit reads it) */
+    long long queries, xacts, bytes_in, bytes_out, reads[2];
+    unsigned char key[ROUTE_TEXT_MAX + 1];
+} Router;
+
+extern PyTypeObject RouterType;
+int router_event(Router *r, int side, unsigned int ev);
+PyObject *speedups_register_router(PyObject *module, PyObject *args);
+PyObject *speedups_unregister_router(PyObject *module, PyObject *args);
 
 /* -- warm logins (_lane.c: the Lane type; _login.c: accept and login; _warm.c: the session) -- */
 
@@ -220,11 +260,8 @@ int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
 int warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n);
 void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port);
 
-/* -- the shape key of a query text (_shape.c) -- */
+/* -- the shape key of a query text (_shape.c; shape_key_into is declared above) -- */
 
-/* The shape key of `text` (n bytes, no NUL) into `out` (capacity n + 1 is always enough);
-   returns the key's length, or -1 when the text has no key (Python must classify it). */
-Py_ssize_t shape_key_into(const unsigned char *text, Py_ssize_t n, unsigned char *out);
 PyObject *speedups_shape_key(PyObject *module, PyObject *arg);
 
 #endif

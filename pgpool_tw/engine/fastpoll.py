@@ -36,7 +36,7 @@ from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.protocol.relay import SessionTracker
 
 if TYPE_CHECKING:
-    from pgpool_tw.engine._speedups import Lane, Relay
+    from pgpool_tw.engine._speedups import Lane, Relay, Router
 
 log = Logger()
 
@@ -157,6 +157,53 @@ def start_relay(
     _speedups.register(client_fd, relay, 0)
     _speedups.register(server_fd, relay, 1)
     return relay
+
+
+def start_router(
+    reactor: Any,
+    client: Any,
+    legs: tuple[Any, Optional[Any]],
+    shapes: dict[bytes, int],
+    on_data: tuple[
+        Callable[[bytes], object], Callable[[bytes], object], Optional[Callable[[bytes], object]]
+    ],
+    on_adopt: Callable[[int, int], object],
+) -> Optional[Router]:
+    """Let the C iteration route a routed session's plain statements itself (see
+    engine/_route.c); None when it cannot (no C loop on ``reactor``, TLS, a closed
+    socket).  ``legs``: the primary's transport and the load-balancing one's (or None);
+    ``on_data``: Python's callbacks for chunks of the client and of each leg."""
+    if _speedups is None or reactor is not _pumping_reactor or _pumping_parts is None:
+        return None
+    transports = (client, legs[0], legs[1])
+    fds = []
+    for transport in transports:
+        if transport is None:
+            fds.append(-1)
+            continue
+        if not plain_socket(transport) or transport.fileno() < 0:
+            return None
+        fds.append(transport.fileno())
+    router = _speedups.Router(
+        tuple(fds), transports, _pumping_parts.writes, shapes, on_data, on_adopt
+    )
+    for side, fd in enumerate(fds):
+        if fd >= 0:
+            _speedups.register_router(fd, router, side)
+            _router_fds[(router, side)] = fd
+    return router
+
+
+def stop_router(router: Router, side: Optional[int] = None) -> None:
+    """Hand one socket (``side`` 0: the client, 1, 2: the legs) or all of them back to
+    Twisted; the router never touches them again."""
+    for each in (0, 1, 2) if side is None else (side,):
+        router.forget(each)
+        _router_fds.pop((router, each), None)
+
+
+#: The fd of each socket a router was given and not yet made to forget (tests read it).
+_router_fds: dict[tuple[Router, int], int] = {}
 
 
 def start_feed(reactor: Any, transport: Any, callback: Callable[[bytes], object]) -> bool:

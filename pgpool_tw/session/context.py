@@ -9,6 +9,7 @@ never hold per-session state.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
@@ -21,6 +22,7 @@ from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
 from pgpool_tw.config.authfiles import AuthFiles
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.config.tls import TLSContexts
+from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.net.deadlines import Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.book import ServerBook
@@ -30,7 +32,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.cancel import CancelRegistry
-from pgpool_tw.session.routed import RoutingRules
+from pgpool_tw.session.routed import RoutedStream, RoutingRules
 from pgpool_tw.stats.events import EventHub
 
 if TYPE_CHECKING:
@@ -79,6 +81,11 @@ class SessionContext:
         #: Function names the primary's catalog says are not VOLATILE (the sr_check).
         self.read_only_functions: frozenset[str] = frozenset()
         self.classifier = _classifier(config, self.read_only_functions)
+        #: Shape key -> class of statement, for the C loop's routers (engine/_route.c):
+        #: one table for the process, emptied in place whenever the classifier changes.
+        self.fast_shapes: dict[bytes, int] = {}
+        #: Routed sessions the C loop routes for: re-armed when the cluster changes.
+        self.fast_streams: weakref.WeakSet[RoutedStream] = weakref.WeakSet()
         #: Sessions waiting for the first replication check to name the primary.
         self._held: Optional[list[Callable[[], None]]] = None
 
@@ -104,8 +111,10 @@ class SessionContext:
         old = self.cluster
         self.config = config
         self.classifier = _classifier(config, self.read_only_functions)
+        self.fast_shapes.clear()
         self.cluster = Cluster.from_config(config)
         self.cluster.carry_over(old)
+        self.routing_changed()
 
     def hold_sessions(self) -> None:
         """Until ``release_sessions``, admission waits: the primary is not known yet."""
@@ -131,6 +140,13 @@ class SessionContext:
         if names != self.read_only_functions:
             self.read_only_functions = names
             self.classifier.set_known_read_only(names)
+            self.fast_shapes.clear()
+
+    def routing_changed(self) -> None:
+        """The cluster's answers changed (a replication check): sessions the C loop routes
+        for re-read where their reads may go."""
+        for stream in list(self.fast_streams):
+            stream.rearm()
 
     @property
     def routes(self) -> bool:
@@ -177,11 +193,23 @@ class SessionContext:
             self._count_select,
             _log_statement if config.log_per_node_statement else None,
             per_statement if config.statement_level_load_balance else None,
+            None if config.primary_routing_query_pattern_list else self._learn,
         )
 
-    def _count_select(self, node: int) -> None:
+    def _learn(self, msg: bytes, kind: int) -> None:
+        """A Query of this shape may go by the C loop: its shape key gets ``kind``."""
+        if speedups is None:
+            return
+        key = speedups.shape_key(msg[5:-1])
+        if key is not None:
+            shapes = self.fast_shapes
+            if len(shapes) >= FAST_SHAPES_MAX and key not in shapes:
+                shapes.clear()
+            shapes[key] = kind
+
+    def _count_select(self, node: int, count: int) -> None:
         counts = self.select_counts
-        counts[node] = counts.get(node, 0) + 1
+        counts[node] = counts.get(node, 0) + count
 
     def local_answer(self, command: str, status: int, lb_node: Optional[int]) -> bytes:
         """The pooler's own answer to a SHOW it owns, ReadyForQuery included."""
@@ -220,6 +248,11 @@ class SessionContext:
             tls_override if tls_override is not None else tls.for_server(node),
             tls.server_tls_required,
         )
+
+
+#: Shapes the C loop's table holds before it starts over (a client sending ever new
+#: shapes costs a Python classification each, never memory).
+FAST_SHAPES_MAX = 10000
 
 
 def _log_statement(node: int, pid: int, text: str) -> None:

@@ -29,7 +29,8 @@ from pgpool_tw.session.machine import Session
 from pgpool_tw.session.states import RELAY
 
 if TYPE_CHECKING:
-    from pgpool_tw.engine._speedups import Relay
+    from pgpool_tw.engine._speedups import Relay, Router
+    from pgpool_tw.session.routed import RoutedStream
 
 
 class FrontendFactory(SessionContext, Factory):
@@ -68,6 +69,8 @@ class FrontendProtocol(Protocol):
         #: A routed session's sockets whose chunks the C loop hands to Python directly:
         #: (transport, fd, callback) each (fastpoll.start_feed).
         self._feeds: list[tuple[Any, Any]] = []
+        #: A routed session's sockets on the C loop's router (fastpoll.start_router).
+        self._router: Optional[Router] = None
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -132,26 +135,61 @@ class FrontendProtocol(Protocol):
         name = certificate.get_subject().CN
         return str(name) if name is not None else None
 
-    def start_relay(self, server: BackendProtocol, tracker: SessionTracker, routed: bool) -> None:
+    def start_relay(
+        self,
+        server: BackendProtocol,
+        tracker: SessionTracker,
+        routed: bool,
+        lb: Optional[BackendProtocol] = None,
+    ) -> None:
         """Bytes flow both ways from now on, through the C loop where it can take them.
 
         A routed session's stream (``routed.RoutedStream``) sends to its servers itself:
         chunks go to its ``feed_client`` only, and flow control pairs the client with
-        the primary's leg.
+        the primary's leg.  On the C loop, its router routes the plain statements Python
+        armed it for (engine/_route.c) and hands every other chunk to the stream.
         """
         self.tracker = tracker
         self.server_write = discard if routed else server.send
         self._producers = link(self.transport, server.transport)
         factory = self.factory
         if routed:
-            self._feed(self.transport, self._routed_data)
-            self.add_leg(server)
+            if not self._start_router(tracker, server, lb):  # type: ignore[arg-type]
+                self._feed(self.transport, self._routed_data)
+                self.add_leg(server)
+                if lb is not None:
+                    self.add_leg(lb)
         else:
             self._relay = fastpoll.start_relay(
                 factory.reactor, tracker, self.transport, server.transport, self._terminated
             )
         self.relaying = True
         self._idle_since = factory.reactor.seconds()
+
+    def _start_router(
+        self, stream: RoutedStream, server: BackendProtocol, lb: Optional[BackendProtocol]
+    ) -> bool:
+        factory = self.factory
+        legs = [server.tracker] if lb is None else [server.tracker, lb.tracker]
+        router = fastpoll.start_router(
+            factory.reactor,
+            self.transport,
+            (server.transport, lb.transport if lb is not None else None),
+            factory.fast_shapes,
+            (
+                self._routed_data,
+                legs[0].feed_server,  # type: ignore[union-attr]
+                legs[1].feed_server if lb is not None else None,  # type: ignore[union-attr]
+            ),
+            stream.adopt,
+        )
+        if router is None:
+            return False
+        self._router = router
+        stream.fast = router
+        factory.fast_streams.add(stream)
+        stream.rearm()
+        return True
 
     def add_leg(self, server: BackendProtocol) -> None:
         """A routed session's server: its chunks reach it through the C loop too."""
@@ -160,6 +198,8 @@ class FrontendProtocol(Protocol):
 
     def drop_leg(self, server: BackendProtocol) -> None:
         """A routed session lets a server go: Twisted reads it again."""
+        if self._router is not None and server.transport is not None:
+            fastpoll.stop_router(self._router, 2)
         for feed in [f for f in self._feeds if f[0] is server.transport]:
             self._feeds.remove(feed)
             fastpoll.stop_feed(*feed)
@@ -177,6 +217,10 @@ class FrontendProtocol(Protocol):
 
     def stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
+        router, self._router = self._router, None
+        if router is not None:
+            fastpoll.stop_router(router)
+            self.received += router.received
         feeds, self._feeds = self._feeds, []
         for feed in feeds:
             fastpoll.stop_feed(*feed)
@@ -253,6 +297,8 @@ class FrontendProtocol(Protocol):
         if not self.relaying or tracker is None or self.session.state != RELAY:
             return
         received = self.received + (self._relay.received if self._relay is not None else 0)
+        if self._router is not None:
+            received += self._router.received
         if received != self._idle_mark or tracker.pending:
             self._idle_mark = received
             self._idle_since = now

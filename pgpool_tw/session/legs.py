@@ -68,7 +68,18 @@ class Leg:
     ``feed_server`` with each chunk, and reads ``status`` when it is detached.
     """
 
-    __slots__ = ("node", "send", "status", "params", "units", "buf", "stream", "sent", "pid")
+    __slots__ = (
+        "node",
+        "send",
+        "status",
+        "params",
+        "units",
+        "buf",
+        "stream",
+        "sent",
+        "pid",
+        "raw_left",
+    )
 
     def __init__(
         self,
@@ -89,6 +100,8 @@ class Leg:
         self.stream: Optional[RoutedStream] = None
         #: Bytes queued for this leg during one client chunk.
         self.sent: list[bytes] = []
+        #: Bytes of a message the C loop began forwarding to the client (stream.adopt).
+        self.raw_left = 0
 
     def feed_server(self, data: bytes) -> None:
         stream = self.stream

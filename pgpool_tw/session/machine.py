@@ -427,9 +427,7 @@ class Session:
         if self._lb_node is not None:
             self.tracker = self._start_routed(server)  # type: ignore[assignment]
             self._move(RELAY)
-            self.io.start_relay(server, self.tracker, True)  # type: ignore[arg-type]
-            if self.lb_server is not None:
-                self.io.add_leg(self.lb_server)
+            self.io.start_relay(server, self.tracker, True, self.lb_server)  # type: ignore[arg-type]
         else:
             self.tracker = server.attach(self, self.io.send, tracker)
             self._move(RELAY)

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from struct import Struct
-from typing import Optional
+from typing import Optional, Protocol, overload
 
 from pgpool_tw.cluster.classify import (
     ROUTE_ALL,
@@ -59,7 +59,15 @@ from pgpool_tw.protocol.extended import (
 from pgpool_tw.protocol.rows import first_lsn
 from pgpool_tw.session.legs import Batch, Leg, Unit
 
-__all__ = ["RoutedStream", "RoutingRules"]
+__all__ = [
+    "FAST_PRIMARY",
+    "FAST_READ",
+    "FAST_WRITE",
+    "FastRoute",
+    "RoutedStream",
+    "RoutingRules",
+    "fast_class",
+]
 
 _LENGTH = Struct("!I").unpack_from
 
@@ -82,6 +90,47 @@ _REPLAYED_LSN = m.query("SELECT pg_last_wal_replay_lsn()")
 #: A statement the session never saw parsed: taken as a write.
 _UNKNOWN = Verdict(ROUTE_PRIMARY, write=True)
 
+#: Classes of statements the C loop may route itself (engine/_route.c): a plain read, a
+#: plain write, a plain statement for the primary.  Python maps a text's shape key to
+#: one once it classified a text of that shape, and tells the loop, after every chunk it
+#: handles, which leg each class goes to *now* (``RoutedStream._rearm``).
+FAST_READ, FAST_WRITE, FAST_PRIMARY = 1, 2, 3
+_PLAIN_READ = Verdict(ROUTE_STANDBY)
+
+
+def fast_class(verdict: Verdict) -> int:
+    """The class of a statement that changes nothing the session remembers beyond what
+    ``_rearm`` checks; 0 when Python must see every such statement."""
+    if (
+        not verdict.shaped
+        or verdict.tx
+        or verdict.desync
+        or verdict.temp_created
+        or verdict.local
+        or verdict.prepare_name
+        or verdict.execute_name
+        or verdict.deallocate_name
+        or verdict.inner is not None
+    ):
+        return 0
+    if verdict.route == ROUTE_STANDBY:
+        return FAST_READ
+    if verdict.route == ROUTE_PRIMARY:
+        return FAST_WRITE if verdict.write else FAST_PRIMARY
+    return 0
+
+
+class FastRoute(Protocol):
+    """What the stream asks of the C loop's router of its session (engine/_route.c)."""
+
+    busy: int
+
+    def arm(self, read: int, write: int, primary: int, status: int) -> None: ...
+
+    def disarm(self) -> None: ...
+
+    def take_counts(self) -> tuple[int, int, int, int, int, int]: ...
+
 
 class RoutingRules:
     """The session's settings and the cluster's answers, as the stream asks for them.
@@ -99,6 +148,7 @@ class RoutingRules:
         "on_select",
         "log_statement",
         "per_statement",
+        "learn",
     )
 
     def __init__(
@@ -109,9 +159,10 @@ class RoutingRules:
         lb_replayed: Callable[[], int] = lambda: 0,
         on_write_mode: str = "transaction",
         read_your_writes: bool = True,
-        on_select: Callable[[int], None] = lambda node: None,
+        on_select: Callable[[int, int], None] = lambda node, count: None,
         log_statement: Optional[Callable[[int, int, str], None]] = None,
         per_statement: Optional[Callable[[], bool]] = None,
+        learn: Optional[Callable[[bytes, int], None]] = None,
     ) -> None:
         self.classify = classify
         #: local(command, status) -> the pooler's own answer, ReadyForQuery included.
@@ -122,13 +173,17 @@ class RoutingRules:
         self.lb_replayed = lb_replayed
         self.on_write_mode = on_write_mode
         self.read_your_writes = read_your_writes
-        #: A read statement was sent to node N (SHOW pool_nodes' select_cnt).
+        #: on_select(node, count): reads sent to a node (SHOW pool_nodes' select_cnt).
         self.on_select = on_select
         #: log_per_node_statement: (node, server pid, text) for each statement a node gets.
         self.log_statement = log_statement
         #: statement_level_load_balance: True when this read goes to the load-balancing
         #: node (by weight, against the primary), asked per statement.
         self.per_statement = per_statement
+        #: learn(query message, class): the C loop may route texts of this one's shape
+        #: (None: it routes nothing, e.g. under primary_routing_query_pattern_list,
+        #: whose patterns read constants).
+        self.learn = learn
 
 
 class RoutedStream:
@@ -191,6 +246,8 @@ class RoutedStream:
         self.xacts = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: The C loop's router of this session, when it has one (the glue sets it).
+        self.fast: Optional[FastRoute] = None
 
     # -- what the session and the glue read, as of the plain tracker -----------------
 
@@ -200,15 +257,18 @@ class RoutedStream:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        fast = self.fast
+        return len(self._queue) + (fast is not None and fast.busy >= 0)
 
     @property
     def in_sync(self) -> bool:
+        fast = self.fast
         return (
             not self._queue
             and self._batch is None
             and not self._cbuf
             and all(leg.in_sync for leg in self.legs)
+            and (fast is None or fast.busy < 0)
         )
 
     @property
@@ -218,11 +278,83 @@ class RoutedStream:
     def take_counts(self) -> tuple[int, int, int, int]:
         counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
         self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
+        fast = self.fast
+        if fast is not None:
+            queries, xacts, bytes_in, bytes_out, *reads = fast.take_counts()
+            counts = (
+                counts[0] + queries,
+                counts[1] + xacts,
+                counts[2] + bytes_in,
+                counts[3] + bytes_out,
+            )
+            for leg, count in zip(self.legs, reads):
+                if count:
+                    self.rules.on_select(leg.node, count)
         return counts
 
     def waiting_on(self) -> list[Leg]:
         """The legs that owe the client an answer (a CancelRequest goes to them)."""
-        return [leg for leg in self.legs if any(unit.client for unit in leg.units)]
+        fast = self.fast
+        busy = fast.busy if fast is not None else -1
+        return [
+            leg
+            for index, leg in enumerate(self.legs)
+            if index == busy or any(unit.client for unit in leg.units)
+        ]
+
+    # -- the C loop's router ----------------------------------------------------------
+
+    def adopt(self, index: int, raw_left: int) -> None:
+        """The C loop hands over a statement it sent to leg ``index`` (0: the primary):
+        queued as if sent here; ``raw_left`` bytes of the answer's current message go
+        to the client as they come, the rest is read as usual."""
+        leg = self.legs[index] if index < len(self.legs) else self.primary
+        unit = Unit(leg)
+        self._queue.append(unit)
+        unit.expect(leg)
+        self._copy_leg = leg
+        leg.raw_left = raw_left
+
+    def rearm(self) -> None:
+        """Tell the router where each class of statement goes now, or that Python must
+        see them all (its state is in motion, or a statement would change it)."""
+        fast = self.fast
+        if fast is None:
+            return
+        primary = self.primary
+        if (
+            self._queue
+            or self._batch is not None
+            or self._cbuf
+            or self.aborted is not None
+            or self.rules.log_statement is not None
+            or primary.units
+            or primary.buf
+            or primary.raw_left
+            or (self.lb is not None and not (self.lb.in_sync and not self.lb.raw_left))
+        ):
+            fast.disarm()
+            return
+        read = self._read_leg(_PLAIN_READ, dry=True)
+        write = primary if self._writes_change_nothing() else None
+        fast.arm(
+            -1 if read is None else self.legs.index(read),
+            -1 if write is None else 0,
+            0,
+            primary.status,
+        )
+
+    def _writes_change_nothing(self) -> bool:
+        """A plain write now leaves the session's state as it is: inside a transaction
+        that already wrote (an autocommit write changes what read-your-writes knows)."""
+        return (
+            self.primary.status == IN_TX
+            and self.rules.on_write_mode != "dml_adaptive"
+            and self._wrote_in_tx
+            and self._wrote
+            and self._dirty
+            and self._wrote_in_a_tx
+        )
 
     def drop_leg(self, leg: Leg) -> bool:
         """Forget a load-balancing leg whose server went away; False if it owed answers."""
@@ -237,6 +369,12 @@ class RoutedStream:
 
     def feed_client(self, data: bytes) -> int:
         """Route a client chunk; return 0 when it held a Terminate (never forwarded), else -1."""
+        result = self._feed_client(data)
+        if self.fast is not None:
+            self.rearm()
+        return result
+
+    def _feed_client(self, data: bytes) -> int:
         size = len(data)
         self.bytes_in += size
         if (
@@ -326,6 +464,12 @@ class RoutedStream:
         text = msg[5:-1].decode("utf-8", "replace")
         verdict = self.rules.classify(text)
         route = verdict.route
+        if verdict.shaped:
+            learn = self.rules.learn
+            if learn is not None:
+                kind = fast_class(verdict)
+                if kind:
+                    learn(msg, kind)
         if verdict.execute_name:
             inner = self._prepared.get(verdict.execute_name)
             if inner is not None and inner.route == ROUTE_STANDBY:
@@ -387,7 +531,7 @@ class RoutedStream:
             if self.primary.status == IN_TX:
                 self._wrote_in_a_tx = True
         if verdict.route == ROUTE_STANDBY:
-            self.rules.on_select(leader.node)
+            self.rules.on_select(leader.node, 1)
 
     def _remember(self, verdict: Verdict) -> None:
         """What a statement tells the session about its future reads."""
@@ -463,18 +607,32 @@ class RoutedStream:
         """A COMMIT of a failed transaction, sent where it did not fail, must not commit."""
         return verdict.tx == "commit" and self.aborted is not None and leg is not self.aborted
 
-    def _read_leg(self, verdict: Verdict) -> Leg:
-        """Where a statement that only reads goes now (pgpool-II's load-balance rules)."""
+    @overload
+    def _read_leg(self, verdict: Verdict) -> Leg: ...
+
+    @overload
+    def _read_leg(self, verdict: Verdict, dry: bool) -> Optional[Leg]: ...
+
+    def _read_leg(self, verdict: Verdict, dry: bool = False) -> Optional[Leg]:
+        """Where a statement that only reads goes now (pgpool-II's load-balance rules).
+
+        ``dry``: where it would go, with nothing sent or changed; None when deciding
+        would send or change something (the stream's ``rearm`` asks for the C loop).
+        """
         if self.aborted is not None:
             return self.aborted
-        leg = self._balanced(verdict)
+        leg = self._balanced(verdict, dry)
+        if leg is None:
+            return None
         if leg is self.primary and (self.primary.status == IN_TX or self._begun):
             # The transaction has read the primary: the rest of it does too, so it never
             # sees older data than it already saw.
+            if dry and not self._tx_on_primary:
+                return None
             self._tx_on_primary = True
         return leg
 
-    def _balanced(self, verdict: Verdict) -> Leg:
+    def _balanced(self, verdict: Verdict, dry: bool = False) -> Optional[Leg]:
         primary, lb = self.primary, self.lb
         if lb is None or self.desynced or primary.units:
             return primary
@@ -493,6 +651,8 @@ class RoutedStream:
             if mode != "dml_adaptive" or self._tx_wrote_unknown:
                 return primary
             # dml_adaptive: only reads of the tables this transaction wrote stay on the primary.
+            if dry:
+                return None  # depends on the statement's tables
             written = self._tx_written
             if any(name.rsplit(".", 1)[-1] in written for name in verdict.relations):
                 return primary
@@ -500,20 +660,26 @@ class RoutedStream:
                 return primary
         if mode == "always" and self._wrote:
             return primary
-        if self._temps and any(name in self._temps for name in verdict.relations):
-            return primary
+        if self._temps and (dry or any(name in self._temps for name in verdict.relations)):
+            return None if dry else primary
         if not self.rules.lb_readable():
             return primary
-        if self.rules.read_your_writes and not self._replayed_here(lb):
-            return primary
+        if self.rules.read_your_writes:
+            replayed = self._replayed_here(lb, dry)
+            if replayed is None:
+                return None
+            if not replayed:
+                return primary
         per_statement = self.rules.per_statement
-        if per_statement is not None and not per_statement():
-            return primary
+        if per_statement is not None and (dry or not per_statement()):
+            return None if dry else primary
         if joining:
+            if dry:
+                return None
             self._join_lb()
         return lb
 
-    def _replayed_here(self, lb: Leg) -> bool:
+    def _replayed_here(self, lb: Leg, dry: bool = False) -> Optional[bool]:
         """read_your_writes: ``lb`` has replayed the session's last committed write.
 
         Asked lazily: after a commit that wrote, the first read that would go to the
@@ -524,6 +690,8 @@ class RoutedStream:
         if self._lsn_pending:
             return False
         if self._unreplicated:
+            if dry:
+                return None
             # Queued before the read that goes to the primary instead; inside a
             # transaction it runs there too (its snapshot is the read's own moment).
             self._unreplicated = False
@@ -534,6 +702,8 @@ class RoutedStream:
         replayed = max(self._lb_replayed, self.rules.lb_replayed())
         if replayed >= self.write_lsn:
             return True
+        if dry:
+            return None
         self._ask_replayed(lb)
         return False
 
@@ -699,6 +869,17 @@ class RoutedStream:
 
     def server_data(self, leg: Leg, data: bytes) -> None:
         self.bytes_out += len(data)
+        if leg.raw_left:
+            # The rest of a message the C loop began forwarding (``adopt``).
+            take = min(leg.raw_left, len(data))
+            leg.raw_left -= take
+            self.client_send(data[:take])
+            data = data[take:]
+        self._server_data(leg, data)
+        if self.fast is not None:
+            self.rearm()
+
+    def _server_data(self, leg: Leg, data: bytes) -> None:
         if leg.buf:
             data = leg.buf + data
             leg.buf = b""

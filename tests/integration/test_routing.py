@@ -19,7 +19,9 @@ from twisted.trial import unittest
 
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.engine import fastpoll
+from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.service import PgpoolService
+from pgpool_tw.session.routed import FAST_READ, FAST_WRITE
 from tests.integration.harness import RawClient, error_fields, eventually, send_cancel
 from tests.support import shared_cluster, skip_unless_postgres, unique_name, wait_replica_caught_up
 
@@ -395,6 +397,45 @@ class Pgbench(RoutingCase):
             self.assertRegex(out, r"number of transactions actually processed: [1-9]")
 
 
+class PgbenchOnTheCLoop(Pgbench):
+    """pgbench through the C loop: plain statements of a known shape are routed by the
+    router (engine/_route.c) without Python; the same runs end without failures."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        if not fastpoll.c_loop_available():
+            raise unittest.SkipTest("pgpool_tw.engine._speedups is not built or turned off")
+        self.assertTrue(fastpoll.install(reactor))
+        self.addCleanup(fastpoll.uninstall, reactor)
+
+    @defer.inlineCallbacks
+    def test_select_only_and_tpcb_run_without_failures(self) -> Any:
+        yield super().test_select_only_and_tpcb_run_without_failures()
+        self.assertEqual(fastpoll._router_fds, {})
+
+    @defer.inlineCallbacks
+    def test_the_router_learns_and_routes_pgbench_shapes(self) -> Any:
+        service = self.start_pooler((0.0, 1.0))
+        user, db = self.database()
+        yield _thread(self._pgbench, service, user, db, "-i", "-s", "1", "-q")
+        wait_replica_caught_up()
+        out = yield _thread(self._pgbench, service, user, db, "-t", "200", "-c", "2", "-S")
+        self.assertIn("number of failed transactions: 0", out)
+        out = yield _thread(self._pgbench, service, user, db, "-t", "100", "-c", "2")
+        self.assertIn("number of failed transactions: 0", out)
+        assert speedups is not None
+        shapes = service.factory.fast_shapes
+        select = speedups.shape_key(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+        update = speedups.shape_key(
+            b"UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 1;"
+        )
+        self.assertEqual((shapes.get(select), shapes.get(update)), (FAST_READ, FAST_WRITE))
+        # Every -S read reached the replica (weight 0 on the primary), counted in C.
+        counts = service.factory.select_counts
+        self.assertGreaterEqual(counts.get(1, 0), 400, counts)
+        self.assertEqual(fastpoll._router_fds, {})
+
+
 class PerStatement(RoutingCase):
     @defer.inlineCallbacks
     def test_statement_level_load_balance_spreads_one_sessions_reads(self) -> Any:
@@ -502,13 +543,13 @@ class OnTheCLoop(ReadsAndWrites):
         def work() -> int:
             with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
                 port = self._port(conn)
-                feeds.append(len(fastpoll._feed_fds))
+                feeds.append(len(fastpoll._router_fds))
                 return port
 
         self.assertEqual((yield _thread(work)), self.replica.port)
         self.assertEqual(feeds, [3])  # the client, the primary, the replica
         # All handed back once the session ends.
-        self.assertTrue((yield eventually(lambda: not fastpoll._feed_fds)))
+        self.assertTrue((yield eventually(lambda: not fastpoll._router_fds)), fastpoll._router_fds)
 
 
 class Cancel(RoutingCase):

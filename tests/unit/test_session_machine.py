@@ -81,14 +81,19 @@ class RecordingIO:
     def peer_common_name(self) -> Optional[str]:
         return None
 
-    def start_relay(self, server: BackendProtocol, tracker: SessionTracker, routed: bool) -> None:
+    def start_relay(
+        self,
+        server: BackendProtocol,
+        tracker: SessionTracker,
+        routed: bool,
+        lb: Optional[BackendProtocol] = None,
+    ) -> None:
         self.actions.append("start_relay")
+        if lb is not None:
+            self.actions.append("add_leg")
 
     def stop_relay(self, server: BackendProtocol) -> None:
         self.actions.append("stop_relay")
-
-    def add_leg(self, server: BackendProtocol) -> None:
-        self.actions.append("add_leg")
 
     def drop_leg(self, server: BackendProtocol) -> None:
         self.actions.append("drop_leg")

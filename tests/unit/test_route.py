@@ -1,0 +1,417 @@
+"""The C loop's router (engine/_route.c) against the stream alone (session/routed.py).
+
+A routed session on the C loop is its ``RoutedStream`` plus a ``Router`` that routes the
+plain statements the stream armed it for.  These tests run the same conversations twice:
+once through the stream alone (bytes in, bytes out, no socket), once through real
+socket pairs, the C ``poll()`` and the router with the same stream behind it.  Two small
+fake servers answer both alike (transaction status kept per node, errors, the pooler's
+own LSN questions).  The client must receive the same bytes, and every node the same
+statements; hypothesis draws the conversations, pipelining, and the cuts in every answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import select
+import socket
+from typing import Any, Callable, Optional
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pgpool_tw.cluster.classify import Classifier
+from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.session.legs import Leg
+from pgpool_tw.session.routed import FAST_READ, RoutedStream, RoutingRules
+
+SKIP = "pgpool_tw.engine._speedups is not built (or PGPOOL_TW_PURE_PYTHON is set)"
+
+IDLE, IN_TX, FAILED = ord("I"), ord("T"), ord("E")
+
+
+def frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Whole messages taken off the front of ``buf`` (type, whole message)."""
+    out = []
+    while len(buf) >= 5:
+        end = 1 + int.from_bytes(buf[1:5], "big")
+        if len(buf) < end:
+            break
+        out.append((buf[0], bytes(buf[:end])))
+        del buf[:end]
+    return out
+
+
+class FakeServer:
+    """Answers simple Queries as PostgreSQL would, as far as these conversations go."""
+
+    def __init__(self, node: int, extra: Callable[[], bytes]) -> None:
+        self.node = node
+        self.status = IDLE
+        self.got: list[str] = []
+        self.extra = extra  # what to slip in before an answer's ReadyForQuery
+        self.asked = 0
+
+    def answer(self, msg: bytes) -> bytes:
+        text = msg[5:-1].decode()
+        self.got.append(text)
+        word = text.split()[0].upper().rstrip(";")
+        if "pg_current_wal_insert_lsn" in text or "pg_last_wal_replay_lsn" in text:
+            # The primary's position grows; the replica's lags behind it by turns.
+            self.asked += 1
+            step = self.asked if self.node == 0 else self.asked // 2
+            out = row(f"0/{0x5000000 + 0x100 * step:X}") + complete("SELECT 1")
+        elif self.status == FAILED and word not in ("COMMIT", "ROLLBACK", "END"):
+            out = error("25P02")
+        elif word == "BEGIN":
+            self.status = IN_TX
+            out = complete("BEGIN")
+        elif word in ("COMMIT", "END", "ROLLBACK"):
+            tag = "ROLLBACK" if self.status == FAILED or word == "ROLLBACK" else "COMMIT"
+            self.status = IDLE
+            out = complete(tag)
+        elif "1/0" in text:
+            out = error("22012")
+            if self.status == IN_TX:
+                self.status = FAILED
+        elif word == "SELECT":
+            out = description() + row("42") + complete("SELECT 1")
+        else:
+            out = complete(f"{word} 0 1" if word == "INSERT" else f"{word} 1")
+        return out + self.extra() + m.ready_for_query(self.status)
+
+
+def row(value: str) -> bytes:
+    data = value.encode()
+    return m.message(b"D", b"\x00\x01" + len(data).to_bytes(4, "big") + data)
+
+
+def description() -> bytes:
+    field = b"v\x00" + b"\x00" * 6 + (25).to_bytes(4, "big") + b"\xff\xff" * 3 + b"\x00\x00"
+    return m.message(b"T", b"\x00\x01" + field)
+
+
+def complete(tag: str) -> bytes:
+    return m.message(b"C", m.cstring(tag))
+
+
+def error(code: str) -> bytes:
+    return m.error_response(code, "no", severity="ERROR")
+
+
+def new_stream(
+    send: list[Callable[[bytes], None]],
+    client_send: Callable[[bytes], None],
+    shapes: Optional[dict[bytes, int]],
+) -> RoutedStream:
+    def learn(msg: bytes, kind: int) -> None:
+        assert speedups is not None and shapes is not None
+        key = speedups.shape_key(msg[5:-1])
+        if key is not None:
+            shapes[key] = kind
+
+    rules = RoutingRules(
+        Classifier().classify,
+        lambda command, status: m.ready_for_query(status),
+        learn=learn if shapes is not None else None,
+    )
+    primary = Leg(0, send[0], IDLE, {})
+    lb = Leg(1, send[1], IDLE, {})
+    return RoutedStream(primary, lb, client_send, rules)
+
+
+class Conversation:
+    """One scripted conversation: client chunks, answers cut at drawn points."""
+
+    def __init__(
+        self,
+        chunks: list[bytes],
+        seed: int,
+        notices: bool,
+        statuses: bool,
+        cut: bool = True,
+        burst: frozenset[int] = frozenset(),
+    ) -> None:
+        self.chunks = chunks
+        #: Chunk i + 1 follows chunk i before any answer (the router keeps it meanwhile).
+        self.burst = burst
+        self.seed = seed
+        self.notices = notices
+        self.statuses = statuses
+        #: Answers arrive in pieces (a header cut in two sends the rest to Python).
+        self.cut = cut
+
+    def extras(self) -> Callable[[], bytes]:
+        rng = random.Random(self.seed + 1)
+
+        def extra() -> bytes:
+            out = b""
+            if self.notices and rng.random() < 0.3:
+                out += m.message(b"N", b"SNOTICE\x00Mhello\x00\x00")
+            if self.statuses and rng.random() < 0.2:
+                out += m.parameter_status("application_name", f"a{rng.randrange(9)}")
+            return out
+
+        return extra
+
+    def cuts(self, data: bytes, rng: random.Random) -> list[bytes]:
+        if not self.cut:
+            return [data]
+        points = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(3))))
+        return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
+def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
+    """The conversation through the stream alone."""
+    client: list[bytes] = []
+    sent: list[list[bytes]] = [[], []]
+    stream = new_stream([sent[0].append, sent[1].append], client.append, None)
+    extra = talk.extras()
+    servers = [FakeServer(0, extra), FakeServer(1, extra)]
+    rng = random.Random(talk.seed)
+    bufs = [bytearray(), bytearray()]
+    for i, chunk in enumerate(talk.chunks):
+        if i - 1 in talk.burst:
+            continue  # sent with the one before
+        stream.feed_client(chunk)
+        if i in talk.burst and i + 1 < len(talk.chunks):
+            stream.feed_client(talk.chunks[i + 1])
+        while any(sent):
+            for node in (0, 1):
+                for data in sent[node]:
+                    bufs[node] += data
+                sent[node].clear()
+                for kind, msg in frames(bufs[node]):
+                    if kind != ord("Q"):
+                        continue
+                    for piece in talk.cuts(servers[node].answer(msg), rng):
+                        leg = stream.primary if node == 0 else stream.lb
+                        assert leg is not None
+                        stream.server_data(leg, piece)
+    return b"".join(client), [s.got for s in servers]
+
+
+class RoutedPair:
+    """Client, primary and replica as socket pairs; the router and a stream between."""
+
+    def __init__(self, case: SynchronousTestCase, shapes: dict[bytes, int]) -> None:
+        assert speedups is not None
+        self.ep = select.epoll()
+        case.addCleanup(self.ep.close)
+        self.outer: list[socket.socket] = []  # the client's, the primary's, the replica's ends
+        self.inner: list[socket.socket] = []  # the pooler's ends
+        for _ in range(3):
+            a, b = socket.socketpair()
+            for sock in (a, b):
+                sock.setblocking(False)
+                case.addCleanup(sock.close)
+            self.outer.append(a)
+            self.inner.append(b)
+            self.ep.register(b.fileno(), select.EPOLLIN)
+        self.shapes = shapes
+        self.adopted = 0
+        inner = self.inner
+        self.stream = new_stream(
+            [inner[1].sendall, inner[2].sendall], inner[0].sendall, self.shapes
+        )
+        legs = [self.stream.primary, self.stream.lb]
+
+        def adopt(leg: int, raw_left: int) -> None:
+            self.adopted += 1
+            self.stream.adopt(leg, raw_left)
+
+        transports = tuple(Writer(sock) for sock in inner)
+        self.router = speedups.Router(
+            tuple(sock.fileno() for sock in inner),
+            transports,
+            set(),
+            self.shapes,
+            (self.stream.feed_client, legs[0].feed_server, legs[1].feed_server),  # type: ignore[union-attr]
+            adopt,
+        )
+        self.stream.fast = self.router
+        for side, sock in enumerate(inner):
+            speedups.register_router(sock.fileno(), self.router, side)
+            case.addCleanup(speedups.unregister_router, sock.fileno(), self.router)
+        self.stream.rearm()
+
+    def poll(self) -> list[tuple[int, int]]:
+        assert speedups is not None
+        return speedups.poll(self.ep.fileno(), 0, 8)
+
+    def take(self, side: int) -> bytes:
+        out = b""
+        with contextlib.suppress(BlockingIOError):
+            while part := self.outer[side].recv(1 << 16):
+                out += part
+        return out
+
+
+class Writer:
+    """A transport's ``write`` for what the kernel did not take (never, at these sizes)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+def run_routed(
+    case: SynchronousTestCase, talk: Conversation, shapes: Optional[dict[bytes, int]] = None
+) -> tuple[bytes, list[list[str]], RoutedPair]:
+    """The conversation through sockets, poll() and the router (``shapes``: what earlier
+    sessions taught it)."""
+    pair = RoutedPair(case, {} if shapes is None else shapes)
+    extra = talk.extras()
+    servers = [FakeServer(0, extra), FakeServer(1, extra)]
+    rng = random.Random(talk.seed)
+    bufs = [bytearray(), bytearray()]
+    client = b""
+    for i, chunk in enumerate(talk.chunks):
+        if i - 1 in talk.burst:
+            continue  # sent with the one before
+        pair.outer[0].sendall(chunk)
+        if i in talk.burst and i + 1 < len(talk.chunks):
+            case.assertEqual(pair.poll(), [])
+            pair.outer[0].sendall(talk.chunks[i + 1])
+        quiet = 0
+        while quiet < 2:  # until a round moves nothing twice
+            case.assertEqual(pair.poll(), [])
+            moved = False
+            for node in (0, 1):
+                bufs[node] += pair.take(node + 1)
+                for kind, msg in frames(bufs[node]):
+                    if kind != ord("Q"):
+                        continue
+                    moved = True
+                    for piece in talk.cuts(servers[node].answer(msg), rng):
+                        pair.outer[node + 1].sendall(piece)
+                        case.assertEqual(pair.poll(), [])
+            got = pair.take(0)
+            client += got
+            quiet = 0 if moved or got else quiet + 1
+    client += pair.take(0)
+    return client, [s.got for s in servers], pair
+
+
+READS = ["SELECT v FROM t WHERE id = {n}", "SELECT count(*) FROM t WHERE v > {n}"]
+WRITES = ["UPDATE t SET v = v + {n} WHERE id = 1", "INSERT INTO t VALUES ({n})"]
+OTHERS = [
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SELECT 1/0",
+    "SELECT v FROM t WHERE id = {n} FOR UPDATE",
+]
+
+statement = st.builds(
+    lambda template, n: template.format(n=n),
+    st.sampled_from(READS * 3 + WRITES * 2 + OTHERS + ["BEGIN", "COMMIT"]),
+    st.integers(min_value=0, max_value=99999),
+)
+
+
+@st.composite
+def conversations(draw: Any) -> Conversation:
+    texts = draw(st.lists(statement, min_size=1, max_size=25))
+    chunks: list[bytes] = []
+    for text in texts:
+        msg = m.query(text)
+        if chunks and draw(st.integers(0, 9)) == 0:
+            chunks[-1] += msg  # pipelined in one chunk
+        else:
+            chunks.append(msg)
+    burst = draw(st.frozensets(st.integers(0, len(chunks) - 1), max_size=3))
+    burst = frozenset(i for i in burst if i - 1 not in burst)
+    # With bursts, a statement may be answered by the other node in one of the runs: no
+    # extras then (a node's ParameterStatus reaches the client only from the primary).
+    extras = not burst and draw(st.booleans())
+    return Conversation(
+        chunks,
+        draw(st.integers(0, 1 << 30)),
+        extras and draw(st.booleans()),
+        extras and draw(st.booleans()),
+        burst=burst,
+    )
+
+
+class AgreementTests(SynchronousTestCase):
+    skip = SKIP if speedups is None else None
+
+    @settings(max_examples=150, deadline=None)
+    @given(conversations())
+    def test_router_and_stream_alone_agree(self, talk: Conversation) -> None:
+        """Every conversation: the same bytes to the client, the same statements per node."""
+        # Twice through the router: the first session teaches it the shapes, the second
+        # (a new session, as another client's) finds them known from its first statement.
+        alone = run_alone(talk)
+        shapes: dict[bytes, int] = {}
+        for _ in range(2):
+            client, got, pair = run_routed(self, talk, shapes)
+            if talk.burst:
+                # A statement the client sent while C waited on an answer is routed once
+                # that answer ended: maybe elsewhere than while it was in flight.
+                self.assertEqual(client, alone[0])
+            else:
+                self.assertEqual((client, got), alone)
+
+    def test_plain_reads_are_routed_in_c(self) -> None:
+        """Reads of a known shape go to the replica without the stream seeing them."""
+        texts = [f"SELECT v FROM t WHERE id = {n}" for n in range(10)]
+        talk = Conversation([m.query(t) for t in texts], 1, False, False, cut=False)
+        client, got, pair = run_routed(self, talk)
+        self.assertEqual(got, [[], texts])
+        counts = pair.router.take_counts()
+        # The first taught the shape; the nine others never reached Python.
+        self.assertEqual(counts[0], 9)  # queries answered in C
+        self.assertEqual(counts[5], 9)  # reads sent to the replica
+        self.assertEqual(pair.stream.queries, 1)
+        self.assertEqual(pair.shapes, {speedups.shape_key(texts[0].encode()): FAST_READ})  # type: ignore[union-attr]
+
+    def test_writes_in_a_transaction_that_wrote_are_routed_in_c(self) -> None:
+        texts = ["BEGIN", "UPDATE t SET v = 1 WHERE id = 1"]
+        texts += [f"UPDATE t SET v = {n} WHERE id = 1" for n in range(5)] + ["COMMIT"]
+        talk = Conversation([m.query(t) for t in texts], 1, False, False, cut=False)
+        client, got, pair = run_routed(self, talk)
+        self.assertEqual(got[0], texts)
+        self.assertEqual(pair.router.take_counts()[0], 5)
+
+    def test_an_unexpected_message_hands_the_statement_to_python(self) -> None:
+        """A ParameterStatus in a read's answer: the stream adopts the statement."""
+        texts = [f"SELECT v FROM t WHERE id = {n}" for n in range(6)]
+        talk = Conversation([m.query(t) for t in texts], 3, False, True, cut=False)
+        alone = run_alone(talk)
+        client, got, pair = run_routed(self, talk)
+        self.assertEqual((client, got), alone)
+        # The replica's parameter reached its leg, not the client (the primary's would).
+        assert pair.stream.lb is not None
+        self.assertIn("application_name", pair.stream.lb.params)
+        self.assertNotIn(b"application_name", client)
+        self.assertGreater(pair.adopted, 0)
+
+    def test_a_failed_statement_in_a_transaction_goes_back_to_python(self) -> None:
+        """An error inside a transaction ends with status E: the stream adopts it."""
+        texts = ["SELECT 1/0", "BEGIN", "UPDATE t SET v = 1 WHERE id = 1", "SELECT 1/1"]
+        texts += ["SELECT 1/0", "UPDATE t SET v = 3 WHERE id = 1", "COMMIT"]
+        talk = Conversation([m.query(t) for t in texts], 1, False, False, cut=False)
+        alone = run_alone(talk)
+        client, got, pair = run_routed(self, talk)
+        self.assertEqual((client, got), alone)
+        self.assertIn(b"25P02", client)
+        self.assertGreater(pair.adopted, 0)
+
+    def test_a_statement_sent_while_c_waits_follows_the_answer(self) -> None:
+        """The client's next Query, read while C forwards an answer, is kept and routed
+        once that answer ended, in C again when it is plain."""
+        texts = [f"SELECT v FROM t WHERE id = {n}" for n in range(3)]
+        talk = Conversation(
+            [m.query(t) for t in texts], 1, False, False, cut=False, burst=frozenset({1})
+        )
+        alone = run_alone(talk)
+        client, got, pair = run_routed(self, talk)
+        self.assertEqual(client, alone[0])
+        self.assertEqual(client.count(b"Z\x00\x00\x00\x05I"), 3)
+        self.assertEqual(pair.router.take_counts()[0], 2)  # both of the burst in C
