@@ -27,6 +27,10 @@ The client must see what one server would send:
 * ParameterStatus reaches the client from the primary only; every leg's parameters are
   kept up to date for the pool.
 
+On the C loop a router (``engine/_route.c``) takes the simple Queries of a known shape
+that change nothing here, as ``rearm`` arms it, and hands back (``adopt``) any it cannot
+finish alone; see docs/ARCHITECTURE.md section 2a, step 4a.
+
 What it does not do yet: a Sync-ended batch is routed as a whole, decided from the
 messages already received when it starts; a batch that starts reading on the
 load-balancing node and later (after a Flush round trip) asks for a write gets the
