@@ -262,11 +262,10 @@ router_event(Router *r, int side, unsigned int ev)
     if (r->busy < 0) {
         if (ev != EPOLLIN)
             return TO_TWISTED;
-        ssize_t n = recv_chunk(r->fds[side]);
-        if (n == AGAIN)
-            return PUMPED;
-        if (n <= 0)
-            return n < 0 ? TO_TWISTED_ERROR : TO_TWISTED;
+        ssize_t n;
+        int got = take_chunk(r->fds[side], &n);
+        if (got != GOT_CHUNK)
+            return got;
         if (side == 0)
             return router_client(r, recv_buffer, n);
         return router_call(r, side, recv_buffer, n);
@@ -277,13 +276,14 @@ router_event(Router *r, int side, unsigned int ev)
             return -1;
         return TO_TWISTED;
     }
-    ssize_t n = recv_chunk(r->fds[side]);
-    if (n == AGAIN)
+    ssize_t n;
+    int got = take_chunk(r->fds[side], &n);
+    if (got == PUMPED)
         return PUMPED;
-    if (n <= 0) {
+    if (got != GOT_CHUNK) { /* end of file, an error: Twisted's, once Python knows */
         if (router_adopt(r, r->skip) < 0 || router_deliver(r, 1, 0, NULL, 0) < 0)
             return -1;
-        return n < 0 ? TO_TWISTED_ERROR : TO_TWISTED;
+        return got;
     }
     if (side == r->busy + 1)
         return router_reply(r, side, recv_buffer, n);

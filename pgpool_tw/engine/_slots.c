@@ -44,7 +44,6 @@ slot_clear(int fd)
     Py_XDECREF(old.relay);
     Py_XDECREF((PyObject *)old.router);
     Py_XDECREF((PyObject *)old.lane);
-    Py_XDECREF(old.feed);
 }
 
 int
@@ -100,43 +99,6 @@ speedups_unregister(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "iO!", &fd, &RelayType, &relay))
         return NULL;
     if (fd >= 0 && fd < slots_size && slots[fd].relay == (Relay *)relay)
-        slot_clear(fd);
-    Py_RETURN_NONE;
-}
-
-/*
- * A feed: poll() receives this socket's chunks and calls `callback(chunk)` with each,
- * instead of Twisted's doRead chain (a routed session, whose Python code decides where
- * every message goes).  End of file, errors and other events stay Twisted's.
- */
-PyObject *
-speedups_register_feed(PyObject *module, PyObject *args)
-{
-    int fd;
-    PyObject *callback;
-    if (!PyArg_ParseTuple(args, "iO", &fd, &callback))
-        return NULL;
-    if (!PyCallable_Check(callback)) {
-        PyErr_SetString(PyExc_TypeError, "the feed must be callable");
-        return NULL;
-    }
-    if (slots_reserve(fd) < 0)
-        return NULL;
-    Py_INCREF(callback);
-    slot_clear(fd);
-    slots[fd].feed = callback;
-    slots[fd].side = SIDE_FEED;
-    Py_RETURN_NONE;
-}
-
-PyObject *
-speedups_unregister_feed(PyObject *module, PyObject *args)
-{
-    int fd;
-    PyObject *callback;
-    if (!PyArg_ParseTuple(args, "iO", &fd, &callback))
-        return NULL;
-    if (fd >= 0 && fd < slots_size && slots[fd].feed == callback)
         slot_clear(fd);
     Py_RETURN_NONE;
 }
@@ -202,8 +164,8 @@ forward_client(Relay *r, ssize_t n)
     return at >= 0;
 }
 
-/* slot_kind(fd): what poll() does with the fd's events ("relay", "router", "feed",
-   "lane") or None: Twisted's.  Tests read it to see a session gave every socket back. */
+/* slot_kind(fd): what poll() does with the fd's events ("relay", "router", "lane") or
+   None: Twisted's.  Tests read it to see a session gave every socket back. */
 PyObject *
 speedups_slot_kind(PyObject *module, PyObject *arg)
 {
@@ -217,8 +179,6 @@ speedups_slot_kind(PyObject *module, PyObject *arg)
         return PyUnicode_FromString("relay");
     if (slot->router != NULL)
         return PyUnicode_FromString("router");
-    if (slot->feed != NULL)
-        return PyUnicode_FromString("feed");
     if (slot->lane != NULL)
         return PyUnicode_FromString("lane");
     Py_RETURN_NONE;

@@ -47,10 +47,8 @@
 static struct epoll_event *events = NULL;
 static int events_size = 0;
 
-#define GOT_CHUNK 3 /* take_chunk: recv_buffer holds *n bytes */
-
 /* Receive a chunk of `fd` into recv_buffer: GOT_CHUNK, or how poll() leaves the event. */
-static int
+int
 take_chunk(int fd, ssize_t *n)
 {
     *n = recv_chunk(fd);
@@ -138,27 +136,6 @@ dispatch(int fd, unsigned int ev, PyObject **culprit)
         else
             Py_DECREF(router);
         return how;
-    }
-    if (slot->feed != NULL) {
-        if (ev != EPOLLIN)
-            return TO_TWISTED;
-        ssize_t n;
-        int got = take_chunk(fd, &n);
-        if (got != GOT_CHUNK)
-            return got;
-        PyObject *feed = slot->feed;
-        Py_INCREF(feed); /* the callback may unregister it */
-        ran_python = 1;
-        PyObject *chunk = PyBytes_FromStringAndSize((const char *)recv_buffer, n);
-        PyObject *res = chunk == NULL ? NULL : PyObject_CallOneArg(feed, chunk);
-        Py_XDECREF(chunk);
-        if (res == NULL) {
-            *culprit = feed;
-            return -1;
-        }
-        Py_DECREF(res);
-        Py_DECREF(feed);
-        return PUMPED;
     }
     if (slot->lane != NULL) {
         Lane *lane = slot->lane;
@@ -303,10 +280,6 @@ speedups_poll(PyObject *module, PyObject *args)
 static PyMethodDef speedups_methods[] = {
     {"register", speedups_register, METH_VARARGS,
      "register(fd, relay, side): poll() forwards this socket's chunks itself."},
-    {"register_feed", speedups_register_feed, METH_VARARGS,
-     "register_feed(fd, callback): poll() calls callback(chunk) with this socket's chunks."},
-    {"unregister_feed", speedups_unregister_feed, METH_VARARGS,
-     "unregister_feed(fd, callback): hand the socket back to Twisted (no-op if not its)."},
     {"unregister", speedups_unregister, METH_VARARGS,
      "unregister(fd, relay): hand the socket back to Twisted (no-op if not registered)."},
     {"register_router", speedups_register_router, METH_VARARGS,
@@ -314,7 +287,7 @@ static PyMethodDef speedups_methods[] = {
     {"unregister_router", speedups_unregister_router, METH_VARARGS,
      "unregister_router(fd, router): hand the socket back to Twisted (no-op if not its)."},
     {"slot_kind", speedups_slot_kind, METH_O,
-     "slot_kind(fd): 'relay', 'router', 'feed', 'lane' or None (Twisted's)."},
+     "slot_kind(fd): 'relay', 'router', 'lane' or None (Twisted's)."},
     {"poll", speedups_poll, METH_VARARGS,
      "poll(epfd, timeout_ms, maxevents) -> [(fd, events)] left for Twisted."},
     {"shape_key", speedups_shape_key, METH_O,

@@ -124,8 +124,7 @@ typedef struct {
     ResetState answer; /* the reset's answer, read as it comes */
 } Relay;
 
-enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3, SIDE_FEED = 4,
-       SIDE_ROUTED = 8 };
+enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3, SIDE_ROUTED = 8 };
 
 #define PENDING_MAX 1024
 
@@ -147,7 +146,6 @@ typedef struct {
     struct Router *router; /* SIDE_ROUTED + 0 (client), + 1, + 2 (legs) */
     struct Lane *lane; /* SIDE_LISTEN, SIDE_PENDING */
     Pending *pending;  /* SIDE_PENDING */
-    PyObject *feed;    /* SIDE_FEED: called with each chunk received */
     int side;
 } Slot;
 
@@ -170,13 +168,13 @@ void slot_clear_server(Relay *r);
 int clear_to_send(Relay *r, int peer);
 int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n);
 ssize_t recv_chunk(int fd);
+#define GOT_CHUNK 3 /* take_chunk: recv_buffer holds *n bytes */
+int take_chunk(int fd, ssize_t *n);
 int forward_client(Relay *r, ssize_t n);
 extern PyObject *str_write;
 extern PyTypeObject SendNowType; /* _writer.c */
 PyObject *speedups_register(PyObject *module, PyObject *args);
 PyObject *speedups_unregister(PyObject *module, PyObject *args);
-PyObject *speedups_register_feed(PyObject *module, PyObject *args);
-PyObject *speedups_unregister_feed(PyObject *module, PyObject *args);
 PyObject *speedups_slot_kind(PyObject *module, PyObject *arg);
 
 /* -- routed sessions (_route.c) and the shape key of a query text (_shape.c) -- */

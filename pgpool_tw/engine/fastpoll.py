@@ -206,37 +206,6 @@ def stop_router(router: Router, side: Optional[int] = None) -> None:
 _router_fds: dict[tuple[Router, int], int] = {}
 
 
-def start_feed(reactor: Any, transport: Any, callback: Callable[[bytes], object]) -> bool:
-    """Let the C iteration receive this socket's chunks and call ``callback`` with each
-    (a routed session: Python decides where every message goes, C spares it Twisted's
-    read dispatch); False when it cannot (no C loop on ``reactor``, TLS, a closed socket).
-    Twisted still handles end of file, errors and writes, and calls the same code
-    whenever the C loop hands an event back."""
-    if _speedups is None or reactor is not _pumping_reactor or not plain_socket(transport):
-        return False
-    fd = transport.fileno()
-    if fd < 0:
-        return False
-    _speedups.register_feed(fd, callback)
-    _feed_fds[callback] = fd
-    return True
-
-
-def stop_feed(transport: Any, callback: Callable[[bytes], object]) -> None:
-    """Hand the socket back to Twisted's read path (a no-op if it is not ``callback``'s).
-
-    The fd is the one registered (the transport may be closed by now); the C side
-    forgets it only while it still holds ``callback``.
-    """
-    fd = _feed_fds.pop(callback, -1)
-    if _speedups is not None and fd >= 0:
-        _speedups.unregister_feed(fd, callback)
-
-
-#: The fd each feed callback was registered with.
-_feed_fds: dict[Callable[[bytes], object], int] = {}
-
-
 def new_lane(
     reactor: Any,
     on_miss: Callable[[int, int, bytes, int], None],

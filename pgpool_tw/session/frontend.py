@@ -66,9 +66,6 @@ class FrontendProtocol(Protocol):
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         #: The C loop's handle while it forwards this session (fastpoll.start_relay).
         self._relay: Optional[Relay] = None
-        #: A routed session's sockets whose chunks the C loop hands to Python directly:
-        #: (transport, fd, callback) each (fastpoll.start_feed).
-        self._feeds: list[tuple[Any, Any]] = []
         #: A routed session's sockets on the C loop's router (fastpoll.start_router).
         self._router: Optional[Router] = None
 
@@ -154,11 +151,7 @@ class FrontendProtocol(Protocol):
         self._producers = link(self.transport, server.transport)
         factory = self.factory
         if routed:
-            if not self._start_router(tracker, server, lb):  # type: ignore[arg-type]
-                self._feed(self.transport, self._routed_data)
-                self.add_leg(server)
-                if lb is not None:
-                    self.add_leg(lb)
+            self._start_router(tracker, server, lb)  # type: ignore[arg-type]
         else:
             self._relay = fastpoll.start_relay(
                 factory.reactor, tracker, self.transport, server.transport, self._terminated
@@ -168,7 +161,9 @@ class FrontendProtocol(Protocol):
 
     def _start_router(
         self, stream: RoutedStream, server: BackendProtocol, lb: Optional[BackendProtocol]
-    ) -> bool:
+    ) -> None:
+        """On the C loop, the session's sockets go to a router; elsewhere (the plain
+        Twisted loop, TLS) Twisted reads them and ``dataReceived`` hands them on."""
         factory = self.factory
         legs = [server.tracker] if lb is None else [server.tracker, lb.tracker]
         router = fastpoll.start_router(
@@ -183,26 +178,16 @@ class FrontendProtocol(Protocol):
             ),
             stream.adopt,
         )
-        if router is None:
-            return False
-        self._router = router
-        stream.fast = router
-        factory.fast_streams.add(stream)
-        stream.rearm()
-        return True
-
-    def add_leg(self, server: BackendProtocol) -> None:
-        """A routed session's server: its chunks reach it through the C loop too."""
-        # The leg itself (the server's tracker while attached): one call per chunk.
-        self._feed(server.transport, server.tracker.feed_server)  # type: ignore[union-attr]
+        if router is not None:
+            self._router = router
+            stream.fast = router
+            factory.fast_streams.add(stream)
+            stream.rearm()
 
     def drop_leg(self, server: BackendProtocol) -> None:
         """A routed session lets a server go: Twisted reads it again."""
-        if self._router is not None and server.transport is not None:
+        if self._router is not None:
             fastpoll.stop_router(self._router, 2)
-        for feed in [f for f in self._feeds if f[0] is server.transport]:
-            self._feeds.remove(feed)
-            fastpoll.stop_feed(*feed)
 
     def _routed_data(self, data: bytes) -> None:
         """A routed session's client chunk, straight from the C loop (``dataReceived``'s
@@ -211,19 +196,12 @@ class FrontendProtocol(Protocol):
         if self.tracker.feed_client(data) >= 0:  # type: ignore[union-attr]
             self.session.client_terminated()
 
-    def _feed(self, transport: Any, callback: Any) -> None:
-        if fastpoll.start_feed(self.factory.reactor, transport, callback):
-            self._feeds.append((transport, callback))
-
     def stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
         router, self._router = self._router, None
         if router is not None:
             fastpoll.stop_router(router)
             self.received += router.received
-        feeds, self._feeds = self._feeds, []
-        for feed in feeds:
-            fastpoll.stop_feed(*feed)
         if self._relay is not None:
             fastpoll.stop_relay(self._relay)
             self.received += self._relay.received

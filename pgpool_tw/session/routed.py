@@ -630,15 +630,30 @@ class RoutedStream:
             return None
         if leg is self.primary and (self.primary.status == IN_TX or self._begun):
             # The transaction has read the primary: the rest of it does too, so it never
-            # sees older data than it already saw.
-            if dry and not self._tx_on_primary:
+            # sees older data than it already saw.  A dry run may note it ahead of the
+            # read only where every read stays there anyway.
+            if dry and not self._tx_on_primary and not self._stuck_on_primary():
                 return None
             self._tx_on_primary = True
         return leg
 
+    def _stuck_on_primary(self) -> bool:
+        """Every read goes to the primary until the open transaction (or the session)
+        ends, whatever it reads (``disable_load_balance_on_write``, desynced state)."""
+        if self.lb is None or self.desynced:
+            return True
+        mode = self.rules.on_write_mode
+        if mode == "always":
+            return self._wrote
+        if self.primary.status == IDLE or mode == "off":
+            return False
+        if mode == "trans_transaction" and self._wrote_in_a_tx:
+            return True  # a transaction wrote: no later transaction balances either
+        return self._wrote_in_tx and (mode != "dml_adaptive" or self._tx_wrote_unknown)
+
     def _balanced(self, verdict: Verdict, dry: bool = False) -> Optional[Leg]:
         primary, lb = self.primary, self.lb
-        if lb is None or self.desynced or primary.units:
+        if lb is None or primary.units or self._stuck_on_primary():
             return primary
         if primary.status == IN_TX and self._tx_on_primary:
             return primary
@@ -650,20 +665,18 @@ class RoutedStream:
         )
         if lb.status != primary.status and not joining:
             return primary
-        mode = self.rules.on_write_mode
-        if primary.status != IDLE and mode != "off" and self._wrote_in_tx:
-            if mode != "dml_adaptive" or self._tx_wrote_unknown:
-                return primary
-            # dml_adaptive: only reads of the tables this transaction wrote stay on the primary.
+        if (
+            self.rules.on_write_mode == "dml_adaptive"
+            and primary.status != IDLE
+            and self._wrote_in_tx
+        ):
+            # The other modes are _stuck_on_primary's: here only reads of the tables
+            # this transaction wrote stay on the primary.
             if dry:
                 return None  # depends on the statement's tables
             written = self._tx_written
             if any(name.rsplit(".", 1)[-1] in written for name in verdict.relations):
                 return primary
-            if mode == "trans_transaction" and self._wrote_in_a_tx:
-                return primary
-        if mode == "always" and self._wrote:
-            return primary
         if self._temps and (dry or any(name in self._temps for name in verdict.relations)):
             return None if dry else primary
         if not self.rules.lb_readable():

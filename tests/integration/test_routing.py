@@ -525,7 +525,7 @@ class ReplicaFirst(RoutingCase):
 
 class OnTheCLoop(ReadsAndWrites):
     """The same, with the C iteration running the reactor (as under ``twistd pgpool``):
-    a routed session's three sockets are read by C and handed to Python's stream."""
+    a routed session's three sockets are its router's (engine/_route.c)."""
 
     def setUp(self) -> None:
         super().setUp()

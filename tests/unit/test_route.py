@@ -105,6 +105,7 @@ def new_stream(
     send: list[Callable[[bytes], None]],
     client_send: Callable[[bytes], None],
     shapes: Optional[dict[bytes, int]],
+    mode: str = "transaction",
 ) -> RoutedStream:
     def learn(msg: bytes, kind: int) -> None:
         assert speedups is not None and shapes is not None
@@ -115,6 +116,7 @@ def new_stream(
     rules = RoutingRules(
         Classifier().classify,
         lambda command, status: m.ready_for_query(status),
+        on_write_mode=mode,
         learn=learn if shapes is not None else None,
     )
     primary = Leg(0, send[0], IDLE, {})
@@ -133,7 +135,10 @@ class Conversation:
         statuses: bool,
         cut: bool = True,
         burst: frozenset[int] = frozenset(),
+        mode: str = "transaction",
     ) -> None:
+        #: disable_load_balance_on_write.
+        self.mode = mode
         self.chunks = chunks
         #: Chunk i + 1 follows chunk i before any answer (the router keeps it meanwhile).
         self.burst = burst
@@ -167,7 +172,7 @@ def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
     """The conversation through the stream alone."""
     client: list[bytes] = []
     sent: list[list[bytes]] = [[], []]
-    stream = new_stream([sent[0].append, sent[1].append], client.append, None)
+    stream = new_stream([sent[0].append, sent[1].append], client.append, None, talk.mode)
     extra = talk.extras()
     servers = [FakeServer(0, extra), FakeServer(1, extra)]
     rng = random.Random(talk.seed)
@@ -196,26 +201,24 @@ def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
 class RoutedPair:
     """Client, primary and replica as socket pairs; the router and a stream between."""
 
-    def __init__(self, case: SynchronousTestCase, shapes: dict[bytes, int]) -> None:
+    def __init__(self, shapes: dict[bytes, int], mode: str = "transaction") -> None:
         assert speedups is not None
         self.ep = select.epoll()
-        case.addCleanup(self.ep.close)
         self.outer: list[socket.socket] = []  # the client's, the primary's, the replica's ends
         self.inner: list[socket.socket] = []  # the pooler's ends
         for _ in range(3):
             a, b = socket.socketpair()
             for sock in (a, b):
                 sock.setblocking(False)
-                case.addCleanup(sock.close)
             self.outer.append(a)
             self.inner.append(b)
             self.ep.register(b.fileno(), select.EPOLLIN)
         self.shapes = shapes
         self.adopted = 0
+        self.servers: list[FakeServer] = []
         inner = self.inner
-        self.stream = new_stream(
-            [inner[1].sendall, inner[2].sendall], inner[0].sendall, self.shapes
-        )
+        sends = [inner[1].sendall, inner[2].sendall]
+        self.stream = new_stream(sends, inner[0].sendall, self.shapes, mode)
         legs = [self.stream.primary, self.stream.lb]
 
         def adopt(leg: int, raw_left: int) -> None:
@@ -234,8 +237,16 @@ class RoutedPair:
         self.stream.fast = self.router
         for side, sock in enumerate(inner):
             speedups.register_router(sock.fileno(), self.router, side)
-            case.addCleanup(speedups.unregister_router, sock.fileno(), self.router)
         self.stream.rearm()
+
+    def close(self) -> None:
+        """Every socket given back and closed (hypothesis runs many pairs per test)."""
+        assert speedups is not None
+        for side in range(3):
+            self.router.forget(side)
+        for sock in self.outer + self.inner:
+            sock.close()
+        self.ep.close()
 
     def poll(self) -> list[tuple[int, int]]:
         assert speedups is not None
@@ -264,9 +275,17 @@ def run_routed(
 ) -> tuple[bytes, list[list[str]], RoutedPair]:
     """The conversation through sockets, poll() and the router (``shapes``: what earlier
     sessions taught it)."""
-    pair = RoutedPair(case, {} if shapes is None else shapes)
+    pair = RoutedPair({} if shapes is None else shapes, talk.mode)
+    try:
+        client = _converse(case, talk, pair)
+    finally:
+        pair.close()
+    return client, [s.got for s in pair.servers], pair
+
+
+def _converse(case: SynchronousTestCase, talk: Conversation, pair: RoutedPair) -> bytes:
     extra = talk.extras()
-    servers = [FakeServer(0, extra), FakeServer(1, extra)]
+    servers = pair.servers = [FakeServer(0, extra), FakeServer(1, extra)]
     rng = random.Random(talk.seed)
     bufs = [bytearray(), bytearray()]
     client = b""
@@ -294,7 +313,7 @@ def run_routed(
             client += got
             quiet = 0 if moved or got else quiet + 1
     client += pair.take(0)
-    return client, [s.got for s in servers], pair
+    return client
 
 
 READS = ["SELECT v FROM t WHERE id = {n}", "SELECT count(*) FROM t WHERE v > {n}"]
@@ -335,6 +354,9 @@ def conversations(draw: Any) -> Conversation:
         extras and draw(st.booleans()),
         extras and draw(st.booleans()),
         burst=burst,
+        mode=draw(
+            st.sampled_from(["transaction", "trans_transaction", "always", "off", "dml_adaptive"])
+        ),
     )
 
 

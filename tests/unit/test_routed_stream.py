@@ -385,3 +385,34 @@ class CutAnywhere(unittest.TestCase):
         self.assertEqual(cut.to(0), whole.to(0))
         self.assertEqual(cut.to(1), whole.to(1))
         self.assertEqual(whole.stream.in_sync, cut.stream.in_sync)
+
+
+class WriteModeTests(unittest.TestCase):
+    """disable_load_balance_on_write across transactions: where a later read goes."""
+
+    def later_read(self, mode: str) -> int:
+        """A transaction that writes, then a new one that reads: the node it reads."""
+        h = Harness(on_write_mode=mode)
+        for sql, tag, status in (
+            ("BEGIN", "BEGIN", T),
+            ("UPDATE t SET a = 1", "UPDATE 1", T),
+            ("COMMIT", "COMMIT", IDLE),
+            ("BEGIN", "BEGIN", T),
+        ):
+            h.stream.feed_client(query(sql))
+            h.answer(0, complete(tag) + rfq(status))
+        h.to(0), h.to(1)
+        h.stream.feed_client(query("SELECT a FROM t"))
+        return 0 if h.to(0) else 1
+
+    def test_trans_transaction_keeps_later_transactions_on_the_primary(self) -> None:
+        self.assertEqual(self.later_read("trans_transaction"), 0)
+
+    def test_transaction_balances_the_next_transaction(self) -> None:
+        self.assertEqual(self.later_read("transaction"), 1)
+
+    def test_off_balances_even_after_writes(self) -> None:
+        self.assertEqual(self.later_read("off"), 1)
+
+    def test_always_keeps_the_session_on_the_primary(self) -> None:
+        self.assertEqual(self.later_read("always"), 0)
