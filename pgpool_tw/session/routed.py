@@ -252,6 +252,10 @@ class RoutedStream:
         self.bytes_out = 0
         #: The C loop's router of this session, when it has one (the glue sets it).
         self.fast: Optional[FastRoute] = None
+        #: The session sent a simple Query of a class the router may take.
+        self._fast_seen = False
+        #: The router was last armed (not disarmed).
+        self._armed = False
 
     # -- what the session and the glue read, as of the plain tracker -----------------
 
@@ -318,17 +322,26 @@ class RoutedStream:
         unit.expect(leg)
         self._copy_leg = leg
         leg.raw_left = raw_left
+        self._armed = False  # the router disarmed itself
 
     def rearm(self) -> None:
         """Tell the router where each class of statement goes now, or that Python must
-        see them all (its state is in motion, or a statement would change it)."""
+        see them all (its state is in motion, or a statement would change it).
+
+        Cheap while a unit is in flight (the router is disarmed once), and nothing at
+        all in a session that never sent a simple Query the router could take (an
+        extended-protocol client)."""
         fast = self.fast
-        if fast is None:
+        if fast is None or not self._fast_seen:
+            return
+        if self._queue:
+            if self._armed:
+                fast.disarm()
+                self._armed = False
             return
         primary = self.primary
         if (
-            self._queue
-            or self._batch is not None
+            self._batch is not None
             or self._cbuf
             or self.aborted is not None
             or self.rules.log_statement is not None
@@ -338,9 +351,11 @@ class RoutedStream:
             or (self.lb is not None and not (self.lb.in_sync and not self.lb.raw_left))
         ):
             fast.disarm()
+            self._armed = False
             return
         read = self._read_leg(_PLAIN_READ, dry=True)
         write = primary if self._writes_change_nothing() else None
+        self._armed = True
         fast.arm(
             -1 if read is None else self.legs.index(read),
             -1 if write is None else 0,
@@ -474,6 +489,7 @@ class RoutedStream:
                 kind = fast_class(verdict)
                 if kind:
                     learn(msg, kind)
+                    self._fast_seen = True
         if verdict.execute_name:
             inner = self._prepared.get(verdict.execute_name)
             if inner is not None and inner.route == ROUTE_STANDBY:
@@ -893,7 +909,7 @@ class RoutedStream:
             self.client_send(data[:take])
             data = data[take:]
         self._server_data(leg, data)
-        if self.fast is not None:
+        if self.fast is not None and not self._queue:
             self.rearm()
 
     def _server_data(self, leg: Leg, data: bytes) -> None:
