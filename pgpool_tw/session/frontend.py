@@ -66,8 +66,10 @@ class FrontendProtocol(Protocol):
         self._producers: Optional[tuple[PeerProducer, PeerProducer]] = None
         #: The C loop's handle while it forwards this session (fastpoll.start_relay).
         self._relay: Optional[Relay] = None
-        #: A routed session's sockets on the C loop's router (fastpoll.start_router).
+        #: A routed session's sockets on the C loop's router (fastpoll.start_router),
+        #: and the stream it routes for.
         self._router: Optional[Router] = None
+        self._routed: Optional[RoutedStream] = None
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class FrontendProtocol(Protocol):
         )
         if router is not None:
             self._router = router
+            self._routed = stream
             stream.fast = router
             factory.fast_streams.add(stream)
             stream.rearm()
@@ -202,6 +205,10 @@ class FrontendProtocol(Protocol):
         if router is not None:
             fastpoll.stop_router(router)
             self.received += router.received
+        stream, self._routed = self._routed, None
+        if stream is not None:
+            self.factory.fast_streams.discard(stream)
+            stream.detach_fast()
         if self._relay is not None:
             fastpoll.stop_relay(self._relay)
             self.received += self._relay.received

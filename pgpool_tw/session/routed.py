@@ -284,21 +284,29 @@ class RoutedStream:
         return True  # only whole messages are ever sent to the client
 
     def take_counts(self) -> tuple[int, int, int, int]:
+        if self.fast is not None:
+            self._fold_counts(self.fast)
         counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
         self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
-        fast = self.fast
-        if fast is not None:
-            queries, xacts, bytes_in, bytes_out, *reads = fast.take_counts()
-            counts = (
-                counts[0] + queries,
-                counts[1] + xacts,
-                counts[2] + bytes_in,
-                counts[3] + bytes_out,
-            )
-            for leg, count in zip(self.legs, reads):
-                if count:
-                    self.rules.on_select(leg.node, count)
         return counts
+
+    def _fold_counts(self, fast: FastRoute) -> None:
+        """What the router counted becomes the stream's (reads per node at once)."""
+        queries, xacts, bytes_in, bytes_out, *reads = fast.take_counts()
+        self.queries += queries
+        self.xacts += xacts
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+        for leg, count in zip(self.legs, reads):
+            if count:
+                self.rules.on_select(leg.node, count)
+
+    def detach_fast(self) -> None:
+        """The router let the session's sockets go: its counts are kept, the router is
+        not (the two refer to each other)."""
+        fast, self.fast = self.fast, None
+        if fast is not None:
+            self._fold_counts(fast)
 
     def waiting_on(self) -> list[Leg]:
         """The legs that owe the client an answer (a CancelRequest goes to them)."""

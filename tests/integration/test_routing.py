@@ -26,6 +26,14 @@ from tests.integration.harness import RawClient, error_fields, eventually, send_
 from tests.support import shared_cluster, skip_unless_postgres, unique_name, wait_replica_caught_up
 
 
+def on_the_c_loop(case: unittest.TestCase) -> None:
+    """Run ``case`` with the C iteration on the reactor (as under ``twistd pgpool``)."""
+    if not fastpoll.c_loop_available():
+        raise unittest.SkipTest("pgpool_tw.engine._speedups is not built or turned off")
+    case.assertTrue(fastpoll.install(reactor))
+    case.addCleanup(fastpoll.uninstall, reactor)
+
+
 class RoutingCase(unittest.TestCase):
     timeout = 180
 
@@ -403,10 +411,7 @@ class PgbenchOnTheCLoop(Pgbench):
 
     def setUp(self) -> None:
         super().setUp()
-        if not fastpoll.c_loop_available():
-            raise unittest.SkipTest("pgpool_tw.engine._speedups is not built or turned off")
-        self.assertTrue(fastpoll.install(reactor))
-        self.addCleanup(fastpoll.uninstall, reactor)
+        on_the_c_loop(self)
 
     @defer.inlineCallbacks
     def test_select_only_and_tpcb_run_without_failures(self) -> Any:
@@ -529,10 +534,7 @@ class OnTheCLoop(ReadsAndWrites):
 
     def setUp(self) -> None:
         super().setUp()
-        if not fastpoll.c_loop_available():
-            raise unittest.SkipTest("pgpool_tw.engine._speedups is not built or turned off")
-        self.assertTrue(fastpoll.install(reactor))
-        self.addCleanup(fastpoll.uninstall, reactor)
+        on_the_c_loop(self)
 
     @defer.inlineCallbacks
     def test_the_c_loop_reads_all_three_sockets(self) -> Any:
