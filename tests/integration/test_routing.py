@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
 from pgpool_tw.session.routed import FAST_READ, FAST_WRITE
 from tests.integration.harness import RawClient, error_fields, eventually, send_cancel
@@ -588,6 +589,67 @@ class Cancel(RoutingCase):
 
         out = yield _thread(work)
         self.assertEqual(out, ["57014", self.replica.port, "57014", self.replica.port])
+
+
+class CancelOnTheCLoop(Cancel):
+    """The same on the C loop, and a cancel of a statement the router sent itself."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        on_the_c_loop(self)
+
+    @defer.inlineCallbacks
+    def test_a_cancel_reaches_a_statement_the_router_sent(self) -> Any:
+        service = self.start_pooler()
+        user, db = self.database()
+        counted = "SELECT count(*) FROM generate_series(1, {})"
+
+        def work() -> list[Any]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.query(counted.format(1))  # classified here: the shape is known now
+            client.send(m.query(counted.format(2000000000)))
+            time.sleep(0.5)
+            # The router sent it, and waits on the replica's leg (1); Python never saw it.
+            busy = [router.busy for router, side in list(fastpoll._router_fds) if side == 0]
+            send_cancel(service.port, client.pid, client.key)
+            code = error_fields(client.until_ready()).get("C")
+            client.close()
+            return [busy, code]
+
+        self.assertEqual((yield _thread(work)), [[1], "57014"])
+
+
+class LoadBalancingNodeTroubleOnTheCLoop(LoadBalancingNodeTrouble):
+    def setUp(self) -> None:
+        super().setUp()
+        on_the_c_loop(self)
+
+    @defer.inlineCallbacks
+    def test_a_load_balancing_server_lost_while_the_router_waits_on_it(self) -> Any:
+        """The replica's backend ends in the middle of a read the router sent: the client
+        gets the error and its end, as from one server; the next session works."""
+        service = self.start_pooler()
+        user, db = self.database()
+        counted = "SELECT count(*) FROM generate_series(1, {})"
+
+        def work() -> list[Any]:
+            client = RawClient(service.port)
+            client.startup(user=user, database=db)
+            client.query(counted.format(1))  # the shape is known from now on
+            client.send(m.query(counted.format(2000000000)))
+            time.sleep(0.5)
+            self.replica.psql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :'u'",
+                variables={"u": user},
+            )
+            rest = m.MessageReader().feed(client.read_all())
+            client.close(terminate=False)
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                after = conn.execute("SELECT 3").fetchone()
+            return [error_fields(rest).get("C"), after]
+
+        self.assertEqual((yield _thread(work)), ["57P01", (3,)])
 
 
 class PasswordsOnBothNodes(RoutingCase):
