@@ -5,26 +5,29 @@
  * to its load-balancing node.  Python decides; this file only looks the decision up.
  * Python keeps two tables here: `shapes`, shared by every session (a query text's shape
  * key, _shape.c, -> the statement's class: a plain read, a plain write, a plain
- * statement for the primary), and the session's own `arm` (class -> the leg such a
- * statement goes to *now*, and the ReadyForQuery status it must end with, so that it
- * changes nothing the session's Python state knows).  Python re-arms after every
- * chunk it handles and disarms whenever its own state is in motion.
- *
+ * statement for the primary, a COMMIT, a BEGIN), and the session's own `table`: per
+ * state and class, the leg such a statement goes to, the ReadyForQuery status its
+ * answer must end with, and the state that end leads to.  The states are snapshots of
+ * the session's Python state (RoutedStream._automaton); the router only follows them
+ * and counts its moves, and Python takes the state it reached whenever it next sees
+ * the session.  Python arms the router when its own queue empties and disarms it
+ * whenever its state is in motion.
+
  * While armed, a client chunk that is exactly one Query whose shape is in the table
  * goes to its leg from here, and the leg's answer goes back to the client from here,
  * headers walked, until its ReadyForQuery: no Python at all.  Everything else is
  * Python's: other chunks (on_data), and, when the answer holds anything but
  * RowDescription, DataRow, CommandComplete, NoticeResponse, ErrorResponse,
  * EmptyQueryResponse or the expected ReadyForQuery, or a socket of the session fails,
- * the statement itself: on_adopt(leg, raw_left) hands it to the stream, which queues it
- * as if it had sent it (raw_left: bytes of a message already half forwarded), then the
+ * the statement itself: on_adopt(leg, raw_left, class) hands it to the stream, which
+ * queues it as if it had sent it from the state the router is in (raw_left: bytes of a
+ * message already half forwarded), then the
  * rest of the answer follows through on_data.  What other sockets of the session
  * sent meanwhile is kept and handed over once the answer ended, in order.
  */
 #include "_speedups.h"
 
 #define ROUTER_SIDES 3 /* [0] the client, [1] leg 0 (the primary), [2] leg 1 */
-#define CLASS_MAX 4    /* classes 1..3 (0: none) */
 #define MESSAGE_MAX 0x3FFFFFFF
 #define PENDING_LIMIT (256 * 1024)
 
@@ -41,8 +44,7 @@ router_forget_pending(Router *r)
 static void
 router_disarm(Router *r)
 {
-    for (int i = 0; i < CLASS_MAX; i++)
-        r->arm[i] = -1;
+    r->states = 0;
 }
 
 /* Send to one of the session's sockets: now unless Twisted has bytes queued for it. */
@@ -118,7 +120,7 @@ router_class(Router *r, const unsigned char *data, Py_ssize_t n)
     long cls = PyLong_AsLong(value);
     if (cls == -1 && PyErr_Occurred())
         return -1;
-    return cls > 0 && cls < CLASS_MAX ? (int)cls : 0;
+    return cls > 0 && cls < ROUTE_CLASSES ? (int)cls : 0;
 }
 
 static int router_deliver(Router *r, int adopted, int side, const unsigned char *rest,
@@ -128,16 +130,20 @@ static int router_deliver(Router *r, int adopted, int side, const unsigned char 
 static int
 router_client(Router *r, const unsigned char *data, Py_ssize_t n)
 {
-    int cls = router_class(r, data, n);
+    int cls = r->states > 0 ? router_class(r, data, n) : 0;
     if (cls < 0)
         return -1;
-    int leg = cls > 0 ? r->arm[cls] : -1;
-    if (leg < 0 || r->fds[leg + 1] < 0)
+    const signed char *entry = r->table[r->state][cls];
+    int leg = cls > 0 ? entry[0] : -1;
+    if (leg < 0 || leg > 1 || r->fds[leg + 1] < 0)
         return router_call(r, 0, data, n); /* which counts it (client_idle_limit) */
     r->received++;
     r->bytes_in += n;
     if (cls == ROUTE_CLASS_READ)
         r->reads[leg]++;
+    r->status = entry[1];
+    r->next = entry[2];
+    r->busy_class = cls;
     r->busy = leg;
     r->skip = 0;
     r->adopt_soon = 0;
@@ -154,7 +160,8 @@ router_adopt(Router *r, int64_t raw_left)
     if (r->on_adopt == NULL)
         return 0;
     ran_python = 1;
-    PyObject *res = PyObject_CallFunction(r->on_adopt, "iL", leg, (long long)raw_left);
+    PyObject *res =
+        PyObject_CallFunction(r->on_adopt, "iLi", leg, (long long)raw_left, r->busy_class);
     if (res == NULL)
         return -1;
     Py_DECREF(res);
@@ -240,6 +247,8 @@ router_reply(Router *r, int side, const unsigned char *data, Py_ssize_t n)
             if (router_send(r, 0, data, pos) < 0)
                 return -1;
             r->busy = -1;
+            r->state = r->next;
+            r->moves++;
             r->queries++;
             if (r->status == IDLE)
                 r->xacts++;
@@ -382,15 +391,29 @@ router_dealloc(Router *self)
 static PyObject *
 router_arm(Router *self, PyObject *args)
 {
-    int read, write, primary, status;
-    if (!PyArg_ParseTuple(args, "iiii", &read, &write, &primary, &status))
+    const unsigned char *table;
+    Py_ssize_t len;
+    int states;
+    if (!PyArg_ParseTuple(args, "y#i", &table, &len, &states))
         return NULL;
-    int legs[CLASS_MAX] = {-1, read, write, primary};
-    for (int i = 1; i < CLASS_MAX; i++) {
-        int leg = legs[i];
-        self->arm[i] = leg >= 0 && leg < ROUTER_SIDES - 1 && self->fds[leg + 1] >= 0 ? leg : -1;
+    if (states < 1 || states > ROUTE_STATES || len != ROUTE_STATES * ROUTE_CLASSES * 3) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a table of (leg + 1, status, next) bytes per state and class");
+        return NULL;
     }
-    self->status = status;
+    for (int s = 0; s < ROUTE_STATES; s++)
+        for (int c = 0; c < ROUTE_CLASSES; c++) {
+            const unsigned char *cell = table + (s * ROUTE_CLASSES + c) * 3;
+            signed char *entry = self->table[s][c];
+            /* A leg beyond the second, a state out of range, a status that is no
+               ASCII letter: Python's. */
+            int ok = cell[0] >= 1 && cell[0] <= 2 && cell[2] < states && cell[1] < 128;
+            entry[0] = (signed char)(ok ? cell[0] - 1 : -1);
+            entry[1] = (signed char)(ok ? cell[1] : 0);
+            entry[2] = (signed char)(ok ? cell[2] : 0);
+        }
+    self->states = states;
+    self->state = 0;
     Py_RETURN_NONE;
 }
 
@@ -443,9 +466,15 @@ router_get_received(Router *self, void *closure)
 }
 
 static PyObject *
-router_get_armed(Router *self, void *closure)
+router_get_state(Router *self, void *closure)
 {
-    return Py_BuildValue("(iiii)", self->arm[1], self->arm[2], self->arm[3], self->status);
+    return PyLong_FromLong(self->state);
+}
+
+static PyObject *
+router_get_moves(Router *self, void *closure)
+{
+    return PyLong_FromLong(self->moves);
 }
 
 static PyGetSetDef router_getset[] = {
@@ -453,13 +482,17 @@ static PyGetSetDef router_getset[] = {
      "The leg whose answer the C loop forwards now, or -1.", NULL},
     {"received", (getter)router_get_received, NULL,
      "Client chunks received here (client_idle_limit reads it).", NULL},
-    {"armed", (getter)router_get_armed, NULL, "(read leg, write leg, primary leg, status)", NULL},
+    {"state", (getter)router_get_state, NULL,
+     "The table's state now (kept when disarmed: the state Python must take).", NULL},
+    {"moves", (getter)router_get_moves, NULL,
+     "Statements the router saw end (each moved its state).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef router_methods[] = {
     {"arm", (PyCFunction)router_arm, METH_VARARGS,
-     "arm(read_leg, write_leg, primary_leg, status): where each class goes now (-1: Python)."},
+     "arm(table, states): bytes, per state and class (leg + 1 or 0, status, next state); "
+     "the router starts in state 0."},
     {"disarm", (PyCFunction)router_disarm_py, METH_NOARGS, "Every statement is Python's."},
     {"forget", (PyCFunction)router_forget, METH_O,
      "forget(side): side 0 (client), 1 or 2 (legs) is no longer this router's."},

@@ -181,6 +181,8 @@ PyObject *speedups_slot_kind(PyObject *module, PyObject *arg);
 
 #define ROUTE_TEXT_MAX 4096 /* longer texts are Python's (the router's key buffer) */
 #define ROUTE_CLASS_READ 1  /* the class of a plain read (Router.take_counts counts them) */
+#define ROUTE_CLASSES 16    /* classes 1..15 (0: none); routed.FAST_CLASSES */
+#define ROUTE_STATES 16     /* states of a router's table; routed.FAST_STATES */
 
 /* The shape key of `text` (n bytes, no NUL) into `out` (capacity n + 1 is always enough);
    returns the key's length, or -1 when the text has no key (Python must classify it). */
@@ -194,9 +196,15 @@ typedef struct Router {
     PyObject *writes;     /* the epoll reactor's set of fds it waits to write to */
     PyObject *shapes;     /* Python's dict: shape key -> class */
     PyObject *on_data[3]; /* Python's: a chunk of that socket */
-    PyObject *on_adopt;   /* Python's: on_adopt(leg, raw_left) */
-    int arm[4];           /* class -> leg, -1: Python's */
-    int status;           /* the ReadyForQuery status an armed statement ends with */
+    PyObject *on_adopt;   /* Python's: on_adopt(leg, raw_left, class) */
+    /* Python's table: per state and class, (leg or -1, the ReadyForQuery status the
+       answer must end with, the state it leads to); `states` 0: disarmed. */
+    signed char table[ROUTE_STATES][ROUTE_CLASSES][3]; /* statuses are ASCII letters */
+    int states, state;
+    long moves;           /* statements that ended here (Python compares) */
+    int status;           /* the busy statement's expected ReadyForQuery status */
+    int next;             /* the state its end leads to */
+    int busy_class;
     int busy;             /* the leg whose answer is forwarded here, or -1 */
     int adopt_soon;       /* too much kept meanwhile: adopt at the next boundary */
     int64_t skip;         /* body bytes of the message being forwarded */

@@ -112,7 +112,8 @@ class Router:
 
     busy: int
     received: int
-    armed: tuple[int, int, int, int]
+    state: int
+    moves: int
     def __init__(
         self,
         fds: tuple[int, ...],
@@ -120,9 +121,9 @@ class Router:
         writes: set[int],
         shapes: dict[bytes, int],
         on_data: tuple[Callable[[bytes], object] | None, ...],
-        on_adopt: Callable[[int, int], object],
+        on_adopt: Callable[[int, int, int], object],
     ) -> None: ...
-    def arm(self, read: int, write: int, primary: int, status: int) -> None: ...
+    def arm(self, table: bytes, states: int) -> None: ...
     def disarm(self) -> None: ...
     def forget(self, side: int) -> None: ...
     def take_counts(self) -> tuple[int, int, int, int, int, int]: ...

@@ -167,7 +167,7 @@ def start_router(
     on_data: tuple[
         Callable[[bytes], object], Callable[[bytes], object], Optional[Callable[[bytes], object]]
     ],
-    on_adopt: Callable[[int, int], object],
+    on_adopt: Callable[[int, int, int], object],
 ) -> Optional[Router]:
     """Let the C iteration route a routed session's plain statements itself (see
     engine/_route.c); None when it cannot (no C loop on ``reactor``, TLS, a closed

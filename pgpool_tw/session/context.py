@@ -84,6 +84,10 @@ class SessionContext:
         #: Shape key -> class of statement, for the C loop's routers (engine/_route.c):
         #: one table for the process, emptied in place whenever the classifier changes.
         self.fast_shapes: dict[bytes, int] = {}
+        #: The BEGIN texts the routers' tables name (RoutingRules.begins), and the
+        #: tables computed so far (RoutingRules.automata).
+        self.fast_begins: list[bytes] = []
+        self.fast_automata: dict[Any, Any] = {}
         #: Routed sessions the C loop routes for: re-armed when the cluster changes.
         self.fast_streams: weakref.WeakSet[RoutedStream] = weakref.WeakSet()
         #: Sessions waiting for the first replication check to name the primary.
@@ -145,6 +149,7 @@ class SessionContext:
     def routing_changed(self) -> None:
         """The cluster's answers changed (a replication check): sessions the C loop routes
         for re-read where their reads may go."""
+        self.fast_automata.clear()
         for stream in list(self.fast_streams):
             stream.rearm()
 
@@ -194,18 +199,35 @@ class SessionContext:
             _log_statement if config.log_per_node_statement else None,
             per_statement if config.statement_level_load_balance else None,
             None if config.primary_routing_query_pattern_list else self._learn,
+            self.fast_begins,
+            self.fast_automata,
+            # Everything the rules answer besides the cluster (whose changes empty
+            # fast_automata): sessions with equal keys share routers' tables.
+            (
+                lb_node,
+                primary,
+                config.disable_load_balance_on_write,
+                config.read_your_writes,
+                config.log_per_node_statement,
+                config.statement_level_load_balance,
+            ),
         )
 
-    def _learn(self, msg: bytes, kind: int) -> None:
-        """A Query of this shape may go by the C loop: its shape key gets ``kind``."""
+    def _learn(self, msg: bytes, kind: int, literals: bool) -> bool:
+        """A Query of this shape may go by the C loop: its shape key gets ``kind``.
+
+        ``literals``: texts that differ only in literals share the class; otherwise
+        only a key without literals is the text's alone (a BEGIN, a COMMIT)."""
         if speedups is None:
-            return
+            return False
         key = speedups.shape_key(msg[5:-1])
-        if key is not None:
-            shapes = self.fast_shapes
-            if len(shapes) >= FAST_SHAPES_MAX and key not in shapes:
-                shapes.clear()
-            shapes[key] = kind
+        if key is None or (not literals and any(byte < 4 for byte in key)):
+            return False
+        shapes = self.fast_shapes
+        if len(shapes) >= FAST_SHAPES_MAX and key not in shapes:
+            shapes.clear()
+        shapes[key] = kind
+        return True
 
     def _count_select(self, node: int, count: int) -> None:
         counts = self.select_counts

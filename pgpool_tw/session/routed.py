@@ -28,8 +28,10 @@ The client must see what one server would send:
   kept up to date for the pool.
 
 On the C loop a router (``engine/_route.c``) takes the simple Queries of a known shape
-that change nothing here, as ``rearm`` arms it, and hands back (``adopt``) any it cannot
-finish alone; see docs/ARCHITECTURE.md section 2a, step 4a.
+by a table of this stream's own states (``rearm``, ``_automaton``), moves from state to
+state as their answers end (``_sync`` takes the state it reached), and hands back
+(``adopt``) any statement it cannot finish alone; see docs/ARCHITECTURE.md section 2a,
+step 4a.
 
 What it does not do yet: a Sync-ended batch is routed as a whole, decided from the
 messages already received when it starts; a batch that starts reading on the
@@ -43,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from struct import Struct
-from typing import Optional, Protocol, overload
+from typing import Any, Optional, Protocol, overload
 
 from pgpool_tw.cluster.classify import (
     ROUTE_ALL,
@@ -98,13 +100,30 @@ _UNKNOWN = Verdict(ROUTE_PRIMARY, write=True)
 #: plain write, a plain statement for the primary.  Python maps a text's shape key to
 #: one once it classified a text of that shape, and tells the loop, after every chunk it
 #: handles, which leg each class goes to *now* (``RoutedStream._rearm``).
-FAST_READ, FAST_WRITE, FAST_PRIMARY = 1, 2, 3
+FAST_READ, FAST_WRITE, FAST_PRIMARY, FAST_COMMIT = 1, 2, 3, 4
+#: BEGIN texts are classes FAST_BEGIN + k, k indexing ``RoutingRules.begins`` (the
+#: router cannot tell Python which BEGIN it sent otherwise; pgpool-II's deferred BEGIN
+#: replays the client's own text on the standby).
+FAST_BEGIN = 8
+FAST_CLASSES = 16
+#: States of the router's table (``RoutedStream._automaton``) at the most.
+FAST_STATES = 16
 _PLAIN_READ = Verdict(ROUTE_STANDBY)
+_PLAIN_WRITE = Verdict(ROUTE_PRIMARY, write=True)
+_BEGIN = Verdict(ROUTE_ALL, tx="begin")
+_COMMIT = Verdict(ROUTE_ALL, tx="commit")
 
 
 def fast_class(verdict: Verdict) -> int:
-    """The class of a statement that changes nothing the session remembers beyond what
-    ``_rearm`` checks; 0 when Python must see every such statement."""
+    """The class of a statement whose effect on the session Python can foresee
+    (``RoutedStream._fast_step``); 0 when Python must see every such statement.
+
+    A BEGIN or COMMIT (``FAST_BEGIN``, ``FAST_COMMIT``) qualifies only as a text without
+    literals: its shape key is then the text itself (the caller checks)."""
+    if verdict.route == ROUTE_ALL and verdict == _BEGIN:
+        return FAST_BEGIN
+    if verdict.route == ROUTE_ALL and verdict == _COMMIT:
+        return FAST_COMMIT
     if (
         not verdict.shaped
         or verdict.tx
@@ -128,8 +147,10 @@ class FastRoute(Protocol):
     """What the stream asks of the C loop's router of its session (engine/_route.c)."""
 
     busy: int
+    state: int
+    moves: int
 
-    def arm(self, read: int, write: int, primary: int, status: int) -> None: ...
+    def arm(self, table: bytes, states: int) -> None: ...
 
     def disarm(self) -> None: ...
 
@@ -153,6 +174,9 @@ class RoutingRules:
         "log_statement",
         "per_statement",
         "learn",
+        "begins",
+        "automata",
+        "key",
     )
 
     def __init__(
@@ -166,7 +190,10 @@ class RoutingRules:
         on_select: Callable[[int, int], None] = lambda node, count: None,
         log_statement: Optional[Callable[[int, int, str], None]] = None,
         per_statement: Optional[Callable[[], bool]] = None,
-        learn: Optional[Callable[[bytes, int], None]] = None,
+        learn: Optional[Callable[[bytes, int, bool], bool]] = None,
+        begins: Optional[list[bytes]] = None,
+        automata: Optional[dict[Any, Any]] = None,
+        key: object = None,
     ) -> None:
         self.classify = classify
         #: local(command, status) -> the pooler's own answer, ReadyForQuery included.
@@ -184,10 +211,26 @@ class RoutingRules:
         #: statement_level_load_balance: True when this read goes to the load-balancing
         #: node (by weight, against the primary), asked per statement.
         self.per_statement = per_statement
-        #: learn(query message, class): the C loop may route texts of this one's shape
-        #: (None: it routes nothing, e.g. under primary_routing_query_pattern_list,
-        #: whose patterns read constants).
+        #: learn(query message, class, literals too): the C loop may route texts of
+        #: this one's shape (False: it has no such key; None: the loop routes nothing,
+        #: e.g. under primary_routing_query_pattern_list, whose patterns read constants).
         self.learn = learn
+        #: The BEGIN texts the router knows, FAST_BEGIN + index each; only ever
+        #: appended to (routers' tables name them by index).
+        self.begins = begins if begins is not None else []
+        #: The routers' tables computed so far, shared by the sessions whose rules
+        #: have the same ``key`` (the cluster's changes empty it).
+        self.automata: dict[Any, Any] = automata if automata is not None else {}
+        self.key = key
+
+    def begin_class(self, msg: bytes) -> int:
+        """The class of this BEGIN text (0: too many kinds of BEGIN already)."""
+        begins = self.begins
+        if msg not in begins:
+            if len(begins) == FAST_CLASSES - FAST_BEGIN:
+                return 0
+            begins.append(msg)
+        return FAST_BEGIN + begins.index(msg)
 
 
 class RoutedStream:
@@ -256,11 +299,17 @@ class RoutedStream:
         self._fast_seen = False
         #: The router was last armed (not disarmed).
         self._armed = False
+        #: The states of the router's table and its moves when it was armed.
+        self._fast_states: list[tuple[object, ...]] = []
+        self._fast_moves = 0
+        #: The classes of statement this session sent (the router's table covers these).
+        self._kinds: tuple[int, ...] = ()
 
     # -- what the session and the glue read, as of the plain tracker -----------------
 
     @property
     def status(self) -> int:
+        self._sync()
         return self.primary.status if self.aborted is None else FAILED
 
     @property
@@ -270,6 +319,7 @@ class RoutedStream:
 
     @property
     def in_sync(self) -> bool:
+        self._sync()
         fast = self.fast
         return (
             not self._queue
@@ -285,6 +335,7 @@ class RoutedStream:
 
     def take_counts(self) -> tuple[int, int, int, int]:
         if self.fast is not None:
+            self._sync()
             self._fold_counts(self.fast)
         counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
         self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
@@ -304,6 +355,7 @@ class RoutedStream:
     def detach_fast(self) -> None:
         """The router let the session's sockets go: its counts are kept, the router is
         not (the two refer to each other)."""
+        self._sync()
         fast, self.fast = self.fast, None
         if fast is not None:
             self._fold_counts(fast)
@@ -320,27 +372,48 @@ class RoutedStream:
 
     # -- the C loop's router ----------------------------------------------------------
 
-    def adopt(self, index: int, raw_left: int) -> None:
-        """The C loop hands over a statement it sent to leg ``index`` (0: the primary):
-        queued as if sent here; ``raw_left`` bytes of the answer's current message go
-        to the client as they come, the rest is read as usual."""
+    def adopt(self, index: int, raw_left: int, kind: int) -> None:
+        """The C loop hands over a statement of class ``kind`` it sent to leg ``index``
+        (0: the primary) from its current state: queued as if sent here, with what
+        sending it changed; ``raw_left`` bytes of the answer's current message go to the
+        client as they come, the rest is read as usual."""
+        self._sync()
+        self._armed = False  # the router disarmed itself
         leg = self.legs[index] if index < len(self.legs) else self.primary
+        self._fast_step(kind)
         unit = Unit(leg)
+        unit.tx = "begin" if kind >= FAST_BEGIN else "commit" if kind == FAST_COMMIT else ""
+        unit.write = kind == FAST_WRITE
         self._queue.append(unit)
         unit.expect(leg)
         self._copy_leg = leg
         leg.raw_left = raw_left
-        self._armed = False  # the router disarmed itself
+
+    def _sync(self) -> None:
+        """Take the state the router moved the session to (its table's states are
+        snapshots of this stream's, ``_automaton``)."""
+        fast = self.fast
+        if fast is not None and fast.moves != self._fast_moves:
+            self._fast_moves = fast.moves
+            self._restore(self._fast_states[fast.state])
 
     def rearm(self) -> None:
-        """Tell the router where each class of statement goes now, or that Python must
-        see them all (its state is in motion, or a statement would change it).
+        """Hand the router its table for the session's state now, or disarm it while
+        Python must see every statement (a unit in flight, a failed transaction, a
+        batch, statements logged).
 
         Cheap while a unit is in flight (the router is disarmed once), and nothing at
         all in a session that never sent a simple Query the router could take (an
         extended-protocol client)."""
         fast = self.fast
         if fast is None or not self._fast_seen:
+            return
+        self._sync()
+        if fast.busy >= 0:
+            # Its statement ends by the old table; Python takes the next one and arms
+            # the router again then.
+            fast.disarm()
+            self._armed = False
             return
         if self._queue:
             if self._armed:
@@ -361,30 +434,113 @@ class RoutedStream:
             fast.disarm()
             self._armed = False
             return
-        read = self._read_leg(_PLAIN_READ, dry=True)
-        write = primary if self._writes_change_nothing() else None
+        states, table = self._automaton()
+        self._fast_states = states
+        self._fast_moves = fast.moves
         self._armed = True
-        fast.arm(
-            -1 if read is None else self.legs.index(read),
-            -1 if write is None else 0,
-            0,
-            primary.status,
-        )
+        fast.arm(table, len(states))
 
-    def _writes_change_nothing(self) -> bool:
-        """A plain write now leaves the session's state as it is: inside a transaction
-        that already wrote (an autocommit write changes what read-your-writes knows)."""
-        return (
-            self.primary.status == IN_TX
-            and self.rules.on_write_mode != "dml_adaptive"
-            and self._wrote_in_tx
-            and self._wrote
-            and self._dirty
-            and self._wrote_in_a_tx
-        )
+    # -- what the router may do: a table of this stream's own states ------------------
+
+    #: The fields a class of statement changes (``_fast_step``, ``_ended``).
+    _MOVED = (
+        "_wrote_in_tx",
+        "_wrote_in_a_tx",
+        "_wrote",
+        "_dirty",
+        "_unreplicated",
+        "_lb_begin",
+        "_tx_on_primary",
+        "_begun",
+    )
+
+    def _snapshot(self) -> tuple[object, ...]:
+        lb = self.lb
+        moved = tuple(getattr(self, name) for name in self._MOVED)
+        # What the rules read besides: a state is the same only if these are too.
+        read = (self.desynced, self.write_lsn, self._lb_replayed, frozenset(self._temps))
+        return (self.primary.status, lb.status if lb is not None else -1, *moved, *read)
+
+    def _restore(self, state: tuple[object, ...]) -> None:
+        self.primary.status = state[0]  # type: ignore[assignment]
+        if self.lb is not None:
+            self.lb.status = state[1]  # type: ignore[assignment]
+        for name, value in zip(self._MOVED, state[2:]):
+            setattr(self, name, value)
+
+    def _fast_step(self, kind: int) -> Optional[tuple[Leg, int]]:
+        """Send a statement of class ``kind`` in thought: where it goes and the status
+        its answer must end with, with what sending it changes; None where Python must
+        see it.  The same code the stream runs for such a statement."""
+        primary = self.primary
+        if kind == FAST_READ:
+            leg = self._read_leg(_PLAIN_READ, dry=True)
+            return None if leg is None else (leg, leg.status)
+        if kind == FAST_PRIMARY:
+            return primary, primary.status
+        if kind == FAST_WRITE:
+            if self.rules.on_write_mode == "dml_adaptive":
+                return None  # the tables it writes decide later reads
+            self._note_sent(primary, _PLAIN_WRITE)
+            return primary, primary.status
+        if kind == FAST_COMMIT:
+            if primary.status != IN_TX:
+                return None
+            leader, others = self._all_legs(_COMMIT)
+            return (primary, IDLE) if leader is primary and not others else None
+        index = kind - FAST_BEGIN
+        begins = self.rules.begins
+        if 0 <= index < len(begins) and self._defer_begin(_BEGIN, begins[index]):
+            self._note_sent(primary, _BEGIN)
+            return primary, IN_TX
+        return None
+
+    def _automaton(self) -> tuple[list[tuple[object, ...]], bytes]:
+        """The router's table: from the state now, for each class of statement this
+        session has sent, the leg, the status its answer must end with and the state it
+        leads to; every state reached, up to FAST_STATES.  Cached for every session of
+        the same rules (``RoutingRules.automata``, emptied when the cluster changes).
+
+        The table is bytes: per state and class, leg + 1 (0: Python's), status, next."""
+        start = self._snapshot()
+        key = (self.rules.key, self._kinds, start)
+        automata = self.rules.automata
+        cached = automata.get(key)
+        if cached is not None:
+            return cached
+        states = [start]
+        index = {start: 0}
+        table = bytearray(FAST_STATES * FAST_CLASSES * 3)
+        at = 0
+        while at < len(states):
+            for kind in self._kinds:
+                self._restore(states[at])
+                step = self._fast_step(kind)
+                if step is None:
+                    continue
+                leg, status = step
+                leg.status = status
+                self._ended(leg)
+                after = self._snapshot()
+                to = index.get(after)
+                if to is None:
+                    if len(states) == FAST_STATES:
+                        continue
+                    to = index[after] = len(states)
+                    states.append(after)
+                cell = (at * FAST_CLASSES + kind) * 3
+                table[cell : cell + 3] = bytes((self.legs.index(leg) + 1, status, to))
+            at += 1
+        self._restore(start)
+        if len(automata) >= 256:
+            automata.clear()
+        result = (states, bytes(table))
+        automata[key] = result
+        return result
 
     def drop_leg(self, leg: Leg) -> bool:
         """Forget a load-balancing leg whose server went away; False if it owed answers."""
+        self._sync()
         if leg is self.primary or leg.units:
             return False
         self.lb = None
@@ -396,9 +552,11 @@ class RoutedStream:
 
     def feed_client(self, data: bytes) -> int:
         """Route a client chunk; return 0 when it held a Terminate (never forwarded), else -1."""
+        if self.fast is None:
+            return self._feed_client(data)
+        self._sync()
         result = self._feed_client(data)
-        if self.fast is not None:
-            self.rearm()
+        self.rearm()
         return result
 
     def _feed_client(self, data: bytes) -> int:
@@ -491,13 +649,15 @@ class RoutedStream:
         text = msg[5:-1].decode("utf-8", "replace")
         verdict = self.rules.classify(text)
         route = verdict.route
-        if verdict.shaped:
-            learn = self.rules.learn
-            if learn is not None:
-                kind = fast_class(verdict)
-                if kind:
-                    learn(msg, kind)
-                    self._fast_seen = True
+        learn = self.rules.learn
+        if learn is not None:
+            kind = fast_class(verdict)
+            if kind >= FAST_BEGIN:
+                kind = self.rules.begin_class(msg)
+            if kind and learn(msg, kind, kind < FAST_COMMIT):
+                self._fast_seen = True
+                if kind not in self._kinds:
+                    self._kinds = tuple(sorted((*self._kinds, kind)))
         if verdict.execute_name:
             inner = self._prepared.get(verdict.execute_name)
             if inner is not None and inner.route == ROUTE_STANDBY:
@@ -909,6 +1069,8 @@ class RoutedStream:
     # -- servers to the client -----------------------------------------------------------
 
     def server_data(self, leg: Leg, data: bytes) -> None:
+        if self.fast is not None:
+            self._sync()
         self.bytes_out += len(data)
         if leg.raw_left:
             # The rest of a message the C loop began forwarding (``adopt``).
@@ -1041,10 +1203,15 @@ class RoutedStream:
                 self._unit_done(head)
 
     def _unit_done(self, unit: Unit) -> None:
-        status = unit.leader.status
-        self.aborted = unit.leader if status == FAILED else None
-        if status == IDLE and self.primary.status == IDLE:
+        if self._ended(unit.leader):
             self.xacts += 1
+
+    def _ended(self, leader: Leg) -> bool:
+        """What a unit's end tells the session (the leader's status is the client's);
+        True when it ended a transaction."""
+        status = leader.status
+        self.aborted = leader if status == FAILED else None
+        if status == IDLE and self.primary.status == IDLE:
             self._wrote_in_tx = False
             self._tx_on_primary = False
             self._tx_written.clear()
@@ -1054,6 +1221,8 @@ class RoutedStream:
             if self._dirty and self.rules.read_your_writes and self.lb is not None:
                 self._dirty = False
                 self._unreplicated = True
+            return True
+        return False
 
     # -- the pooler's own queries ------------------------------------------------------
 

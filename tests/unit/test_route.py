@@ -104,23 +104,35 @@ def error(code: str) -> bytes:
     return m.error_response(code, "no", severity="ERROR")
 
 
+class Taught:
+    """What the process's routers know (SessionContext.fast_shapes, fast_begins)."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[bytes, int] = {}
+        self.begins: list[bytes] = []
+
+    def learn(self, msg: bytes, kind: int, literals: bool) -> bool:
+        """As SessionContext._learn."""
+        assert speedups is not None
+        key = speedups.shape_key(msg[5:-1])
+        if key is None or (not literals and any(byte < 4 for byte in key)):
+            return False
+        self.shapes[key] = kind
+        return True
+
+
 def new_stream(
     send: list[Callable[[bytes], None]],
     client_send: Callable[[bytes], None],
-    shapes: Optional[dict[bytes, int]],
+    taught: Optional[Taught],
     mode: str = "transaction",
 ) -> RoutedStream:
-    def learn(msg: bytes, kind: int) -> None:
-        assert speedups is not None and shapes is not None
-        key = speedups.shape_key(msg[5:-1])
-        if key is not None:
-            shapes[key] = kind
-
     rules = RoutingRules(
         Classifier().classify,
         lambda command, status: m.ready_for_query(status),
         on_write_mode=mode,
-        learn=learn if shapes is not None else None,
+        learn=taught.learn if taught is not None else None,
+        begins=taught.begins if taught is not None else None,
     )
     primary = Leg(0, send[0], IDLE, {})
     lb = Leg(1, send[1], IDLE, {})
@@ -204,7 +216,7 @@ def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
 class RoutedPair:
     """Client, primary and replica as socket pairs; the router and a stream between."""
 
-    def __init__(self, shapes: dict[bytes, int], mode: str = "transaction") -> None:
+    def __init__(self, taught: Taught, mode: str = "transaction") -> None:
         assert speedups is not None
         self.ep = select.epoll()
         self.outer: list[socket.socket] = []  # the client's, the primary's, the replica's ends
@@ -219,24 +231,24 @@ class RoutedPair:
             self.outer.append(a)
             self.inner.append(b)
             self.ep.register(b.fileno(), select.EPOLLIN)
-        self.shapes = shapes
+        self.taught = taught
         self.adopted = 0
         self.servers: list[FakeServer] = []
         inner = self.inner
         sends = [inner[1].sendall, inner[2].sendall]
-        self.stream = new_stream(sends, inner[0].sendall, self.shapes, mode)
+        self.stream = new_stream(sends, inner[0].sendall, taught, mode)
         legs = [self.stream.primary, self.stream.lb]
 
-        def adopt(leg: int, raw_left: int) -> None:
+        def adopt(leg: int, raw_left: int, kind: int) -> None:
             self.adopted += 1
-            self.stream.adopt(leg, raw_left)
+            self.stream.adopt(leg, raw_left, kind)
 
         transports = tuple(Writer(sock) for sock in inner)
         self.router = speedups.Router(
             tuple(sock.fileno() for sock in inner),
             transports,
             set(),
-            self.shapes,
+            taught.shapes,
             (self.stream.feed_client, legs[0].feed_server, legs[1].feed_server),  # type: ignore[union-attr]
             adopt,
         )
@@ -277,11 +289,11 @@ class Writer:
 
 
 def run_routed(
-    case: SynchronousTestCase, talk: Conversation, shapes: Optional[dict[bytes, int]] = None
+    case: SynchronousTestCase, talk: Conversation, taught: Optional[Taught] = None
 ) -> tuple[bytes, list[list[str]], RoutedPair]:
-    """The conversation through sockets, poll() and the router (``shapes``: what earlier
+    """The conversation through sockets, poll() and the router (``taught``: what earlier
     sessions taught it)."""
-    pair = RoutedPair({} if shapes is None else shapes, talk.mode)
+    pair = RoutedPair(Taught() if taught is None else taught, talk.mode)
     try:
         client = _converse(case, talk, pair)
     finally:
@@ -380,9 +392,9 @@ class AgreementTests(SynchronousTestCase):
         # Twice through the router: the first session teaches it the shapes, the second
         # (a new session, as another client's) finds them known from its first statement.
         alone = run_alone(talk)
-        shapes: dict[bytes, int] = {}
+        taught = Taught()
         for _ in range(2):
-            client, got, pair = run_routed(self, talk, shapes)
+            client, got, pair = run_routed(self, talk, taught)
             if talk.burst:
                 # A statement the client sent while C waited on an answer is routed once
                 # that answer ended: maybe elsewhere than while it was in flight.
@@ -401,7 +413,8 @@ class AgreementTests(SynchronousTestCase):
         self.assertEqual(counts[0], 9)  # queries answered in C
         self.assertEqual(counts[5], 9)  # reads sent to the replica
         self.assertEqual(pair.stream.queries, 1)
-        self.assertEqual(pair.shapes, {speedups.shape_key(texts[0].encode()): FAST_READ})  # type: ignore[union-attr]
+        shapes = pair.taught.shapes
+        self.assertEqual(shapes, {speedups.shape_key(texts[0].encode()): FAST_READ})  # type: ignore[union-attr]
 
     def test_writes_in_a_transaction_that_wrote_are_routed_in_c(self) -> None:
         texts = ["BEGIN", "UPDATE t SET v = 1 WHERE id = 1"]
@@ -447,3 +460,32 @@ class AgreementTests(SynchronousTestCase):
         self.assertEqual(client, alone[0])
         self.assertEqual(client.count(b"Z\x00\x00\x00\x05I"), 3)
         self.assertEqual(pair.router.take_counts()[0], 2)  # both of the burst in C
+
+    def test_whole_transactions_are_routed_in_c_once_their_shapes_are_known(self) -> None:
+        """TPC-B's transaction: BEGIN, writes, a read and END move the session's state;
+        the router follows Python's table of states, and Python takes the state it
+        reached when it next sees the session."""
+        tx = [
+            "BEGIN;",
+            "UPDATE t SET v = v + {n} WHERE id = 1;",
+            "SELECT v FROM t WHERE id = {n};",
+            "UPDATE u SET v = v + {n} WHERE id = 2;",
+            "INSERT INTO h VALUES ({n});",
+            "END;",
+        ]
+        texts = [t.format(n=n) for n in range(4) for t in tx]
+        talk = Conversation([m.query(t) for t in texts], 1, False, False, cut=False)
+        alone = run_alone(talk)
+        taught = Taught()
+        run_routed(self, talk, taught)  # teaches the shapes
+        client, got, pair = run_routed(self, talk, taught)
+        self.assertEqual((client, got), alone)
+        self.assertEqual(got[1], [])  # a writing transaction never touches the standby
+        # A session shows Python each class of statement once (BEGIN, the first write,
+        # the read, END: the router's table covers the classes the session sends); the
+        # other statements of the first transaction and every later one go by the router.
+        self.assertEqual(pair.router.take_counts()[0], len(texts) - 4)
+        self.assertEqual(pair.stream.queries, 4)
+        # Python's state is the one the router reached: idle, the last commit to replay.
+        self.assertEqual(pair.stream.status, IDLE)
+        self.assertTrue(pair.stream._unreplicated)
