@@ -35,6 +35,18 @@ def on_the_c_loop(case: unittest.TestCase) -> None:
     case.addCleanup(fastpoll.uninstall, reactor)
 
 
+def long_read_by_the_router(service: PgpoolService, user: str, db: str) -> RawClient:
+    """A raw client whose long read the router has sent (its shape was classified by a
+    short one first) and is waiting on, half a second in."""
+    counted = "SELECT count(*) FROM generate_series(1, {})"
+    client = RawClient(service.port)
+    client.startup(user=user, database=db)
+    client.query(counted.format(1))
+    client.send(m.query(counted.format(2000000000)))
+    time.sleep(0.5)
+    return client
+
+
 class RoutingCase(unittest.TestCase):
     timeout = 180
 
@@ -602,14 +614,9 @@ class CancelOnTheCLoop(Cancel):
     def test_a_cancel_reaches_a_statement_the_router_sent(self) -> Any:
         service = self.start_pooler()
         user, db = self.database()
-        counted = "SELECT count(*) FROM generate_series(1, {})"
 
         def work() -> list[Any]:
-            client = RawClient(service.port)
-            client.startup(user=user, database=db)
-            client.query(counted.format(1))  # classified here: the shape is known now
-            client.send(m.query(counted.format(2000000000)))
-            time.sleep(0.5)
+            client = long_read_by_the_router(service, user, db)
             # The router sent it, and waits on the replica's leg (1); Python never saw it.
             busy = [router.busy for router, side in list(fastpoll._router_fds) if side == 0]
             send_cancel(service.port, client.pid, client.key)
@@ -631,14 +638,9 @@ class LoadBalancingNodeTroubleOnTheCLoop(LoadBalancingNodeTrouble):
         gets the error and its end, as from one server; the next session works."""
         service = self.start_pooler()
         user, db = self.database()
-        counted = "SELECT count(*) FROM generate_series(1, {})"
 
         def work() -> list[Any]:
-            client = RawClient(service.port)
-            client.startup(user=user, database=db)
-            client.query(counted.format(1))  # the shape is known from now on
-            client.send(m.query(counted.format(2000000000)))
-            time.sleep(0.5)
+            client = long_read_by_the_router(service, user, db)
             self.replica.psql(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :'u'",
                 variables={"u": user},
