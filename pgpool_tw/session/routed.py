@@ -66,6 +66,8 @@ from pgpool_tw.protocol.rows import first_lsn
 from pgpool_tw.session.legs import Batch, Leg, Unit
 
 __all__ = [
+    "FAST_BEGIN",
+    "FAST_COMMIT",
     "FAST_PRIMARY",
     "FAST_READ",
     "FAST_WRITE",
@@ -97,9 +99,10 @@ _REPLAYED_LSN = m.query("SELECT pg_last_wal_replay_lsn()")
 _UNKNOWN = Verdict(ROUTE_PRIMARY, write=True)
 
 #: Classes of statements the C loop may route itself (engine/_route.c): a plain read, a
-#: plain write, a plain statement for the primary.  Python maps a text's shape key to
-#: one once it classified a text of that shape, and tells the loop, after every chunk it
-#: handles, which leg each class goes to *now* (``RoutedStream._rearm``).
+#: plain write, a plain statement for the primary, a COMMIT, a BEGIN.  Python maps a
+#: text's shape key to one once it classified a text of that shape, and hands the loop a
+#: table of where each class goes from each of the session's states
+#: (``RoutedStream.rearm``, ``_automaton``).
 FAST_READ, FAST_WRITE, FAST_PRIMARY, FAST_COMMIT = 1, 2, 3, 4
 #: BEGIN texts are classes FAST_BEGIN + k, k indexing ``RoutingRules.begins`` (the
 #: router cannot tell Python which BEGIN it sent otherwise; pgpool-II's deferred BEGIN
