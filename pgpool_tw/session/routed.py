@@ -493,7 +493,13 @@ class RoutedStream:
             return (primary, IDLE) if leader is primary and not others else None
         index = kind - FAST_BEGIN
         begins = self.rules.begins
-        if 0 <= index < len(begins) and self._defer_begin(_BEGIN, begins[index]):
+        if not 0 <= index < len(begins):
+            return None
+        # Deferred (the standby joins when a read needs it), or the primary's alone (no
+        # standby to join); _all_legs only looks while no BEGIN waits to be replayed.
+        if self._defer_begin(_BEGIN, begins[index]) or (
+            self._lb_begin is None and self._all_legs(_BEGIN) == (primary, [])
+        ):
             self._note_sent(primary, _BEGIN)
             return primary, IN_TX
         return None

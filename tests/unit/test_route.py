@@ -126,6 +126,7 @@ def new_stream(
     client_send: Callable[[bytes], None],
     taught: Optional[Taught],
     mode: str = "transaction",
+    standby: bool = True,
 ) -> RoutedStream:
     rules = RoutingRules(
         Classifier().classify,
@@ -135,7 +136,7 @@ def new_stream(
         begins=taught.begins if taught is not None else None,
     )
     primary = Leg(0, send[0], IDLE, {})
-    lb = Leg(1, send[1], IDLE, {})
+    lb = Leg(1, send[1], IDLE, {}) if standby else None
     return RoutedStream(primary, lb, client_send, rules)
 
 
@@ -151,9 +152,13 @@ class Conversation:
         cut: bool = True,
         burst: frozenset[int] = frozenset(),
         mode: str = "transaction",
+        standby: bool = True,
     ) -> None:
         #: disable_load_balance_on_write.
         self.mode = mode
+        #: The session has a load-balancing leg (without one: the primary's alone, as
+        #: when its load-balancing node is the primary).
+        self.standby = standby
         self.chunks = chunks
         #: Chunk i + 1 follows chunk i before any answer (the router keeps it meanwhile).
         self.burst = burst
@@ -187,7 +192,9 @@ def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
     """The conversation through the stream alone."""
     client: list[bytes] = []
     sent: list[list[bytes]] = [[], []]
-    stream = new_stream([sent[0].append, sent[1].append], client.append, None, talk.mode)
+    stream = new_stream(
+        [sent[0].append, sent[1].append], client.append, None, talk.mode, talk.standby
+    )
     extra = talk.extras()
     servers = [FakeServer(0, extra), FakeServer(1, extra)]
     rng = random.Random(talk.seed)
@@ -216,7 +223,7 @@ def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
 class RoutedPair:
     """Client, primary and replica as socket pairs; the router and a stream between."""
 
-    def __init__(self, taught: Taught, mode: str = "transaction") -> None:
+    def __init__(self, taught: Taught, mode: str = "transaction", standby: bool = True) -> None:
         assert speedups is not None
         self.ep = select.epoll()
         self.outer: list[socket.socket] = []  # the client's, the primary's, the replica's ends
@@ -236,24 +243,28 @@ class RoutedPair:
         self.servers: list[FakeServer] = []
         inner = self.inner
         sends = [inner[1].sendall, inner[2].sendall]
-        self.stream = new_stream(sends, inner[0].sendall, taught, mode)
+        self.stream = new_stream(sends, inner[0].sendall, taught, mode, standby)
         legs = [self.stream.primary, self.stream.lb]
 
         def adopt(leg: int, raw_left: int, kind: int) -> None:
             self.adopted += 1
             self.stream.adopt(leg, raw_left, kind)
 
-        transports = tuple(Writer(sock) for sock in inner)
+        socks = inner if standby else inner[:2]
         self.router = speedups.Router(
-            tuple(sock.fileno() for sock in inner),
-            transports,
+            (*[sock.fileno() for sock in socks], -1)[:3],
+            (*[Writer(sock) for sock in socks], None)[:3],
             set(),
             taught.shapes,
-            (self.stream.feed_client, legs[0].feed_server, legs[1].feed_server),  # type: ignore[union-attr]
+            (
+                self.stream.feed_client,
+                legs[0].feed_server,
+                legs[1].feed_server if legs[1] is not None else None,
+            ),
             adopt,
         )
         self.stream.fast = self.router
-        for side, sock in enumerate(inner):
+        for side, sock in enumerate(socks):
             speedups.register_router(sock.fileno(), self.router, side)
         self.stream.rearm()
 
@@ -293,7 +304,7 @@ def run_routed(
 ) -> tuple[bytes, list[list[str]], RoutedPair]:
     """The conversation through sockets, poll() and the router (``taught``: what earlier
     sessions taught it)."""
-    pair = RoutedPair(Taught() if taught is None else taught, talk.mode)
+    pair = RoutedPair(Taught() if taught is None else taught, talk.mode, talk.standby)
     try:
         client = _converse(case, talk, pair)
     finally:
@@ -379,6 +390,7 @@ def conversations(draw: Any) -> Conversation:
         mode=draw(
             st.sampled_from(["transaction", "trans_transaction", "always", "off", "dml_adaptive"])
         ),
+        standby=draw(st.integers(0, 3)) > 0,
     )
 
 
@@ -465,6 +477,14 @@ class AgreementTests(SynchronousTestCase):
         """TPC-B's transaction: BEGIN, writes, a read and END move the session's state;
         the router follows Python's table of states, and Python takes the state it
         reached when it next sees the session."""
+        self.whole_transactions(standby=True)
+
+    def test_whole_transactions_in_c_without_a_load_balancing_leg(self) -> None:
+        """A session whose load-balancing node is the primary: BEGIN is the primary's
+        alone (nothing to defer), and goes by the router as well."""
+        self.whole_transactions(standby=False)
+
+    def whole_transactions(self, standby: bool) -> None:
         tx = [
             "BEGIN;",
             "UPDATE t SET v = v + {n} WHERE id = 1;",
@@ -474,7 +494,9 @@ class AgreementTests(SynchronousTestCase):
             "END;",
         ]
         texts = [t.format(n=n) for n in range(4) for t in tx]
-        talk = Conversation([m.query(t) for t in texts], 1, False, False, cut=False)
+        talk = Conversation(
+            [m.query(t) for t in texts], 1, False, False, cut=False, standby=standby
+        )
         alone = run_alone(talk)
         taught = Taught()
         run_routed(self, talk, taught)  # teaches the shapes
@@ -486,6 +508,7 @@ class AgreementTests(SynchronousTestCase):
         # other statements of the first transaction and every later one go by the router.
         self.assertEqual(pair.router.take_counts()[0], len(texts) - 4)
         self.assertEqual(pair.stream.queries, 4)
-        # Python's state is the one the router reached: idle, the last commit to replay.
+        # Python's state is the one the router reached: idle, and with a standby the
+        # last commit to wait for there.
         self.assertEqual(pair.stream.status, IDLE)
-        self.assertTrue(pair.stream._unreplicated)
+        self.assertEqual(pair.stream._unreplicated, standby)
