@@ -423,17 +423,7 @@ class RoutedStream:
                 fast.disarm()
                 self._armed = False
             return
-        primary = self.primary
-        if (
-            self._batch is not None
-            or self._cbuf
-            or self.aborted is not None
-            or self.rules.log_statement is not None
-            or primary.units
-            or primary.buf
-            or primary.raw_left
-            or (self.lb is not None and not (self.lb.in_sync and not self.lb.raw_left))
-        ):
+        if not self._armable():
             fast.disarm()
             self._armed = False
             return
@@ -442,6 +432,22 @@ class RoutedStream:
         self._fast_moves = fast.moves
         self._armed = True
         fast.arm(table, len(states))
+
+    def _armable(self) -> bool:
+        """Nothing in flight, no failed transaction, no batch, no statement logged: the
+        router may take statements from this state."""
+        primary, lb = self.primary, self.lb
+        return not (
+            self._queue
+            or self._batch is not None
+            or self._cbuf
+            or self.aborted is not None
+            or self.rules.log_statement is not None
+            or primary.units
+            or primary.buf
+            or primary.raw_left
+            or (lb is not None and not (lb.in_sync and not lb.raw_left))
+        )
 
     # -- what the router may do: a table of this stream's own states ------------------
 
@@ -455,6 +461,7 @@ class RoutedStream:
         "_lb_begin",
         "_tx_on_primary",
         "_begun",
+        "_tx_wrote_unknown",
     )
 
     def _snapshot(self) -> tuple[object, ...]:
@@ -462,13 +469,15 @@ class RoutedStream:
         moved = tuple(getattr(self, name) for name in self._MOVED)
         # What the rules read besides: a state is the same only if these are too.
         read = (self.desynced, self.write_lsn, self._lb_replayed, frozenset(self._temps))
-        return (self.primary.status, lb.status if lb is not None else -1, *moved, *read)
+        status = (self.primary.status, lb.status if lb is not None else -1)
+        return (*status, frozenset(self._tx_written), *moved, *read)
 
     def _restore(self, state: tuple[object, ...]) -> None:
         self.primary.status = state[0]  # type: ignore[assignment]
         if self.lb is not None:
             self.lb.status = state[1]  # type: ignore[assignment]
-        for name, value in zip(self._MOVED, state[2:]):
+        self._tx_written = set(state[2])  # type: ignore[call-overload]
+        for name, value in zip(self._MOVED, state[3:]):
             setattr(self, name, value)
 
     def _fast_step(self, kind: int) -> Optional[tuple[Leg, int]]:

@@ -15,6 +15,7 @@ import contextlib
 import random
 import select
 import socket
+from collections import deque
 from typing import Any, Callable, Optional
 
 from hypothesis import given, settings
@@ -25,7 +26,15 @@ from pgpool_tw.cluster.classify import Classifier
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.session.legs import Leg
-from pgpool_tw.session.routed import FAST_READ, RoutedStream, RoutingRules
+from pgpool_tw.session.routed import (
+    FAST_BEGIN,
+    FAST_COMMIT,
+    FAST_PRIMARY,
+    FAST_READ,
+    FAST_WRITE,
+    RoutedStream,
+    RoutingRules,
+)
 
 SKIP = "pgpool_tw.engine._speedups is not built (or PGPOOL_TW_PURE_PYTHON is set)"
 
@@ -188,8 +197,11 @@ class Conversation:
         return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
 
 
-def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
-    """The conversation through the stream alone."""
+def run_alone(
+    talk: Conversation, after: Optional[Callable[[RoutedStream], None]] = None
+) -> tuple[bytes, list[list[str]]]:
+    """The conversation through the stream alone (``after``: called with the stream once
+    each chunk was answered)."""
     client: list[bytes] = []
     sent: list[list[bytes]] = [[], []]
     stream = new_stream(
@@ -217,7 +229,28 @@ def run_alone(talk: Conversation) -> tuple[bytes, list[list[str]]]:
                         leg = stream.primary if node == 0 else stream.lb
                         assert leg is not None
                         stream.server_data(leg, piece)
+        if after is not None:
+            after(stream)
     return b"".join(client), [s.got for s in servers]
+
+
+def everything_of(stream: RoutedStream) -> dict[str, object]:
+    """The stream's attributes and its legs', copied (containers as plain values)."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        if isinstance(value, (list, deque)):
+            return [id(item) for item in value]
+        if isinstance(value, dict):
+            return dict(value)
+        return value
+
+    out = {name: plain(value) for name, value in vars(stream).items()}
+    for leg in stream.legs:
+        for name in Leg.__slots__:
+            out[f"leg{leg.node}.{name}"] = plain(getattr(leg, name))
+    return out
 
 
 class RoutedPair:
@@ -378,6 +411,12 @@ def conversations(draw: Any) -> Conversation:
             chunks.append(msg)
     burst = draw(st.frozensets(st.integers(0, len(chunks) - 1), max_size=3))
     burst = frozenset(i for i in burst if i - 1 not in burst)
+    if any(b"1/0" in text for text in chunks):
+        # A statement sent behind one that fails, in a transaction split over both
+        # nodes, is routed before the failure is known: the stream alone may run it
+        # where one server would refuse it (docs/ARCHITECTURE.md "Not yet"); the
+        # router keeps it until the answer ended.  Bursts only without failures.
+        burst = frozenset()
     # With bursts, a statement may be answered by the other node in one of the runs: no
     # extras then (a node's ParameterStatus reaches the client only from the primary).
     extras = not burst and draw(st.booleans())
@@ -396,6 +435,28 @@ def conversations(draw: Any) -> Conversation:
 
 class AgreementTests(SynchronousTestCase):
     skip = SKIP if speedups is None else None
+
+    @settings(max_examples=150, deadline=None)
+    @given(conversations())
+    def test_the_table_of_states_leaves_the_stream_as_it_was(self, talk: Conversation) -> None:
+        """Computing the router's table runs the routing code on the stream's own fields:
+        every one of them must be as before (a field left out of the snapshots would
+        carry a state the session never reached)."""
+        checked: list[int] = []
+
+        def compute(stream: RoutedStream) -> None:
+            if not stream._armable():
+                return
+            if not stream.rules.begins:
+                stream.rules.begins.append(m.query("BEGIN"))
+            stream._kinds = (FAST_READ, FAST_WRITE, FAST_PRIMARY, FAST_COMMIT, FAST_BEGIN)
+            before = everything_of(stream)
+            stream.rules.automata.clear()
+            stream._automaton()
+            self.assertEqual(everything_of(stream), before)
+            checked.append(1)
+
+        run_alone(talk, compute)
 
     @settings(max_examples=150, deadline=None)
     @given(conversations())
