@@ -553,16 +553,16 @@ class OnTheCLoop(ReadsAndWrites):
     def test_the_c_loop_reads_all_three_sockets(self) -> Any:
         service = self.start_pooler()
         user, db = self.database()
-        feeds: list[int] = []
+        registered: list[int] = []
 
         def work() -> int:
             with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
                 port = self._port(conn)
-                feeds.append(len(fastpoll._router_fds))
+                registered.append(len(fastpoll._router_fds))
                 return port
 
         self.assertEqual((yield _thread(work)), self.replica.port)
-        self.assertEqual(feeds, [3])  # the client, the primary, the replica
+        self.assertEqual(registered, [3])  # the client, the primary, the replica
         # All handed back once the session ends.
         self.assertTrue((yield eventually(lambda: not fastpoll._router_fds)), fastpoll._router_fds)
 
