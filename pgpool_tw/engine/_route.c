@@ -56,18 +56,9 @@ router_send(Router *r, int side, const unsigned char *data, Py_ssize_t n)
     int busy = PySet_Contains(r->writes, r->fd_objs[side]);
     if (busy < 0)
         return -1;
-    if (!busy)
-        return send_now(r->fds[side], r->transports[side], data, n);
-    ran_python = 1;
-    PyObject *chunk = PyBytes_FromStringAndSize((const char *)data, n);
-    if (chunk == NULL)
-        return -1;
-    PyObject *res = PyObject_CallMethodObjArgs(r->transports[side], str_write, chunk, NULL);
-    Py_DECREF(chunk);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    return 0;
+    if (busy)
+        return send_queued(r->transports[side], data, n);
+    return send_now(r->fds[side], r->transports[side], data, n);
 }
 
 /* Python's turn: on_data[side](bytes). */
@@ -517,7 +508,7 @@ PyTypeObject RouterType = {
     .tp_methods = router_methods,
 };
 
-/* register_router(fd, router, side) / unregister_router(fd, router) */
+/* register_router(fd, router, side); the router's forget(side) hands the fd back. */
 PyObject *
 speedups_register_router(PyObject *module, PyObject *args)
 {
@@ -535,17 +526,5 @@ speedups_register_router(PyObject *module, PyObject *args)
     slot_clear(fd);
     slots[fd].router = (Router *)router;
     slots[fd].side = SIDE_ROUTED + side;
-    Py_RETURN_NONE;
-}
-
-PyObject *
-speedups_unregister_router(PyObject *module, PyObject *args)
-{
-    int fd;
-    PyObject *router;
-    if (!PyArg_ParseTuple(args, "iO!", &fd, &RouterType, &router))
-        return NULL;
-    if (fd >= 0 && fd < slots_size && slots[fd].router == (Router *)router)
-        slot_clear(fd);
     Py_RETURN_NONE;
 }

@@ -129,12 +129,19 @@ send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n)
         sent = 0; /* EAGAIN, or an error Twisted's own write path will report */
     if (sent == n)
         return 0;
+    return send_queued(transport, data + sent, n - sent);
+}
+
+/* Hand the bytes to Twisted's write(): they go behind whatever it holds. */
+int
+send_queued(PyObject *transport, const unsigned char *data, Py_ssize_t n)
+{
     ran_python = 1;
-    PyObject *rest = PyBytes_FromStringAndSize((const char *)data + sent, n - sent);
-    if (rest == NULL)
+    PyObject *chunk = PyBytes_FromStringAndSize((const char *)data, n);
+    if (chunk == NULL)
         return -1;
-    PyObject *res = PyObject_CallMethodObjArgs(transport, str_write, rest, NULL);
-    Py_DECREF(rest);
+    PyObject *res = PyObject_CallMethodObjArgs(transport, str_write, chunk, NULL);
+    Py_DECREF(chunk);
     if (res == NULL)
         return -1;
     Py_DECREF(res);
@@ -162,24 +169,4 @@ forward_client(Relay *r, ssize_t n)
     if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
         return -1;
     return at >= 0;
-}
-
-/* slot_kind(fd): what poll() does with the fd's events ("relay", "router", "lane") or
-   None: Twisted's.  Tests read it to see a session gave every socket back. */
-PyObject *
-speedups_slot_kind(PyObject *module, PyObject *arg)
-{
-    long fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    if (fd < 0 || fd >= slots_size)
-        Py_RETURN_NONE;
-    Slot *slot = &slots[fd];
-    if (slot->relay != NULL)
-        return PyUnicode_FromString("relay");
-    if (slot->router != NULL)
-        return PyUnicode_FromString("router");
-    if (slot->lane != NULL)
-        return PyUnicode_FromString("lane");
-    Py_RETURN_NONE;
 }

@@ -167,6 +167,7 @@ int slot_set_relay(int fd, Relay *relay, int side);
 void slot_clear_server(Relay *r);
 int clear_to_send(Relay *r, int peer);
 int send_now(int fd, PyObject *transport, const unsigned char *data, Py_ssize_t n);
+int send_queued(PyObject *transport, const unsigned char *data, Py_ssize_t n);
 ssize_t recv_chunk(int fd);
 #define GOT_CHUNK 3 /* take_chunk: recv_buffer holds *n bytes */
 int take_chunk(int fd, ssize_t *n);
@@ -175,7 +176,6 @@ extern PyObject *str_write;
 extern PyTypeObject SendNowType; /* _writer.c */
 PyObject *speedups_register(PyObject *module, PyObject *args);
 PyObject *speedups_unregister(PyObject *module, PyObject *args);
-PyObject *speedups_slot_kind(PyObject *module, PyObject *arg);
 
 /* -- routed sessions (_route.c) and the shape key of a query text (_shape.c) -- */
 
@@ -218,7 +218,6 @@ typedef struct Router {
 extern PyTypeObject RouterType;
 int router_event(Router *r, int side, unsigned int ev);
 PyObject *speedups_register_router(PyObject *module, PyObject *args);
-PyObject *speedups_unregister_router(PyObject *module, PyObject *args);
 
 /* -- warm logins (_lane.c: the Lane type; _login.c: accept and login; _warm.c: the session) -- */
 

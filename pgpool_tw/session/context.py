@@ -218,10 +218,8 @@ class SessionContext:
 
         ``literals``: texts that differ only in literals share the class; otherwise
         only a key without literals is the text's alone (a BEGIN, a COMMIT)."""
-        if speedups is None:
-            return False
-        key = speedups.shape_key(msg[5:-1])
-        if key is None or (not literals and any(byte < 4 for byte in key)):
+        key = fast_key(msg, literals)
+        if key is None:
             return False
         shapes = self.fast_shapes
         if len(shapes) >= FAST_SHAPES_MAX and key not in shapes:
@@ -270,6 +268,17 @@ class SessionContext:
             tls_override if tls_override is not None else tls.for_server(node),
             tls.server_tls_required,
         )
+
+
+def fast_key(msg: bytes, literals: bool) -> Optional[bytes]:
+    """The C loop's key for a Query message (``_shape.c``), or None: no key, or one with
+    literals where ``literals`` is False (only a BEGIN's or COMMIT's own text will do)."""
+    if speedups is None:
+        return None
+    key = speedups.shape_key(msg[5:-1])
+    if key is None or (not literals and any(byte < 4 for byte in key)):
+        return None  # bytes 1-3 stand for literals
+    return key
 
 
 #: Shapes the C loop's table holds before it starts over (a client sending ever new

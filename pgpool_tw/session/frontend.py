@@ -167,16 +167,15 @@ class FrontendProtocol(Protocol):
         """On the C loop, the session's sockets go to a router; elsewhere (the plain
         Twisted loop, TLS) Twisted reads them and ``dataReceived`` hands them on."""
         factory = self.factory
-        legs = [server.tracker] if lb is None else [server.tracker, lb.tracker]
         router = fastpoll.start_router(
             factory.reactor,
             self.transport,
             (server.transport, lb.transport if lb is not None else None),
             factory.fast_shapes,
             (
-                self._routed_data,
-                legs[0].feed_server,  # type: ignore[union-attr]
-                legs[1].feed_server if lb is not None else None,  # type: ignore[union-attr]
+                self.dataReceived,
+                stream.primary.feed_server,
+                stream.lb.feed_server if stream.lb is not None else None,
             ),
             stream.adopt,
         )
@@ -191,13 +190,6 @@ class FrontendProtocol(Protocol):
         """A routed session lets a server go: Twisted reads it again."""
         if self._router is not None:
             fastpoll.stop_router(self._router, 2)
-
-    def _routed_data(self, data: bytes) -> None:
-        """A routed session's client chunk, straight from the C loop (``dataReceived``'s
-        relaying branch without the forwarding: the stream sends)."""
-        self.received += 1
-        if self.tracker.feed_client(data) >= 0:  # type: ignore[union-attr]
-            self.session.client_terminated()
 
     def stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False

@@ -29,7 +29,6 @@ class Unit:
         "last",
         "rows",
         "done",
-        "write",
         "tx",
         "named",
     )
@@ -47,7 +46,6 @@ class Unit:
         #: DataRow bodies of the pooler's own query.
         self.rows: list[bytes] = []
         self.done: Optional[Callable[[Unit], None]] = None
-        self.write = False
         self.tx = ""
         #: Statements the unit parsed on every leg (a leg that refuses one loses it).
         self.named: list[bytes] = []

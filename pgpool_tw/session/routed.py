@@ -123,9 +123,9 @@ def fast_class(verdict: Verdict) -> int:
 
     A BEGIN or COMMIT (``FAST_BEGIN``, ``FAST_COMMIT``) qualifies only as a text without
     literals: its shape key is then the text itself (the caller checks)."""
-    if verdict.route == ROUTE_ALL and verdict == _BEGIN:
+    if verdict == _BEGIN:
         return FAST_BEGIN
-    if verdict.route == ROUTE_ALL and verdict == _COMMIT:
+    if verdict == _COMMIT:
         return FAST_COMMIT
     if (
         not verdict.shaped
@@ -298,14 +298,13 @@ class RoutedStream:
         self.bytes_out = 0
         #: The C loop's router of this session, when it has one (the glue sets it).
         self.fast: Optional[FastRoute] = None
-        #: The session sent a simple Query of a class the router may take.
-        self._fast_seen = False
         #: The router was last armed (not disarmed).
         self._armed = False
         #: The states of the router's table and its moves when it was armed.
         self._fast_states: list[tuple[object, ...]] = []
         self._fast_moves = 0
-        #: The classes of statement this session sent (the router's table covers these).
+        #: The classes of statement this session sent (the router's table covers these;
+        #: none: the session never sent a simple Query the router could take).
         self._kinds: tuple[int, ...] = ()
 
     # -- what the session and the glue read, as of the plain tracker -----------------
@@ -386,7 +385,6 @@ class RoutedStream:
         self._fast_step(kind)
         unit = Unit(leg)
         unit.tx = "begin" if kind >= FAST_BEGIN else "commit" if kind == FAST_COMMIT else ""
-        unit.write = kind == FAST_WRITE
         self._queue.append(unit)
         unit.expect(leg)
         self._copy_leg = leg
@@ -409,7 +407,7 @@ class RoutedStream:
         all in a session that never sent a simple Query the router could take (an
         extended-protocol client)."""
         fast = self.fast
-        if fast is None or not self._fast_seen:
+        if fast is None or not self._kinds:
             return
         self._sync()
         if fast.busy >= 0:
@@ -672,10 +670,8 @@ class RoutedStream:
             kind = fast_class(verdict)
             if kind >= FAST_BEGIN:
                 kind = self.rules.begin_class(msg)
-            if kind and learn(msg, kind, kind < FAST_COMMIT):
-                self._fast_seen = True
-                if kind not in self._kinds:
-                    self._kinds = tuple(sorted((*self._kinds, kind)))
+            if kind and learn(msg, kind, kind < FAST_COMMIT) and kind not in self._kinds:
+                self._kinds = tuple(sorted((*self._kinds, kind)))
         if verdict.execute_name:
             inner = self._prepared.get(verdict.execute_name)
             if inner is not None and inner.route == ROUTE_STANDBY:
@@ -712,7 +708,6 @@ class RoutedStream:
     ) -> Unit:
         unit = Unit(leader)
         if verdict is not None:
-            unit.write = verdict.write
             unit.tx = verdict.tx
             self._note_sent(leader, verdict)
         self._queue.append(unit)
@@ -994,7 +989,6 @@ class RoutedStream:
                 bound = self._unnamed[0]
                 legs = self._unnamed[1] if leader in self._unnamed[1] else [leader]
             if bound is None or bound.write:
-                unit.write = True
                 self._note_sent(leader, bound if bound is not None else _UNKNOWN)
             elif bound.route == ROUTE_STANDBY:
                 self._note_sent(leader, bound)

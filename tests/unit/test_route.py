@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pgpool_tw.cluster.classify import Classifier
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.session.context import fast_key
 from pgpool_tw.session.legs import Leg
 from pgpool_tw.session.routed import (
     FAST_BEGIN,
@@ -121,10 +122,9 @@ class Taught:
         self.begins: list[bytes] = []
 
     def learn(self, msg: bytes, kind: int, literals: bool) -> bool:
-        """As SessionContext._learn."""
-        assert speedups is not None
-        key = speedups.shape_key(msg[5:-1])
-        if key is None or (not literals and any(byte < 4 for byte in key)):
+        """As SessionContext._learn (without its size cap)."""
+        key = fast_key(msg, literals)
+        if key is None:
             return False
         self.shapes[key] = kind
         return True
