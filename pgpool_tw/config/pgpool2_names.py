@@ -30,7 +30,9 @@ class Feature(NamedTuple):
     hint: str = ""
 
 
-# Settings that pgpool-II numbers per node (backend_*N live in backends.py).
+# Settings that pgpool-II numbers per node (backend_*N live in backends.py).  The health
+# check names are read by health.py now; they stay here so indexed_base knows every name
+# pgpool-II numbers.
 _INDEXED = frozenset(
     {
         "health_check_period",
@@ -99,37 +101,8 @@ FEATURES: tuple[Feature, ...] = (
             "replication_delay_source_timeout": "10",
         },
     ),
-    Feature(
-        "health check",
-        ("health_check_period", "0", "0"),
-        {
-            "health_check_timeout": "20",
-            "health_check_user": "nobody",
-            "health_check_password": "",
-            "health_check_database": "",
-            "health_check_max_retries": "0",
-            "health_check_retry_delay": "1",
-            "connect_timeout": "10000",
-            "health_check_test": "off",
-        },
-    ),
-    Feature(
-        "failover",
-        None,
-        {
-            "failover_command": "",
-            "failback_command": "",
-            "follow_primary_command": "",
-            "follow_master_command": "",
-            "failover_on_backend_error": "off",
-            "fail_over_on_backend_error": "off",
-            "failover_on_backend_shutdown": "off",
-            "detach_false_primary": "off",
-            "search_primary_node_timeout": "300",
-            "auto_failback": "off",
-            "auto_failback_interval": "60",
-        },
-    ),
+    # pgpool-II's test hook: reads backend_down_request in logdir to fake a node's failure.
+    Feature("health check testing", None, {"health_check_test": "off"}),
     Feature(
         "online recovery",
         None,
@@ -206,7 +179,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "files",
         None,
-        {"pid_file_name": None, "logdir": None, "work_dir": None},
+        {"pid_file_name": None, "work_dir": None},
         hint="twistd's --pidfile and --rundir do this",
     ),
     Feature(

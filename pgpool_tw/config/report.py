@@ -1,7 +1,7 @@
 """What to tell a user about their pgpool.conf: unused pgpool-II settings, and reload changes.
 
 A pgpool-II user's file names many settings pgpool-tw does not act on yet.  They are told
-once, one line per feature ("failover: failover_command, auto_failback not used yet"), and
+once, one line per feature ("online recovery: recovery_1st_stage_command not used yet"), and
 only for settings the file sets to a value at which pgpool-II would behave
 differently from pgpool-tw (see :mod:`.pgpool2_names`); a reload repeats a line only when
 one of its settings changed.  A reload also says which settings changed and which of those
@@ -15,7 +15,7 @@ import re
 from dataclasses import replace
 from typing import Any, NamedTuple, Optional
 
-from pgpool_tw.config.pgpool2_names import FEATURES, Feature, feature_of, indexed_base
+from pgpool_tw.config.pgpool2_names import FEATURES, Feature, feature_of
 from pgpool_tw.config.settings import RESTART_REQUIRED, Config, field_of
 from pgpool_tw.config.values import BOOLEANS
 
@@ -68,19 +68,15 @@ def unused_settings(config: Config) -> dict[str, list[str]]:
 def _switched_off(feature: Feature, name: str, given: dict[str, Any]) -> bool:
     """A feature's settings mean nothing to pgpool-II while its switch is neutral.
 
-    A numbered setting (health_check_timeout1) follows its node's switch
-    (health_check_period1) when the file sets one, else the global switch.
+    No switch is numbered, so a numbered setting (wd_port1) follows the global switch
+    (use_watchdog) as the others do.
     """
     if feature.switch is None:
         return False
     switch, default, neutral = feature.switch
-    base = indexed_base(name)
-    if switch in (name, base):
+    if name == switch:
         return False
-    value = given.get(switch, default)
-    if base is not None:
-        value = given.get(switch + name[len(base) :], value)
-    return not _acts(_text(value), neutral)
+    return not _acts(_text(given.get(switch, default)), neutral)
 
 
 def _text(value: Any) -> str:

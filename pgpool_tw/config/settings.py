@@ -3,9 +3,9 @@
 This module owns the one table of settings pgpool-tw acts on, with their ranges, and the
 walk over a file that fills a ``Config``.  The line syntax is :mod:`.syntax`'s, the value
 readers :mod:`.values`', the regex and redirect lists :mod:`.routing`'s, the ``backend_*N``
-nodes :mod:`.backends`', and the pgpool-II names pgpool-tw knows but does not act on yet
-:mod:`.pgpool2_names`'.  Everything else in
-pgpool-tw receives a finished ``Config`` and never looks at the text.
+nodes :mod:`.backends`', the global and per-node health check settings :mod:`.health`', and
+the pgpool-II names pgpool-tw knows but does not act on yet :mod:`.pgpool2_names`'.
+Everything else in pgpool-tw receives a finished ``Config`` and never looks at the text.
 
 It must never import Twisted, open sockets, log, or read globals: parsing is a pure function
 from text to either a ``Config`` or one :class:`ConfigError`, so a reload can build a
@@ -27,6 +27,12 @@ from typing import Any, Optional
 
 from pgpool_tw.config.backends import BACKEND_KEYS, MAX_BACKENDS, BackendNode, backend_key
 from pgpool_tw.config.backends import build_backends as _build_backends
+from pgpool_tw.config.health import (
+    HEALTH_CHECK_KEYS,
+    HealthCheckSettings,
+    build_health_checks,
+    health_check_key,
+)
 from pgpool_tw.config.pgpool2_names import all_names, feature_of, indexed_base
 from pgpool_tw.config.routing import (
     FUNCTION_LIST,
@@ -56,6 +62,7 @@ __all__ = [
     "BackendNode",
     "Config",
     "ConfigError",
+    "HealthCheckSettings",
     "Redirect",
     "field_of",
     "load_config",
@@ -145,11 +152,43 @@ class Config:
     #: pgpool-tw's own: after a session's write commits, its reads go only to a standby that
     #: has replayed that commit (or to the primary), whatever disable_load_balance_on_write says.
     read_your_writes: bool = True
+    #: The unnumbered health_check_* and connect_timeout settings: every node's, unless ...
+    health_check: HealthCheckSettings = HealthCheckSettings()
+    #: ... the node has numbered ones (health_check_period1): (N, the global settings with
+    #: N's laid over them), by N, only for nodes that have any.  See health_check_for.
+    health_check_nodes: tuple[tuple[int, HealthCheckSettings], ...] = ()
+    #: Commands run when a node is detached, attached again, and after a primary's failover
+    #: for each other node (pgpool-II's % escapes; see etc/pgpool.conf.sample); '' runs none.
+    failover_command: str = ""
+    failback_command: str = ""
+    follow_primary_command: str = ""
+    #: An error reading from or writing to a server detaches it (on), or only ends the session.
+    failover_on_backend_error: bool = True
+    #: A server's shutdown or terminate error (57P01, 57P02) in a session detaches it.
+    failover_on_backend_shutdown: bool = False
+    #: Detach a primary its standbys do not stream from (streaming_replication only).
+    detach_false_primary: bool = False
+    #: Seconds to look for the new primary after a failover; 0 looks forever.
+    search_primary_node_timeout: float = 300
+    #: Attach a detached standby again once it streams from the primary, at most once per
+    #: auto_failback_interval seconds.
+    auto_failback: bool = False
+    auto_failback_interval: float = 60
+    #: Where pgpool_status (the nodes' up/down state across restarts) is kept; a relative
+    #: path is taken from pgpool.conf's directory.
+    logdir: str = "/tmp"
     warnings: tuple[str, ...] = ()
     #: Every name the file set, with its parsed value (ours, backend_*N) or its text
     #: (pgpool-II's others): what a reload diffs and what the unused-settings report reads.
     #: Not compared: two Configs that behave alike are equal however they were written.
     given: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
+
+    def health_check_for(self, index: int) -> HealthCheckSettings:
+        """Node ``index``'s health check settings: its own numbered ones over the global ones."""
+        for node, settings in self.health_check_nodes:
+            if node == index:
+                return settings
+        return self.health_check
 
     @property
     def primary_backend(self) -> Optional[BackendNode]:
@@ -158,7 +197,7 @@ class Config:
 
 
 # Fields that name sockets we listen on or servers we hold connections to, or that pgpool-II
-# reads only at server start (backend_clustering_mode, load_balance_mode): a reload that
+# reads only at server start (backend_clustering_mode, load_balance_mode, logdir): a reload that
 # changes them cannot be applied to the running process.  For "backends" only a node's
 # address or data directory, or the set of nodes, needs a restart (report.restart_needed).
 RESTART_REQUIRED: frozenset[str] = frozenset(
@@ -169,6 +208,7 @@ RESTART_REQUIRED: frozenset[str] = frozenset(
         "backends",
         "clustering_mode",
         "load_balance_mode",
+        "logdir",
     }
 )
 
@@ -178,6 +218,14 @@ RAW = "raw"
 UNSUPPORTED_MODES = ("native_replication", "logical_replication", "slony", "snapshot_isolation")
 _LOG_STANDBY_DELAY = ("none", "always", "if_over_threshold")
 _ON_WRITE = ("off", "transaction", "trans_transaction", "always", "dml_adaptive")
+_COMMAND = Kind(str, "expected a command, or '' for none")
+
+
+def _directory(text: str) -> str:
+    """'' is refused: pgpool-II would keep its files at the root directory."""
+    if not text.strip():
+        raise ValueError(text)
+    return text
 
 
 # The settings table: pgpool.conf name -> (Config field, how to read it).  Two names may
@@ -272,6 +320,18 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
     ),
     "log_per_node_statement": ("log_per_node_statement", BOOLEAN),
     "read_your_writes": ("read_your_writes", BOOLEAN),
+    "failover_command": ("failover_command", _COMMAND),
+    "failback_command": ("failback_command", _COMMAND),
+    "follow_primary_command": ("follow_primary_command", _COMMAND),
+    "follow_master_command": ("follow_primary_command", _COMMAND),
+    "failover_on_backend_error": ("failover_on_backend_error", BOOLEAN),
+    "fail_over_on_backend_error": ("failover_on_backend_error", BOOLEAN),
+    "failover_on_backend_shutdown": ("failover_on_backend_shutdown", BOOLEAN),
+    "detach_false_primary": ("detach_false_primary", BOOLEAN),
+    "search_primary_node_timeout": ("search_primary_node_timeout", TIME),
+    "auto_failback": ("auto_failback", BOOLEAN),
+    "auto_failback_interval": ("auto_failback_interval", TIME),
+    "logdir": ("logdir", Kind(_directory, "expected a directory")),
 }
 
 # pgpool-II before 4.2 chose the mode with these; they still mean what they meant.
@@ -295,6 +355,9 @@ def field_of(name: str) -> Optional[str]:
         return _SETTINGS[name][0]
     if name in _OLD_MODE:
         return "clustering_mode"
+    health = health_check_key(name)
+    if health is not None:
+        return "health_check" if health[1] is None else "health_check_nodes"
     return "backends" if backend_key(name) is not None else None
 
 
@@ -310,7 +373,11 @@ def _convert(kind: Kind, value: str, where: str, name: str) -> Any:
 
 # Names a misspelling is compared with: ours, pgpool-II's, and backend_<key>.
 _KNOWN = sorted(
-    set(_SETTINGS) | set(_OLD_MODE) | all_names() | {f"backend_{key}" for key in BACKEND_KEYS}
+    set(_SETTINGS)
+    | set(_OLD_MODE)
+    | set(HEALTH_CHECK_KEYS)
+    | all_names()
+    | {f"backend_{key}" for key in BACKEND_KEYS}
 )
 
 
@@ -339,6 +406,8 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
     nodes: dict[int, dict[str, tuple[Any, int]]] = {}  # N -> key -> (value, line)
     warnings: list[tuple[int, str]] = []
     old_mode: dict[str, tuple[Any, int]] = {}  # master_slave_mode etc. -> (value, line)
+    health: dict[str, Any] = {}  # health_check_period etc. -> value
+    health_nodes: dict[int, dict[str, tuple[Any, int]]] = {}  # N -> name -> (value, line)
     lines = text.split("\n")
     for number, name, value in read_entries(text, path):
         where = f"{path}:{number}"
@@ -363,14 +432,21 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
             old_mode[name] = (_convert(_OLD_MODE[name], value, where, name), number)
             given[name] = old_mode[name][0]
             continue
+        health_key = health_check_key(name)
+        if health_key is not None:
+            key, node = health_key
+            if node is not None:
+                _check_node(node, where, name)
+            parsed = given[name] = _convert(HEALTH_CHECK_KEYS[key][1], value, where, name)
+            if node is None:
+                health[key] = parsed
+            else:
+                health_nodes.setdefault(node, {})[key] = (parsed, number)
+            continue
         backend = backend_key(name)
         if backend is not None:
             key, index = backend
-            if index >= MAX_BACKENDS:
-                raise ConfigError(
-                    f"{where}: {name}: node number {index} is out of range; "
-                    f"expected 0 to {MAX_BACKENDS - 1}"
-                )
+            _check_node(index, where, name)
             parsed = _convert(BACKEND_KEYS[key], value, where, name)
             nodes.setdefault(index, {})[key] = (parsed, number)
             given[name] = parsed
@@ -382,6 +458,11 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
 
     backends, node_warnings = _build_backends(nodes, path)
     warnings += node_warnings
+    indexes = {server.index for server in backends}
+    values["health_check"], values["health_check_nodes"], node_warnings = build_health_checks(
+        health, health_nodes, indexes, path
+    )
+    warnings += node_warnings
     warnings += _clustering_mode(values, set_by, old_mode, path)
     warnings += _load_balancing(values, set_by, path)
     warnings.sort(key=lambda item: item[0])
@@ -391,6 +472,15 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
         given=tuple(given.items()),
         **values,
     )
+
+
+def _check_node(index: int, where: str, name: str) -> None:
+    """pgpool-II numbers nodes 0 to 127, in backend_*N and health_check_*N alike."""
+    if index >= MAX_BACKENDS:
+        raise ConfigError(
+            f"{where}: {name}: node number {index} is out of range; "
+            f"expected 0 to {MAX_BACKENDS - 1}"
+        )
 
 
 def _clustering_mode(
@@ -498,6 +588,7 @@ _RELATIVE_PATHS = (
     "ssl_cert",
     "ssl_ca_cert",
     "server_tls_ca_file",
+    "logdir",
 )
 
 

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.cluster import cluster
-from pgpool_tw.config import backends, pgpool2_names, report, routing, syntax, values
+from pgpool_tw.config import backends, health, pgpool2_names, report, routing, syntax, values
 from pgpool_tw.config import settings as config
+from pgpool_tw.config.health import HEALTH_CHECK_KEYS
 from pgpool_tw.config.settings import (
     RESTART_REQUIRED,
     BackendNode,
@@ -71,13 +72,15 @@ class DefaultsTests(SynchronousTestCase):
                 "backends",
                 "clustering_mode",
                 "load_balance_mode",
+                "logdir",
             },
         )
         self.assertTrue(names >= RESTART_REQUIRED)
 
     def test_module_does_not_import_twisted(self) -> None:
         """The config parsing modules and the cluster import neither Twisted nor logging."""
-        for module in (config, syntax, values, backends, pgpool2_names, report, routing, cluster):
+        modules = (config, syntax, values, backends, health, pgpool2_names, report, routing)
+        for module in (*modules, cluster):
             self.assertNoTwisted(module.__file__ or "")
 
     def assertNoTwisted(self, path: str) -> None:
@@ -403,11 +406,11 @@ class WarningTests(SynchronousTestCase):
     def test_pgpool_ii_names_do_not_warn_per_line(self) -> None:
         """pgpool-II names, numbered ones too, load without a line warning each."""
         parsed = parse_config(
-            "load_balance_mode = on\nhealth_check_period0 = 10\nheartbeat_hostname2 = h\n"
-            "wd_port1 = 9000\nfollow_master_command = ''\ndelegate_IP = ''\n"
+            "load_balance_mode = on\nheartbeat_port0 = 9694\nheartbeat_hostname2 = h\n"
+            "wd_port1 = 9000\nrecovery_1st_stage_command = ''\ndelegate_IP = ''\n"
         )
         self.assertEqual(parsed.warnings, ())
-        self.assertEqual(dict(parsed.given)["health_check_period0"], "10")
+        self.assertEqual(dict(parsed.given)["heartbeat_port0"], "9694")
 
     def test_unknown_setting_warns(self) -> None:
         """An unknown setting is ignored with a warning naming file, line and setting."""
@@ -543,6 +546,7 @@ class SampleTests(SynchronousTestCase):
         "socket_dirs": "unix_socket_directories",
         "backends": "backend_hostname0",
         "clustering_mode": "backend_clustering_mode",
+        "health_check": "health_check_period",
     }
 
     def test_sample_parses_without_warnings(self) -> None:
@@ -573,13 +577,17 @@ class SampleTests(SynchronousTestCase):
         with open(SAMPLE, encoding="utf-8") as handle:
             text = handle.read()
         for field in dataclasses.fields(Config):
-            if field.name in ("path", "warnings", "given"):
+            if field.name in ("path", "warnings", "given", "health_check_nodes"):
                 continue
             name = self.SETTING_FOR_FIELD.get(field.name, field.name)
             self.assertTrue(
                 re.search(rf"^{name}\s*=", text, re.MULTILINE), f"{name} missing from sample"
             )
         self.assertTrue(re.search(r"^\s*#\s*socket_dir\s*=", text, re.MULTILINE))
+        # health_check_nodes: every health check name, and a numbered one commented out.
+        for name in HEALTH_CHECK_KEYS:
+            self.assertTrue(re.search(rf"^{name}\s*=", text, re.MULTILINE), name)
+        self.assertTrue(re.search(r"^#health_check_period1\s*=", text, re.MULTILINE))
 
     def test_sample_lists_every_recognised_pgpool_ii_name(self) -> None:
         """The sample's closing list names every pgpool-II setting recognised but not used."""

@@ -29,7 +29,7 @@ class UnusedTests(SynchronousTestCase):
     def test_grouped_by_feature(self) -> None:
         """Settings pgpool-II would act on are grouped by feature, one line per feature."""
         config = parse_config(
-            "failover_command = '/bin/failover %d'\n"
+            "recovery_1st_stage_command = 'recovery_1st_stage'\n"
             "ignore_leading_white_space = off\n"
             "pcp_port = 9898\n"
             "dml_adaptive_object_relationship_list = 't1:t2'\n",
@@ -39,7 +39,7 @@ class UnusedTests(SynchronousTestCase):
             [
                 "pgpool.conf: load balancing: ignore_leading_white_space, "
                 "dml_adaptive_object_relationship_list not used yet",
-                "pgpool.conf: failover: failover_command not used yet",
+                "pgpool.conf: online recovery: recovery_1st_stage_command not used yet",
                 "pgpool.conf: PCP (pgpool-II's control port): pcp_port not used yet",
             ],
         )
@@ -47,8 +47,9 @@ class UnusedTests(SynchronousTestCase):
     def test_neutral_values_not_reported(self) -> None:
         """A value at which pgpool-II behaves as pgpool-tw does is not reported, however spelt."""
         config = parse_config(
-            "load_balance_mode = false\nhealth_check_period = 0\nfailover_command = ''\n"
-            "auto_failback_interval = 1min\nsearch_primary_node_timeout = '5 min'\n"
+            "load_balance_mode = false\nuse_watchdog = 0\nrecovery_1st_stage_command = ''\n"
+            "recovery_timeout = 1.5min\nreplication_delay_source_timeout = '10 s'\n"
+            "health_check_test = false\n"
             "backend_clustering_mode = 'raw'\nmemqcache_total_size = 64MB\n"
         )
         self.assertEqual(unused_settings(config), {})
@@ -62,14 +63,14 @@ class UnusedTests(SynchronousTestCase):
             unused_settings(config), {"watchdog": ["use_watchdog", "wd_port0", "hostname0"]}
         )
 
-    def test_node_switch(self) -> None:
-        """A node's own health_check_periodN is reported, and turns on its node's settings."""
-        config = parse_config(
-            "health_check_period1 = 10\nhealth_check_timeout1 = 5\nhealth_check_timeout2 = 5\n"
-        )
+    def test_numbered_names_follow_the_switch(self) -> None:
+        """A numbered setting (wd_port1, hostname2) is reported only while its feature's
+        switch is on, and keeps its node number in the report."""
+        text = "wd_port1 = 9000\nhostname2 = 'h'\n"
+        self.assertEqual(unused_settings(parse_config(text)), {})
+        config = parse_config(text + "use_watchdog = on\n")
         self.assertEqual(
-            unused_settings(config),
-            {"health check": ["health_check_period1", "health_check_timeout1"]},
+            unused_settings(config), {"watchdog": ["wd_port1", "hostname2", "use_watchdog"]}
         )
 
     def test_switch_default_applies_when_unset(self) -> None:
@@ -78,7 +79,7 @@ class UnusedTests(SynchronousTestCase):
         self.assertEqual(
             unused_settings(config), {"load balancing": ["ignore_leading_white_space"]}
         )
-        config = parse_config("health_check_timeout = 5\n")  # health_check_period is 0
+        config = parse_config("wd_priority = 5\n")  # use_watchdog is off
         self.assertEqual(unused_settings(config), {})
 
     def test_switch_read_by_pgpool_tw_still_silences(self) -> None:
@@ -106,20 +107,29 @@ class UnusedTests(SynchronousTestCase):
             "delay_threshold = 10\ndelay_threshold_by_time = 5\n"
             "prefer_lower_delay_standby = on\nlog_standby_delay = always\n"
             "log_per_node_statement = on\nbackend_clustering_mode = raw\n"
+            "health_check_period = 10\nhealth_check_timeout1 = 5\nhealth_check_user = u\n"
+            "health_check_password = p\nhealth_check_database = d\nconnect_timeout = 100\n"
+            "health_check_max_retries = 3\nhealth_check_retry_delay = 2\n"
+            "failover_command = '/bin/f %d'\nfailback_command = '/bin/b %d'\n"
+            "follow_master_command = '/bin/m %d'\nfail_over_on_backend_error = off\n"
+            "failover_on_backend_shutdown = on\ndetach_false_primary = on\n"
+            "search_primary_node_timeout = 10\nauto_failback = on\n"
+            "auto_failback_interval = 5\nlogdir = '/var/log/pgpool'\n"
         )
         self.assertEqual(unused_settings(config), {})
+        self.assertEqual(unused_lines(config), [])
         old = parse_config("master_slave_mode = on\nmaster_slave_sub_mode = stream\n")
         self.assertEqual(unused_settings(old), {})
 
     def test_only_names_are_printed(self) -> None:
         """A secret value never appears in a report line."""
         config = parse_config(
-            "health_check_period = 5\nhealth_check_password = 'hunter2'\n"
+            "recovery_password = 'hunter2'\nhealth_check_password = 'hunter2'\n"
             "sr_check_password = 'hunter2'\n"
         )
         lines = unused_lines(config)
         self.assertEqual(len(lines), 1, lines)
-        self.assertIn("health_check_password", lines[0])
+        self.assertIn("recovery_password", lines[0])
         self.assertNotIn("hunter2", lines[0])
 
     def test_every_name_in_one_feature(self) -> None:
@@ -130,8 +140,11 @@ class UnusedTests(SynchronousTestCase):
             for name in names:
                 self.assertNotIn(name.lower(), seen, feature.title)
                 seen[name.lower()] = feature.title
-        found = feature_of("health_check_user3")
-        self.assertEqual(found[0].title if found else None, "health check")
+        found = feature_of("heartbeat_port3")
+        self.assertEqual(found[0].title if found else None, "watchdog")
+        # Names pgpool-tw reads are in no feature, numbered or not.
+        for name in ("health_check_user3", "connect_timeout", "failover_command", "logdir"):
+            self.assertIsNone(feature_of(name), name)
 
     def test_reload_repeats_only_changed_features(self) -> None:
         """On reload a feature's line comes back only when one of its settings changed."""
@@ -228,6 +241,26 @@ class ReloadPlanTests(SynchronousTestCase):
         self.assertIs(plan.config, reloadable)
         self.assertEqual(len(plan.changed), 18)
 
+    def test_health_check_and_failover_apply_logdir_needs_restart(self) -> None:
+        """Health check and failover settings apply on reload, as in pgpool-II; logdir, which
+        pgpool-II reads only at start, keeps its running value."""
+        running = parse_config(TWO_NODES)
+        new = parse_config(
+            TWO_NODES + "health_check_period = 5\nconnect_timeout1 = 500\n"
+            "failover_command = '/bin/f %d'\nauto_failback = on\nlogdir = '/var/run/p'\n"
+        )
+        self.assertEqual(restart_needed(running, new), ["logdir"])
+        plan = plan_reload(running, new)
+        self.assertEqual(plan.restart, ["logdir"])
+        self.assertEqual(
+            plan.changed,
+            ["auto_failback", "connect_timeout1", "failover_command", "health_check_period"],
+        )
+        self.assertEqual(plan.config.logdir, "/tmp")
+        self.assertEqual(plan.config.health_check.period, 5.0)
+        self.assertEqual(plan.config.health_check_for(1).connect_timeout, 0.5)
+        self.assertEqual(plan.config.failover_command, "/bin/f %d")
+
     def test_warnings_not_repeated_when_lines_move(self) -> None:
         """A warning already given is not given again because its line number moved."""
         running = parse_config("bogus = 1\n")
@@ -253,7 +286,10 @@ class DebianFileTests(SynchronousTestCase):
         config = load_config(path)
         self.assertEqual(config.warnings, ())
         lines = unused_lines(config)
-        self.assertTrue(3 <= len(lines) <= 12, lines)
+        self.assertTrue(2 <= len(lines) <= 12, lines)
         self.assertTrue(any("pcp_port" in line for line in lines), lines)
+        # Health check and failover are read now: neither is reported.
+        read = r"health_check_|connect_timeout|fail_?over_|failback|follow_|logdir"
+        self.assertIsNone(re.search(read, "\n".join(lines)), lines)
         self.assertFalse(any("load balancing" in line for line in lines), lines)
         self.assertTrue(all(line.startswith(f"{path}: ") for line in lines), lines)
