@@ -187,8 +187,8 @@ class FirstMinuteTests(SynchronousTestCase):
 
     def test_reload_names_changes_and_repeats_nothing(self) -> None:
         """A SIGHUP names the changed settings once and repeats no earlier warning."""
-        pooler = self.pooler_on(["health_check_period = 10", "max_pol = 3", "max_pool = 2"])
-        pooler.wait_for_log("health check: health_check_period not used yet")
+        pooler = self.pooler_on(["use_watchdog = on", "max_pol = 3", "max_pool = 2"])
+        pooler.wait_for_log("watchdog: use_watchdog not used yet")
         mark = len(pooler.log_text())
         pooler.lines.append("max_pool = 3")
         pooler.lines.append("sr_check_password = 'hunter2'")
@@ -203,7 +203,7 @@ class FirstMinuteTests(SynchronousTestCase):
         after = pooler.log_text()[mark:]
         self.assertIn("reload: changed: max_pool, sr_check_password", after)
         self.assertNotIn("hunter2", after)
-        self.assertNotIn("health_check_period", after)
+        self.assertNotIn("use_watchdog", after)
         self.assertNotIn("max_pol", after)
 
 
