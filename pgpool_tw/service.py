@@ -11,6 +11,11 @@ Signals, as pgpool-II's: SIGHUP reloads the configuration; SIGTERM is a smart
 shutdown (stop listening, let sessions finish, bounded by
 ``smart_shutdown_timeout``); SIGINT a fast one (clients get FATAL 57P01, servers
 a Terminate); SIGQUIT an immediate one; SIGUSR1 closes idle server connections.
+
+Nodes: the health check (checks/health.py) and failover (checks/failover.py) run in every
+mode; ``detach_node``, ``attach_node`` and ``promote_node`` are pcp_detach_node,
+pcp_attach_node and pcp_promote_node for embedding code.  Node statuses are kept in
+``logdir``/pgpool_status across restarts unless ``discard_status`` (twistd's ``-D``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from twisted.logger import Logger
 
 from pgpool_tw import systemd
 from pgpool_tw.admin.snapshot import Snapshot, take_snapshot
+from pgpool_tw.checks.failover import Failover
+from pgpool_tw.checks.health import HealthCheck
 from pgpool_tw.checks.sr_check import SrCheck
+from pgpool_tw.checks.status_file import read_status, status_path
 from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
 from pgpool_tw.config.report import plan_reload
@@ -62,8 +70,10 @@ class PgpoolService(MultiService):
         reactor: Any = None,
         handle_signals: bool = False,
         overrides: Optional[dict[str, Any]] = None,
+        discard_status: bool = False,
     ) -> None:
         """``overrides`` are settings given on the command line; a reload keeps them.
+        ``discard_status``: ignore pgpool_status (every node starts up), as pgpool-II's -D.
 
         Raises AuthFilesError when enable_pool_hba is on and pool_hba.conf or
         pool_passwd cannot be used, TLSConfigError when a TLS file cannot.
@@ -89,11 +99,70 @@ class PgpoolService(MultiService):
             log.warn("{warning}", warning=warning)
         #: Warm logins served by the C loop, when it runs this reactor (lane/warm.py).
         self.warm: Optional[WarmLane] = None
+        factory = self.factory
+        self.status_file = status_path(config.logdir)
+        if not discard_status:
+            self._load_status()
+        #: Node status changes, one at a time (checks/failover.py).
+        self.failover = Failover(
+            reactor,
+            lambda: self.config,
+            lambda: factory.cluster,
+            factory,
+            lambda: self.sr_check,
+            self.status_file,
+            secrets=lambda: factory.auth_files.secrets,
+            tls_for=lambda node: factory.tls.for_server(node),
+            tls_required=factory.tls.server_tls_required,
+        )
+        factory.failover = self.failover
+        self.failover.save_status()
+        #: The health check (health_check_period > 0 for some node).
+        self.health_check = HealthCheck(
+            reactor,
+            lambda: self.config,
+            lambda: factory.cluster,
+            lambda index, why: self.failover.detach(index, why),
+            secrets=lambda: factory.auth_files.secrets,
+            tls_for=lambda node: factory.tls.for_server(node),
+            tls_required=factory.tls.server_tls_required,
+        )
         self.ports: list[IListeningPort] = []
         self.shutting_down: Optional[str] = None
         self._ticker: Optional[LoopingCall] = None
         self._stopped: Optional[defer.Deferred[None]] = None
         self._port_stops: list[defer.Deferred[Any]] = []
+
+    def _load_status(self) -> None:
+        """pgpool_status: nodes that were down when the pooler stopped stay down."""
+        cluster = self.factory.cluster
+        down, warning = read_status(self.status_file, [node.index for node in cluster])
+        if warning is not None:
+            log.warn("{warning}", warning=warning)
+        for index in sorted(down):
+            cluster.detach(index)
+            log.info(
+                "node {index} ({address}) is down in {path}: it stays detached (-D forgets)",
+                index=index,
+                address=cluster[index].address,
+                path=self.status_file,
+            )
+
+    # -- nodes: pcp_detach_node, pcp_attach_node, pcp_promote_node ------------------
+
+    def detach_node(self, index: int) -> defer.Deferred[bool]:
+        """Detach node ``index`` as pcp_detach_node does (failover_command runs; fires
+        False when it is unknown, already down or flagged DISALLOW_TO_FAILOVER)."""
+        return self.failover.detach(index, "detached by request")
+
+    def attach_node(self, index: int) -> defer.Deferred[bool]:
+        """Attach a detached node as pcp_attach_node does (failback_command runs)."""
+        return self.failover.attach(index)
+
+    def promote_node(self, index: int, switchover: bool = False) -> defer.Deferred[bool]:
+        """pcp_promote_node: take node ``index`` as primary (``switchover``, its ``-s``:
+        detach the primary and let failover_command promote ``index``)."""
+        return self.failover.promote(index, switchover)
 
     @classmethod
     def from_file(
@@ -154,6 +223,8 @@ class PgpoolService(MultiService):
         super().startService()
         self._start_ticker()
         self._start_sr_check()
+        self.failover.start()
+        self.health_check.start()
         log.info(
             "pgpool-tw listening on {where}",
             where=", ".join(describe(p) for p in self.ports) or "nothing",
@@ -202,6 +273,7 @@ class PgpoolService(MultiService):
             tls_required=factory.tls.server_tls_required,
             on_functions=factory.learn_functions,
             on_applied=factory.routing_changed,
+            on_round=self.failover.on_round,
         )
         if hold and not factory.cluster.checked:
             factory.hold_sessions()
@@ -313,6 +385,7 @@ class PgpoolService(MultiService):
         self.pool.config = config
         self.factory.use(config)
         self._start_sr_check(hold=False)
+        self.health_check.apply()
         if self.warm is not None:
             self.warm.apply()
         self.pool.admit_waiting()
@@ -340,6 +413,8 @@ class PgpoolService(MultiService):
             log.info("{mode} shutdown", mode=mode)
             self._stop_listening()
             self._stop_sr_check()
+            self.health_check.stop()
+            self.failover.stop()
             self._stopped = defer.Deferred()
         stopped = self._stopped
         assert stopped is not None

@@ -43,6 +43,13 @@ class Options(usage.Options):
         "Run pgpool-tw, a PostgreSQL connection pooler that reads pgpool-II's pgpool.conf. "
         f"Without -c it reads ./pgpool.conf when present, else {DEFAULT_CONFIG}."
     )
+    optFlags = [
+        [
+            "discard-status",
+            "D",
+            "discard pgpool_status: every node starts up, whatever was down when it stopped",
+        ],
+    ]
     optParameters = [
         ["hba-file", "a", None, "path of pool_hba.conf (overrides pool_hba_file)"],
         [
@@ -100,4 +107,9 @@ def makeService(options: Any) -> IService:
     settings = options["settings"]
     for warning in settings_report(settings):
         log.warn("{warning}", warning=warning)
-    return _TwistdService(settings, handle_signals=True, overrides=options["overrides"])
+    return _TwistdService(
+        settings,
+        handle_signals=True,
+        overrides=options["overrides"],
+        discard_status=bool(options["discard-status"]),
+    )

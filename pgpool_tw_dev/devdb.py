@@ -13,6 +13,7 @@ or signal any process but the postmaster it started itself.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
@@ -188,6 +189,70 @@ class TempPostgres:
         tb: Optional[TracebackType],
     ) -> None:
         self.stop()
+
+    # -- faults: what failover tests and the fault-injection script do to a server ---------
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server (pg_ctl stop -m ``mode``) and keep its data to ``restart``."""
+        argv = [self._bin("pg_ctl"), "stop", "-D", self.data_dir, "-m", mode, "-w", "-t", "60"]
+        self._run_as_server(argv, check=False)
+        if self.pid is not None and self._is_our_postmaster(self.pid):
+            self._kill_postmaster(self.pid)
+        self.pid = None
+
+    def crash(self) -> None:
+        """kill -9 the postmaster and every process of its group (a machine that died):
+        nothing is flushed, nothing says goodbye; the data stays to ``restart``."""
+        pid = self.pid
+        if pid is None or not self._is_our_postmaster(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self._is_our_postmaster(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.pid = None
+
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (``frozen``) or SIGCONT the server's process group: a server that hangs."""
+        if self.pid is not None:
+            os.killpg(os.getpgid(self.pid), signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Start a halted or crashed server again on its own port (crash recovery first)."""
+        if self.pid is not None:
+            return
+        pidfile = os.path.join(self.data_dir, "postmaster.pid")
+        if os.path.exists(pidfile):
+            os.unlink(pidfile)  # a crashed postmaster's: it is gone (checked by crash())
+        self._write_settings()
+        argv = [self._bin("pg_ctl"), "start", "-D", self.data_dir, "-l", self.log_file]
+        proc = self._run_as_server(argv + ["-w", "-t", "60"], check=False)
+        if os.path.exists(pidfile):
+            self.pid = self._read_pid()
+        if proc.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not restart: {self._log_tail()}")
+
+    def promote(self) -> None:
+        """pg_ctl promote a standby, waiting until it accepts writes."""
+        argv = [self._bin("pg_ctl"), "promote", "-D", self.data_dir, "-w", "-t", "60"]
+        proc = self._run_as_server(argv, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_ctl promote failed: {(proc.stdout + proc.stderr).strip()}")
+
+    def run_as_server_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` as a command line that runs it as the server's OS user (for scripts a
+        pooler runs as root, such as a failover_command that calls pg_ctl)."""
+        user = self._server_user
+        if user is None:
+            return list(argv)
+        return [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--clear-groups",
+            *argv,
+        ]
 
     # -- using it -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgpool_tw.checks.probe import NodeProbe
-from pgpool_tw.cluster.cluster import Cluster
+from pgpool_tw.cluster.cluster import DOWN, Cluster
 from pgpool_tw.cluster.topology import (
     NO_THRESHOLDS,
     STREAMING_REPLICATION,
@@ -69,6 +69,7 @@ class SrCheck:
         secrets: Optional[Callable[[], Mapping[str, Secret]]] = None,
         on_functions: Optional[Callable[[frozenset[str]], None]] = None,
         on_applied: Optional[Callable[[], None]] = None,
+        on_round: Optional[Callable[[Decision, Mapping[int, Probe]], None]] = None,
         tls_for: Optional[Callable[[BackendNode], Optional[Any]]] = None,
         tls_required: bool = False,
     ) -> None:
@@ -86,6 +87,10 @@ class SrCheck:
         #: Called after each round's answers reached the cluster (routed sessions re-read
         #: which nodes they may read from).
         self.on_applied = on_applied
+        #: Called with each round's verdict and answers once applied (failover reads the
+        #: false primaries and which detached standbys stream again: auto_failback).
+        self.on_round = on_round
+        self._seen: Mapping[int, Probe] = {}
         self.tls_for = tls_for
         self.tls_required = tls_required
         #: Names of functions no overload of which is VOLATILE, from the last primary asked.
@@ -173,7 +178,8 @@ class SrCheck:
 
     def _round(self) -> Deferred[Decision]:
         cluster = self.cluster_getter()
-        backends = [node.backend for node in cluster]
+        # A detached node is failover's: it is not asked, and cannot claim to be primary.
+        backends = [node.backend for node in cluster if node.status != DOWN]
         timeout = self.timeout
         self._probes = [NodeProbe(self, backend, timeout) for backend in backends]
         probes = list(self._probes)
@@ -193,7 +199,7 @@ class SrCheck:
         probes: list[NodeProbe],
         backends: list[BackendNode],
     ) -> Deferred[Decision]:
-        seen = {backend.index: answer[0] for backend, answer in zip(backends, answers)}
+        seen = self._seen = {backend.index: answer[0] for backend, answer in zip(backends, answers)}
         decision = decide(backends, seen, self.mode, self.thresholds)
         for backend, (_, why) in zip(backends, answers):
             self._note_failure(backend, why)
@@ -225,6 +231,8 @@ class SrCheck:
         self._log_delays(cluster)
         if self.on_applied is not None:
             self.on_applied()
+        if self.on_round is not None:
+            self.on_round(decision, self._seen)
         return decision
 
     def _round_over(self, result: Any, probes: list[NodeProbe]) -> Any:

@@ -15,9 +15,10 @@ None).
 Statuses are pgpool-II's words (SHOW POOL_NODES, pcp_node_info): every configured node starts
 ``waiting`` ("up, no connection yet"), as pgpool-II's nodes do at start; ``up`` once a
 connection is pooled, ``down`` when detached; ``unused`` is pgpool-II's word for a slot with
-no node, so no node here has it.  Failover (detaching, promoting) does not exist yet, so a
-file that names more than one node gets one warning (:meth:`Cluster.not_used_warning`) saying
-what is and is not done with them, so the user is never silently ignored.
+no node, so no node here has it.  Failover (checks/failover.py) detaches nodes
+(:meth:`Cluster.detach`), attaches them again and names the primary it found
+(:meth:`Cluster.set_primary`).  A file that names more than one node gets one line
+(:meth:`Cluster.not_used_warning`) saying what is done with them.
 
 Pure: no Twisted, no logging; the caller logs (:meth:`Cluster.apply` returns the lines).
 """
@@ -168,21 +169,25 @@ class Cluster:
     @property
     def detected_primary(self) -> Optional[Node]:
         """The node the last check found primary (raw mode: main), or the lowest-numbered
-        node before any check; None when the check found none."""
+        node before any check; None when the check found none or it was detached."""
         for node in self:
-            if node.role == PRIMARY or node.role == MAIN:
+            if (node.role == PRIMARY or node.role == MAIN) and node.status != DOWN:
                 return node
         return None
 
     @property
-    def primary(self) -> Optional[Node]:
-        """The node writes go to: the detected primary; when a check found none, pgpool-II's
-        "main node" (PRIMARY_NODE_ID falls back to it), the lowest-numbered node not down,
-        so a check that cannot log in (sr_check_user) leaves sessions where they went."""
-        found = self.detected_primary
-        if found is not None or not self.checked:
-            return found
+    def main(self) -> Optional[Node]:
+        """pgpool-II's "main node": the lowest-numbered node not down (failover's %m)."""
         return next((node for node in self if node.status != DOWN), None)
+
+    @property
+    def primary(self) -> Optional[Node]:
+        """The node writes go to: the detected primary; when there is none (a check found
+        none, or the primary was detached and no other has been found yet), pgpool-II's
+        main node, as PRIMARY_NODE_ID falls back to it: a standby there refuses writes with
+        PostgreSQL's own read-only error while reads carry on.  None: every node is down."""
+        found = self.detected_primary
+        return found if found is not None else self.main
 
     @property
     def standbys(self) -> list[Node]:
@@ -196,6 +201,52 @@ class Cluster:
         if node.status != status:
             changed = time.time() if now is None else now
             self._nodes[index] = replace(node, status=status, last_status_change=changed)
+
+    def detach(self, index: int, now: Optional[float] = None) -> None:
+        """``index`` is down (failover): no session or statement goes there again until it
+        is attached.  A detached primary is the primary no more (pgpool-II's
+        PRIMARY_NODE_ID becomes -1 until a search finds one); in raw mode the next node up
+        becomes main."""
+        node = self._nodes[index]
+        role = node.role
+        if role == PRIMARY:
+            role = STANDBY
+        elif role == MAIN:
+            role = REPLICA
+        changed = time.time() if now is None else now
+        self._nodes[index] = replace(
+            node, status=DOWN, role=role, lagging=False, last_status_change=changed
+        )
+        if self.clustering_mode != STREAMING_REPLICATION and node.role == MAIN:
+            following = self.main
+            if following is not None:
+                self._nodes[following.index] = replace(following, role=MAIN)
+
+    def attach(self, index: int, now: Optional[float] = None) -> None:
+        """``index`` may take sessions again (failback): pgpool-II's "waiting" until a
+        connection to it is made; its role is what the next check finds (a standby until
+        then, or main in raw mode when no node is)."""
+        node = self._nodes[index]
+        changed = time.time() if now is None else now
+        role = node.role
+        if self.clustering_mode != STREAMING_REPLICATION:
+            role = MAIN if self.detected_primary is None else REPLICA
+        elif role not in (PRIMARY, STANDBY):
+            role = STANDBY
+        self._nodes[index] = replace(node, status=WAITING, role=role, last_status_change=changed)
+
+    def set_primary(self, index: int, now: Optional[float] = None) -> None:
+        """``index`` is the primary now (a promotion, or the search after a failover found
+        it); every other node not down is a standby."""
+        changed = time.time() if now is None else now
+        for node in list(self):
+            role = PRIMARY if node.index == index else STANDBY
+            if node.role != role:
+                self._nodes[node.index] = replace(node, role=role, last_status_change=changed)
+
+    def statuses(self) -> list[tuple[int, str]]:
+        """(index, status) of every node, for pgpool_status."""
+        return [(node.index, node.status) for node in self]
 
     def apply(self, decision: Decision, now: float) -> list[str]:
         """Take one round's verdict; return one line per change worth a log line.
@@ -217,6 +268,9 @@ class Cluster:
             if node is None:
                 continue
             updates: dict[str, Any] = {f.name: getattr(state, f.name) for f in fields(NodeState)}
+            if node.status == DOWN:
+                # Detached: what it says is shown, but its role is failover's to give.
+                updates = {"pg_role": state.pg_role, "pg_status": state.pg_status}
             if kept is not None and index == kept.index:
                 # The primary did not answer this round: it stays the primary (a check
                 # that cannot reach it is not a failover; health checks decide that).
@@ -224,7 +278,7 @@ class Cluster:
             changes = [
                 f"{name} {getattr(node, name)} -> {updates[name]}"
                 for name in ("role", "pg_status")
-                if getattr(node, name) != updates[name]
+                if name in updates and getattr(node, name) != updates[name]
             ]
             if changes:
                 updates["last_status_change"] = now
@@ -279,10 +333,7 @@ class Cluster:
                 use = f"writes go to {target}, reads are load balanced over the standbys"
             else:
                 use = f"every session goes to {target} (load_balance_mode is off)"
-            return (
-                f"{self.path}: streaming replication over backend nodes {every}: {use}; "
-                "failover (detaching a node, promoting a standby) does not exist yet"
-            )
+            return f"{self.path}: streaming replication over backend nodes {every}: {use}"
         line = (
             f"{self.path}: backend {word} {listed} not used while node {primary.index} "
             f"({primary.address}) is up: every session goes to node {primary.index}, the "

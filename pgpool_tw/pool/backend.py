@@ -103,6 +103,8 @@ class BackendProtocol(Protocol):
         self.status = m.IDLE
         #: The server asked for a password at login: never hand it to another client.
         self.asked_password = False
+        #: Its node was detached or changed role since it logged in: never pooled again.
+        self.stale = False
         self.sessions = 0
         self.created = clock.seconds()
         self.idle_since = self.created

@@ -274,6 +274,8 @@ class Pool:
             return "shutting down"
         if not reusable:
             return "session ended mid-message or mid-transaction"
+        if server.stale:
+            return "its node was detached or changed role"
         if not config.connection_cache:
             return "connection_cache is off"
         if server.asked_password and not config.enable_pool_hba:
@@ -388,6 +390,14 @@ class Pool:
             self._discard(server, "asked to close idle connections")
         lent = self.lender.reclaim_all("asked to close idle connections") if self.lender else 0
         return len(servers) + lent
+
+    def retire(self, which: Callable[[BackendProtocol], bool]) -> None:
+        """Close every idle or resetting server for which ``which`` holds (failover: its
+        node went down or changed role), and every server parked in the warm lane."""
+        for server in [s for s in list(self._idle) + list(self._resetting) if which(s)]:
+            self._discard(server, "its node was detached or changed role")
+        if self.lender is not None:
+            self.lender.reclaim_all("a node was detached or changed role")
 
     def close_all(self) -> None:
         self.closing = True

@@ -157,6 +157,7 @@ class BalanceLeg:
     def server_connect_failed(self, node: BackendNode, why: str) -> None:
         self.connector = None
         self.session.context.events.backend_status(node.address, "unreachable")
+        self.session.context.server_failed(node.index, why)
         self._failed(f"cannot connect to {node.address}: {why}")
 
     def _refuse(self, server: BackendProtocol, why: str) -> None:

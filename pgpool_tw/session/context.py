@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 from twisted.logger import Logger
 
 from pgpool_tw.cluster.classify import Classifier
-from pgpool_tw.cluster.cluster import UP, Cluster
+from pgpool_tw.cluster.cluster import UP, WAITING, Cluster
 from pgpool_tw.cluster.router import choose_lb_node, read_by_weight, readable, routing_on
 from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
 from pgpool_tw.config.authfiles import AuthFiles
@@ -47,6 +47,12 @@ class WarmLogins(Protocol):
 
     def learn(self, client: Any, server: BackendProtocol) -> None: ...
     def find(self, pid: int, secret: int) -> Optional[BackendProtocol]: ...
+
+
+class NodeWatch(Protocol):
+    """Failover as sessions see it (checks/failover.py's ``Failover``)."""
+
+    def backend_error(self, index: int, why: str) -> None: ...
 
 
 class SessionContext:
@@ -92,6 +98,8 @@ class SessionContext:
         self.fast_streams: weakref.WeakSet[RoutedStream] = weakref.WeakSet()
         #: Sessions waiting for the first replication check to name the primary.
         self._held: Optional[list[Callable[[], None]]] = None
+        #: Failover, told when a session's server fails (failover_on_backend_error).
+        self.failover: Optional[NodeWatch] = None
 
     def login_deadlines(self, timeout: float) -> Deadlines:
         """The authentication_timeout timeouts of this length, on one shared timer.
@@ -244,11 +252,55 @@ class SessionContext:
         return body + m.ready_for_query(status)
 
     def node_up(self, backend: BackendNode) -> None:
-        """A server of ``backend`` finished a login: the node is up (pgpool-II's status)."""
+        """A server of ``backend`` finished a login: a waiting node is up (pgpool-II's
+        status; a detached node stays down whatever logins were under way)."""
         node = self.cluster.get(backend.index)
-        if node is not None and node.status != UP:
+        if node is not None and node.status == WAITING:
             self.cluster.set_status(backend.index, UP)
         self.events.backend_status(backend.address, "up")
+
+    def server_failed(self, index: int, why: str) -> None:
+        """A session's server of node ``index`` failed (refused, cut): failover judges."""
+        if self.failover is not None:
+            self.failover.backend_error(index, why)
+
+    # -- failover's effects on sessions and pooled servers ------------------------------
+
+    def node_detached(self, index: int, why: str) -> None:
+        """Node ``index`` is down: sessions there end (or drop a read-only leg), no pooled
+        or parked server of it is handed out again, routers re-read where reads go."""
+        node = self.cluster.get(index)
+        address = node.address if node is not None else "?"
+        text = f"backend node {index} ({address}) was detached: {why}"
+        self._retire_servers(lambda server: server.node.index == index)
+        for client in list(self.clients):
+            client.session.node_detached(index, text)
+        self.routing_changed()
+
+    def roles_changed(self, changed: frozenset[int]) -> None:
+        """The primary changed (failover found or was told a new one): sessions whose
+        writes go to another node end (57P01) so their clients reconnect to the new
+        primary; servers of the nodes in ``changed`` logged in before are never pooled
+        again."""
+        self._retire_servers(lambda server: server.node.index in changed)
+        primary = self.cluster.primary
+        if primary is None:
+            return
+        index = primary.index
+        text = f"the primary is now backend node {index} ({primary.address}): reconnect"
+        for client in list(self.clients):
+            session = client.session
+            node = session.write_node
+            if node is not None and node != index:
+                session.node_detached(node, text)
+        self.routing_changed()
+
+    def _retire_servers(self, which: Callable[[BackendProtocol], bool]) -> None:
+        """Servers for which ``which`` holds are closed when idle and never reused."""
+        for server in list(self.servers.live):
+            if which(server):
+                server.stale = True
+        self.pool.retire(which)
 
     def connect(
         self,

@@ -229,6 +229,7 @@ class ServerLogin:
         self.connector = None
         session = self.session
         session.context.events.backend_status(node.address, "unreachable")
+        session.context.server_failed(node.index, why)
         log.warn(
             "client={client} server={server} unreachable: {why}",
             client=session.peer,

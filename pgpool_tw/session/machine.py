@@ -251,7 +251,11 @@ class Session:
         node = context.cluster.primary
         if node is None:
             if len(context.cluster):
-                self.fatal("08006", "no backend node is up")
+                self.fatal(
+                    "57P03",
+                    f"no backend node is up: all {len(context.cluster)} nodes are detached "
+                    "(failover); pgpool-tw needs at least one",
+                )
             else:
                 self.fatal("08006", "no backend node is configured (backend_hostname0)")
             return
@@ -337,30 +341,79 @@ class Session:
         A load-balancing server that owed nothing is let go: the session reads from
         the primary from then on.
         """
+        if self.state == RELAY or self.state in (CONNECTING, SETTING):
+            self.context.server_failed(server.node.index, why)
         if server is self.lb_server and self._lb_lost(server, why):
             return
         if self.state == RELAY and self.server is not None:
-            tracker = self.tracker
-            assert tracker is not None
-            primary = self.server
-            self._stop_relay(primary)
-            if server is not primary:
-                self.context.pool.give_back(primary, False)
-            lb, self.lb_server = self.lb_server, None
-            if lb is not None and lb is not server:
-                self.context.pool.give_back(lb, False)
             log.warn(
                 "client={client} server={server} lost mid-session: {why}",
                 client=self.peer,
                 server=server.node.address,
                 why=why,
             )
-            if tracker.server_at_boundary:
-                self.io.send(m.error_response("08006", "server closed the connection unexpectedly"))
-            self.io.close()
+            self._end_relay("08006", "server closed the connection unexpectedly", server)
         elif self.state in (CONNECTING, SETTING):
             self.server = None
             self.fatal("08006", f"server closed the connection during login: {why}")
+
+    def _end_relay(self, sqlstate: str, text: str, lost: Optional[BackendProtocol] = None) -> None:
+        """End a relaying session: its servers are closed (``lost`` is gone already), the
+        client gets the error when its stream is at a message boundary, then the close."""
+        tracker, primary = self.tracker, self.server
+        assert tracker is not None and primary is not None
+        self._stop_relay(primary)
+        if lost is not primary:
+            self.context.pool.give_back(primary, False)
+        lb, self.lb_server = self.lb_server, None
+        if lb is not None and lb is not lost:
+            self.context.pool.give_back(lb, False)
+        if tracker.server_at_boundary:
+            self.io.send(m.error_response(sqlstate, text))
+        self.io.close()
+
+    def node_detached(self, index: int, text: str) -> None:
+        """Failover detached node ``index``: a session that writes there ends with
+        ``text`` (57P01, as for an administrator's command); one that only reads there
+        carries on with its primary when that leg is idle, else it ends too.  A session
+        still being admitted or logging in there is refused."""
+        state = self.state
+        if state == CLOSED:
+            return
+        server = self.server
+        if state == RELAY and server is not None:
+            lb = self.lb_server
+            dropped = lb is not None and lb.node.index == index and self._drop_lb(lb)
+            reads_there = lb is not None and lb.node.index == index and not dropped
+            if server.node.index == index or reads_there:
+                self._end_relay("57P01", text)
+            return
+        key = self.key
+        balancing = self._balance is not None and self._lb_node == index
+        if (key is not None and key.node == index) or balancing:
+            self.fatal("57P01", text)
+
+    def _drop_lb(self, server: BackendProtocol) -> bool:
+        """Let a live load-balancing server go (its node was detached) when it is idle."""
+        stream = self.routed
+        leg = server.tracker
+        if stream is None or not isinstance(leg, Leg) or not stream.drop_leg(leg, True):
+            return False
+        self.io.drop_leg(server)
+        self.lb_server = None
+        self.context.pool.give_back(server, False)
+        log.info(
+            "client={client} load-balancing node {node} detached: reading from the primary",
+            client=self.peer,
+            node=server.node.index,
+        )
+        return True
+
+    @property
+    def write_node(self) -> Optional[int]:
+        """The node this session's writes go to (its pool key's), once it has a key."""
+        key = self.key
+        return key.node if key is not None else None
 
     # -- what the new server's login (login.ServerLogin) reports -----------------------
 

@@ -554,10 +554,11 @@ class RoutedStream:
         automata[key] = result
         return result
 
-    def drop_leg(self, leg: Leg) -> bool:
-        """Forget a load-balancing leg whose server went away; False if it owed answers."""
+    def drop_leg(self, leg: Leg, idle_only: bool = False) -> bool:
+        """Forget a load-balancing leg whose server went away (or whose node was detached:
+        ``idle_only``, when its transaction must not be cut); False if it owed answers."""
         self._sync()
-        if leg is self.primary or leg.units:
+        if leg is self.primary or leg.units or (idle_only and leg.status != m.IDLE):
             return False
         self.lb = None
         self.legs = [self.primary]

@@ -250,15 +250,14 @@ class WarningTests(SynchronousTestCase):
 
     def test_streaming_replication_with_load_balancing(self) -> None:
         """Streaming replication with load_balance_mode on: no "not used" claim; what is
-        said is where writes and reads go, and that failover is missing."""
+        said is where writes and reads go."""
         config = _with(parse_config(THREE), "streaming_replication", True)
         line = Cluster.from_config(config).not_used_warning()
         self.assertEqual(
             line,
             "pgpool.conf: streaming replication over backend nodes 0 (db0:5432), "
             "1 (/run/pg/.s.PGSQL.5432), 2 (db2:5434): writes go to the ALWAYS_PRIMARY node "
-            "(backend_flag1), reads are load balanced over the standbys; failover (detaching "
-            "a node, promoting a standby) does not exist yet",
+            "(backend_flag1), reads are load balanced over the standbys",
         )
         self.assertNotIn("not used", line or "")
 
@@ -274,18 +273,18 @@ class WarningTests(SynchronousTestCase):
             line,
             "pgpool.conf: streaming replication over backend nodes 0 (a:5432), 1 (b:5432): "
             "every session goes to the primary pg_is_in_recovery() finds (load_balance_mode "
-            "is off); failover (detaching a node, promoting a standby) does not exist yet",
+            "is off)",
         )
 
     def test_settings_report_once(self) -> None:
         """The start report lists each warning once; a reload of the same file says nothing."""
-        text = THREE + "bogus = 1\nhealth_check_period = 10\nbackend_clustering_mode = raw\n"
+        text = THREE + "bogus = 1\nuse_watchdog = on\nbackend_clustering_mode = raw\n"
         config = parse_config(text)
         lines = settings_report(config)
         self.assertEqual(len(lines), 3, lines)
         self.assertIn("unknown setting 'bogus'", lines[0])
         self.assertIn("backend nodes 1", lines[1])
-        self.assertIn("health check: health_check_period not used yet", lines[2])
+        self.assertIn("watchdog: use_watchdog not used yet", lines[2])
         self.assertEqual(settings_report(parse_config(text), config), [])
         fewer = parse_config(text.replace("backend_hostname2 = 'db2'", ""))
         again = settings_report(fewer, config)
@@ -293,3 +292,62 @@ class WarningTests(SynchronousTestCase):
         self.assertEqual(len(again), 3, again)
         self.assertIn("backend_port2 ignored", again[0])
         self.assertIn("backend node 1 (", again[2])
+
+
+class FailoverStateTests(SynchronousTestCase):
+    """What failover does to the nodes (Cluster.detach, attach, set_primary)."""
+
+    def setUp(self) -> None:
+        self.cluster = Cluster.from_config(_backends(3), now=100.0)
+        backends = list(_backends(3).backends)
+        self.cluster.apply(decide(backends, {0: primary(9), 1: standby(9), 2: standby(9)}), 1.0)
+
+    def test_detached_primary_is_no_primary(self) -> None:
+        """A detached primary is down and a standby; writes go to the main node (the
+        lowest node not down), and a round cannot give the role back while it is down."""
+        self.cluster.detach(0, now=5.0)
+        node = self.cluster[0]
+        self.assertEqual((node.status, node.role, node.last_status_change), (DOWN, STANDBY, 5.0))
+        self.assertIsNone(self.cluster.detected_primary)
+        main = self.cluster.primary
+        assert main is not None
+        self.assertEqual(main.index, 1)
+        backends = list(_backends(3).backends)
+        self.cluster.apply(decide(backends, {0: primary(9), 1: standby(9), 2: standby(9)}), 6.0)
+        self.assertEqual(self.cluster[0].role, STANDBY)
+        self.assertEqual(self.cluster[0].pg_role, PRIMARY)
+        self.assertIsNone(self.cluster.detected_primary)
+
+    def test_every_node_down_is_no_primary(self) -> None:
+        for index in range(3):
+            self.cluster.detach(index)
+        self.assertIsNone(self.cluster.primary)
+        self.assertIsNone(self.cluster.main)
+
+    def test_attach_waits_as_a_standby(self) -> None:
+        self.cluster.detach(2, now=5.0)
+        self.cluster.attach(2, now=7.0)
+        node = self.cluster[2]
+        self.assertEqual((node.status, node.role, node.last_status_change), (WAITING, STANDBY, 7.0))
+
+    def test_set_primary(self) -> None:
+        self.cluster.set_primary(2)
+        self.assertEqual([n.role for n in self.cluster], [STANDBY, STANDBY, PRIMARY])
+        node = self.cluster.primary
+        assert node is not None
+        self.assertEqual(node.index, 2)
+
+    def test_raw_mode_main_moves_on(self) -> None:
+        cluster = Cluster.from_config(_with(_backends(3), RAW, False))
+        cluster.apply(
+            decide(list(_backends(3).backends), {0: UP_RAW, 1: UP_RAW, 2: UP_RAW}, RAW), 1.0
+        )
+        self.assertEqual([n.role for n in cluster], [MAIN, REPLICA, REPLICA])
+        cluster.detach(0)
+        self.assertEqual([n.role for n in cluster], [REPLICA, MAIN, REPLICA])
+        node = cluster.primary
+        assert node is not None
+        self.assertEqual(node.index, 1)
+
+
+UP_RAW = Probe(True, in_recovery=False)
