@@ -96,7 +96,7 @@ class PgpoolService(MultiService):
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)
         for warning in self.factory.auth_files.warnings:
-            log.warn("{warning}", warning=warning)
+            log.warn("{line}", line=warning)
         #: Warm logins served by the C loop, when it runs this reactor (lane/warm.py).
         self.warm: Optional[WarmLane] = None
         factory = self.factory
@@ -138,7 +138,7 @@ class PgpoolService(MultiService):
         cluster = self.factory.cluster
         down, warning = read_status(self.status_file, [node.index for node in cluster])
         if warning is not None:
-            log.warn("{warning}", warning=warning)
+            log.warn("{line}", line=warning)
         for index in sorted(down):
             cluster.detach(index)
             log.info(
@@ -370,7 +370,7 @@ class PgpoolService(MultiService):
         if plan.changed:
             log.info("reload: changed: {names}", names=", ".join(plan.changed))
         for warning in settings_report(plan.config, self.config) + list(auth_files.warnings):
-            log.warn("{warning}", warning=warning)
+            log.warn("{line}", line=warning)
         self.factory.auth_files = auth_files
         self.factory.tls = tls
         self.apply(plan.config)

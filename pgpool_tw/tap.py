@@ -106,7 +106,7 @@ class _TwistdService(PgpoolService):
 def makeService(options: Any) -> IService:
     settings = options["settings"]
     for warning in settings_report(settings):
-        log.warn("{warning}", warning=warning)
+        log.warn("{line}", line=warning)
     return _TwistdService(
         settings,
         handle_signals=True,

@@ -4,7 +4,7 @@ follow_primary_command) the way pgpool-II's ``system()`` does, without blocking 
 Owns: starting ``/bin/sh -c`` with the pooler's environment and no input, logging what
 the command prints line by line as it comes, its end, and the optional time limit that
 kills the command's whole process group.  The command line arrives complete (escapes
-already expanded and quoted by ``cluster/escapes.py``).  Must never raise into the reactor
+already expanded and quoted by ``config/escapes.py``).  Must never raise into the reactor
 and never wait on the command synchronously: every outcome is the Deferred's int.
 
 The shell runs in a session of its own so that a time limit kills what it started too,
@@ -105,12 +105,12 @@ class _Run(ProcessProtocol):
         self.pid = transport.pid  # kept: Twisted forgets it once the shell is reaped
         transport.closeStdin()
 
-    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+    def childDataReceived(self, fd: int, data: bytes) -> None:
         decoder = self._decoders.get(fd)
         if decoder is not None:
             self._lines(fd, decoder.decode(data))
 
-    def childConnectionLost(self, fd: int) -> None:  # noqa: N802
+    def childConnectionLost(self, fd: int) -> None:
         decoder = self._decoders.pop(fd, None)
         if decoder is None:
             return
@@ -138,12 +138,12 @@ class _Run(ProcessProtocol):
         for at in range(0, max(len(line), 1), LINE_LIMIT):
             emit("{what}: {line}", what=self._what, line=line[at : at + LINE_LIMIT])
 
-    def processExited(self, reason: Failure) -> None:  # noqa: N802
+    def processExited(self, reason: Failure) -> None:
         self._exit = _status(reason)
         if not self._finished and self._linger is None:
             self._linger = self._reactor.callLater(LINGER, self._finish)
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802
+    def processEnded(self, reason: Failure) -> None:
         self._ended = True
         if self._exit is None:
             self._exit = _status(reason)

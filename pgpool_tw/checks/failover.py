@@ -25,7 +25,7 @@ requests do):
   pg_terminate_backend or idle_session_timeout never fails a healthy node over.
 
 Must never: run two requests at once, block the reactor on a command, let a command's value
-reach the shell unquoted (cluster/escapes.py), or detach a node the user flagged
+reach the shell unquoted (config/escapes.py), or detach a node the user flagged
 DISALLOW_TO_FAILOVER.
 """
 
@@ -44,8 +44,8 @@ from pgpool_tw.checks.login import LoginAttempt
 from pgpool_tw.checks.sr_check import SrCheck
 from pgpool_tw.checks.status_file import write_status
 from pgpool_tw.cluster.cluster import DOWN, Cluster, Node
-from pgpool_tw.cluster.escapes import CommandValues, EscapeError, expand
 from pgpool_tw.cluster.topology import STREAMING_REPLICATION, Decision, Probe
+from pgpool_tw.config.escapes import CommandValues, EscapeError, expand
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.protocol.credentials import Secret
 
@@ -55,6 +55,8 @@ log = Logger()
 
 #: How often the search for a new primary asks the nodes (pgpool-II: every second).
 SEARCH_INTERVAL = 1.0
+#: No round has been seen yet (None is a round that found no primary).
+_UNSEEN = -2
 
 
 class NodeEffects(Protocol):
@@ -95,6 +97,8 @@ class Failover:
         self._last_failback: dict[int, float] = {}
         self._stopped = False
         self._status_warned = False
+        #: The primary the last round found, to notice one that changed between rounds.
+        self._seen_primary: Optional[int] = _UNSEEN
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -163,7 +167,14 @@ class Failover:
         attempt.done.addCallback(verified)
 
     def on_round(self, decision: Decision, probes: Mapping[int, Probe]) -> None:
-        """After each replication check round: detach_false_primary and auto_failback."""
+        """After each replication check round: a primary that changed outside failover
+        (an operator's switchover) ends the sessions writing elsewhere; then
+        detach_false_primary and auto_failback."""
+        found = self.cluster_getter().detected_primary
+        primary = found.index if found is not None else None
+        seen, self._seen_primary = self._seen_primary, primary
+        if seen != _UNSEEN and primary is not None and seen != primary and not self._busy:
+            self.effects.roles_changed(frozenset(i for i in (seen, primary) if i is not None))
         config = self.config_getter()
         if config.detach_false_primary and decision.primary is not None:
             for index in decision.false_primaries:

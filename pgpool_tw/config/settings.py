@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from pgpool_tw.config.backends import BACKEND_KEYS, MAX_BACKENDS, BackendNode, backend_key
 from pgpool_tw.config.backends import build_backends as _build_backends
+from pgpool_tw.config.escapes import EscapeError, check, unknown_escapes
 from pgpool_tw.config.health import (
     HEALTH_CHECK_KEYS,
     HealthCheckSettings,
@@ -218,7 +219,17 @@ RAW = "raw"
 UNSUPPORTED_MODES = ("native_replication", "logical_replication", "slony", "snapshot_isolation")
 _LOG_STANDBY_DELAY = ("none", "always", "if_over_threshold")
 _ON_WRITE = ("off", "transaction", "trans_transaction", "always", "dml_adaptive")
-_COMMAND = Kind(str, "expected a command, or '' for none")
+def _command(text: str) -> str:
+    """A failover-type command line: each % escape must land where its value can be quoted
+    (escapes.py refuses, say, an escape inside $( ))."""
+    try:
+        check(text)
+    except EscapeError as e:
+        raise BadValue(str(e)) from None
+    return text
+
+
+_COMMAND = Kind(_command, "expected a command, or '' for none")
 
 
 def _directory(text: str) -> str:
@@ -465,6 +476,7 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
     warnings += node_warnings
     warnings += _clustering_mode(values, set_by, old_mode, path)
     warnings += _load_balancing(values, set_by, path)
+    warnings += _unknown_escapes(values, set_by, path)
     warnings.sort(key=lambda item: item[0])
     return Config(
         backends=backends,
@@ -560,6 +572,25 @@ def _load_balancing(
             )
         )
         values["read_only_function_list"] = ()
+    return warnings
+
+
+def _unknown_escapes(
+    values: dict[str, Any], set_by: dict[str, tuple[str, int]], path: str
+) -> list[tuple[int, str]]:
+    """pgpool-II drops an unknown % escape from a command without a word; say so once."""
+    warnings: list[tuple[int, str]] = []
+    for field_name in ("failover_command", "failback_command", "follow_primary_command"):
+        unknown = unknown_escapes(values.get(field_name, ""))
+        if unknown:
+            name, line = set_by[field_name]
+            warnings.append(
+                (
+                    line,
+                    f"{path}:{line}: {name}: {', '.join(unknown)}: not a pgpool-II escape; "
+                    "dropped, as pgpool-II drops it (%% is a percent sign)",
+                )
+            )
     return warnings
 
 

@@ -346,3 +346,111 @@ class OperatorTests(FailoverCase):
             return "connected"
 
         self.assertIn("no backend node is up", (yield _thread(refused)))
+
+
+class NoPrimaryTests(FailoverCase):
+    @defer.inlineCallbacks
+    def test_reads_go_on_writes_fail_clearly_until_a_primary_appears(self) -> Any:
+        """The primary stops and nothing promotes the standby: reads carry on there,
+        writes fail with PostgreSQL's read-only error; once an operator promotes it, the
+        search finds it and writes succeed through the same pooler."""
+        primary, standby = self.make_cluster()
+        service = self.start_pooler("backend_weight0 = 0\n")
+        cluster = service.factory.cluster
+        self.assertTrue((yield eventually(lambda: cluster.checked, 30)))
+        yield _thread(primary.halt)
+        self.assertTrue((yield eventually(lambda: cluster[0].status == DOWN, 30)))
+
+        def read_and_write() -> tuple[int, str]:
+            with psycopg.connect(self.dsn(service), autocommit=True) as conn:
+                port = int(conn.execute("SELECT inet_server_port()").fetchone()[0])  # type: ignore[index]
+                try:
+                    conn.execute("CREATE TABLE written (id int)")
+                except psycopg.Error as e:
+                    return port, e.sqlstate or ""
+                return port, "written"
+
+        self.assertEqual((yield _thread(read_and_write)), (standby.port, "25006"))
+        yield _thread(standby.promote)
+        self.assertTrue((yield eventually(lambda: cluster.detected_primary is not None, 30)))
+        self.assertEqual((yield _thread(read_and_write)), (standby.port, "written"))
+
+
+class CheckRoundTests(FailoverCase):
+    @defer.inlineCallbacks
+    def test_auto_failback_attaches_a_standby_that_streams(self) -> Any:
+        """auto_failback: a detached standby that streams from the primary (its
+        backend_application_name in pg_stat_replication) is attached again."""
+        self.make_cluster()
+        failback, record = self.script("failback", promote=False)
+        service = self.start_pooler(
+            f"auto_failback = on\nauto_failback_interval = 1\nfailback_command = '{failback} %d'\n"
+        )
+        cluster = service.factory.cluster
+        self.assertTrue((yield eventually(lambda: cluster.checked, 30)))
+        self.assertTrue((yield service.detach_node(1)))
+        self.assertEqual(cluster[1].status, DOWN)
+        self.assertTrue((yield eventually(lambda: cluster[1].status != DOWN, 30)))
+        self.assertTrue((yield eventually(lambda: self.read_args(record) == ["1"], 30)))
+
+    @defer.inlineCallbacks
+    def test_detach_false_primary(self) -> Any:
+        """detach_false_primary: a standby promoted behind the pooler's back (two nodes
+        not in recovery, no standby to say which is true) is detached; node 0 stays
+        primary."""
+        primary, standby = self.make_cluster()
+        service = self.start_pooler("detach_false_primary = on\n")
+        cluster = service.factory.cluster
+        self.assertTrue((yield eventually(lambda: cluster.checked, 30)))
+        yield _thread(standby.promote)
+        self.assertTrue((yield eventually(lambda: cluster[1].status == DOWN, 30)))
+        found = cluster.detected_primary
+        self.assertEqual(found.index if found is not None else None, 0)
+        self.assertEqual(cluster[0].status == DOWN, False)
+
+
+class HealthCheckTests(FailoverCase):
+    @defer.inlineCallbacks
+    def test_a_frozen_standby_is_detached_after_the_retries(self) -> Any:
+        """SIGSTOP on the standby with no session there: each try times out
+        (health_check_timeout), the retry too, then the node is detached; the counters
+        say so."""
+        _, standby = self.make_cluster()
+        service = self.start_pooler(
+            "failover_on_backend_error = off\nhealth_check_timeout = 1\nbackend_weight1 = 0\n"
+        )
+        self.addCleanup(standby.freeze, False)
+        cluster = service.factory.cluster
+        checks = service.health_check.stats
+        self.assertTrue((yield eventually(lambda: 1 in checks and checks[1].success_count, 30)))
+        yield _thread(standby.freeze)
+        self.assertTrue((yield eventually(lambda: cluster[1].status == DOWN, 30)))
+        stats = service.health_check.stats[1]
+        self.assertGreaterEqual(stats.fail_count, 1)
+        self.assertGreaterEqual(stats.retry_count, 1)
+        self.assertEqual(service.health_check.stats[0].fail_count, 0)
+
+    @defer.inlineCallbacks
+    def test_without_checks_a_failing_node_stays_attached(self) -> Any:
+        """health_check_period = 0 and failover_on_backend_error = off: a session that
+        loses its server gets an error and nothing is detached (pgpool-II's meaning)."""
+        _, standby = self.make_cluster()
+        service = self.start_pooler(
+            "health_check_period = 0\nfailover_on_backend_error = off\nbackend_weight0 = 0\n"
+        )
+        cluster = service.factory.cluster
+        self.assertTrue((yield eventually(lambda: cluster.checked, 30)))
+        yield _thread(standby.crash)
+
+        def read() -> str:
+            try:
+                with psycopg.connect(self.dsn(service), autocommit=True) as conn:
+                    conn.execute("SELECT inet_server_port()")
+            except psycopg.Error as e:
+                return type(e).__name__
+            return "read"
+
+        yield _thread(read)
+        yield sleep(1.5)
+        self.assertNotEqual(cluster[1].status, DOWN)
+        self.assertEqual(service.health_check.stats, {})

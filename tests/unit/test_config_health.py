@@ -379,3 +379,26 @@ class SpellingTests(SynchronousTestCase):
         config = parse_config("health_check_test = on\n")
         self.assertEqual(config.warnings, ())
         self.assertEqual(dict(config.given)["health_check_test"], "on")
+
+
+class CommandEscapeTests(SynchronousTestCase):
+    def test_an_escape_that_cannot_be_quoted_is_a_one_line_error(self) -> None:
+        """An escape inside $( ) could run a value as shell: refused at load, naming the
+        file, line and setting."""
+        for name in ("failover_command", "failback_command", "follow_primary_command"):
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(f"port = 9999\n{name} = 'echo $(echo %h)'\n", "my.conf")
+            message = str(caught.exception)
+            self.assertTrue(message.startswith(f"my.conf:2: {name}: %h"), message)
+            self.assertNotIn("\n", message)
+
+    def test_unknown_escapes_are_named_once(self) -> None:
+        config = parse_config("follow_master_command = '/f.sh %d %x %q'\n")
+        self.assertEqual(
+            config.warnings,
+            (
+                "pgpool.conf:1: follow_master_command: %x, %q: not a pgpool-II escape; "
+                "dropped, as pgpool-II drops it (%% is a percent sign)",
+            ),
+        )
+        self.assertEqual(config.follow_primary_command, "/f.sh %d %x %q")

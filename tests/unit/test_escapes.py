@@ -1,4 +1,4 @@
-"""pgpool_tw.cluster.escapes: pgpool-II's % escapes, each value reaching the program as
+"""pgpool_tw.config.escapes: pgpool-II's % escapes, each value reaching the program as
 exactly its text, checked by running the expanded line with real shells."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw.cluster.escapes import (
+from pgpool_tw.config.escapes import (
     ESCAPES,
     CommandValues,
     EscapeError,
