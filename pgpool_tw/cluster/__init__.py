@@ -1,7 +1,8 @@
 """The cluster room: the PostgreSQL servers behind the pooler, as nodes, and where a
 session's statements may go.
 
-``cluster``: each node's address, weight, flag, role and status, and the primary.
+``cluster``: each node's address, weight, flag, role and status, the primary, and what
+failover does to them (detach, attach, set_primary).
 ``topology``: pgpool-II's rules that turn one round of the replication check's answers into
 roles, delays and ``lagging``.  ``classify``: where a statement may run (standby, primary,
 every node, the pooler), by pglast.  ``router``: whether sessions route, and each session's
