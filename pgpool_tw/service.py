@@ -122,7 +122,7 @@ class PgpoolService(MultiService):
             reactor,
             lambda: self.config,
             lambda: factory.cluster,
-            lambda index, why: self.failover.detach(index, why),
+            lambda index, why: self.failover.detach(index, why, automatic=True),
             secrets=lambda: factory.auth_files.secrets,
             tls_for=lambda node: factory.tls.for_server(node),
             tls_required=factory.tls.server_tls_required,

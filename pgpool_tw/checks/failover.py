@@ -4,15 +4,18 @@ pgpool-II's sequence, one request at a time (requests queue, as pgpool-II's fail
 requests do):
 
 - **Detach** (a health check gave up, a session's server failed and a login to the node
-  failed too, detach_false_primary, or an operator): a node flagged DISALLOW_TO_FAILOVER is
-  refused with a log line.  Otherwise its status becomes ``down`` (pgpool_status is
-  written), the sessions and pooled servers on it end (``NodeEffects.node_detached``), and
-  ``failover_command`` runs with the % escapes (``%m`` is the new main node: the
-  lowest-numbered node not down).  If it was the primary, the new one is searched for every
-  second for search_primary_node_timeout seconds (0: for ever) by rounds of the
-  replication check: PostgreSQL says who is primary, nobody else.  Once found, with
-  ``follow_primary_command`` set, every other node not down is detached and the command runs
-  for each (in the background, as pgpool-II forks it: the script may attach nodes itself).
+  failed too, detach_false_primary, or an operator): a node flagged DISALLOW_TO_FAILOVER
+  is refused with a log line, and so is the last node up unless an operator asks
+  (pgpool-tw's choice: with nothing to fail over to, a node that comes back serves clients
+  again by itself, where pgpool-II would refuse every client until someone attaches it).
+  Otherwise its status becomes ``down`` (pgpool_status is written), the sessions and
+  pooled servers on it end (``NodeEffects.node_detached``), and ``failover_command`` runs
+  with the % escapes (``%m`` is the new main node: the lowest-numbered node not down). If
+  it was the primary, the new one is searched for every second for
+  search_primary_node_timeout seconds (0: for ever) by rounds of the replication check:
+  PostgreSQL says who is primary, nobody else. Once found, with ``follow_primary_command``
+  set, every other node not down is detached and the command runs for each (in the
+  background, as pgpool-II forks it: the script may attach nodes itself).
 - **Attach** (failback: an operator, or auto_failback): ``waiting``, ``failback_command``,
   one round of the replication check for its role.
 - **Promote**: ``switchover`` detaches the primary and runs ``failover_command`` with the
@@ -55,6 +58,8 @@ log = Logger()
 
 #: How often the search for a new primary asks the nodes (pgpool-II: every second).
 SEARCH_INTERVAL = 1.0
+#: How often the last node up, failing, is logged as kept (seconds).
+LAST_NODE_LOG = 60.0
 #: No round has been seen yet (None is a round that found no primary).
 _UNSEEN = -2
 
@@ -99,13 +104,18 @@ class Failover:
         self._status_warned = False
         #: The primary the last round found, to notice one that changed between rounds.
         self._seen_primary: Optional[int] = _UNSEEN
+        #: When a failing last node up was last logged as kept.
+        self._kept: dict[int, float] = {}
 
     # -- requests ---------------------------------------------------------------------------
 
-    def detach(self, index: int, why: str) -> Deferred[bool]:
-        """Detach node ``index`` (pcp_detach_node, a failed health check); fires True when
-        it was detached, False when it was not (unknown, already down, flagged)."""
-        return self._enqueue(lambda: self._detach(index, why))
+    def detach(self, index: int, why: str, automatic: bool = False) -> Deferred[bool]:
+        """Detach node ``index``; fires True when it was detached, False when it was not
+        (unknown, already down, flagged).  ``automatic`` (a failed health check, a failed
+        session, a false primary) never detaches the last node up: with nothing to fail
+        over to, clients are better served by the node coming back on its own than by a
+        pooler that refuses everyone until an operator attaches it."""
+        return self._enqueue(lambda: self._detach(index, why, automatic=automatic))
 
     def attach(self, index: int, why: str = "attached by request") -> Deferred[bool]:
         """Attach node ``index`` again (pcp_attach_node, auto_failback)."""
@@ -162,7 +172,11 @@ class Failover:
                     why=why,
                 )
                 return
-            self.detach(index, f"a session's server failed ({why}) and a login failed: {answer}")
+            self.detach(
+                index,
+                f"a session's server failed ({why}) and a login failed: {answer}",
+                automatic=True,
+            )
 
         attempt.done.addCallback(verified)
 
@@ -178,7 +192,9 @@ class Failover:
         config = self.config_getter()
         if config.detach_false_primary and decision.primary is not None:
             for index in decision.false_primaries:
-                self.detach(index, "false primary (not in recovery, not the primary)")
+                self.detach(
+                    index, "false primary (not in recovery, not the primary)", automatic=True
+                )
         if not config.auto_failback or decision.primary is None:
             return
         head = probes.get(decision.primary)
@@ -231,10 +247,24 @@ class Failover:
 
     # -- detach -----------------------------------------------------------------------------
 
-    def _detach(self, index: int, why: str, new_main: Optional[int] = None) -> Deferred[bool]:
+    def _detach(
+        self, index: int, why: str, new_main: Optional[int] = None, automatic: bool = False
+    ) -> Deferred[bool]:
         cluster = self.cluster_getter()
         node = cluster.get(index)
         if node is None or node.status == DOWN:
+            return succeed(False)
+        if automatic and all(n.status == DOWN for n in cluster if n.index != index):
+            now = self.reactor.seconds()
+            if now - self._kept.get(index, -LAST_NODE_LOG) >= LAST_NODE_LOG:
+                self._kept[index] = now
+                log.warn(
+                    "failover: node {index} ({address}) failed ({why}); not detached: it is "
+                    "the last node up (clients get connection errors until it answers)",
+                    index=index,
+                    address=node.address,
+                    why=why,
+                )
             return succeed(False)
         if not node.backend.allow_to_failover:
             log.warn(

@@ -219,6 +219,8 @@ RAW = "raw"
 UNSUPPORTED_MODES = ("native_replication", "logical_replication", "slony", "snapshot_isolation")
 _LOG_STANDBY_DELAY = ("none", "always", "if_over_threshold")
 _ON_WRITE = ("off", "transaction", "trans_transaction", "always", "dml_adaptive")
+
+
 def _command(text: str) -> str:
     """A failover-type command line: each % escape must land where its value can be quoted
     (escapes.py refuses, say, an escape inside $( ))."""

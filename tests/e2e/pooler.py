@@ -89,6 +89,7 @@ class PoolerProcess:
             "listen_addresses": "127.0.0.1",
             "port": self.port,
             "socket_dir": self.socket_dir,
+            "logdir": self.dir,  # pgpool_status: never shared with another pooler
             "backend_hostname0": pg.host,
             "backend_port0": pg.port,
         }

@@ -53,6 +53,7 @@ class PoolerTestCase(unittest.TestCase):
             listen_addresses=("127.0.0.1",),
             port=0,
             socket_dirs=(socket_dir,),
+            logdir=socket_dir,
             backends=(BackendNode(0, self.pg.host, self.pg.port),),
         )
         service = PgpoolService(dataclasses.replace(base, **settings), reactor)

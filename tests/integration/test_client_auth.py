@@ -765,6 +765,7 @@ class Md5ServerTests(ClientAuthChecks, PoolerTestCase):
             listen_addresses=(LOOPBACK,),
             port=0,
             socket_dirs=(self.temp_dir(),),
+            logdir=self.temp_dir(),
             backends=(BackendNode(0, self.pg.host, self.pg.port),),
             enable_pool_hba=True,
             pool_hba_file=hba_path,

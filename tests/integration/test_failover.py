@@ -79,7 +79,7 @@ class FailoverCase(unittest.TestCase):
         return path, record
 
     def start_pooler(self, text: str = "", discard_status: bool = False) -> PgpoolService:
-        nodes = "".join(
+        config_nodes = "".join(
             f"backend_hostname{i} = '127.0.0.1'\nbackend_port{i} = {pg.port}\n"
             f"backend_data_directory{i} = '{pg.data_dir}'\n"
             + (f"backend_application_name{i} = 'replica{i}'\n" if i else "")
@@ -92,7 +92,7 @@ class FailoverCase(unittest.TestCase):
             "connect_timeout = 1000\nhealth_check_timeout = 3\n"
             "search_primary_node_timeout = 60\n"
         )
-        config = parse_config(nodes + settings + text)
+        config = parse_config(config_nodes + settings + text)
         config = dataclasses.replace(
             config,
             listen_addresses=("127.0.0.1",),
@@ -454,3 +454,31 @@ class HealthCheckTests(FailoverCase):
         yield sleep(1.5)
         self.assertNotEqual(cluster[1].status, DOWN)
         self.assertEqual(service.health_check.stats, {})
+
+
+class LastNodeTests(FailoverCase):
+    @defer.inlineCallbacks
+    def test_the_last_node_up_is_never_detached_automatically(self) -> Any:
+        """One server, health check on: while it is stopped, clients get an error naming
+        it and the node stays attached; once it runs again clients are served, with no
+        operator."""
+        (server,) = self.make_cluster(standbys=0)
+        service = self.start_pooler("health_check_period = 1\n")
+        cluster = service.factory.cluster
+
+        def select() -> str:
+            try:
+                with psycopg.connect(self.dsn(service), autocommit=True, connect_timeout=5) as c:
+                    return str(c.execute("SELECT 1").fetchone()[0])  # type: ignore[index]
+            except psycopg.OperationalError as e:
+                return str(e)
+
+        self.assertEqual((yield _thread(select)), "1")
+        yield _thread(server.halt)
+        checks = service.health_check.stats
+        self.assertTrue((yield eventually(lambda: 0 in checks and checks[0].fail_count, 30)))
+        self.assertIn(f"127.0.0.1:{server.port}", (yield _thread(select)))
+        self.assertNotEqual(cluster[0].status, DOWN)
+        yield _thread(server.restart)
+        self.assertEqual((yield _thread(select)), "1")
+        self.assertNotEqual(cluster[0].status, DOWN)

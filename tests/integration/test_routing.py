@@ -70,6 +70,7 @@ class RoutingCase(unittest.TestCase):
             listen_addresses=("127.0.0.1",),
             port=0,
             socket_dirs=(socket_dir,),
+            logdir=socket_dir,
             backends=(
                 BackendNode(0, primary.host, primary.port, weight=weights[0]),
                 BackendNode(1, replica.host, replica_port or replica.port, weight=weights[1]),

@@ -20,8 +20,7 @@ class DiscardStatusTests(SynchronousTestCase):
         self.conf = os.path.join(self.dir, "pgpool.conf")
         with open(self.conf, "w", encoding="utf-8") as handle:
             handle.write(
-                "backend_hostname0 = 'db0'\nbackend_hostname1 = 'db1'\n"
-                f"logdir = '{self.dir}'\n"
+                f"backend_hostname0 = 'db0'\nbackend_hostname1 = 'db1'\nlogdir = '{self.dir}'\n"
             )
         with open(os.path.join(self.dir, "pgpool_status"), "w", encoding="utf-8") as handle:
             handle.write("up\ndown\n")
