@@ -98,7 +98,8 @@ class Failover:
         self.tls_required = tls_required
         self._queue: list[tuple[Callable[[], Deferred[bool]], Deferred[bool]]] = []
         self._busy = False
-        self._verifying: set[int] = set()
+        #: The logins that check a node a session's failure points at.
+        self._verifying: dict[int, LoginAttempt] = {}
         self._last_failback: dict[int, float] = {}
         self._stopped = False
         self._status_warned = False
@@ -132,6 +133,8 @@ class Failover:
     def stop(self) -> None:
         """The service stops: queued requests are dropped (their Deferreds fire False)."""
         self._stopped = True
+        for attempt in list(self._verifying.values()):
+            attempt.cancel()
         queue, self._queue = self._queue, []
         for _, result in queue:
             result.callback(False)
@@ -145,9 +148,8 @@ class Failover:
         node = self.cluster_getter().get(index)
         if node is None or node.status == DOWN or index in self._verifying or self._stopped:
             return
-        self._verifying.add(index)
         settings = config.health_check_for(index)
-        attempt = LoginAttempt(
+        attempt = self._verifying[index] = LoginAttempt(
             self.reactor,
             node.backend,
             settings.user,
@@ -160,7 +162,9 @@ class Failover:
         )
 
         def verified(answer: Optional[str]) -> None:
-            self._verifying.discard(index)
+            self._verifying.pop(index, None)
+            if self._stopped:
+                return
             # The postmaster answered a login, even to refuse it (a wrong password, no such
             # user): the node is up, the session's server alone failed.
             alive = answer is None or (attempt.sqlstate and not attempt.sqlstate.startswith("57P"))

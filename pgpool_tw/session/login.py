@@ -219,6 +219,9 @@ class ServerLogin:
         if session.state != CLOSED:
             session.io.send(raw)
             session.io.close()
+        sqlstate = m.parse_fields(raw[5:]).get("C", "")
+        if sqlstate.startswith("57P"):  # shutting down, starting up, in recovery
+            session.context.server_failed(server.node.index, f"login refused: {sqlstate}")
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
         self.server = None

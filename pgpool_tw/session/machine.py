@@ -341,7 +341,7 @@ class Session:
         A load-balancing server that owed nothing is let go: the session reads from
         the primary from then on.
         """
-        if self.state == RELAY or self.state in (CONNECTING, SETTING):
+        if self.state == RELAY:
             self.context.server_failed(server.node.index, why)
         if server is self.lb_server and self._lb_lost(server, why):
             return
