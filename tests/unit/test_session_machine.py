@@ -130,7 +130,7 @@ class Harness:
     def server_for(self, session: Session, pid: int = 4242) -> BackendProtocol:
         """The server connection the session asked for, logged in as PostgreSQL would."""
         assert session.startup is not None and session.server_login is not None
-        server = BackendProtocol(NODE, session.startup, self.reactor)
+        server = BackendProtocol(NODE, session.startup, self.reactor, self.context.servers)
         server.owner = session.server_login  # what connector.BackendFactory does
         server.makeConnection(StringTransport())
         server.dataReceived(
@@ -384,4 +384,94 @@ class NodeTests(SynchronousTestCase):
         session, io = harness.session()
         session.client_data(startup_packet())
         self.assertEqual(io.error_code(), "08006")
+        self.assertEqual(harness.reactor.tcpClients, [])
+
+
+class _Client:
+    """What SessionContext reads of a client connection: its session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+
+class NodeDetachedTests(SynchronousTestCase):
+    """What failover's detach of a node does to sessions and pooled servers."""
+
+    def start(self, harness: Harness) -> tuple[Session, RecordingIO, BackendProtocol]:
+        session, io = harness.session()
+        session.client_data(startup_packet())
+        server = harness.server_for(session)
+        harness.context.clients.add(_Client(session))  # as FrontendProtocol does
+        return session, io, server
+
+    def test_a_session_on_the_node_ends_with_57p01_naming_it(self) -> None:
+        harness = Harness()
+        session, io, server = self.start(harness)
+        harness.context.cluster.detach(0)
+        harness.context.node_detached(0, "health check failed: unreachable")
+        self.assertEqual(io.error_code(), "57P01")
+        ((_, body),) = m.MessageReader().feed(io.sent[-1])
+        text = m.parse_fields(body)["M"]
+        self.assertEqual(
+            text, "backend node 0 (127.0.0.1:5432) was detached: health check failed: unreachable"
+        )
+        self.assertEqual(io.actions[-2:], ["stop_relay", "close"])
+        self.assertEqual(harness.pool.idle_count, 0)  # its server is closed, not pooled
+        self.assertIsNone(server.transport.connected and server.keeper)  # type: ignore[union-attr]
+
+    def test_a_session_on_another_node_carries_on(self) -> None:
+        harness = Harness()
+        session, io, _ = self.start(harness)
+        sent = list(io.sent)
+        harness.context.node_detached(1, "detached by request")
+        self.assertEqual((io.sent, session.state), (sent, RELAY))
+
+    def test_an_idle_server_of_the_node_is_closed_and_a_busy_one_never_pooled(self) -> None:
+        harness = Harness()
+        first, _, idle = self.start(harness)
+        first.client_terminated()
+        idle.dataReceived(m.ready_for_query(m.IDLE))  # DISCARD ALL done: pooled
+        self.assertEqual(harness.pool.idle_count, 1)
+        harness.context.cluster.detach(0)
+        harness.context.node_detached(0, "detached by request")
+        self.assertEqual(harness.pool.idle_count, 0)
+        self.assertTrue(idle.stale)
+        # A server that logged in before the change and comes back later is closed too.
+        harness.context.cluster.attach(0)
+        second, _, busy = self.start(harness)
+        busy.stale = True  # what node_detached marks on every live server of the node
+        second.client_terminated()
+        busy.dataReceived(m.ready_for_query(m.IDLE))
+        self.assertEqual(harness.pool.idle_count, 0)
+
+    def test_a_waiting_session_for_the_node_is_refused(self) -> None:
+        harness = Harness(num_init_children=1)
+        self.start(harness)
+        waiting, io = harness.session()
+        waiting.client_data(startup_packet())
+        harness.context.clients.add(_Client(waiting))
+        self.assertEqual(waiting.state, WAITING)
+        harness.context.cluster.detach(0)
+        harness.context.node_detached(0, "detached by request")
+        self.assertEqual(io.error_code(), "57P01")
+
+    def test_roles_changed_ends_sessions_writing_elsewhere(self) -> None:
+        other = BackendNode(1, "127.0.0.2", 5432)
+        harness = Harness(backends=(NODE, other))
+        _, io, _ = self.start(harness)
+        harness.context.cluster.set_primary(1)
+        harness.context.roles_changed(frozenset({0, 1}))
+        self.assertEqual(io.error_code(), "57P01")
+        ((_, body),) = m.MessageReader().feed(io.sent[-1])
+        self.assertIn(
+            "the primary is now backend node 1 (127.0.0.2:5432)", m.parse_fields(body)["M"]
+        )
+
+    def test_no_node_up_is_one_fatal_that_says_so(self) -> None:
+        harness = Harness()
+        harness.context.cluster.detach(0)
+        session, io = harness.session()
+        session.client_data(startup_packet())
+        self.assertEqual(io.error_code(), "57P03")
+        self.assertIn(b"no backend node is up", io.sent[-1])
         self.assertEqual(harness.reactor.tcpClients, [])
