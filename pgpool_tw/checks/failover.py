@@ -205,7 +205,7 @@ class Failover:
         if head is None:
             return
         streaming = {row.application_name for row in head.replication if row.state == "streaming"}
-        now = time.monotonic()
+        now = self.reactor.seconds()
         for node in self.cluster_getter():
             name = node.backend.application_name
             if node.status != DOWN or not name or name not in streaming:
