@@ -34,7 +34,6 @@ DISALLOW_TO_FAILOVER.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Protocol
 
