@@ -560,6 +560,9 @@ class RoutedStream:
         self._sync()
         if leg is self.primary or leg.units or (idle_only and leg.status != m.IDLE):
             return False
+        fast = self.fast
+        if fast is not None and fast.busy == self.legs.index(leg):
+            return False  # the router sent it a statement: its answer is owed
         self.lb = None
         self.legs = [self.primary]
         leg.stream = None

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import psycopg
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from pgpool_tw.config.settings import BackendNode, Config
@@ -653,6 +653,27 @@ class LoadBalancingNodeTroubleOnTheCLoop(LoadBalancingNodeTrouble):
             return [error_fields(rest).get("C"), after]
 
         self.assertEqual((yield _thread(work)), ["57P01", (3,)])
+
+    @defer.inlineCallbacks
+    def test_the_node_detached_while_the_router_waits_on_it(self) -> Any:
+        """Failover detaches the replica while the router waits on a read it sent there:
+        the session cannot drop that leg (it owes the answer), so the client gets 57P01
+        naming the node rather than waiting for ever; the next session reads on the
+        primary."""
+        service = self.start_pooler()
+        user, db = self.database()
+
+        def work() -> list[Any]:
+            client = long_read_by_the_router(service, user, db)
+            detached = threads.blockingCallFromThread(reactor, service.detach_node, 1)
+            rest = m.MessageReader().feed(client.read_all())
+            client.close(terminate=False)
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                port = conn.execute("SELECT inet_server_port()").fetchone()
+            fields = error_fields(rest)
+            return [detached, fields.get("C"), "backend node 1" in fields.get("M", ""), port]
+
+        self.assertEqual((yield _thread(work)), [True, "57P01", True, (self.primary.port,)])
 
 
 class PasswordsOnBothNodes(RoutingCase):
