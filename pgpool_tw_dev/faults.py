@@ -1,26 +1,30 @@
 """``scripts/faults``: what a failed server costs the clients of pgpool-tw (issue 17).
 
-For each fault (``stop``: pg_ctl stop -m fast; ``kill``: kill -9 of the server's process
-group; ``pause``: SIGSTOP of its process group, SIGCONT a few seconds later; ``restart``:
-pg_ctl stop -m fast and start again at once) and each target (the primary, the streaming
-standby), a fresh primary and standby (``pg_basebackup -R``, application_name ``replica1``)
-get a real ``twistd -n pgpool`` in front with a health check every second, a failover
-command that promotes the standby as pgpool-II's failover.sh does, and a load: two
-pgbench runs (``-S`` with 4 clients, TPC-B-like with 2) and a few probe clients that each
-read and write every 20 ms, reconnecting after an error.  A pgbench client that errs is
-aborted for the rest of its run, so the probes are what tells when service is clean again.
+For each fault (``stop``: pg_ctl stop -m fast; ``kill``: kill -9 of every process of the
+server; ``pause``: SIGSTOP of every process of the server, SIGCONT ``--pause`` seconds
+later; ``restart``: pg_ctl stop -m fast and start again at once) and each target (the
+primary, the streaming standby), a fresh primary and standby (``pg_basebackup -R``,
+application_name ``replica1``) get a real ``twistd -n pgpool`` in front with a health
+check every second, a failover command that promotes the standby as pgpool-II's
+failover.sh does, and a load: two pgbench runs (``-S`` with 4 clients, TPC-B-like with 2)
+and a few probe clients that each read and write every 20 ms, reconnecting after an
+error.  A pgbench client that errs is aborted for the rest of its run, so the probes are
+what tells when service is clean again.
 
 Per fault it reports the seconds from the fault to clean service (the end of the last
-probe operation that failed or took longer than a second, counted once the probes have
-then read and written without a failure for two seconds), the client errors (failed probe
-operations, pgbench's aborted clients and failed transactions), whether the pooler
-detached the node, and whether the standby was promoted (it left recovery).
+probe operation that failed or took longer than ``SLOW``, counted once the probes have
+then read and written without a failure for ``CLEAN_WINDOW``), the longest time one probe
+went without a successful read and write, the client errors (failed probe operations,
+pgbench's aborted clients and failed transactions), whether the pooler detached the node,
+and whether the standby was promoted (it left recovery).
 
 Owns: the scenario (servers, pooler, load, fault, measurement, teardown) and its table.
 
 Must never: signal a process it did not start (the pooler and pgbench by their Popen
-objects, the servers only through devdb's halt, crash, freeze and stop), leave a server
-frozen or a process running after a scenario, or talk to anything but loopback.
+objects) or that is not a server process of a TempPostgres it started (devdb's halt,
+crash, freeze and stop, and the postmaster's own children found by their parent pid),
+leave a server frozen or a process running after a scenario, or talk to anything but
+loopback.
 """
 
 from __future__ import annotations
@@ -230,6 +234,15 @@ def _twistd_argv(conf: str) -> list[str]:
     return [sys.executable, "-c", run, "-n", "pgpool", "-c", conf]
 
 
+def _read(path: str) -> str:
+    """A file's text ('' when it is not there)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _stop_child(proc: subprocess.Popen[Any], sig: int, wait: float) -> None:
     """Signal our own child, wait, then SIGKILL it (Popen never signals a reaped pid)."""
     if proc.poll() is not None:
@@ -335,11 +348,7 @@ class Pooler:
             _stop_child(self.proc, signal.SIGINT, POOLER_STOP_TIMEOUT)
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as log:
-                return log.read()
-        except FileNotFoundError:
-            return ""
+        return _read(self.log_path)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -417,20 +426,13 @@ class Pgbench:
             self.killed = True
             _stop_child(self.proc, signal.SIGTERM, 5.0)
 
-    def _read(self, path: str) -> str:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
     def aborted(self) -> int:
         """Clients aborted by an error ("client N aborted in command ...")."""
-        return len(_ABORTED.findall(self._read(self.err_path)))
+        return len(_ABORTED.findall(_read(self.err_path)))
 
     def failed(self) -> Optional[int]:
         """pgbench's failed transactions (None: it printed no summary)."""
-        found = _FAILED.search(self._read(self.out_path))
+        found = _FAILED.search(_read(self.out_path))
         return int(found.group(1)) if found else None
 
 
@@ -441,7 +443,7 @@ class LogWatch:
     def __init__(self, path: str) -> None:
         self.path = path
         self.offset = 0
-        self.partial = ""
+        self.partial = b""
         self.detached: dict[int, float] = {}
         self.primary_found: dict[int, float] = {}
         self.problems: list[str] = []
@@ -449,16 +451,15 @@ class LogWatch:
     def poll(self) -> None:
         now = time.monotonic()
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as log:
+            with open(self.path, "rb") as log:
                 log.seek(self.offset)
-                text = log.read()
-                self.offset = log.tell()
+                data = log.read()
         except FileNotFoundError:
             return
-        text = self.partial + text
-        lines = text.split("\n")
-        self.partial = lines.pop()
-        for line in lines:
+        self.offset += len(data)
+        raw = (self.partial + data).split(b"\n")
+        self.partial = raw.pop()  # a line still being written
+        for line in (chunk.decode("utf-8", "replace") for chunk in raw):
             found = _DETACHED.search(line)
             if found:
                 self.detached.setdefault(int(found.group(1)), now)
@@ -514,6 +515,9 @@ class FaultResult:
     #: pgbench clients that an error aborted (pgbench never reconnects them).
     pgbench_aborted: int = 0
     pgbench_failed: int = 0
+    #: pgbench runs still running when the scenario ended (so killed): a client of theirs
+    #: waited for an answer that never came (pgbench checks -T only between transactions).
+    pgbench_hung: list[str] = dataclasses.field(default_factory=list)
     #: Whether the pooler detached the target node, and when (its log's line).
     detached: bool = False
     detached_after: Optional[float] = None
@@ -780,7 +784,8 @@ class Scenario:
             result.pgbench_aborted += bench.aborted()
             failed = bench.failed()
             if bench.killed:
-                self.notes.append(f"{bench.name} did not end by itself")
+                result.pgbench_hung.append(bench.name)
+                self.notes.append(f"{bench.name} hung (a client got no answer): killed")
             elif failed is None:
                 self.notes.append(f"{bench.name}: no pgbench summary")
             result.pgbench_failed += failed or 0
@@ -810,11 +815,7 @@ class Scenario:
             probe.thread.join(2.0)
         if self.pooler is not None:
             self.pooler.stop()  # a probe stuck on a hung server gets its FATAL now
-            with (
-                contextlib.suppress(OSError),
-                open(self.pooler.record_path, encoding="utf-8") as record,
-            ):
-                self.result.failover_calls = record.read().splitlines()
+            self.result.failover_calls = _read(self.pooler.record_path).splitlines()
         for probe in self.probes:
             probe.thread.join(5.0)
         for pg in (self.standby, self.primary):
@@ -941,7 +942,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[Options, bool, bool]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run every fault on every target; 0 when service came back after each, else 1."""
+    """Run every fault on every target; 0 when service came back after each and no
+    pgbench client was left without an answer, else 1."""
     options, as_json, quiet = parse_args(argv)
     try:
         import psycopg  # noqa: F401  (the probes' client)
@@ -970,7 +972,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
     else:
         print(format_table(results))
-    return 0 if all(r.clean_after is not None for r in results) else 1
+    return 0 if all(r.clean_after is not None and not r.pgbench_hung for r in results) else 1
 
 
 if __name__ == "__main__":
