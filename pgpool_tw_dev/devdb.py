@@ -201,22 +201,56 @@ class TempPostgres:
         self.pid = None
 
     def crash(self) -> None:
-        """kill -9 the postmaster and every process of its group (a machine that died):
-        nothing is flushed, nothing says goodbye; the data stays to ``restart``."""
+        """kill -9 of every process of the server at once (a machine that died): nothing
+        is flushed, nothing says goodbye; the data stays to ``restart``.  The postmaster
+        is stopped first so that it forks no more, then its children are killed, then
+        it."""
         pid = self.pid
         if pid is None or not self._is_our_postmaster(pid):
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            os.kill(pid, signal.SIGSTOP)
+        self._signal_children(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while self._is_our_postmaster(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.pid = None
 
     def freeze(self, frozen: bool = True) -> None:
-        """SIGSTOP (``frozen``) or SIGCONT the server's process group: a server that hangs."""
-        if self.pid is not None:
-            os.killpg(os.getpgid(self.pid), signal.SIGSTOP if frozen else signal.SIGCONT)
+        """SIGSTOP (``frozen``) or SIGCONT every process of the server: one that hangs.
+        The postmaster is stopped first (it forks no more) and woken last."""
+        pid = self.pid
+        if pid is None:
+            return
+        if frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            self._signal_children(signal.SIGSTOP)
+        else:
+            self._signal_children(signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _signal_children(self, sig: int) -> None:
+        """Signal every child of the postmaster.  Each backend, walsender and background
+        process calls setsid() when it starts (InitPostmasterChild), so the postmaster's
+        process group holds it alone: its children are found by parent pid in /proc."""
+        pid = self.pid
+        if pid is None:
+            return
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    text = stat.read()
+            except OSError:
+                continue  # gone already
+            if int(text[text.rindex(b")") + 2 :].split()[1]) == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry), sig)
 
     def restart(self) -> None:
         """Start a halted or crashed server again on its own port (crash recovery first)."""

@@ -548,65 +548,13 @@ def _work_dir() -> str:
     return path
 
 
-def _children(pid: int) -> list[int]:
-    """The pids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                text = stat.read()
-        except OSError:
-            continue  # gone already
-        fields = text[text.rindex(b")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _signal_children(pg: TempPostgres, sig: int) -> None:
-    """Signal every child of ``pg``'s postmaster.  devdb's freeze() and crash() signal the
-    postmaster's process group, but each backend, walsender and background process calls
-    setsid() when it starts (InitPostmasterChild), so the group holds the postmaster alone:
-    without this a "paused" server goes on answering its open sessions, and a "killed" one
-    ends them with a FATAL of its own."""
-    if pg.pid is None:
-        return
-    for child in _children(pg.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, sig)
-
-
-def freeze_server(pg: TempPostgres, frozen: bool) -> None:
-    """SIGSTOP (``frozen``) or SIGCONT the whole server: the postmaster first (it forks
-    no more), then its children; thawed the other way round."""
-    if frozen:
-        pg.freeze(True)
-        _signal_children(pg, signal.SIGSTOP)
-    else:
-        _signal_children(pg, signal.SIGCONT)
-        pg.freeze(False)
-
-
-def kill_server(pg: TempPostgres) -> None:
-    """kill -9 of every process of the server at once (a machine that died): the
-    postmaster is stopped so that it forks no more, its children are killed, then
-    devdb's crash() kills it and waits until it is gone."""
-    if pg.pid is None:
-        return
-    pg.freeze(True)
-    _signal_children(pg, signal.SIGKILL)
-    pg.crash()
-
-
 def _inject(fault: str, victim: TempPostgres) -> None:
     if fault == "stop":
         victim.halt("fast")
     elif fault == "kill":
-        kill_server(victim)
+        victim.crash()
     elif fault == "pause":
-        freeze_server(victim, True)
+        victim.freeze(True)
     elif fault == "restart":
         victim.halt("fast")
         victim.restart()
@@ -740,7 +688,7 @@ class Scenario:
             now = time.monotonic()
             watch.poll()
             if self.frozen is not None and now >= thaw_at:
-                freeze_server(self.frozen, False)
+                self.frozen.freeze(False)
                 self.frozen = None
             clean = clean_service_after(self._ops(), injected, now, self._in_flight())
             failed_over = self.node in watch.detached
@@ -807,7 +755,7 @@ class Scenario:
         """Everything stopped, each by its own handle, whatever happened before."""
         self.stop.set()
         if self.frozen is not None:
-            freeze_server(self.frozen, False)
+            self.frozen.freeze(False)
             self.frozen = None
         for bench in self.benches:
             bench.stop()
