@@ -2,11 +2,12 @@
 
 Owns: the connection attempt (within connect_timeout), the password answer (protocol/
 backend_auth.py's BackendAuth), the whole attempt's time limit, and the verdict: ``done``
-fires once with None (logged in, connection closed again) or why not.  The health check
-(health.py) makes one per try; a lost session server asks one before failover believes it.
+fires once with None (logged in) or why not.  The health check (health.py) makes one per
+try, closing the connection again; a lost session server asks one before failover believes
+it; the replication check (probe.py) keeps the connection (``keep``) to ask its questions.
 
-Must never: raise, outlive its time limit, keep the connection, or log (the caller logs
-the verdict once per change).
+Must never: raise, outlive its time limit, keep the connection unless asked, or log (the
+caller logs the verdict once per change).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ class LoginAttempt:
         timeout: float,
         tls: Optional[Any] = None,
         tls_required: bool = False,
+        application_name: str = APPLICATION_NAME,
+        keep: Optional[Callable[[BackendProtocol], None]] = None,
     ) -> None:
+        """``keep``: the logged-in server is handed to it (its owner now) rather than
+        closed; ``timeout`` 0: no limit of its own."""
         self.reactor = reactor
         self.backend = backend
         self.user = user
@@ -53,13 +58,14 @@ class LoginAttempt:
         self.sqlstate = ""
         self._auth: Optional[BackendAuth] = None
         self._server: Optional[BackendProtocol] = None
+        self._keep = keep
         self._timer = (
             reactor.callLater(timeout, self._fail, f"no login within {timeout:g}s")
             if timeout > 0
             else None
         )
         startup = StartupMessage(
-            (("user", user), ("database", database), ("application_name", APPLICATION_NAME))
+            (("user", user), ("database", database), ("application_name", application_name))
         )
         self._connector: Any = connect_server(
             reactor,
@@ -87,8 +93,15 @@ class LoginAttempt:
         self._server = server
 
     def server_ready(self, server: BackendProtocol) -> None:
-        self._server = server
-        self._finish(None)
+        keep = self._keep
+        if keep is None or self.done.called:
+            self._server = server
+            self._finish(None)
+            return
+        self._connector = None
+        self._cancel_timer()
+        keep(server)  # it is the server's owner from now on
+        self.done.callback(None)
 
     def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
         fields = m.parse_fields(raw[5:])
@@ -110,11 +123,14 @@ class LoginAttempt:
         """Give up now (the check stopped); ``done`` fires with why."""
         self._finish("the check stopped")
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
     def _finish(self, why: Optional[str]) -> None:
         if self.done.called:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._cancel_timer()
         server, self._server = self._server, None
         if server is not None:
             server.owner = None

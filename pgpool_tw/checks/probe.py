@@ -1,7 +1,7 @@
 """One node's share of one round of the streaming replication check (sr_check.py).
 
-Owns: the connection to one node as sr_check_user (answering its password request with
-protocol/backend_auth.py's BackendAuth), the questions asked of it, and turning the answers
+Owns: the connection to one node as sr_check_user (logged in by login.py's LoginAttempt,
+which answers its password request), the questions asked of it, and turning the answers
 into a ``topology.Probe``; the read-only function names, asked of the primary on the same
 connection.  Must never outlive its round, wait past its timeout, or raise: a node that
 fails is a Probe that says unreachable, and why.
@@ -9,19 +9,16 @@ fails is a Probe that says unreachable, and why.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.internet.defer import Deferred
 
+from pgpool_tw.checks.login import LoginAttempt
 from pgpool_tw.checks.rows import Row, RowsReply
 from pgpool_tw.cluster.topology import Probe, ReplicationRow
 from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.pool.backend import BackendProtocol
-from pgpool_tw.pool.connector import connect_server
-from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.rows import lsn_from_text
-from pgpool_tw.protocol.startup import StartupMessage
 
 if TYPE_CHECKING:
     from pgpool_tw.checks.sr_check import SrCheck
@@ -50,7 +47,7 @@ APPLICATION_NAME = "pgpool-tw sr_check"
 
 
 class NodeProbe:
-    """One node's share of one round: connect, log in, ask; ``done`` fires with
+    """One node's share of one round: log in, ask; ``done`` fires with
     (Probe, why-not-or-None) exactly once, never with an error."""
 
     def __init__(self, check: SrCheck, backend: BackendNode, timeout: float) -> None:
@@ -58,65 +55,50 @@ class NodeProbe:
         self.backend = backend
         self.done: Deferred[tuple[Probe, Optional[str]]] = Deferred()
         self.server: Optional[BackendProtocol] = None
-        self._auth: Optional[BackendAuth] = None
         self._finished = False
-        self._connector: Any = None
+        self._login: Optional[LoginAttempt] = None
         self._probe = Probe(reachable=False)
         self._timeout = timeout
         self._timer = check.reactor.callLater(timeout, self._expire, timeout)
 
     def start(self) -> None:
+        """Log in as sr_check_user (login.py, which answers the password request); the
+        round's timer is the only limit."""
         check = self.check
-        startup = StartupMessage(
-            (
-                ("user", check.user),
-                ("database", check.database),
-                ("application_name", APPLICATION_NAME),
-            )
-        )
-        tls = check.tls_for(self.backend) if check.tls_for is not None else None
-        self._connector = connect_server(
+        login = self._login = LoginAttempt(
             check.reactor,
             self.backend,
-            startup,
-            self,
-            tls=tls,
-            tls_required=check.tls_required,
-            timeout=self._timeout,
+            check.user,
+            check.database,
+            check.secret,
+            self._timeout,
+            0,
+            check.tls_for(self.backend) if check.tls_for is not None else None,
+            check.tls_required,
+            application_name=APPLICATION_NAME,
+            keep=self._logged_in,
         )
+        login.done.addCallback(self._login_done)
 
-    # -- backend.ServerOwner ------------------------------------------------------------
-
-    def server_forward(self, server: BackendProtocol, raw: bytes) -> None:
-        """The server's password request, answered as sr_check_user (notices ignored)."""
-        self.server = server
-        if raw[0] != m.AUTHENTICATION or self._finished:
-            return
-        if self._auth is None:
-            self._auth = BackendAuth(self.check.user, self.check.secret())
-        why = server.answer(self._auth, raw)
-        if why:
-            self.fail(f"cannot log in as sr_check_user: {why}")
-
-    def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
+    def _logged_in(self, server: BackendProtocol) -> None:
+        server.owner = None
+        server.keeper = self  # told if it goes away while asked
         self.server = server
 
-    def server_ready(self, server: BackendProtocol) -> None:
-        self.server = server
-        if self._finished:
-            server.terminate()
-            return
-        self.ask("pg_is_in_recovery()", RECOVERY_SQL, self._recovery_answered)
+    def _login_done(self, why: Optional[str]) -> None:
+        self._login = None
+        if why is not None:
+            self.fail(why)
+        elif self._finished:
+            self.close()
+        else:
+            self.ask("pg_is_in_recovery()", RECOVERY_SQL, self._recovery_answered)
 
-    def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
-        fields = m.parse_fields(raw[5:])
-        self.fail(f"login refused: {fields.get('C', '')} {fields.get('M', '')}".rstrip())
+    # -- backend.ServerKeeper ------------------------------------------------------------
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
+        self.server = None
         self.fail(f"connection lost: {why}")
-
-    def server_connect_failed(self, node: BackendNode, why: str) -> None:
-        self.fail(f"unreachable: {why}")
 
     # -- asking -------------------------------------------------------------------------
 
@@ -194,17 +176,17 @@ class NodeProbe:
         self.fail(f"no answer within {timeout:g}s")
 
     def close(self) -> None:
-        """End this node's connection (or attempt) and its timer."""
+        """End this node's connection (or login) and its timer."""
         if self._timer.active():
             self._timer.cancel()
+        login, self._login = self._login, None
+        if login is not None:
+            login.cancel()
         server, self.server = self.server, None
         if server is not None:
-            server.owner = None
+            server.keeper = None
             if server.transport is not None:
                 server.terminate()
-        elif self._connector is not None:
-            self._connector.disconnect()
-        self._connector = None
 
     def functions(self) -> Deferred[Optional[frozenset[str]]]:
         """The primary's read-only function names, on this round's connection; None when
