@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Optional
 
-from pgpool_tw_dev.devdb import find_pg_bindir
+from pgpool_tw_dev.devdb import client_env, pg_bin
 
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 _HAVE_SCHEDSTAT = os.path.exists("/proc/self/schedstat")
@@ -31,18 +31,6 @@ SERVER_USER = "postgres"  # pgbouncer refuses root; pgpool-II runs as it too
 
 class StartError(RuntimeError):
     """A target did not start: the message names it and holds its log tail."""
-
-
-def pg_bin(name: str) -> str:
-    """A PostgreSQL client program (psql, pgbench) next to the server binaries."""
-    return os.path.join(find_pg_bindir(), name)
-
-
-def client_env() -> dict[str, str]:
-    """Our environment without libpq's PG* variables (they would redirect psql)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["PGCONNECT_TIMEOUT"] = "10"
-    return env
 
 
 def server_user() -> Optional[pwd.struct_passwd]:

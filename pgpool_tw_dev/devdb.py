@@ -54,6 +54,20 @@ def find_pg_bindir() -> str:
     )
 
 
+def pg_bin(name: str) -> str:
+    """A PostgreSQL client program (psql, pgbench) next to the server binaries."""
+    return os.path.join(find_pg_bindir(), name)
+
+
+def client_env(**extra: str) -> dict[str, str]:
+    """Our environment for a client program: without libpq's PG* variables (they would
+    redirect it), with a connect timeout, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGCONNECT_TIMEOUT"] = "10"
+    env.update(extra)
+    return env
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that was free on ``host`` a moment ago (bind to port 0)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -47,7 +47,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from pgpool_tw_dev.devdb import TempPostgres, find_pg_bindir, free_port, quote_conf
+from pgpool_tw_dev.devdb import (
+    TempPostgres,
+    client_env,
+    free_port,
+    pg_bin,
+    quote_conf,
+)
 from pgpool_tw_dev.replica import start_replica, wait_replayed
 
 __all__ = [
@@ -210,18 +216,6 @@ class Probe:
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-def client_env(**extra: str) -> dict[str, str]:
-    """Our environment without libpq's PG* variables (they would redirect a client)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["PGCONNECT_TIMEOUT"] = "10"
-    env.update(extra)
-    return env
-
-
-def pg_bin(name: str) -> str:
-    return os.path.join(find_pg_bindir(), name)
 
 
 def _twistd_argv(conf: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgpool_tw_dev.devdb import TempPostgres, find_pg_bindir, free_port
+from pgpool_tw_dev.devdb import TempPostgres, client_env, free_port, pg_bin
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -37,19 +37,6 @@ Setting = Union[str, int, float]
 def quote_conf(value: str) -> str:
     """A quoted pgpool.conf value: quotes doubled, backslashes escaped."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def client_env(**extra: str) -> dict[str, str]:
-    """Our environment without libpq's PG* variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["PGCONNECT_TIMEOUT"] = "10"
-    env.update(extra)
-    return env
-
-
-def pg_bin(name: str) -> str:
-    """The path of a PostgreSQL client program (psql, pgbench) from the server's bindir."""
-    return os.path.join(find_pg_bindir(), name)
 
 
 def make_temp_dir(testcase: SynchronousTestCase, prefix: str) -> str:
