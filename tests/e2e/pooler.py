@@ -64,8 +64,11 @@ class PoolerProcess:
         settings: Optional[dict[str, Setting]] = None,
         raw_lines: Optional[list[str]] = None,
         port: Optional[int] = None,
+        args: Optional[list[str]] = None,
     ) -> None:
         self.testcase = testcase
+        #: Options given to ``twistd pgpool`` after ``-c``.
+        self.args = list(args or [])
         self.dir = make_temp_dir(testcase, "pgpool-tw-e2e-")
         self.socket_dir = self.dir
         self.port = free_port() if port is None else port
@@ -103,7 +106,7 @@ class PoolerProcess:
         """Start twistd without waiting for it to listen."""
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [TWISTD, "-n", "pgpool", "-c", self.conf_path],
+                [TWISTD, "-n", "pgpool", "-c", self.conf_path, *self.args],
                 cwd=self.dir,  # twistd.pid goes here, and the checkout is not on sys.path
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -131,6 +134,14 @@ class PoolerProcess:
             f"twistd did not listen on 127.0.0.1:{self.port} within {START_TIMEOUT:g}s; "
             f"log tail:\n{self.log_tail()}"
         )
+
+    def restart(self, args: Optional[list[str]] = None) -> PoolerProcess:
+        """Stop, then start again on the same file and port (``args`` replace the
+        options); the log starts afresh."""
+        self.stop()
+        if args is not None:
+            self.args = list(args)
+        return self.start()
 
     def accepts(self) -> bool:
         """Whether a TCP connection to the pooler's port succeeds now."""
