@@ -94,7 +94,11 @@ class LoginAttempt:
 
     def server_ready(self, server: BackendProtocol) -> None:
         keep = self._keep
-        if keep is None or self.done.called:
+        if self.done.called:  # given up meanwhile
+            server.owner = None
+            server.terminate()
+            return
+        if keep is None:
             self._server = server
             self._finish(None)
             return
@@ -130,13 +134,15 @@ class LoginAttempt:
     def _finish(self, why: Optional[str]) -> None:
         if self.done.called:
             return
+        # Fired first: closing the attempt below may report its failure (a connector's
+        # disconnect calls server_connect_failed at once), which must find it over.
+        self.done.callback(why)
         self._cancel_timer()
         server, self._server = self._server, None
+        connector, self._connector = self._connector, None
         if server is not None:
             server.owner = None
             if server.transport is not None:
                 server.terminate()
-        elif self._connector is not None:
-            self._connector.disconnect()
-        self._connector = None
-        self.done.callback(why)
+        elif connector is not None:
+            connector.disconnect()
