@@ -100,6 +100,8 @@ class HealthCheck:
         self._timers: dict[int, Any] = {}
         self._attempts: dict[int, LoginAttempt] = {}
         self._running = False
+        #: The last failure logged per node (a node failing the same way is logged once).
+        self._said: dict[int, str] = {}
 
     # -- the timers -----------------------------------------------------------------------
 
@@ -185,26 +187,33 @@ class HealthCheck:
         def tried(why: Optional[str]) -> None:
             nonlocal retries
             node = self.cluster_getter().get(index)
+            if why is None:
+                self._said.pop(index, None)
             if why is None or node is None or not self._running:
                 self._note(stats, started, retries, why)
                 result.callback(why)
                 return
-            log.warn(
-                "health check: node {index} ({address}) try {count} failed: {why}",
-                index=index,
-                address=node.address,
-                count=retries + 1,
-                why=why,
-            )
+            if self._said.get(index) != why:  # one line per reason, not one per period
+                self._said[index] = why
+                log.warn(
+                    "health check: node {index} ({address}) try {count} failed: {why}",
+                    index=index,
+                    address=node.address,
+                    count=retries + 1,
+                    why=why,
+                )
             if retries >= settings.max_retries:
                 self._note(stats, started, retries, why)
                 result.callback(why)
                 return
             retries += 1
             stats.retry_count += 1
-            self.reactor.callLater(
-                settings.retry_delay, lambda: self._try(index, settings).addCallback(tried)
-            )
+            # Kept with the node's timers: a stop cancels a retry that waits.
+            self._timers[index] = self.reactor.callLater(settings.retry_delay, retry)
+
+        def retry() -> None:
+            self._timers.pop(index, None)
+            self._try(index, settings).addCallback(tried)
 
         self._try(index, settings).addCallback(tried)
         return result

@@ -4,6 +4,7 @@ lines, their status as the result, a time limit that kills the whole process gro
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Optional
 
 from twisted.internet import defer, reactor
@@ -27,14 +28,19 @@ def _state(pid: int) -> Optional[tuple[str, int]]:
 
 
 def _running_in_group(group: int) -> list[int]:
-    """Processes of that group that are not zombies."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            state = _state(int(name))
-            if state is not None and state[1] == group and state[0] != "Z":
-                found.append(int(name))
-    return found
+    """Processes of that group that are not zombies, once a SIGKILL sent to the group has
+    had its effect (a killed process takes a moment to stop running; up to 5 s here)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                state = _state(int(name))
+                if state is not None and state[1] == group and state[0] != "Z":
+                    found.append(int(name))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 class RunCommandTests(TestCase):
@@ -130,10 +136,10 @@ class RunCommandTests(TestCase):
         lines = self.lines("cmd6")
         self.assertEqual(lines[-1], ("warn", "cmd6 timed out after 0.5 s"))
         shell, child = (int(text.split(": ")[1]) for _, text in lines[:2])
+        self.assertEqual(_running_in_group(shell), [])
         for pid in (shell, child):
             state = _state(pid)
             self.assertTrue(state is None or state[0] == "Z", (pid, state))
-        self.assertEqual(_running_in_group(shell), [])
 
     @defer.inlineCallbacks
     def test_timeout_then_sigkill(self) -> Any:
