@@ -19,8 +19,9 @@ and check_replication_time_lag):
   backend_application_nameN) is the true primary; when no single node qualifies (no
   standby, names not configured) the lowest-numbered one is, as pgpool-II keeps "the
   youngest primary node".  The others are false primaries: pgpool-II calls them invalid and
-  detaches them with detach_false_primary; pgpool-tw detaches nothing yet (no failover) but
-  gives them role ``unknown``, so nothing is routed there, and the caller logs them.
+  detaches them with detach_false_primary, as failover does here (checks/failover.py
+  ``on_round``); until then they have role ``unknown``, so nothing is routed there, and
+  the caller logs them.  A detached node is not asked, so it cannot claim to be primary.
 - Every node but the primary has role ``standby``, as pgpool-II's SHOW POOL_NODES shows.
 - Delay in bytes: the primary's pg_current_wal_lsn() minus the standby's
   pg_last_wal_replay_lsn() (0 when ahead); in seconds: the primary's pg_stat_replication

@@ -193,7 +193,8 @@ class Config:
 
     @property
     def primary_backend(self) -> Optional[BackendNode]:
-        """Until failover exists, the lowest-numbered node is where writes go."""
+        """The lowest-numbered node: where writes go until a replication check (or
+        failover) names the primary (cluster.Cluster decides that at run time)."""
         return self.backends[0] if self.backends else None
 
 
