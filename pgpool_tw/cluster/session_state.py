@@ -1,0 +1,268 @@
+"""What a statement leaves behind in its server session: the rule behind transaction
+pooling's automatic pinning (issue #18; nothing calls it yet).
+
+In transaction pooling a client's server goes back to the pool when ReadyForQuery says
+idle.  A statement that leaves state in the server session must keep the client on that
+server (pin it) until the state is gone, or another client would inherit it and this one
+would lose it.  This module says, per query text, by PostgreSQL's own parser (pglast), what
+a statement pins, what it clears, and which settings are cheaper to replay than to pin.
+It holds no session state: the session adds the transaction state (a SET inside a
+transaction block that later rolls back leaves nothing) and counts what is pinned.
+
+Rules:
+
+- ``set``: ``SET name`` (not LOCAL, not TRANSACTION or CONSTRAINTS) of a setting not in
+  ``REPLAYABLE``; ``set_config(name, value, is_local)`` unless ``is_local`` is a constant
+  true (even for a REPLAYABLE name: the call is no statement to run again); cleared by
+  ``RESET ALL``.
+- ``replay`` instead of a pin: ``SET`` / ``RESET`` of a ``REPLAYABLE`` setting (the
+  parameters PostgreSQL reports in ParameterStatus, plus search_path and
+  extra_float_digits, which drivers set at connect): the statement's own text, to be run
+  on the next server the client lands on.  The rule: a setting whose whole effect is its
+  value, set by a statement the pooler can run again anywhere.
+- ``role``: ``SET ROLE`` / ``SET SESSION AUTHORIZATION``; cleared by their ``RESET``.
+- ``listen``: ``LISTEN``; cleared by ``UNLISTEN *``.
+- ``advisory_lock``: a session-level ``pg_advisory_lock``, ``pg_advisory_lock_shared``,
+  ``pg_try_advisory_lock`` or ``pg_try_advisory_lock_shared`` (the ``_xact_`` ones end with
+  the transaction); cleared by ``pg_advisory_unlock_all()`` (a single unlock may leave
+  others, so it clears nothing).
+- ``temp_table``: ``CREATE TEMP`` table, view, sequence or ``CREATE TEMP TABLE AS``;
+  cleared by ``DISCARD TEMP``.
+- ``hold_cursor``: ``DECLARE … WITH HOLD``; cleared by ``CLOSE ALL``.
+- ``load``: ``LOAD`` (a library stays loaded); nothing clears it.
+- ``DISCARD ALL`` clears everything (``ALL``).
+- Text that does not parse: ``unparsed``, a pin nothing clears (the safe side).
+
+Pure: no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Optional
+
+try:
+    from pglast import parser as _pg
+except ImportError:  # PyPy: no parser, every text pins (the safe side)
+    _pg = None  # type: ignore[assignment]
+
+#: PostgreSQL's parser is here; without it every text pins.
+AVAILABLE = _pg is not None
+
+__all__ = [
+    "ADVISORY_LOCK",
+    "ALL",
+    "AVAILABLE",
+    "HOLD_CURSOR",
+    "LISTEN",
+    "LOAD",
+    "REPLAYABLE",
+    "ROLE",
+    "SET",
+    "TEMP_TABLE",
+    "UNPARSED",
+    "StateEffect",
+    "state_effect",
+]
+
+SET, ROLE, LISTEN, ADVISORY_LOCK = "set", "role", "listen", "advisory_lock"
+TEMP_TABLE, HOLD_CURSOR, LOAD, UNPARSED = "temp_table", "hold_cursor", "load", "unparsed"
+#: What DISCARD ALL clears: every reason.
+ALL = "all"
+
+#: Settings replayed on the next server rather than pinned (lower case, as pglast gives).
+REPLAYABLE = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "intervalstyle",
+        "timezone",
+        "standard_conforming_strings",
+        "search_path",
+        "extra_float_digits",
+    }
+)
+
+_SESSION_LOCKS = frozenset(
+    {
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+    }
+)
+#: DECLARE's CURSOR_OPT_HOLD bit (PostgreSQL's parsenodes.h).
+_CURSOR_OPT_HOLD = 0x0020
+#: Texts remembered (a bounded cache: the text is the key).
+CACHE_SIZE = 10000
+
+
+@dataclass(frozen=True)
+class StateEffect:
+    """What one query text does to its server session."""
+
+    #: Reasons it pins the client to its server.
+    pins: frozenset[str] = frozenset()
+    #: Reasons it clears (``ALL``: every one, DISCARD ALL).
+    clears: frozenset[str] = frozenset()
+    #: Statements to run again on another server (SET/RESET of a REPLAYABLE setting), with
+    #: the setting each is about.
+    replay: tuple[tuple[str, str], ...] = ()
+
+
+_NOTHING = StateEffect()
+_UNPARSED = StateEffect(pins=frozenset({UNPARSED}))
+_cache: OrderedDict[str, StateEffect] = OrderedDict()
+
+
+def state_effect(text: str) -> StateEffect:
+    """The effect of ``text`` (one or more statements), cached by text."""
+    found = _cache.get(text)
+    if found is not None:
+        return found
+    effect = _effect(text)
+    _cache[text] = effect
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return effect
+
+
+def _effect(text: str) -> StateEffect:
+    if _pg is None:
+        return _UNPARSED
+    try:
+        statements = json.loads(_pg.parse_sql_json(text))["stmts"]
+    except Exception:  # pglast's ParseError, and anything odd: the safe side
+        return _UNPARSED
+    pins: set[str] = set()
+    clears: set[str] = set()
+    replay: list[tuple[str, str]] = []
+    for item in statements:
+        node = item.get("stmt", {})
+        start = item.get("stmt_location", 0)
+        length = item.get("stmt_len", 0) or len(text) - start
+        _statement(node, text[start : start + length].strip(), pins, clears, replay)
+        _functions(node, pins, clears)
+    if not (pins or clears or replay):
+        return _NOTHING
+    return StateEffect(frozenset(pins), frozenset(clears), tuple(replay))
+
+
+def _statement(
+    node: dict[str, Any],
+    text: str,
+    pins: set[str],
+    clears: set[str],
+    replay: list[tuple[str, str]],
+) -> None:
+    kind, body = next(iter(node.items())) if len(node) == 1 else (None, {})
+    if kind == "VariableSetStmt":
+        _variable_set(body, text, pins, clears, replay)
+    elif kind == "ListenStmt":
+        pins.add(LISTEN)
+    elif kind == "UnlistenStmt" and not body.get("conditionname"):
+        clears.add(LISTEN)
+    elif kind == "DeclareCursorStmt" and body.get("options", 0) & _CURSOR_OPT_HOLD:
+        pins.add(HOLD_CURSOR)
+    elif kind == "ClosePortalStmt" and not body.get("portalname"):
+        clears.add(HOLD_CURSOR)
+    elif kind == "DiscardStmt":
+        target = body.get("target", "")
+        if target == "DISCARD_ALL":
+            clears.add(ALL)
+        elif target == "DISCARD_TEMP":
+            clears.add(TEMP_TABLE)
+    elif kind == "LoadStmt":
+        pins.add(LOAD)
+    elif _temporary(kind, body):
+        pins.add(TEMP_TABLE)
+
+
+def _variable_set(
+    body: dict[str, Any],
+    text: str,
+    pins: set[str],
+    clears: set[str],
+    replay: list[tuple[str, str]],
+) -> None:
+    kind = body.get("kind", "")
+    name = body.get("name", "")
+    if kind == "VAR_RESET_ALL":
+        clears.add(SET)
+        return
+    if body.get("is_local") or name.lower().startswith("transaction"):
+        return  # SET LOCAL, SET TRANSACTION …: gone with the transaction
+    if name in ("role", "session_authorization"):
+        (clears if kind == "VAR_RESET" else pins).add(ROLE)
+    elif name in REPLAYABLE:
+        replay.append((name, text))
+    elif kind != "VAR_RESET":
+        pins.add(SET)
+
+
+def _temporary(kind: Optional[str], body: dict[str, Any]) -> bool:
+    """CREATE TEMP TABLE / VIEW / SEQUENCE / TABLE AS."""
+    relation: Any = None
+    if kind == "CreateStmt":
+        relation = body.get("relation")
+    elif kind == "CreateTableAsStmt":
+        relation = body.get("into", {}).get("rel")
+    elif kind == "ViewStmt":
+        relation = body.get("view")
+    elif kind == "CreateSeqStmt":
+        relation = body.get("sequence")
+    return isinstance(relation, dict) and relation.get("relpersistence") == "t"
+
+
+def _functions(tree: Any, pins: set[str], clears: set[str]) -> None:
+    """Advisory locks and set_config calls anywhere in a statement."""
+    stack = [tree]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            call = value.get("FuncCall")
+            if isinstance(call, dict):
+                _call(call, pins, clears)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def _call(call: dict[str, Any], pins: set[str], clears: set[str]) -> None:
+    parts = [part.get("String", {}).get("sval", "") for part in call.get("funcname", [])]
+    name = parts[-1] if parts else ""
+    if len(parts) == 2 and parts[0] != "pg_catalog":
+        return  # someone's own function of that name
+    if name in _SESSION_LOCKS:
+        pins.add(ADVISORY_LOCK)
+    elif name == "pg_advisory_unlock_all":
+        clears.add(ADVISORY_LOCK)
+    elif name == "set_config":
+        args = call.get("args", [])
+        if not (len(args) == 3 and _constant_true(args[2])):
+            # Not local to the transaction.  Even a REPLAYABLE setting pins: the call is
+            # no statement the pooler could run again on its own.
+            pins.add(SET)
+
+
+def _constant_true(arg: Any) -> bool:
+    const = arg.get("A_Const", {}) if isinstance(arg, dict) else {}
+    boolean = const.get("boolval")
+    if isinstance(boolean, dict):
+        return bool(boolean.get("boolval"))
+    cast = arg.get("TypeCast") if isinstance(arg, dict) else None
+    if isinstance(cast, dict):
+        return _constant_true(cast.get("arg"))
+    text = _constant_text(arg)
+    return text is not None and text.lower() in ("true", "t", "on", "yes", "1")
+
+
+def _constant_text(arg: Any) -> Optional[str]:
+    const = arg.get("A_Const", {}) if isinstance(arg, dict) else {}
+    text = const.get("sval")
+    if isinstance(text, dict):
+        return str(text.get("sval", ""))
+    return None

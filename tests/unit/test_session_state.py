@@ -1,0 +1,101 @@
+"""cluster/session_state.py: what a statement leaves in its server session (the rule of
+transaction pooling's pinning), by pglast."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from pgpool_tw.cluster import session_state
+from pgpool_tw.cluster.session_state import (
+    ADVISORY_LOCK,
+    ALL,
+    HOLD_CURSOR,
+    LISTEN,
+    LOAD,
+    ROLE,
+    SET,
+    TEMP_TABLE,
+    UNPARSED,
+    StateEffect,
+    state_effect,
+)
+
+#: text -> (pins, clears, settings replayed)
+CASES: dict[str, tuple[set[str], set[str], list[str]]] = {
+    "SET work_mem = '64MB'": ({SET}, set(), []),
+    "set statement_timeout to 5000": ({SET}, set(), []),
+    "SET LOCAL work_mem = 1": (set(), set(), []),
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE": (set(), set(), []),
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY": ({SET}, set(), []),
+    "SET CONSTRAINTS ALL DEFERRED": (set(), set(), []),
+    "SET application_name TO 'x'": (set(), set(), ["application_name"]),
+    "RESET application_name": (set(), set(), ["application_name"]),
+    "SET TIME ZONE 'UTC'": (set(), set(), ["timezone"]),
+    "SET search_path TO public, x": (set(), set(), ["search_path"]),
+    "RESET ALL": (set(), {SET}, []),
+    "SET ROLE alice": ({ROLE}, set(), []),
+    "RESET ROLE": (set(), {ROLE}, []),
+    "SET SESSION AUTHORIZATION bob": ({ROLE}, set(), []),
+    "RESET SESSION AUTHORIZATION": (set(), {ROLE}, []),
+    "LISTEN ch": ({LISTEN}, set(), []),
+    "UNLISTEN ch": (set(), set(), []),
+    "UNLISTEN *": (set(), {LISTEN}, []),
+    "SELECT pg_advisory_lock(1)": ({ADVISORY_LOCK}, set(), []),
+    "SELECT pg_catalog.pg_try_advisory_lock_shared(1, 2)": ({ADVISORY_LOCK}, set(), []),
+    "SELECT x FROM t WHERE pg_try_advisory_lock(id)": ({ADVISORY_LOCK}, set(), []),
+    "SELECT pg_advisory_xact_lock(1)": (set(), set(), []),
+    "SELECT pg_advisory_unlock(1)": (set(), set(), []),
+    "SELECT pg_advisory_unlock_all()": (set(), {ADVISORY_LOCK}, []),
+    "SELECT myschema.pg_advisory_lock(1)": (set(), set(), []),
+    "CREATE TEMP TABLE t (a int)": ({TEMP_TABLE}, set(), []),
+    "CREATE TEMPORARY VIEW v AS SELECT 1": ({TEMP_TABLE}, set(), []),
+    "CREATE TEMP SEQUENCE s": ({TEMP_TABLE}, set(), []),
+    "CREATE TEMP TABLE t2 AS SELECT 1": ({TEMP_TABLE}, set(), []),
+    "CREATE TABLE p (a int)": (set(), set(), []),
+    "DECLARE c CURSOR WITH HOLD FOR SELECT 1": ({HOLD_CURSOR}, set(), []),
+    "DECLARE c CURSOR FOR SELECT 1": (set(), set(), []),
+    "CLOSE ALL": (set(), {HOLD_CURSOR}, []),
+    "CLOSE c": (set(), set(), []),
+    "DISCARD ALL": (set(), {ALL}, []),
+    "DISCARD TEMP": (set(), {TEMP_TABLE}, []),
+    "LOAD 'auto_explain'": ({LOAD}, set(), []),
+    "SELECT set_config('work_mem', '1MB', false)": ({SET}, set(), []),
+    "SELECT set_config('application_name', 'a', false)": ({SET}, set(), []),
+    "SELECT set_config('work_mem', '1MB', true)": (set(), set(), []),
+    "SELECT set_config('work_mem', '1MB', $1)": ({SET}, set(), []),
+    "SELECT 1": (set(), set(), []),
+    "INSERT INTO t VALUES (1)": (set(), set(), []),
+    "SELEC 1": ({UNPARSED}, set(), []),
+}
+
+
+class StateEffectTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if not session_state.AVAILABLE:
+            raise SkipTest("pglast is not installed")
+
+    def test_each_statement(self) -> None:
+        for text, (pins, clears, replayed) in CASES.items():
+            effect = state_effect(text)
+            got = (set(effect.pins), set(effect.clears), [name for name, _ in effect.replay])
+            self.assertEqual(got, (pins, clears, replayed), text)
+
+    def test_replay_is_the_statement_itself(self) -> None:
+        """Each replayed setting carries its own statement's text, not the whole query's."""
+        effect = state_effect("SELECT 1; SET search_path TO public, x ; SET TIME ZONE 'UTC'")
+        self.assertEqual(
+            effect.replay,
+            (("search_path", "SET search_path TO public, x"), ("timezone", "SET TIME ZONE 'UTC'")),
+        )
+
+    def test_several_statements_add_up(self) -> None:
+        effect = state_effect("LISTEN a; CREATE TEMP TABLE t (a int); UNLISTEN *")
+        self.assertEqual((effect.pins, effect.clears), ({LISTEN, TEMP_TABLE}, {LISTEN}))
+
+    def test_cached_by_text_and_bounded(self) -> None:
+        self.assertIs(state_effect("SET work_mem = 1"), state_effect("SET work_mem = 1"))
+        self.patch(session_state, "CACHE_SIZE", 3)
+        for number in range(10):
+            state_effect(f"SELECT {number}")
+        self.assertLessEqual(len(session_state._cache), 4)
+        self.assertEqual(state_effect("SELECT 1"), StateEffect())
