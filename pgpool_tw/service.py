@@ -103,20 +103,6 @@ class PgpoolService(MultiService):
         self.status_file = status_path(config.logdir)
         if not discard_status:
             self._load_status()
-        #: Node status changes, one at a time (checks/failover.py).
-        self.failover = Failover(
-            reactor,
-            lambda: self.config,
-            lambda: factory.cluster,
-            factory,
-            lambda: self.sr_check,
-            self.status_file,
-            secrets=lambda: factory.auth_files.secrets,
-            tls_for=lambda node: factory.tls.for_server(node),
-            tls_required=factory.tls.server_tls_required,
-        )
-        factory.failover = self.failover
-        self.failover.save_status()
         #: The health check (health_check_period > 0 for some node).
         self.health_check = HealthCheck(
             reactor,
@@ -127,6 +113,18 @@ class PgpoolService(MultiService):
             tls_for=lambda node: factory.tls.for_server(node),
             tls_required=factory.tls.server_tls_required,
         )
+        #: Node status changes, one at a time (checks/failover.py).
+        self.failover = Failover(
+            reactor,
+            lambda: self.config,
+            lambda: factory.cluster,
+            factory,
+            lambda: self.sr_check,
+            self.status_file,
+            login=self.health_check.login,
+        )
+        factory.failover = self.failover
+        self.failover.save_status()
         self.ports: list[IListeningPort] = []
         self.shutting_down: Optional[str] = None
         self._ticker: Optional[LoopingCall] = None

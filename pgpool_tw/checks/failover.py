@@ -41,15 +41,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from pgpool_tw.checks.command import run_command
-from pgpool_tw.checks.health import node_secret
 from pgpool_tw.checks.login import LoginAttempt
 from pgpool_tw.checks.sr_check import SrCheck
 from pgpool_tw.checks.status_file import write_status
 from pgpool_tw.cluster.cluster import DOWN, Cluster, Node
 from pgpool_tw.cluster.topology import STREAMING_REPLICATION, Decision, Probe
 from pgpool_tw.config.escapes import CommandValues, EscapeError, expand
-from pgpool_tw.config.settings import BackendNode, Config
-from pgpool_tw.protocol.credentials import Secret
+from pgpool_tw.config.settings import Config
 
 __all__ = ["Failover", "NodeEffects"]
 
@@ -82,19 +80,17 @@ class Failover:
         effects: NodeEffects,
         sr_check_getter: Callable[[], Optional[SrCheck]],
         status_path: Optional[str] = None,
-        secrets: Optional[Callable[[], Mapping[str, Secret]]] = None,
-        tls_for: Optional[Callable[[BackendNode], Optional[Any]]] = None,
-        tls_required: bool = False,
+        login: Optional[Callable[[int, str, float], Optional[LoginAttempt]]] = None,
     ) -> None:
+        """``login(index, database, timeout)``: one login to a node as its health check
+        logs in (health.py's ``HealthCheck.login``), for backend_error's check."""
         self.reactor = reactor
         self.config_getter = config_getter
         self.cluster_getter = cluster_getter
         self.effects = effects
         self.sr_check_getter = sr_check_getter
         self.status_path = status_path
-        self.secrets = secrets
-        self.tls_for = tls_for
-        self.tls_required = tls_required
+        self.login = login
         self._queue: list[tuple[Callable[[], Deferred[bool]], Deferred[bool]]] = []
         self._busy = False
         #: The logins that check a node a session's failure points at.
@@ -147,18 +143,14 @@ class Failover:
         node = self.cluster_getter().get(index)
         if node is None or node.status == DOWN or index in self._verifying or self._stopped:
             return
+        if self.login is None:
+            return
         settings = config.health_check_for(index)
-        attempt = self._verifying[index] = LoginAttempt(
-            self.reactor,
-            node.backend,
-            settings.user,
-            settings.database or "postgres",
-            lambda: node_secret(settings.password, settings.user, self.secrets),
-            settings.connect_timeout,
-            settings.timeout if settings.timeout > 0 else 10.0,
-            self.tls_for(node.backend) if self.tls_for is not None else None,
-            self.tls_required,
-        )
+        timeout = settings.timeout if settings.timeout > 0 else 10.0
+        attempt = self.login(index, settings.database or "postgres", timeout)
+        if attempt is None:
+            return
+        self._verifying[index] = attempt
 
         def verified(answer: Optional[str]) -> None:
             self._verifying.pop(index, None)

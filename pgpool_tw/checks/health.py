@@ -240,26 +240,38 @@ class HealthCheck:
         databases = (settings.database,) if settings.database else DEFAULT_DATABASES
         return self._login(index, settings, list(databases))
 
-    def _login(
-        self, index: int, settings: HealthCheckSettings, databases: list[str]
-    ) -> Deferred[Optional[str]]:
+    def login(
+        self, index: int, database: Optional[str] = None, timeout: Optional[float] = None
+    ) -> Optional[LoginAttempt]:
+        """One login to node ``index`` with its health check settings (``database`` and
+        ``timeout`` in place of its own when given); None when the node is unknown.  The
+        caller owns the attempt (failover's check of a node a session's failure points
+        at uses it too)."""
         node = self.cluster_getter().get(index)
-        result: Deferred[Optional[str]] = Deferred()
-        if node is None or not self._running:
-            result.callback("the node is no longer configured")
-            return result
+        if node is None:
+            return None
+        settings = self.config_getter().health_check_for(index)
         backend = node.backend
-        attempt = LoginAttempt(
+        return LoginAttempt(
             self.reactor,
             backend,
             settings.user,
-            databases[0],
+            settings.database if database is None else database,
             lambda: node_secret(settings.password, settings.user, self.secrets),
             settings.connect_timeout,
-            settings.timeout,
+            settings.timeout if timeout is None else timeout,
             self.tls_for(backend) if self.tls_for is not None else None,
             self.tls_required,
         )
+
+    def _login(
+        self, index: int, settings: HealthCheckSettings, databases: list[str]
+    ) -> Deferred[Optional[str]]:
+        result: Deferred[Optional[str]] = Deferred()
+        attempt = self.login(index, databases[0], settings.timeout) if self._running else None
+        if attempt is None:
+            result.callback("the node is no longer configured")
+            return result
         self._attempts[index] = attempt
 
         def done(why: Optional[str]) -> None:

@@ -77,6 +77,7 @@ __all__ = [
     "ROUTE_STANDBY",
     "Classifier",
     "Verdict",
+    "parse_statements",
 ]
 
 ROUTE_STANDBY, ROUTE_PRIMARY, ROUTE_ALL, ROUTE_LOCAL = 0, 1, 2, 3
@@ -184,6 +185,16 @@ _ROW_EXCLUSIVE = 3  # storage/lockdefs.h: weaker locks are taken on every node
 _LOCK, _MODIFY = 1, 2
 _COMMENTS = ("C_COMMENT", "SQL_COMMENT")
 _NODES = frozenset({"FuncCall", "RangeVar", "relation"}) | _DML
+
+
+def parse_statements(text: str) -> list[dict[str, Any]]:
+    """PostgreSQL's parse tree of ``text``, one dict per statement (``stmt``,
+    ``stmt_location``, ``stmt_len``), as pglast's JSON gives it (the cheapest form: see the
+    cost above).  Raises when the text does not parse or pglast is not installed."""
+    if _pg is None:
+        raise RuntimeError("pglast is not installed")
+    statements: list[dict[str, Any]] = json.loads(_pg.parse_sql_json(text))["stmts"]
+    return statements
 
 
 def _compile(pattern: Union[str, re.Pattern[str]], setting: str) -> re.Pattern[str]:
@@ -342,7 +353,7 @@ class Classifier:
         shape = _pg.normalize(text)
         verdict = self._shapes.get(shape)
         if verdict is None:
-            statements = json.loads(_pg.parse_sql_json(text))["stmts"]
+            statements = parse_statements(text)
             if not statements:
                 return _EMPTY
             nodes = [next(iter(s["stmt"].items())) for s in statements]

@@ -38,18 +38,11 @@ Pure: no Twisted, no I/O.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
-try:
-    from pglast import parser as _pg
-except ImportError:  # PyPy: no parser, every text pins (the safe side)
-    _pg = None  # type: ignore[assignment]
-
-#: PostgreSQL's parser is here; without it every text pins.
-AVAILABLE = _pg is not None
+from pgpool_tw.cluster.classify import AVAILABLE, parse_statements
 
 __all__ = [
     "ADVISORY_LOCK",
@@ -131,11 +124,9 @@ def state_effect(text: str) -> StateEffect:
 
 
 def _effect(text: str) -> StateEffect:
-    if _pg is None:
-        return _UNPARSED
     try:
-        statements = json.loads(_pg.parse_sql_json(text))["stmts"]
-    except Exception:  # pglast's ParseError, and anything odd: the safe side
+        statements = parse_statements(text)
+    except Exception:  # pglast's ParseError, no pglast (PyPy), anything odd: the safe side
         return _UNPARSED
     pins: set[str] = set()
     clears: set[str] = set()
