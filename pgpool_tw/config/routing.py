@@ -34,10 +34,12 @@ __all__ = [
     "STANDBY",
     "Redirect",
     "anchored",
+    "compile_pattern",
     "parse_function_list",
     "parse_query_pattern_list",
     "parse_redirect_list",
     "raw_value",
+    "split_entries",
 ]
 
 PRIMARY = "primary"
@@ -90,7 +92,7 @@ _POSIX_CLASSES = {
 _POSIX_CLASS = re.compile("|".join(re.escape(name) for name in _POSIX_CLASSES))
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
+def compile_pattern(pattern: str) -> re.Pattern[str]:
     """The pattern is checked as written, so an error's position is the user's; then
     anchored as pgpool-II anchors it ('a|b' becomes '^a|b$' there too)."""
     pattern = _POSIX_CLASS.sub(lambda m: _POSIX_CLASSES[m.group()], pattern)
@@ -103,7 +105,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 def parse_function_list(text: str) -> tuple[re.Pattern[str], ...]:
     """Comma-separated function-name patterns; spaces around each are not part of it."""
-    return tuple(_compile(item.strip()) for item in text.split(",") if item.strip())
+    return tuple(compile_pattern(item.strip()) for item in text.split(",") if item.strip())
 
 
 def parse_query_pattern_list(text: str) -> tuple[re.Pattern[str], ...]:
@@ -123,14 +125,30 @@ def parse_query_pattern_list(text: str) -> tuple[re.Pattern[str], ...]:
         else:
             current.append(char)
     patterns.append("".join(current))
-    return tuple(_compile(p) for p in patterns if p.strip())
+    return tuple(compile_pattern(p) for p in patterns if p.strip())
 
 
-def _parse_redirect(item: str) -> Redirect:
-    name, colon, rest = item.partition(":")
-    name = name.strip()
-    if not colon or not name:
-        raise BadValue(f"invalid entry {item!r}; expected 'name:node' or 'name:node(weight)'")
+def split_entries(text: str, expected: str) -> list[tuple[str, str, str]]:
+    """(entry, name, value) for each of pgpool-II's comma-separated 'name:value' entries.
+
+    The name ends at the first ':', so neither it nor a value can hold ',' or ':' (as in
+    pgpool-II); spaces around an entry and its name are not part of them.  ``expected`` says
+    what an entry should look like, for the error an entry without a name gets.
+    """
+    found = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, colon, rest = item.partition(":")
+        name = name.strip()
+        if not colon or not name:
+            raise BadValue(f"invalid entry {item!r}; expected {expected}")
+        found.append((item, name, rest))
+    return found
+
+
+def _parse_redirect(item: str, name: str, rest: str) -> Redirect:
     target_text, paren, weight_text = rest.partition("(")
     target_text = target_text.strip()
     weight = 1.0
@@ -156,12 +174,13 @@ def _parse_redirect(item: str) -> Redirect:
             f"invalid node {target_text!r} in {item!r}; expected primary, standby or a "
             f"node number from 0 to {MAX_BACKENDS - 1}"
         )
-    return Redirect(_compile(name), target, weight + 0.0)
+    return Redirect(compile_pattern(name), target, weight + 0.0)
 
 
 def parse_redirect_list(text: str) -> tuple[Redirect, ...]:
     """pgpool-II's "name:node(weight)" pairs, comma-separated; '' is none."""
-    return tuple(_parse_redirect(item.strip()) for item in text.split(",") if item.strip())
+    entries = split_entries(text, "'name:node' or 'name:node(weight)'")
+    return tuple(_parse_redirect(*entry) for entry in entries)
 
 
 FUNCTION_LIST = Kind(
