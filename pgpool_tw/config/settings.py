@@ -3,8 +3,9 @@
 This module owns the one table of settings pgpool-tw acts on, with their ranges, and the
 walk over a file that fills a ``Config``.  The line syntax is :mod:`.syntax`'s, the value
 readers :mod:`.values`', the regex and redirect lists :mod:`.routing`'s, the ``backend_*N``
-nodes :mod:`.backends`', the global and per-node health check settings :mod:`.health`', and
-the pgpool-II names pgpool-tw knows but does not act on yet :mod:`.pgpool2_names`'.
+nodes :mod:`.backends`', the global and per-node health check settings :mod:`.health`', the
+pool modes and which one a login gets :mod:`.pooling`'s, and the pgpool-II names pgpool-tw
+knows but does not act on yet :mod:`.pgpool2_names`'.
 Everything else in pgpool-tw receives a finished ``Config`` and never looks at the text.
 
 It must never import Twisted, open sockets, log, or read globals: parsing is a pure function
@@ -20,10 +21,11 @@ Adding a setting takes one field on :class:`Config` (which holds the default) an
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pgpool_tw.config.backends import BACKEND_KEYS, MAX_BACKENDS, BackendNode, backend_key
 from pgpool_tw.config.backends import build_backends as _build_backends
@@ -35,6 +37,14 @@ from pgpool_tw.config.health import (
     health_check_key,
 )
 from pgpool_tw.config.pgpool2_names import all_names, feature_of, indexed_base
+from pgpool_tw.config.pooling import (
+    POOL_MODE,
+    POOL_MODE_LIST,
+    POOL_MODE_LISTS,
+    SESSION,
+    PoolModeRule,
+    mode_lookup,
+)
 from pgpool_tw.config.routing import (
     FUNCTION_LIST,
     QUERY_PATTERN_LIST,
@@ -64,6 +74,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HealthCheckSettings",
+    "PoolModeRule",
     "Redirect",
     "field_of",
     "load_config",
@@ -178,6 +189,31 @@ class Config:
     #: Where pgpool_status (the nodes' up/down state across restarts) is kept; a relative
     #: path is taken from pgpool.conf's directory.
     logdir: str = "/tmp"
+    #: session or transaction (PgBouncer's pool_mode): how a login that neither list below
+    #: names is pooled.  Read it through pool_mode_for.
+    pool_mode: str = SESSION
+    #: 'pattern:mode' entries over the user name / the database name; the first match of
+    #: the user list wins, then the first of the database list, then pool_mode.
+    user_pool_mode_list: tuple[PoolModeRule, ...] = ()
+    database_pool_mode_list: tuple[PoolModeRule, ...] = ()
+    #: Clients of transaction-mode pools served at once; past it a login gets FATAL 53300.
+    max_client_conn: int = 100
+    #: Transaction mode, per pool key (node, user, database, startup options): the server
+    #: connections it may have; ...
+    default_pool_size: int = 20
+    #: ... those the pooler keeps open once the key has been used; ...
+    min_pool_size: int = 0
+    #: ... and the extra ones it may open for a client that has waited
+    #: reserve_pool_timeout seconds.
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0
+    #: Seconds a client may wait for a server before FATAL 53300; 0 waits forever.
+    query_wait_timeout: float = 120.0
+    #: Seconds a transaction-mode server may stay idle before it is closed; 0 never.
+    server_idle_timeout: float = 600.0
+    #: Per server, pooler-named prepared statements kept (the least recently used closed
+    #: past it); 0: a named protocol statement pins its client to its server instead.
+    max_prepared_statements: int = 200
     warnings: tuple[str, ...] = ()
     #: Every name the file set, with its parsed value (ours, backend_*N) or its text
     #: (pgpool-II's others): what a reload diffs and what the unused-settings report reads.
@@ -190,6 +226,18 @@ class Config:
             if node == index:
                 return settings
         return self.health_check
+
+    def pool_mode_for(self, user: str, database: str) -> str:
+        """'session' or 'transaction' for a login as ``user`` to ``database``; called once
+        per login, so the answers are cached with this Config (a reload's new Config starts
+        afresh)."""
+        return self._pool_mode_lookup(user, database)
+
+    @functools.cached_property
+    def _pool_mode_lookup(self) -> Callable[[str, str], str]:
+        # Not a field: it is not a setting, nor compared.  cached_property writes the
+        # instance's __dict__ directly, which a frozen dataclass allows.
+        return mode_lookup(self.pool_mode, self.user_pool_mode_list, self.database_pool_mode_list)
 
     @property
     def primary_backend(self) -> Optional[BackendNode]:
@@ -346,6 +394,17 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
     "auto_failback": ("auto_failback", BOOLEAN),
     "auto_failback_interval": ("auto_failback_interval", TIME),
     "logdir": ("logdir", Kind(_directory, "expected a directory")),
+    "pool_mode": ("pool_mode", POOL_MODE),
+    "user_pool_mode_list": ("user_pool_mode_list", POOL_MODE_LIST),
+    "database_pool_mode_list": ("database_pool_mode_list", POOL_MODE_LIST),
+    "max_client_conn": ("max_client_conn", integer(1)),
+    "default_pool_size": ("default_pool_size", integer(1)),
+    "min_pool_size": ("min_pool_size", integer(0)),
+    "reserve_pool_size": ("reserve_pool_size", integer(0)),
+    "reserve_pool_timeout": ("reserve_pool_timeout", TIME),
+    "query_wait_timeout": ("query_wait_timeout", TIME),
+    "server_idle_timeout": ("server_idle_timeout", TIME),
+    "max_prepared_statements": ("max_prepared_statements", integer(0)),
 }
 
 # pgpool-II before 4.2 chose the mode with these; they still mean what they meant.
@@ -428,7 +487,7 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
         setting = _SETTINGS.get(name)
         if setting is not None:
             field_name, kind = setting
-            if name in REGEX_SETTINGS:
+            if name in REGEX_SETTINGS or name in POOL_MODE_LISTS:
                 value = raw_value(lines[number - 1], value)
             values[field_name] = given[name] = _convert(kind, value, where, name)
             previous = set_by.get(field_name)
@@ -480,6 +539,7 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
     warnings += _clustering_mode(values, set_by, old_mode, path)
     warnings += _load_balancing(values, set_by, path)
     warnings += _unknown_escapes(values, set_by, path)
+    warnings += _pool_sizes(values, set_by, path)
     warnings.sort(key=lambda item: item[0])
     return Config(
         backends=backends,
@@ -595,6 +655,25 @@ def _unknown_escapes(
                 )
             )
     return warnings
+
+
+def _pool_sizes(
+    values: dict[str, Any], set_by: dict[str, tuple[str, int]], path: str
+) -> list[tuple[int, str]]:
+    """min_pool_size above default_pool_size is not an error, as PgBouncer keeps at most
+    default_pool_size servers anyway; but the file says something it will not get."""
+    low = values.get("min_pool_size", Config.min_pool_size)
+    high = values.get("default_pool_size", Config.default_pool_size)
+    if low <= high:
+        return []
+    line = max(set_by[name][1] for name in ("min_pool_size", "default_pool_size") if name in set_by)
+    return [
+        (
+            line,
+            f"{path}:{line}: min_pool_size ({low}) is more than default_pool_size ({high}); "
+            f"at most {high} servers are kept per pool",
+        )
+    ]
 
 
 def load_config(path: str) -> Config:
