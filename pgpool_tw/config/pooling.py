@@ -4,10 +4,10 @@ PgBouncer names the setting ``pool_mode`` and lets a ``[databases]`` or ``[users
 override it.  pgpool.conf has no sections, so the overrides take pgpool-II's own shape for
 per-user and per-database settings, that of ``*_redirect_preference_list``:
 ``user_pool_mode_list = 'batch_.*:session,app:transaction'``.  The names are pgpool-II's
-patterns, read by :mod:`.routing` (anchored, matched ignoring case), so the two lists cannot
-drift apart in what a pattern means.  A user's entry beats a database's, since a user is the
-narrower choice (one application, one role); in each list the first match wins; a client
-neither list names gets ``pool_mode``.
+patterns, read by :mod:`.routing`'s reader (anchored, matched ignoring case), so a pattern
+means here what it means in a redirect list.  A user's entry beats a database's, as a
+``[users]`` pool_mode beats a ``[databases]`` one in PgBouncer; in each list the first
+match wins, as in pgpool-II's lists; a login neither list names gets ``pool_mode``.
 
 PgBouncer's third mode, ``statement``, is refused at load rather than run as another: it
 refuses multi-statement transactions, which neither of the others does, so a file asking
