@@ -11,11 +11,13 @@ import argparse
 import os
 from typing import Optional
 
-from targets import TARGETS, default_targets
+from targets import NAMED_ONLY, TARGETS, default_targets
 from workloads import DEFAULT_WORKLOADS, WORKLOADS
 
 DESCRIPTION = (
-    "pgbench side by side: PostgreSQL, PgBouncer (session, transaction), pgpool-II, pgpool-tw."
+    "pgbench side by side: PostgreSQL, PgBouncer (session, transaction), pgpool-II, pgpool-tw "
+    "(session, transaction). Transaction pooling against PgBouncer's (issue #18): "
+    "--targets pgbouncer-transaction,pgpool-tw-transaction --workloads S1,S2,S5,S7 --no-memory"
 )
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "out", "last-run.md")
@@ -56,7 +58,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         default=default_targets(),
         help="comma-separated subset of "
         + ",".join(TARGETS)
-        + " (default: all; pgpool-tw-pypy when bench/run could set up PyPy)",
+        + f" (default: all but {','.join(NAMED_ONLY)}, which runs only when named; pgpool-tw-pypy "
+        "when bench/run could set up PyPy; both transaction-mode targets get 20 servers per "
+        "pool)",
     )
     parser.add_argument(
         "--workloads",
@@ -66,7 +70,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         + ",".join(WORKLOADS)
         + f" (default: {','.join(DEFAULT_WORKLOADS)}; the routed R1..R3 add a streaming "
         "replica and run through the poolers that route, with single-backend pgpool-tw "
-        "beside the select-only ones)",
+        "beside the select-only ones; S7 is S1 with every client pinned by a SET, for "
+        "transaction pooling: name it with S1)",
     )
     parser.add_argument(
         "--duration",

@@ -1,6 +1,8 @@
 """The benchmark's report: Markdown tables (printed and written to a file) and JSON.
 
-Owns: one table per workload, the final summary, the routing summary (issue #16's
+Owns: one table per workload, the final summary, the transaction-mode summary (issue
+#18's ratios: pgpool-tw-transaction ÷ pgbouncer-transaction, and what a pinned session
+costs: S7 ÷ S1), the routing summary (issue #16's
 ratios: pgpool-tw ÷ pgpool-II routed, routed ÷ single-backend pgpool-tw, and where the
 transactions went), the idle-client memory table, the header (date, nproc, versions,
 settings) and the JSON form of the same results.
@@ -17,9 +19,23 @@ from importlib import metadata
 from typing import Any, Optional
 
 from memory import MemoryResult
-from workloads import WORKLOADS, RunResult, pgbench_args
+from targets import PAIRS, TRANSACTION_POOL, pgbouncer_of
+from workloads import WORKLOADS, RunResult, Workload, pgbench_args
 
-REFERENCES = ("pgbouncer-session", "direct")
+#: The references of every row: PgBouncer in the row's own pool mode
+#: (``targets.pgbouncer_of``: pgbouncer-transaction for pgpool-tw-transaction,
+#: pgbouncer-session for the rest), and PostgreSQL itself.
+REFERENCES = ("pgbouncer", "direct")
+PGBOUNCER_LEGEND = (
+    "÷ PgBouncer: "
+    + ", ".join(f"{tw} against {bouncer}" for bouncer, tw in PAIRS if bouncer != PAIRS[0][0])
+    + f", every other target against {PAIRS[0][0]}."
+)
+#: Issue #18's transaction-mode pair, pgpool-tw first, and its target: at least PgBouncer.
+TRANSACTION_PAIR = PAIRS[1][::-1]
+TARGET_VS_PGBOUNCER = 1.0
+#: The pinned workload and its unpinned twin (bench/workloads.py).
+PINNED, UNPINNED = "S7", "S1"
 #: Routed workloads' references: pgpool-II with the same routing, and pgpool-tw alone.
 ROUTED_REFERENCES = ("pgpool2", "pgpool-tw-single")
 #: Issue #16's targets: routed pgpool-tw ÷ routed pgpool-II, routed ÷ single-backend -S.
@@ -108,12 +124,23 @@ def _cells(run: RunResult, first: Optional[RunResult], second: Optional[RunResul
     ]
 
 
+def _shown_args(workload: Workload) -> str:
+    """pgbench's arguments as the report shows them: a script by its path in the repo."""
+    return " ".join(pgbench_args(workload, "bench"))
+
+
+def _references(
+    run: RunResult, by_target: dict[str, RunResult]
+) -> tuple[Optional[RunResult], Optional[RunResult]]:
+    """The run's references in REFERENCES order: its mode's PgBouncer, and direct."""
+    return by_target.get(pgbouncer_of(run.target)), by_target.get("direct")
+
+
 def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list[str]:
     """The Markdown section of one workload: one row per target, in --targets order."""
     by_target = {run.target: run for run in runs if run.workload == name}
-    refs = {ref: by_target.get(ref) for ref in REFERENCES}
     workload = WORKLOADS[name]
-    header = ["target", "status", "TPS", "TPS of each run", "÷ pgbouncer-session", "÷ direct"]
+    header = ["target", "status", "TPS", "TPS of each run", "÷ PgBouncer", "÷ direct"]
     header += ["latency ms", "failed tx", "exit", "transactions", "CPU µs/tx", "servers at start"]
     rows = []
     notes = []
@@ -122,13 +149,12 @@ def workload_table(name: str, runs: list[RunResult], targets: list[str]) -> list
         if run is None:
             continue
         rows.append(
-            _cells(run, refs["pgbouncer-session"], refs["direct"])
+            _cells(run, *_references(run, by_target))
             + ["-" if run.servers is None else str(run.servers)]
         )
         if run.error:
             notes.append(f"- {target}: {run.error}")
-    args = " ".join(pgbench_args(workload))
-    lines = [f"### {name}: {workload.title}", "", f"`pgbench {args}`", ""]
+    lines = [f"### {name}: {workload.title}", "", f"`pgbench {_shown_args(workload)}`", ""]
     return lines + _table(header, rows) + ([""] + notes if notes else []) + [""]
 
 
@@ -170,7 +196,7 @@ def routed_table(name: str, runs: list[RunResult]) -> list[str]:
         )
         if run.error:
             notes.append(f"- {target}: {run.error}")
-    args = " ".join(pgbench_args(workload))
+    args = _shown_args(workload)
     legend = (
         "Commits: pg_stat_database xact_commit summed over all databases of each node, "
         "from before the warm-up to after the pooler stopped (both runs of a target); "
@@ -222,9 +248,14 @@ def _met(ratio: str, target: float) -> str:
 
 
 def summary_table(runs: list[RunResult], workloads: list[str], targets: list[str]) -> list[str]:
-    """TPS of every (workload, target), with its ratios to pgbouncer-session and direct."""
+    """TPS of every (workload, target), with its ratios to its mode's PgBouncer and direct."""
     by_key = {(run.workload, run.target): run for run in runs}
     header = ["workload"] + targets
+    # A ratio is shown when some target's reference of its kind ran at all.
+    shown = {
+        "pgbouncer": any(pgbouncer_of(t) in targets for t in targets),
+        "direct": "direct" in targets,
+    }
     rows = []
     for name in workloads:
         if WORKLOADS[name].routed:
@@ -236,16 +267,141 @@ def summary_table(runs: list[RunResult], workloads: list[str], targets: list[str
                 row.append("-")
                 continue
             text = _num(run.tps)
-            ratios = [_ratio(run, by_key.get((name, ref))) for ref in REFERENCES if ref in targets]
+            refs = {"pgbouncer": pgbouncer_of(target), "direct": "direct"}
+            ratios = [_ratio(run, by_key.get((name, refs[kind]))) for kind in REFERENCES]
+            ratios = [ratio for kind, ratio in zip(REFERENCES, ratios) if shown[kind]]
             if ratios and any(r != "-" for r in ratios):
                 text += " (" + " / ".join(ratios) + ")"
             if not run.ok:
                 text += " " + _status(run)
             row.append(text)
         rows.append(row)
-    shown = " / ".join(f"÷ {ref}" for ref in REFERENCES if ref in targets)
-    legend = f"TPS ({shown})" if shown else "TPS"
-    return ["## Summary", "", f"Cells: {legend}.", ""] + _table(header, rows) + [""]
+    names = [f"÷ {'PgBouncer' if kind == 'pgbouncer' else kind}" for kind in REFERENCES]
+    names = [text for kind, text in zip(REFERENCES, names) if shown[kind]]
+    legend = f"TPS ({' / '.join(names)})." if names else "TPS."
+    if shown["pgbouncer"]:
+        legend += " " + PGBOUNCER_LEGEND
+    return ["## Summary", "", f"Cells: {legend}", ""] + _table(header, rows) + [""]
+
+
+def _of(run: Optional[RunResult], value: str) -> str:
+    """``value`` for a run that is ok, else its status (or "-" when it did not run)."""
+    if run is None:
+        return "-"
+    return value if run.ok else _status(run)
+
+
+def transaction_summary(runs: list[RunResult], workloads: list[str]) -> list[str]:
+    """Issue #18's comparison: pgpool-tw ÷ PgBouncer, both pooling by transaction."""
+    by_key = {(run.workload, run.target): run for run in runs}
+    tw_name, bouncer_name = TRANSACTION_PAIR
+    header = ["workload", f"{tw_name} TPS", f"{bouncer_name} TPS", "tw ÷ PgBouncer"]
+    header += [f"≥ {TARGET_VS_PGBOUNCER:g}?", "servers at start tw / PgBouncer"]
+    header += ["CPU µs/tx tw / PgBouncer", "failed tx tw / PgBouncer"]
+    rows = []
+    notes = []
+    for name in workloads:
+        if WORKLOADS[name].routed:
+            continue
+        tw, bouncer = by_key.get((name, tw_name)), by_key.get((name, bouncer_name))
+        if tw is None and bouncer is None:
+            continue
+        pair = (tw, bouncer)
+        ratio = "-" if tw is None else _ratio(tw, bouncer)
+        rows.append(
+            [
+                name,
+                _of(tw, _num(tw.tps) if tw else "-"),
+                _of(bouncer, _num(bouncer.tps) if bouncer else "-"),
+                ratio,
+                _beats(tw, bouncer, ratio),
+                " / ".join("-" if r is None else _servers(r) for r in pair),
+                " / ".join("-" if r is None else _num(r.cpu_us_per_tx, 1) for r in pair),
+                " / ".join(_of(r, _num(r.failed)) if r else "-" for r in pair),
+            ]
+        )
+        notes += [f"- {name} {r.target}: {r.error}" for r in pair if r is not None and r.error]
+    if not rows:
+        return []
+    intro = (
+        f"{tw_name} and {bouncer_name}: pool_mode transaction, "
+        + ", ".join(f"{k} = {v}" for k, v in TRANSACTION_POOL.items())
+        + ", every other pool setting at its default. Issue #18's target: pgpool-tw ≥ "
+        "PgBouncer on S2 (-M prepared) and S5 (500 clients); a PgBouncer that fails a "
+        'workload (1.18 fails S2: "prepared statement "P_0" already exists") loses it.'
+    )
+    lines = ["## Transaction pooling (issue #18)", "", intro, ""] + _table(header, rows)
+    return lines + ([""] + notes if notes else []) + [""]
+
+
+def _beats(tw: Optional[RunResult], bouncer: Optional[RunResult], ratio: str) -> str:
+    """Whether pgpool-tw met TARGET_VS_PGBOUNCER: a failed PgBouncer run counts as met."""
+    if tw is None or bouncer is None:
+        return "-"
+    if not tw.ok:
+        return f"NO ({tw.target} {_status(tw)})"
+    if not bouncer.ok:
+        return f"yes ({bouncer.target} {_status(bouncer)})"
+    return _met(ratio, TARGET_VS_PGBOUNCER)
+
+
+#: What S7's SET does to each kind of target's server connections.
+_PIN_EFFECT = {
+    "pgpool-tw-transaction": "pinned: keeps its server from its first transaction on",
+    "pgbouncer-transaction": "no pin: PgBouncer leaves the SET on whichever server ran it",
+}
+
+
+def pinned_table(runs: list[RunResult], workloads: list[str]) -> list[str]:
+    """What a pinned session costs: S7 (each client pinned) ÷ S1 (the same transactions,
+    unpinned), for every target that ran both, PgBouncer's the yardstick for the script
+    and the machine's drift between the two workloads."""
+    if PINNED not in workloads or UNPINNED not in workloads:
+        return []
+    by_key = {(run.workload, run.target): run for run in runs}
+    header = ["target", f"{UNPINNED} TPS", f"{PINNED} TPS (pinned)", f"{PINNED} ÷ {UNPINNED}"]
+    header += [f"CPU µs/tx {UNPINNED} / {PINNED}", f"servers at start {UNPINNED} / {PINNED}"]
+    header += ["what the SET does"]
+    rows = []
+    ratios: dict[str, float] = {}
+    for run in runs:
+        if run.workload != PINNED or (UNPINNED, run.target) not in by_key:
+            continue
+        unpinned = by_key[(UNPINNED, run.target)]
+        ratio = _ratio(run, unpinned) if run.ok else "-"
+        if ratio != "-" and run.tps is not None and unpinned.tps:
+            ratios[run.target] = run.tps / unpinned.tps
+        rows.append(
+            [
+                run.target,
+                _of(unpinned, _num(unpinned.tps)),
+                _of(run, _num(run.tps)),
+                ratio,
+                f"{_num(unpinned.cpu_us_per_tx, 1)} / {_num(run.cpu_us_per_tx, 1)}",
+                f"{_servers(unpinned)} / {_servers(run)}",
+                _PIN_EFFECT.get(run.target, "session pooling: a server per client anyway"),
+            ]
+        )
+    if not rows:
+        return []
+    tw_name, bouncer_name = TRANSACTION_PAIR
+    intro = (
+        f"{PINNED} is {UNPINNED}'s transaction, each client pinned by `SET statement_timeout` "
+        "outside a transaction block in its first one (bench/pinned-select.sql)."
+    )
+    lines = (
+        ["## Pinned sessions in transaction pooling (issue #18)", "", intro, ""]
+        + _table(header, rows)
+        + [""]
+    )
+    if tw_name in ratios and bouncer_name in ratios:
+        net = ratios[tw_name] / ratios[bouncer_name]
+        lines += [
+            f"A pin's cost in {tw_name}, net of the script and the drift between the two "
+            f"workloads ({PINNED} ÷ {UNPINNED} over {bouncer_name}'s): {net:.2f}.",
+            "",
+        ]
+    return lines
 
 
 def memory_table(results: list[MemoryResult]) -> list[str]:
@@ -282,6 +438,8 @@ def markdown(
     lines.append("")
     lines.append("## Workloads")
     lines.append("")
+    if any(not WORKLOADS[name].routed for name in workloads):
+        lines += [PGBOUNCER_LEGEND, ""]
     for name in workloads:
         if WORKLOADS[name].routed:
             lines += routed_table(name, runs)
@@ -289,6 +447,8 @@ def markdown(
             lines += workload_table(name, runs, targets)
     if any(not WORKLOADS[name].routed for name in workloads):
         lines += summary_table(runs, workloads, targets)
+    lines += transaction_summary(runs, workloads)
+    lines += pinned_table(runs, workloads)
     lines += routing_summary(runs, workloads)
     if memory:
         lines += memory_table(memory)

@@ -2,9 +2,12 @@
 
 Owns: writing a config for ``direct`` (PostgreSQL itself, nothing to start),
 ``pgbouncer-session``, ``pgbouncer-transaction``, ``pgpool2`` (pgpool-II from Debian),
-``pgpool-tw``, ``pgpool-tw-pure`` (its C relay turned off) and ``pgpool-tw-pypy``
+``pgpool-tw``, ``pgpool-tw-transaction`` (its transaction pooling, issue #18),
+``pgpool-tw-pure`` (its C relay turned off) and ``pgpool-tw-pypy``
 into a fresh directory of the run's temp dir, and starting it on a free
-loopback port as a subprocess run by hand (never a system service).  For a routed
+loopback port as a subprocess run by hand (never a system service).  The two
+transaction-mode targets get the same pool limits (``TRANSACTION_POOL``), so that they
+compare like for like.  For a routed
 workload the poolers that route (``ROUTING_TARGETS``) get two backends, the primary and
 its streaming replica, with the same routing settings (``routing_settings``), and
 ``pgpool-tw-single`` is pgpool-tw with the primary alone, the yardstick for routing's
@@ -35,9 +38,16 @@ TARGETS = (
     "pgbouncer-transaction",
     "pgpool2",
     "pgpool-tw",
+    "pgpool-tw-transaction",
     "pgpool-tw-pure",
     "pgpool-tw-pypy",
 )
+#: Run only when named in --targets: the default run stays the session-mode comparison
+#: it has been (and under 10 minutes).
+NAMED_ONLY = ("pgpool-tw-transaction",)
+#: The pairs the issues' targets compare, PgBouncer first, one per pool mode: the report
+#: reads each pgpool-tw target against its own mode's PgBouncer.
+PAIRS = (("pgbouncer-session", "pgpool-tw"), ("pgbouncer-transaction", "pgpool-tw-transaction"))
 #: The targets that load balance reads over a primary and a replica (routed workloads).
 ROUTING_TARGETS = ("pgpool2", "pgpool-tw", "pgpool-tw-pure", "pgpool-tw-pypy")
 #: pgpool-tw with the primary alone, run beside routed pgpool-tw; not a --targets choice.
@@ -52,11 +62,6 @@ PYPY_TWISTD = os.path.join(
 )
 
 
-def default_targets() -> list[str]:
-    """Every target, less pgpool-tw-pypy when its venv is missing."""
-    return [t for t in TARGETS if t != "pgpool-tw-pypy" or os.path.exists(PYPY_TWISTD)]
-
-
 BINARIES = {
     "pgbouncer-session": "pgbouncer",
     "pgbouncer-transaction": "pgbouncer",
@@ -65,10 +70,43 @@ BINARIES = {
 
 # pgbouncer refuses more clients than this; the memory part opens 10,000.
 MAX_CLIENT_CONN = 11000
+#: Both transaction-mode targets' pool limits, in both programs' words (issue #18: 20
+#: server connections; room for S5's 500 clients and psql's checks).  Every other pool
+#: setting is left at its default, which the two programs share (min_pool_size 0,
+#: reserve_pool_size 0, query_wait_timeout 120, server_idle_timeout 600).
+TRANSACTION_POOL = {"default_pool_size": 20, "max_client_conn": 1000}
 # Room above the largest pgbench client count (psql's readiness check, one spare or so).
 SPARE_SLOTS = 5
 START_ATTEMPTS = 3
 CHILDREN_TIMEOUT = 60.0
+
+
+def default_targets() -> list[str]:
+    """Every target but the NAMED_ONLY ones, less pgpool-tw-pypy when its venv is missing."""
+    return [
+        t
+        for t in TARGETS
+        if t not in NAMED_ONLY and (t != "pgpool-tw-pypy" or os.path.exists(PYPY_TWISTD))
+    ]
+
+
+def pool_sizing(max_clients: int) -> str:
+    """The pool limits of every target, for the report's header (``Bench._meta``)."""
+    slots = max_clients + SPARE_SLOTS
+    tx = TRANSACTION_POOL
+    return (
+        f"pgpool-II and pgpool-tw num_init_children={slots} max_pool=1; pgbouncer-session "
+        f"default_pool_size={slots} max_client_conn={MAX_CLIENT_CONN}; pgbouncer-transaction "
+        f"and pgpool-tw-transaction (pool_mode transaction) default_pool_size="
+        f"{tx['default_pool_size']} max_client_conn={tx['max_client_conn']}, every other "
+        "pool setting at its default"
+    )
+
+
+def pgbouncer_of(target: str) -> str:
+    """The PgBouncer target ``target`` is compared with: its PAIRS partner, else session's."""
+    return next((bouncer for bouncer, tw in PAIRS if tw == target), "pgbouncer-session")
+
 
 # ``python -m twisted`` is ``twist`` (no -n); this is ``twistd`` itself.
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
@@ -173,6 +211,10 @@ class Launcher:
             return self._pgpool2(workdir, port, routing)
         if name in ("pgpool-tw", SINGLE):
             return self._pgpool_tw(workdir, port, idle_clients, None, name, None, routing)
+        if name == "pgpool-tw-transaction":
+            return self._pgpool_tw(
+                workdir, port, idle_clients, None, name, None, None, TRANSACTION_POOL
+            )
         if name == "pgpool-tw-pure":
             return self._pgpool_tw(
                 workdir, port, idle_clients, None, name, PURE_PYTHON_ENV, routing
@@ -227,6 +269,11 @@ class Launcher:
     def _pgbouncer(self, name: str, workdir: str, port: int, idle_clients: bool) -> Server:
         mode = name.split("-", 1)[1]
         pool_size = self.max_clients + SPARE_SLOTS
+        max_client_conn = MAX_CLIENT_CONN  # the memory part's 10,000 idle clients fit
+        if mode == "transaction":
+            pool_size = TRANSACTION_POOL["default_pool_size"]
+            if not idle_clients:
+                max_client_conn = TRANSACTION_POOL["max_client_conn"]
         backend = f"host={self.pg.host} port={self.pg.port}"
         lines = [
             "[databases]",
@@ -240,7 +287,7 @@ class Launcher:
             "auth_type = trust",
             f"auth_file = {workdir}/userlist.txt",
             f"pool_mode = {mode}",
-            f"max_client_conn = {MAX_CLIENT_CONN}",
+            f"max_client_conn = {max_client_conn}",
             f"default_pool_size = {pool_size}",
             f"pidfile = {workdir}/pgbouncer.pid",
             "admin_users = postgres",
@@ -308,7 +355,14 @@ class Launcher:
         name: str = "pgpool-tw",
         env: Optional[dict[str, str]] = None,
         routing: Optional[dict[str, object]] = None,
+        transaction_pool: Optional[dict[str, int]] = None,
     ) -> Server:
+        """pgpool-tw; with ``transaction_pool``, in transaction mode with those limits.
+
+        num_init_children stays as in session mode: it bounds session-mode clients only,
+        and a pgpool-tw without transaction mode (which warns of the settings it does not
+        know and pools by session) must still serve every client of the workload.
+        """
         settings: dict[str, object] = {
             "listen_addresses": "127.0.0.1",
             "port": port,
@@ -319,6 +373,11 @@ class Launcher:
             "max_pool": 1,
             "connection_cache": True,
         }
+        if transaction_pool is not None:
+            settings["pool_mode"] = "transaction"
+            settings.update(transaction_pool)
+            if idle_clients:  # the memory part's 10,000 idle clients, as for PgBouncer
+                settings["max_client_conn"] = MAX_CLIENT_CONN
         if idle_clients:
             settings["authentication_timeout"] = 0
         if routing is not None:

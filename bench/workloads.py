@@ -1,7 +1,9 @@
 """The pgbench workloads, one pgbench run, and what its output says.
 
-Owns: the pgbench arguments of S1..S6 (one PostgreSQL) and R1..R3 (routed: a primary and
-its streaming replica behind the pooler), the warm-up before a timed run, running pgbench
+Owns: the pgbench arguments of S1..S7 (one PostgreSQL; S7 is S1 with every client pinned
+to its server by a session setting, for transaction pooling's cost of a pin, issue #18)
+and R1..R3 (routed: a primary and its streaming replica behind the pooler), the pgbench
+scripts of ``bench/`` they name, the warm-up before a timed run, running pgbench
 with a hard wall-clock timeout, parsing its summary (TPS, average latency, failed and
 processed transactions), and combining one target's runs of a workload into one result.
 
@@ -10,6 +12,7 @@ Must never: raise on a pgbench failure (a failed run is a result), or judge spee
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -20,6 +23,7 @@ from procs import client_env, pg_bin
 
 _N = TypeVar("_N", int, float)
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT_MARGIN = 60.0  # seconds past --duration before a pgbench run counts as hung
 WARM_UP_TIMEOUT = 120.0  # seconds before a warm-up counts as hung
 
@@ -35,12 +39,33 @@ class Workload:
     routed: bool = False
     #: Also run single-backend pgpool-tw, the yardstick for what routing costs it.
     single_too: bool = False
+    #: A pgbench script file in bench/ (``-f``), when the built-in ones do not serve.
+    script: str = ""
+    #: Run only when named in --workloads.
+    named_only: bool = False
 
 
 WORKLOADS = {
     w.name: w
     for w in (
         Workload("S1", "select-only, simple protocol, 16 clients", ("-S", "-M", "simple"), 16),
+        # S1 with each client pinned to its server for good: its first transaction runs
+        # `SET statement_timeout` outside a transaction block, which a transaction pooler
+        # that keeps sessions whole must pin for (a setting it does not replay), then its
+        # own `SELECT count(*) FROM pgbench_branches \gset` for S1's range of accounts
+        # (a custom script's :scale is not the table's); every later transaction is
+        # S1's, statement for statement.  With pgpool-tw-transaction, S7 ÷ S1 is what a
+        # pin costs; PgBouncer pins nothing (the SET just stays on some server), so its
+        # S7 ÷ S1 is the yardstick for the script and the minutes between the two.  Next
+        # to S1 here, so that --workloads runs the two back to back.
+        Workload(
+            "S7",
+            "select-only, simple protocol, 16 clients, each pinned by a SET",
+            ("-M", "simple", "-D", "nbranches=0"),
+            16,
+            script="pinned-select.sql",
+            named_only=True,
+        ),
         Workload("S2", "select-only, prepared, 16 clients", ("-S", "-M", "prepared"), 16),
         Workload("S3", "TPC-B-like read/write, 16 clients", (), 16),
         Workload("S4", "select-only, connect per transaction, 16 clients", ("-S", "-C"), 16),
@@ -66,13 +91,18 @@ WORKLOADS = {
         ),
     )
 }
-#: What runs when --workloads is not given: the one-PostgreSQL workloads.  The routed ones
-#: add a replica and about three minutes, so they run when named.
-DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if not w.routed)
+#: What runs when --workloads is not given: the one-PostgreSQL workloads but S7.  The
+#: routed ones add a replica and about three minutes, so they run when named; S7 measures
+#: transaction mode only.
+DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if not (w.routed or w.named_only))
 
 
-def pgbench_args(workload: Workload) -> list[str]:
-    args = list(workload.args) + ["-c", str(workload.clients)]
+def pgbench_args(workload: Workload, script_dir: str = HERE) -> list[str]:
+    """pgbench's arguments for ``workload``, its script (if any) found in ``script_dir``."""
+    args = list(workload.args)
+    if workload.script:
+        args += ["-f", os.path.join(script_dir, workload.script)]
+    args += ["-c", str(workload.clients)]
     if workload.clients > 1:
         args += ["-j", "2"]
     return args
