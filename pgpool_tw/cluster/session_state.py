@@ -30,6 +30,10 @@ Rules:
   cleared by ``DISCARD TEMP``.
 - ``hold_cursor``: ``DECLARE … WITH HOLD``; cleared by ``CLOSE ALL``.
 - ``load``: ``LOAD`` (a library stays loaded); nothing clears it.
+- ``prepared``: SQL ``PREPARE`` (its name is the client's, in the server's namespace);
+  cleared by ``DEALLOCATE ALL``.  ``DEALLOCATE name`` is reported (``deallocate``) so the
+  session can tell its own protocol-level statements apart: those never exist under the
+  client's name on a server.
 - ``DISCARD ALL`` clears everything (``ALL``).
 - Text that does not parse: ``unparsed``, a pin nothing clears (the safe side).
 
@@ -51,6 +55,7 @@ __all__ = [
     "HOLD_CURSOR",
     "LISTEN",
     "LOAD",
+    "PREPARED",
     "REPLAYABLE",
     "ROLE",
     "SET",
@@ -62,6 +67,7 @@ __all__ = [
 
 SET, ROLE, LISTEN, ADVISORY_LOCK = "set", "role", "listen", "advisory_lock"
 TEMP_TABLE, HOLD_CURSOR, LOAD, UNPARSED = "temp_table", "hold_cursor", "load", "unparsed"
+PREPARED = "prepared"
 #: What DISCARD ALL clears: every reason.
 ALL = "all"
 
@@ -101,9 +107,11 @@ class StateEffect:
     pins: frozenset[str] = frozenset()
     #: Reasons it clears (``ALL``: every one, DISCARD ALL).
     clears: frozenset[str] = frozenset()
-    #: Statements to run again on another server (SET/RESET of a REPLAYABLE setting), with
-    #: the setting each is about.
+    #: Statements to run again on another server (SET of a REPLAYABLE setting), with the
+    #: setting each is about; a RESET of one has the text "" (back to the login's value).
     replay: tuple[tuple[str, str], ...] = ()
+    #: The names of ``DEALLOCATE name`` statements; "" for ``DEALLOCATE ALL``.
+    deallocate: tuple[str, ...] = ()
 
 
 _NOTHING = StateEffect()
@@ -131,15 +139,19 @@ def _effect(text: str) -> StateEffect:
     pins: set[str] = set()
     clears: set[str] = set()
     replay: list[tuple[str, str]] = []
+    deallocate: list[str] = []
     for item in statements:
         node = item.get("stmt", {})
         start = item.get("stmt_location", 0)
         length = item.get("stmt_len", 0) or len(text) - start
         _statement(node, text[start : start + length].strip(), pins, clears, replay)
         _functions(node, pins, clears)
-    if not (pins or clears or replay):
+        body = node.get("DeallocateStmt")
+        if isinstance(body, dict):
+            deallocate.append("" if body.get("isall") else str(body.get("name", "")))
+    if not (pins or clears or replay or deallocate):
         return _NOTHING
-    return StateEffect(frozenset(pins), frozenset(clears), tuple(replay))
+    return StateEffect(frozenset(pins), frozenset(clears), tuple(replay), tuple(deallocate))
 
 
 def _statement(
@@ -168,6 +180,10 @@ def _statement(
             clears.add(TEMP_TABLE)
     elif kind == "LoadStmt":
         pins.add(LOAD)
+    elif kind == "PrepareStmt":
+        pins.add(PREPARED)
+    elif kind == "DeallocateStmt" and body.get("isall"):
+        clears.add(PREPARED)
     elif _temporary(kind, body):
         pins.add(TEMP_TABLE)
 
@@ -189,7 +205,7 @@ def _variable_set(
     if name in ("role", "session_authorization"):
         (clears if kind == "VAR_RESET" else pins).add(ROLE)
     elif name in REPLAYABLE:
-        replay.append((name, text))
+        replay.append((name, "" if kind == "VAR_RESET" else text))
     elif kind != "VAR_RESET":
         pins.add(SET)
 

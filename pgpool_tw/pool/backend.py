@@ -10,6 +10,7 @@ whether it may be reused: the pool does.  ``connector.py`` opens the connection.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -106,6 +107,11 @@ class BackendProtocol(Protocol):
         #: Its node was detached or changed role since it logged in: never pooled again.
         self.stale = False
         self.sessions = 0
+        #: Transaction mode (session/transaction.py): the pooler's prepared statements on
+        #: this server, least recently used first (max_prepared_statements bounds them),
+        #: and the replayable settings clients SET here (setting -> statement).
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()
+        self.replayed: dict[str, str] = {}
         self.created = clock.seconds()
         self.idle_since = self.created
         self.tracker: Optional[SessionTracker] = None

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from pgpool_tw.config.settings import Config
 from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.leases import Leases
 from pgpool_tw.protocol.messages import IDLE, query
 from pgpool_tw.stats.counters import Totals
 
@@ -145,6 +146,10 @@ class Pool:
         self.discarded = 0
         #: Per pool key: the time admitted clients waited (``Counters.wait_time``).
         self.totals = Totals()
+        #: Transaction pooling: its clients (max_client_conn bounds them), and the
+        #: servers they borrow one transaction at a time (leases.py).
+        self.transaction_sessions: dict[Any, Key] = {}
+        self.leases = Leases(lambda: self.config, clock, self.totals)
 
     # -- client admission --------------------------------------------------------
 
@@ -168,8 +173,18 @@ class Pool:
         if self.lender is not None:
             self.lender.sessions_changed(self.free_slots(), len(self._waiting))
 
+    def admit_transaction(self, session: Any, key: Key) -> bool:
+        """A transaction-mode client: in at once while fewer than max_client_conn are
+        (its servers, not its slot, are what it may wait for); False: refused."""
+        if len(self.transaction_sessions) >= self.config.max_client_conn:
+            return False
+        self.transaction_sessions[session] = key
+        return True
+
     def withdraw(self, session: Any) -> None:
         """The session ended or gave up waiting; admit the next in line."""
+        if self.transaction_sessions.pop(session, None) is not None:
+            return
         key = self.sessions.pop(session, None)
         if key is None:
             self._waiting = deque(item for item in self._waiting if item[0] is not session)
@@ -288,6 +303,10 @@ class Pool:
         return ""
 
     def _reset_done(self, server: BackendProtocol, ok: bool) -> None:
+        # Transaction mode's bookkeeping of this server's session (reset_query_list's
+        # DISCARD ALL drops prepared statements and settings): start afresh.
+        server.prepared.clear()
+        server.replayed.clear()
         if not (ok and server.connected_ok):
             # _forget cancels the timer and gives a waiting claimant None.
             self._discard(server, _RESET_FAILED)
@@ -380,6 +399,7 @@ class Pool:
                 self._discard(server, why)
         for gone in [k for k in self._key_last_left if k not in self._by_key]:
             del self._key_last_left[gone]
+        self.leases.tick()
         if self.lender is not None:
             self.lender.tick()
 
@@ -389,19 +409,22 @@ class Pool:
         for server in servers:
             self._discard(server, "asked to close idle connections")
         lent = self.lender.reclaim_all("asked to close idle connections") if self.lender else 0
-        return len(servers) + lent
+        return len(servers) + lent + self.leases.close_idle()
 
     def retire(self, which: Callable[[BackendProtocol], bool]) -> None:
         """Close every idle or resetting server for which ``which`` holds (failover: its
         node went down or changed role), and every server parked in the warm lane."""
         for server in [s for s in list(self._idle) + list(self._resetting) if which(s)]:
             self._discard(server, "its node was detached or changed role")
+        self.leases.retire(which)
         if self.lender is not None:
             self.lender.reclaim_all("a node was detached or changed role")
 
     def close_all(self) -> None:
         self.closing = True
+        self.leases.closing = True
         self.close_idle()
+        self.leases.close_all()
         for server in list(self._resetting):
             self._discard(server, "shutting down")
 

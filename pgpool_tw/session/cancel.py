@@ -76,6 +76,14 @@ class CancelRegistry(Generic[T]):
         if entry is not None and entry[1] is session:
             del self._sessions[pid]
 
+    def unused_pid(self) -> int:
+        """A pid for a client whose server changes (transaction pooling): above any
+        PostgreSQL pid (pid_max is at most 2^22), unused by a live session."""
+        while True:
+            pid = (new_secret() & 0x3FFFFFFF) | 0x40000000
+            if pid not in self._sessions:
+                return pid
+
     def lookup(self, pid: int, secret: int) -> Optional[T]:
         """The session this key belongs to, compared in constant time, or None."""
         entry = self._sessions.get(pid)

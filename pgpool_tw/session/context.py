@@ -33,6 +33,7 @@ from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.cancel import CancelRegistry
 from pgpool_tw.session.routed import RoutedStream, RoutingRules
+from pgpool_tw.session.transaction import StatementNames
 from pgpool_tw.stats.events import EventHub
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class SessionContext:
         self.tls = TLSContexts()
         #: Live sessions by the cancel key their client was given.
         self.cancels: CancelRegistry[Any] = CancelRegistry()
+        #: Transaction pooling: the pooler's name for each prepared statement.
+        self.statement_names = StatementNames()
         #: Open client connections, so a shutdown can wait for all of them.
         self.clients: set[Any] = set()
         self.servers = ServerBook(self.events)

@@ -186,6 +186,24 @@ class FrontendProtocol(Protocol):
             factory.fast_streams.add(stream)
             stream.rearm()
 
+    def start_tx_relay(self, stream: SessionTracker) -> None:
+        """Transaction pooling: every chunk goes to the stream, which sends to whichever
+        server the client holds; Twisted reads the sockets (no C relay yet)."""
+        self.tracker = stream
+        self.server_write = discard
+        self.relaying = True
+        self._idle_since = self.factory.reactor.seconds()
+
+    def tx_attach(self, server: BackendProtocol) -> None:
+        """Flow control pairs the client with the server it holds now."""
+        if self._producers is None:
+            self._producers = link(self.transport, server.transport)
+
+    def tx_detach(self, server: BackendProtocol) -> None:
+        producers, self._producers = self._producers, None
+        if producers is not None:
+            unlink(self.transport, server.transport, producers)
+
     def drop_leg(self, server: BackendProtocol) -> None:
         """A routed session lets a server go: Twisted reads it again."""
         if self._router is not None:

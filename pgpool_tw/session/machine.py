@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from pgpool_tw.config.pooling import TRANSACTION
 from pgpool_tw.pool.key import PoolKey, pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
@@ -41,6 +42,7 @@ from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import cancel
 from pgpool_tw.session.balance import BalanceLeg
 from pgpool_tw.session.handshake import Handshake
+from pgpool_tw.session.lease import Borrow
 from pgpool_tw.session.legs import Leg
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
 from pgpool_tw.session.routed import RoutedStream
@@ -53,10 +55,12 @@ from pgpool_tw.session.states import (
     STARTUP,
     WAITING,
 )
+from pgpool_tw.session.transaction import TransactionStream
 from pgpool_tw.stats.events import SessionInfo
 
 if TYPE_CHECKING:
     from pgpool_tw.net.deadlines import Deadline
+    from pgpool_tw.pool.leases import Ticket
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.session.context import SessionContext
     from pgpool_tw.session.io import ClientIO
@@ -74,13 +78,17 @@ class Session:
         "__weakref__",
         "_auth_ok_sent",
         "_balance",
+        "_borrow",
         "_buffer",
         "_handshake",
         "_in_pool",
         "_info",
         "_lb_node",
         "_password",
+        "_placed",
         "_secret",
+        "_ticket",
+        "_tx_pid",
         "server_login",
         "_timer",
         "context",
@@ -94,6 +102,7 @@ class Session:
         "startup_raw",
         "state",
         "tracker",
+        "tx",
     )
 
     def __init__(self, context: SessionContext, io: ClientIO) -> None:
@@ -123,6 +132,14 @@ class Session:
         self._balance: Optional[BalanceLeg] = None
         self.lb_server: Optional[BackendProtocol] = None
         self.routed: Optional[RoutedStream] = None
+        #: Transaction pooling (pool_mode): the stream over the servers it borrows, the
+        #: request for the next one, the login's turn in the leases' queue, whether the
+        #: login holds a place for a new server, and the pid the client was told.
+        self.tx: Optional[TransactionStream] = None
+        self._borrow: Optional[Borrow] = None
+        self._ticket: Optional[Ticket] = None
+        self._placed = False
+        self._tx_pid = 0
 
     # -- the one function that moves the state ------------------------------------
 
@@ -180,7 +197,10 @@ class Session:
         """A clean Terminate: the server is reset and pooled if the session was in sync."""
         tracker = self.tracker
         assert tracker is not None
-        self._release_server(tracker.in_sync)
+        if self.tx is not None:
+            self._end_tx()
+        else:
+            self._release_server(tracker.in_sync)
         self._move(CLOSED)
         self._leave_pool()
         self.io.finish()
@@ -189,7 +209,9 @@ class Session:
         """The client's connection closed (for whatever reason)."""
         state = self.state
         self._move(CLOSED)
-        if state == RELAY and self.server is not None:
+        if self.tx is not None:
+            self._end_tx()
+        elif state == RELAY and self.server is not None:
             tracker = self.tracker
             assert tracker is not None
             self._release_server(tracker.in_sync and tracker.status == m.IDLE)
@@ -198,6 +220,12 @@ class Session:
         elif state == SETTING and self._balance is not None:
             self._balance.abandon()
             self._give_back_primary()
+        if self._ticket is not None:
+            ticket, self._ticket = self._ticket, None
+            self.context.pool.leases.withdraw(ticket)
+        if self._placed:
+            self._placed = False
+            self.context.pool.leases.open_failed(self.key)
         self._leave_pool()
 
     def started(self, startup: StartupMessage, raw: bytes, rest: bytes) -> None:
@@ -259,8 +287,20 @@ class Session:
             else:
                 self.fatal("08006", "no backend node is configured (backend_hostname0)")
             return
-        self._in_pool = True
         self.key = pool_key(node.index, self.startup)
+        config = context.config
+        if config.pool_mode_for(self.startup.user, self.startup.database) == TRANSACTION:
+            if not context.pool.admit_transaction(self, self.key):
+                self.fatal(
+                    "53300",
+                    f"sorry, too many clients already (max_client_conn = {config.max_client_conn})",
+                )
+                return
+            self._in_pool = True
+            self._tx_pid = context.cancels.unused_pid()
+            self.admitted()
+            return
+        self._in_pool = True
         if self.context.pool.admit(self, self.key):
             self.admitted()
             return
@@ -282,16 +322,36 @@ class Session:
             self._start_timer()  # it waited for the slot; the login's time starts again
         # Until a server is attached, client bytes are kept, never parsed as startup.
         self._move(WAITING)
+        if self._tx_pid:
+            # Transaction pooling: the login takes its server from the key's leases too,
+            # waiting its turn when default_pool_size servers are busy.
+            self._ticket = self.context.pool.leases.lease(
+                self.key, self._acquired, self._login_expired, self.verified
+            )
+            return
         self.context.pool.acquire(self.key, self._acquired, self.verified)
 
     def _acquired(self, server: Optional[BackendProtocol]) -> None:
+        self._ticket = None
         if self.state == CLOSED:
             if server is not None:
                 self.context.pool.give_back(server, True)
+            elif self._tx_pid:
+                self.context.pool.leases.open_failed(self.key)
         elif server is not None:
             self._reuse(server)
         else:
+            self._placed = bool(self._tx_pid)  # a place for a new server is ours
             self.connect()
+
+    def _login_expired(self) -> None:
+        self._ticket = None
+        config = self.context.config
+        self.fatal(
+            "53300",
+            f"query_wait_timeout: no server connection was free for "
+            f"{config.query_wait_timeout:g}s (default_pool_size = {config.default_pool_size})",
+        )
 
     def connect(self, tls_override: Optional[Any] = None) -> None:
         """Log in on a new server connection to the node of the session's pool key."""
@@ -343,6 +403,23 @@ class Session:
         """
         if self.state == RELAY:
             self.context.server_failed(server.node.index, why)
+        stream = self.tx
+        if stream is not None and self.state == RELAY:
+            if server is stream.server:
+                log.warn(
+                    "client={client} server={server} lost mid-transaction: {why}",
+                    client=self.peer,
+                    server=server.node.address,
+                    why=why,
+                )
+                stream.detached()
+                self.io.tx_detach(server)
+                self.context.pool.leases.forget(server)
+                if stream.server_at_boundary:
+                    text = "server closed the connection unexpectedly"
+                    self.io.send(m.error_response("08006", text))
+                self.io.close()
+            return
         if server is self.lb_server and self._lb_lost(server, why):
             return
         if self.state == RELAY and self.server is not None:
@@ -381,6 +458,13 @@ class Session:
         if state == CLOSED:
             return
         server = self.server
+        stream = self.tx
+        if stream is not None and state == RELAY:
+            # Its next transactions would go to that node: the client reconnects instead.
+            tx_key = self.key
+            if tx_key is not None and tx_key.node == index:
+                self.fatal("57P01", text)
+            return
         if state == RELAY and server is not None:
             lb = self.lb_server
             dropped = lb is not None and lb.node.index == index and self._drop_lb(lb)
@@ -425,6 +509,9 @@ class Session:
 
     def server_logged_in(self, server: BackendProtocol) -> None:
         self.context.node_up(server.node)
+        if self._placed:
+            self._placed = False
+            self.context.pool.leases.opened(server)
         if self.state == CONNECTING:
             self._attach(server)
         else:
@@ -439,17 +526,20 @@ class Session:
         A session that routes opens its load-balancing server first (``BalanceLeg``).
         """
         self.server = server
-        if self._lb_node is None and self._open_balance(server):
+        if self._lb_node is None and not self._tx_pid and self._open_balance(server):
             return
         self._secret = cancel.new_secret()
         end, _ = login_end(
             server.parameter_statuses(),
-            server.pid,
+            self._tx_pid or server.pid,
             self._secret,
             server.status,
             not self._auth_ok_sent,
         )
         self.io.send(end)
+        if self._tx_pid:
+            self._start_transactions(server)
+            return
         self._start_session(server)
         warm = self.context.warm
         if warm is not None and self.routed is None:
@@ -457,6 +547,107 @@ class Session:
         data, self._buffer = self._buffer, b""
         if data:
             self.io.replay(data)
+
+    # -- transaction pooling (transaction.py: the stream; lease.py: the next server) ------
+
+    def _start_transactions(self, server: BackendProtocol) -> None:
+        """Logged in: from now on a server is held only while a transaction runs."""
+        context, startup = self.context, self.startup
+        assert startup is not None and self.key is not None
+        stream = self.tx = TransactionStream(
+            self.io.send,
+            self,
+            context.statement_names,
+            context.config.max_prepared_statements,
+            startup.application_name,
+            server,
+        )
+        self.server = None
+        self.tracker = stream  # type: ignore[assignment]
+        server.attach(self, _nowhere, stream)  # type: ignore[arg-type]
+        server.book.totals.of(self.key).logins += 1
+        context.cancels.register(self._tx_pid, self._secret, self)
+        self._move(RELAY)
+        self.io.start_tx_relay(stream)  # type: ignore[arg-type]
+        self.io.tx_attach(server)
+        if context.events.observers:
+            self._info = SessionInfo(
+                self.peer, startup.user, startup.database, startup.application_name, server.pid
+            )
+            context.events.fire("client_session_started", self._info)
+        data, self._buffer = self._buffer, b""
+        if data:
+            self.io.replay(data)
+        if self.state == RELAY:
+            stream.settle()
+
+    def want_server(self) -> None:
+        """The stream has a transaction to start and no server (``TxOwner``)."""
+        key = self.key
+        assert key is not None
+        check = self._password
+        auth = check.login.backend_auth() if check is not None else None
+        borrow = self._borrow = Borrow(self, key, auth)
+        borrow.start()
+
+    def tx_server(self, server: BackendProtocol) -> None:
+        """The server for the next transaction (``Borrow``)."""
+        self._borrow = None
+        stream = self.tx
+        if self.state != RELAY or stream is None:
+            self.context.pool.leases.release(server, True)
+            return
+        server.attach(self, _nowhere, stream)  # type: ignore[arg-type]
+        self.io.tx_attach(server)
+        stream.attach(server)
+
+    def release_server(self) -> None:
+        """The transaction ended with nothing owed: the server goes back (``TxOwner``)."""
+        stream = self.tx
+        assert stream is not None
+        server = stream.server
+        if server is None:
+            return
+        stream.detached()
+        self.io.tx_detach(server)
+        self.context.pool.leases.release(server, True)
+
+    def tx_failed(self, sqlstate: str, text: str) -> None:
+        """No server for the next transaction: the client is told, and closed."""
+        self._borrow = None
+        log.warn("client={client} {text}", client=self.peer, text=text)
+        self.fatal(sqlstate, text)
+
+    def stream_broken(self, why: str) -> None:
+        self.fatal("08P01", f"invalid frontend message: {why}")
+
+    def _end_tx(self) -> None:
+        """The client left (or is being ended): its server, if it holds one, goes back
+        when the transaction was over and nothing pinned it, else it is closed."""
+        stream = self.tx
+        assert stream is not None
+        borrow, self._borrow = self._borrow, None
+        if borrow is not None:
+            borrow.abandon()
+        server = stream.server
+        leases = self.context.pool.leases
+        if server is not None:
+            stream.detached()
+            self.io.tx_detach(server)
+            clean = stream.in_sync and stream.status == m.IDLE and not stream.pinned
+            leases.release(server, clean)
+        stream.close()
+        if self._tx_pid:
+            self.context.cancels.unregister(self._tx_pid, self)
+        info, self._info = self._info, None
+        if info is not None:
+            self.context.events.fire("client_session_ended", info)
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        """Why a transaction-mode client keeps its server (the stats snapshot shows it)."""
+        stream = self.tx
+        return tuple(sorted(stream.pinned)) if stream is not None else ()
 
     def resume(
         self, server: BackendProtocol, tracker: SessionTracker, secret: int, owed: bytes
@@ -598,6 +789,9 @@ class Session:
 
     def cancel_targets(self) -> list[BackendProtocol]:
         """The servers a CancelRequest for this session goes to: what it waits on."""
+        tx = self.tx
+        if tx is not None:
+            return [tx.server] if tx.server is not None else []
         server = self.server
         if server is None:
             return []

@@ -12,6 +12,7 @@ from pgpool_tw.cluster.session_state import (
     HOLD_CURSOR,
     LISTEN,
     LOAD,
+    PREPARED,
     ROLE,
     SET,
     TEMP_TABLE,
@@ -66,6 +67,9 @@ CASES: dict[str, tuple[set[str], set[str], list[str]]] = {
     "SELECT 1": (set(), set(), []),
     "INSERT INTO t VALUES (1)": (set(), set(), []),
     "SELEC 1": ({UNPARSED}, set(), []),
+    "PREPARE p AS SELECT 1": ({PREPARED}, set(), []),
+    "DEALLOCATE ALL": (set(), {PREPARED}, []),
+    "DEALLOCATE p": (set(), set(), []),
 }
 
 
@@ -87,6 +91,15 @@ class StateEffectTests(SynchronousTestCase):
             effect.replay,
             (("search_path", "SET search_path TO public, x"), ("timezone", "SET TIME ZONE 'UTC'")),
         )
+
+    def test_reset_replays_as_back_to_the_login_value(self) -> None:
+        self.assertEqual(state_effect("RESET TimeZone").replay, (("timezone", ""),))
+
+    def test_deallocate_names(self) -> None:
+        self.assertEqual(state_effect("DEALLOCATE _pg3_0").deallocate, ("_pg3_0",))
+        self.assertEqual(state_effect("DEALLOCATE PREPARE s").deallocate, ("s",))
+        self.assertEqual(state_effect("DEALLOCATE ALL").deallocate, ("",))
+        self.assertEqual(state_effect("SELECT 1").deallocate, ())
 
     def test_several_statements_add_up(self) -> None:
         effect = state_effect("LISTEN a; CREATE TEMP TABLE t (a int); UNLISTEN *")
