@@ -93,6 +93,7 @@ _UNIT_ENDS = frozenset((_E_SYNC, _E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
 _SIMPLE = frozenset((_E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
 
 _PARSE_COMPLETE_MSG = b"1\x00\x00\x00\x04"
+_SYNC_MESSAGE = b"S\x00\x00\x00\x04"
 _CLOSE_COMPLETE_MSG = b"3\x00\x00\x00\x04"
 _DEALLOCATE_DONE = m.message(b"C", b"DEALLOCATE\x00")
 
@@ -125,12 +126,20 @@ class StatementNames:
     when its own cache evicts it).
     """
 
-    __slots__ = ("_names", "_next", "limit")
+    __slots__ = ("_names", "_next", "limit", "parsed")
 
     def __init__(self, limit: int = 100_000) -> None:
         self._names: dict[bytes, bytes] = {}
         self._next = 0
         self.limit = limit
+        #: Names a server has parsed without an error: a client that prepares one of
+        #: these alone (Parse, Sync) while it holds no server is answered by the pooler.
+        self.parsed: set[bytes] = set()
+
+    def known(self, content: bytes) -> bool:
+        """A server parsed this statement before (so its Parse may be answered alone)."""
+        name = self._names.get(content)
+        return name is not None and name in self.parsed
 
     def name_for(self, content: bytes) -> bytes:
         name = self._names.get(content)
@@ -139,6 +148,8 @@ class StatementNames:
             name = b"pgpool_tw_%d" % self._next
             if len(self._names) >= self.limit:
                 del self._names[next(iter(self._names))]
+                if len(self.parsed) > self.limit:
+                    self.parsed.clear()
             self._names[content] = name
         return name
 
@@ -361,6 +372,9 @@ class TransactionStream:
                 break
             msg = bytes(buf[pos:end])
             if self.server is None:
+                if kind == _PARSE and not self._held and self._answer_parse(msg, buf, end):
+                    pos = end + 5  # the Sync, answered too
+                    continue
                 self._hold(msg)
             else:
                 try:
@@ -379,6 +393,27 @@ class TransactionStream:
         if not terminated:
             self._maybe_release()
         return 0 if terminated else -1
+
+    def _answer_parse(self, msg: bytes, buf: bytes | bytearray, end: int) -> bool:
+        """A Parse and Sync alone (libpq's PQprepare) of a statement a server parsed
+        before, from a client that holds no server: answered by the pooler.
+
+        Why: pgbench -M prepared prepares synchronously, one client at a time per thread;
+        if that waited for a server held by a client of the same thread mid-transaction,
+        the thread would wait for ever.  The statement is prepared on whichever server
+        the client's Bind reaches (an error it would raise comes there, not here).
+        """
+        if bytes(buf[end : end + 5]) != _SYNC_MESSAGE or not self.max_prepared:
+            return False
+        name_end = msg.index(b"\0", 5)
+        name = msg[5:name_end]
+        content = msg[name_end + 1 :]
+        if not name or not self.names.known(content):
+            return False
+        self._effect(m.decode(content[: content.index(b"\0")]))  # its pins, if any
+        self.statements[name] = content
+        self._out.append(_PARSE_COMPLETE_MSG + m.ready_for_query(self.status))
+        return True
 
     def _hold(self, msg: bytes) -> None:
         self._held.append(msg)
@@ -673,6 +708,8 @@ class TransactionStream:
             return False
         if kind == _PARSE_COMPLETE:
             if head in (_E_PARSE, _E_HIDDEN_PARSE):
+                if detail:
+                    self.names.parsed.add(detail)
                 expect.popleft()
                 self._drain_fakes()
                 return head == _E_HIDDEN_PARSE

@@ -389,3 +389,42 @@ class ChunkTests(SynchronousTestCase):
         self.assertEqual(
             [k for k, _ in split(b"".join(whole))], [b"2", b"D", b"N", b"D", b"C", b"Z"]
         )
+
+
+class AloneTests(SynchronousTestCase):
+    """A Parse and Sync alone, from a client that holds no server (libpq's PQprepare)."""
+
+    def setUp(self) -> None:
+        if not session_state.AVAILABLE:
+            raise SkipTest("pglast is not installed")
+        self.names = StatementNames()
+        self.client: list[bytes] = []
+        self.owner = Owner()
+
+    def stream(self) -> TransactionStream:
+        stream = TransactionStream(self.client.append, self.owner, self.names, 200, "app", None)
+        self.owner.stream = stream
+        return stream
+
+    def test_a_statement_a_server_parsed_is_answered_without_a_server(self) -> None:
+        first = self.stream()
+        first.feed_client(parse(b"P_0", b"BEGIN") + SYNC)
+        self.assertEqual(self.owner.wants, 1, "never parsed: it needs a server")
+        server = FakeServer()
+        first.attach(server)  # type: ignore[arg-type]
+        first.feed_server(PARSE_OK + ready())
+        self.client.clear()
+        second = self.stream()
+        second.feed_client(parse(b"P_0", b"BEGIN") + SYNC)
+        self.assertEqual(self.owner.wants, 1, "answered by the pooler")
+        self.assertEqual([k for k, _ in split(b"".join(self.client))], [b"1", b"Z"])
+        self.assertIn(b"P_0", second.statements)
+
+    def test_a_statement_that_failed_is_not_answered_alone(self) -> None:
+        first = self.stream()
+        first.feed_client(parse(b"P_0", b"SELECT nope") + SYNC)
+        first.attach(FakeServer())  # type: ignore[arg-type]
+        first.feed_server(m.error_response("42703", "no") + ready())
+        second = self.stream()
+        second.feed_client(parse(b"P_0", b"SELECT nope") + SYNC)
+        self.assertEqual(self.owner.wants, 2)
