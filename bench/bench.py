@@ -56,13 +56,14 @@ from procs import StartError, pg_bin, tree_cpu_ns
 from report import as_json, markdown, program_version, python_versions
 from targets import (
     MAX_CLIENT_CONN,
+    PAIRS,
     ROUTING_TARGETS,
     SINGLE,
-    SPARE_SLOTS,
     Launcher,
     Running,
     find_binary,
     missing_binaries,
+    pool_sizing,
 )
 from workloads import WORKLOADS, RunResult, Workload, combine, run_pgbench, warm_up
 
@@ -92,18 +93,19 @@ def run_order(targets: list[str], index: int) -> list[str]:
     """The targets of the index-th workload, in the order they run.
 
     Each workload starts one target further along, so no target always runs first.
-    pgpool-tw and pgbouncer-session, the pair the issue's targets compare, run twice
-    each, back to back in ABBA order (BAAB in the next workload): this VM's speed
-    drifts by tens of percent within minutes, a steady drift cancels out of ABBA,
-    and each of the two is first and last by turns.
+    Each pair of ``PAIRS`` that is chosen whole (PgBouncer and pgpool-tw in one pool
+    mode: the pairs the issues' targets compare) runs twice, back to back in ABBA order
+    (BAAB in the next workload): this VM's speed drifts by tens of percent within
+    minutes, a steady drift cancels out of ABBA, and each of the two is first and last
+    by turns.
     """
-    paired = "pgpool-tw" in targets and "pgbouncer-session" in targets
-    others = [t for t in targets if t != "pgpool-tw"] if paired else list(targets)
+    pairs = [(bouncer, tw) for bouncer, tw in PAIRS if bouncer in targets and tw in targets]
+    inside = {tw for _, tw in pairs}
+    others = [t for t in targets if t not in inside]
     shift = index % len(others) if others else 0
     order = others[shift:] + others[:shift]
-    if paired:
-        at = order.index("pgbouncer-session")
-        outer, inner = "pgbouncer-session", "pgpool-tw"
+    for outer, inner in pairs:
+        at = order.index(outer)
         if index % 2:
             outer, inner = inner, outer
         order[at : at + 1] = [outer, inner, inner, outer]
@@ -447,19 +449,16 @@ class Bench:
                 else "none: each timed run starts on a freshly started target"
             ),
             "scale": self.args.scale,
-            "pool sizing": (
-                f"pgpool-II and pgpool-tw num_init_children={self.max_clients + SPARE_SLOTS} "
-                f"max_pool=1; pgbouncer default_pool_size={self.max_clients + SPARE_SLOTS} "
-                f"max_client_conn={MAX_CLIENT_CONN}"
-            ),
+            "pool sizing": pool_sizing(self.max_clients),
             "method": (
                 "a fresh target process per run; TPS as pgbench reports it (without initial "
                 "connection time, except -C); CPU = run time of the target's process tree "
                 "(PostgreSQL's for direct: every thread's schedstat, plus reaped children's "
                 "cutime+cstime) over the run / transactions processed; pgbouncer-session "
-                "and pgpool-tw run twice per workload, back to back in ABBA order, and "
-                "their row is the mean TPS and latency of the two runs, with transactions, "
-                "failures and CPU summed"
+                "and pgpool-tw, and pgbouncer-transaction and pgpool-tw-transaction, run "
+                "twice per workload, each pair back to back in ABBA order, and their row "
+                "is the mean TPS and latency of the two runs, with transactions, failures "
+                "and CPU summed"
             ),
             "wall_time_s": round(time.monotonic() - self.started, 1),
         }

@@ -35,6 +35,8 @@ class RunOrderTests(SynchronousTestCase):
         for index in range(12):
             order = self.run_order(self.targets, index)
             expected = self.targets + list(PAIR)
+            if "pgpool-tw-transaction" in self.targets and "pgbouncer-transaction" in self.targets:
+                expected += ["pgbouncer-transaction", "pgpool-tw-transaction"]
             self.assertEqual(sorted(order), sorted(expected), order)
 
     def test_the_pair_runs_back_to_back_in_abba_then_baab_order(self) -> None:
@@ -50,8 +52,14 @@ class RunOrderTests(SynchronousTestCase):
 
     def test_the_first_target_moves_from_workload_to_workload(self) -> None:
         """No target runs first in two workloads until each has had its turn."""
-        firsts = [self.run_order(self.targets, index)[0] for index in range(len(self.targets) - 1)]
+        rotating = len(self.targets) - 1 - ("pgpool-tw-transaction" in self.targets)
+        firsts = [self.run_order(self.targets, index)[0] for index in range(rotating)]
         self.assertEqual(len(set(firsts)), len(firsts), firsts)
+
+    def test_the_transaction_pair_runs_abba_then_baab(self) -> None:
+        pair = ["pgbouncer-transaction", "pgpool-tw-transaction"]
+        self.assertEqual(self.run_order(pair, 0), [pair[0], pair[1], pair[1], pair[0]])
+        self.assertEqual(self.run_order(pair, 1), [pair[1], pair[0], pair[0], pair[1]])
 
     def test_without_the_pair_the_order_is_a_plain_rotation(self) -> None:
         """Without both of the pair, the targets rotate and none runs twice."""
