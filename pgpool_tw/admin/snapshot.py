@@ -15,7 +15,12 @@ Meanings, after PgBouncer's SHOW POOLS and SHOW STATS:
   out), ``active`` (relaying for a client), ``running`` (the pooler's own
   queries: reset, SET application_name), ``idle`` (pooled), ``closed``.
 * ``waiting`` / ``max_wait``: clients waiting for a client slot
-  (num_init_children), and the longest wait so far in seconds.
+  (num_init_children) or, in transaction pooling, for a server for their next
+  transaction (PgBouncer's cl_waiting), and the longest wait so far in seconds.
+* ``pinned``: transaction-mode clients that keep their server between transactions,
+  each with its reasons (``cluster/session_state.py``: set, listen, advisory_lock,
+  temp_table, hold_cursor, role, load, prepared, named_statement, unparsed); per pool,
+  their count.
 * counters, totals since the start: ``logins`` (sessions that got a server
   connection), ``queries`` and ``xacts`` (counted at the ReadyForQuery that ends
   them: see ``protocol.relay``), ``bytes_in`` / ``bytes_out`` (relayed from and to
@@ -71,6 +76,18 @@ class PoolStats:
     bytes_in: int
     bytes_out: int
     wait_time: float
+    #: Transaction-mode clients of this pool pinned to their server.
+    pinned: int = 0
+
+
+@dataclass(frozen=True)
+class PinnedClient:
+    """A transaction-mode client that keeps its server, and why."""
+
+    client: str
+    user: str
+    database: str
+    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class Snapshot:
     waiting: int
     max_wait: float
     pools: Mapping[Hashable, PoolStats]
+    pinned: tuple[PinnedClient, ...] = ()
 
     def pools_of(self, user: str, database: str) -> list[PoolStats]:
         """The pools of a user and database (one per distinct startup options)."""
@@ -100,16 +118,35 @@ def take_snapshot(
     clients, by_key = _clients(factory.clients, warm)
     servers = _servers(book.live, warm.watch.server_states() if warm is not None else {})
     waits = pool.waiting_by_key()
+    for key, leased in pool.leases.stats().items():
+        if leased.waiting:
+            count, longest = waits.get(key, (0, 0.0))
+            waits[key] = (count + leased.waiting, max(longest, leased.max_wait))
     totals = _merged(book.totals, pool.totals)
+    pinned = _pinned(factory.clients)
+    pinned_by_key: dict[Hashable, int] = {}
+    for key, _ in pinned:
+        pinned_by_key[key] = pinned_by_key.get(key, 0) + 1
     keys = set(by_key) | set(servers) | set(waits) | set(totals)
-    pools = {key: _pool(key, by_key, servers, waits, totals) for key in keys}
+    pools = {key: _pool(key, by_key, servers, waits, totals, pinned_by_key) for key in keys}
     return Snapshot(
         taken_at=now,
         clients=MappingProxyType(clients),
         waiting=sum(count for count, _ in waits.values()),
         max_wait=max((longest for _, longest in waits.values()), default=0.0),
         pools=MappingProxyType(pools),
+        pinned=tuple(client for _, client in pinned),
     )
+
+
+def _pinned(connections: Iterable[Any]) -> list[tuple[Hashable, PinnedClient]]:
+    out = []
+    for client in connections:
+        reasons = client.pinned
+        if reasons:
+            key = client.key
+            out.append((key, PinnedClient(client.peer, key.user, key.database, tuple(reasons))))
+    return out
 
 
 def _clients(
@@ -158,6 +195,7 @@ def _pool(
     servers: Mapping[Hashable, dict[int, dict[str, int]]],
     waits: Mapping[Hashable, tuple[int, float]],
     totals: Mapping[Hashable, Counters],
+    pinned: Mapping[Hashable, int],
 ) -> PoolStats:
     counters = totals.get(key, Counters())
     waiting, max_wait = waits.get(key, (0, 0.0))
@@ -178,4 +216,5 @@ def _pool(
         bytes_in=counters.bytes_in,
         bytes_out=counters.bytes_out,
         wait_time=counters.wait_time,
+        pinned=pinned.get(key, 0),
     )

@@ -197,6 +197,18 @@ def parse_statements(text: str) -> list[dict[str, Any]]:
     return statements
 
 
+def normalize(text: str) -> Optional[str]:
+    """The text's shape: pglast's normalize (constants as $n; names and comments kept), or
+    None when pglast is missing or cannot read it."""
+    if _pg is None:
+        return None
+    try:
+        shape: str = _pg.normalize(text)
+    except Exception:  # pglast's ParseError: no shape, the caller parses (and fails) itself
+        return None
+    return shape
+
+
 def _compile(pattern: Union[str, re.Pattern[str]], setting: str) -> re.Pattern[str]:
     """A pgpool-II list pattern: ^ and $ added unless present, case-insensitive."""
     if not isinstance(pattern, str):

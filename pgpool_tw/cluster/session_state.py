@@ -46,7 +46,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from pgpool_tw.cluster.classify import AVAILABLE, parse_statements
+from pgpool_tw.cluster.classify import AVAILABLE, normalize, parse_statements
 
 __all__ = [
     "ADVISORY_LOCK",
@@ -117,41 +117,60 @@ class StateEffect:
 _NOTHING = StateEffect()
 _UNPARSED = StateEffect(pins=frozenset({UNPARSED}))
 _cache: OrderedDict[str, StateEffect] = OrderedDict()
+#: Effects by shape (pglast's normalize: constants as $n), for texts whose effect no
+#: constant changes: pgbench -S sends a new text every time, one shape.
+_shapes: dict[str, StateEffect] = {}
 
 
 def state_effect(text: str) -> StateEffect:
-    """The effect of ``text`` (one or more statements), cached by text."""
+    """The effect of ``text`` (one or more statements), cached by text, or by shape when
+    no constant in it matters (no replayed SET, which carries its own text, and no
+    set_config call, whose third argument is read)."""
     found = _cache.get(text)
     if found is not None:
         return found
-    effect = _effect(text)
+    shape = normalize(text)
+    if shape is not None:
+        found = _shapes.get(shape)
+        if found is not None:
+            return found
+    effect, shapeable = _effect(text)
+    if shapeable and shape is not None:
+        if len(_shapes) >= CACHE_SIZE:
+            _shapes.clear()
+        _shapes[shape] = effect
+        return effect
     _cache[text] = effect
     if len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
     return effect
 
 
-def _effect(text: str) -> StateEffect:
+def _effect(text: str) -> tuple[StateEffect, bool]:
+    """The effect, and whether texts of the same shape share it."""
     try:
         statements = parse_statements(text)
     except Exception:  # pglast's ParseError, no pglast (PyPy), anything odd: the safe side
-        return _UNPARSED
+        return _UNPARSED, False
     pins: set[str] = set()
     clears: set[str] = set()
     replay: list[tuple[str, str]] = []
     deallocate: list[str] = []
+    constants = [False]  # a rule read a constant (set_config's is_local)
     for item in statements:
         node = item.get("stmt", {})
         start = item.get("stmt_location", 0)
         length = item.get("stmt_len", 0) or len(text) - start
         _statement(node, text[start : start + length].strip(), pins, clears, replay)
-        _functions(node, pins, clears)
+        _functions(node, pins, clears, constants)
         body = node.get("DeallocateStmt")
         if isinstance(body, dict):
             deallocate.append("" if body.get("isall") else str(body.get("name", "")))
+    shapeable = not replay and not constants[0]
     if not (pins or clears or replay or deallocate):
-        return _NOTHING
-    return StateEffect(frozenset(pins), frozenset(clears), tuple(replay), tuple(deallocate))
+        return _NOTHING, shapeable
+    effect = StateEffect(frozenset(pins), frozenset(clears), tuple(replay), tuple(deallocate))
+    return effect, shapeable
 
 
 def _statement(
@@ -224,7 +243,7 @@ def _temporary(kind: Optional[str], body: dict[str, Any]) -> bool:
     return isinstance(relation, dict) and relation.get("relpersistence") == "t"
 
 
-def _functions(tree: Any, pins: set[str], clears: set[str]) -> None:
+def _functions(tree: Any, pins: set[str], clears: set[str], constants: list[bool]) -> None:
     """Advisory locks and set_config calls anywhere in a statement."""
     stack = [tree]
     while stack:
@@ -232,13 +251,13 @@ def _functions(tree: Any, pins: set[str], clears: set[str]) -> None:
         if isinstance(value, dict):
             call = value.get("FuncCall")
             if isinstance(call, dict):
-                _call(call, pins, clears)
+                _call(call, pins, clears, constants)
             stack.extend(value.values())
         elif isinstance(value, list):
             stack.extend(value)
 
 
-def _call(call: dict[str, Any], pins: set[str], clears: set[str]) -> None:
+def _call(call: dict[str, Any], pins: set[str], clears: set[str], constants: list[bool]) -> None:
     parts = [part.get("String", {}).get("sval", "") for part in call.get("funcname", [])]
     name = parts[-1] if parts else ""
     if len(parts) == 2 and parts[0] != "pg_catalog":
@@ -248,6 +267,7 @@ def _call(call: dict[str, Any], pins: set[str], clears: set[str]) -> None:
     elif name == "pg_advisory_unlock_all":
         clears.add(ADVISORY_LOCK)
     elif name == "set_config":
+        constants[0] = True
         args = call.get("args", [])
         if not (len(args) == 3 and _constant_true(args[2])):
             # Not local to the transaction.  Even a REPLAYABLE setting pins: the call is

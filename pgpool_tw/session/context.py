@@ -32,6 +32,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.cancel import CancelRegistry
+from pgpool_tw.session.lease import Filler
 from pgpool_tw.session.routed import RoutedStream, RoutingRules
 from pgpool_tw.session.transaction import StatementNames
 from pgpool_tw.stats.events import EventHub
@@ -74,8 +75,10 @@ class SessionContext:
         self.tls = TLSContexts()
         #: Live sessions by the cancel key their client was given.
         self.cancels: CancelRegistry[Any] = CancelRegistry()
-        #: Transaction pooling: the pooler's name for each prepared statement.
+        #: Transaction pooling: the pooler's name for each prepared statement; servers
+        #: min_pool_size asks for are opened here.
         self.statement_names = StatementNames()
+        pool.leases.opener = self._fill
         #: Open client connections, so a shutdown can wait for all of them.
         self.clients: set[Any] = set()
         self.servers = ServerBook(self.events)
@@ -304,6 +307,10 @@ class SessionContext:
             if which(server):
                 server.stale = True
         self.pool.retire(which)
+
+    def _fill(self, key: Any) -> None:
+        """min_pool_size: open a server for ``key`` alone (session/lease.py)."""
+        Filler(self, key).open()
 
     def connect(
         self,

@@ -265,6 +265,11 @@ class FrontendProtocol(Protocol):
         return self.session.ssl
 
     @property
+    def pinned(self) -> tuple[str, ...]:
+        """Why a transaction-mode client keeps its server (the stats snapshot)."""
+        return self.session.pinned
+
+    @property
     def auth_ok_sent(self) -> bool:
         return self.session.auth_ok_sent
 

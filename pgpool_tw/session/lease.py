@@ -17,11 +17,13 @@ from twisted.logger import Logger
 
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth
+from pgpool_tw.protocol.startup import StartupMessage
 
 if TYPE_CHECKING:
     from pgpool_tw.config.settings import BackendNode
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.pool.key import PoolKey
+    from pgpool_tw.session.context import SessionContext
     from pgpool_tw.session.machine import Session
 
 log = Logger()
@@ -158,3 +160,68 @@ class Borrow:
         context.events.backend_status(node.address, "unreachable")
         context.server_failed(node.index, why)
         self._failed("08006", f"cannot connect to {node.address}: {why}")
+
+
+class Filler:
+    """min_pool_size: one server for a pool key, logged in by the pooler alone.
+
+    Its password, if the server asks one, comes from pool_passwd (md5 or text entries;
+    a SCRAM entry stored as keys needs a client's own login).  The new server joins the
+    key's idle servers; a failure gives its place back and is logged.
+    """
+
+    __slots__ = ("context", "key")
+
+    def __init__(self, context: SessionContext, key: PoolKey) -> None:
+        self.context = context
+        self.key = key
+
+    def open(self) -> None:
+        node = self.context.cluster.get(self.key.node)
+        if node is None:
+            self.context.pool.leases.open_failed(self.key)
+            return
+        self.context.connect(node.backend, StartupMessage(self.key.params), self)
+
+    def _failed(self, why: str) -> None:
+        self.context.pool.leases.open_failed(self.key)
+        log.warn(
+            "min_pool_size: cannot open a server for user={user} database={database}: {why}",
+            user=self.key.user,
+            database=self.key.database,
+            why=why,
+        )
+
+    # -- pool.backend.ServerOwner ---------------------------------------------------------
+
+    def server_forward(self, server: BackendProtocol, raw: bytes) -> None:
+        if raw[0] != m.AUTHENTICATION:
+            return
+        secret = self.context.auth_files.secrets.get(self.key.user)
+        if secret is None:
+            server.transport.abortConnection()
+            self._failed("the server asks for a password and pool_passwd has no entry")
+            return
+        why = server.answer(BackendAuth(self.key.user, secret, None), raw)
+        if why:
+            server.transport.abortConnection()
+            self._failed(why)
+
+    def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
+        pass
+
+    def server_ready(self, server: BackendProtocol) -> None:
+        self.context.node_up(server.node)
+        leases = self.context.pool.leases
+        leases.opened(server)
+        leases.release(server, True)
+
+    def server_failed(self, server: BackendProtocol, raw: bytes) -> None:
+        fields = m.parse_fields(raw[5:]) if raw[:1] == b"E" else {}
+        self._failed(f"login refused: {fields.get('M', 'no reason given')}")
+
+    def server_lost(self, server: BackendProtocol, why: str) -> None:
+        self._failed(f"server closed the connection during login: {why}")
+
+    def server_connect_failed(self, node: BackendNode, why: str) -> None:
+        self._failed(f"cannot connect to {node.address}: {why}")

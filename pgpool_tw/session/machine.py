@@ -60,8 +60,8 @@ from pgpool_tw.stats.events import SessionInfo
 
 if TYPE_CHECKING:
     from pgpool_tw.net.deadlines import Deadline
-    from pgpool_tw.pool.leases import Ticket
     from pgpool_tw.pool.backend import BackendProtocol
+    from pgpool_tw.pool.leases import Ticket
     from pgpool_tw.session.context import SessionContext
     from pgpool_tw.session.io import ClientIO
 

@@ -45,8 +45,12 @@ class TransactionPoolingTests(PoolerTestCase):
         return service, self.dsn(service, user, db)
 
     def pinned(self, service: PgpoolService) -> list[tuple[str, ...]]:
-        factory = service.factory
-        return [c.session.pinned for c in factory.clients if c.session.pinned]
+        """The pinned clients' reasons, as the stats snapshot shows them (read from the
+        test's thread: a snapshot only reads)."""
+        snapshot = service.snapshot()
+        counted = sum(pool.pinned for pool in snapshot.pools.values())
+        assert counted == len(snapshot.pinned), (counted, snapshot.pinned)
+        return [client.reasons for client in snapshot.pinned]
 
     @inlineCallbacks
     def test_servers_are_shared_between_transactions(self) -> Steps:

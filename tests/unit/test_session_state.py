@@ -101,6 +101,24 @@ class StateEffectTests(SynchronousTestCase):
         self.assertEqual(state_effect("DEALLOCATE ALL").deallocate, ("",))
         self.assertEqual(state_effect("SELECT 1").deallocate, ())
 
+    def test_shapes_share_an_effect_only_where_no_constant_matters(self) -> None:
+        self.assertEqual(state_effect("SELECT pg_advisory_lock(1)").pins, {ADVISORY_LOCK})
+        self.assertEqual(state_effect("SELECT pg_advisory_lock(2)").pins, {ADVISORY_LOCK})
+        self.assertEqual(state_effect("SELECT set_config('a.b', 'x', true)").pins, set())
+        self.assertEqual(state_effect("SELECT set_config('a.b', 'x', 'false')").pins, {SET})
+        self.assertEqual(state_effect("SELECT set_config('a.b', 'x', 'true')").pins, set())
+        self.assertEqual(
+            state_effect("SET TimeZone TO 'UTC'").replay, (("timezone", "SET TimeZone TO 'UTC'"),)
+        )
+        self.assertEqual(
+            state_effect("SET TimeZone TO 'Japan'").replay,
+            (("timezone", "SET TimeZone TO 'Japan'"),),
+        )
+        before = len(session_state._cache)
+        for number in range(50):
+            self.assertEqual(state_effect(f"SELECT * FROM t WHERE a = {number}").pins, set())
+        self.assertLessEqual(len(session_state._cache), before + 1, "one shape, not 50 texts")
+
     def test_several_statements_add_up(self) -> None:
         effect = state_effect("LISTEN a; CREATE TEMP TABLE t (a int); UNLISTEN *")
         self.assertEqual((effect.pins, effect.clears), ({LISTEN, TEMP_TABLE}, {LISTEN}))
