@@ -130,6 +130,10 @@ class Cluster:
         self.load_balance_mode = load_balance_mode
         #: A round of checks has set the roles (until then: the lowest node is primary).
         self.checked = False
+        #: Rounds applied so far: a round counted after another began after it ended, so
+        #: what it saw is newer than anything done before the first (transaction-mode
+        #: read_your_writes compares them).
+        self.rounds = 0
         #: The last false-primary line apply() returned, so it is logged once per change.
         self._false_line: Optional[str] = None
 
@@ -298,6 +302,7 @@ class Cluster:
         else:
             self._false_line = None
         self.checked = True
+        self.rounds += 1
         return lines
 
     def carry_over(self, previous: Cluster) -> None:
@@ -308,6 +313,7 @@ class Cluster:
             if before is not None and before.address == node.address:
                 self._nodes[index] = replace(before, backend=node.backend)
         self.checked = previous.checked
+        self.rounds = previous.rounds
 
     def not_used_warning(self) -> Optional[str]:
         """One line saying what is done with the nodes beyond the primary, or None when

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from pgpool_tw.cluster.classify import ROUTE_STANDBY
+from pgpool_tw.cluster.router import readable
 from pgpool_tw.config.pooling import TRANSACTION
 from pgpool_tw.pool.key import PoolKey, pool_key
 from pgpool_tw.protocol import messages as m
@@ -88,7 +90,9 @@ class Session:
         "_placed",
         "_secret",
         "_ticket",
+        "_tx_lb",
         "_tx_pid",
+        "_tx_wrote",
         "server_login",
         "_timer",
         "context",
@@ -140,6 +144,10 @@ class Session:
         self._ticket: Optional[Ticket] = None
         self._placed = False
         self._tx_pid = 0
+        #: Transaction mode with routing: the load-balancing node (None: none), and the
+        #: replication-check round counted when the session last wrote (-1: never).
+        self._tx_lb: Optional[int] = None
+        self._tx_wrote = -1
 
     # -- the one function that moves the state ------------------------------------
 
@@ -567,6 +575,8 @@ class Session:
         server.attach(self, _nowhere, stream)  # type: ignore[arg-type]
         server.book.totals.of(self.key).logins += 1
         context.cancels.register(self._tx_pid, self._secret, self)
+        lb = context.lb_node_for(startup, server.node.index)
+        self._tx_lb = lb if lb != server.node.index else None
         self._move(RELAY)
         self.io.start_tx_relay(stream)  # type: ignore[arg-type]
         self.io.tx_attach(server)
@@ -581,14 +591,57 @@ class Session:
         if self.state == RELAY:
             stream.settle()
 
-    def want_server(self) -> None:
-        """The stream has a transaction to start and no server (``TxOwner``)."""
+    def want_server(self, first: bytes) -> None:
+        """The stream has a transaction to start and no server (``TxOwner``): on the
+        load-balancing node when it is a read the session may send there, else on the
+        primary (the session's own key)."""
         key = self.key
-        assert key is not None
+        assert key is not None and self.startup is not None
+        if self._tx_lb is not None:
+            if not self._tx_only_reads(first):
+                self._tx_wrote = self.context.cluster.rounds
+            elif self._tx_may_read_there():
+                key = pool_key(self._tx_lb, self.startup)
         check = self._password
         auth = check.login.backend_auth() if check is not None else None
         borrow = self._borrow = Borrow(self, key, auth)
         borrow.start()
+
+    def _tx_only_reads(self, first: bytes) -> bool:
+        """The transaction ``first`` starts is one autocommit statement that only reads
+        (cluster/classify.py: PostgreSQL's parser); anything else may write."""
+        stream = self.tx
+        assert stream is not None
+        if stream.status != m.IDLE:
+            return False
+        try:
+            text = stream.statement_text(first)
+        except ValueError:
+            return False
+        return text is not None and self.context.classifier.classify(text).route == ROUTE_STANDBY
+
+    def _tx_may_read_there(self) -> bool:
+        """A read may go to the load-balancing node: it takes reads now, and the session's
+        writes allow it (disable_load_balance_on_write other than off or transaction keeps a
+        session that wrote on the primary; read_your_writes waits until a replication-check
+        round begun after the write saw the node caught up)."""
+        lb = self._tx_lb
+        assert lb is not None
+        context = self.context
+        cluster = context.cluster
+        node = cluster.get(lb)
+        if not readable(node):
+            return False
+        wrote = self._tx_wrote
+        if wrote < 0:
+            return True
+        config = context.config
+        if config.disable_load_balance_on_write not in ("off", "transaction"):
+            return False
+        if config.read_your_writes:
+            assert node is not None
+            return cluster.rounds >= wrote + 2 and node.delay_bytes == 0
+        return True
 
     def tx_server(self, server: BackendProtocol) -> None:
         """The server for the next transaction (``Borrow``)."""

@@ -107,8 +107,9 @@ MAX_HELD = 1 << 24
 class TxOwner(Protocol):
     """The session as its stream sees it (machine.py's ``Session``)."""
 
-    def want_server(self) -> None:
-        """The client sent something and holds no server: lease one (``attach``)."""
+    def want_server(self, first: bytes) -> None:
+        """The client sent ``first`` and holds no server: lease one (``attach``) on the
+        node its transaction goes to."""
 
     def release_server(self) -> None:
         """The transaction ended with nothing owed: the server may go back to the pool."""
@@ -423,7 +424,7 @@ class TransactionStream:
             return
         if not self._asked:
             self._asked = True
-            self.owner.want_server()
+            self.owner.want_server(msg)
 
     def _client_message(self, kind: int, msg: bytes) -> None:
         if kind == _QUERY:
@@ -469,6 +470,23 @@ class TransactionStream:
     def _take_unit(self) -> list[StateEffect]:
         unit, self._unit = self._unit, []
         return unit
+
+    def statement_text(self, msg: bytes) -> Optional[str]:
+        """The text a transaction's first message runs (a Query's, a Parse's, a named
+        statement's Bind), for routing; None when it names none."""
+        kind = msg[0]
+        if kind == _QUERY:
+            return m.decode(msg[5:-1])
+        if kind == _PARSE:
+            start = msg.index(b"\0", 5) + 1
+            return m.decode(msg[start : msg.index(b"\0", start)])
+        if kind == _BIND:
+            portal_end = msg.index(b"\0", 5)
+            name = msg[portal_end + 1 : msg.index(b"\0", portal_end + 1)]
+            content = self.statements.get(name) if name else None
+            if content is not None:
+                return m.decode(content[: content.index(b"\0")])
+        return None
 
     def _effect(self, text: str) -> StateEffect:
         effect = state_effect(text)

@@ -37,12 +37,15 @@ class FakeServer:
 class Owner:
     def __init__(self) -> None:
         self.wants = 0
+        self.firsts: list[Optional[str]] = []
         self.releases = 0
         self.broken: list[str] = []
         self.stream: Optional[TransactionStream] = None
 
-    def want_server(self) -> None:
+    def want_server(self, first: bytes) -> None:
         self.wants += 1
+        assert self.stream is not None
+        self.firsts.append(self.stream.statement_text(first))
 
     def release_server(self) -> None:
         self.releases += 1
@@ -131,6 +134,7 @@ class StreamTests(SynchronousTestCase):
         stream, server = self.stream, FakeServer()
         stream.feed_client(m.query("SELECT 1"))
         self.assertEqual(self.owner.wants, 1)
+        self.assertEqual(self.owner.firsts, ["SELECT 1"])
         stream.feed_client(m.query("SELECT 2"))
         self.assertEqual(self.owner.wants, 1, "asked once while waiting")
         stream.attach(server)  # type: ignore[arg-type]
