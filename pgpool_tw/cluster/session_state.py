@@ -55,6 +55,7 @@ __all__ = [
     "HOLD_CURSOR",
     "LISTEN",
     "LOAD",
+    "NOTHING",
     "PREPARED",
     "REPLAYABLE",
     "ROLE",
@@ -62,6 +63,7 @@ __all__ = [
     "TEMP_TABLE",
     "UNPARSED",
     "StateEffect",
+    "shaped_effect",
     "state_effect",
 ]
 
@@ -115,6 +117,8 @@ class StateEffect:
 
 
 _NOTHING = StateEffect()
+#: What most statements leave: nothing.
+NOTHING = _NOTHING
 _UNPARSED = StateEffect(pins=frozenset({UNPARSED}))
 _cache: OrderedDict[str, StateEffect] = OrderedDict()
 #: Effects by shape (pglast's normalize: constants as $n), for texts whose effect no
@@ -126,24 +130,30 @@ def state_effect(text: str) -> StateEffect:
     """The effect of ``text`` (one or more statements), cached by text, or by shape when
     no constant in it matters (no replayed SET, which carries its own text, and no
     set_config call, whose third argument is read)."""
+    return shaped_effect(text)[0]
+
+
+def shaped_effect(text: str) -> tuple[StateEffect, bool]:
+    """``state_effect``, and whether every text of the same shape (pglast's normalize, or
+    any finer key: the C loop's shape key) has the same effect."""
     found = _cache.get(text)
     if found is not None:
-        return found
+        return found, False
     shape = normalize(text)
     if shape is not None:
         found = _shapes.get(shape)
         if found is not None:
-            return found
+            return found, True
     effect, shapeable = _effect(text)
     if shapeable and shape is not None:
         if len(_shapes) >= CACHE_SIZE:
             _shapes.clear()
         _shapes[shape] = effect
-        return effect
+        return effect, True
     _cache[text] = effect
     if len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
-    return effect
+    return effect, False
 
 
 def _effect(text: str) -> tuple[StateEffect, bool]:

@@ -44,12 +44,15 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from pgpool_tw.cluster.session_state import (
     ALL,
+    NOTHING,
     PREPARED,
     SET,
     UNPARSED,
     StateEffect,
+    shaped_effect,
     state_effect,
 )
+from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.sql import quote_literal
@@ -99,6 +102,13 @@ _DEALLOCATE_DONE = m.message(b"C", b"DEALLOCATE\x00")
 
 #: The pin reason of a named protocol statement with max_prepared_statements = 0.
 NAMED_STATEMENT = "named_statement"
+
+#: Effects of Query texts by the C loop's shape key (``_shape.c``: literals as placeholder
+#: bytes; equal keys normalize alike), for effects every text of the shape shares: a
+#: pgbench -S query is then one dict lookup, with no decoding and no parse.
+_BY_SHAPE: dict[bytes, StateEffect] = {}
+_BY_SHAPE_MAX = 10000
+_shape_key = speedups.shape_key if speedups is not None else None
 
 #: Client bytes kept while the client waits for a server (past it, it is refused).
 MAX_HELD = 1 << 24
@@ -490,6 +500,11 @@ class TransactionStream:
 
     def _effect(self, text: str) -> StateEffect:
         effect = state_effect(text)
+        self._pin(effect)
+        return effect
+
+    def _pin(self, effect: StateEffect) -> None:
+        """What a statement pins counts from the moment it is sent (the safe side)."""
         if effect.pins:
             for reason in effect.pins:
                 if reason != UNPARSED:
@@ -497,13 +512,22 @@ class TransactionStream:
         if effect.replay and self.status != IDLE:
             # Inside a transaction block the SET may yet be rolled back: keep the server.
             self.pinned[SET] = True
-        return effect
 
     def _query(self, msg: bytes) -> None:
-        text = m.decode(msg[5:-1])
-        effect = self._effect(text)
+        key = _shape_key(memoryview(msg)[5:-1]) if _shape_key is not None else None
+        effect = _BY_SHAPE.get(key) if key is not None else None
+        if effect is None:
+            effect, shared = shaped_effect(m.decode(msg[5:-1]))
+            if shared and key is not None:
+                if len(_BY_SHAPE) >= _BY_SHAPE_MAX:
+                    _BY_SHAPE.clear()
+                _BY_SHAPE[key] = effect
+        self._pin(effect)
         self.pending += 1
         if effect.deallocate and self._deallocate_ours(effect):
+            return
+        if effect is NOTHING and not self._unit:
+            self._send(msg, _E_QUERY)  # the common case: nothing to remember
             return
         unit = self._take_unit()
         unit.append(effect)
