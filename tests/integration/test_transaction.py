@@ -338,3 +338,28 @@ class TransactionPoolingTests(PoolerTestCase):
         self.assertEqual(self.pinned(service), [])
         sock = socket.create_connection(("127.0.0.1", service.port))
         sock.close()
+
+    @inlineCallbacks
+    def test_min_pool_size_opens_servers_alone(self) -> Steps:
+        service, dsn = self.start(min_pool_size=2, default_pool_size=3)
+        user = dsn.split("user='")[1].split("'")[0]
+
+        def run() -> None:
+            with _open(dsn) as conn:
+                conn.execute("select 1")
+
+        yield self.in_thread(run)
+        self.assertTrue((yield eventually(lambda: len(self.server_pids(user)) == 2)))
+
+    @inlineCallbacks
+    def test_server_idle_timeout_closes_idle_servers(self) -> Steps:
+        service, dsn = self.start(server_idle_timeout=1.0)
+        user = dsn.split("user='")[1].split("'")[0]
+
+        def run() -> int:
+            with _open(dsn) as conn:
+                return int(_one(conn, "select pg_backend_pid()"))
+
+        pid = yield self.in_thread(run)
+        self.assertIn(pid, self.server_pids(user))
+        self.assertTrue((yield eventually(lambda: not self.server_pids(user), timeout=15)))
