@@ -363,3 +363,46 @@ class TransactionPoolingTests(PoolerTestCase):
         pid = yield self.in_thread(run)
         self.assertIn(pid, self.server_pids(user))
         self.assertTrue((yield eventually(lambda: not self.server_pids(user), timeout=15)))
+
+    @inlineCallbacks
+    def test_copy_both_ways(self) -> Steps:
+        service, dsn = self.start()
+
+        def run() -> tuple[int, bytes]:
+            with _open(dsn) as conn:
+                conn.execute("create table c (a int, b text)")
+                with conn.cursor() as cur:
+                    with cur.copy("copy c from stdin") as copy:
+                        for number in range(1000):
+                            copy.write_row((number, "x" * 50))
+                    out = b""
+                    with cur.copy("copy c to stdout") as copy:
+                        for data in copy:
+                            out += bytes(data)
+                return int(_one(conn, "select count(*) from c")), out
+
+        count, out = yield self.in_thread(run)
+        self.assertEqual(count, 1000)
+        self.assertEqual(out.count(b"\n"), 1000)
+
+    @inlineCallbacks
+    def test_clients_that_vanish_mid_transaction_give_their_places_back(self) -> Steps:
+        """Servers of clients gone mid-transaction are closed (rolled back), and their
+        places in default_pool_size serve the next clients."""
+        service, dsn = self.start()
+
+        def run() -> int:
+            for _ in range(3):
+                conn = _open(dsn)
+                conn.execute("begin")
+                conn.execute("select 1")
+                conn.pgconn.finish()  # no Terminate, mid-transaction
+            with _open(dsn) as a, _open(dsn) as b:
+                a.execute("begin")
+                b.execute("begin")
+                got = _one(a, "select 1") + _one(b, "select 1")
+                a.execute("commit")
+                b.execute("commit")
+                return int(got)
+
+        self.assertEqual((yield self.in_thread(run)), 2)
