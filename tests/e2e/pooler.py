@@ -23,6 +23,7 @@ from typing import Optional, Union
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw_dev.devdb import TempPostgres, client_env, free_port, pg_bin
+from tests.support import unique_name
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -255,3 +256,14 @@ class PoolerProcess:
             env=client_env(),
             timeout=CLIENT_TIMEOUT * 2,
         )
+
+
+def pgbench_database(pooler: PoolerProcess, pg: TempPostgres, prefix: str) -> tuple[str, str]:
+    """A new role and database, `pgbench -i -s 1`-ed through ``pooler`` (a test class
+    keeps the pair for its other tests)."""
+    role, db = unique_name(f"{prefix}_u"), unique_name(f"{prefix}_db")
+    pg.create_role(role)
+    pg.create_database(db, owner=role)
+    proc = pooler.pgbench(role, db, "-i", "-s", "1", "-q")
+    pooler.testcase.assertEqual(proc.returncode, 0, proc.stdout + pooler.log_tail())
+    return role, db

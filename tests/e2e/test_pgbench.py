@@ -7,8 +7,8 @@ from typing import ClassVar, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.pooler import PoolerProcess
-from tests.support import shared_postgres, skip_unless_postgres, unique_name
+from tests.e2e.pooler import PoolerProcess, pgbench_database
+from tests.support import shared_postgres, skip_unless_postgres
 
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
@@ -28,12 +28,7 @@ class PgbenchTests(SynchronousTestCase):
         """The class's (role, database), created and `pgbench -i -s 1`-ed through the pooler."""
         cls = type(self)
         if cls._initialised is None:
-            role, db = unique_name("e2e_bench_u"), unique_name("e2e_bench_db")
-            self.pg.create_role(role)
-            self.pg.create_database(db, owner=role)
-            proc = self.pooler.pgbench(role, db, "-i", "-s", "1", "-q")
-            self.assertEqual(proc.returncode, 0, proc.stdout + self.pooler.log_tail())
-            cls._initialised = (role, db)
+            cls._initialised = pgbench_database(self.pooler, self.pg, "e2e_bench")
         return cls._initialised
 
     def run_pgbench(self, *args: str) -> None:

@@ -15,8 +15,8 @@ from typing import ClassVar, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.pooler import PoolerProcess
-from tests.support import shared_postgres, skip_unless_postgres, unique_name
+from tests.e2e.pooler import PoolerProcess, pgbench_database
+from tests.support import shared_postgres, skip_unless_postgres
 
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
@@ -44,12 +44,7 @@ class TransactionPgbenchTests(SynchronousTestCase):
     def pgbench_db(self) -> tuple[str, str]:
         cls = type(self)
         if cls._initialised is None:
-            role, db = unique_name("e2e_tx_u"), unique_name("e2e_tx_db")
-            self.pg.create_role(role)
-            self.pg.create_database(db, owner=role)
-            proc = self.pooler.pgbench(role, db, "-i", "-s", "1", "-q")
-            self.assertEqual(proc.returncode, 0, proc.stdout + self.pooler.log_tail())
-            cls._initialised = (role, db)
+            cls._initialised = pgbench_database(self.pooler, self.pg, "e2e_tx")
         return cls._initialised
 
     def servers_of(self, role: str) -> int:
