@@ -18,6 +18,15 @@ what a server session would have kept:
   ``max_prepared_statements`` of them (the least recently used is closed).  SQL
   ``DEALLOCATE name`` of such a statement is answered by the pooler too (psycopg sends it).
   With ``max_prepared_statements = 0`` a named statement pins the client instead.
+* **SQL prepared statements** (``PREPARE`` / ``EXECUTE`` / ``DEALLOCATE``) keep the
+  client's names; before a statement that uses one reaches a server, hidden statements
+  make the server hold the client's text under it (``session/sql_prepared.py`` has the
+  rule).  They go only where nothing of the client's can be disturbed: before a simple
+  Query, or before the first extended-protocol message since a Sync (at a lease's first
+  such message, for all the client's names, since a pipeline may use any of them where
+  nothing can go before it).  A text of several statements that fails leaves the
+  server's names unknown: the client is pinned (``prepared``) until DEALLOCATE ALL or
+  DISCARD ALL.
 * **Session state** (``cluster/session_state.py``): a statement that leaves state in the
   server session pins the client to its server until the state is cleared; the reasons
   are ``pinned`` (the stats snapshot shows them).  A SET of a setting whose whole effect is
@@ -44,6 +53,9 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from pgpool_tw.cluster.session_state import (
     ALL,
+    DEALLOCATE,
+    EXECUTE,
+    PREPARE,
     PREPARED,
     SET,
     UNPARSED,
@@ -53,6 +65,7 @@ from pgpool_tw.cluster.session_state import (
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.sql import quote_literal
+from pgpool_tw.session.sql_prepared import Hidden, SqlStatements
 
 if TYPE_CHECKING:
     from pgpool_tw.pool.backend import BackendProtocol
@@ -63,6 +76,7 @@ _LENGTH = Struct("!I").unpack_from
 _MAX_MESSAGE = 0x3FFFFFFF
 
 IDLE = m.IDLE
+_FAILED = m.IN_FAILED_TRANSACTION
 
 # Client message types.
 _QUERY, _PARSE, _BIND, _DESCRIBE, _EXECUTE = b"QPBDE"
@@ -96,6 +110,7 @@ _PARSE_COMPLETE_MSG = b"1\x00\x00\x00\x04"
 _SYNC_MESSAGE = b"S\x00\x00\x00\x04"
 _CLOSE_COMPLETE_MSG = b"3\x00\x00\x00\x04"
 _DEALLOCATE_DONE = m.message(b"C", b"DEALLOCATE\x00")
+_PREPARE_DONE = m.message(b"C", b"PREPARE\x00")
 
 #: The pin reason of a named protocol statement with max_prepared_statements = 0.
 NAMED_STATEMENT = "named_statement"
@@ -173,6 +188,7 @@ class TransactionStream:
         "pending",
         "pinned",
         "statements",
+        "sql",
         "wanted",
         "_asked",
         "_closed",
@@ -183,6 +199,8 @@ class TransactionStream:
         "_unit",
         "_unnamed",
         "_failed",
+        "_batch",
+        "_sql_all",
         "_s_skip",
         "_s_drop",
         "_s_head",
@@ -222,6 +240,8 @@ class TransactionStream:
         self.pinned: dict[str, bool] = {}
         #: The client's named statements: name -> Parse body after the name.
         self.statements: dict[bytes, bytes] = {}
+        #: The client's SQL prepared statements (PREPARE), under its own names.
+        self.sql = SqlStatements()
         #: REPLAYABLE settings the client changed: setting -> its SET statement.
         self.wanted: dict[str, str] = {}
         self._asked = False
@@ -238,6 +258,10 @@ class TransactionStream:
         self._unnamed: Optional[StateEffect] = None
         #: An ErrorResponse answered the current unit.
         self._failed = False
+        #: An extended-protocol message went to the server since the last Sync or Query.
+        self._batch = False
+        #: All the client's SQL statements were put on the server held now.
+        self._sql_all = False
         # Server side: bytes of the current message still to come, whether they are
         # dropped, a cut header, a ReadyForQuery/ParameterStatus body being collected.
         self._s_skip = 0
@@ -293,7 +317,10 @@ class TransactionStream:
         then send what the client sent meanwhile."""
         self.server = server
         self._asked = False
+        self._batch = False
+        self._sql_all = False
         self._replay(server)
+        self._hidden(self.sql.trim(server.sql_prepared))
         held, self._held = self._held, []
         self._held_size = 0
         for msg in held:
@@ -339,6 +366,11 @@ class TransactionStream:
             texts.append(f"SET application_name TO {quote_literal(app)}")
         for text in texts:
             self._send(m.query(text), _E_HIDDEN_QUERY)
+
+    def _hidden(self, statements: list[Hidden]) -> None:
+        """SQL prepared-statement work on the server the client never sees."""
+        for hidden in statements:
+            self._send(m.query(hidden[0]), _E_HIDDEN_QUERY, hidden)
 
     # -- client to server ---------------------------------------------------------------
 
@@ -433,8 +465,10 @@ class TransactionStream:
         elif kind == _BIND:
             self._bind(msg)
         elif kind == _EXECUTE:
+            self._start_batch()
             self._send(msg, _E_EXECUTE)
         elif kind == _SYNC:
+            self._batch = False
             self.pending += 1
             self._send(msg, _E_SYNC, self._take_unit())
         elif kind == _DESCRIBE:
@@ -485,24 +519,96 @@ class TransactionStream:
         text = m.decode(msg[5:-1])
         effect = self._effect(text)
         self.pending += 1
-        if effect.deallocate and self._deallocate_ours(effect):
-            return
+        start = not self._batch
+        self._batch = False
+        if effect.sql:
+            if self._sql_answer(effect, start):
+                return
+            self._sql_sync(effect, start)
+            self._sql_runs(effect)
         unit = self._take_unit()
         unit.append(effect)
         self._send(msg, _E_QUERY, unit)
 
-    def _deallocate_ours(self, effect: StateEffect) -> bool:
-        """``DEALLOCATE name`` alone, of a protocol-level statement of this client: it never
-        existed on a server under that name, so the pooler answers it."""
-        names = effect.deallocate
-        if len(names) != 1 or not names[0]:
+    def _start_batch(self) -> bool:
+        """An extended-protocol message: True when it is the first since the last Sync or
+        Query, so that hidden statements may still go before it (a Query in a batch
+        would end the client's unnamed statement and portal, and after an error the
+        server skips it)."""
+        if self._batch:
             return False
-        name = m.encode(names[0])
-        if name not in self.statements:
-            return False
-        del self.statements[name]
-        self._fake(_DEALLOCATE_DONE, query=True)
+        self._batch = True
+        if not self._sql_all and self.sql.texts and self._sql_on():
+            # A pipeline may EXECUTE any of them mid-batch, where nothing can go first.
+            self._sql_all = True
+            server = self.server
+            assert server is not None
+            self._hidden(self.sql.sync_all(server.sql_prepared))
         return True
+
+    def _sql_on(self) -> bool:
+        """Hidden SQL-statement work may be done: not while a failed text left the
+        server's names unknown (the client is pinned there: the server is the truth), nor
+        in a failed transaction block (it would fail, as the client's statement will)."""
+        return PREPARED not in self.pinned and self.status != _FAILED
+
+    def _sql_sync(self, effect: StateEffect, start: bool) -> None:
+        """Before a statement that uses SQL prepared names: the server's made the
+        client's, when hidden statements may go first."""
+        if not start or not self._sql_on():
+            return
+        server = self.server
+        assert server is not None
+        for _, name, _ in effect.sql:
+            if name:
+                self._hidden(self.sql.sync(server.sql_prepared, name))
+
+    def _sql_runs(self, effect: StateEffect) -> None:
+        """An EXECUTE runs its statement: that statement's pins (an advisory lock...)."""
+        texts = self.sql.texts
+        for verb, name, _ in effect.sql:
+            if verb == EXECUTE:
+                text = texts.get(name)
+                if text is not None:
+                    for reason in state_effect(text).runs:
+                        self.pinned[reason] = True
+
+    def _sql_answer(self, effect: StateEffect, start: bool) -> bool:
+        """A PREPARE or DEALLOCATE alone that the pooler answers in the server's place:
+
+        * ``DEALLOCATE`` of a protocol-level statement of the client (psycopg sends it):
+          it never existed under that name on a server;
+        * ``DEALLOCATE`` of an SQL statement of the client that the server does not hold
+          as the client's: forgotten, it need not be prepared here to be deallocated;
+        * ``PREPARE`` of a name the client lacks, whose very text the server holds
+          (clients that all prepare the same statements): recorded.
+
+        The last two only when the client's transaction state is known and not failed
+        (PostgreSQL would refuse them there)."""
+        if effect.several:
+            return False
+        verb, name, text = effect.sql[0]
+        mine = self.sql.texts.get(name)
+        if verb == DEALLOCATE and name and mine is None:
+            key = m.encode(name)
+            if key not in self.statements:
+                return False
+            del self.statements[key]
+            self._fake(_DEALLOCATE_DONE, query=True)
+            return True
+        server = self.server
+        if not name or not start or self._expect or server is None or not self._sql_on():
+            return False
+        theirs = server.sql_prepared.get(name)
+        if verb == DEALLOCATE and mine is not None and theirs != mine:
+            del self.sql.texts[name]
+            self._fake(_DEALLOCATE_DONE, query=True)
+            return True
+        if verb == PREPARE and mine is None and theirs == text:
+            self.sql.done(server.sql_prepared, effect.sql)
+            self._fake(_PREPARE_DONE, query=True)
+            return True
+        return False
 
     def _fake(self, reply: bytes, query: bool = False) -> None:
         """Answer in the server's place, after whatever the server owes before it."""
@@ -517,7 +623,10 @@ class TransactionStream:
         text_end = content.index(b"\0")
         # Pins count from the Parse (the safe side); what a statement clears or replays
         # counts when a Bind runs it (psycopg prepares DEALLOCATE ALL before running it).
+        start = self._start_batch()
         effect = self._effect(m.decode(content[:text_end]))
+        if effect.sql:
+            self._sql_sync(effect, start)
         if not name:
             self._unnamed = effect
             self._send(msg, _E_PARSE)
@@ -566,16 +675,22 @@ class TransactionStream:
         return ours
 
     def _bind(self, msg: bytes) -> None:
+        start = self._start_batch()
         portal_end = msg.index(b"\0", 5)
         name_end = msg.index(b"\0", portal_end + 1)
         name = msg[portal_end + 1 : name_end]
+        effect: Optional[StateEffect] = None
         if not name:
-            if self._unnamed is not None:
-                self._unit.append(self._unnamed)
+            effect = self._unnamed
         else:
             content = self.statements.get(name)
             if content is not None:
-                self._unit.append(state_effect(m.decode(content[: content.index(b"\0")])))
+                effect = state_effect(m.decode(content[: content.index(b"\0")]))
+        if effect is not None:
+            self._unit.append(effect)
+            if effect.sql:
+                self._sql_sync(effect, start)
+                self._sql_runs(effect)
         if name and self.max_prepared:
             ours = self._ours(name)
             if ours is not None:
@@ -584,6 +699,7 @@ class TransactionStream:
         self._send(msg, _E_BIND)
 
     def _describe(self, msg: bytes) -> None:
+        self._start_batch()
         name = msg[6:-1]
         if msg[5:6] == b"S" and name and self.max_prepared:
             ours = self._ours(name)
@@ -592,6 +708,7 @@ class TransactionStream:
         self._send(msg, _E_DESCRIBE)
 
     def _close(self, msg: bytes) -> None:
+        self._start_batch()
         name = msg[6:-1]
         if msg[5:6] == b"S" and name and self.max_prepared:
             self.statements.pop(name, None)
@@ -780,6 +897,8 @@ class TransactionStream:
             return  # a ReadyForQuery nobody asked for: the server is confused; drop it
         head, detail = expect.popleft()
         if head == _E_HIDDEN_QUERY:
+            if self._failed and detail is not None and self.server is not None:
+                self.sql.undo(self.server.sql_prepared, detail)
             self._failed = False
             self._drain_fakes()
             return
@@ -801,6 +920,12 @@ class TransactionStream:
         if not effects:
             return
         server = self.server
+        if failed and (len(effects) > 1 or effects[0].several) and PREPARED not in self.pinned:
+            for effect in effects:
+                if any(verb != EXECUTE for verb, _, _ in effect.sql):
+                    # What ran before the error is not known: the server is the truth.
+                    self.pinned[PREPARED] = True
+                    break
         for effect in effects:
             if failed:
                 continue
@@ -821,6 +946,8 @@ class TransactionStream:
             if "" in effect.deallocate and server is not None:
                 server.prepared.clear()
                 self.statements.clear()
+            if effect.sql and server is not None and PREPARED not in self.pinned:
+                self.sql.done(server.sql_prepared, effect.sql)
 
     def _clear(self, effect: StateEffect) -> None:
         pinned = self.pinned
@@ -829,6 +956,7 @@ class TransactionStream:
             pinned.clear()
             self.wanted.clear()
             self.statements.clear()
+            self.sql.clear(server.sql_prepared if server is not None else None)
             if server is not None:
                 # DISCARD ALL: settings back to the login's, every statement gone.
                 server.replayed.clear()
@@ -842,7 +970,9 @@ class TransactionStream:
                 if server is not None:
                     server.replayed.clear()
             if reason == PREPARED and server is not None:
+                # DEALLOCATE ALL: every statement gone, the pooler's and the client's.
                 server.prepared.clear()
+                self.sql.clear(server.sql_prepared)
 
     def _maybe_release(self) -> None:
         if (
