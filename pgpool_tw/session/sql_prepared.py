@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pgpool_tw.cluster.session_state import DEALLOCATE, PREPARE
+from pgpool_tw.cluster.session_state import DEALLOCATE, EXECUTE, PREPARE, state_effect
 from pgpool_tw.protocol.sql import quote_ident
 
 __all__ = ["KEPT", "Hidden", "SqlStatements"]
@@ -49,6 +49,8 @@ KEPT = 100
 #: A hidden statement: its text, the name, and what the server holds under that name
 #: before and after it (None: nothing).
 Hidden = tuple[str, str, Optional[str], Optional[str]]
+#: What a text does with SQL prepared statements (``StateEffect.sql``).
+Uses = tuple[tuple[str, str, str], ...]
 
 
 class SqlStatements:
@@ -77,6 +79,14 @@ class SqlStatements:
             hidden.append((mine, name, None, mine))
         return hidden
 
+    def sync_uses(self, server: dict[str, str], uses: Uses) -> list[Hidden]:
+        """Every name a text uses made the client's on ``server``."""
+        hidden: list[Hidden] = []
+        for _, name, _ in uses:
+            if name:
+                hidden += self.sync(server, name)
+        return hidden
+
     def sync_all(self, server: dict[str, str]) -> list[Hidden]:
         """Every statement of the client onto ``server`` (before a pipeline may use any)."""
         hidden: list[Hidden] = []
@@ -96,6 +106,36 @@ class SqlStatements:
             hidden.append((f"DEALLOCATE {quote_ident(name)}", name, text, None))
         return hidden
 
+    def answer(self, server: dict[str, str], uses: Uses) -> bytes:
+        """The command tag of a PREPARE or DEALLOCATE alone that needs no server, after
+        recording it; b"" when the server must run it.
+
+        * ``DEALLOCATE`` of a statement of the client's that the server does not hold as
+          the client's: forgotten (it need not be prepared here to be deallocated);
+        * ``PREPARE`` of a name the client lacks, whose very text the server holds
+          (clients that all prepare the same statements): recorded.
+        """
+        verb, name, text = uses[0]
+        mine = self.texts.get(name)
+        if not name or len(uses) != 1:
+            return b""
+        if verb == DEALLOCATE and mine is not None and server.get(name) != mine:
+            del self.texts[name]
+            return b"DEALLOCATE"
+        if verb == PREPARE and mine is None and server.get(name) == text:
+            self.done(server, uses)
+            return b"PREPARE"
+        return b""
+
+    def runs(self, uses: Uses) -> frozenset[str]:
+        """The pins of the statements a text EXECUTEs (an advisory lock...)."""
+        pins: frozenset[str] = frozenset()
+        for verb, name, _ in uses:
+            text = self.texts.get(name) if verb == EXECUTE else None
+            if text is not None:
+                pins |= state_effect(text).runs
+        return pins
+
     @staticmethod
     def undo(server: dict[str, str], hidden: Hidden) -> None:
         """A hidden statement failed: the server holds what it held before it (unless
@@ -108,7 +148,7 @@ class SqlStatements:
         else:
             server[name] = before
 
-    def done(self, server: dict[str, str], uses: tuple[tuple[str, str, str], ...]) -> None:
+    def done(self, server: dict[str, str], uses: Uses) -> None:
         """The client's statements ran without an error: record what they changed."""
         for verb, name, text in uses:
             if verb == PREPARE:

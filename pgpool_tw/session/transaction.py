@@ -55,7 +55,6 @@ from pgpool_tw.cluster.session_state import (
     ALL,
     DEALLOCATE,
     EXECUTE,
-    PREPARE,
     PREPARED,
     SET,
     UNPARSED,
@@ -110,7 +109,6 @@ _PARSE_COMPLETE_MSG = b"1\x00\x00\x00\x04"
 _SYNC_MESSAGE = b"S\x00\x00\x00\x04"
 _CLOSE_COMPLETE_MSG = b"3\x00\x00\x00\x04"
 _DEALLOCATE_DONE = m.message(b"C", b"DEALLOCATE\x00")
-_PREPARE_DONE = m.message(b"C", b"PREPARE\x00")
 
 #: The pin reason of a named protocol statement with max_prepared_statements = 0.
 NAMED_STATEMENT = "named_statement"
@@ -525,7 +523,6 @@ class TransactionStream:
             if self._sql_answer(effect, start):
                 return
             self._sql_sync(effect, start)
-            self._sql_runs(effect)
         unit = self._take_unit()
         unit.append(effect)
         self._send(msg, _E_QUERY, unit)
@@ -554,42 +551,24 @@ class TransactionStream:
 
     def _sql_sync(self, effect: StateEffect, start: bool) -> None:
         """Before a statement that uses SQL prepared names: the server's made the
-        client's, when hidden statements may go first."""
-        if not start or not self._sql_on():
-            return
+        client's, when hidden statements may go first; the pins of what it EXECUTEs."""
         server = self.server
         assert server is not None
-        for _, name, _ in effect.sql:
-            if name:
-                self._hidden(self.sql.sync(server.sql_prepared, name))
-
-    def _sql_runs(self, effect: StateEffect) -> None:
-        """An EXECUTE runs its statement: that statement's pins (an advisory lock...)."""
-        texts = self.sql.texts
-        for verb, name, _ in effect.sql:
-            if verb == EXECUTE:
-                text = texts.get(name)
-                if text is not None:
-                    for reason in state_effect(text).runs:
-                        self.pinned[reason] = True
+        if start and self._sql_on():
+            self._hidden(self.sql.sync_uses(server.sql_prepared, effect.sql))
+        for reason in self.sql.runs(effect.sql):
+            self.pinned[reason] = True
 
     def _sql_answer(self, effect: StateEffect, start: bool) -> bool:
         """A PREPARE or DEALLOCATE alone that the pooler answers in the server's place:
-
-        * ``DEALLOCATE`` of a protocol-level statement of the client (psycopg sends it):
-          it never existed under that name on a server;
-        * ``DEALLOCATE`` of an SQL statement of the client that the server does not hold
-          as the client's: forgotten, it need not be prepared here to be deallocated;
-        * ``PREPARE`` of a name the client lacks, whose very text the server holds
-          (clients that all prepare the same statements): recorded.
-
-        The last two only when the client's transaction state is known and not failed
-        (PostgreSQL would refuse them there)."""
+        a DEALLOCATE of a protocol-level statement of the client (psycopg sends it: it
+        never existed under that name on a server), or what ``SqlStatements.answer``
+        says, when the client's transaction state is known and not failed (PostgreSQL
+        would refuse there)."""
         if effect.several:
             return False
-        verb, name, text = effect.sql[0]
-        mine = self.sql.texts.get(name)
-        if verb == DEALLOCATE and name and mine is None:
+        verb, name, _ = effect.sql[0]
+        if verb == DEALLOCATE and name and name not in self.sql.texts:
             key = m.encode(name)
             if key not in self.statements:
                 return False
@@ -597,18 +576,12 @@ class TransactionStream:
             self._fake(_DEALLOCATE_DONE, query=True)
             return True
         server = self.server
-        if not name or not start or self._expect or server is None or not self._sql_on():
+        if not start or self._expect or server is None or not self._sql_on():
             return False
-        theirs = server.sql_prepared.get(name)
-        if verb == DEALLOCATE and mine is not None and theirs != mine:
-            del self.sql.texts[name]
-            self._fake(_DEALLOCATE_DONE, query=True)
-            return True
-        if verb == PREPARE and mine is None and theirs == text:
-            self.sql.done(server.sql_prepared, effect.sql)
-            self._fake(_PREPARE_DONE, query=True)
-            return True
-        return False
+        tag = self.sql.answer(server.sql_prepared, effect.sql)
+        if tag:
+            self._fake(m.message(b"C", tag + b"\0"), query=True)
+        return bool(tag)
 
     def _fake(self, reply: bytes, query: bool = False) -> None:
         """Answer in the server's place, after whatever the server owes before it."""
@@ -690,7 +663,6 @@ class TransactionStream:
             self._unit.append(effect)
             if effect.sql:
                 self._sql_sync(effect, start)
-                self._sql_runs(effect)
         if name and self.max_prepared:
             ours = self._ours(name)
             if ours is not None:
@@ -910,20 +882,24 @@ class TransactionStream:
         self.queries += 1
         if status == IDLE:
             self.xacts += 1
-        self._unit_ended(detail, self._failed)
+        self._unit_ended(detail, self._failed, head == _E_QUERY)
         self._failed = False
         self._out.append(m.message(b"Z", body))
         self._drain_fakes()
 
-    def _unit_ended(self, effects: Optional[list[StateEffect]], failed: bool) -> None:
+    def _unit_ended(
+        self, effects: Optional[list[StateEffect]], failed: bool, query: bool = False
+    ) -> None:
         """What the unit's statements left, now that the server answered them."""
         if not effects:
             return
         server = self.server
-        if failed and (len(effects) > 1 or effects[0].several) and PREPARED not in self.pinned:
+        alone = query and len(effects) == 1 and not effects[0].several
+        if failed and not alone and PREPARED not in self.pinned:
+            # What of a PREPARE or DEALLOCATE ran before the error is not known (only a
+            # Query of one statement failed whole): the server is the truth now.
             for effect in effects:
                 if any(verb != EXECUTE for verb, _, _ in effect.sql):
-                    # What ran before the error is not known: the server is the truth.
                     self.pinned[PREPARED] = True
                     break
         for effect in effects:

@@ -568,6 +568,28 @@ class SqlPreparedTests(SynchronousTestCase):
         )
         self.assertEqual([k for k, _ in client.got()], [b"2", b"D", b"C", b"Z"])
 
+    def test_a_prepare_by_the_extended_protocol_counts_when_its_batch_succeeds(self) -> None:
+        batch = parse(b"", b"PREPARE q AS SELECT 1") + bind(b"") + execute() + SYNC
+        client = Client(self.names)
+        client.stream.feed_client(batch)
+        client.stream.attach(self.a)  # type: ignore[arg-type]
+        client.answer(PARSE_OK + BIND_OK + PREPARED_OK)
+        self.assertEqual(client.stream.sql.texts, {"q": "PREPARE q AS SELECT 1"})
+        self.assertEqual(client.owner.releases, 1)
+        # A batch that fails: whether its PREPARE ran before the error is not known.
+        other = Client(self.names)
+        other.stream.feed_client(batch)
+        other.stream.attach(self.b)  # type: ignore[arg-type]
+        other.answer(m.error_response("42P05", "exists", "ERROR") + ready())
+        self.assertEqual(set(other.stream.pinned), {PREPARED})
+        self.assertEqual(other.stream.sql.texts, {})
+
+    def test_a_deallocate_among_other_statements_is_never_answered_by_the_pooler(self) -> None:
+        client = Client(self.names)
+        client.stream.statements[b"_pg3_0"] = b"SELECT 1\0\x00\x00"
+        text = "SELECT 1; DEALLOCATE _pg3_0"
+        self.assertEqual(queries(client.query(self.a, text)), [text])
+
     def test_a_lease_puts_all_the_clients_statements_before_a_pipeline(self) -> None:
         client = self.prepared_on(self.a)
         client.query(self.a, "PREPARE r AS SELECT 3")
