@@ -8,9 +8,11 @@ that holds one in a transaction, then commits, moves the others from one to the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator
 from typing import Any
 
+import asyncpg
 import psycopg
 from twisted.internet.defer import Deferred, inlineCallbacks
 
@@ -184,4 +186,75 @@ class SqlPrepareTests(PoolerTestCase):
 
         rows = yield self.in_thread(run)
         self.assertEqual(rows, [(1,), (2,)])
+        self.assertEqual(self.pinned(service), [])
+
+    @inlineCallbacks
+    def test_inside_a_transaction_block(self) -> Steps:
+        """The statement put on a server inside the client's transaction stays there when
+        the transaction rolls back (as PostgreSQL's PREPARE does)."""
+        service, dsn = self.start()
+
+        def run() -> list[Any]:
+            a, c = _open(dsn), _open(dsn)
+            try:
+                a.execute("prepare q as select 'q', pg_backend_pid()")
+                c.execute("begin")  # a moves to the other server
+                _row(c, "select 1")
+                a.execute("begin")
+                first = _row(a, "execute q")
+                a.execute("rollback")
+                a.execute("begin")  # c still holds the other server: the same one
+                second = _row(a, "execute q")
+                a.execute("commit")
+                c.execute("commit")
+                return [first, second]
+            finally:
+                a.close()
+                c.close()
+
+        first, second = yield self.in_thread(run)
+        self.assertEqual(first[0], "q")
+        self.assertEqual(second, first, "the same server, which kept q")
+        self.assertEqual(self.pinned(service), [])
+
+    @inlineCallbacks
+    def test_asyncpg(self) -> Steps:
+        """asyncpg prepares every statement it fetches with (Parse of "EXECUTE q", then
+        Bind): two clients, one name, two statements, taking turns while a third holds a
+        server now and then, so that they move between the servers."""
+        service, dsn = self.start()
+        user, db = self.role_and_db()
+
+        async def main() -> list[tuple[str, int]]:
+            conns = [
+                await asyncpg.connect(host="127.0.0.1", port=service.port, user=user, database=db)
+                for _ in range(3)
+            ]
+            a, b, holder = conns
+            try:
+                await a.execute("prepare q (int) as select $1 + 1000")
+                await b.execute("prepare q (int) as select $1 + 2000")
+                values = []
+                for round_ in range(8):
+                    if round_ % 2:
+                        await holder.execute("begin; select 1")
+                    for name, conn in (("a", a), ("b", b)):
+                        values.append((name, await conn.fetchval(f"execute q({round_})")))
+                        values.append((name, await conn.fetchval("execute q(0)")))
+                    if round_ % 2:
+                        await holder.execute("commit")
+                return values
+            finally:
+                for conn in conns:
+                    await conn.close()
+
+        def run() -> list[tuple[str, int]]:
+            return asyncio.run(main())
+
+        values = yield self.in_thread(run)
+        expected = []
+        for round_ in range(8):
+            for name, base in (("a", 1000), ("b", 2000)):
+                expected += [(name, round_ + base), (name, base)]
+        self.assertEqual(values, expected)
         self.assertEqual(self.pinned(service), [])
