@@ -27,8 +27,14 @@ and for each server (``BackendProtocol.sql_prepared``).  The rule:
   every server without end.  ``max_prepared_statements`` is about protocol-level
   statements and does not bound these.
 
-SQL and protocol-level names are kept apart (protocol ones are renamed), so a client that
-uses one name for both is not told "already exists" as a direct connection would be.
+Not exact: SQL and protocol-level names are kept apart (protocol ones are renamed), so a
+client that uses one name for both is not told "already exists" as a direct connection
+would be.  Hidden statements go only before a simple Query or the first extended-protocol
+message since a Sync (the stream's rule), and at a lease's first such message all the
+client's own statements are put on the server; so in the middle of a pipeline a name the
+client does not hold may still hold another client's statement on that server (an
+EXECUTE of it runs, a PREPARE of it fails "already exists"): a program that EXECUTEs what
+it never prepared is wrong anyway.
 
 Pure bookkeeping: the stream (``session/transaction.py``) decides when hidden statements
 may be sent and sends them.
