@@ -1,5 +1,5 @@
 """What a statement leaves behind in its server session: the rule behind transaction
-pooling's automatic pinning (issue #18; nothing calls it yet).
+pooling's automatic pinning (issue #18; ``session/transaction.py`` asks it).
 
 In transaction pooling a client's server goes back to the pool when ReadyForQuery says
 idle.  A statement that leaves state in the server session must keep the client on that
@@ -30,10 +30,16 @@ Rules:
   cleared by ``DISCARD TEMP``.
 - ``hold_cursor``: ``DECLARE … WITH HOLD``; cleared by ``CLOSE ALL``.
 - ``load``: ``LOAD`` (a library stays loaded); nothing clears it.
-- ``prepared``: SQL ``PREPARE`` (its name is the client's, in the server's namespace);
-  cleared by ``DEALLOCATE ALL``.  ``DEALLOCATE name`` is reported (``deallocate``) so the
-  session can tell its own protocol-level statements apart: those never exist under the
-  client's name on a server.
+- SQL prepared statements are no pin: ``sql`` reports, statement by statement, each
+  ``PREPARE name`` (with the statement's own text, to be run again on another server),
+  ``EXECUTE name`` (alone, or under ``EXPLAIN`` / ``CREATE TABLE AS``) and ``DEALLOCATE
+  name``, and the session carries them across servers (``session/sql_prepared.py``).  A
+  ``PREPARE`` alone leaves no other pin: its statement runs at ``EXECUTE``, so its pins
+  are ``runs``, taken there; in a text of several statements they count at once (the
+  text may execute it).  ``DEALLOCATE ALL`` clears ``prepared`` (the pin the session
+  takes when it cannot tell what a failed text left) and is reported in ``deallocate``
+  as "", as ``DEALLOCATE name`` is by its name (the session's own protocol-level
+  statements never exist under the client's name on a server).
 - ``DISCARD ALL`` clears everything (``ALL``).
 - Text that does not parse: ``unparsed``, a pin nothing clears (the safe side).
 
@@ -51,11 +57,14 @@ from pgpool_tw.cluster.classify import AVAILABLE, normalize, parse_statements
 __all__ = [
     "ADVISORY_LOCK",
     "ALL",
+    "DEALLOCATE",
+    "EXECUTE",
     "AVAILABLE",
     "HOLD_CURSOR",
     "LISTEN",
     "LOAD",
     "NOTHING",
+    "PREPARE",
     "PREPARED",
     "REPLAYABLE",
     "ROLE",
@@ -70,6 +79,8 @@ __all__ = [
 SET, ROLE, LISTEN, ADVISORY_LOCK = "set", "role", "listen", "advisory_lock"
 TEMP_TABLE, HOLD_CURSOR, LOAD, UNPARSED = "temp_table", "hold_cursor", "load", "unparsed"
 PREPARED = "prepared"
+#: What a statement does with an SQL prepared statement (``StateEffect.sql``).
+PREPARE, EXECUTE, DEALLOCATE = "prepare", "execute", "deallocate"
 #: What DISCARD ALL clears: every reason.
 ALL = "all"
 
@@ -114,6 +125,14 @@ class StateEffect:
     replay: tuple[tuple[str, str], ...] = ()
     #: The names of ``DEALLOCATE name`` statements; "" for ``DEALLOCATE ALL``.
     deallocate: tuple[str, ...] = ()
+    #: SQL prepared statements used, in order: (PREPARE, name, the statement's text),
+    #: (EXECUTE, name, "") or (DEALLOCATE, name, ""); the name "" for DEALLOCATE ALL
+    #: and DISCARD ALL (what follows them in the text counts, what precedes them not).
+    sql: tuple[tuple[str, str, str], ...] = ()
+    #: A single PREPARE: the pins its statement leaves each time it is executed.
+    runs: frozenset[str] = frozenset()
+    #: The text holds more than one statement (what failed in it is not known).
+    several: bool = False
 
 
 _NOTHING = StateEffect()
@@ -166,21 +185,61 @@ def _effect(text: str) -> tuple[StateEffect, bool]:
     clears: set[str] = set()
     replay: list[tuple[str, str]] = []
     deallocate: list[str] = []
+    sql: list[tuple[str, str, str]] = []
+    runs: set[str] = set()
     constants = [False]  # a rule read a constant (set_config's is_local)
+    several = len(statements) > 1
     for item in statements:
         node = item.get("stmt", {})
         start = item.get("stmt_location", 0)
         length = item.get("stmt_len", 0) or len(text) - start
-        _statement(node, text[start : start + length].strip(), pins, clears, replay)
+        own = text[start : start + length].strip()
+        _statement(node, own, pins, clears, replay)
+        prepare = node.get("PrepareStmt")
+        if isinstance(prepare, dict):
+            sql.append((PREPARE, str(prepare.get("name", "")), own))
+            # Its statement runs at EXECUTE; in a text of several statements, maybe now.
+            _functions(prepare.get("query"), pins if several else runs, clears, constants)
+            continue
         _functions(node, pins, clears, constants)
         body = node.get("DeallocateStmt")
         if isinstance(body, dict):
-            deallocate.append("" if body.get("isall") else str(body.get("name", "")))
-    shapeable = not replay and not constants[0]
-    if not (pins or clears or replay or deallocate):
+            name = "" if body.get("isall") else str(body.get("name", ""))
+            deallocate.append(name)
+            sql.append((DEALLOCATE, name, ""))
+        elif (node.get("DiscardStmt") or {}).get("target") == "DISCARD_ALL":
+            sql.append((DEALLOCATE, "", ""))
+        executed = _executed(node)
+        if executed is not None:
+            sql.append((EXECUTE, executed, ""))
+    # A PREPARE carries its own text: no other text shares its effect.
+    shapeable = not replay and not constants[0] and all(use[2] == "" for use in sql)
+    if not (pins or clears or replay or deallocate or sql):
         return _NOTHING, shapeable
-    effect = StateEffect(frozenset(pins), frozenset(clears), tuple(replay), tuple(deallocate))
+    effect = StateEffect(
+        frozenset(pins),
+        frozenset(clears),
+        tuple(replay),
+        tuple(deallocate),
+        tuple(sql),
+        frozenset(runs),
+        several,
+    )
     return effect, shapeable
+
+
+def _executed(node: dict[str, Any]) -> Optional[str]:
+    """The prepared statement ``EXECUTE name`` runs, alone or as EXPLAIN's or CREATE
+    TABLE AS's query (the only statements that may hold one)."""
+    for kind in ("ExplainStmt", "CreateTableAsStmt"):
+        outer = node.get(kind)
+        if isinstance(outer, dict):
+            node = outer.get("query") or {}
+            break
+    execute = node.get("ExecuteStmt") if isinstance(node, dict) else None
+    if isinstance(execute, dict):
+        return str(execute.get("name", ""))
+    return None
 
 
 def _statement(
@@ -209,8 +268,6 @@ def _statement(
             clears.add(TEMP_TABLE)
     elif kind == "LoadStmt":
         pins.add(LOAD)
-    elif kind == "PrepareStmt":
-        pins.add(PREPARED)
     elif kind == "DeallocateStmt" and body.get("isall"):
         clears.add(PREPARED)
     elif _temporary(kind, body):

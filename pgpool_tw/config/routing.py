@@ -167,7 +167,7 @@ def _parse_redirect(item: str, name: str, rest: str) -> Redirect:
     target: Union[int, str]
     if target_text.lower() in (PRIMARY, STANDBY):
         target = target_text.lower()
-    elif target_text.isdigit() and int(target_text) < MAX_BACKENDS:
+    elif target_text.isascii() and target_text.isdigit() and int(target_text) < MAX_BACKENDS:
         target = int(target_text)
     else:
         raise BadValue(

@@ -112,6 +112,8 @@ class BackendProtocol(Protocol):
         #: and the replayable settings clients SET here (setting -> statement).
         self.prepared: OrderedDict[bytes, None] = OrderedDict()
         self.replayed: dict[str, str] = {}
+        #: SQL PREPARE statements clients made here: name -> its text (sql_prepared.py).
+        self.sql_prepared: dict[str, str] = {}
         self.created = clock.seconds()
         self.idle_since = self.created
         self.tracker: Optional[SessionTracker] = None

@@ -307,6 +307,7 @@ class Pool:
         # DISCARD ALL drops prepared statements and settings): start afresh.
         server.prepared.clear()
         server.replayed.clear()
+        server.sql_prepared.clear()
         if not (ok and server.connected_ok):
             # _forget cancels the timer and gives a waiting claimant None.
             self._discard(server, _RESET_FAILED)

@@ -18,6 +18,15 @@ what a server session would have kept:
   ``max_prepared_statements`` of them (the least recently used is closed).  SQL
   ``DEALLOCATE name`` of such a statement is answered by the pooler too (psycopg sends it).
   With ``max_prepared_statements = 0`` a named statement pins the client instead.
+* **SQL prepared statements** (``PREPARE`` / ``EXECUTE`` / ``DEALLOCATE``) keep the
+  client's names; before a statement that uses one reaches a server, hidden statements
+  make the server hold the client's text under it (``session/sql_prepared.py`` has the
+  rule).  They go only where nothing of the client's can be disturbed: before a simple
+  Query, or before the first extended-protocol message since a Sync (at a lease's first
+  such message, for all the client's names, since a pipeline may use any of them where
+  nothing can go before it).  A text of several statements that fails leaves the
+  server's names unknown: the client is pinned (``prepared``) until DEALLOCATE ALL or
+  DISCARD ALL.
 * **Session state** (``cluster/session_state.py``): a statement that leaves state in the
   server session pins the client to its server until the state is cleared; the reasons
   are ``pinned`` (the stats snapshot shows them).  A SET of a setting whose whole effect is
@@ -44,6 +53,8 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from pgpool_tw.cluster.session_state import (
     ALL,
+    DEALLOCATE,
+    EXECUTE,
     NOTHING,
     PREPARED,
     SET,
@@ -56,6 +67,7 @@ from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.sql import quote_literal
+from pgpool_tw.session.sql_prepared import Hidden, SqlStatements
 
 if TYPE_CHECKING:
     from pgpool_tw.pool.backend import BackendProtocol
@@ -66,6 +78,7 @@ _LENGTH = Struct("!I").unpack_from
 _MAX_MESSAGE = 0x3FFFFFFF
 
 IDLE = m.IDLE
+_FAILED = m.IN_FAILED_TRANSACTION
 
 # Client message types.
 _QUERY, _PARSE, _BIND, _DESCRIBE, _EXECUTE = b"QPBDE"
@@ -184,6 +197,7 @@ class TransactionStream:
         "pending",
         "pinned",
         "statements",
+        "sql",
         "wanted",
         "_asked",
         "_closed",
@@ -194,6 +208,8 @@ class TransactionStream:
         "_unit",
         "_unnamed",
         "_failed",
+        "_batch",
+        "_sql_all",
         "_s_skip",
         "_s_drop",
         "_s_head",
@@ -233,6 +249,8 @@ class TransactionStream:
         self.pinned: dict[str, bool] = {}
         #: The client's named statements: name -> Parse body after the name.
         self.statements: dict[bytes, bytes] = {}
+        #: The client's SQL prepared statements (PREPARE), under its own names.
+        self.sql = SqlStatements()
         #: REPLAYABLE settings the client changed: setting -> its SET statement.
         self.wanted: dict[str, str] = {}
         self._asked = False
@@ -249,6 +267,10 @@ class TransactionStream:
         self._unnamed: Optional[StateEffect] = None
         #: An ErrorResponse answered the current unit.
         self._failed = False
+        #: An extended-protocol message went to the server since the last Sync or Query.
+        self._batch = False
+        #: All the client's SQL statements were put on the server held now.
+        self._sql_all = False
         # Server side: bytes of the current message still to come, whether they are
         # dropped, a cut header, a ReadyForQuery/ParameterStatus body being collected.
         self._s_skip = 0
@@ -304,7 +326,10 @@ class TransactionStream:
         then send what the client sent meanwhile."""
         self.server = server
         self._asked = False
+        self._batch = False
+        self._sql_all = False
         self._replay(server)
+        self._hidden(self.sql.trim(server.sql_prepared))
         held, self._held = self._held, []
         self._held_size = 0
         for msg in held:
@@ -350,6 +375,11 @@ class TransactionStream:
             texts.append(f"SET application_name TO {quote_literal(app)}")
         for text in texts:
             self._send(m.query(text), _E_HIDDEN_QUERY)
+
+    def _hidden(self, statements: list[Hidden]) -> None:
+        """SQL prepared-statement work on the server the client never sees."""
+        for hidden in statements:
+            self._send(m.query(hidden[0]), _E_HIDDEN_QUERY, hidden)
 
     # -- client to server ---------------------------------------------------------------
 
@@ -444,8 +474,10 @@ class TransactionStream:
         elif kind == _BIND:
             self._bind(msg)
         elif kind == _EXECUTE:
+            self._start_batch()
             self._send(msg, _E_EXECUTE)
         elif kind == _SYNC:
+            self._batch = False
             self.pending += 1
             self._send(msg, _E_SYNC, self._take_unit())
         elif kind == _DESCRIBE:
@@ -524,27 +556,74 @@ class TransactionStream:
                 _BY_SHAPE[key] = effect
         self._pin(effect)
         self.pending += 1
-        if effect.deallocate and self._deallocate_ours(effect):
-            return
-        if effect is NOTHING and not self._unit:
+        start = not self._batch
+        self._batch = False
+        if effect.sql:
+            if self._sql_answer(effect, start):
+                return
+            self._sql_sync(effect, start)
+        elif effect is NOTHING and not self._unit:
             self._send(msg, _E_QUERY)  # the common case: nothing to remember
             return
         unit = self._take_unit()
         unit.append(effect)
         self._send(msg, _E_QUERY, unit)
 
-    def _deallocate_ours(self, effect: StateEffect) -> bool:
-        """``DEALLOCATE name`` alone, of a protocol-level statement of this client: it never
-        existed on a server under that name, so the pooler answers it."""
-        names = effect.deallocate
-        if len(names) != 1 or not names[0]:
+    def _start_batch(self) -> bool:
+        """An extended-protocol message: True when it is the first since the last Sync or
+        Query, so that hidden statements may still go before it (a Query in a batch
+        would end the client's unnamed statement and portal, and after an error the
+        server skips it)."""
+        if self._batch:
             return False
-        name = m.encode(names[0])
-        if name not in self.statements:
-            return False
-        del self.statements[name]
-        self._fake(_DEALLOCATE_DONE, query=True)
+        self._batch = True
+        if not self._sql_all and self.sql.texts and self._sql_on():
+            # A pipeline may EXECUTE any of them mid-batch, where nothing can go first.
+            self._sql_all = True
+            server = self.server
+            assert server is not None
+            self._hidden(self.sql.sync_all(server.sql_prepared))
         return True
+
+    def _sql_on(self) -> bool:
+        """Hidden SQL-statement work may be done: not while a failed text left the
+        server's names unknown (the client is pinned there: the server is the truth), nor
+        in a failed transaction block (it would fail, as the client's statement will)."""
+        return PREPARED not in self.pinned and self.status != _FAILED
+
+    def _sql_sync(self, effect: StateEffect, start: bool) -> None:
+        """Before a statement that uses SQL prepared names: the server's made the
+        client's, when hidden statements may go first; the pins of what it EXECUTEs."""
+        server = self.server
+        assert server is not None
+        if start and self._sql_on():
+            self._hidden(self.sql.sync_uses(server.sql_prepared, effect.sql))
+        for reason in self.sql.runs(effect.sql):
+            self.pinned[reason] = True
+
+    def _sql_answer(self, effect: StateEffect, start: bool) -> bool:
+        """A PREPARE or DEALLOCATE alone that the pooler answers in the server's place:
+        a DEALLOCATE of a protocol-level statement of the client (psycopg sends it: it
+        never existed under that name on a server), or what ``SqlStatements.answer``
+        says, when the client's transaction state is known and not failed (PostgreSQL
+        would refuse there)."""
+        if effect.several:
+            return False
+        verb, name, _ = effect.sql[0]
+        if verb == DEALLOCATE and name and name not in self.sql.texts:
+            key = m.encode(name)
+            if key not in self.statements:
+                return False
+            del self.statements[key]
+            self._fake(_DEALLOCATE_DONE, query=True)
+            return True
+        server = self.server
+        if not start or self._expect or server is None or not self._sql_on():
+            return False
+        tag = self.sql.answer(server.sql_prepared, effect.sql)
+        if tag:
+            self._fake(m.message(b"C", tag + b"\0"), query=True)
+        return bool(tag)
 
     def _fake(self, reply: bytes, query: bool = False) -> None:
         """Answer in the server's place, after whatever the server owes before it."""
@@ -559,7 +638,10 @@ class TransactionStream:
         text_end = content.index(b"\0")
         # Pins count from the Parse (the safe side); what a statement clears or replays
         # counts when a Bind runs it (psycopg prepares DEALLOCATE ALL before running it).
+        start = self._start_batch()
         effect = self._effect(m.decode(content[:text_end]))
+        if effect.sql:
+            self._sql_sync(effect, start)
         if not name:
             self._unnamed = effect
             self._send(msg, _E_PARSE)
@@ -608,16 +690,21 @@ class TransactionStream:
         return ours
 
     def _bind(self, msg: bytes) -> None:
+        start = self._start_batch()
         portal_end = msg.index(b"\0", 5)
         name_end = msg.index(b"\0", portal_end + 1)
         name = msg[portal_end + 1 : name_end]
+        effect: Optional[StateEffect] = None
         if not name:
-            if self._unnamed is not None:
-                self._unit.append(self._unnamed)
+            effect = self._unnamed
         else:
             content = self.statements.get(name)
             if content is not None:
-                self._unit.append(state_effect(m.decode(content[: content.index(b"\0")])))
+                effect = state_effect(m.decode(content[: content.index(b"\0")]))
+        if effect is not None:
+            self._unit.append(effect)
+            if effect.sql:
+                self._sql_sync(effect, start)
         if name and self.max_prepared:
             ours = self._ours(name)
             if ours is not None:
@@ -626,6 +713,7 @@ class TransactionStream:
         self._send(msg, _E_BIND)
 
     def _describe(self, msg: bytes) -> None:
+        self._start_batch()
         name = msg[6:-1]
         if msg[5:6] == b"S" and name and self.max_prepared:
             ours = self._ours(name)
@@ -634,6 +722,7 @@ class TransactionStream:
         self._send(msg, _E_DESCRIBE)
 
     def _close(self, msg: bytes) -> None:
+        self._start_batch()
         name = msg[6:-1]
         if msg[5:6] == b"S" and name and self.max_prepared:
             self.statements.pop(name, None)
@@ -822,6 +911,8 @@ class TransactionStream:
             return  # a ReadyForQuery nobody asked for: the server is confused; drop it
         head, detail = expect.popleft()
         if head == _E_HIDDEN_QUERY:
+            if self._failed and detail is not None and self.server is not None:
+                self.sql.undo(self.server.sql_prepared, detail)
             self._failed = False
             self._drain_fakes()
             return
@@ -833,16 +924,26 @@ class TransactionStream:
         self.queries += 1
         if status == IDLE:
             self.xacts += 1
-        self._unit_ended(detail, self._failed)
+        self._unit_ended(detail, self._failed, head == _E_QUERY)
         self._failed = False
         self._out.append(m.message(b"Z", body))
         self._drain_fakes()
 
-    def _unit_ended(self, effects: Optional[list[StateEffect]], failed: bool) -> None:
+    def _unit_ended(
+        self, effects: Optional[list[StateEffect]], failed: bool, query: bool = False
+    ) -> None:
         """What the unit's statements left, now that the server answered them."""
         if not effects:
             return
         server = self.server
+        alone = query and len(effects) == 1 and not effects[0].several
+        if failed and not alone and PREPARED not in self.pinned:
+            # What of a PREPARE or DEALLOCATE ran before the error is not known (only a
+            # Query of one statement failed whole): the server is the truth now.
+            for effect in effects:
+                if any(verb != EXECUTE for verb, _, _ in effect.sql):
+                    self.pinned[PREPARED] = True
+                    break
         for effect in effects:
             if failed:
                 continue
@@ -863,6 +964,8 @@ class TransactionStream:
             if "" in effect.deallocate and server is not None:
                 server.prepared.clear()
                 self.statements.clear()
+            if effect.sql and server is not None and PREPARED not in self.pinned:
+                self.sql.done(server.sql_prepared, effect.sql)
 
     def _clear(self, effect: StateEffect) -> None:
         pinned = self.pinned
@@ -871,6 +974,7 @@ class TransactionStream:
             pinned.clear()
             self.wanted.clear()
             self.statements.clear()
+            self.sql.clear(server.sql_prepared if server is not None else None)
             if server is not None:
                 # DISCARD ALL: settings back to the login's, every statement gone.
                 server.replayed.clear()
@@ -884,7 +988,9 @@ class TransactionStream:
                 if server is not None:
                     server.replayed.clear()
             if reason == PREPARED and server is not None:
+                # DEALLOCATE ALL: every statement gone, the pooler's and the client's.
                 server.prepared.clear()
+                self.sql.clear(server.sql_prepared)
 
     def _maybe_release(self) -> None:
         if (

@@ -3,15 +3,20 @@ transaction pooling's pinning), by pglast."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from pgpool_tw.cluster import session_state
 from pgpool_tw.cluster.session_state import (
     ADVISORY_LOCK,
     ALL,
+    DEALLOCATE,
+    EXECUTE,
     HOLD_CURSOR,
     LISTEN,
     LOAD,
+    PREPARE,
     PREPARED,
     ROLE,
     SET,
@@ -67,7 +72,8 @@ CASES: dict[str, tuple[set[str], set[str], list[str]]] = {
     "SELECT 1": (set(), set(), []),
     "INSERT INTO t VALUES (1)": (set(), set(), []),
     "SELEC 1": ({UNPARSED}, set(), []),
-    "PREPARE p AS SELECT 1": ({PREPARED}, set(), []),
+    "PREPARE p AS SELECT 1": (set(), set(), []),
+    "PREPARE p AS SELECT pg_advisory_lock(1)": (set(), set(), []),
     "DEALLOCATE ALL": (set(), {PREPARED}, []),
     "DEALLOCATE p": (set(), set(), []),
 }
@@ -125,8 +131,56 @@ class StateEffectTests(SynchronousTestCase):
 
     def test_cached_by_text_and_bounded(self) -> None:
         self.assertIs(state_effect("SET work_mem = 1"), state_effect("SET work_mem = 1"))
+        # A cache of its own (other tests' texts stay in the shared one), of texts that
+        # share no effect by shape (each carries its own statement).
+        self.patch(session_state, "_cache", OrderedDict())
         self.patch(session_state, "CACHE_SIZE", 3)
         for number in range(10):
-            state_effect(f"SELECT {number}")
-        self.assertLessEqual(len(session_state._cache), 4)
+            state_effect(f"PREPARE p{number} AS SELECT {number}")
+        self.assertEqual(len(session_state._cache), 3)
         self.assertEqual(state_effect("SELECT 1"), StateEffect())
+
+
+class SqlPreparedTests(SynchronousTestCase):
+    """SQL PREPARE / EXECUTE / DEALLOCATE: reported, not pinned (the session carries them)."""
+
+    def setUp(self) -> None:
+        if not session_state.AVAILABLE:
+            raise SkipTest("pglast is not installed")
+        # Caches of their own: the cache-size test counts the shared one's entries.
+        self.patch(session_state, "_cache", OrderedDict())
+        self.patch(session_state, "_shapes", {})
+
+    def test_each_statement(self) -> None:
+        cases = {
+            "PREPARE q (int) AS SELECT $1": ((PREPARE, "q", "PREPARE q (int) AS SELECT $1"),),
+            "/* x */ PREPARE Q AS select 1;  -- y": ((PREPARE, "q", "PREPARE Q AS select 1"),),
+            "EXECUTE q(1)": ((EXECUTE, "q", ""),),
+            'EXECUTE "Q"': ((EXECUTE, "Q", ""),),
+            "EXPLAIN ANALYZE EXECUTE q(2)": ((EXECUTE, "q", ""),),
+            "CREATE TABLE t AS EXECUTE q": ((EXECUTE, "q", ""),),
+            "DEALLOCATE q": ((DEALLOCATE, "q", ""),),
+            "DEALLOCATE PREPARE q": ((DEALLOCATE, "q", ""),),
+            "DEALLOCATE ALL": ((DEALLOCATE, "", ""),),
+            "DISCARD ALL": ((DEALLOCATE, "", ""),),
+            "DISCARD TEMP": (),
+            "SELECT 1": (),
+        }
+        for text, sql in cases.items():
+            effect = state_effect(text)
+            self.assertEqual(effect.sql, sql, text)
+            self.assertNotIn(PREPARED, effect.pins, text)
+            self.assertFalse(effect.several, text)
+
+    def test_a_prepared_statement_pins_when_it_runs(self) -> None:
+        alone = state_effect("PREPARE q AS SELECT pg_advisory_lock(1)")
+        self.assertEqual((alone.pins, alone.runs), (set(), {ADVISORY_LOCK}))
+        with_it = state_effect("PREPARE q AS SELECT pg_advisory_lock(1); EXECUTE q")
+        self.assertEqual(with_it.pins, {ADVISORY_LOCK}, "the text may run it at once")
+        self.assertTrue(with_it.several)
+        self.assertEqual([verb for verb, _, _ in with_it.sql], [PREPARE, EXECUTE])
+
+    def test_a_prepare_carries_its_own_text_whatever_the_shape(self) -> None:
+        for number in (1, 2):
+            text = f"PREPARE q AS SELECT * FROM t WHERE a = {number}"
+            self.assertEqual(state_effect(text).sql, ((PREPARE, "q", text),))

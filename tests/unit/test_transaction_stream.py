@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from pgpool_tw.cluster import session_state
+from pgpool_tw.cluster.session_state import PREPARED
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.session import sql_prepared
 from pgpool_tw.session.transaction import NAMED_STATEMENT, StatementNames, TransactionStream
 
 
@@ -25,6 +27,7 @@ class FakeServer:
         self.params: dict[str, str] = {"application_name": "app"}
         self.prepared: OrderedDict[bytes, None] = OrderedDict()
         self.replayed: dict[str, str] = {}
+        self.sql_prepared: dict[str, str] = {}
         self.status = m.IDLE
 
     def send(self, data: bytes) -> None:
@@ -344,6 +347,294 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(self.owner.releases, 0)
         self.run_query(a, "DISCARD ALL", complete(b"DISCARD ALL"), ready())
         self.assertEqual(self.owner.releases, 1)
+
+
+class Client:
+    """One transaction-mode client: its stream, what it was sent, its owner."""
+
+    def __init__(self, names: StatementNames) -> None:
+        self.out: list[bytes] = []
+        self.owner = Owner()
+        self.stream = TransactionStream(self.out.append, self.owner, names, 200, "app", None)
+        self.owner.stream = self.stream
+
+    def got(self) -> list[tuple[bytes, bytes]]:
+        data = b"".join(self.out)
+        self.out.clear()
+        return split(data)
+
+    def query(self, server: FakeServer, text: str) -> list[tuple[bytes, bytes]]:
+        """Send a Query (on ``server`` if it holds none); what the server was sent."""
+        server.sent.clear()
+        self.stream.feed_client(m.query(text))
+        if self.stream.server is None:
+            self.stream.attach(server)  # type: ignore[arg-type]
+        return server.messages()
+
+    def answer(self, *reply: bytes) -> list[tuple[bytes, bytes]]:
+        """The server's answer; what reached the client."""
+        self.stream.feed_server(b"".join(reply))
+        return self.got()
+
+
+def queries(sent: list[tuple[bytes, bytes]]) -> list[str]:
+    return [body[:-1].decode() for kind, body in sent if kind == b"Q"]
+
+
+def does_not_exist(name: str) -> bytes:
+    return m.error_response("26000", f'prepared statement "{name}" does not exist', "ERROR")
+
+
+PREPARE_Q = "PREPARE q (int) AS SELECT $1 + 1"
+PREPARED_OK = complete(b"PREPARE") + ready()
+
+
+class SqlPreparedTests(SynchronousTestCase):
+    """SQL PREPARE / EXECUTE / DEALLOCATE across servers, under the client's names."""
+
+    def setUp(self) -> None:
+        if not session_state.AVAILABLE:
+            raise SkipTest("pglast is not installed")
+        self.names = StatementNames()
+        self.a, self.b = FakeServer("a"), FakeServer("b")
+
+    def prepared_on(self, server: FakeServer, text: str = PREPARE_Q) -> Client:
+        client = Client(self.names)
+        self.assertEqual(queries(client.query(server, text)), [text])
+        self.assertEqual([k for k, _ in client.answer(PREPARED_OK)], [b"C", b"Z"])
+        self.assertEqual(client.owner.releases, 1, "not a pin")
+        self.assertEqual(client.stream.pinned, {})
+        return client
+
+    def test_a_prepared_statement_follows_the_client_unseen(self) -> None:
+        client = self.prepared_on(self.a)
+        self.assertEqual(client.stream.sql.texts, {"q": PREPARE_Q})
+        self.assertEqual(self.a.sql_prepared, {"q": PREPARE_Q})
+        sent = client.query(self.b, "EXECUTE q(41)")
+        self.assertEqual(queries(sent), [PREPARE_Q, "EXECUTE q(41)"])
+        got = client.answer(PREPARED_OK + row(b"42") + complete(b"SELECT 1") + ready())
+        self.assertEqual([k for k, _ in got], [b"D", b"C", b"Z"], "the hidden PREPARE unseen")
+        self.assertEqual(self.b.sql_prepared, {"q": PREPARE_Q})
+        self.assertEqual(client.owner.releases, 2)
+        # Back on a, which has it: nothing hidden.
+        self.assertEqual(queries(client.query(self.a, "EXECUTE q(1)")), ["EXECUTE q(1)"])
+
+    def test_another_clients_statement_of_that_name_is_replaced(self) -> None:
+        first = self.prepared_on(self.a)
+        other_text = "PREPARE q AS SELECT 'other'"
+        second = self.prepared_on(self.b, other_text)
+        # The second client lands on a, which holds the first one's q.
+        sent = second.query(self.a, "EXECUTE q")
+        self.assertEqual(queries(sent), ['DEALLOCATE "q"', other_text, "EXECUTE q"])
+        got = second.answer(
+            complete(b"DEALLOCATE") + ready() + PREPARED_OK + row(b"other") + complete(b"SELECT 1")
+        )
+        self.assertEqual([k for k, _ in got], [b"D", b"C"])
+        self.assertEqual(second.answer(ready()), [(b"Z", b"I")])
+        self.assertEqual(self.a.sql_prepared, {"q": other_text})
+        # And back: the first client's q is put again on a.
+        self.assertEqual(
+            queries(first.query(self.a, "EXECUTE q(1)")),
+            ['DEALLOCATE "q"', PREPARE_Q, "EXECUTE q(1)"],
+        )
+
+    def test_a_prepare_of_a_name_another_client_left_deallocates_it_first(self) -> None:
+        self.prepared_on(self.a)
+        second = Client(self.names)
+        text = "PREPARE q AS SELECT 2"
+        self.assertEqual(queries(second.query(self.a, text)), ['DEALLOCATE "q"', text])
+        got = second.answer(complete(b"DEALLOCATE") + ready() + PREPARED_OK)
+        self.assertEqual(got, [(b"C", b"PREPARE\0"), (b"Z", b"I")])
+        self.assertEqual(self.a.sql_prepared, {"q": text})
+
+    def test_a_prepare_of_the_text_the_server_holds_is_answered_by_the_pooler(self) -> None:
+        self.prepared_on(self.a)
+        second = Client(self.names)
+        self.assertEqual(second.query(self.a, PREPARE_Q), [])
+        self.assertEqual(second.got(), [(b"C", b"PREPARE\0"), (b"Z", b"I")])
+        self.assertEqual(second.stream.sql.texts, {"q": PREPARE_Q})
+        self.assertEqual(second.owner.releases, 1)
+
+    def test_an_execute_of_a_name_the_client_lacks_never_runs_anothers(self) -> None:
+        self.prepared_on(self.a)
+        second = Client(self.names)
+        sent = second.query(self.a, "EXECUTE q(1)")
+        self.assertEqual(queries(sent), ['DEALLOCATE "q"', "EXECUTE q(1)"])
+        got = second.answer(complete(b"DEALLOCATE") + ready() + does_not_exist("q") + ready())
+        self.assertEqual([k for k, _ in got], [b"E", b"Z"])
+        self.assertEqual(self.a.sql_prepared, {})
+
+    def test_deallocate_where_the_server_lacks_it_is_answered_by_the_pooler(self) -> None:
+        client = self.prepared_on(self.a)
+        self.assertEqual(client.query(self.b, "DEALLOCATE q"), [])
+        self.assertEqual(client.got(), [(b"C", b"DEALLOCATE\0"), (b"Z", b"I")])
+        self.assertEqual(client.stream.sql.texts, {})
+        self.assertEqual(self.a.sql_prepared, {"q": PREPARE_Q}, "left for the next client")
+        # Gone: an EXECUTE of it deallocates a's copy first, so a says it does not exist.
+        sent = client.query(self.a, "EXECUTE q(1)")
+        self.assertEqual(queries(sent), ['DEALLOCATE "q"', "EXECUTE q(1)"])
+
+    def test_deallocate_where_the_server_has_it_is_forwarded(self) -> None:
+        client = self.prepared_on(self.a)
+        self.assertEqual(
+            queries(client.query(self.a, "DEALLOCATE PREPARE q")), ["DEALLOCATE PREPARE q"]
+        )
+        client.answer(complete(b"DEALLOCATE") + ready())
+        self.assertEqual((client.stream.sql.texts, self.a.sql_prepared), ({}, {}))
+
+    def test_a_failed_prepare_is_not_recorded(self) -> None:
+        client = Client(self.names)
+        client.query(self.a, "PREPARE q AS SELECT nope")
+        got = client.answer(
+            m.error_response("42703", "column nope does not exist", "ERROR") + ready()
+        )
+        self.assertEqual([k for k, _ in got], [b"E", b"Z"])
+        self.assertEqual((client.stream.sql.texts, self.a.sql_prepared), ({}, {}))
+        self.assertEqual(client.owner.releases, 1)
+
+    def test_a_hidden_prepare_that_fails_leaves_the_server_without_it(self) -> None:
+        client = self.prepared_on(self.a)
+        client.query(self.b, "EXECUTE q(1)")
+        got = client.answer(
+            m.error_response("42P01", "relation does not exist", "ERROR")
+            + ready()
+            + does_not_exist("q")
+            + ready()
+        )
+        self.assertEqual([k for k, _ in got], [b"E", b"Z"], "only the EXECUTE's error")
+        self.assertEqual(self.b.sql_prepared, {})
+        self.assertEqual(client.stream.sql.texts, {"q": PREPARE_Q}, "still the client's")
+
+    def test_nothing_hidden_in_a_failed_transaction(self) -> None:
+        client = self.prepared_on(self.a)
+        client.query(self.b, "BEGIN")
+        client.answer(complete(b"BEGIN") + ready(b"T"))
+        client.query(self.b, "SELECT 1/0")
+        client.answer(m.error_response("22012", "division by zero", "ERROR") + ready(b"E"))
+        self.assertEqual(queries(client.query(self.b, "EXECUTE q(1)")), ["EXECUTE q(1)"])
+
+    def test_explain_execute_puts_the_statement_there_too(self) -> None:
+        client = self.prepared_on(self.a)
+        sent = client.query(self.b, "EXPLAIN EXECUTE q(1)")
+        self.assertEqual(queries(sent), [PREPARE_Q, "EXPLAIN EXECUTE q(1)"])
+        self.assertEqual(client.stream.pinned, {})
+
+    def test_what_the_statement_leaves_pins_when_it_runs(self) -> None:
+        client = self.prepared_on(self.a, "PREPARE lock AS SELECT pg_advisory_lock(7)")
+        client.query(self.a, "EXECUTE lock")
+        self.assertEqual(set(client.stream.pinned), {"advisory_lock"})
+
+    def test_a_failed_text_of_several_statements_pins_until_deallocate_all(self) -> None:
+        client = Client(self.names)
+        client.query(self.a, "PREPARE q AS SELECT 1; SELECT 1/0")
+        client.answer(PREPARED_OK[:-6] + m.error_response("22012", "by zero", "ERROR") + ready())
+        self.assertEqual(set(client.stream.pinned), {PREPARED}, "what it left is not known")
+        self.assertEqual(client.owner.releases, 0)
+        # The server is the truth now: nothing hidden, nothing answered by the pooler.
+        self.assertEqual(queries(client.query(self.a, "DEALLOCATE q")), ["DEALLOCATE q"])
+        client.answer(complete(b"DEALLOCATE") + ready())
+        client.query(self.a, "DEALLOCATE ALL")
+        client.answer(complete(b"DEALLOCATE ALL") + ready())
+        self.assertEqual(client.stream.pinned, {})
+        self.assertEqual(client.owner.releases, 1)
+
+    def test_a_text_of_several_statements_counts_in_order(self) -> None:
+        client = Client(self.names)
+        text = "PREPARE a AS SELECT 1; DEALLOCATE ALL; PREPARE b AS SELECT 2"
+        client.query(self.a, text)
+        client.answer(complete(b"PREPARE") + complete(b"DEALLOCATE ALL") + PREPARED_OK)
+        self.assertEqual(client.stream.sql.texts, {"b": "PREPARE b AS SELECT 2"})
+        self.assertEqual(self.a.sql_prepared, {"b": "PREPARE b AS SELECT 2"})
+        self.assertEqual(client.stream.pinned, {})
+
+    def test_discard_all_forgets_them(self) -> None:
+        client = self.prepared_on(self.a)
+        client.query(self.a, "DISCARD ALL")
+        client.answer(complete(b"DISCARD ALL") + ready())
+        self.assertEqual((client.stream.sql.texts, self.a.sql_prepared), ({}, {}))
+
+    def test_an_execute_prepared_by_the_extended_protocol_follows_too(self) -> None:
+        """psycopg prepares a text it ran five times: Parse of "EXECUTE q", then Binds."""
+        client = self.prepared_on(self.a)
+        stream = client.stream
+        stream.feed_client(parse(b"_pg3_0", b"EXECUTE q(1)") + SYNC)
+        stream.attach(self.a)  # type: ignore[arg-type]
+        stream.feed_server(PARSE_OK + ready())
+        client.got()
+        self.b.sent.clear()
+        stream.feed_client(bind(b"_pg3_0") + execute() + SYNC)
+        stream.attach(self.b)  # type: ignore[arg-type]
+        sent = self.b.messages()
+        self.assertEqual([k for k, _ in sent], [b"Q", b"P", b"B", b"E", b"S"])
+        self.assertEqual(queries(sent), [PREPARE_Q])
+        stream.feed_server(
+            PREPARED_OK + PARSE_OK + BIND_OK + row(b"2") + complete(b"SELECT 1") + ready()
+        )
+        self.assertEqual([k for k, _ in client.got()], [b"2", b"D", b"C", b"Z"])
+
+    def test_a_prepare_by_the_extended_protocol_counts_when_its_batch_succeeds(self) -> None:
+        batch = parse(b"", b"PREPARE q AS SELECT 1") + bind(b"") + execute() + SYNC
+        client = Client(self.names)
+        client.stream.feed_client(batch)
+        client.stream.attach(self.a)  # type: ignore[arg-type]
+        client.answer(PARSE_OK + BIND_OK + PREPARED_OK)
+        self.assertEqual(client.stream.sql.texts, {"q": "PREPARE q AS SELECT 1"})
+        self.assertEqual(client.owner.releases, 1)
+        # A batch that fails: whether its PREPARE ran before the error is not known.
+        other = Client(self.names)
+        other.stream.feed_client(batch)
+        other.stream.attach(self.b)  # type: ignore[arg-type]
+        other.answer(m.error_response("42P05", "exists", "ERROR") + ready())
+        self.assertEqual(set(other.stream.pinned), {PREPARED})
+        self.assertEqual(other.stream.sql.texts, {})
+
+    def test_a_deallocate_among_other_statements_is_never_answered_by_the_pooler(self) -> None:
+        client = Client(self.names)
+        client.stream.statements[b"_pg3_0"] = b"SELECT 1\0\x00\x00"
+        text = "SELECT 1; DEALLOCATE _pg3_0"
+        self.assertEqual(queries(client.query(self.a, text)), [text])
+
+    def test_a_lease_puts_all_the_clients_statements_before_a_pipeline(self) -> None:
+        client = self.prepared_on(self.a)
+        client.query(self.a, "PREPARE r AS SELECT 3")
+        client.answer(PREPARED_OK)
+        stream = client.stream
+        # A pipeline: EXECUTE r in the middle of a batch, where nothing can go before it.
+        stream.feed_client(
+            parse(b"", b"SELECT 0")
+            + bind(b"")
+            + execute()
+            + parse(b"", b"EXECUTE r")
+            + bind(b"")
+            + execute()
+            + SYNC
+        )
+        stream.attach(self.b)  # type: ignore[arg-type]
+        sent = self.b.messages()
+        self.assertEqual(queries(sent), [PREPARE_Q, "PREPARE r AS SELECT 3"])
+        self.assertEqual([k for k, _ in sent][2:], [b"P", b"B", b"E", b"P", b"B", b"E", b"S"])
+
+    def test_a_hidden_statement_never_goes_inside_a_batch(self) -> None:
+        client = Client(self.names)
+        stream = client.stream
+        self.b.sql_prepared["q"] = "PREPARE q AS SELECT 'other'"
+        stream.feed_client(parse(b"", b"SELECT 0") + bind(b"") + parse(b"", b"EXECUTE q"))
+        stream.attach(self.b)  # type: ignore[arg-type]
+        self.assertEqual(queries(self.b.messages()), [])
+
+    def test_a_server_keeps_a_bounded_number_of_departed_clients_statements(self) -> None:
+        self.patch(sql_prepared, "KEPT", 2)
+        for name in "uvwxyz":
+            self.a.sql_prepared[name] = f"PREPARE {name} AS SELECT 1"
+        client = self.prepared_on(self.b, "PREPARE x AS SELECT 1")
+        self.a.sent.clear()
+        client.stream.feed_client(m.query("SELECT 1"))
+        client.stream.attach(self.a)  # type: ignore[arg-type]
+        self.assertEqual(
+            queries(self.a.messages()),
+            ['DEALLOCATE "u"', 'DEALLOCATE "v"', 'DEALLOCATE "w"', "SELECT 1"],
+        )
+        self.assertEqual(list(self.a.sql_prepared), ["x", "y", "z"])
 
 
 class ChunkTests(SynchronousTestCase):
