@@ -17,8 +17,8 @@ really used a named statement.  (The reset test proves its pins end instead: cli
 pinning in turn on fewer servers would wait past query_wait_timeout otherwise.)
 
 The last tests send, with the project's own ``RawClient``, the message sequences cut down
-from what psycopg's pipeline mode sends (Close amid a pipeline; Flush without Sync), so a
-fault found by a driver is pinned to one exchange.
+from what psycopg's pipeline mode sends (a Close amid a pipeline; a Flush, with or without
+an error before it, and no Sync yet), so a fault a driver finds is pinned to one exchange.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ SERVERS = 3
 ROUNDS = 12
 #: A client that waits this long for a server gets an error, not a hang: a pin that is
 #: never released fails the test instead of stalling it.
-QUERY_WAIT_TIMEOUT = 20
+QUERY_WAIT_TIMEOUT = 10
 #: How long one driver run may take before it counts as a hang (a run takes about a
 #: second; a reply the driver waits for in vain hangs it).
-RUN_TIMEOUT = 30.0
+RUN_TIMEOUT = 20.0
 
 #: The statement every client prepares and runs in each round; pg_backend_pid() tells
 #: which server answered.
@@ -599,6 +599,21 @@ class TransactionDriverTests(SynchronousTestCase):
         a.send(_SYNC)
         self.assertEqual(_kinds(a.until_ready()), "Z")
         self.assertEqual(self.rows_of(777), 1)
+
+    def test_raw_server_kept_after_an_error_until_sync(self) -> None:
+        """Parse, Bind, Execute that fails, Flush: the server ignores everything up to the
+        client's Sync, so it must stay the client's until then; another client's
+        statements sent there would be skipped without an answer (a driver waiting on a
+        Flush hangs)."""
+        a = self.raw_client()
+        b = self.raw_client()
+        a.send(_parse("", "select 1 / 0") + _bind("") + _execute() + _FLUSH)
+        self.assertEqual(_kinds(_until(a, m.ERROR_RESPONSE)), "1E")
+        b.send(_parse("", "select 1") + _bind("") + _execute() + _SYNC)
+        self.assertEqual(_kinds(b.until_ready()), "12DCZ")
+        a.send(_SYNC)
+        self.assertEqual(_kinds(a.until_ready()), "Z")
+        self.assertEqual(_data_rows(a.query("select 2")), [[b"2"]])
 
 
 _COMMAND_COMPLETE, _DATA_ROW = ord("C"), ord("D")
