@@ -102,6 +102,8 @@ setup(
     extras_require={
         "test": [
             "psycopg[binary]",
+            # tests/e2e/test_transaction_drivers.py (its statement cache); no PyPy wheels.
+            "asyncpg; platform_python_implementation == 'CPython'",
             "hypothesis",
             "cryptography",  # the TLS tests make their own certificates
         ],

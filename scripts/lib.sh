@@ -115,3 +115,18 @@ ensure_pgpool2_sample() {
         log "no pgpool2 sample: the tests that load Debian's pgpool.conf will skip"
     fi
 }
+
+# ensure_jdbc_jar: the PostgreSQL JDBC driver (Debian package libpostgresql-jdbc-java,
+# /usr/share/java/postgresql.jar) for the JDBC tests in tests/e2e/test_transaction_drivers.py.
+# Optional: without root or apt the jar is not installed and those tests skip, as they do
+# without java and javac, which this does not install.
+ensure_jdbc_jar() {
+    if [ -f /usr/share/java/postgresql.jar ]; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt_install libpostgresql-jdbc-java || log "libpostgresql-jdbc-java not installed: the JDBC tests will skip"
+    else
+        log "no /usr/share/java/postgresql.jar (sudo apt-get install libpostgresql-jdbc-java): the JDBC tests will skip"
+    fi
+}
