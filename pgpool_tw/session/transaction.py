@@ -105,6 +105,7 @@ _READY, _PARAMETER_STATUS, _ERROR = b"ZSE"
     _E_HIDDEN_QUERY,
     _E_FAKE,
 ) = range(12)
+_EXTENDED = frozenset((_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE))
 _UNIT_ENDS = frozenset((_E_SYNC, _E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
 _SIMPLE = frozenset((_E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
 
@@ -212,6 +213,8 @@ class TransactionStream:
         "_sql_all",
         "_s_skip",
         "_s_drop",
+        "_s_fakes",
+        "_unsynced",
         "_s_head",
         "_s_need",
         "_s_kind",
@@ -275,6 +278,8 @@ class TransactionStream:
         # dropped, a cut header, a ReadyForQuery/ParameterStatus body being collected.
         self._s_skip = 0
         self._s_drop = False
+        self._s_fakes = False
+        self._unsynced = False
         self._s_head = b""
         self._s_need = 0
         self._s_kind = 0
@@ -295,9 +300,11 @@ class TransactionStream:
 
     @property
     def in_sync(self) -> bool:
-        """Nothing owed either way and both streams at a message boundary."""
+        """Nothing owed either way, no extended-protocol batch open (its implicit
+        transaction ends at its Sync), and both streams at a message boundary."""
         return (
             not self._expect
+            and not self._unsynced
             and not self._cbuf
             and not self._held
             and not self._s_skip
@@ -467,6 +474,10 @@ class TransactionStream:
             self.owner.want_server(msg)
 
     def _client_message(self, kind: int, msg: bytes) -> None:
+        if kind in _EXTENDED:
+            self._unsynced = True
+        elif kind == _SYNC:
+            self._unsynced = False
         if kind == _QUERY:
             self._query(msg)
         elif kind == _PARSE:
@@ -753,9 +764,14 @@ class TransactionStream:
         elif self._s_skip:
             take = min(self._s_skip, n)
             self._s_skip -= take
-            if not self._s_drop:
-                run = 0
             pos = take
+            if not self._s_skip and self._s_fakes:
+                self._s_fakes = False
+                if not self._s_drop:
+                    out.append(data[:take])
+                self._drain_fakes()
+            elif not self._s_drop:
+                run = 0
         elif self._s_head:
             cut = len(self._s_head)
             head = self._s_head + data[: 5 - cut]
@@ -817,7 +833,9 @@ class TransactionStream:
         if end > n:
             self._s_skip = end - n
             self._s_drop = drop
+            self._s_fakes = True
             return -1
+        self._drain_fakes()
         return end
 
     def _settle(self, kind: int) -> bool:
@@ -842,29 +860,24 @@ class TransactionStream:
                 if detail:
                     self.names.parsed.add(detail)
                 expect.popleft()
-                self._drain_fakes()
                 return head == _E_HIDDEN_PARSE
             return False
         if kind == _CLOSE_COMPLETE:
             if head in (_E_CLOSE, _E_HIDDEN_CLOSE):
                 expect.popleft()
-                self._drain_fakes()
                 return head == _E_HIDDEN_CLOSE
             return False
         if kind == _BIND_COMPLETE:
             if head == _E_BIND:
                 expect.popleft()
-                self._drain_fakes()
             return False
         if kind in (_ROW_DESCRIPTION, _NO_DATA):
             if head == _E_DESCRIBE:
                 expect.popleft()
-                self._drain_fakes()
             return False
         if kind in (_COMMAND_COMPLETE, _EMPTY_QUERY, _SUSPENDED):
             if head == _E_EXECUTE:
                 expect.popleft()
-                self._drain_fakes()
             return False
         return False
 
@@ -997,6 +1010,7 @@ class TransactionStream:
             self.server is not None
             and not self._closed
             and not self._expect
+            and not self._unsynced
             and self.status == IDLE
             and not self.pinned
             and not self._held

@@ -723,3 +723,59 @@ class AloneTests(SynchronousTestCase):
         second = self.stream()
         second.feed_client(parse(b"P_0", b"SELECT nope") + SYNC)
         self.assertEqual(self.owner.wants, 2)
+
+
+class OrderTests(SynchronousTestCase):
+    """Found by psycopg's pipeline mode and libpq 18 (the drivers' tests)."""
+
+    def setUp(self) -> None:
+        if not session_state.AVAILABLE:
+            raise SkipTest("pglast is not installed")
+        self.client: list[bytes] = []
+        self.owner = Owner()
+        self.stream = TransactionStream(
+            self.client.append, self.owner, StatementNames(), 200, "app", None
+        )
+        self.owner.stream = self.stream
+
+    def test_a_poolers_answer_follows_the_server_message_before_it(self) -> None:
+        """Bind, Execute, Close(statement), Sync: CloseComplete after CommandComplete, at
+        every cut of the server's answer."""
+        names = StatementNames()
+        reply = PARSE_OK + BIND_OK + row(b"1") + complete(b"SELECT 1") + ready()
+        for cut in range(len(reply) + 1):
+            self.client.clear()
+            owner = Owner()
+            clone = owner.stream = TransactionStream(
+                self.client.append, owner, names, 200, "app", None
+            )
+            clone.statements[b"s1"] = b"select 1\0\x00\x00"
+            clone.feed_client(bind(b"s1") + execute() + msg(b"C", b"Ss1\0") + SYNC)
+            clone.attach(FakeServer())  # type: ignore[arg-type]
+            clone.feed_server(reply[:cut])
+            clone.feed_server(reply[cut:])
+            kinds = [k for k, _ in split(b"".join(self.client))]
+            self.assertEqual(kinds, [b"2", b"D", b"C", b"3", b"Z"], cut)
+
+    def test_the_server_is_kept_until_the_sync(self) -> None:
+        """Parse, Bind, Execute, Flush: the implicit transaction lasts until the Sync."""
+        stream, server = self.stream, FakeServer()
+        stream.feed_client(parse(b"", b"insert into t values (1)") + bind(b"") + execute())
+        stream.feed_client(msg(b"H"))
+        stream.attach(server)  # type: ignore[arg-type]
+        stream.feed_server(PARSE_OK + BIND_OK + complete(b"INSERT 0 1"))
+        self.assertEqual(self.owner.releases, 0)
+        self.assertFalse(stream.in_sync)
+        stream.feed_client(SYNC)
+        stream.feed_server(ready())
+        self.assertEqual(self.owner.releases, 1)
+
+    def test_after_an_error_the_server_is_kept_until_the_sync(self) -> None:
+        stream, server = self.stream, FakeServer()
+        stream.feed_client(parse(b"", b"select 1/0") + bind(b"") + execute() + msg(b"H"))
+        stream.attach(server)  # type: ignore[arg-type]
+        stream.feed_server(PARSE_OK + m.error_response("22012", "division by zero"))
+        self.assertEqual(self.owner.releases, 0)
+        stream.feed_client(SYNC)
+        stream.feed_server(ready())
+        self.assertEqual(self.owner.releases, 1)
