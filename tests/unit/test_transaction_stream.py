@@ -16,8 +16,12 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from pgpool_tw.cluster import session_state
 from pgpool_tw.cluster.session_state import PREPARED
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.session import sql_prepared
-from pgpool_tw.session.transaction import NAMED_STATEMENT, StatementNames, TransactionStream
+from pgpool_tw.session.transaction import (
+    NAMED_STATEMENT,
+    StatementNames,
+    TransactionStream,
+    sql_prepared,
+)
 
 
 class FakeServer:

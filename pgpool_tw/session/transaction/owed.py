@@ -1,0 +1,70 @@
+"""What a transaction-mode stream's parts share: message types, what the server owes for
+each message sent (the ``_expect`` kinds), and the pooler's own small answers.
+
+Private to this package (its names keep their underscores); no logic.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from pgpool_tw.protocol import messages as m
+
+_LENGTH = Struct("!I").unpack_from
+_MAX_MESSAGE = 0x3FFFFFFF
+
+IDLE = m.IDLE
+_FAILED = m.IN_FAILED_TRANSACTION
+
+# Client message types.
+_QUERY, _PARSE, _BIND, _DESCRIBE, _EXECUTE = b"QPBDE"
+_CLOSE, _FLUSH, _SYNC, _FUNCTION_CALL, _TERMINATE = b"CHSFX"
+# Server message types.
+_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = b"123"
+_ROW_DESCRIPTION, _NO_DATA, _COMMAND_COMPLETE, _EMPTY_QUERY, _SUSPENDED = b"TnCIs"
+_READY, _PARAMETER_STATUS, _ERROR = b"ZSE"
+
+#: What the server owes for each message sent, in order (``_expect`` entries' kinds).
+#: The first eight are the client's; HIDDEN ones are the pooler's own (their answers
+#: never reach the client); FAKE ones were never sent: the pooler answers in their place.
+(
+    _E_PARSE,
+    _E_BIND,
+    _E_DESCRIBE,
+    _E_EXECUTE,
+    _E_CLOSE,
+    _E_SYNC,
+    _E_QUERY,
+    _E_FUNCTION,
+    _E_HIDDEN_PARSE,
+    _E_HIDDEN_CLOSE,
+    _E_HIDDEN_QUERY,
+    _E_FAKE,
+) = range(12)
+_EXTENDED = frozenset((_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE))
+_UNIT_ENDS = frozenset((_E_SYNC, _E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
+_SIMPLE = frozenset((_E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
+
+_PARSE_COMPLETE_MSG = b"1\x00\x00\x00\x04"
+_SYNC_MESSAGE = b"S\x00\x00\x00\x04"
+_CLOSE_COMPLETE_MSG = b"3\x00\x00\x00\x04"
+_DEALLOCATE_DONE = m.message(b"C", b"DEALLOCATE\x00")
+
+
+#: Server messages read one by one (``TransactionStream._message``): what settles
+#: something owed (``_settle``), and the two whose bodies are read.
+_NOT_PLAIN = frozenset(
+    (
+        _READY,
+        _PARAMETER_STATUS,
+        _ERROR,
+        _PARSE_COMPLETE,
+        _BIND_COMPLETE,
+        _CLOSE_COMPLETE,
+        _ROW_DESCRIPTION,
+        _NO_DATA,
+        _COMMAND_COMPLETE,
+        _EMPTY_QUERY,
+        _SUSPENDED,
+    )
+)
