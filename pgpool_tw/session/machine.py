@@ -343,7 +343,7 @@ class Session:
         self._ticket = None
         if self.state == CLOSED:
             if server is not None:
-                self.context.pool.give_back(server, True)
+                self._give_back(server, True)
             elif self._tx_pid:
                 self.context.pool.leases.open_failed(self.key)
         elif server is not None:
@@ -392,14 +392,22 @@ class Session:
     def _name_set(self, server: BackendProtocol, ok: bool) -> None:
         if self.state == CLOSED:
             self.server = None
-            self.context.pool.give_back(server, ok)
+            self._give_back(server, ok)
         elif ok:
             self._attach(server)
         else:
             self.server = None
             server.keeper = None  # its loss, if that was the failure, is not ours now
-            self.context.pool.give_back(server, False)
+            self._give_back(server, False)
             self.connect()
+
+    def _give_back(self, server: BackendProtocol, reusable: bool) -> None:
+        """A login's server it will not use: to the pool it came from (transaction mode's
+        leases count it against default_pool_size)."""
+        if self._tx_pid:
+            self.context.pool.leases.release(server, reusable)
+        else:
+            self.context.pool.give_back(server, reusable)
 
     # -- inputs: the server connection (backend.ServerOwner once attached or reused) --
 
@@ -524,7 +532,7 @@ class Session:
             self._attach(server)
         else:
             # The client left while this login finished: the pool decides its fate.
-            self.context.pool.give_back(server, True)
+            self._give_back(server, True)
 
     # -- the session ------------------------------------------------------------------
 

@@ -98,6 +98,15 @@ class RecordingIO:
     def drop_leg(self, server: BackendProtocol) -> None:
         self.actions.append("drop_leg")
 
+    def start_tx_relay(self, stream: Any) -> None:
+        self.actions.append("start_tx_relay")
+
+    def tx_attach(self, server: BackendProtocol) -> None:
+        self.actions.append("tx_attach")
+
+    def tx_detach(self, server: BackendProtocol) -> None:
+        self.actions.append("tx_detach")
+
     def replay(self, data: bytes) -> None:
         self.relayed.append(data)
 
@@ -475,3 +484,40 @@ class NodeDetachedTests(SynchronousTestCase):
         self.assertEqual(io.error_code(), "57P03")
         self.assertIn(b"no backend node is up", io.sent[-1])
         self.assertEqual(harness.reactor.tcpClients, [])
+
+
+class TransactionModeTests(SynchronousTestCase):
+    """pool_mode = transaction: a login's server belongs to the key's leases."""
+
+    def login(self, harness: Harness, application: str) -> tuple[Session, RecordingIO]:
+        session, io = harness.session()
+        session.client_data(startup_packet(application=application))
+        return session, io
+
+    def test_the_logins_server_goes_back_to_the_leases_at_once(self) -> None:
+        harness = Harness(pool_mode="transaction")
+        session, io = self.login(harness, "a")
+        harness.server_for(session)
+        self.assertEqual(session.state, RELAY)
+        ((key, stats),) = harness.pool.leases.stats().items()
+        self.assertEqual((stats.active, stats.idle), (0, 1))
+        self.assertEqual(harness.pool.idle_count, 0, "not the session pool's")
+        pid = [m.parse_backend_key_data(b) for k, b in io.messages() if k == m.BACKEND_KEY_DATA]
+        self.assertGreaterEqual(pid[0][0], 1 << 30, "the pooler's own pid")
+
+    def test_a_client_gone_while_its_reused_server_sets_its_name(self) -> None:
+        """The server goes back to the leases (not the session pool), counted once."""
+        harness = Harness(pool_mode="transaction")
+        first, _ = self.login(harness, "a")
+        server = harness.server_for(first)
+        second, _ = self.login(harness, "b")  # takes the idle server: SET application_name
+        self.assertEqual(second.state, SETTING)
+        second.client_lost()
+        server.dataReceived(
+            m.message(b"S", b"application_name\0b\0")
+            + m.message(b"C", b"SET\0")
+            + m.ready_for_query(m.IDLE)
+        )
+        ((key, stats),) = harness.pool.leases.stats().items()
+        self.assertEqual((stats.active, stats.idle), (0, 1))
+        self.assertEqual(harness.pool.idle_count, 0)
