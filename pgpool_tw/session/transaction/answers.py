@@ -29,7 +29,8 @@ from pgpool_tw.session.transaction.owed import (
     _ERROR,
     _LENGTH,
     _NO_DATA,
-    _NOT_PLAIN,
+    _ONE_BY_ONE,
+    _OWED_NOTHING,
     _PARAMETER_STATUS,
     _PARSE_COMPLETE,
     _READY,
@@ -90,7 +91,8 @@ def feed_server(self: TransactionStream, data: bytes) -> None:
             pos = n
             break
         kind = data[pos]
-        if kind not in _NOT_PLAIN and not (expect and expect[0][0] >= _E_HIDDEN_PARSE):
+        one_by_one = _ONE_BY_ONE[expect[0][0] if expect else _OWED_NOTHING]
+        if one_by_one is not None and kind not in one_by_one:
             # The common message (a DataRow...): forwarded with its neighbours as
             # they came, settling nothing owed.
             if run < 0:

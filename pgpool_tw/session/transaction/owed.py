@@ -7,6 +7,7 @@ Private to this package (its names keep their underscores); no logic.
 from __future__ import annotations
 
 from struct import Struct
+from typing import Optional
 
 from pgpool_tw.protocol import messages as m
 
@@ -67,4 +68,21 @@ _NOT_PLAIN = frozenset(
         _EMPTY_QUERY,
         _SUSPENDED,
     )
+)
+
+#: Per what the server owes first (an ``_expect`` kind, or ``_OWED_NOTHING``): the server
+#: messages read one by one, or None when every message is (a hidden statement's answer,
+#: dropped; a fake's turn).  Inside a simple Query or a FunctionCall only ReadyForQuery,
+#: ParameterStatus and ErrorResponse matter: its RowDescription and CommandComplete settle
+#: nothing, so they go out with the DataRows around them.
+_OWED_NOTHING = _E_FAKE + 1
+_ONE_BY_ONE: tuple[Optional[frozenset[int]], ...] = tuple(
+    frozenset((_READY, _PARAMETER_STATUS, _ERROR))
+    if owed in (_E_QUERY, _E_FUNCTION)
+    else None
+    if _E_HIDDEN_PARSE <= owed <= _E_FAKE
+    else frozenset((_READY, _PARAMETER_STATUS))
+    if owed == _OWED_NOTHING
+    else _NOT_PLAIN
+    for owed in range(_OWED_NOTHING + 1)
 )
