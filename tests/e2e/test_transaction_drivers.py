@@ -178,6 +178,17 @@ class TransactionDriverTests(SynchronousTestCase):
         except Exception as e:
             raise AssertionError(f"{type(e).__name__}: {e}\n{self.log()}") from e
 
+    def run_clients(self, client: Callable[[int], Awaitable[tuple[set[int], int]]]) -> None:
+        """CLIENTS concurrent ``client(i)`` runs while the servers are watched; then what
+        ``assert_shared`` asks of their (pids, named) answers."""
+
+        async def main() -> list[tuple[set[int], int]]:
+            return list(await asyncio.gather(*(client(i) for i in range(CLIENTS))))
+
+        with self.servers_watched():
+            seen = self.run_async(main)
+        self.assert_shared(seen)
+
     def assert_shared(self, seen: list[tuple[set[int], int]]) -> None:
         """Per client, (the backend pids of its SUM_SQL, how many servers it asked held
         SUM_SQL's text as a prepared statement): the pids together are no more than the
@@ -260,12 +271,7 @@ class TransactionDriverTests(SynchronousTestCase):
                 await conn.close()
             return pids, named
 
-        async def main() -> list[tuple[set[int], int]]:
-            return list(await asyncio.gather(*(client(i) for i in range(CLIENTS))))
-
-        with self.servers_watched():
-            seen = self.run_async(main)
-        self.assert_shared(seen)
+        self.run_clients(client)
         for i in range(CLIENTS):
             self.assertEqual(self.rows_of(i), ROUNDS + 1)
 
@@ -289,12 +295,7 @@ class TransactionDriverTests(SynchronousTestCase):
                 await conn.close()
             return pids, named
 
-        async def main() -> list[tuple[set[int], int]]:
-            return list(await asyncio.gather(*(client(i) for i in range(CLIENTS))))
-
-        with self.servers_watched():
-            seen = self.run_async(main)
-        self.assert_shared(seen)
+        self.run_clients(client)
 
     def test_asyncpg_reset_and_close(self) -> None:
         """``conn.reset()`` (asyncpg's reset query: pg_advisory_unlock_all(), CLOSE ALL,
@@ -440,12 +441,7 @@ class TransactionDriverTests(SynchronousTestCase):
                 await conn.close()
             return pids, named[0]
 
-        async def main() -> list[tuple[set[int], int]]:
-            return list(await asyncio.gather(*(client(i) for i in range(CLIENTS))))
-
-        with self.servers_watched():
-            seen = self.run_async(main)
-        self.assert_shared(seen)
+        self.run_clients(client)
         for i in range(CLIENTS):
             self.assertEqual(self.rows_of(i), ROUNDS + 1)
 

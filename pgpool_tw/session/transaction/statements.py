@@ -112,15 +112,22 @@ def _parse(self: TransactionStream, msg: bytes) -> None:
         self._send(msg, _E_PARSE)
         return
     self.statements[name] = content
+    if _place(self, content, _E_PARSE)[1]:
+        self._fake(_PARSE_COMPLETE_MSG)  # the server has it: the pooler answers
+
+
+def _place(self: TransactionStream, content: bytes, expect: int) -> tuple[bytes, bool]:
+    """The pooler's name for ``content``, prepared on the server held now (a Parse sent,
+    owing ``expect``, when it lacks it); and whether the server had it already."""
     ours = self.names.name_for(content)
     server = self.server
     assert server is not None
     prepared = server.prepared
     if ours in prepared:
         prepared.move_to_end(ours)
-        self._fake(_PARSE_COMPLETE_MSG)
-        return
-    self._prepare(ours, content, _E_PARSE)
+        return ours, True
+    self._prepare(ours, content, expect)
+    return ours, False
 
 
 def _prepare(self: TransactionStream, ours: bytes, content: bytes, expect: int) -> None:
@@ -142,15 +149,7 @@ def _ours(self: TransactionStream, name: bytes) -> Optional[bytes]:
     content = self.statements.get(name)
     if content is None:
         return None
-    ours = self.names.name_for(content)
-    server = self.server
-    assert server is not None
-    prepared = server.prepared
-    if ours in prepared:
-        prepared.move_to_end(ours)
-    else:
-        self._prepare(ours, content, _E_HIDDEN_PARSE)
-    return ours
+    return _place(self, content, _E_HIDDEN_PARSE)[0]
 
 
 def _bind(self: TransactionStream, msg: bytes) -> None:
