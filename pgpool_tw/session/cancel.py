@@ -113,7 +113,11 @@ def forward(context: SessionContext, request: CancelRequest, peer: str) -> bool:
         found = warm.find(request.pid, request.key)
         servers = [found] if found is not None else []
     if not servers:
-        log.info("client={client} cancel request with an unknown key ignored", client=peer)
+        if session is not None:
+            # A transaction-mode client between transactions: nothing runs to cancel.
+            log.info("client={client} cancel request: no statement running", client=peer)
+        else:
+            log.info("client={client} cancel request with an unknown key ignored", client=peer)
         return False
     for server in servers:
         send_cancel(context.reactor, server.node, server.pid, server.secret)
