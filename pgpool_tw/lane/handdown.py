@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from pgpool_tw.config.settings import Config
 from pgpool_tw.lane.watch import StackKey
 from pgpool_tw.pool.backend import BackendProtocol
-from pgpool_tw.pool.pool import UNPOOLED_DATABASES, reset_batch
+from pgpool_tw.pool.pool import UNPOOLED_DATABASES
+from pgpool_tw.pool.reset import reset_batch
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.session.cancel import KEY_BLOCK, random_keys

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from pgpool_tw.config.settings import Config
 from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.reset import reset_batch
 from pgpool_tw.stats.counters import Totals
 
 #: A pool key (pool/key.py's ``PoolKey``, or anything hashable in tests).
@@ -230,6 +231,26 @@ class Leases:
         self._call_due()
 
     # -- giving back ----------------------------------------------------------------
+
+    def reset_and_release(self, server: BackendProtocol) -> None:
+        """A pinned client left with its server idle and in sync: reset_query_list
+        (default ``ABORT; DISCARD ALL``) clears what pinned it, then the server serves
+        others; a reset that fails (or a list that resets nothing) closes it.  The server
+        keeps its place in the key's count meanwhile."""
+        server.detach()
+        count, messages = reset_batch(self.config().reset_query_list, server.status)
+        if not count or self.closing or not server.connected_ok:
+            self.release(server, False)
+            return
+        server.keeper = None
+        server.run_batch(count, messages, self._reset_done)
+
+    def _reset_done(self, server: BackendProtocol, ok: bool) -> None:
+        # What the stream knew of this server's session is gone with the reset.
+        server.prepared.clear()
+        server.replayed.clear()
+        server.sql_prepared.clear()
+        self.release(server, ok)
 
     def release(self, server: BackendProtocol, clean: bool) -> None:
         """A transaction is over (``clean``: ReadyForQuery said idle with nothing owed).

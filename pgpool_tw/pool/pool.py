@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from functools import lru_cache
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -34,7 +33,7 @@ from pgpool_tw.config.settings import Config
 from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.leases import Leases
-from pgpool_tw.protocol.messages import IDLE, query
+from pgpool_tw.pool.reset import reset_batch
 from pgpool_tw.stats.counters import Totals
 
 log = Logger()
@@ -50,33 +49,6 @@ Key = Hashable
 _RESET_FAILED = "reset failed"
 _RESET_TIMED_OUT = "reset timed out"
 _WORTH_LOGGING = frozenset({_RESET_FAILED, _RESET_TIMED_OUT})
-
-
-_NO_OPS_WHEN_IDLE = frozenset({"ABORT", "ROLLBACK"})
-
-
-def reset_queries(configured: tuple[str, ...], status: int) -> list[str]:
-    """reset_query_list, less a leading ABORT/ROLLBACK when no transaction is open.
-
-    Outside a transaction those only make the server warn; skipping them saves
-    the server a statement on every session end.
-    """
-    queries = list(configured)
-    if status == IDLE:
-        while queries and queries[0].strip().upper() in _NO_OPS_WHEN_IDLE:
-            queries.pop(0)
-    return queries
-
-
-@lru_cache(maxsize=32)
-def reset_batch(configured: tuple[str, ...], status: int) -> tuple[int, bytes]:
-    """How many reset queries a session ending in ``status`` needs, and their messages.
-
-    Built once per reset_query_list and transaction state (a session ends in one
-    of three) instead of once per session.
-    """
-    queries = reset_queries(configured, status)
-    return len(queries), b"".join(query(sql) for sql in queries)
 
 
 def expired(config: Config, now: float, idle_since: float, quiet_since: Optional[float]) -> str:

@@ -684,7 +684,8 @@ class Session:
 
     def _end_tx(self) -> None:
         """The client left (or is being ended): its server, if it holds one, goes back
-        when the transaction was over and nothing pinned it, else it is closed."""
+        when the transaction was over (reset first when something pinned it), else it is
+        closed."""
         stream = self.tx
         assert stream is not None
         borrow, self._borrow = self._borrow, None
@@ -695,8 +696,11 @@ class Session:
         if server is not None:
             stream.detached()
             self.io.tx_detach(server)
-            clean = stream.in_sync and stream.status == m.IDLE and not stream.pinned
-            leases.release(server, clean)
+            clean = stream.in_sync and stream.status == m.IDLE
+            if clean and stream.pinned:
+                leases.reset_and_release(server)
+            else:
+                leases.release(server, clean)
         stream.close()
         if self._tx_pid:
             self.context.cancels.unregister(self._tx_pid, self)

@@ -406,3 +406,22 @@ class TransactionPoolingTests(PoolerTestCase):
                 return int(got)
 
         self.assertEqual((yield self.in_thread(run)), 2)
+
+    @inlineCallbacks
+    def test_a_pinned_clients_server_is_reset_and_serves_the_next(self) -> Steps:
+        """A client leaves while LISTEN pins it: its server is reset (DISCARD ALL) and
+        serves the next client, who is not listening."""
+        service, dsn = self.start(default_pool_size=1)
+
+        def run() -> tuple[int, int, list[Any]]:
+            with _open(dsn) as a:
+                a.execute("listen tx_gone")
+                first = int(_one(a, "select pg_backend_pid()"))
+            with _open(dsn) as b:
+                second = int(_one(b, "select pg_backend_pid()"))
+                channels = b.execute("select pg_listening_channels()").fetchall()
+            return first, second, channels
+
+        first, second, channels = yield self.in_thread(run)
+        self.assertEqual(first, second, "the server was kept")
+        self.assertEqual(channels, [])

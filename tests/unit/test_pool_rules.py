@@ -5,7 +5,8 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.config.settings import Config
-from pgpool_tw.pool.pool import expired, reset_batch, reset_queries
+from pgpool_tw.pool.pool import expired
+from pgpool_tw.pool.reset import reset_batch, reset_queries
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.messages import without_channel_binding
 
