@@ -36,8 +36,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pgpool_tw.config.settings import Config
+from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
-from pgpool_tw.pool.reset import reset_batch
+from pgpool_tw.pool.reset import RESET_TIMEOUT, reset_batch
 from pgpool_tw.stats.counters import Totals
 
 #: A pool key (pool/key.py's ``PoolKey``, or anything hashable in tests).
@@ -115,6 +116,9 @@ class Leases:
         self._keys: dict[Key, _Key] = {}
         self._due: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._draining = False
+        #: Pinned clients' servers being reset (``reset_and_release``), on one timer.
+        self._resets: dict[BackendProtocol, Deadline] = {}
+        self._reset_deadlines = Deadlines(clock, RESET_TIMEOUT)
 
     # -- callbacks, last -----------------------------------------------------------
 
@@ -243,9 +247,23 @@ class Leases:
             self.release(server, False)
             return
         server.keeper = None
+        self._resets[server] = self._reset_deadlines.start(self._reset_timed_out, server)
         server.run_batch(count, messages, self._reset_done)
 
+    def _reset_timed_out(self, server: BackendProtocol) -> None:
+        """The reset did not finish in RESET_TIMEOUT: the server is closed and its place
+        given back."""
+        server.terminate()  # CLOSED at once: its connectionLost will not end the reset
+        self._reset_done(server, False)
+
+    def stop_timers(self) -> None:
+        """The service stopped: leave no reset timer scheduled on the reactor."""
+        self._reset_deadlines.close()
+
     def _reset_done(self, server: BackendProtocol, ok: bool) -> None:
+        timer = self._resets.pop(server, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         # What the stream knew of this server's session is gone with the reset.
         server.prepared.clear()
         server.replayed.clear()

@@ -33,7 +33,7 @@ from pgpool_tw.config.settings import Config
 from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.leases import Leases
-from pgpool_tw.pool.reset import reset_batch
+from pgpool_tw.pool.reset import RESET_TIMEOUT, reset_batch
 from pgpool_tw.stats.counters import Totals
 
 log = Logger()
@@ -41,8 +41,6 @@ log = Logger()
 #: pgpool-II never caches connections to these databases.
 UNPOOLED_DATABASES = frozenset({"template0", "template1", "postgres", "regression"})
 
-#: A reset that has not finished by then leaves a server in an unknown state.
-RESET_TIMEOUT = 30.0
 
 Key = Hashable
 
@@ -404,6 +402,7 @@ class Pool:
     def stop_timers(self) -> None:
         """The service stopped: leave no reset timer scheduled on the reactor."""
         self._reset_deadlines.close()
+        self.leases.stop_timers()
 
     @property
     def idle_count(self) -> int:

@@ -10,7 +10,10 @@ from functools import lru_cache
 
 from pgpool_tw.protocol.messages import IDLE, query
 
-__all__ = ["reset_batch", "reset_queries"]
+__all__ = ["RESET_TIMEOUT", "reset_batch", "reset_queries"]
+
+#: A reset that has not finished by then leaves a server in an unknown state: it is closed.
+RESET_TIMEOUT = 30.0
 
 _NO_OPS_WHEN_IDLE = frozenset({"ABORT", "ROLLBACK"})
 

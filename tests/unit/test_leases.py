@@ -835,3 +835,33 @@ class RandomSequenceTests(SynchronousTestCase):
             elif op == "retire":
                 leases.retire(partial(_of_key, key if n % 2 == 0 else None))
             model.check(self)
+
+
+class PinnedResetTests(SynchronousTestCase):
+    """reset_and_release: a pinned client's server is reset before it serves others."""
+
+    def setUp(self) -> None:
+        self.rig = Rig(default_pool_size=1)
+        self.client = Client(self.rig).lease()
+        self.server = self.rig.open_for(self.client)
+        self.waiter = Client(self.rig).lease()
+        self.rig.leases.reset_and_release(self.server)
+
+    def test_a_clean_reset_hands_the_server_on(self) -> None:
+        sent = self.server.transport.value()  # type: ignore[attr-defined]
+        self.assertIn(b"DISCARD ALL", sent)
+        self.assertEqual(self.waiter.given, [], "not before the reset answered")
+        self.server.dataReceived(m.message(b"C", b"DISCARD ALL\0") + m.ready_for_query(m.IDLE))
+        self.assertEqual(self.waiter.given, [self.server])
+
+    def test_a_failed_reset_closes_it_and_gives_its_place(self) -> None:
+        self.server.dataReceived(m.error_response("XX000", "no") + m.ready_for_query(m.IDLE))
+        self.assertEqual(self.waiter.given, [None])
+        self.assertEqual(self.rig.stats().active, 0)
+
+    def test_a_reset_that_never_answers_is_timed_out(self) -> None:
+        self.rig.clock.advance(29)
+        self.assertEqual(self.waiter.given, [])
+        self.rig.clock.advance(2)
+        self.assertEqual(self.waiter.given, [None])
+        self.assertFalse(self.server.connected_ok)
