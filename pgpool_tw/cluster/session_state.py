@@ -1,5 +1,5 @@
 """What a statement leaves behind in its server session: the rule behind transaction
-pooling's automatic pinning (issue #18; ``session/transaction.py`` asks it).
+pooling's automatic pinning (issue #18; ``session/transaction/`` asks it).
 
 In transaction pooling a client's server goes back to the pool when ReadyForQuery says
 idle.  A statement that leaves state in the server session must keep the client on that

@@ -107,7 +107,7 @@ class BackendProtocol(Protocol):
         #: Its node was detached or changed role since it logged in: never pooled again.
         self.stale = False
         self.sessions = 0
-        #: Transaction mode (session/transaction.py): the pooler's prepared statements on
+        #: Transaction mode (session/transaction/): the pooler's prepared statements on
         #: this server, least recently used first (max_prepared_statements bounds them),
         #: and the replayable settings clients SET here (setting -> statement).
         self.prepared: OrderedDict[bytes, None] = OrderedDict()
@@ -407,6 +407,13 @@ class BackendProtocol(Protocol):
             self.state = READY
         if done is not None:
             done(self, ok)
+
+    def was_reset(self) -> None:
+        """reset_query_list ran (its DISCARD ALL drops prepared statements and settings):
+        transaction mode's bookkeeping of this session starts afresh."""
+        self.prepared.clear()
+        self.replayed.clear()
+        self.sql_prepared.clear()
 
     # -- pooled life -------------------------------------------------------------
 

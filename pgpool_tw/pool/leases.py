@@ -264,10 +264,7 @@ class Leases:
         timer = self._resets.pop(server, None)
         if timer is not None and timer.active():
             timer.cancel()
-        # What the stream knew of this server's session is gone with the reset.
-        server.prepared.clear()
-        server.replayed.clear()
-        server.sql_prepared.clear()
+        server.was_reset()
         self.release(server, ok)
 
     def release(self, server: BackendProtocol, clean: bool) -> None:

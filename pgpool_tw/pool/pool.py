@@ -273,11 +273,7 @@ class Pool:
         return ""
 
     def _reset_done(self, server: BackendProtocol, ok: bool) -> None:
-        # Transaction mode's bookkeeping of this server's session (reset_query_list's
-        # DISCARD ALL drops prepared statements and settings): start afresh.
-        server.prepared.clear()
-        server.replayed.clear()
-        server.sql_prepared.clear()
+        server.was_reset()
         if not (ok and server.connected_ok):
             # _forget cancels the timer and gives a waiting claimant None.
             self._discard(server, _RESET_FAILED)

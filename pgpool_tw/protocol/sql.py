@@ -17,6 +17,12 @@ def quote_literal(value: str) -> str:
     return "'" + quoted + "'"
 
 
+def set_application_name(name: str) -> str:
+    """The statement that gives a server session a client's application_name (a pooled
+    or borrowed server keeps the name of the client it served before)."""
+    return f"SET application_name TO {quote_literal(name)}"
+
+
 def quote_ident(name: str) -> str:
     """An identifier that means exactly ``name``: double quotes, inner ones doubled."""
     if "\0" in name:

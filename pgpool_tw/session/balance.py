@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from pgpool_tw.pool.key import PoolKey
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth
-from pgpool_tw.protocol.sql import quote_literal
+from pgpool_tw.protocol.sql import set_application_name
 from pgpool_tw.session.states import CLOSED
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class BalanceLeg:
         if server.params.get("application_name", "") == wanted:
             self._finish(server)
             return
-        server.run([f"SET application_name TO {quote_literal(wanted)}"], self._name_set)
+        server.run([set_application_name(wanted)], self._name_set)
 
     def _name_set(self, server: BackendProtocol, ok: bool) -> None:
         if self._done:

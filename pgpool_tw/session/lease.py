@@ -20,13 +20,21 @@ from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.startup import StartupMessage
 
 if TYPE_CHECKING:
-    from pgpool_tw.config.settings import BackendNode
+    from pgpool_tw.config.settings import BackendNode, Config
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.pool.key import PoolKey
     from pgpool_tw.session.context import SessionContext
     from pgpool_tw.session.machine import Session
 
 log = Logger()
+
+
+def query_wait_text(config: Config) -> str:
+    """What a client that waited query_wait_timeout for a server is told (FATAL 53300)."""
+    return (
+        f"query_wait_timeout: no server connection was free for "
+        f"{config.query_wait_timeout:g}s (default_pool_size = {config.default_pool_size})"
+    )
 
 
 class Borrow:
@@ -89,12 +97,7 @@ class Borrow:
         if self.done:
             return
         self.done = True
-        config = self.session.context.config
-        self.session.tx_failed(
-            "53300",
-            f"query_wait_timeout: no server connection was free for "
-            f"{config.query_wait_timeout:g}s (default_pool_size = {config.default_pool_size})",
-        )
+        self.session.tx_failed("53300", query_wait_text(self.session.context.config))
 
     def _failed(self, sqlstate: str, text: str) -> None:
         """The place reserved for a new server is given up; the client is told."""

@@ -39,12 +39,12 @@ from pgpool_tw.pool.key import PoolKey, pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.protocol.relay import SessionTracker
-from pgpool_tw.protocol.sql import quote_literal
+from pgpool_tw.protocol.sql import set_application_name
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session import cancel
 from pgpool_tw.session.balance import BalanceLeg
 from pgpool_tw.session.handshake import Handshake
-from pgpool_tw.session.lease import Borrow
+from pgpool_tw.session.lease import Borrow, query_wait_text
 from pgpool_tw.session.legs import Leg
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
 from pgpool_tw.session.routed import RoutedStream
@@ -354,12 +354,7 @@ class Session:
 
     def _login_expired(self) -> None:
         self._ticket = None
-        config = self.context.config
-        self.fatal(
-            "53300",
-            f"query_wait_timeout: no server connection was free for "
-            f"{config.query_wait_timeout:g}s (default_pool_size = {config.default_pool_size})",
-        )
+        self.fatal("53300", query_wait_text(self.context.config))
 
     def connect(self, tls_override: Optional[Any] = None) -> None:
         """Log in on a new server connection to the node of the session's pool key."""
@@ -387,7 +382,7 @@ class Session:
             self._attach(server)
             return
         self._move(SETTING)
-        server.run([f"SET application_name TO {quote_literal(wanted)}"], self._name_set)
+        server.run([set_application_name(wanted)], self._name_set)
 
     def _name_set(self, server: BackendProtocol, ok: bool) -> None:
         if self.state == CLOSED:
@@ -428,8 +423,7 @@ class Session:
                     server=server.node.address,
                     why=why,
                 )
-                stream.detached()
-                self.io.tx_detach(server)
+                self._let_go()
                 self.context.pool.leases.forget(server)
                 if stream.server_at_boundary:
                     text = "server closed the connection unexpectedly"
@@ -564,7 +558,7 @@ class Session:
         if data:
             self.io.replay(data)
 
-    # -- transaction pooling (transaction.py: the stream; lease.py: the next server) ------
+    # -- transaction pooling (transaction/: the stream; lease.py: the next server) ------
 
     def _start_transactions(self, server: BackendProtocol) -> None:
         """Logged in: from now on a server is held only while a transaction runs."""
@@ -664,14 +658,20 @@ class Session:
 
     def release_server(self) -> None:
         """The transaction ended with nothing owed: the server goes back (``TxOwner``)."""
+        server = self._let_go()
+        if server is not None:
+            self.context.pool.leases.release(server, True)
+
+    def _let_go(self) -> Optional[BackendProtocol]:
+        """The stream and the glue let go of the server held now; it is returned, for
+        the leases to take back."""
         stream = self.tx
         assert stream is not None
         server = stream.server
-        if server is None:
-            return
-        stream.detached()
-        self.io.tx_detach(server)
-        self.context.pool.leases.release(server, True)
+        if server is not None:
+            stream.detached()
+            self.io.tx_detach(server)
+        return server
 
     def tx_failed(self, sqlstate: str, text: str) -> None:
         """No server for the next transaction: the client is told, and closed."""
@@ -691,11 +691,9 @@ class Session:
         borrow, self._borrow = self._borrow, None
         if borrow is not None:
             borrow.abandon()
-        server = stream.server
+        server = self._let_go()
         leases = self.context.pool.leases
         if server is not None:
-            stream.detached()
-            self.io.tx_detach(server)
             clean = stream.in_sync and stream.status == m.IDLE
             if clean and stream.pinned:
                 leases.reset_and_release(server)

@@ -31,6 +31,8 @@ from pgpool_tw.session.transaction.owed import (
     _PARSE,
     _QUERY,
     IDLE,
+    _split_parse,
+    _text_of,
 )
 
 if TYPE_CHECKING:
@@ -51,14 +53,13 @@ def statement_text(self: TransactionStream, msg: bytes) -> Optional[str]:
     if kind == _QUERY:
         return m.decode(msg[5:-1])
     if kind == _PARSE:
-        start = msg.index(b"\0", 5) + 1
-        return m.decode(msg[start : msg.index(b"\0", start)])
+        return _text_of(_split_parse(msg)[1])
     if kind == _BIND:
         portal_end = msg.index(b"\0", 5)
         name = msg[portal_end + 1 : msg.index(b"\0", portal_end + 1)]
         content = self.statements.get(name) if name else None
         if content is not None:
-            return m.decode(content[: content.index(b"\0")])
+            return _text_of(content)
     return None
 
 

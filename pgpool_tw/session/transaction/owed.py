@@ -46,6 +46,19 @@ _EXTENDED = frozenset((_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE))
 _UNIT_ENDS = frozenset((_E_SYNC, _E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
 _SIMPLE = frozenset((_E_QUERY, _E_FUNCTION, _E_HIDDEN_QUERY))
 
+
+def _split_parse(msg: bytes) -> tuple[bytes, bytes]:
+    """A Parse message's statement name, and its body after the name (query text,
+    parameter types): what the pooler keeps per named statement."""
+    name_end = msg.index(b"\0", 5)
+    return msg[5:name_end], msg[name_end + 1 :]
+
+
+def _text_of(content: bytes) -> str:
+    """The query text of a Parse body after its name."""
+    return m.decode(content[: content.index(b"\0")])
+
+
 _PARSE_COMPLETE_MSG = b"1\x00\x00\x00\x04"
 _SYNC_MESSAGE = b"S\x00\x00\x00\x04"
 _CLOSE_COMPLETE_MSG = b"3\x00\x00\x00\x04"

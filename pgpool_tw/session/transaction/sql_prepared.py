@@ -36,7 +36,7 @@ client does not hold may still hold another client's statement on that server (a
 EXECUTE of it runs, a PREPARE of it fails "already exists"): a program that EXECUTEs what
 it never prepared is wrong anyway.
 
-Pure bookkeeping: the stream (``session/transaction.py``) decides when hidden statements
+Pure bookkeeping: the stream (``session/transaction/stream.py``) decides when hidden statements
 may be sent and sends them.
 """
 

@@ -24,6 +24,8 @@ from pgpool_tw.session.transaction.owed import (
     _E_PARSE,
     _PARSE_COMPLETE_MSG,
     _SYNC_MESSAGE,
+    _split_parse,
+    _text_of,
 )
 
 if TYPE_CHECKING:
@@ -81,26 +83,21 @@ def _answer_parse(self: TransactionStream, msg: bytes, buf: bytes | bytearray, e
     """
     if bytes(buf[end : end + 5]) != _SYNC_MESSAGE or not self.max_prepared:
         return False
-    name_end = msg.index(b"\0", 5)
-    name = msg[5:name_end]
-    content = msg[name_end + 1 :]
+    name, content = _split_parse(msg)
     if not name or not self.names.known(content):
         return False
-    self._effect(m.decode(content[: content.index(b"\0")]))  # its pins, if any
+    self._effect(_text_of(content))  # its pins, if any
     self.statements[name] = content
     self._out.append(_PARSE_COMPLETE_MSG + m.ready_for_query(self.status))
     return True
 
 
 def _parse(self: TransactionStream, msg: bytes) -> None:
-    name_end = msg.index(b"\0", 5)
-    name = msg[5:name_end]
-    content = msg[name_end + 1 :]
-    text_end = content.index(b"\0")
+    name, content = _split_parse(msg)
     # Pins count from the Parse (the safe side); what a statement clears or replays
     # counts when a Bind runs it (psycopg prepares DEALLOCATE ALL before running it).
     start = self._start_batch()
-    effect = self._effect(m.decode(content[:text_end]))
+    effect = self._effect(_text_of(content))
     if effect.sql:
         self._sql_sync(effect, start)
     if not name:
@@ -163,7 +160,7 @@ def _bind(self: TransactionStream, msg: bytes) -> None:
     else:
         content = self.statements.get(name)
         if content is not None:
-            effect = state_effect(m.decode(content[: content.index(b"\0")]))
+            effect = state_effect(_text_of(content))
     if effect is not None:
         self._unit.append(effect)
         if effect.sql:

@@ -54,7 +54,7 @@ from pgpool_tw.cluster.session_state import (
     StateEffect,
 )
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.sql import quote_literal
+from pgpool_tw.protocol.sql import set_application_name
 from pgpool_tw.session.transaction import answers, effects, statements
 from pgpool_tw.session.transaction.owed import (
     _BIND,
@@ -327,7 +327,7 @@ class TransactionStream:
                 texts.append(text)
         app = self.application_name
         if "application_name" not in wanted and server.params.get("application_name", "") != app:
-            texts.append(f"SET application_name TO {quote_literal(app)}")
+            texts.append(set_application_name(app))
         for text in texts:
             self._send(m.query(text), _E_HIDDEN_QUERY)
 
