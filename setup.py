@@ -60,6 +60,7 @@ SPEEDUPS = [
                 "_writer",
                 "_shape",
                 "_route",
+                "_txlane",
             )
         ],
         depends=["pgpool_tw/engine/_speedups.h"],

@@ -115,6 +115,7 @@ def take_snapshot(
         book.harvest(server)
     if warm is not None:
         warm.watch.harvest()
+    pool.leases.harvest()
     clients, by_key = _clients(factory.clients, warm)
     servers = _servers(book.live, warm.watch.server_states() if warm is not None else {})
     waits = pool.waiting_by_key()

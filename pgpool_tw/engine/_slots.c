@@ -44,6 +44,7 @@ slot_clear(int fd)
     Py_XDECREF(old.relay);
     Py_XDECREF((PyObject *)old.router);
     Py_XDECREF((PyObject *)old.lane);
+    Py_XDECREF(old.tx);
 }
 
 int

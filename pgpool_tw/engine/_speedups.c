@@ -137,6 +137,16 @@ dispatch(int fd, unsigned int ev, PyObject **culprit)
             Py_DECREF(router);
         return how;
     }
+    if (slot->tx != NULL) {
+        PyObject *tx = slot->tx;
+        Py_INCREF(tx); /* Python called from here may unregister it */
+        int how = tx_event(tx, slot->side, ev);
+        if (how < 0)
+            *culprit = tx;
+        else
+            Py_DECREF(tx);
+        return how;
+    }
     if (slot->lane != NULL) {
         Lane *lane = slot->lane;
         Py_INCREF(lane);
@@ -173,7 +183,8 @@ due_in_pass(int fd, int first)
         return 0;
     Slot *slot = &slots[fd];
     return (slot->relay != NULL && slot->side == SIDE_CLIENT) ||
-           (slot->router != NULL && slot->side == SIDE_ROUTED);
+           (slot->router != NULL && slot->side == SIDE_ROUTED) ||
+           (slot->tx != NULL && slot->side == SIDE_TX_CLIENT);
 }
 
 /* One batch of `count` events in two passes; what is Twisted's goes on `result`.  -1: error. */
@@ -304,7 +315,9 @@ PyInit__speedups(void)
 {
     if (PyType_Ready(&TrackerType) < 0 || PyType_Ready(&RelayType) < 0 ||
         PyType_Ready(&LaneType) < 0 || PyType_Ready(&ResetReplyType) < 0 ||
-        PyType_Ready(&SendNowType) < 0 || PyType_Ready(&RouterType) < 0)
+        PyType_Ready(&SendNowType) < 0 || PyType_Ready(&RouterType) < 0 ||
+        PyType_Ready(&TxLaneType) < 0 || PyType_Ready(&TxClientType) < 0 ||
+        PyType_Ready(&TxServerType) < 0)
         return NULL;
     str_write = PyUnicode_InternFromString("write");
     if (str_write == NULL)
@@ -327,6 +340,15 @@ PyInit__speedups(void)
     Py_INCREF(&RouterType);
     if (PyModule_AddObject(module, "Router", (PyObject *)&RouterType) < 0)
         goto fail;
+    Py_INCREF(&TxLaneType);
+    if (PyModule_AddObject(module, "TxLane", (PyObject *)&TxLaneType) < 0)
+        goto fail;
+    Py_INCREF(&TxClientType);
+    if (PyModule_AddObject(module, "TxClient", (PyObject *)&TxClientType) < 0)
+        goto fail;
+    Py_INCREF(&TxServerType);
+    if (PyModule_AddObject(module, "TxServer", (PyObject *)&TxServerType) < 0)
+        goto fail;
     Py_INCREF(&ResetReplyType);
     if (PyModule_AddObject(module, "ResetReply", (PyObject *)&ResetReplyType) < 0)
         goto fail;
@@ -338,6 +360,7 @@ PyInit__speedups(void)
         {"EV_PROMOTE", EV_PROMOTE},   {"EV_LEFT", EV_LEFT},         {"EV_LISTENER", EV_LISTENER},
         {"W_PARKED", W_PARKED},       {"W_ACTIVE", W_ACTIVE},       {"W_RESETTING", W_RESETTING},
         {"W_RETURNED", W_RETURNED},   {"NOTE_STARTED", NOTE_STARTED}, {"NOTE_ENDED", NOTE_ENDED},
+        {"EV_TX_RETURN", EV_TX_RETURN}, {"EV_TX_LOST", EV_TX_LOST},
     };
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(module, constants[i].name, constants[i].value) < 0)

@@ -124,7 +124,15 @@ typedef struct {
     ResetState answer; /* the reset's answer, read as it comes */
 } Relay;
 
-enum { SIDE_CLIENT = 0, SIDE_SERVER = 1, SIDE_LISTEN = 2, SIDE_PENDING = 3, SIDE_ROUTED = 8 };
+enum {
+    SIDE_CLIENT = 0,
+    SIDE_SERVER = 1,
+    SIDE_LISTEN = 2,
+    SIDE_PENDING = 3,
+    SIDE_ROUTED = 8,
+    SIDE_TX_CLIENT = 16,
+    SIDE_TX_SERVER = 17
+};
 
 #define PENDING_MAX 1024
 
@@ -146,6 +154,7 @@ typedef struct {
     struct Router *router; /* SIDE_ROUTED + 0 (client), + 1, + 2 (legs) */
     struct Lane *lane; /* SIDE_LISTEN, SIDE_PENDING */
     Pending *pending;  /* SIDE_PENDING */
+    PyObject *tx;      /* SIDE_TX_CLIENT (a TxClient), SIDE_TX_SERVER (a TxServer) */
     int side;
 } Slot;
 
@@ -264,6 +273,13 @@ PyObject *relay_drop(Relay *self, PyObject *arg);
 int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);
 int warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n);
 void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int addr_len, int port);
+
+/* -- transaction pooling's lane (_txlane.c) -- */
+
+enum { EV_TX_RETURN = 1, EV_TX_LOST = 2 };
+
+extern PyTypeObject TxLaneType, TxClientType, TxServerType;
+int tx_event(PyObject *obj, int side, unsigned int ev);
 
 /* -- the shape key of a query text (_shape.c; shape_key_into is declared above) -- */
 

@@ -16,6 +16,8 @@ W_RESETTING: int
 W_RETURNED: int
 NOTE_STARTED: int
 NOTE_ENDED: int
+EV_TX_RETURN: int
+EV_TX_LOST: int
 
 class SessionTracker(PythonSessionTracker):
     """The same object as protocol.relay.SessionTracker, in C (compared by the tests)."""
@@ -127,6 +129,61 @@ class Router:
     def disarm(self) -> None: ...
     def forget(self, side: int) -> None: ...
     def take_counts(self) -> tuple[int, int, int, int, int, int]: ...
+
+class TxServer:
+    """A server connection a TxLane may lend (_txlane.c)."""
+
+    backend: Any
+    tag: int
+    busy: bool
+    def __init__(self, backend: Any, transport: Any, fd: int, tag: int) -> None: ...
+
+class TxLane:
+    """One pool key's transaction-mode servers on the C loop (_txlane.c)."""
+
+    idle_count: int
+    waiting: int
+    busy: int
+    max_wait: float
+    counts: tuple[int, int, int]
+    py_first: int
+    room: bool
+    def __init__(
+        self,
+        shapes: dict[bytes, int],
+        writes: set[int],
+        on_event: Callable[[int, TxServer], object],
+    ) -> None: ...
+    def give(self, server: TxServer) -> None: ...
+    def take(self) -> TxServer | None: ...
+    def remove(self, server: TxServer) -> bool: ...
+    def idle(self) -> list[tuple[TxServer, float]]: ...
+    def expire(self, seconds: float) -> list[TxClient]: ...
+    def kick(self) -> bool: ...
+    def arrive(self) -> int: ...
+    def take_counts(self) -> tuple[int, int, int, int]: ...
+    def close(self) -> None: ...
+
+class TxClient:
+    """A transaction-mode client on a TxLane (_txlane.c)."""
+
+    server: TxServer | None
+    armed: bool
+    waiting: bool
+    received: int
+    owner: Callable[[], object]
+    def __init__(
+        self,
+        lane: TxLane,
+        transport: Any,
+        fd: int,
+        on_data: Callable[[bytes], object],
+        on_adopt: Callable[[TxServer, int, bytes], object],
+        owner: Callable[[], object],
+    ) -> None: ...
+    def arm(self, tag: int) -> None: ...
+    def disarm(self) -> None: ...
+    def forget(self) -> None: ...
 
 def shape_key(data: bytes | bytearray | memoryview) -> bytes | None: ...
 def register_router(fd: int, router: Router, side: int) -> None: ...

@@ -36,7 +36,7 @@ from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.protocol.relay import SessionTracker
 
 if TYPE_CHECKING:
-    from pgpool_tw.engine._speedups import Lane, Relay, Router
+    from pgpool_tw.engine._speedups import Lane, Relay, Router, TxClient, TxLane, TxServer
 
 log = Logger()
 
@@ -215,6 +215,40 @@ def new_lane(
     if _speedups is None or reactor is not _pumping_reactor or _pumping_parts is None:
         return None
     return _speedups.Lane(_pumping_parts.poller.fileno(), on_miss, on_event)
+
+
+def new_tx_lane(
+    reactor: Any, shapes: dict[bytes, int], on_event: Callable[[int, TxServer], None]
+) -> Optional[TxLane]:
+    """A ``TxLane`` (transaction pooling's servers of one pool key on the C loop, see
+    engine/_txlane.c); None without the C loop on ``reactor``."""
+    if _speedups is None or reactor is not _pumping_reactor or _pumping_parts is None:
+        return None
+    return _speedups.TxLane(shapes, _pumping_parts.writes, on_event)
+
+
+def tx_server(backend: Any, tag: int) -> Optional[TxServer]:
+    """``backend`` as a lane may lend it; None when its socket is not a plain one (TLS)."""
+    if _speedups is None:
+        return None
+    transport = backend.transport
+    if transport is None or not plain_socket(transport) or transport.fileno() < 0:
+        return None
+    return _speedups.TxServer(backend, transport, transport.fileno(), tag)
+
+
+def tx_client(
+    lane: TxLane,
+    client: Any,
+    on_data: Callable[[bytes], object],
+    on_adopt: Callable[[TxServer, int, bytes], object],
+    expired: Callable[[], object],
+) -> Optional[TxClient]:
+    """A transaction-mode client on ``lane``: its socket's events go to the lane (which
+    hands Twisted those of a disarmed client); None for a TLS client."""
+    if _speedups is None or not plain_socket(client) or client.fileno() < 0:
+        return None
+    return _speedups.TxClient(lane, client, client.fileno(), on_data, on_adopt, expired)
 
 
 def stop_relay(relay: Relay) -> None:

@@ -24,22 +24,35 @@ waiters were not verified) is closed and its place given to the first waiter.
 This module never touches the reactor except through ``clock.seconds()``, never
 reads client bytes, and never decides a session's rules (when to release, what
 pins): the session does.
+
+On the C loop each key has a *lane* (engine/_txlane.c, made by ``make_lane``): the
+servers this module lends it (``laned``, still members and counted) park there, and
+the lane runs the simple transactions of the clients its sessions armed, waiting
+clients included, without Python.  This module still decides everything: which
+servers go there (plain sockets that asked no client for a password), when it takes
+one back (a Python lease, a timer, a failover, a shutdown), the order between the
+lane's waiters and its own (``arrive``/``py_first``: one sequence), and whether a
+lane's client may ask Python for a new server instead of waiting (``room``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pgpool_tw.config.settings import Config
+from pgpool_tw.engine import fastpoll
 from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.reset import RESET_TIMEOUT, reset_batch
 from pgpool_tw.stats.counters import Totals
+
+if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import TxLane, TxServer
 
 #: A pool key (pool/key.py's ``PoolKey``, or anything hashable in tests).
 Key = Hashable
@@ -47,6 +60,30 @@ Key = Hashable
 log = Logger()
 
 Got = Callable[[Optional[BackendProtocol]], None]
+
+#: engine/_txlane.c's events: a freed server for Python's first waiter, a parked one
+#: that became readable (Twisted reads it now).
+EV_TX_RETURN, EV_TX_LOST = 1, 2
+
+_TAGS: dict[str, int] = {}
+
+
+def settings_tag(application_name: str) -> int:
+    """The number a lane compares to pair a client with a server whose session has the
+    settings it expects (only application_name varies among those a lane takes)."""
+    tag = _TAGS.get(application_name)
+    if tag is None:
+        if len(_TAGS) >= 100000:
+            _TAGS.clear()
+        tag = _TAGS[application_name] = len(_TAGS)
+    return tag
+
+
+def server_tag(server: BackendProtocol) -> int:
+    """A server's settings tag; -1 (no client's) when it carries replayed settings."""
+    if server.replayed:
+        return -1
+    return settings_tag(server.params.get("application_name", ""))
 
 
 class LeaseStats(NamedTuple):
@@ -62,7 +99,7 @@ class LeaseStats(NamedTuple):
 class Ticket:
     """A client waiting for a server of ``key``: what ``withdraw`` takes back."""
 
-    __slots__ = ("key", "got", "expired", "verified", "since", "waiting")
+    __slots__ = ("key", "got", "expired", "verified", "since", "waiting", "seq")
 
     def __init__(
         self, key: Key, got: Got, expired: Callable[[], None], verified: bool, since: float
@@ -74,12 +111,14 @@ class Ticket:
         self.since = since
         #: Still in its key's queue (not served, expired nor withdrawn).
         self.waiting = True
+        #: Its arrival number on its key's lane (0: no lane).
+        self.seq = 0
 
 
 class _Key:
     """One pool key's members, places and queue."""
 
-    __slots__ = ("idle", "lent", "opening", "waiters", "used")
+    __slots__ = ("idle", "lent", "opening", "waiters", "used", "lane", "laned")
 
     def __init__(self) -> None:
         #: Parked members, least recently used first (dict: ordered, O(1) removal).
@@ -89,10 +128,14 @@ class _Key:
         self.waiters: OrderedDict[Ticket, None] = OrderedDict()
         #: A client has leased here: min_pool_size keeps servers open for it from now on.
         self.used = False
+        #: The key's lane on the C loop, and the members lent to it (parked there or
+        #: serving one of its transactions).
+        self.lane: Optional[TxLane] = None
+        self.laned: dict[BackendProtocol, TxServer] = {}
 
     @property
     def count(self) -> int:
-        return len(self.idle) + len(self.lent) + self.opening
+        return len(self.idle) + len(self.lent) + self.opening + len(self.laned)
 
 
 def _may_use(verified: bool, server: BackendProtocol) -> bool:
@@ -113,7 +156,11 @@ class Leases:
         self.opener: Optional[Callable[[Key], None]] = None
         #: Set by a fast shutdown: servers coming back are closed and no new one is opened.
         self.closing = False
+        #: Makes a key's lane, given the lane's event callback (None: no C loop).
+        self.make_lane: Optional[Callable[[Callable[[int, TxServer], None]], Optional[TxLane]]]
+        self.make_lane = None
         self._keys: dict[Key, _Key] = {}
+        self._lanes: dict[Key, TxLane] = {}
         self._due: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._draining = False
         #: Pinned clients' servers being reset (``reset_and_release``), on one timer.
@@ -143,7 +190,93 @@ class Leases:
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _Key()
+            state.lane = self._lanes.get(key)
         return state
+
+    # -- the lanes (engine/_txlane.c) -------------------------------------------------
+
+    def lane(self, key: Key) -> Optional[TxLane]:
+        """``key``'s lane, made at its first client; None without the C loop."""
+        lane = self._lanes.get(key)
+        if lane is None and self.make_lane is not None and not self.closing:
+            lane = self.make_lane(lambda kind, tx: self._lane_event(key, kind, tx))
+            if lane is not None:
+                self._lanes[key] = lane
+                state = self._state(key)
+                state.lane = lane
+                self._lane_sync(state)
+        return lane
+
+    @property
+    def lanes(self) -> dict[Key, TxLane]:
+        """The lanes made so far by pool key (tests and the stats read their counts)."""
+        return dict(self._lanes)
+
+    def _lane_sync(self, state: _Key) -> None:
+        """Tell the lane what it decides with: Python's first waiter, and whether a client
+        of its may ask Python for a server (one is parked here, or a place is free)."""
+        lane = state.lane
+        if lane is None:
+            return
+        waiters = state.waiters
+        lane.py_first = next(iter(waiters)).seq if waiters else (1 if self.closing else 0)
+        lane.room = not self.closing and (
+            bool(state.idle) or state.count < self.config().default_pool_size
+        )
+
+    def _lane_event(self, key: Key, kind: int, tx: TxServer) -> None:
+        """The lane handed a member back: for Python's first waiter, or readable while
+        parked (Twisted reads it now: a close is heard through ``server_lost``)."""
+        state = self._keys.get(key)
+        server = tx.backend
+        if state is None or state.laned.pop(server, None) is None:
+            return
+        if kind == EV_TX_LOST:
+            state.idle[server] = None
+        else:
+            state.lent.add(server)
+            waiters = state.waiters
+            if waiters and not self.closing:
+                self._served(waiters.popitem(last=False)[0], server)
+            else:
+                self._lane_sync(state)  # py_first was stale: release parks it there
+                self.release(server, True)
+                return
+        self._lane_sync(state)
+        self._call_due()
+
+    def adopted(self, server: BackendProtocol) -> None:
+        """A lane's transaction went to its session (Python's from here): lent."""
+        state = self._keys.get(server.pool_key)
+        if state is not None and state.laned.pop(server, None) is not None:
+            state.lent.add(server)
+
+    def _to_lane(self, state: _Key, server: BackendProtocol) -> bool:
+        """Park ``server`` on its key's lane if the lane may lend it to anyone."""
+        lane = state.lane
+        if lane is None or server.asked_password:
+            return False
+        tx = fastpoll.tx_server(server, server_tag(server))
+        if tx is None:
+            return False
+        state.lent.discard(server)
+        state.laned[server] = tx
+        server.park(self)
+        lane.give(tx)
+        return True
+
+    def _lane_idle(self, state: _Key) -> list[tuple[BackendProtocol, TxServer, float]]:
+        lane = state.lane
+        if lane is None or not state.laned:
+            return []
+        return [(tx.backend, tx, age) for tx, age in lane.idle()]
+
+    def _from_lane(self, state: _Key, server: BackendProtocol, tx: TxServer) -> None:
+        """A parked member out of the lane, to be closed."""
+        lane = state.lane
+        if lane is not None:
+            lane.remove(tx)
+        state.laned.pop(server, None)
 
     # -- borrowing -----------------------------------------------------------------
 
@@ -180,8 +313,11 @@ class Leases:
                 got(None)
                 return None
         ticket = Ticket(key, got, expired, verified, self.clock.seconds())
+        if state.lane is not None:
+            ticket.seq = state.lane.arrive()
         state.waiters[ticket] = None
         self._offer_places(state)  # places a reload made, to the queue in its order
+        self._lane_sync(state)
         self._call_due()
         return ticket if ticket.waiting else None
 
@@ -190,7 +326,7 @@ class Leases:
         way (their node failed over since they parked) are closed."""
         idle = state.idle
         if not idle:
-            return None
+            return self._take_laned(state)
         found: Optional[BackendProtocol] = None
         dead: list[BackendProtocol] = []
         for server in reversed(idle):
@@ -204,7 +340,24 @@ class Leases:
             self._close(server)
         if found is not None:
             del idle[found]
-        return found
+            return found
+        return self._take_laned(state)
+
+    def _take_laned(self, state: _Key) -> Optional[BackendProtocol]:
+        """The lane's most recently parked member (any client may use it), out of it."""
+        lane = state.lane
+        while lane is not None and state.laned:
+            tx = lane.take()
+            if tx is None:
+                return None
+            server = tx.backend
+            state.laned.pop(server, None)
+            if server.stale or not server.connected_ok:
+                self._close(server)
+                continue
+            self._lane_sync(state)
+            return server
+        return None
 
     def withdraw(self, ticket: Ticket) -> None:
         """A waiting client left (it closed, or was cancelled) before it got a server."""
@@ -214,6 +367,7 @@ class Leases:
         state = self._keys.get(ticket.key)
         if state is not None:
             state.waiters.pop(ticket, None)
+            self._lane_sync(state)
 
     def opened(self, server: BackendProtocol) -> None:
         """The place ``got(None)`` or the opener counted is ``server``'s now: a lent member
@@ -224,6 +378,7 @@ class Leases:
         else:
             log.warn("server={server} opened without a place counted", server=server)
         state.lent.add(server)
+        self._lane_sync(state)
 
     def open_failed(self, key: Key) -> None:
         """The server a place was counted for never opened: the place goes to the next waiter."""
@@ -232,6 +387,7 @@ class Leases:
             return
         state.opening -= 1
         self._offer_places(state)
+        self._lane_sync(state)
         self._call_due()
 
     # -- giving back ----------------------------------------------------------------
@@ -294,9 +450,16 @@ class Leases:
             state.lent.discard(server)
             self._close(server)
             self._offer_places(state)
+            self._lane_sync(state)
             self._call_due()
             return
         waiters = state.waiters
+        lane = state.lane
+        if lane is not None and (not waiters or lane.waiting) and self._to_lane(state, server):
+            # The lane serves its first waiter or Python's (EV_TX_RETURN), or parks it.
+            self._lane_sync(state)
+            self._call_due()
+            return
         if waiters:
             for ticket in waiters:
                 if _may_use(ticket.verified, server):
@@ -314,6 +477,12 @@ class Leases:
         state.lent.discard(server)
         state.idle[server] = None
         server.park(self)
+        if lane is not None:
+            self._lane_sync(state)
+            if lane.waiting:
+                # Its waiters may not use what parks here: the first asks Python.
+                self._due.append((lane.kick, ()))
+                self._call_due()
 
     def _served(self, ticket: Ticket, server: Optional[BackendProtocol]) -> None:
         """``ticket`` is out of its queue and its server or place counted: tell it, last."""
@@ -322,8 +491,16 @@ class Leases:
         self._due.append((ticket.got, (server,)))
 
     def _offer_places(self, state: _Key) -> None:
-        """Hand free places to the queue in arrival order: each served waiter opens one."""
-        if self.closing or not state.waiters:
+        """Hand free places to the queue in arrival order: each served waiter opens one.
+        The lane's waiters are sent to Python for the places Python's leave free."""
+        if self.closing:
+            return
+        if not state.waiters:
+            lane = state.lane
+            if lane is not None and lane.waiting:
+                free = self.config().default_pool_size - state.count
+                for _ in range(min(free, lane.waiting)):
+                    self._due.append((lane.kick, ()))
             return
         config = self.config()
         now = self.clock.seconds()
@@ -365,9 +542,12 @@ class Leases:
             state.lent.discard(server)
         elif server in state.idle:
             del state.idle[server]
+        elif server in state.laned:
+            self._from_lane(state, server, state.laned[server])
         else:
             return
         self._offer_places(state)
+        self._lane_sync(state)
         self._call_due()
 
     def _close(self, server: BackendProtocol) -> None:
@@ -377,7 +557,9 @@ class Leases:
 
     def is_member(self, server: BackendProtocol) -> bool:
         state = self._keys.get(server.pool_key)
-        return state is not None and (server in state.lent or server in state.idle)
+        return state is not None and (
+            server in state.lent or server in state.idle or server in state.laned
+        )
 
     # -- time ---------------------------------------------------------------------------
 
@@ -392,7 +574,14 @@ class Leases:
             self._trim_idle(state, config, now)
             self._offer_places(state)
             self._top_up(key, state, config)
-            if not state.count and not state.waiters and not (state.used and config.min_pool_size):
+            self._lane_reserve(key, state, config)
+            self._lane_sync(state)
+            if (
+                not state.count
+                and not state.waiters
+                and not (state.used and config.min_pool_size)
+                and state.lane is None
+            ):
                 del self._keys[key]
         self._call_due()
 
@@ -408,6 +597,9 @@ class Leases:
             del waiters[ticket]
             ticket.waiting = False
             self._due.append((ticket.expired, ()))
+        if state.lane is not None and state.lane.waiting:
+            for client in state.lane.expire(limit):
+                self._due.append((client.owner, ()))
 
     def _trim_idle(self, state: _Key, config: Config, now: float) -> None:
         ceiling = config.default_pool_size + config.reserve_pool_size
@@ -420,6 +612,28 @@ class Leases:
             ):
                 del state.idle[server]
                 self._close(server)
+        for server, tx, age in self._lane_idle(state):
+            count = state.count
+            if count > ceiling or (limit > 0 and age >= limit and count > floor):
+                self._from_lane(state, server, tx)
+                self._close(server)
+
+    def _lane_reserve(self, key: Key, state: _Key, config: Config) -> None:
+        """The lane's first waiter waited reserve_pool_timeout: a reserve server is
+        opened for it (by ``opener``, as min_pool_size's are; parked, it serves it)."""
+        lane = state.lane
+        if lane is None or not lane.waiting or self.opener is None or self.closing:
+            return
+        reserve, after = config.reserve_pool_size, config.reserve_pool_timeout
+        if (
+            reserve > 0
+            and after > 0
+            and not state.opening
+            and lane.max_wait >= after
+            and state.count < config.default_pool_size + reserve
+        ):
+            state.opening += 1
+            self._due.append((self.opener, (key,)))
 
     def _top_up(self, key: Key, state: _Key, config: Config) -> None:
         opener = self.opener
@@ -437,14 +651,22 @@ class Leases:
         out: dict[Key, LeaseStats] = {}
         for key, state in self._keys.items():
             first = next(iter(state.waiters), None)
+            waited = now - first.since if first is not None else 0.0
+            lane = state.lane
+            laned_idle = lane.idle_count if lane is not None else 0
             out[key] = LeaseStats(
-                len(state.lent),
-                len(state.idle),
+                len(state.lent) + len(state.laned) - laned_idle,
+                len(state.idle) + laned_idle,
                 state.opening,
-                len(state.waiters),
-                now - first.since if first is not None else 0.0,
+                len(state.waiters) + (lane.waiting if lane is not None else 0),
+                max(waited, lane.max_wait) if lane is not None else waited,
             )
         return out
+
+    def harvest(self) -> None:
+        """Add what the lanes counted to the totals (the stats snapshot calls it)."""
+        for key, lane in self._lanes.items():
+            self.totals.harvest(key, lane)
 
     def close_idle(self) -> int:
         """Close every idle server (SIGUSR1, pgpool-II's close_idle_connection)."""
@@ -460,6 +682,8 @@ class Leases:
         to no waiter (its client is being shut down) and min_pool_size opens nothing."""
         self.closing = True
         self.close_idle()
+        for state in self._keys.values():
+            self._lane_sync(state)  # what the lanes free comes back here, to be closed
 
     def _close_idle_where(self, which: Callable[[BackendProtocol], bool]) -> int:
         closed = 0
@@ -467,9 +691,14 @@ class Leases:
             doomed = [server for server in state.idle if which(server)]
             for server in doomed:
                 del state.idle[server]
+            for server, tx, _ in self._lane_idle(state):
+                if which(server):
+                    self._from_lane(state, server, tx)
+                    doomed.append(server)
             for server in doomed:
                 self._close(server)
             closed += len(doomed)
+            self._lane_sync(state)
             if doomed:
                 self._offer_places(state)
         self._call_due()

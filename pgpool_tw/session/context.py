@@ -22,6 +22,7 @@ from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
 from pgpool_tw.config.authfiles import AuthFiles
 from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.config.tls import TLSContexts
+from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.net.deadlines import Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
@@ -35,9 +36,11 @@ from pgpool_tw.session.cancel import CancelRegistry
 from pgpool_tw.session.lease import Filler
 from pgpool_tw.session.routed import RoutedStream, RoutingRules
 from pgpool_tw.session.transaction import StatementNames
+from pgpool_tw.session.transaction.effects import FAST_SHAPES
 from pgpool_tw.stats.events import EventHub
 
 if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import TxLane, TxServer
     from pgpool_tw.pool.backend import ServerOwner
 
 
@@ -79,6 +82,7 @@ class SessionContext:
         #: min_pool_size asks for are opened here.
         self.statement_names = StatementNames()
         pool.leases.opener = self._fill
+        pool.leases.make_lane = self._make_lane
         #: Open client connections, so a shutdown can wait for all of them.
         self.clients: set[Any] = set()
         self.servers = ServerBook(self.events)
@@ -311,6 +315,10 @@ class SessionContext:
     def _fill(self, key: Any) -> None:
         """min_pool_size: open a server for ``key`` alone (session/lease.py)."""
         Filler(self, key).open()
+
+    def _make_lane(self, on_event: Callable[[int, TxServer], None]) -> Optional[TxLane]:
+        """A pool key's transaction lane on the C loop (engine/_txlane.c), if it runs."""
+        return fastpoll.new_tx_lane(self.reactor, FAST_SHAPES, on_event)
 
     def connect(
         self,

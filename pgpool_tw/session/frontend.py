@@ -12,7 +12,7 @@ factory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -29,7 +29,7 @@ from pgpool_tw.session.machine import Session
 from pgpool_tw.session.states import RELAY
 
 if TYPE_CHECKING:
-    from pgpool_tw.engine._speedups import Relay, Router
+    from pgpool_tw.engine._speedups import Relay, Router, TxClient, TxLane, TxServer
     from pgpool_tw.session.routed import RoutedStream
 
 
@@ -70,6 +70,8 @@ class FrontendProtocol(Protocol):
         #: and the stream it routes for.
         self._router: Optional[Router] = None
         self._routed: Optional[RoutedStream] = None
+        #: A transaction-mode client on its pool key's lane (engine/_txlane.c).
+        self._tx: Optional[TxClient] = None
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -186,13 +188,44 @@ class FrontendProtocol(Protocol):
             factory.fast_streams.add(stream)
             stream.rearm()
 
-    def start_tx_relay(self, stream: SessionTracker) -> None:
+    def start_tx_relay(
+        self,
+        stream: SessionTracker,
+        lane: Optional[TxLane] = None,
+        on_adopt: Optional[Callable[[TxServer, int, bytes], object]] = None,
+        expired: Optional[Callable[[], object]] = None,
+    ) -> None:
         """Transaction pooling: every chunk goes to the stream, which sends to whichever
-        server the client holds; Twisted reads the sockets (no C relay yet)."""
+        server the client holds.  With a ``lane`` (the C loop) the client's socket is the
+        lane's: while armed (``tx_arm``) it runs simple transactions itself and hands
+        every other chunk here; disarmed, Twisted reads it."""
         self.tracker = stream
         self.server_write = discard
         self.relaying = True
         self._idle_since = self.factory.reactor.seconds()
+        if lane is not None and on_adopt is not None and expired is not None:
+            self._tx = fastpoll.tx_client(
+                lane, self.transport, self.dataReceived, on_adopt, expired
+            )
+
+    def tx_arm(self, tag: int) -> None:
+        """The client is between transactions: its next chunk may run on the lane."""
+        if self._tx is not None:
+            self._tx.arm(tag)
+
+    def tx_fast_server(self) -> Optional[BackendProtocol]:
+        """The server of the transaction the lane runs for the client now, if any."""
+        tx = self._tx
+        server = tx.server if tx is not None else None
+        return server.backend if server is not None else None
+
+    def tx_stop(self) -> None:
+        """The session ends: the lane lets the client go (a transaction it runs is the
+        session's first)."""
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            self.received += tx.received
+            tx.forget()
 
     def tx_attach(self, server: BackendProtocol) -> None:
         """Flow control pairs the client with the server it holds now."""
@@ -299,6 +332,8 @@ class FrontendProtocol(Protocol):
         received = self.received + (self._relay.received if self._relay is not None else 0)
         if self._router is not None:
             received += self._router.received
+        if self._tx is not None:
+            received += self._tx.received
         if received != self._idle_mark or tracker.pending:
             self._idle_mark = received
             self._idle_since = now

@@ -36,6 +36,7 @@ from pgpool_tw.cluster.classify import ROUTE_STANDBY
 from pgpool_tw.cluster.router import readable
 from pgpool_tw.config.pooling import TRANSACTION
 from pgpool_tw.pool.key import PoolKey, pool_key
+from pgpool_tw.pool.leases import settings_tag
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.login_end import login_end
 from pgpool_tw.protocol.relay import SessionTracker
@@ -61,6 +62,7 @@ from pgpool_tw.session.transaction import TransactionStream
 from pgpool_tw.stats.events import SessionInfo
 
 if TYPE_CHECKING:
+    from pgpool_tw.engine._speedups import TxServer
     from pgpool_tw.net.deadlines import Deadline
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.pool.leases import Ticket
@@ -580,7 +582,10 @@ class Session:
         lb = context.lb_node_for(startup, server.node.index)
         self._tx_lb = lb if lb != server.node.index else None
         self._move(RELAY)
-        self.io.start_tx_relay(stream)  # type: ignore[arg-type]
+        # The C lane runs a session's simple transactions only where they all go to one
+        # node (with a load-balancing node, each transaction is routed here).
+        lane = context.pool.leases.lane(self.key) if self._tx_lb is None else None
+        self.io.start_tx_relay(stream, lane, self.tx_adopted, self._tx_wait_expired)  # type: ignore[arg-type]
         self.io.tx_attach(server)
         if context.events.observers:
             self._info = SessionInfo(
@@ -657,10 +662,35 @@ class Session:
         stream.attach(server)
 
     def release_server(self) -> None:
-        """The transaction ended with nothing owed: the server goes back (``TxOwner``)."""
+        """The transaction ended with nothing owed: the server goes back (``TxOwner``),
+        and the client's next simple transaction may run on the C lane."""
         server = self._let_go()
         if server is not None:
             self.context.pool.leases.release(server, True)
+        stream = self.tx
+        if stream is not None and stream.quiet and self.state == RELAY:
+            self.io.tx_arm(-1 if stream.wanted else settings_tag(stream.application_name))
+
+    def tx_adopted(self, tx: TxServer, raw_left: int, rest: bytes) -> None:
+        """The C lane hands over the transaction it runs for this client: one simple
+        Query sent, ``rest`` of its answer not forwarded yet (after ``raw_left`` body
+        bytes of a message it had begun to forward)."""
+        server = tx.backend
+        leases = self.context.pool.leases
+        leases.adopted(server)
+        stream = self.tx
+        if stream is None or self.state != RELAY:
+            leases.release(server, False)
+            return
+        server.attach(self, _nowhere, stream)
+        self.io.tx_attach(server)
+        stream.adopt(server, raw_left)
+        if rest:
+            stream.feed_server(rest)
+
+    def _tx_wait_expired(self) -> None:
+        """The client waited query_wait_timeout on the C lane."""
+        self.tx_failed("53300", query_wait_text(self.context.config))
 
     def _let_go(self) -> Optional[BackendProtocol]:
         """The stream and the glue let go of the server held now; it is returned, for
@@ -688,6 +718,7 @@ class Session:
         closed."""
         stream = self.tx
         assert stream is not None
+        self.io.tx_stop()  # a transaction the lane runs is the stream's first
         borrow, self._borrow = self._borrow, None
         if borrow is not None:
             borrow.abandon()
@@ -854,7 +885,8 @@ class Session:
         """The servers a CancelRequest for this session goes to: what it waits on."""
         tx = self.tx
         if tx is not None:
-            return [tx.server] if tx.server is not None else []
+            server = tx.server if tx.server is not None else self.io.tx_fast_server()
+            return [server] if server is not None else []
         server = self.server
         if server is None:
             return []

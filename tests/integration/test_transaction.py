@@ -425,3 +425,9 @@ class TransactionPoolingTests(PoolerTestCase):
         first, second, channels = yield self.in_thread(run)
         self.assertEqual(first, second, "the server was kept")
         self.assertEqual(channels, [])
+
+
+class TransactionPoolingCLoopTests(TransactionPoolingTests):
+    """The same, with ``twistd pgpool``'s C loop: simple transactions run on the lane."""
+
+    c_loop = True

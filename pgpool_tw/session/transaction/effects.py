@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 #: pgbench -S query is then one dict lookup, with no decoding and no parse.
 _BY_SHAPE: dict[bytes, StateEffect] = {}
 _BY_SHAPE_MAX = 10000
+#: The same keys for the C lane (engine/_txlane.c), those of texts that leave nothing
+#: (-> 1): one dict for the process, which every lane holds and only this file fills.
+FAST_SHAPES: dict[bytes, int] = {}
 _shape_key = speedups.shape_key if speedups is not None else None
 
 
@@ -88,7 +91,10 @@ def _query(self: TransactionStream, msg: bytes) -> None:
         if shared and key is not None:
             if len(_BY_SHAPE) >= _BY_SHAPE_MAX:
                 _BY_SHAPE.clear()
+                FAST_SHAPES.clear()
             _BY_SHAPE[key] = effect
+            if effect is NOTHING:
+                FAST_SHAPES[key] = 1
     self._pin(effect)
     self.pending += 1
     start = not self._batch

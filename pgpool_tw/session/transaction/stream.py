@@ -63,6 +63,7 @@ from pgpool_tw.session.transaction.owed import (
     _E_EXECUTE,
     _E_FUNCTION,
     _E_HIDDEN_QUERY,
+    _E_QUERY,
     _E_SYNC,
     _EXECUTE,
     _EXTENDED,
@@ -269,6 +270,20 @@ class TransactionStream:
         """Between transactions: no server held, nothing owed."""
         return self.server is None and not self._held and not self._expect
 
+    @property
+    def quiet(self) -> bool:
+        """Between transactions with no client byte kept: the C lane may take the next
+        chunk (it starts a transaction of its own or hands the chunk back here)."""
+        return (
+            self.server is None
+            and not self._closed
+            and not self._held
+            and not self._expect
+            and not self._cbuf
+            and not self._unsynced
+            and not self.pinned
+        )
+
     def take_counts(self) -> tuple[int, int, int, int]:
         counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
         self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
@@ -295,6 +310,20 @@ class TransactionStream:
     def detached(self) -> None:
         """The server went back to the pool (or away)."""
         self.server = None
+
+    def adopt(self, server: BackendProtocol, raw_left: int) -> None:
+        """Carry on a transaction the C lane began: it sent ``server`` one simple Query
+        whose text leaves nothing (the shapes table says so) and forwarded its answer up
+        to a message boundary, or ``raw_left`` body bytes short of one."""
+        self.server = server
+        self._asked = False
+        self._batch = False
+        self._sql_all = False
+        self.pending += 1
+        self._expect.append((_E_QUERY, None))
+        if raw_left:
+            self._s_skip = raw_left
+            self._s_drop = False
 
     def close(self) -> None:
         """The session ended: whatever still arrives is dropped."""

@@ -1,0 +1,245 @@
+"""Transaction pooling on the C loop's lane (engine/_txlane.c) with a real PostgreSQL.
+
+Simple Queries that leave nothing in a server session run on the lane without Python;
+these tests prove the lane was used (its counters), that clients get exactly the
+answers a direct connection gives, and that what the lane does not know (an answer it
+cannot walk, a client still being written to, a cancel, a client that vanishes) is
+handed to Python with nothing lost.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from pgpool_tw.protocol import messages as m
+from pgpool_tw.service import PgpoolService
+from tests.integration.harness import PoolerTestCase, RawClient, eventually, send_cancel
+
+Steps = Generator[Deferred[Any], Any, None]
+
+DATA_ROW = ord("D")
+
+
+def _rows(messages: list[tuple[int, bytes]]) -> list[list[str]]:
+    """The DataRows of an answer, as text columns."""
+    rows = []
+    for kind, body in messages:
+        if kind != DATA_ROW:
+            continue
+        count = struct.unpack_from("!h", body, 0)[0]
+        pos, row = 2, []
+        for _ in range(count):
+            size = struct.unpack_from("!i", body, pos)[0]
+            pos += 4
+            row.append(body[pos : pos + size].decode())
+            pos += size
+        rows.append(row)
+    return rows
+
+
+def _errors(messages: list[tuple[int, bytes]]) -> list[dict[str, str]]:
+    return [m.parse_fields(body) for kind, body in messages if kind == m.ERROR_RESPONSE]
+
+
+class TransactionLaneTests(PoolerTestCase):
+    c_loop = True
+
+    def start(self, **settings: Any) -> tuple[PgpoolService, str, str]:
+        values: dict[str, Any] = {
+            "pool_mode": "transaction",
+            "default_pool_size": 2,
+            "max_client_conn": 50,
+        }
+        values.update(settings)
+        service = self.start_pooler(**values)
+        user, db = self.role_and_db()
+        return service, user, db
+
+    def client(self, service: PgpoolService, user: str, db: str, **params: str) -> RawClient:
+        client = RawClient(service.port)
+        answer = client.startup(user=user, database=db, **params)
+        assert not _errors(answer), answer
+        return client
+
+    def lane_counts(self, service: PgpoolService) -> tuple[int, int, int]:
+        """(transactions started on the lanes, chunks handed to Python, adopted)."""
+        lanes = service.pool.leases.lanes.values()
+        self.assertTrue(lanes, "no lane was made")
+        hits = sum(lane.counts[0] for lane in lanes)
+        misses = sum(lane.counts[1] for lane in lanes)
+        adopted = sum(lane.counts[2] for lane in lanes)
+        return hits, misses, adopted
+
+    @inlineCallbacks
+    def test_simple_transactions_run_on_the_lane(self) -> Steps:
+        """Four clients, two servers, 50 statements each: every answer is the client's
+        own, the lane ran nearly all of them, and no more than two servers served."""
+        service, user, db = self.start()
+
+        def run() -> set[str]:
+            clients = [self.client(service, user, db) for _ in range(4)]
+            pids = set()
+            try:
+                for i in range(50):
+                    for n, c in enumerate(clients):
+                        rows = _rows(c.query(f"select pg_backend_pid(), {i * 10 + n}"))
+                        assert rows[0][1] == str(i * 10 + n), rows
+                        pids.add(rows[0][0])
+            finally:
+                for c in clients:
+                    c.close()
+            return pids
+
+        pids = yield self.in_thread(run)
+        self.assertLessEqual(len(pids), 2)
+        hits, misses, _ = self.lane_counts(service)
+        self.assertGreaterEqual(hits, 190)  # the first statement of a shape is Python's
+        self.assertGreater(misses, 0)  # that first one, and each Terminate
+
+    @inlineCallbacks
+    def test_clients_wait_on_the_lane_in_turn(self) -> Steps:
+        """Eight threads on two servers at once: each statement answered rightly."""
+        service, user, db = self.start()
+        failures: list[str] = []
+
+        def one(n: int) -> None:
+            c = self.client(service, user, db)
+            try:
+                for i in range(100):
+                    rows = _rows(c.query(f"select {n}, {i}"))
+                    if rows != [[str(n), str(i)]]:
+                        failures.append(f"{n}/{i}: {rows}")
+            finally:
+                c.close()
+
+        def run() -> None:
+            threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        yield self.in_thread(run)
+        self.assertEqual(failures, [])
+        hits, _, _ = self.lane_counts(service)
+        self.assertGreaterEqual(hits, 700)
+        stats = list(service.pool.leases.stats().values())
+        self.assertLessEqual(sum(s.active + s.idle for s in stats), 2)
+
+    @inlineCallbacks
+    def test_application_names_stay_the_clients_own(self) -> Steps:
+        """The lane pairs a client only with a server set to its application_name."""
+        service, user, db = self.start()
+
+        def run() -> list[str]:
+            a = self.client(service, user, db, application_name="alpha")
+            b = self.client(service, user, db, application_name="beta")
+            seen = []
+            try:
+                for _ in range(20):
+                    seen.append(_rows(a.query("select current_setting('application_name')"))[0][0])
+                    seen.append(_rows(b.query("select current_setting('application_name')"))[0][0])
+            finally:
+                a.close()
+                b.close()
+            return seen
+
+        seen = yield self.in_thread(run)
+        self.assertEqual(seen, ["alpha", "beta"] * 20)
+
+    @inlineCallbacks
+    def test_an_answer_the_lane_cannot_walk_goes_to_python(self) -> Steps:
+        """COPY TO STDOUT's answer (CopyOutResponse, CopyData) is adopted by the
+        session's stream mid-answer; the client gets it all, in order."""
+        service, user, db = self.start()
+
+        def run() -> list[bytes]:
+            c = self.client(service, user, db)
+            out = []
+            try:
+                for i in range(3):
+                    answer = c.query(
+                        f"copy (select g from generate_series(1, {i + 3}) g) to stdout"
+                    )
+                    out.append(b"".join(body for kind, body in answer if kind == ord("d")))
+            finally:
+                c.close()
+            return out
+
+        out = yield self.in_thread(run)
+        self.assertEqual(out, [b"1\n2\n3\n", b"1\n2\n3\n4\n", b"1\n2\n3\n4\n5\n"])
+        _, _, adopted = self.lane_counts(service)
+        self.assertGreaterEqual(adopted, 1)
+
+    @inlineCallbacks
+    def test_a_large_result_reaches_the_client(self) -> Steps:
+        """Rows faster than the client reads: the lane hands the answer to Twisted's flow
+        control, and every row arrives."""
+        service, user, db = self.start()
+
+        def run() -> list[int]:
+            c = self.client(service, user, db)
+            sizes = []
+            try:
+                for i in range(3):
+                    rows = _rows(
+                        c.query(f"select repeat('x', 1000 + {i}) from generate_series(1, 5000)")
+                    )
+                    sizes.append(sum(len(r[0]) for r in rows))
+            finally:
+                c.close()
+            return sizes
+
+        sizes = yield self.in_thread(run)
+        self.assertEqual(sizes, [5000 * 1000, 5000 * 1001, 5000 * 1002])
+
+    @inlineCallbacks
+    def test_cancel_reaches_a_statement_on_the_lane(self) -> Steps:
+        service, user, db = self.start()
+
+        def run() -> list[dict[str, str]]:
+            c = self.client(service, user, db)
+            try:
+                c.query("select pg_sleep(0)")  # the shape, known to the lane from now on
+                c.send(m.query("select pg_sleep(30)"))
+                timer = threading.Timer(0.5, send_cancel, (service.port, c.pid, c.key))
+                timer.start()
+                answer = c.until_ready()
+                timer.join()
+                return _errors(answer)
+            finally:
+                c.close()
+
+        errors = yield self.in_thread(run)
+        self.assertEqual([e.get("C") for e in errors], ["57014"])
+
+    @inlineCallbacks
+    def test_a_client_that_vanishes_mid_transaction(self) -> Steps:
+        """Its server is closed (it may still run the statement), its place is free
+        again, and the other clients go on."""
+        service, user, db = self.start(default_pool_size=1)
+
+        def run() -> list[list[str]]:
+            a = self.client(service, user, db)
+            a.query("select pg_sleep(0)")
+            a.send(m.query("select pg_sleep(2)"))
+            a.close(terminate=False)
+            b = self.client(service, user, db)
+            try:
+                return _rows(b.query("select 42"))
+            finally:
+                b.close()
+
+        rows = yield self.in_thread(run)
+        self.assertEqual(rows, [["42"]])
+
+        def settled() -> bool:
+            stats = list(service.pool.leases.stats().values())
+            return sum(s.active for s in stats) == 0 and sum(s.waiting for s in stats) == 0
+
+        yield eventually(settled)
