@@ -98,8 +98,17 @@ class RecordingIO:
     def drop_leg(self, server: BackendProtocol) -> None:
         self.actions.append("drop_leg")
 
-    def start_tx_relay(self, stream: Any) -> None:
+    def start_tx_relay(self, stream: Any, *lane: Any) -> None:
         self.actions.append("start_tx_relay")
+
+    def tx_arm(self, tag: int) -> None:
+        self.actions.append("tx_arm")
+
+    def tx_fast_server(self) -> Optional[BackendProtocol]:
+        return None
+
+    def tx_stop(self) -> None:
+        self.actions.append("tx_stop")
 
     def tx_attach(self, server: BackendProtocol) -> None:
         self.actions.append("tx_attach")
