@@ -178,7 +178,7 @@ class TxClient:
         transport: Any,
         fd: int,
         on_data: Callable[[bytes], object],
-        on_adopt: Callable[[TxServer, int, bytes], object],
+        on_adopt: Callable[[TxServer, int, bytes, int], object],
         owner: Callable[[], object],
     ) -> None: ...
     def arm(self, tag: int) -> None: ...

@@ -12,7 +12,9 @@
  * While armed, a client chunk that is exactly one Query whose shape is in `shapes`
  * takes the most recently parked idle server of the client's tag, is sent, and the
  * answer goes back with its headers walked.  Its ReadyForQuery saying idle ends the
- * transaction: the server serves the first client waiting here, or parks again.  No
+ * transaction: the server serves the first client waiting here, or parks again.  One
+ * saying in a transaction block (or failed) keeps the server: the client's next chunk
+ * goes to it when it is such a Query too, else the transaction is Python's.  No
  * server free and no room for another (`room`, Python's): the client waits here, in
  * arrival order with Python's waiters (`arrive`, `py_first`: sequence numbers), and a
  * server freed while Python's first waiter came first goes to Python
@@ -21,11 +23,12 @@
  * Everything else is Python's: another chunk is handed to on_data (the client is
  * disarmed: Twisted reads it until Python arms it again); an answer with a message
  * other than RowDescription, DataRow, CommandComplete, NoticeResponse, ErrorResponse,
- * EmptyQueryResponse or one last ReadyForQuery saying idle, a client that Twisted is
- * still writing to, a socket that fails: the transaction is adopted by Python
- * (on_adopt(server, raw_left, rest): the Query was sent and nothing of its answer but
- * the bytes before `rest` and `raw_left` body bytes of a message already half
- * forwarded).  An idle server that becomes readable is Python's too
+ * EmptyQueryResponse or one last ReadyForQuery, a client that Twisted is still writing
+ * to, a socket that fails, another chunk inside a block: the transaction is adopted by
+ * Python (on_adopt(server, raw_left, rest, status): status 0, a Query was sent and
+ * nothing of its answer but the bytes before `rest` and `raw_left` body bytes of a
+ * message already half forwarded; else nothing is owed and the block's status is
+ * that).  An idle server that becomes readable is Python's too
  * (on_event(EV_TX_LOST, server)): Twisted reads it.
  */
 #include "_speedups.h"
@@ -56,6 +59,8 @@ typedef struct TxClient {
     int armed;
     long tag;
     TxServer *server; /* owned: the server of the transaction running here */
+    int owed;         /* its answer is being forwarded (else: a block between statements) */
+    int status;       /* the block's status when nothing is owed ('T' or 'E') */
     int64_t skip;     /* body bytes of the server message being forwarded */
     unsigned char *pend; /* client bytes kept: a waiting chunk, or sent during an answer */
     Py_ssize_t pend_len, pend_cap;
@@ -293,6 +298,7 @@ pair(TxClient *c, TxServer *s, const unsigned char *data, Py_ssize_t n)
     c->server = s;
     s->client = c;
     c->skip = 0;
+    c->owed = 1;
     lane->busy++;
     lane->hits++;
     lane->bytes_in += n;
@@ -320,9 +326,9 @@ adopt(TxClient *c, int64_t raw_left, const unsigned char *rest, Py_ssize_t rest_
         rc = -1;
     if (rc == 0 && c->on_adopt != NULL) {
         ran_python = 1;
-        PyObject *res =
-            PyObject_CallFunction(c->on_adopt, "OLy#", (PyObject *)s, (long long)raw_left,
-                                  rest != NULL ? (const char *)rest : "", rest_len);
+        PyObject *res = PyObject_CallFunction(
+            c->on_adopt, "OLy#i", (PyObject *)s, (long long)raw_left,
+            rest != NULL ? (const char *)rest : "", rest_len, c->owed ? 0 : c->status);
         if (res == NULL)
             rc = -1;
         Py_XDECREF(res);
@@ -370,6 +376,45 @@ finish(TxClient *c)
     return rc;
 }
 
+static int client_in_block(TxClient *c, const unsigned char *data, Py_ssize_t n);
+
+/* The answer ended inside a transaction block: the server stays; what the client sent
+   meanwhile is its next chunk. */
+static int
+block_wait(TxClient *c, int status)
+{
+    c->owed = 0;
+    c->status = status;
+    c->lane->queries++;
+    PyObject *kept = take_pend(c);
+    if (kept == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int rc =
+        client_in_block(c, (const unsigned char *)PyBytes_AS_STRING(kept), PyBytes_GET_SIZE(kept));
+    Py_DECREF(kept);
+    return rc;
+}
+
+/* A client chunk inside a block: sent when it is a listed Query, else the block is
+   Python's from here, the chunk first. */
+static int
+client_in_block(TxClient *c, const unsigned char *data, Py_ssize_t n)
+{
+    TxServer *s = c->server;
+    int cls = tx_class(c->lane, data, n);
+    if (cls < 0)
+        return -1;
+    if (cls == 0) {
+        if (buffer_append(&c->pend, &c->pend_len, &c->pend_cap, data, n) < 0)
+            return -1;
+        return adopt(c, 0, NULL, 0);
+    }
+    c->owed = 1;
+    c->skip = 0;
+    c->lane->bytes_in += n;
+    return tx_send(c->lane->writes, s->fd, s->fd_obj, s->transport, data, n);
+}
+
 /* A chunk of the server that answers `c`. */
 static int
 server_reply(TxClient *c, const unsigned char *data, Py_ssize_t n)
@@ -394,14 +439,18 @@ server_reply(TxClient *c, const unsigned char *data, Py_ssize_t n)
             pos += 5;
             c->skip = len - 4;
             break;
-        case S_READY:
-            /* Idle, and the chunk's last message: anything after it is Python's. */
-            if (len != 5 || data[pos + 5] != IDLE || pos + 6 != n)
+        case S_READY: {
+            /* The chunk's last message: anything after it is Python's. */
+            int status = len == 5 && pos + 6 == n ? data[pos + 5] : 0;
+            if (status != IDLE && status != 'T' && status != 'E')
                 return adopt_at(c, data, pos, n);
             c->lane->bytes_out += n;
             if (tx_send(c->lane->writes, c->fd, c->fd_obj, c->transport, data, n) < 0)
                 return -1;
-            return finish(c);
+            if (status == IDLE)
+                return finish(c);
+            return block_wait(c, status);
+        }
         default:
             return adopt_at(c, data, pos, n);
         }
@@ -513,6 +562,8 @@ client_event(TxClient *c, unsigned int ev)
         return got;
     }
     c->received++;
+    if (c->server != NULL && !c->owed)
+        return client_in_block(c, recv_buffer, n) < 0 ? -1 : PUMPED;
     if (c->server != NULL || c->queued) {
         /* Sent during an answer or while waiting: kept, in order, for after it. */
         if (buffer_append(&c->pend, &c->pend_len, &c->pend_cap, recv_buffer, n) < 0)
@@ -553,7 +604,8 @@ server_event(TxServer *s, unsigned int ev)
         }
         return TO_TWISTED;
     }
-    if (!(ev & EPOLLIN)) {
+    if (!(ev & EPOLLIN) || !c->owed) {
+        /* Failing, or speaking unasked inside a block: Python's, then Twisted reads it. */
         if (adopt(c, c->skip, NULL, 0) < 0)
             return -1;
         return TO_TWISTED;

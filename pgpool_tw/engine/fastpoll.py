@@ -241,7 +241,7 @@ def tx_client(
     lane: TxLane,
     client: Any,
     on_data: Callable[[bytes], object],
-    on_adopt: Callable[[TxServer, int, bytes], object],
+    on_adopt: Callable[[TxServer, int, bytes, int], object],
     expired: Callable[[], object],
 ) -> Optional[TxClient]:
     """A transaction-mode client on ``lane``: its socket's events go to the lane (which

@@ -192,7 +192,7 @@ class FrontendProtocol(Protocol):
         self,
         stream: SessionTracker,
         lane: Optional[TxLane] = None,
-        on_adopt: Optional[Callable[[TxServer, int, bytes], object]] = None,
+        on_adopt: Optional[Callable[[TxServer, int, bytes, int], object]] = None,
         expired: Optional[Callable[[], object]] = None,
     ) -> None:
         """Transaction pooling: every chunk goes to the stream, which sends to whichever

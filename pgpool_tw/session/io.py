@@ -38,7 +38,7 @@ class ClientIO(Protocol):
         self,
         stream: SessionTracker,
         lane: Optional[TxLane] = None,
-        on_adopt: Optional[Callable[[TxServer, int, bytes], object]] = None,
+        on_adopt: Optional[Callable[[TxServer, int, bytes, int], object]] = None,
         expired: Optional[Callable[[], object]] = None,
     ) -> None: ...
     def tx_arm(self, tag: int) -> None: ...

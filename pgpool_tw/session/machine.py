@@ -671,10 +671,11 @@ class Session:
         if stream is not None and stream.quiet and self.state == RELAY:
             self.io.tx_arm(-1 if stream.wanted else settings_tag(stream.application_name))
 
-    def tx_adopted(self, tx: TxServer, raw_left: int, rest: bytes) -> None:
+    def tx_adopted(self, tx: TxServer, raw_left: int, rest: bytes, status: int) -> None:
         """The C lane hands over the transaction it runs for this client: one simple
         Query sent, ``rest`` of its answer not forwarded yet (after ``raw_left`` body
-        bytes of a message it had begun to forward)."""
+        bytes of a message it had begun to forward); or, with a ``status``, a
+        transaction block between statements."""
         server = tx.backend
         leases = self.context.pool.leases
         leases.adopted(server)
@@ -684,7 +685,7 @@ class Session:
             return
         server.attach(self, _nowhere, stream)
         self.io.tx_attach(server)
-        stream.adopt(server, raw_left)
+        stream.adopt(server, raw_left, status)
         if rest:
             stream.feed_server(rest)
 

@@ -243,3 +243,42 @@ class TransactionLaneTests(PoolerTestCase):
             return sum(s.active for s in stats) == 0 and sum(s.waiting for s in stats) == 0
 
         yield eventually(settled)
+
+    @inlineCallbacks
+    def test_transaction_blocks_run_on_the_lane(self) -> Steps:
+        """BEGIN ... COMMIT of simple statements: one server for the block, what commits
+        is there, what rolls back is not, and a failed block refuses until ROLLBACK."""
+        service, user, db = self.start()
+
+        def run() -> tuple[list[str], list[str], set[str]]:
+            a = self.client(service, user, db)
+            b = self.client(service, user, db)
+            pids: set[str] = set()
+            codes: list[str] = []
+            try:
+                a.query("create table t (n int)")
+                for i in range(30):
+                    for c in (a, b):
+                        c.query("begin")
+                        pid = _rows(c.query("select pg_backend_pid()"))[0][0]
+                        c.query(f"insert into t values ({i})")
+                        again = _rows(c.query("select pg_backend_pid()"))[0][0]
+                        assert pid == again, (pid, again)
+                        pids.add(pid)
+                        c.query("commit" if c is a else "rollback")
+                a.query("begin")
+                codes += [e["C"] for e in _errors(a.query("select 1/0"))]
+                codes += [e["C"] for e in _errors(a.query("select 1"))]
+                a.query("rollback")
+                count = _rows(b.query("select count(*), sum(n) from t"))[0]
+            finally:
+                a.close()
+                b.close()
+            return count, codes, pids
+
+        count, codes, pids = yield self.in_thread(run)
+        self.assertEqual(count, ["30", str(sum(range(30)))])  # a's commits, not b's
+        self.assertEqual(codes, ["22012", "25P02"])
+        self.assertLessEqual(len(pids), 2)
+        hits, _, _ = self.lane_counts(service)
+        self.assertGreaterEqual(hits, 50)

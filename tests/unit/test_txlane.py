@@ -97,9 +97,9 @@ class Client:
     def _data(self, data: bytes) -> None:
         self.data.append(data)
 
-    def _adopt(self, tx: Any, raw_left: int, rest: bytes) -> None:
+    def _adopt(self, tx: Any, raw_left: int, rest: bytes, status: int) -> None:
         self.adopted.append(tx)
-        self.stream.adopt(tx.backend, raw_left)
+        self.stream.adopt(tx.backend, raw_left, status)
         if rest:
             self.stream.feed_server(rest)
 
@@ -218,11 +218,15 @@ class LaneTests(SynchronousTestCase):
     @given(
         st.lists(st.one_of(WALKED, WALKED, WALKED, UNWALKED), max_size=12),
         st.lists(st.integers(min_value=1, max_value=400), max_size=6),
+        st.sampled_from([b"I", b"T", b"E"]),
     )
-    def test_the_answer_reaches_the_client_whole(self, body: list[bytes], cuts: list[int]) -> None:
-        """Whatever the answer holds and wherever it is cut: the client gets every byte in
-        order; the server is back on the lane unless the stream adopted the transaction,
-        which it did whenever a message the lane does not walk came."""
+    def test_the_answer_reaches_the_client_whole(
+        self, body: list[bytes], cuts: list[int], status: bytes
+    ) -> None:
+        """Whatever the answer holds, wherever it is cut and whatever status it ends
+        with: the client gets every byte in order; the server is back on the lane (idle)
+        or still the client's (a block) unless the stream adopted the transaction, which
+        it did whenever a message the lane does not walk came."""
         rig = Rig()
         try:
             client = rig.client()
@@ -231,7 +235,7 @@ class LaneTests(SynchronousTestCase):
             client.outer.sendall(QUERY)
             rig.poll()
             self.assertEqual(_take(outer), QUERY)
-            answer = b"".join(body) + _message(b"Z", b"I")
+            answer = b"".join(body) + _message(b"Z", status)
             at = 0
             for cut in [*cuts, len(answer)]:
                 part = answer[at : at + cut]
@@ -247,14 +251,18 @@ class LaneTests(SynchronousTestCase):
             unwalked = any(msg[:1] in (b"S", b"A") for msg in body)
             if unwalked:
                 self.assertEqual(len(client.adopted), 1)
+            idle = status == b"I"
             if client.adopted:
                 self.assertIs(client.stream.server, tx.backend)
-                self.assertEqual(client.released, 1)  # the stream ended it: idle, owed nothing
+                self.assertEqual(client.stream.status, status[0])
+                self.assertEqual(client.released, int(idle))  # idle and owed nothing: ended
                 self.assertEqual(rig.lane.idle_count, 0)
+                self.assertEqual(rig.lane.busy, 0)
             else:
-                self.assertEqual(rig.lane.idle_count, 1)
+                self.assertEqual(rig.lane.idle_count, int(idle))
+                self.assertEqual(rig.lane.busy, int(not idle))
+                self.assertIs(client.tx.server, None if idle else tx)
                 self.assertEqual(rig.lane.counts[0], 1)
-            self.assertEqual(rig.lane.busy, 0)
         finally:
             rig.close()
 
@@ -408,3 +416,48 @@ class LaneTests(SynchronousTestCase):
         rig.poll()
         self.assertEqual(a.take(), _message(b"Z", b"I") * 2)
         self.assertEqual(rig.lane.counts[0], 2)
+
+    def test_a_block_keeps_its_server(self) -> None:
+        """ReadyForQuery in a block: the client's next listed Query goes to the same
+        server from here, and the server goes back at the idle one."""
+        rig = self.rig
+        a, b = rig.client(), rig.client()
+        outer, tx = rig.server()
+        rig.lane.give(tx)
+        a.outer.sendall(QUERY)
+        rig.poll()
+        self.assertEqual(_take(outer), QUERY)
+        outer.sendall(_message(b"Z", b"T"))
+        rig.poll()
+        b.outer.sendall(QUERY)  # waits: a's block holds the only server
+        rig.poll()
+        self.assertTrue(b.tx.waiting)
+        a.outer.sendall(QUERY)
+        rig.poll()
+        self.assertEqual(_take(outer), QUERY)
+        outer.sendall(_message(b"Z", b"I"))
+        rig.poll()
+        self.assertEqual(a.take(), _message(b"Z", b"T") + _message(b"Z", b"I"))
+        self.assertEqual(_take(outer), QUERY)  # b's, once a's block ended
+        self.assertEqual(rig.lane.counts, (2, 0, 0))
+
+    def test_another_chunk_in_a_block_is_adopted(self) -> None:
+        """Inside a block, a chunk the lane does not take: the stream holds the server
+        with the block's status and gets the chunk, which it sends on."""
+        rig = self.rig
+        a = rig.client()
+        outer, tx = rig.server()
+        rig.lane.give(tx)
+        a.outer.sendall(QUERY)
+        rig.poll()
+        _take(outer)
+        outer.sendall(_message(b"Z", b"E"))
+        rig.poll()
+        other = m.query("rollback; select 3")
+        a.outer.sendall(other)
+        rig.poll()
+        self.assertEqual(a.adopted, [tx])
+        self.assertIs(a.stream.server, tx.backend)
+        self.assertEqual(a.data, [other])
+        self.assertEqual(a.stream.status, ord("E"))
+        self.assertEqual(rig.lane.busy, 0)

@@ -311,14 +311,18 @@ class TransactionStream:
         """The server went back to the pool (or away)."""
         self.server = None
 
-    def adopt(self, server: BackendProtocol, raw_left: int) -> None:
-        """Carry on a transaction the C lane began: it sent ``server`` one simple Query
-        whose text leaves nothing (the shapes table says so) and forwarded its answer up
-        to a message boundary, or ``raw_left`` body bytes short of one."""
+    def adopt(self, server: BackendProtocol, raw_left: int, status: int = 0) -> None:
+        """Carry on a transaction the C lane began with simple Queries whose texts leave
+        nothing (the shapes table says so): with a ``status``, a transaction block
+        between statements; else one Query is owed, its answer forwarded up to a message
+        boundary, or ``raw_left`` body bytes short of one."""
         self.server = server
         self._asked = False
         self._batch = False
         self._sql_all = False
+        if status:
+            self.status = status
+            return
         self.pending += 1
         self._expect.append((_E_QUERY, None))
         if raw_left:
