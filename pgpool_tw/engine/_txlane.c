@@ -14,7 +14,9 @@
  * answer goes back with its headers walked.  Its ReadyForQuery saying idle ends the
  * transaction: the server serves the first client waiting here, or parks again.  One
  * saying in a transaction block (or failed) keeps the server: the client's next chunk
- * goes to it when it is such a Query too, else the transaction is Python's.  No
+ * goes to it when it is such a Query too, else the transaction is Python's.  A client
+ * Python pinned to its server (`hold`: what it left in the server session keeps it
+ * there) has it here between transactions the same way, with the status idle.  No
  * server free and no room for another (`room`, Python's): the client waits here, in
  * arrival order with Python's waiters (`arrive`, `py_first`: sequence numbers), and a
  * server freed while Python's first waiter came first goes to Python
@@ -60,7 +62,8 @@ typedef struct TxClient {
     long tag;
     TxServer *server; /* owned: the server of the transaction running here */
     int owed;         /* its answer is being forwarded (else: a block between statements) */
-    int status;       /* the block's status when nothing is owed ('T' or 'E') */
+    int status;       /* the block's status when nothing is owed ('T', 'E'; 'I' held) */
+    int held;         /* the server is the client's own between transactions (pinned) */
     int64_t skip;     /* body bytes of the server message being forwarded */
     unsigned char *pend; /* client bytes kept: a waiting chunk, or sent during an answer */
     Py_ssize_t pend_len, pend_cap;
@@ -313,6 +316,7 @@ adopt(TxClient *c, int64_t raw_left, const unsigned char *rest, Py_ssize_t rest_
     TxLane *lane = c->lane;
     c->server = NULL;
     c->armed = 0;
+    c->held = 0;
     if (s == NULL)
         return 0;
     if (lane != NULL) {
@@ -386,6 +390,8 @@ block_wait(TxClient *c, int status)
     c->owed = 0;
     c->status = status;
     c->lane->queries++;
+    if (status == IDLE)
+        c->lane->xacts++;
     PyObject *kept = take_pend(c);
     if (kept == NULL)
         return PyErr_Occurred() ? -1 : 0;
@@ -411,6 +417,7 @@ client_in_block(TxClient *c, const unsigned char *data, Py_ssize_t n)
     }
     c->owed = 1;
     c->skip = 0;
+    c->lane->hits++;
     c->lane->bytes_in += n;
     return tx_send(c->lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
@@ -447,7 +454,7 @@ server_reply(TxClient *c, const unsigned char *data, Py_ssize_t n)
             c->lane->bytes_out += n;
             if (tx_send(c->lane->writes, c->fd, c->fd_obj, c->transport, data, n) < 0)
                 return -1;
-            if (status == IDLE)
+            if (status == IDLE && !c->held)
                 return finish(c);
             return block_wait(c, status);
         }
@@ -831,6 +838,35 @@ txclient_disarm(TxClient *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* hold(server): a pinned client's own server, kept here between its transactions. */
+static PyObject *
+txclient_hold(TxClient *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &TxServerType)) {
+        PyErr_SetString(PyExc_TypeError, "hold(server): a TxServer");
+        return NULL;
+    }
+    TxServer *s = (TxServer *)arg;
+    if (self->lane == NULL || self->fd < 0 || self->server != NULL || self->queued ||
+        s->lane != NULL) {
+        PyErr_SetString(PyExc_ValueError, "the client is not idle here, or the server is lent");
+        return NULL;
+    }
+    if (tx_register(s->fd, (PyObject *)s, SIDE_TX_SERVER) < 0)
+        return NULL;
+    Py_INCREF(s);
+    self->server = s;
+    s->client = self;
+    s->lane = self->lane;
+    self->lane->busy++; /* as a transaction here: adopt counts it off */
+    self->owed = 0;
+    self->status = IDLE;
+    self->held = 1;
+    self->armed = 1;
+    self->skip = 0;
+    Py_RETURN_NONE;
+}
+
 /* The session ends (or stops using the lane): what runs here is adopted first. */
 static PyObject *
 txclient_forget(TxClient *self, PyObject *unused)
@@ -905,6 +941,8 @@ static PyMethodDef txclient_methods[] = {
     {"arm", (PyCFunction)txclient_arm, METH_O,
      "arm(tag): the client is idle and its next chunk may be served here (tag < 0: never)."},
     {"disarm", (PyCFunction)txclient_disarm, METH_NOARGS, "Every chunk is Python's."},
+    {"hold", (PyCFunction)txclient_hold, METH_O,
+     "hold(server): the pinned client's own server, kept here between its transactions."},
     {"forget", (PyCFunction)txclient_forget, METH_NOARGS,
      "The lane lets the client go: its running transaction adopted, its socket Twisted's."},
     {NULL, NULL, 0, NULL},
@@ -1185,7 +1223,7 @@ static PyGetSetDef txlane_getset[] = {
     {"max_wait", (getter)txlane_get_max_wait, NULL,
      "Seconds the first waiting client has waited.", NULL},
     {"counts", (getter)txlane_get_counts, NULL,
-     "(transactions started here, chunks handed to Python, transactions adopted).", NULL},
+     "(statements sent here, chunks handed to Python, transactions adopted).", NULL},
     {"py_first", (getter)txlane_get_py_first, (setter)txlane_set_py_first,
      "The arrival number of Python's first waiting client; 0: none waits.", NULL},
     {"room", (getter)txlane_get_room, (setter)txlane_set_room,

@@ -213,6 +213,19 @@ class FrontendProtocol(Protocol):
         if self._tx is not None:
             self._tx.arm(tag)
 
+    def tx_hold(self, server: BackendProtocol) -> bool:
+        """A pinned client's server kept on the lane between its transactions; False
+        when the client or the server is not on the C loop (Twisted reads both)."""
+        tx = self._tx
+        if tx is None:
+            return False
+        held = fastpoll.tx_server(server, -1)
+        if held is None:
+            return False
+        self.tx_detach(server)
+        tx.hold(held)
+        return True
+
     def tx_fast_server(self) -> Optional[BackendProtocol]:
         """The server of the transaction the lane runs for the client now, if any."""
         tx = self._tx

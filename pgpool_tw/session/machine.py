@@ -671,6 +671,16 @@ class Session:
         if stream is not None and stream.quiet and self.state == RELAY:
             self.io.tx_arm(-1 if stream.wanted else settings_tag(stream.application_name))
 
+    def hold_server(self) -> None:
+        """A pinned client is between transactions (``TxOwner``): its server stays its
+        own, on the C lane when the client is there, until its next message."""
+        stream = self.tx
+        if stream is None or self.state != RELAY or stream.server is None:
+            return
+        server = stream.server
+        if self.io.tx_hold(server):
+            stream.detached()
+
     def tx_adopted(self, tx: TxServer, raw_left: int, rest: bytes, status: int) -> None:
         """The C lane hands over the transaction it runs for this client: one simple
         Query sent, ``rest`` of its answer not forwarded yet (after ``raw_left`` body

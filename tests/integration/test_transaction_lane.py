@@ -67,7 +67,7 @@ class TransactionLaneTests(PoolerTestCase):
         return client
 
     def lane_counts(self, service: PgpoolService) -> tuple[int, int, int]:
-        """(transactions started on the lanes, chunks handed to Python, adopted)."""
+        """(statements the lanes sent, chunks handed to Python, transactions adopted)."""
         lanes = service.pool.leases.lanes.values()
         self.assertTrue(lanes, "no lane was made")
         hits = sum(lane.counts[0] for lane in lanes)
@@ -282,3 +282,59 @@ class TransactionLaneTests(PoolerTestCase):
         self.assertLessEqual(len(pids), 2)
         hits, _, _ = self.lane_counts(service)
         self.assertGreaterEqual(hits, 50)
+
+    @inlineCallbacks
+    def test_a_pinned_client_keeps_its_server_on_the_lane(self) -> Steps:
+        """A SET pins a client: its simple statements then run on the lane on its own
+        server, which nobody else gets, and the setting holds throughout."""
+        service, user, db = self.start()
+
+        def run() -> tuple[set[str], set[str], list[str]]:
+            a = self.client(service, user, db)
+            b = self.client(service, user, db)
+            a_pids: set[str] = set()
+            b_pids: set[str] = set()
+            seen: list[str] = []
+            try:
+                a.query("set statement_timeout = '42s'")
+                for _ in range(30):
+                    rows = _rows(
+                        a.query("select pg_backend_pid(), current_setting('statement_timeout')")
+                    )
+                    a_pids.add(rows[0][0])
+                    seen.append(rows[0][1])
+                    b_pids.add(_rows(b.query("select pg_backend_pid(), 1"))[0][0])
+            finally:
+                a.close()
+                b.close()
+            return a_pids, b_pids, seen
+
+        before = self.lane_counts(service)[0] if service.pool.leases.lanes else 0
+        a_pids, b_pids, seen = yield self.in_thread(run)
+        self.assertEqual(len(a_pids), 1)
+        self.assertFalse(a_pids & b_pids)
+        self.assertEqual(set(seen), {"42s"})
+        hits, _, _ = self.lane_counts(service)
+        self.assertGreaterEqual(hits - before, 50)  # a's own, held, and b's
+
+    @inlineCallbacks
+    def test_a_notification_reaches_a_listener_held_on_the_lane(self) -> Steps:
+        service, user, db = self.start()
+
+        def run() -> list[bytes]:
+            a = self.client(service, user, db)
+            b = self.client(service, user, db)
+            try:
+                a.query("listen lane_channel")
+                for i in range(5):
+                    a.query(f"select {i}")  # on the lane, on a's own server
+                b.query("notify lane_channel, 'hello'")
+                answer = a.query("select 99")
+                return [body for kind, body in answer if kind == ord("A")]
+            finally:
+                a.close()
+                b.close()
+
+        notes = yield self.in_thread(run)
+        self.assertEqual(len(notes), 1)
+        self.assertIn(b"lane_channel\0hello\0", notes[0])

@@ -107,6 +107,9 @@ class RecordingIO:
     def tx_fast_server(self) -> Optional[BackendProtocol]:
         return None
 
+    def tx_hold(self, server: BackendProtocol) -> bool:
+        return False
+
     def tx_stop(self) -> None:
         self.actions.append("tx_stop")
 

@@ -46,6 +46,7 @@ class Owner:
         self.wants = 0
         self.firsts: list[Optional[str]] = []
         self.releases = 0
+        self.holds = 0
         self.broken: list[str] = []
         self.stream: Optional[TransactionStream] = None
 
@@ -53,6 +54,9 @@ class Owner:
         self.wants += 1
         assert self.stream is not None
         self.firsts.append(self.stream.statement_text(first))
+
+    def hold_server(self) -> None:
+        self.holds += 1
 
     def release_server(self) -> None:
         self.releases += 1
@@ -298,7 +302,7 @@ class StreamTests(SynchronousTestCase):
     def test_listen_pins_until_unlisten_all(self) -> None:
         a = FakeServer("a")
         self.run_query(a, "LISTEN ch", complete(b"LISTEN"), ready())
-        self.assertEqual(self.owner.releases, 0)
+        self.assertEqual((self.owner.releases, self.owner.holds), (0, 1))  # held, not given back
         self.assertEqual(set(self.stream.pinned), {"listen"})
         self.run_query(a, "UNLISTEN *", complete(b"UNLISTEN"), ready())
         self.assertEqual(self.owner.releases, 1)

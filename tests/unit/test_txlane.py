@@ -81,6 +81,7 @@ class Client:
         self.outer, self.inner = _pair()
         rig.ep.register(self.inner.fileno(), select.EPOLLIN)
         self.released = 0
+        self.held = 0
         self.adopted: list[Any] = []
         self.data: list[bytes] = []
         self.stream = TransactionStream(self.inner.sendall, self, StatementNames(), 200, "")
@@ -112,6 +113,9 @@ class Client:
 
     def release_server(self) -> None:
         self.released += 1
+
+    def hold_server(self) -> None:
+        self.held += 1
 
     def stream_broken(self, why: str) -> None:
         raise AssertionError(why)
@@ -439,7 +443,7 @@ class LaneTests(SynchronousTestCase):
         rig.poll()
         self.assertEqual(a.take(), _message(b"Z", b"T") + _message(b"Z", b"I"))
         self.assertEqual(_take(outer), QUERY)  # b's, once a's block ended
-        self.assertEqual(rig.lane.counts, (2, 0, 0))
+        self.assertEqual(rig.lane.counts, (3, 0, 0))  # statements: two of a, one of b
 
     def test_another_chunk_in_a_block_is_adopted(self) -> None:
         """Inside a block, a chunk the lane does not take: the stream holds the server
@@ -460,4 +464,32 @@ class LaneTests(SynchronousTestCase):
         self.assertIs(a.stream.server, tx.backend)
         self.assertEqual(a.data, [other])
         self.assertEqual(a.stream.status, ord("E"))
+        self.assertEqual(rig.lane.busy, 0)
+
+    def test_a_pinned_clients_server_stays_its_own(self) -> None:
+        """A held server (a pinned client's) serves the client's listed Queries and stays
+        after each idle ReadyForQuery; another chunk hands it to the stream, idle."""
+        rig = self.rig
+        a, b = rig.client(), rig.client()
+        outer, tx = rig.server()
+        a.tx.hold(tx)
+        for _ in range(2):
+            a.outer.sendall(QUERY)
+            rig.poll()
+            self.assertEqual(_take(outer), QUERY)
+            outer.sendall(_message(b"Z", b"I"))
+            rig.poll()
+        self.assertIs(a.tx.server, tx)
+        self.assertEqual(rig.lane.idle_count, 0)
+        b.outer.sendall(QUERY)  # b waits: the only server is a's
+        rig.poll()
+        self.assertTrue(b.tx.waiting)
+        other = m.query("unlisten *")
+        a.outer.sendall(other)
+        rig.poll()
+        self.assertEqual(a.adopted, [tx])
+        self.assertIs(a.stream.server, tx.backend)
+        self.assertEqual(a.stream.status, ord("I"))
+        self.assertEqual(a.data, [other])
+        self.assertEqual(a.take(), _message(b"Z", b"I") * 2)
         self.assertEqual(rig.lane.busy, 0)

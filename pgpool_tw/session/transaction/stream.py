@@ -98,6 +98,10 @@ class TxOwner(Protocol):
     def release_server(self) -> None:
         """The transaction ended with nothing owed: the server may go back to the pool."""
 
+    def hold_server(self) -> None:
+        """The transaction ended with nothing owed but the client is pinned: its server
+        stays its own (the session may keep it on the C lane until the next message)."""
+
     def stream_broken(self, why: str) -> None:
         """The client sent what no server would accept."""
 
@@ -495,10 +499,12 @@ class TransactionStream:
             and not self._expect
             and not self._unsynced
             and self.status == IDLE
-            and not self.pinned
             and not self._held
             and not self._s_skip
             and not self._s_head
             and not self._s_need
         ):
-            self.owner.release_server()
+            if not self.pinned:
+                self.owner.release_server()
+            elif not self._cbuf:
+                self.owner.hold_server()
