@@ -61,6 +61,7 @@ SPEEDUPS = [
                 "_shape",
                 "_route",
                 "_txlane",
+                "_txlane_type",
             )
         ],
         depends=["pgpool_tw/engine/_speedups.h"],

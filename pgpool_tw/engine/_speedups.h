@@ -278,8 +278,67 @@ void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int ad
 
 enum { EV_TX_RETURN = 1, EV_TX_LOST = 2 };
 
+struct TxLane;
+struct TxClient;
+
+typedef struct TxServer {
+    PyObject_HEAD
+    struct TxLane *lane;     /* borrowed: set while the lane has it (parked or busy) */
+    struct TxClient *client; /* borrowed: the client it serves now, in a C transaction */
+    PyObject *backend;       /* Python's server connection */
+    PyObject *transport;
+    PyObject *fd_obj;
+    int fd;
+    long tag;
+    double parked_at;
+} TxServer;
+
+typedef struct TxClient {
+    PyObject_HEAD
+    struct TxLane *lane;
+    PyObject *transport, *fd_obj, *on_data, *on_adopt, *owner;
+    int fd;
+    int armed;
+    long tag;
+    TxServer *server; /* owned: the server of the transaction running here */
+    int owed;         /* its answer is being forwarded (else: a block between statements) */
+    int status;       /* the block's status when nothing is owed ('T', 'E'; 'I' held) */
+    int held;         /* the server is the client's own between transactions (pinned) */
+    int64_t skip;     /* body bytes of the server message being forwarded */
+    unsigned char *pend; /* client bytes kept: a waiting chunk, or sent during an answer */
+    Py_ssize_t pend_len, pend_cap;
+    int queued;
+    long long seq;
+    double queued_at;
+    struct TxClient *next; /* the lane's queue (owned by the queue) */
+    long received;
+} TxClient;
+
+typedef struct TxLane {
+    PyObject_HEAD
+    PyObject *shapes, *writes, *on_event;
+    TxServer **idle; /* owned: the parked servers, least recently parked first */
+    Py_ssize_t idle_len, idle_cap;
+    TxClient *head, *tail; /* clients waiting here */
+    long waiting, busy;
+    long long seq, py_first;
+    int room;
+    long long hits, misses, adopted;
+    long long queries, xacts, bytes_in, bytes_out; /* Python harvests them (take_counts) */
+    unsigned char key[ROUTE_TEXT_MAX + 1];
+} TxLane;
+
 extern PyTypeObject TxLaneType, TxClientType, TxServerType;
 int tx_event(PyObject *obj, int side, unsigned int ev);
+int tx_register(int fd, PyObject *obj, int side);
+void tx_unregister(int fd, PyObject *obj);
+TxServer *tx_idle_take_at(TxLane *lane, Py_ssize_t i);
+Py_ssize_t tx_idle_find(TxLane *lane, TxServer *s);
+void tx_server_leave(TxServer *s);
+void tx_queue_remove(TxLane *lane, TxClient *c);
+int tx_adopt(TxClient *c, int64_t raw_left, const unsigned char *rest, Py_ssize_t rest_len);
+int tx_lane_give(TxLane *lane, TxServer *s);
+int tx_client_miss_kept(TxClient *c);
 
 /* -- the shape key of a query text (_shape.c; shape_key_into is declared above) -- */
 
