@@ -97,9 +97,10 @@ setup(
         "twisted[tls]>=22.10",
         "zope.interface",
         "scramp",
-        # 7.x on Python 3.9, 8.x on 3.10+; not on PyPy, where it does not build (routing
-        # then sends every statement to the primary and says so).
-        "pglast>=7; platform_python_implementation == 'CPython'",  # PostgreSQL's own parser: the load-balancing classifier (tested: 8.8)
+        # PostgreSQL's own parser: the load-balancing classifier and transaction pooling's
+        # session state (tested: 8.8). 7.x on Python 3.9, 8.x on 3.10+; not on PyPy, where
+        # it does not build (routing then sends every statement to the primary and says so).
+        "pglast>=7; platform_python_implementation == 'CPython'",
     ],
     extras_require={
         "test": [

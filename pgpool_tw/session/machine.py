@@ -690,9 +690,11 @@ class Session:
         leases = self.context.pool.leases
         leases.adopted(server)
         stream = self.tx
-        if stream is None or self.state != RELAY:
+        if stream is None:
             leases.release(server, False)
             return
+        # Also while the session ends (_end_tx's tx_stop): the stream then decides, as
+        # for a server it held itself (a pinned client's idle one is reset and reused).
         server.attach(self, _nowhere, stream)
         self.io.tx_attach(server)
         stream.adopt(server, raw_left, status)

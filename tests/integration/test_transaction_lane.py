@@ -338,3 +338,31 @@ class TransactionLaneTests(PoolerTestCase):
         notes = yield self.in_thread(run)
         self.assertEqual(len(notes), 1)
         self.assertIn(b"lane_channel\0hello\0", notes[0])
+
+    @inlineCallbacks
+    def test_a_pinned_client_that_vanishes_leaves_its_server_reset(self) -> Steps:
+        """A pinned client whose server the lane holds drops its connection without a
+        Terminate: the server is reset (reset_query_list) and serves the next client,
+        which does not inherit the setting."""
+        service, user, db = self.start(default_pool_size=1)
+
+        def run() -> tuple[str, str, str, str]:
+            a = self.client(service, user, db)
+            a.query("set statement_timeout = '42s'")
+            pid, seen = _rows(
+                a.query("select pg_backend_pid(), current_setting('statement_timeout')")
+            )[0]
+            a.close(terminate=False)
+            b = self.client(service, user, db)
+            try:
+                b_pid, b_seen = _rows(
+                    b.query("select pg_backend_pid(), current_setting('statement_timeout')")
+                )[0]
+            finally:
+                b.close()
+            return pid, seen, b_pid, b_seen
+
+        pid, seen, b_pid, b_seen = yield self.in_thread(run)
+        self.assertEqual(seen, "42s")
+        self.assertEqual(b_pid, pid)  # reset and reused, not closed
+        self.assertEqual(b_seen, "0")
