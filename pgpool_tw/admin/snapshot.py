@@ -117,7 +117,10 @@ def take_snapshot(
         warm.watch.harvest()
     pool.leases.harvest()
     clients, by_key = _clients(factory.clients, warm)
-    servers = _servers(book.live, warm.watch.server_states() if warm is not None else {})
+    states = pool.leases.busy_on_lanes()
+    if warm is not None:
+        states.update(warm.watch.server_states())
+    servers = _servers(book.live, states)
     waits = pool.waiting_by_key()
     for key, leased in pool.leases.stats().items():
         if leased.waiting:

@@ -663,6 +663,16 @@ class Leases:
             )
         return out
 
+    def busy_on_lanes(self) -> dict[BackendProtocol, str]:
+        """Members a lane runs a transaction on now, as "active" (their own state says
+        idle: they sit parked while the lane lends them): for the stats snapshot."""
+        return {
+            server: "active"
+            for state in self._keys.values()
+            for server, tx in state.laned.items()
+            if tx.busy
+        }
+
     def harvest(self) -> None:
         """Add what the lanes counted to the totals (the stats snapshot calls it)."""
         for key, lane in self._lanes.items():

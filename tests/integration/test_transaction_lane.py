@@ -242,7 +242,7 @@ class TransactionLaneTests(PoolerTestCase):
             stats = list(service.pool.leases.stats().values())
             return sum(s.active for s in stats) == 0 and sum(s.waiting for s in stats) == 0
 
-        yield eventually(settled)
+        self.assertTrue((yield eventually(settled)))
 
     @inlineCallbacks
     def test_transaction_blocks_run_on_the_lane(self) -> Steps:
@@ -366,3 +366,29 @@ class TransactionLaneTests(PoolerTestCase):
         self.assertEqual(seen, "42s")
         self.assertEqual(b_pid, pid)  # reset and reused, not closed
         self.assertEqual(b_seen, "0")
+
+    @inlineCallbacks
+    def test_the_snapshot_shows_a_lane_transaction_active(self) -> Steps:
+        """While the lane runs a statement, the stats snapshot counts its server as
+        active, not idle (it sits parked while the lane lends it)."""
+        service, user, db = self.start()
+        c = yield self.in_thread(self.client, service, user, db)
+        self.addCleanup(c.close)
+        yield self.in_thread(c.query, "select pg_sleep(0)")  # the shape, known from now on
+
+        def servers(state: str) -> int:
+            snapshot = service.snapshot()
+            return sum(
+                states[state]
+                for pool in snapshot.pools.values()
+                for states in pool.servers.values()
+            )
+
+        self.assertEqual(servers("active"), 0)
+        c.send(m.query("select pg_sleep(1)"))
+        self.assertTrue((yield eventually(lambda: servers("active") == 1)))
+        self.assertEqual(servers("idle"), 0)
+        answer = yield self.in_thread(c.until_ready)
+        self.assertEqual(_errors(answer), [])
+        self.assertEqual(servers("active"), 0)
+        self.assertEqual(servers("idle"), 1)

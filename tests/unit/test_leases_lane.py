@@ -22,6 +22,7 @@ class FakeTx:
     def __init__(self, backend: BackendProtocol, tag: int) -> None:
         self.backend = backend
         self.tag = tag
+        self.busy = False
 
 
 class LaneClient:
@@ -71,7 +72,9 @@ class FakeLane:
         if self.queue:
             _, client = self.queue.pop(0)
             self.running[client.name] = tx
+            tx.busy = True
             return
+        tx.busy = False
         self.parked.append(tx)
 
     def take(self) -> Optional[FakeTx]:
@@ -112,6 +115,7 @@ class FakeLane:
         """A lane client's transaction starts on the most recently parked server."""
         tx = self.parked.pop()
         self.running[name] = tx
+        tx.busy = True
         return tx
 
     def finish(self, name: str) -> None:
@@ -261,3 +265,13 @@ class LaneLeaseTests(SynchronousTestCase):
             (counters.queries, counters.xacts, counters.bytes_in, counters.bytes_out),
             (3, 2, 10, 20),
         )
+
+    def test_a_server_busy_on_the_lane_is_active_for_the_snapshot(self) -> None:
+        rig, lane = self.rig()
+        first, second = rig.members(A, False, False)
+        self.assertEqual(rig.leases.busy_on_lanes(), {})
+        lane.run("x")
+        self.assertEqual(rig.leases.busy_on_lanes(), {second: "active"})
+        self.assertEqual(rig.stats(), LeaseStats(1, 1, 0, 0, 0.0))
+        lane.finish("x")
+        self.assertEqual(rig.leases.busy_on_lanes(), {})
