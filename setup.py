@@ -97,6 +97,8 @@ setup(
         "twisted[tls]>=22.10",
         "zope.interface",
         "scramp",
+        # /metrics (admin/metrics.py): the metric families and their text format.
+        "prometheus_client",
         # PostgreSQL's own parser: the load-balancing classifier and transaction pooling's
         # session state (tested: 8.8). 7.x on Python 3.9, 8.x on 3.10+; not on PyPy, where
         # it does not build (routing then sends every statement to the primary and says so).

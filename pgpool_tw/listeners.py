@@ -75,6 +75,24 @@ def listen(reactor: Any, config: Config, factory: Factory) -> tuple[list[IListen
     return ports, all(tuned)
 
 
+def listen_tcp(
+    reactor: Any, addresses: tuple[str, ...], port: int, factory: Any
+) -> list[IListeningPort]:
+    """Bind ``factory`` on ``port`` at each of ``addresses`` (``*``, ``localhost`` as for
+    listen_addresses; port 0: one free port for all), all or none."""
+    ports: list[IListeningPort] = []
+    try:
+        for interface in expand_addresses(addresses):
+            listening = reactor.listenTCP(port, factory, interface=interface)
+            ports.append(listening)
+            port = listening.getHost().port
+    except CannotListenError as e:
+        for listening in ports:
+            listening.stopListening()
+        raise ListenError(f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}") from e
+    return ports
+
+
 def describe(port: IListeningPort) -> str:
     """``host:port`` or the socket path, for the start-up log line."""
     address: Any = port.getHost()

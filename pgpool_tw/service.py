@@ -32,6 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pgpool_tw import systemd
+from pgpool_tw.admin.metrics import metrics_site
 from pgpool_tw.admin.snapshot import Snapshot, take_snapshot
 from pgpool_tw.checks.failover import Failover
 from pgpool_tw.checks.health import HealthCheck
@@ -43,7 +44,7 @@ from pgpool_tw.config.report import plan_reload
 from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.lane.warm import WarmLane
-from pgpool_tw.listeners import describe, listen
+from pgpool_tw.listeners import describe, listen, listen_tcp
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
@@ -126,6 +127,8 @@ class PgpoolService(MultiService):
         factory.failover = self.failover
         self.failover.save_status()
         self.ports: list[IListeningPort] = []
+        #: The /metrics endpoint's listeners (metrics_listen_addresses), up until the end.
+        self.metrics_ports: list[IListeningPort] = []
         self.shutting_down: Optional[str] = None
         self._ticker: Optional[LoopingCall] = None
         self._stopped: Optional[defer.Deferred[None]] = None
@@ -227,6 +230,11 @@ class PgpoolService(MultiService):
             "pgpool-tw listening on {where}",
             where=", ".join(describe(p) for p in self.ports) or "nothing",
         )
+        if self.metrics_ports:
+            log.info(
+                "metrics at http://{where}/metrics",
+                where=", ".join(describe(p) for p in self.metrics_ports),
+            )
         self.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
@@ -236,7 +244,29 @@ class PgpoolService(MultiService):
             systemd.notify("READY=1", f"MAINPID={os.getpid()}")
 
     def _listen(self) -> None:
-        self.ports, self.factory.listeners_tuned = listen(self.reactor, self.config, self.factory)
+        config = self.config
+        self.ports, self.factory.listeners_tuned = listen(self.reactor, config, self.factory)
+        if config.metrics_listen_addresses and not self.metrics_ports:
+            try:
+                self.metrics_ports = listen_tcp(
+                    self.reactor,
+                    config.metrics_listen_addresses,
+                    config.metrics_port,
+                    metrics_site(self.snapshot),
+                )
+            except Exception:
+                for listening in self.ports:
+                    listening.stopListening()
+                self.ports = []
+                raise
+
+    @property
+    def metrics_port(self) -> Optional[int]:
+        """The bound port of /metrics (useful with ``metrics_port = 0``), if it listens."""
+        for listening in self.metrics_ports:
+            address: Any = listening.getHost()
+            return int(address.port)
+        return None
 
     def _start_lane(self) -> None:
         """Warm logins in C, when the C loop runs this reactor (``twistd pgpool``)."""
@@ -487,6 +517,8 @@ class PgpoolService(MultiService):
         self.factory.stop_timers()
         stopped, self._stopped = self._stopped, None
         ports, self._port_stops = self._port_stops, []
+        ports += [defer.maybeDeferred(p.stopListening) for p in self.metrics_ports]
+        self.metrics_ports = []
 
         def done(_: object) -> None:
             if stopped is not None:

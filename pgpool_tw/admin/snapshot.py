@@ -21,6 +21,9 @@ Meanings, after PgBouncer's SHOW POOLS and SHOW STATS:
   each with its reasons (``cluster/session_state.py``: set, listen, advisory_lock,
   temp_table, hold_cursor, role, load, prepared, named_statement, unparsed); per pool,
   their count.
+* ``nodes``: each backend node as the cluster sees it (pgpool-II's SHOW pool_nodes):
+  status (up, down, waiting, unused), role, what PostgreSQL says it is, its
+  load-balancing weight, its replication delay, reads sent to it since the start.
 * counters, totals since the start: ``logins`` (sessions that got a server
   connection), ``queries`` and ``xacts`` (counted at the ReadyForQuery that ends
   them: see ``protocol.relay``), ``bytes_in`` / ``bytes_out`` (relayed from and to
@@ -91,6 +94,24 @@ class PinnedClient:
 
 
 @dataclass(frozen=True)
+class NodeStats:
+    """One backend node (``cluster/cluster.py``'s ``Node``) at the snapshot's moment."""
+
+    index: int
+    host: str
+    port: int
+    status: str
+    role: str
+    pg_role: str
+    weight: float
+    #: Behind the primary in WAL bytes and in seconds; None: not measured.
+    delay_bytes: Optional[int]
+    delay_seconds: Optional[float]
+    lagging: bool
+    select_count: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The whole pooler at one moment (``taken_at``, the reactor's clock)."""
 
@@ -100,6 +121,7 @@ class Snapshot:
     max_wait: float
     pools: Mapping[Hashable, PoolStats]
     pinned: tuple[PinnedClient, ...] = ()
+    nodes: tuple[NodeStats, ...] = ()
 
     def pools_of(self, user: str, database: str) -> list[PoolStats]:
         """The pools of a user and database (one per distinct startup options)."""
@@ -140,6 +162,27 @@ def take_snapshot(
         max_wait=max((longest for _, longest in waits.values()), default=0.0),
         pools=MappingProxyType(pools),
         pinned=tuple(client for _, client in pinned),
+        nodes=_nodes(factory),
+    )
+
+
+def _nodes(factory: FrontendFactory) -> tuple[NodeStats, ...]:
+    counts = factory.select_counts
+    return tuple(
+        NodeStats(
+            node.index,
+            node.backend.hostname,
+            node.backend.port,
+            node.status,
+            node.role,
+            node.pg_role,
+            node.weight,
+            node.delay_bytes,
+            node.delay_seconds,
+            node.lagging,
+            counts.get(node.index, 0),
+        )
+        for node in factory.cluster
     )
 
 

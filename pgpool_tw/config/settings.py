@@ -214,6 +214,9 @@ class Config:
     #: Per server, pooler-named prepared statements kept (the least recently used closed
     #: past it); 0: a named protocol statement pins its client to its server instead.
     max_prepared_statements: int = 200
+    #: Where Prometheus scrapes /metrics (admin/metrics.py); empty: no endpoint.
+    metrics_listen_addresses: tuple[str, ...] = ()
+    metrics_port: int = 9719
     warnings: tuple[str, ...] = ()
     #: Every name the file set, with its parsed value (ours, backend_*N) or its text
     #: (pgpool-II's others): what a reload diffs and what the unused-settings report reads.
@@ -255,6 +258,8 @@ RESTART_REQUIRED: frozenset[str] = frozenset(
         "listen_addresses",
         "port",
         "socket_dirs",
+        "metrics_listen_addresses",
+        "metrics_port",
         "backends",
         "clustering_mode",
         "load_balance_mode",
@@ -405,6 +410,11 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
     "query_wait_timeout": ("query_wait_timeout", TIME),
     "server_idle_timeout": ("server_idle_timeout", TIME),
     "max_prepared_statements": ("max_prepared_statements", integer(0)),
+    "metrics_listen_addresses": (
+        "metrics_listen_addresses",
+        Kind(split_on(","), "expected a comma-separated list of addresses, '*' or ''"),
+    ),
+    "metrics_port": ("metrics_port", integer(0, 65535)),
 }
 
 # pgpool-II before 4.2 chose the mode with these; they still mean what they meant.

@@ -69,6 +69,8 @@ class DefaultsTests(SynchronousTestCase):
                 "listen_addresses",
                 "port",
                 "socket_dirs",
+                "metrics_listen_addresses",
+                "metrics_port",
                 "backends",
                 "clustering_mode",
                 "load_balance_mode",
