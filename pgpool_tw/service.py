@@ -32,6 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pgpool_tw import systemd
+from pgpool_tw.admin.console import ConsoleService
 from pgpool_tw.admin.metrics import metrics_site
 from pgpool_tw.admin.snapshot import Snapshot, take_snapshot
 from pgpool_tw.checks.failover import Failover
@@ -94,6 +95,9 @@ class PgpoolService(MultiService):
         #: The streaming replication check (streaming_replication mode only).
         self.sr_check: Optional[SrCheck] = None
         self.factory = FrontendFactory(config, self.pool, reactor, self.events)
+        self.factory.console = ConsoleService(
+            self.snapshot, lambda: self.config, self.reload, lambda: self.shutdown(FAST)
+        )
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)
         for warning in self.factory.auth_files.warnings:

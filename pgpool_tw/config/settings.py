@@ -217,6 +217,10 @@ class Config:
     #: Where Prometheus scrapes /metrics (admin/metrics.py); empty: no endpoint.
     metrics_listen_addresses: tuple[str, ...] = ()
     metrics_port: int = 9719
+    #: PgBouncer's: the users the admin console lets in, with every command, or with the
+    #: SHOW commands only.
+    admin_users: tuple[str, ...] = ()
+    stats_users: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     #: Every name the file set, with its parsed value (ours, backend_*N) or its text
     #: (pgpool-II's others): what a reload diffs and what the unused-settings report reads.
@@ -415,6 +419,8 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
         Kind(split_on(","), "expected a comma-separated list of addresses, '*' or ''"),
     ),
     "metrics_port": ("metrics_port", integer(0, 65535)),
+    "admin_users": ("admin_users", Kind(split_on(","), "expected a comma-separated list of users")),
+    "stats_users": ("stats_users", Kind(split_on(","), "expected a comma-separated list of users")),
 }
 
 # pgpool-II before 4.2 chose the mode with these; they still mean what they meant.

@@ -47,6 +47,18 @@ if TYPE_CHECKING:
 log = Logger()
 
 
+class ConsoleClient(Protocol):
+    def feed(self, data: bytes) -> None: ...
+
+
+class AdminConsole(Protocol):
+    """The admin console as sessions see it (admin/console.py's ``ConsoleService``)."""
+
+    def open(
+        self, admin: bool, send: Callable[[bytes], None], close: Callable[[], None]
+    ) -> ConsoleClient: ...
+
+
 class WarmLogins(Protocol):
     """The C loop's warm lane as sessions see it (lane/warm.py's ``WarmLane``)."""
 
@@ -91,6 +103,8 @@ class SessionContext:
         self.listeners_tuned = False
         #: Warm logins served by the C loop (service.py starts it under ``twistd pgpool``).
         self.warm: Optional[WarmLogins] = None
+        #: The admin console (service.py sets it; None: console logins are refused).
+        self.console: Optional[AdminConsole] = None
         self._login_deadlines: dict[float, Deadlines] = {}
         #: Reads sent to each node since start (SHOW pool_nodes' select_cnt).
         self.select_counts: dict[int, int] = {}

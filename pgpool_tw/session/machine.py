@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from pgpool_tw import __version__
 from pgpool_tw.cluster.classify import ROUTE_STANDBY
 from pgpool_tw.cluster.router import readable
 from pgpool_tw.config.pooling import TRANSACTION
@@ -66,10 +67,14 @@ if TYPE_CHECKING:
     from pgpool_tw.net.deadlines import Deadline
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.pool.leases import Ticket
-    from pgpool_tw.session.context import SessionContext
+    from pgpool_tw.session.context import ConsoleClient, SessionContext
     from pgpool_tw.session.io import ClientIO
 
 log = Logger()
+
+#: The virtual databases of the admin console (PgBouncer's, and pgpool's own name): a
+#: login to one never reaches PostgreSQL (admin/console.py answers it).
+CONSOLE_DATABASES = ("pgbouncer", "pgpool")
 
 #: What a client may send before its session is attached (it should send nothing).
 MAX_EARLY_BYTES = 65536
@@ -84,6 +89,7 @@ class Session:
         "_balance",
         "_borrow",
         "_buffer",
+        "_console",
         "_handshake",
         "_in_pool",
         "_info",
@@ -142,6 +148,8 @@ class Session:
         #: request for the next one, the login's turn in the leases' queue, whether the
         #: login holds a place for a new server, and the pid the client was told.
         self.tx: Optional[TransactionStream] = None
+        #: The admin console this client logged in to (a virtual database), if any.
+        self._console: Optional[ConsoleClient] = None
         self._borrow: Optional[Borrow] = None
         self._ticket: Optional[Ticket] = None
         self._placed = False
@@ -197,6 +205,9 @@ class Session:
             self.server_login.client_data(data)
         elif state == AUTHENTICATING and self._password is not None:
             self._password.client_data(data)
+        elif self._console is not None:
+            if state == RELAY:
+                self._console.feed(data)
         elif state != CLOSED:
             # WAITING or SETTING: kept for the server once the session is attached.
             self._buffer += data
@@ -282,6 +293,9 @@ class Session:
     def admit(self) -> None:
         """Ask for a client slot (the password check calls this once it succeeds)."""
         assert self.startup is not None
+        if self.startup.database in CONSOLE_DATABASES:
+            self._start_console()
+            return
         context = self.context
         if context.when_topology_known(self._admit_later):
             self._move(WAITING)
@@ -319,6 +333,45 @@ class Session:
         # waiting client has nothing to say: more than a little is refused.
         self._move(WAITING)
         self._stop_timer()
+
+    def _start_console(self) -> None:
+        """A login to the admin console's virtual database: the pooler answers it alone,
+        for the users of admin_users and stats_users whose password it checked."""
+        assert self.startup is not None
+        context, user = self.context, self.startup.user
+        config, console = context.config, context.console
+        if console is None or not self.verified:
+            self.fatal(
+                "28000",
+                "the admin console needs enable_pool_hba = on: pgpool-tw checks its users' "
+                "passwords itself (pool_hba.conf and pool_passwd)",
+            )
+            return
+        if user not in config.admin_users and user not in config.stats_users:
+            self.fatal(
+                "42501",
+                f'permission denied: user "{user}" is in neither admin_users nor stats_users',
+            )
+            return
+        statuses = b"".join(
+            m.parameter_status(name, value)
+            for name, value in (
+                ("server_version", f"15.0 (pgpool-tw {__version__} console)"),
+                ("server_encoding", "UTF8"),
+                ("client_encoding", "UTF8"),
+                ("DateStyle", "ISO, MDY"),
+                ("integer_datetimes", "on"),
+                ("standard_conforming_strings", "on"),
+            )
+        )
+        end, _ = login_end(statuses, 0, 0, m.IDLE, not self._auth_ok_sent)
+        self._auth_ok_sent = True
+        self.io.send(end)
+        self._console = console.open(user in config.admin_users, self.io.send, self.io.finish)
+        self._move(RELAY)
+        data, self._buffer = self._buffer, b""
+        if data:
+            self._console.feed(data)
 
     def _admit_later(self) -> None:
         if self.state == WAITING and not self._in_pool:
