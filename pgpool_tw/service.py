@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from pgpool_tw import systemd
 from pgpool_tw.admin.console import ConsoleService
 from pgpool_tw.admin.metrics import metrics_site
-from pgpool_tw.admin.snapshot import Snapshot, take_snapshot
+from pgpool_tw.admin.snapshot import Snapshot, take_connections, take_snapshot
 from pgpool_tw.checks.failover import Failover
 from pgpool_tw.checks.health import HealthCheck
 from pgpool_tw.checks.sr_check import SrCheck
@@ -96,7 +96,11 @@ class PgpoolService(MultiService):
         self.sr_check: Optional[SrCheck] = None
         self.factory = FrontendFactory(config, self.pool, reactor, self.events)
         self.factory.console = ConsoleService(
-            self.snapshot, lambda: self.config, self.reload, lambda: self.shutdown(FAST)
+            self.snapshot,
+            lambda: self.config,
+            self.reload,
+            lambda: self.shutdown(FAST),
+            lambda: take_connections(self.factory, self.pool, self.warm),
         )
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)

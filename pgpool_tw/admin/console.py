@@ -8,8 +8,9 @@ This module is the console's side after the login: bytes in, bytes out, no socke
 
 Commands (PgBouncer's names and columns where pgpool-tw has the data):
 ``SHOW HELP``, ``SHOW VERSION``, ``SHOW POOLS``, ``SHOW STATS``, ``SHOW CONFIG``,
-``SHOW DATABASES``, ``SHOW LISTS`` for every console user; ``RELOAD`` and ``SHUTDOWN``
-for admin_users only.  Not yet: ``SHOW CLIENTS``/``SERVERS``, ``PAUSE``, ``RESUME``,
+``SHOW DATABASES``, ``SHOW LISTS``, ``SHOW CLIENTS``, ``SHOW SERVERS`` for every
+console user; ``RELOAD`` and ``SHUTDOWN`` for admin_users only.  Not yet: ``PAUSE``,
+``RESUME``,
 ``KILL``, ``KILL_CLIENT``, ``RECONNECT``, ``WAIT_CLOSE`` (each is refused with a line
 that says so).  Console commands are not SQL: they are split into words, as
 PgBouncer's console does.
@@ -18,16 +19,17 @@ PgBouncer's console does.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from pgpool_tw import __version__
-from pgpool_tw.admin.snapshot import Snapshot
+from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot
 from pgpool_tw.config.settings import RESTART_REQUIRED, Config
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import command_complete, result_set
 
-_NOT_YET = ("CLIENTS", "SERVERS", "SOCKETS", "ACTIVE_SOCKETS", "FDS", "MEM", "DNS_HOSTS")
+_NOT_YET = ("SOCKETS", "ACTIVE_SOCKETS", "FDS", "MEM", "DNS_HOSTS")
 _ADMIN_NOT_YET = ("PAUSE", "RESUME", "KILL", "KILL_CLIENT", "RECONNECT", "WAIT_CLOSE", "SUSPEND")
 
 
@@ -40,11 +42,14 @@ class ConsoleService:
         config: Callable[[], Config],
         reload: Callable[[], object],
         shutdown: Callable[[], object],
+        connections: Callable[[], tuple[list[ClientRow], list[ServerRow]]] = lambda: ([], []),
     ) -> None:
         self.snapshot = snapshot
         self.config = config
         self.reload = reload
         self.shutdown = shutdown
+        #: Every client and server connection (admin/snapshot.py's take_connections).
+        self.connections = connections
 
     def open(
         self, admin: bool, send: Callable[[bytes], None], close: Callable[[], None]
@@ -147,7 +152,7 @@ def _error(code: str, text: str) -> bytes:
 
 def _help(service: ConsoleService) -> Rows:
     lines = [
-        "SHOW HELP|VERSION|POOLS|STATS|CONFIG|DATABASES|LISTS",
+        "SHOW HELP|VERSION|POOLS|STATS|CONFIG|DATABASES|LISTS|CLIENTS|SERVERS",
         "RELOAD",
         "SHUTDOWN",
     ]
@@ -294,6 +299,68 @@ def _lists(service: ConsoleService) -> Rows:
     return ["list", "items"], [[name, str(count)] for name, count in items]
 
 
+def _split_address(address: str) -> tuple[str, Optional[str]]:
+    """``host:port`` as PgBouncer's addr and port columns; ``local`` has no port."""
+    host, sep, port = address.rpartition(":")
+    return (host, port) if sep else (address, None)
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _clients(service: ConsoleService) -> Rows:
+    clients, _ = service.connections()
+    names = [
+        "type", "user", "database", "state", "addr", "port", "connect_time", "tls",
+        "application_name", "pinned",
+    ]  # fmt: skip
+    rows: list[list[Optional[str]]] = []
+    for client in sorted(clients, key=lambda c: (c.database, c.user, c.connected_at)):
+        addr, port = _split_address(client.address)
+        rows.append(
+            [
+                "C",
+                client.user,
+                client.database,
+                client.state,
+                addr,
+                port,
+                _when(client.connected_at),
+                "on" if client.tls else "",
+                client.application_name,
+                ",".join(client.pinned),
+            ]
+        )
+    return names, rows
+
+
+def _servers(service: ConsoleService) -> Rows:
+    _, servers = service.connections()
+    names = [
+        "type", "user", "database", "state", "addr", "port", "node", "remote_pid",
+        "connect_time", "application_name",
+    ]  # fmt: skip
+    rows: list[list[Optional[str]]] = []
+    for server in sorted(servers, key=lambda s: (s.database, s.user, s.created)):
+        addr, port = _split_address(server.address)
+        rows.append(
+            [
+                "S",
+                server.user,
+                server.database,
+                server.state,
+                addr,
+                port,
+                str(server.node),
+                str(server.pid),
+                _when(server.created),
+                server.application_name,
+            ]
+        )
+    return names, rows
+
+
 _SHOWS: dict[str, Callable[[ConsoleService], Rows]] = {
     "HELP": _help,
     "VERSION": _version,
@@ -302,4 +369,6 @@ _SHOWS: dict[str, Callable[[ConsoleService], Rows]] = {
     "CONFIG": _config,
     "DATABASES": _databases,
     "LISTS": _lists,
+    "CLIENTS": _clients,
+    "SERVERS": _servers,
 }

@@ -128,6 +128,74 @@ class Snapshot:
         return [p for p in self.pools.values() if (p.user, p.database) == (user, database)]
 
 
+@dataclass(frozen=True)
+class ClientRow:
+    """One client connection (SHOW CLIENTS); warm-lane sessions are not listed."""
+
+    user: str
+    database: str
+    state: str
+    address: str
+    connected_at: float
+    tls: bool
+    application_name: str
+    pinned: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    """One server connection (SHOW SERVERS)."""
+
+    user: str
+    database: str
+    state: str
+    node: int
+    address: str
+    pid: int
+    created: float
+    application_name: str
+
+
+def take_connections(
+    factory: FrontendFactory, pool: Pool, warm: Optional[WarmLane] = None
+) -> tuple[list[ClientRow], list[ServerRow]]:
+    """Every client and server connection, one row each: walked only when asked (the
+    console's SHOW CLIENTS and SHOW SERVERS), never for the snapshot."""
+    clients = []
+    for client in factory.clients:
+        startup = client.startup
+        clients.append(
+            ClientRow(
+                startup.user if startup is not None else "",
+                startup.database if startup is not None else "",
+                _CLIENT_STATES.get(client.state, str(client.state)),
+                client.peer,
+                client.connected_at,
+                client.ssl,
+                startup.application_name if startup is not None else "",
+                tuple(client.pinned),
+            )
+        )
+    states = pool.leases.busy_on_lanes()
+    if warm is not None:
+        states.update(warm.watch.server_states())
+    servers = []
+    for server in factory.servers.live:
+        servers.append(
+            ServerRow(
+                server.startup.user,
+                server.startup.database,
+                states.get(server) or _SERVER_STATES.get(server.state, str(server.state)),
+                server.node.index,
+                server.node.address,
+                server.pid,
+                server.created,
+                server.params.get("application_name", ""),
+            )
+        )
+    return clients, servers
+
+
 def take_snapshot(
     now: float, factory: FrontendFactory, pool: Pool, warm: Optional[WarmLane] = None
 ) -> Snapshot:

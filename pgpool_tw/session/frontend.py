@@ -72,10 +72,13 @@ class FrontendProtocol(Protocol):
         self._routed: Optional[RoutedStream] = None
         #: A transaction-mode client on its pool key's lane (engine/_txlane.c).
         self._tx: Optional[TxClient] = None
+        #: When the connection was accepted (the reactor's clock): SHOW CLIENTS.
+        self.connected_at = 0.0
 
     # -- Twisted -----------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.connected_at = self.factory.reactor.seconds()
         if not self.factory.listeners_tuned:
             tune_socket(self.transport)
         self.send = make_writer(self.transport)

@@ -110,7 +110,7 @@ class ConsoleTests(PoolerTestCase):
             try:
                 refused = _errors(stats.query("RELOAD"))
                 done = admin.query("RELOAD")
-                not_yet = _errors(admin.query("SHOW CLIENTS"))
+                not_yet = _errors(admin.query("SHOW MEM"))
             finally:
                 stats.close()
                 admin.close()
@@ -145,3 +145,31 @@ class ConsoleTests(PoolerTestCase):
         errors = yield self.in_thread(run)
         self.assertEqual([e["C"] for e in errors], ["28000"])
         self.assertIn("enable_pool_hba", errors[0]["M"])
+
+    @inlineCallbacks
+    def test_show_clients_and_servers_list_the_connections(self) -> Steps:
+        service = self.start()
+        user, db = self.role_and_db()
+
+        def run() -> tuple[str, list[Any], list[Any]]:
+            worker = RawClient(service.port)
+            worker.startup(user=user, database=db, application_name="worker_app")
+            pid = _rows(worker.query("select pg_backend_pid()"))[0][0]
+            console = self.console(service, "stats_u")
+            try:
+                clients = _rows(console.query("SHOW CLIENTS"))
+                servers = _rows(console.query("SHOW SERVERS"))
+            finally:
+                console.close()
+                worker.close()
+            return pid, clients, servers
+
+        pid, clients, servers = yield self.in_thread(run)
+        mine = [row for row in clients if row[1:3] == (user, db)]
+        self.assertEqual(len(mine), 1, clients)
+        self.assertEqual(
+            (mine[0][3], mine[0][4], mine[0][8]), ("active", "127.0.0.1", "worker_app")
+        )
+        self.assertIn(("stats_u", "pgbouncer"), [row[1:3] for row in clients])
+        (server,) = [row for row in servers if row[1:3] == (user, db)]
+        self.assertEqual((server[3], server[7]), ("active", pid))

@@ -8,7 +8,15 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.admin.console import ConsoleService
-from pgpool_tw.admin.snapshot import CLIENT_STATES, SERVER_STATES, NodeStats, PoolStats, Snapshot
+from pgpool_tw.admin.snapshot import (
+    CLIENT_STATES,
+    SERVER_STATES,
+    ClientRow,
+    NodeStats,
+    PoolStats,
+    ServerRow,
+    Snapshot,
+)
 from pgpool_tw.config.settings import Config
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import parse_data_row
@@ -39,6 +47,13 @@ SNAPSHOT = Snapshot(
 )
 
 
+CLIENTS = [
+    ClientRow("alice", "shop", "active", "10.0.0.1:5555", 0.0, True, "app", ("listen",)),
+    ClientRow("bob", "shop", "startup", "local", 60.0, False, "", ()),
+]
+SERVERS = [ServerRow("alice", "shop", "idle", 0, "db0:5432", 4242, 0.0, "app")]
+
+
 class Rig:
     def __init__(self, admin: bool = True) -> None:
         self.sent: list[bytes] = []
@@ -46,7 +61,11 @@ class Rig:
         self.reloads = 0
         self.shutdowns = 0
         service = ConsoleService(
-            lambda: SNAPSHOT, lambda: Config(admin_users=("a",)), self._reload, self._shutdown
+            lambda: SNAPSHOT,
+            lambda: Config(admin_users=("a",)),
+            self._reload,
+            self._shutdown,
+            lambda: (CLIENTS, SERVERS),
         )
         self.console = service.open(admin, self.sent.append, self._close)
 
@@ -95,7 +114,7 @@ class ConsoleTests(SynchronousTestCase):
         rig = Rig()
         self.assertEqual(codes(rig.query("SHOW NOTHING")), ["42601"])
         self.assertEqual(codes(rig.query("select 1")), ["42601"])
-        self.assertEqual(codes(rig.query("SHOW SERVERS")), ["0A000"])
+        self.assertEqual(codes(rig.query("SHOW MEM")), ["0A000"])
         self.assertEqual(codes(rig.query("PAUSE")), ["0A000"])
         self.assertEqual(rig.query(""), [(ord("I"), b""), (ord("Z"), b"I")])
 
@@ -137,3 +156,20 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual(table["admin_users"], ("a", "", "yes"))
         self.assertEqual(table["port"][2], "no")
         self.assertNotIn("given", table)
+
+    def test_show_clients_and_servers(self) -> None:
+        rig = Rig(admin=False)
+        self.assertEqual(
+            rows(rig.query("SHOW CLIENTS")),
+            [
+                ("C", "alice", "shop", "active", "10.0.0.1", "5555",
+                 "1970-01-01 00:00:00 UTC", "on", "app", "listen"),
+                ("C", "bob", "shop", "startup", "local", None,
+                 "1970-01-01 00:01:00 UTC", "", "", ""),
+            ],
+        )  # fmt: skip
+        self.assertEqual(
+            rows(rig.query("SHOW SERVERS")),
+            [("S", "alice", "shop", "idle", "db0", "5432", "0", "4242",
+              "1970-01-01 00:00:00 UTC", "app")],
+        )  # fmt: skip
