@@ -325,6 +325,7 @@ typedef struct TxLane {
     int room;
     long long hits, misses, adopted;
     long long queries, xacts, bytes_in, bytes_out; /* Python harvests them (take_counts) */
+    double waited; /* seconds the clients served from the queue waited (take_waited) */
     unsigned char key[ROUTE_TEXT_MAX + 1];
 } TxLane;
 

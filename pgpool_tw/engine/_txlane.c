@@ -440,6 +440,8 @@ tx_lane_give(TxLane *lane, TxServer *s)
     if (head == NULL)
         return idle_push(lane, s);
     tx_queue_remove(lane, head); /* its reference is ours now */
+    if (head->tag == s->tag && head->fd >= 0)
+        lane->waited += s->parked_at - head->queued_at; /* parked_at: now, set above */
     int rc;
     if (head->tag == s->tag && head->fd >= 0) {
         PyObject *kept = take_pend(head);

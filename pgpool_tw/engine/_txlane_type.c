@@ -242,6 +242,14 @@ txclient_forget(TxClient *self, PyObject *unused)
 }
 
 static PyObject *
+txlane_take_waited(TxLane *self, PyObject *unused)
+{
+    PyObject *result = PyFloat_FromDouble(self->waited);
+    self->waited = 0.0;
+    return result;
+}
+
+static PyObject *
 txlane_take_counts(TxLane *self, PyObject *unused)
 {
     PyObject *result = Py_BuildValue("(LLLL)", self->queries, self->xacts, self->bytes_in,
@@ -605,6 +613,8 @@ static PyMethodDef txlane_methods[] = {
      "The next arrival number (a client that starts waiting in Python)."},
     {"take_counts", (PyCFunction)txlane_take_counts, METH_NOARGS,
      "(queries, xacts, bytes_in, bytes_out) of the transactions run here, then zero."},
+    {"take_waited", (PyCFunction)txlane_take_waited, METH_NOARGS,
+     "Seconds the clients this lane served from its queue waited, then zero."},
     {"close", (PyCFunction)txlane_close, METH_NOARGS,
      "Let every parked server and waiting client go (Twisted's again)."},
     {NULL, NULL, 0, NULL},

@@ -677,6 +677,9 @@ class Leases:
         """Add what the lanes counted to the totals (the stats snapshot calls it)."""
         for key, lane in self._lanes.items():
             self.totals.harvest(key, lane)
+            waited = lane.take_waited()
+            if waited:
+                self.totals.of(key).wait_time += waited
 
     def close_idle(self) -> int:
         """Close every idle server (SIGUSR1, pgpool-II's close_idle_connection)."""

@@ -105,6 +105,9 @@ class FakeLane:
     def take_counts(self) -> tuple[int, int, int, int]:
         return (3, 2, 10, 20)
 
+    def take_waited(self) -> float:
+        return 0.25
+
     # what the C loop would do
     def wait(self, name: str) -> LaneClient:
         client = LaneClient(name)
@@ -265,6 +268,7 @@ class LaneLeaseTests(SynchronousTestCase):
             (counters.queries, counters.xacts, counters.bytes_in, counters.bytes_out),
             (3, 2, 10, 20),
         )
+        self.assertEqual(counters.wait_time, 0.25)
 
     def test_a_server_busy_on_the_lane_is_active_for_the_snapshot(self) -> None:
         rig, lane = self.rig()

@@ -291,6 +291,8 @@ class LaneTests(SynchronousTestCase):
         self.assertEqual(rig.lane.waiting, 0)
         self.assertEqual(rig.lane.idle_count, 1)
         self.assertEqual(rig.lane.counts, (3, 0, 0))
+        self.assertGreater(rig.lane.take_waited(), 0.0)  # b and c waited
+        self.assertEqual(rig.lane.take_waited(), 0.0)  # taken
 
     def test_python_first_waiter_gets_the_server_first(self) -> None:
         """A server freed while Python's first waiter arrived before the lane's goes to
