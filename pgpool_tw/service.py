@@ -101,6 +101,8 @@ class PgpoolService(MultiService):
             self.reload,
             lambda: self.shutdown(FAST),
             lambda: take_connections(self.factory, self.pool, self.warm),
+            self.factory.kill_database,
+            self.factory.reconnect,
         )
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)

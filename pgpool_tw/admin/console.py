@@ -9,8 +9,8 @@ This module is the console's side after the login: bytes in, bytes out, no socke
 Commands (PgBouncer's names and columns where pgpool-tw has the data):
 ``SHOW HELP``, ``SHOW VERSION``, ``SHOW POOLS``, ``SHOW STATS``, ``SHOW CONFIG``,
 ``SHOW DATABASES``, ``SHOW LISTS``, ``SHOW CLIENTS``, ``SHOW SERVERS`` for every
-console user; ``RELOAD`` and ``SHUTDOWN`` for admin_users only.  Not yet: ``PAUSE``,
-``RESUME``,
+console user; ``RELOAD``, ``SHUTDOWN``, ``KILL db`` and ``RECONNECT [db]`` for
+admin_users only.  Not yet: ``PAUSE``, ``RESUME``,
 ``KILL``, ``KILL_CLIENT``, ``RECONNECT``, ``WAIT_CLOSE`` (each is refused with a line
 that says so).  Console commands are not SQL: they are split into words, as
 PgBouncer's console does.
@@ -30,7 +30,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import command_complete, result_set
 
 _NOT_YET = ("SOCKETS", "ACTIVE_SOCKETS", "FDS", "MEM", "DNS_HOSTS")
-_ADMIN_NOT_YET = ("PAUSE", "RESUME", "KILL", "KILL_CLIENT", "RECONNECT", "WAIT_CLOSE", "SUSPEND")
+_ADMIN_NOT_YET = ("PAUSE", "RESUME", "KILL_CLIENT", "WAIT_CLOSE", "SUSPEND")
 
 
 class ConsoleService:
@@ -43,6 +43,8 @@ class ConsoleService:
         reload: Callable[[], object],
         shutdown: Callable[[], object],
         connections: Callable[[], tuple[list[ClientRow], list[ServerRow]]] = lambda: ([], []),
+        kill: Callable[[str], object] = lambda database: 0,
+        reconnect: Callable[[Optional[str]], object] = lambda database: None,
     ) -> None:
         self.snapshot = snapshot
         self.config = config
@@ -50,6 +52,9 @@ class ConsoleService:
         self.shutdown = shutdown
         #: Every client and server connection (admin/snapshot.py's take_connections).
         self.connections = connections
+        #: KILL db and RECONNECT [db] (session/context.py's kill_database, reconnect).
+        self.kill = kill
+        self.reconnect = reconnect
 
     def open(
         self, admin: bool, send: Callable[[bytes], None], close: Callable[[], None]
@@ -118,19 +123,28 @@ class Console:
                 return self._show(rest[0])
             if verb in ("RELOAD", "SHUTDOWN") and not rest:
                 return self._admin_command(verb)
+            if verb == "KILL" and len(words) == 2:
+                return self._admin_command(verb, words[1])
+            if verb == "RECONNECT" and len(words) <= 2:
+                return self._admin_command(verb, words[1] if len(words) == 2 else None)
             if verb in _ADMIN_NOT_YET:
                 return _error("0A000", f"{verb} is not supported by pgpool-tw's console yet")
         except Exception as e:  # a console command must never end the pooler's loop
             return _error("XX000", f"console command failed: {e}")
         return _error("42601", f"invalid command '{text.strip()}', use SHOW HELP;")
 
-    def _admin_command(self, verb: str) -> bytes:
+    def _admin_command(self, verb: str, database: Optional[str] = None) -> bytes:
         if not self.admin:
             return _error("42501", f"{verb} is for admin_users only")
         if verb == "RELOAD":
             self.service.reload()
-        else:
+        elif verb == "SHUTDOWN":
             self.service.shutdown()
+        elif verb == "KILL":
+            assert database is not None
+            self.service.kill(database)
+        else:
+            self.service.reconnect(database)
         return command_complete(verb)
 
     def _show(self, what: str) -> bytes:
@@ -155,6 +169,8 @@ def _help(service: ConsoleService) -> Rows:
         "SHOW HELP|VERSION|POOLS|STATS|CONFIG|DATABASES|LISTS|CLIENTS|SERVERS",
         "RELOAD",
         "SHUTDOWN",
+        "KILL <db>",
+        "RECONNECT [<db>]",
     ]
     return ["help"], [[line] for line in lines]
 

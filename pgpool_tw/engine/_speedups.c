@@ -361,6 +361,7 @@ PyInit__speedups(void)
         {"W_PARKED", W_PARKED},       {"W_ACTIVE", W_ACTIVE},       {"W_RESETTING", W_RESETTING},
         {"W_RETURNED", W_RETURNED},   {"NOTE_STARTED", NOTE_STARTED}, {"NOTE_ENDED", NOTE_ENDED},
         {"EV_TX_RETURN", EV_TX_RETURN}, {"EV_TX_LOST", EV_TX_LOST},
+        {"EV_TX_RETIRED", EV_TX_RETIRED},
     };
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(module, constants[i].name, constants[i].value) < 0)

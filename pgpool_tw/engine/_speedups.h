@@ -276,7 +276,7 @@ void lane_note(Lane *lane, int kind, Relay *r, const unsigned char *addr, int ad
 
 /* -- transaction pooling's lane (_txlane.c) -- */
 
-enum { EV_TX_RETURN = 1, EV_TX_LOST = 2 };
+enum { EV_TX_RETURN = 1, EV_TX_LOST = 2, EV_TX_RETIRED = 3 };
 
 struct TxLane;
 struct TxClient;
@@ -291,6 +291,7 @@ typedef struct TxServer {
     int fd;
     long tag;
     double parked_at;
+    int retired; /* Python retired it: when freed it goes back to Python, to be closed */
 } TxServer;
 
 typedef struct TxClient {

@@ -18,6 +18,7 @@ NOTE_STARTED: int
 NOTE_ENDED: int
 EV_TX_RETURN: int
 EV_TX_LOST: int
+EV_TX_RETIRED: int
 
 class SessionTracker(PythonSessionTracker):
     """The same object as protocol.relay.SessionTracker, in C (compared by the tests)."""
@@ -137,6 +138,7 @@ class TxServer:
     tag: int
     busy: bool
     def __init__(self, backend: Any, transport: Any, fd: int, tag: int) -> None: ...
+    def retire(self) -> None: ...
 
 class TxLane:
     """One pool key's transaction-mode servers on the C loop (_txlane.c)."""

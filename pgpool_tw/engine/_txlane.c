@@ -425,6 +425,15 @@ tx_lane_give(TxLane *lane, TxServer *s)
     s->lane = lane;
     s->client = NULL;
     s->parked_at = monotonic_s();
+    if (s->retired) {
+        tx_server_leave(s);
+        ran_python = 1;
+        PyObject *res = PyObject_CallFunction(lane->on_event, "iO", EV_TX_RETIRED, (PyObject *)s);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+        return 0;
+    }
     TxClient *head = lane->head;
     if (lane->py_first > 0 && (head == NULL || lane->py_first < head->seq)) {
         tx_server_leave(s);

@@ -78,6 +78,19 @@ txserver_get_busy(TxServer *self, void *closure)
     return PyBool_FromLong(self->client != NULL);
 }
 
+static PyObject *
+txserver_retire(TxServer *self, PyObject *unused)
+{
+    self->retired = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef txserver_methods[] = {
+    {"retire", (PyCFunction)txserver_retire, METH_NOARGS,
+     "When freed, the server goes back to Python (EV_TX_RETIRED) instead of serving again."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef txserver_getset[] = {
     {"backend", (getter)txserver_get_backend, NULL, "Python's server connection.", NULL},
     {"tag", (getter)txserver_get_tag, NULL, "The tag of its session's settings.", NULL},
@@ -97,6 +110,7 @@ PyTypeObject TxServerType = {
     .tp_traverse = (traverseproc)txserver_traverse,
     .tp_clear = (inquiry)txserver_clear,
     .tp_getset = txserver_getset,
+    .tp_methods = txserver_methods,
 };
 
 /* ------------------------------------------------------------------------- */

@@ -62,8 +62,8 @@ log = Logger()
 Got = Callable[[Optional[BackendProtocol]], None]
 
 #: engine/_txlane.c's events: a freed server for Python's first waiter, a parked one
-#: that became readable (Twisted reads it now).
-EV_TX_RETURN, EV_TX_LOST = 1, 2
+#: that became readable (Twisted reads it now), a retired one freed (to be closed).
+EV_TX_RETURN, EV_TX_LOST, EV_TX_RETIRED = 1, 2, 3
 
 _TAGS: dict[str, int] = {}
 
@@ -233,6 +233,9 @@ class Leases:
             return
         if kind == EV_TX_LOST:
             state.idle[server] = None
+        elif kind == EV_TX_RETIRED:
+            self._close(server)
+            self._offer_places(state)
         else:
             state.lent.add(server)
             waiters = state.waiters
@@ -687,7 +690,12 @@ class Leases:
 
     def retire(self, which: Callable[[BackendProtocol], bool]) -> None:
         """Close every idle server for which ``which`` holds (failover: its node went down
-        or changed role); lent ones close when released, being stale."""
+        or changed role; the console's RECONNECT); lent ones close when released, being
+        stale, and those a lane runs a transaction on go back from it to be closed."""
+        for state in self._keys.values():
+            for server, tx in state.laned.items():
+                if tx.busy and which(server):
+                    tx.retire()
         self._close_idle_where(which)
 
     def close_all(self) -> None:

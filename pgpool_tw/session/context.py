@@ -326,6 +326,25 @@ class SessionContext:
                 server.stale = True
         self.pool.retire(which)
 
+    # -- the admin console's commands -------------------------------------------------
+
+    def kill_database(self, database: str) -> int:
+        """KILL: every client of ``database`` is ended as a fast shutdown ends it (57P01)
+        and its servers are closed once released (idle ones now); returns the clients."""
+        killed = 0
+        for client in list(self.clients):
+            startup = client.startup
+            if startup is not None and startup.database == database:
+                client.session.shut_down()
+                killed += 1
+        self.reconnect(database)
+        return killed
+
+    def reconnect(self, database: Optional[str] = None) -> None:
+        """RECONNECT: the servers of ``database`` (every database when None) are closed
+        once their clients release them, idle ones now; new ones replace them."""
+        self._retire_servers(lambda server: database is None or server.startup.database == database)
+
     def _fill(self, key: Any) -> None:
         """min_pool_size: open a server for ``key`` alone (session/lease.py)."""
         Filler(self, key).open()

@@ -15,7 +15,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import parse_data_row
 from pgpool_tw.service import PgpoolService
 from pgpool_tw_dev.devdb import client_env, pg_bin
-from tests.integration.harness import PoolerTestCase, RawClient
+from tests.integration.harness import PoolerTestCase, RawClient, eventually
 
 Steps = Generator[Deferred[Any], Any, None]
 
@@ -173,3 +173,52 @@ class ConsoleTests(PoolerTestCase):
         self.assertIn(("stats_u", "pgbouncer"), [row[1:3] for row in clients])
         (server,) = [row for row in servers if row[1:3] == (user, db)]
         self.assertEqual((server[3], server[7]), ("active", pid))
+
+    @inlineCallbacks
+    def test_kill_ends_a_databases_clients_and_servers(self) -> Steps:
+        service = self.start()
+        user, db = self.role_and_db()
+
+        def run() -> tuple[list[dict[str, str]], list[Any]]:
+            worker = RawClient(service.port)
+            worker.startup(user=user, database=db)
+            worker.query("select 1")
+            admin = self.console(service, "admin_u")
+            try:
+                done = admin.query(f"KILL {db}")
+            finally:
+                admin.close()
+            return _errors(m.MessageReader().feed(worker.read_all())), done
+
+        errors, done = yield self.in_thread(run)
+        self.assertIn((ord("C"), b"KILL\0"), done)
+        self.assertEqual([(e["S"], e["C"]) for e in errors], [("FATAL", "57P01")])
+        self.assertTrue((yield eventually(lambda: not self.server_pids(user))))
+
+    @inlineCallbacks
+    def test_reconnect_replaces_pooled_servers(self) -> Steps:
+        service = self.start()
+        user, db = self.role_and_db()
+
+        def pid() -> str:
+            worker = RawClient(service.port)
+            worker.startup(user=user, database=db)
+            try:
+                return str(_rows(worker.query("select pg_backend_pid()"))[0][0])
+            finally:
+                worker.close()
+
+        def reconnect() -> None:
+            admin = self.console(service, "admin_u")
+            try:
+                assert not _errors(admin.query(f"RECONNECT {db}"))
+            finally:
+                admin.close()
+
+        first = yield self.in_thread(pid)
+        again = yield self.in_thread(pid)
+        self.assertEqual(first, again)  # pooled
+        yield self.in_thread(reconnect)
+        self.assertTrue((yield eventually(lambda: int(first) not in self.server_pids(user))))
+        after = yield self.in_thread(pid)
+        self.assertNotEqual(after, first)

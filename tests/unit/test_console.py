@@ -60,12 +60,16 @@ class Rig:
         self.closed = 0
         self.reloads = 0
         self.shutdowns = 0
+        self.kills: list[str] = []
+        self.reconnects: list[Any] = []
         service = ConsoleService(
             lambda: SNAPSHOT,
             lambda: Config(admin_users=("a",)),
             self._reload,
             self._shutdown,
             lambda: (CLIENTS, SERVERS),
+            self.kills.append,
+            self.reconnects.append,
         )
         self.console = service.open(admin, self.sent.append, self._close)
 
@@ -116,6 +120,7 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual(codes(rig.query("select 1")), ["42601"])
         self.assertEqual(codes(rig.query("SHOW MEM")), ["0A000"])
         self.assertEqual(codes(rig.query("PAUSE")), ["0A000"])
+        self.assertEqual(codes(rig.query("KILL")), ["42601"])  # KILL needs a database
         self.assertEqual(rig.query(""), [(ord("I"), b""), (ord("Z"), b"I")])
 
     def test_reload_and_shutdown_for_admins_only(self) -> None:
@@ -173,3 +178,14 @@ class ConsoleTests(SynchronousTestCase):
             [("S", "alice", "shop", "idle", "db0", "5432", "0", "4242",
               "1970-01-01 00:00:00 UTC", "app")],
         )  # fmt: skip
+
+    def test_kill_and_reconnect(self) -> None:
+        stats = Rig(admin=False)
+        self.assertEqual(codes(stats.query("KILL shop")), ["42501"])
+        self.assertEqual(codes(stats.query("RECONNECT")), ["42501"])
+        self.assertEqual((stats.kills, stats.reconnects), ([], []))
+        admin = Rig()
+        self.assertIn((ord("C"), b"KILL\0"), admin.query("kill shop;"))
+        admin.query("RECONNECT")
+        admin.query("reconnect Shop")
+        self.assertEqual((admin.kills, admin.reconnects), (["shop"], [None, "Shop"]))

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.pool.backend import BackendProtocol
-from pgpool_tw.pool.leases import EV_TX_RETURN, LeaseStats
+from pgpool_tw.pool.leases import EV_TX_RETIRED, EV_TX_RETURN, LeaseStats
 from tests.unit.test_leases import A, Client, Rig, closed
 
 
@@ -23,6 +23,10 @@ class FakeTx:
         self.backend = backend
         self.tag = tag
         self.busy = False
+        self.retired = False
+
+    def retire(self) -> None:
+        self.retired = True
 
 
 class LaneClient:
@@ -66,6 +70,9 @@ class FakeLane:
         return self.seq
 
     def give(self, tx: FakeTx) -> None:
+        if tx.retired:
+            self.on_event(EV_TX_RETIRED, tx)
+            return
         if self.py_first and (not self.queue or self.py_first < self.queue[0][0]):
             self.on_event(EV_TX_RETURN, tx)
             return
@@ -279,3 +286,15 @@ class LaneLeaseTests(SynchronousTestCase):
         self.assertEqual(rig.stats(), LeaseStats(1, 1, 0, 0, 0.0))
         lane.finish("x")
         self.assertEqual(rig.leases.busy_on_lanes(), {})
+
+    def test_a_retired_server_busy_on_the_lane_is_closed_when_freed(self) -> None:
+        rig, lane = self.rig()
+        first, second = rig.members(A, False, False)
+        lane.run("x")  # second, busy
+        rig.leases.retire(lambda server: True)
+        self.assertTrue(closed(first))  # idle: at once
+        self.assertFalse(closed(second))
+        lane.finish("x")
+        self.assertTrue(closed(second))
+        self.assertFalse(rig.leases.is_member(second))
+        self.assertEqual(rig.stats(), LeaseStats(0, 0, 0, 0, 0.0))

@@ -495,3 +495,18 @@ class LaneTests(SynchronousTestCase):
         self.assertEqual(a.data, [other])
         self.assertEqual(a.take(), _message(b"Z", b"I") * 2)
         self.assertEqual(rig.lane.busy, 0)
+
+    def test_a_retired_server_goes_back_to_python_when_freed(self) -> None:
+        rig = self.rig
+        a = rig.client()
+        outer, tx = rig.server()
+        rig.lane.give(tx)
+        a.outer.sendall(QUERY)
+        rig.poll()
+        tx.retire()
+        _take(outer)
+        outer.sendall(_message(b"Z", b"I"))
+        rig.poll()
+        self.assertEqual(a.take(), _message(b"Z", b"I"))
+        self.assertEqual(rig.events, [(speedups.EV_TX_RETIRED, tx)])  # type: ignore[union-attr]
+        self.assertEqual(rig.lane.idle_count, 0)
