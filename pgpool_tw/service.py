@@ -102,6 +102,7 @@ class PgpoolService(MultiService):
             lambda: self.shutdown(FAST),
             lambda: take_connections(self.factory, self.pool, self.warm),
             self.factory.kill_database,
+            self.factory.kill_client,
             self.factory.reconnect,
         )
         self.factory.auth_files = load_auth_files(config)

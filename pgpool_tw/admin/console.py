@@ -9,9 +9,10 @@ This module is the console's side after the login: bytes in, bytes out, no socke
 Commands (PgBouncer's names and columns where pgpool-tw has the data):
 ``SHOW HELP``, ``SHOW VERSION``, ``SHOW POOLS``, ``SHOW STATS``, ``SHOW CONFIG``,
 ``SHOW DATABASES``, ``SHOW LISTS``, ``SHOW CLIENTS``, ``SHOW SERVERS`` for every
-console user; ``RELOAD``, ``SHUTDOWN``, ``KILL db`` and ``RECONNECT [db]`` for
-admin_users only.  Not yet: ``PAUSE``, ``RESUME``,
-``KILL``, ``KILL_CLIENT``, ``RECONNECT``, ``WAIT_CLOSE`` (each is refused with a line
+console user; ``RELOAD``, ``SHUTDOWN``, ``KILL db``, ``KILL_CLIENT id`` (SHOW
+CLIENTS' id) and ``RECONNECT [db]`` for admin_users only.  Not yet: ``PAUSE``,
+``RESUME``,
+``WAIT_CLOSE`` (each is refused with a line
 that says so).  Console commands are not SQL: they are split into words, as
 PgBouncer's console does.
 """
@@ -30,7 +31,7 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import command_complete, result_set
 
 _NOT_YET = ("SOCKETS", "ACTIVE_SOCKETS", "FDS", "MEM", "DNS_HOSTS")
-_ADMIN_NOT_YET = ("PAUSE", "RESUME", "KILL_CLIENT", "WAIT_CLOSE", "SUSPEND")
+_ADMIN_NOT_YET = ("PAUSE", "RESUME", "WAIT_CLOSE", "SUSPEND")
 
 
 class ConsoleService:
@@ -44,6 +45,7 @@ class ConsoleService:
         shutdown: Callable[[], object],
         connections: Callable[[], tuple[list[ClientRow], list[ServerRow]]] = lambda: ([], []),
         kill: Callable[[str], object] = lambda database: 0,
+        kill_client: Callable[[int], bool] = lambda client_id: False,
         reconnect: Callable[[Optional[str]], object] = lambda database: None,
     ) -> None:
         self.snapshot = snapshot
@@ -54,6 +56,7 @@ class ConsoleService:
         self.connections = connections
         #: KILL db and RECONNECT [db] (session/context.py's kill_database, reconnect).
         self.kill = kill
+        self.kill_client = kill_client
         self.reconnect = reconnect
 
     def open(
@@ -125,6 +128,8 @@ class Console:
                 return self._admin_command(verb)
             if verb == "KILL" and len(words) == 2:
                 return self._admin_command(verb, words[1])
+            if verb == "KILL_CLIENT" and len(words) == 2:
+                return self._kill_client(words[1])
             if verb == "RECONNECT" and len(words) <= 2:
                 return self._admin_command(verb, words[1] if len(words) == 2 else None)
             if verb in _ADMIN_NOT_YET:
@@ -132,6 +137,13 @@ class Console:
         except Exception as e:  # a console command must never end the pooler's loop
             return _error("XX000", f"console command failed: {e}")
         return _error("42601", f"invalid command '{text.strip()}', use SHOW HELP;")
+
+    def _kill_client(self, word: str) -> bytes:
+        if not self.admin:
+            return _error("42501", "KILL_CLIENT is for admin_users only")
+        if not word.isdigit() or not self.service.kill_client(int(word)):
+            return _error("42704", f"no client with id {word} (SHOW CLIENTS lists the ids)")
+        return command_complete("KILL_CLIENT")
 
     def _admin_command(self, verb: str, database: Optional[str] = None) -> bytes:
         if not self.admin:
@@ -170,6 +182,7 @@ def _help(service: ConsoleService) -> Rows:
         "RELOAD",
         "SHUTDOWN",
         "KILL <db>",
+        "KILL_CLIENT <id>",
         "RECONNECT [<db>]",
     ]
     return ["help"], [[line] for line in lines]
@@ -329,7 +342,7 @@ def _clients(service: ConsoleService) -> Rows:
     clients, _ = service.connections()
     names = [
         "type", "user", "database", "state", "addr", "port", "connect_time", "tls",
-        "application_name", "pinned",
+        "application_name", "pinned", "id",
     ]  # fmt: skip
     rows: list[list[Optional[str]]] = []
     for client in sorted(clients, key=lambda c: (c.database, c.user, c.connected_at)):
@@ -346,6 +359,7 @@ def _clients(service: ConsoleService) -> Rows:
                 "on" if client.tls else "",
                 client.application_name,
                 ",".join(client.pinned),
+                str(client.id),
             ]
         )
     return names, rows

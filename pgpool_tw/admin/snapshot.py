@@ -140,6 +140,7 @@ class ClientRow:
     tls: bool
     application_name: str
     pinned: tuple[str, ...]
+    id: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def take_connections(
                 client.ssl,
                 startup.application_name if startup is not None else "",
                 tuple(client.pinned),
+                client.id,
             )
         )
     states = pool.leases.busy_on_lanes()

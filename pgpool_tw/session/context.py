@@ -340,6 +340,15 @@ class SessionContext:
         self.reconnect(database)
         return killed
 
+    def kill_client(self, client_id: int) -> bool:
+        """KILL_CLIENT: the client numbered ``client_id`` is ended (57P01); False when no
+        client has that number."""
+        for client in list(self.clients):
+            if client.id == client_id:
+                client.session.shut_down()
+                return True
+        return False
+
     def reconnect(self, database: Optional[str] = None) -> None:
         """RECONNECT: the servers of ``database`` (every database when None) are closed
         once their clients release them, idle ones now; new ones replace them."""

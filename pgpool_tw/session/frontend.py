@@ -12,6 +12,7 @@ factory.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.protocol import Factory, Protocol
@@ -72,8 +73,10 @@ class FrontendProtocol(Protocol):
         self._routed: Optional[RoutedStream] = None
         #: A transaction-mode client on its pool key's lane (engine/_txlane.c).
         self._tx: Optional[TxClient] = None
-        #: When the connection was accepted (the reactor's clock): SHOW CLIENTS.
+        #: When the connection was accepted (the reactor's clock), and its number for
+        #: the console (SHOW CLIENTS' id, KILL_CLIENT's argument).
         self.connected_at = 0.0
+        self.id = next(_IDS)
 
     # -- Twisted -----------------------------------------------------------------
 
@@ -355,6 +358,10 @@ class FrontendProtocol(Protocol):
             self._idle_since = now
         elif now - self._idle_since >= limit:
             self.session.idle_limit_reached(limit)
+
+
+#: Client connection numbers, from 1, for the process.
+_IDS = itertools.count(1)
 
 
 def discard(data: bytes) -> None:

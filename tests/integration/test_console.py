@@ -222,3 +222,29 @@ class ConsoleTests(PoolerTestCase):
         self.assertTrue((yield eventually(lambda: int(first) not in self.server_pids(user))))
         after = yield self.in_thread(pid)
         self.assertNotEqual(after, first)
+
+    @inlineCallbacks
+    def test_kill_client_ends_one_client(self) -> Steps:
+        service = self.start()
+        user, db = self.role_and_db()
+
+        def run() -> tuple[list[dict[str, str]], list[Any]]:
+            victim = RawClient(service.port)
+            victim.startup(user=user, database=db, application_name="victim")
+            other = RawClient(service.port)
+            other.startup(user=user, database=db, application_name="other")
+            admin = self.console(service, "admin_u")
+            try:
+                clients = _rows(admin.query("SHOW CLIENTS"))
+                (victim_id,) = [row[10] for row in clients if row[8] == "victim"]
+                assert not _errors(admin.query(f"KILL_CLIENT {victim_id}"))
+                errors = _errors(m.MessageReader().feed(victim.read_all()))
+                still = _rows(other.query("select 1"))
+            finally:
+                admin.close()
+                other.close()
+            return errors, still
+
+        errors, still = yield self.in_thread(run)
+        self.assertEqual([e["C"] for e in errors], ["57P01"])
+        self.assertEqual(still, [("1",)])

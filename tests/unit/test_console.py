@@ -48,8 +48,8 @@ SNAPSHOT = Snapshot(
 
 
 CLIENTS = [
-    ClientRow("alice", "shop", "active", "10.0.0.1:5555", 0.0, True, "app", ("listen",)),
-    ClientRow("bob", "shop", "startup", "local", 60.0, False, "", ()),
+    ClientRow("alice", "shop", "active", "10.0.0.1:5555", 0.0, True, "app", ("listen",), 7),
+    ClientRow("bob", "shop", "startup", "local", 60.0, False, "", (), 8),
 ]
 SERVERS = [ServerRow("alice", "shop", "idle", 0, "db0:5432", 4242, 0.0, "app")]
 
@@ -62,16 +62,22 @@ class Rig:
         self.shutdowns = 0
         self.kills: list[str] = []
         self.reconnects: list[Any] = []
+        self.killed_clients: list[int] = []
         service = ConsoleService(
             lambda: SNAPSHOT,
             lambda: Config(admin_users=("a",)),
             self._reload,
             self._shutdown,
             lambda: (CLIENTS, SERVERS),
-            self.kills.append,
-            self.reconnects.append,
+            kill=self.kills.append,
+            kill_client=self._kill_client,
+            reconnect=self.reconnects.append,
         )
         self.console = service.open(admin, self.sent.append, self._close)
+
+    def _kill_client(self, client_id: int) -> bool:
+        self.killed_clients.append(client_id)
+        return client_id == 7
 
     def _reload(self) -> None:
         self.reloads += 1
@@ -168,9 +174,9 @@ class ConsoleTests(SynchronousTestCase):
             rows(rig.query("SHOW CLIENTS")),
             [
                 ("C", "alice", "shop", "active", "10.0.0.1", "5555",
-                 "1970-01-01 00:00:00 UTC", "on", "app", "listen"),
+                 "1970-01-01 00:00:00 UTC", "on", "app", "listen", "7"),
                 ("C", "bob", "shop", "startup", "local", None,
-                 "1970-01-01 00:01:00 UTC", "", "", ""),
+                 "1970-01-01 00:01:00 UTC", "", "", "", "8"),
             ],
         )  # fmt: skip
         self.assertEqual(
@@ -189,3 +195,12 @@ class ConsoleTests(SynchronousTestCase):
         admin.query("RECONNECT")
         admin.query("reconnect Shop")
         self.assertEqual((admin.kills, admin.reconnects), (["shop"], [None, "Shop"]))
+
+    def test_kill_client(self) -> None:
+        stats = Rig(admin=False)
+        self.assertEqual(codes(stats.query("KILL_CLIENT 7")), ["42501"])
+        admin = Rig()
+        self.assertIn((ord("C"), b"KILL_CLIENT\0"), admin.query("KILL_CLIENT 7"))
+        self.assertEqual(codes(admin.query("KILL_CLIENT 9")), ["42704"])
+        self.assertEqual(codes(admin.query("KILL_CLIENT x")), ["42704"])
+        self.assertEqual(admin.killed_clients, [7, 9])
