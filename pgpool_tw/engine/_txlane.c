@@ -453,15 +453,11 @@ tx_lane_give(TxLane *lane, TxServer *s)
         lane->waited += s->parked_at - head->queued_at; /* parked_at: now, set above */
     int rc;
     if (head->tag == s->tag && head->fd >= 0) {
-        PyObject *kept = take_pend(head);
-        if (kept == NULL && PyErr_Occurred()) {
-            Py_DECREF(head);
-            return -1;
-        }
+        /* Sent from the client's own buffer: no copy per served waiter (a send the
+           kernel does not take whole is copied by the transport's write). */
         Py_INCREF(s);
-        rc = pair(head, s, kept ? (const unsigned char *)PyBytes_AS_STRING(kept) : NULL,
-                  kept ? PyBytes_GET_SIZE(kept) : 0);
-        Py_XDECREF(kept);
+        rc = pair(head, s, head->pend, head->pend_len);
+        head->pend_len = 0;
     } else {
         /* Another tag: the server parks, and Python serves the client (its replay). */
         rc = idle_push(lane, s);
