@@ -172,6 +172,15 @@ class Rig:
         self.socks += [outer, inner]
         return outer, tx
 
+    def running(self, client: Client) -> tuple[socket.socket, Any]:
+        """A new server parked on the lane, and ``client``'s QUERY sent: the lane runs it
+        on that server (the server's end and its TxServer)."""
+        outer, tx = self.server()
+        self.lane.give(tx)
+        client.outer.sendall(QUERY)
+        self.poll()
+        return outer, tx
+
     def poll(self) -> list[tuple[int, int]]:
         """The C poll a few times; a server's events left for Twisted are read as
         Twisted would (into the stream of the client that adopted it)."""
@@ -299,10 +308,7 @@ class LaneTests(SynchronousTestCase):
         Python (EV_TX_RETURN); after Python's, the lane's waiter is served."""
         rig = self.rig
         a, b = rig.client(), rig.client()
-        outer, tx = rig.server()
-        rig.lane.give(tx)
-        a.outer.sendall(QUERY)
-        rig.poll()
+        outer, tx = rig.running(a)
         rig.lane.py_first = rig.lane.arrive()  # Python's waiter comes before b
         b.outer.sendall(QUERY)
         rig.poll()
@@ -392,10 +398,7 @@ class LaneTests(SynchronousTestCase):
     def test_a_client_that_vanishes_mid_answer_is_adopted(self) -> None:
         rig = self.rig
         a = rig.client()
-        outer, tx = rig.server()
-        rig.lane.give(tx)
-        a.outer.sendall(QUERY)
-        rig.poll()
+        outer, tx = rig.running(a)
         a.outer.close()
         left = rig.poll()
         self.assertEqual(a.adopted, [tx])
@@ -408,10 +411,7 @@ class LaneTests(SynchronousTestCase):
     def test_pipelined_chunks_are_kept_for_after_the_answer(self) -> None:
         rig = self.rig
         a = rig.client()
-        outer, tx = rig.server()
-        rig.lane.give(tx)
-        a.outer.sendall(QUERY)
-        rig.poll()
+        outer, tx = rig.running(a)
         a.outer.sendall(QUERY)  # during the answer
         rig.poll()
         self.assertEqual(_take(outer), QUERY)
@@ -428,10 +428,7 @@ class LaneTests(SynchronousTestCase):
         server from here, and the server goes back at the idle one."""
         rig = self.rig
         a, b = rig.client(), rig.client()
-        outer, tx = rig.server()
-        rig.lane.give(tx)
-        a.outer.sendall(QUERY)
-        rig.poll()
+        outer, tx = rig.running(a)
         self.assertEqual(_take(outer), QUERY)
         outer.sendall(_message(b"Z", b"T"))
         rig.poll()
@@ -452,10 +449,7 @@ class LaneTests(SynchronousTestCase):
         with the block's status and gets the chunk, which it sends on."""
         rig = self.rig
         a = rig.client()
-        outer, tx = rig.server()
-        rig.lane.give(tx)
-        a.outer.sendall(QUERY)
-        rig.poll()
+        outer, tx = rig.running(a)
         _take(outer)
         outer.sendall(_message(b"Z", b"E"))
         rig.poll()
@@ -499,10 +493,7 @@ class LaneTests(SynchronousTestCase):
     def test_a_retired_server_goes_back_to_python_when_freed(self) -> None:
         rig = self.rig
         a = rig.client()
-        outer, tx = rig.server()
-        rig.lane.give(tx)
-        a.outer.sendall(QUERY)
-        rig.poll()
+        outer, tx = rig.running(a)
         tx.retire()
         _take(outer)
         outer.sendall(_message(b"Z", b"I"))
