@@ -32,14 +32,17 @@ def _one(conn: psycopg.Connection[Any], sql: str) -> Any:
     return row[0]
 
 
+#: Two servers, so that where a client lands is known (see the module's docstring).
+SMALL_POOL: dict[str, Any] = {
+    "pool_mode": "transaction",
+    "default_pool_size": 2,
+    "max_client_conn": 50,
+}
+
+
 class TransactionPoolingTests(PoolerTestCase):
     def start(self, **settings: Any) -> tuple[PgpoolService, str]:
-        values: dict[str, Any] = {
-            "pool_mode": "transaction",
-            "default_pool_size": 2,
-            "max_client_conn": 50,
-        }
-        values.update(settings)
+        values: dict[str, Any] = {**SMALL_POOL, **settings}
         service = self.start_pooler(**values)
         user, db = self.role_and_db()
         return service, self.dsn(service, user, db)

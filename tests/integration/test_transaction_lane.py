@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
 from tests.integration.harness import PoolerTestCase, RawClient, eventually, send_cancel
+from tests.integration.test_transaction import SMALL_POOL
 
 Steps = Generator[Deferred[Any], Any, None]
 
@@ -50,12 +51,7 @@ class TransactionLaneTests(PoolerTestCase):
     c_loop = True
 
     def start(self, **settings: Any) -> tuple[PgpoolService, str, str]:
-        values: dict[str, Any] = {
-            "pool_mode": "transaction",
-            "default_pool_size": 2,
-            "max_client_conn": 50,
-        }
-        values.update(settings)
+        values: dict[str, Any] = {**SMALL_POOL, **settings}
         service = self.start_pooler(**values)
         user, db = self.role_and_db()
         return service, user, db
