@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from pgpool_tw import systemd
 from pgpool_tw.admin.console import ConsoleService
 from pgpool_tw.admin.metrics import metrics_site
+from pgpool_tw.admin.pgpool_show import PgpoolReports
 from pgpool_tw.admin.snapshot import Snapshot, take_connections, take_snapshot
 from pgpool_tw.checks.failover import Failover
 from pgpool_tw.checks.health import HealthCheck
@@ -137,6 +138,14 @@ class PgpoolService(MultiService):
         )
         factory.failover = self.failover
         self.failover.save_status()
+        #: SHOW pool_status, pool_processes, pool_pools, ... on any client connection.
+        factory.reports = PgpoolReports(
+            self.snapshot,
+            lambda: self.config,
+            lambda: take_connections(factory, self.pool, self.warm),
+            lambda: self.health_check.stats,
+            lambda: {node.index: node.last_status_change for node in factory.cluster},
+        )
         self.ports: list[IListeningPort] = []
         #: The /metrics endpoint's listeners (metrics_listen_addresses), up until the end.
         self.metrics_ports: list[IListeningPort] = []
@@ -341,9 +350,11 @@ class PgpoolService(MultiService):
             self.warm.watch.drain()
         self.pool.tick()
         limit = self.config.client_idle_limit
-        if limit > 0:
+        factory = self.factory
+        clients = factory.clients if limit > 0 else factory.own_idle_limits
+        if clients:
             now = self.reactor.seconds()
-            for client in list(self.factory.clients):
+            for client in list(clients):
                 client.idle_tick(now, limit)
 
     # -- systemd: only a process the pooler owns (handle_signals) speaks to it ----

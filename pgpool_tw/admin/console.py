@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 from pgpool_tw import __version__
 from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot
-from pgpool_tw.config.settings import RESTART_REQUIRED, Config
+from pgpool_tw.config.settings import RESTART_REQUIRED, Config, value_text
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import command_complete, result_set
 
@@ -271,20 +271,12 @@ def _config(service: ConsoleService) -> Rows:
         rows.append(
             [
                 field.name,
-                _text(getattr(config, field.name)),
-                _text(getattr(defaults, field.name)),
+                value_text(getattr(config, field.name)),
+                value_text(getattr(defaults, field.name)),
                 "no" if field.name in RESTART_REQUIRED else "yes",
             ]
         )
     return ["key", "value", "default", "changeable"], rows
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return ",".join(str(item) for item in value)
-    return "" if value is None else str(value)
 
 
 def _databases(service: ConsoleService) -> Rows:

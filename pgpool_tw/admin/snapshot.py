@@ -41,6 +41,7 @@ from pgpool_tw.lane.warm import WarmLane
 from pgpool_tw.pool import backend
 from pgpool_tw.pool.key import PoolKey
 from pgpool_tw.pool.pool import Pool
+from pgpool_tw.protocol import messages as m
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.session.states import STATE_NAMES as _CLIENT_STATES
 from pgpool_tw.stats.counters import Counters, Totals
@@ -141,6 +142,12 @@ class ClientRow:
     application_name: str
     pinned: tuple[str, ...]
     id: int = 0
+    #: The server the client holds now (pid, node index, when it was opened; 0, -1, 0.0
+    #: for none) and what it does: idle, idle in transaction, active, or "" (no server).
+    server_pid: int = 0
+    node: int = -1
+    server_created: float = 0.0
+    activity: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ def take_connections(
     clients = []
     for client in factory.clients:
         startup = client.startup
+        server = client.serving
         clients.append(
             ClientRow(
                 startup.user if startup is not None else "",
@@ -176,6 +184,10 @@ def take_connections(
                 startup.application_name if startup is not None else "",
                 tuple(client.pinned),
                 client.id,
+                server.pid if server is not None else 0,
+                server.node.index if server is not None else -1,
+                server.created if server is not None else 0.0,
+                _activity(client.tracker) if server is not None else "",
             )
         )
     states = pool.leases.busy_on_lanes()
@@ -196,6 +208,16 @@ def take_connections(
             )
         )
     return clients, servers
+
+
+def _activity(tracker: Any) -> str:
+    """What a client's server does, read from its session's tracker (pgpool-II's
+    pool_processes status words, lower case)."""
+    if tracker is None:
+        return ""
+    if tracker.pending:
+        return "active"
+    return "idle in transaction" if tracker.status != m.IDLE else "idle"
 
 
 def take_snapshot(

@@ -59,6 +59,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
+from pgpool_tw.cluster.pgpool_sql import LOCAL_COMMANDS, SHOW, LocalCommand, local_command
+
 try:
     from pglast import parser as _pg
 except ImportError:  # PyPy, where pglast does not build: every statement to the primary
@@ -82,20 +84,6 @@ __all__ = [
 
 ROUTE_STANDBY, ROUTE_PRIMARY, ROUTE_ALL, ROUTE_LOCAL = 0, 1, 2, 3
 
-#: pgpool-II's own SHOW commands, answered by the pooler.
-LOCAL_COMMANDS = frozenset(
-    {
-        "pool_nodes",
-        "pool_status",
-        "pool_version",
-        "pool_processes",
-        "pool_pools",
-        "pool_cache",
-        "pool_health_check_stats",
-        "pool_backend_stats",
-    }
-)
-
 #: Longer texts are classified but not cached: the cache must not hold bulk INSERTs.
 CACHE_TEXT_LIMIT = 8192
 
@@ -118,7 +106,8 @@ class Verdict:
     desync: bool = False
     temp_created: tuple[str, ...] = ()
     relations: tuple[str, ...] = ()
-    local: str = ""
+    #: A command the pooler answers itself (cluster/pgpool_sql.py), for ROUTE_LOCAL.
+    local: Optional[LocalCommand] = None
     prepare_name: str = ""
     execute_name: str = ""
     deallocate_name: str = ""
@@ -344,8 +333,9 @@ class Classifier:
             return verdict
         try:
             verdict = self._classify(text)
-        except Exception:  # PostgreSQL decides: the primary reports the error
-            verdict = _WRITE
+        except Exception:  # PostgreSQL decides (the primary reports the error), or ours
+            command = local_command(text)
+            verdict = _WRITE if command is None else Verdict(ROUTE_LOCAL, local=command)
         if len(text) <= CACHE_TEXT_LIMIT:
             cache = self._cache
             if len(cache) >= self._size:
@@ -420,7 +410,9 @@ class Classifier:
             )
         if kind == "VariableShowStmt":
             name = body.get("name", "")
-            return Verdict(ROUTE_LOCAL, local=name) if name in LOCAL_COMMANDS else _STANDBY
+            if name in LOCAL_COMMANDS:
+                return Verdict(ROUTE_LOCAL, local=LocalCommand(SHOW, name))
+            return _STANDBY
         if kind == "TransactionStmt":
             verdict = _TRANSACTIONS.get(body.get("kind", ""), _WRITE)
             if verdict.tx == "begin" and _standby_refuses(body.get("options", ())):

@@ -450,6 +450,43 @@ def field_of(name: str) -> Optional[str]:
     return "backends" if backend_key(name) is not None else None
 
 
+def setting_kind(name: str) -> Optional[Kind]:
+    """How pgpool.conf setting ``name`` reads (PGPOOL SET uses it), or None: not ours."""
+    entry = _SETTINGS.get(name)
+    return entry[1] if entry is not None else None
+
+
+def value_text(value: Any) -> str:
+    """A setting's value as pgpool-II and PgBouncer show it (on/off, lists with commas)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # times are seconds: 350, not 350.0
+    return "" if value is None else str(value)
+
+
+def setting_items(config: Config) -> list[tuple[str, str, str]]:
+    """(name, value, where it came from) for every pgpool.conf setting pgpool-tw reads,
+    by name: PGPOOL SHOW ALL and SHOW pool_status."""
+    given = dict(config.given)
+    return [
+        (
+            name,
+            value_text(getattr(config, field_name)),
+            "set in pgpool.conf" if name in given else "default",
+        )
+        for name, (field_name, _) in sorted(_SETTINGS.items())
+    ]
+
+
+def setting_text(config: Config, name: str) -> Optional[str]:
+    """Setting ``name``'s value as text, or None when pgpool-tw does not read it."""
+    entry = _SETTINGS.get(name)
+    return value_text(getattr(config, entry[0])) if entry is not None else None
+
+
 def _convert(kind: Kind, value: str, where: str, name: str) -> Any:
     try:
         return kind.parse(value)

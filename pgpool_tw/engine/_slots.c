@@ -161,13 +161,16 @@ recv_chunk(int fd)
     return n;
 }
 
-/* A client chunk in recv_buffer, sent on up to a Terminate: 1 when it held one. */
-int
+/*
+ * A client chunk in recv_buffer, sent on up to where the walk stopped (a Terminate,
+ * or a watched Query: the tracker's `local`): that offset, -1 for none, -2 on error.
+ */
+Py_ssize_t
 forward_client(Relay *r, ssize_t n)
 {
     r->received++;
     Py_ssize_t at = feed_client_raw(r->tracker, recv_buffer, n);
     if (send_now(r->fds[1], r->transports[1], recv_buffer, at < 0 ? n : at) < 0)
-        return -1;
-    return at >= 0;
+        return -2;
+    return at;
 }

@@ -37,7 +37,7 @@
  *   _speedups.h holds what the files share.
  *
  * Rules: no allocation per chunk on the common path; Python is called only for
- * a Terminate (the relay's on_terminate), a ParameterStatus (the params dict),
+ * a Terminate or a watched Query (the relay's on_terminate, with the chunk's rest), a ParameterStatus (the params dict),
  * a short send (transport.write) and a warm session that leaves the common case.
  * Only the reactor's thread calls in here.
  */
@@ -74,12 +74,13 @@ pump(Relay *r, int side)
     if (got != GOT_CHUNK)
         return got;
     if (side == 0) {
-        int terminated = forward_client(r, n);
-        if (terminated < 0)
+        Py_ssize_t at = forward_client(r, n);
+        if (at == -2)
             return -1;
-        if (terminated) {
+        if (at >= 0) { /* Python takes the rest: a Terminate's end, or a watched Query */
             ran_python = 1;
-            PyObject *res = PyObject_CallNoArgs(r->on_terminate);
+            PyObject *res = PyObject_CallFunction(r->on_terminate, "y#",
+                                                  (const char *)recv_buffer + at, n - at);
             if (res == NULL)
                 return -1;
             Py_DECREF(res);

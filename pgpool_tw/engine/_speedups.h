@@ -40,6 +40,8 @@ length_at(const unsigned char *p)
 
 /* -- the session tracker (_tracker.c: the walk; _tracker_type.c: the Python type) -- */
 
+enum { WATCH_MAX = 4, WATCH_WORD_MAX = 16 };
+
 typedef struct {
     PyObject_HEAD
     long pending;
@@ -64,6 +66,12 @@ typedef struct {
     long long xacts;     /* those of them reporting idle: a transaction ended */
     long long bytes_in;  /* client bytes walked */
     long long bytes_out; /* server bytes walked */
+    /* Python's watch words (lower case): a Query whose text starts with one stops the
+       client walk before it, `local` set (protocol/relay.py's LOCAL_WORDS). */
+    unsigned char watch[WATCH_MAX][WATCH_WORD_MAX];
+    unsigned char watch_len[WATCH_MAX];
+    int nwatch;
+    int local;
 } Tracker;
 
 extern PyTypeObject TrackerType;
@@ -180,7 +188,7 @@ int send_queued(PyObject *transport, const unsigned char *data, Py_ssize_t n);
 ssize_t recv_chunk(int fd);
 #define GOT_CHUNK 3 /* take_chunk: recv_buffer holds *n bytes */
 int take_chunk(int fd, ssize_t *n);
-int forward_client(Relay *r, ssize_t n);
+Py_ssize_t forward_client(Relay *r, ssize_t n);
 extern PyObject *str_write;
 extern PyTypeObject SendNowType; /* _writer.c */
 PyObject *speedups_register(PyObject *module, PyObject *args);

@@ -26,7 +26,36 @@ client_message(Tracker *t, int kind)
     return 0;
 }
 
-/* Walk a client chunk; the offset of a Terminate in it, or -1. */
+/*
+ * The Query at data[pos] (its header whole) starts with a watch word, after ASCII
+ * whitespace, or the chunk ends before that is known: the walk stops before it.
+ */
+static int
+watched(Tracker *t, const unsigned char *data, int64_t pos, Py_ssize_t n)
+{
+    int64_t end = pos + length_at(data + pos + 1); /* its text ends before the NUL */
+    int cut = end > n;
+    if (cut)
+        end = n;
+    int64_t at = pos + 5;
+    while (at < end && (data[at] == ' ' || (data[at] >= '\t' && data[at] <= '\r')))
+        at++;
+    if (at >= end)
+        return cut;
+    for (int w = 0; w < t->nwatch; w++) {
+        int size = t->watch_len[w];
+        int64_t avail = end - at;
+        int64_t upto = avail < size ? avail : size;
+        int i = 0;
+        while (i < upto && (data[at + i] | 0x20) == t->watch[w][i])
+            i++;
+        if (i == size || (i == upto && cut))
+            return 1;
+    }
+    return 0;
+}
+
+/* Walk a client chunk; the offset of a Terminate or a watched Query in it, or -1. */
 Py_ssize_t
 feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
 {
@@ -51,6 +80,7 @@ feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
             /* Part of this Terminate already went to the server: not reusable. */
             t->unsynced = 1;
             t->c_skip = 0;
+            t->local = 0;
             return 0;
         }
         /* A length under 4 (malformed) is taken as 4: never step back before the header. */
@@ -64,8 +94,16 @@ feed_client_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
             t->c_skip = 0;
             return -1;
         }
-        if (client_message(t, data[pos])) {
+        int kind = data[pos];
+        if (kind == C_QUERY && t->nwatch && watched(t, data, pos, n)) {
+            t->bytes_in -= n - pos; /* walked again when Python passes it on */
             t->c_skip = 0;
+            t->local = 1;
+            return (Py_ssize_t)pos;
+        }
+        if (client_message(t, kind)) {
+            t->c_skip = 0;
+            t->local = 0;
             return (Py_ssize_t)pos;
         }
         pos += 1 + length_at(data + pos + 1);

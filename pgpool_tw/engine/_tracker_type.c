@@ -20,11 +20,37 @@ tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 tracker_init(Tracker *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"params", "status", NULL};
-    PyObject *params;
+    static char *kwlist[] = {"params", "status", "watch", NULL};
+    PyObject *params, *watch = NULL;
     int status = IDLE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|i", kwlist, &PyDict_Type, &params, &status))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|iO!", kwlist, &PyDict_Type, &params, &status,
+                                     &PyTuple_Type, &watch))
         return -1;
+    self->nwatch = 0;
+    Py_ssize_t words = watch != NULL ? PyTuple_GET_SIZE(watch) : 0;
+    if (words > WATCH_MAX) {
+        PyErr_SetString(PyExc_ValueError, "at most 4 watch words");
+        return -1;
+    }
+    for (Py_ssize_t w = 0; w < words; w++) {
+        PyObject *word = PyTuple_GET_ITEM(watch, w);
+        if (!PyBytes_Check(word) || PyBytes_GET_SIZE(word) < 1 ||
+            PyBytes_GET_SIZE(word) > WATCH_WORD_MAX) {
+            PyErr_SetString(PyExc_ValueError, "a watch word is 1 to 16 bytes");
+            return -1;
+        }
+        const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(word);
+        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(word); i++) {
+            if (text[i] < 'a' || text[i] > 'z') {
+                PyErr_SetString(PyExc_ValueError, "a watch word is lower-case ASCII letters");
+                return -1;
+            }
+            self->watch[w][i] = text[i];
+        }
+        self->watch_len[w] = (unsigned char)PyBytes_GET_SIZE(word);
+    }
+    self->nwatch = (int)words;
+    self->local = 0;
     Py_INCREF(params);
     Py_XSETREF(self->params, params);
     self->pending = 0;
@@ -165,11 +191,53 @@ tracker_take_counts(Tracker *self, PyObject *unused)
     return counts;
 }
 
+static PyObject *
+tracker_get_local(Tracker *self, void *closure)
+{
+    return PyBool_FromLong(self->local);
+}
+
+static PyObject *
+tracker_get_watch(Tracker *self, void *closure)
+{
+    PyObject *words = PyTuple_New(self->nwatch);
+    for (int w = 0; words != NULL && w < self->nwatch; w++) {
+        PyObject *word =
+            PyBytes_FromStringAndSize((const char *)self->watch[w], self->watch_len[w]);
+        if (word == NULL) {
+            Py_CLEAR(words);
+            break;
+        }
+        PyTuple_SET_ITEM(words, w, word);
+    }
+    return words;
+}
+
+/* The Query the walk stopped before goes to the server after all (Python sent it). */
+static PyObject *
+tracker_pass_query(Tracker *self, PyObject *args)
+{
+    Py_ssize_t size, sent;
+    if (!PyArg_ParseTuple(args, "nn", &size, &sent))
+        return NULL;
+    if (sent < 0 || size < sent) {
+        PyErr_SetString(PyExc_ValueError, "0 <= sent <= size");
+        return NULL;
+    }
+    self->pending++;
+    self->bytes_in += sent;
+    self->c_skip = size - sent;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef tracker_methods[] = {
+    {"pass_query", (PyCFunction)tracker_pass_query, METH_VARARGS,
+     "The Query the walk stopped before, size bytes long, goes to the server after all, sent "
+     "bytes of it now: count it and skip the rest of it."},
     {"take_counts", (PyCFunction)tracker_take_counts, METH_NOARGS,
      "(queries, xacts, bytes_in, bytes_out) since the last take; zeroes them."},
     {"feed_client", (PyCFunction)tracker_feed_client, METH_O,
-     "Walk a client chunk; return the offset of a Terminate in it, or -1."},
+     "Walk a client chunk; return the offset of a Terminate or a watched Query in it, or -1."},
     {"feed_server", (PyCFunction)tracker_feed_server, METH_O,
      "Walk a server chunk, noting ReadyForQuery states and ParameterStatus."},
     {NULL, NULL, 0, NULL},
@@ -193,6 +261,10 @@ static PyGetSetDef tracker_getset[] = {
     {"xacts", (getter)tracker_get_xacts, NULL, "Those of them that reported idle.", NULL},
     {"bytes_in", (getter)tracker_get_bytes_in, NULL, "Client bytes walked.", NULL},
     {"bytes_out", (getter)tracker_get_bytes_out, NULL, "Server bytes walked.", NULL},
+    {"local", (getter)tracker_get_local, NULL,
+     "The last stop of feed_client was before a watched Query, not a Terminate.", NULL},
+    {"watch", (getter)tracker_get_watch, NULL,
+     "Words a Query text may start with for the walk to stop before it.", NULL},
     {"_c_head", (getter)tracker_get_c_head, NULL, NULL, NULL},
     {"_s_head", (getter)tracker_get_s_head, NULL, NULL, NULL},
     {"_s_body", (getter)tracker_get_s_body, NULL, NULL, NULL},

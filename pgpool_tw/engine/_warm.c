@@ -91,9 +91,11 @@ warm_gone(Relay *r)
     return rc;
 }
 
-/* Python carries the session on: it gets the client's socket and what it is owed. */
+/* Python carries the session on: it gets the client's socket, what the client is owed
+   (rest) and what it sent that was not forwarded (unsent). */
 static int
-warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
+warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n, const unsigned char *unsent,
+             Py_ssize_t unsent_n)
 {
     Lane *lane = r->lane;
     int fd = r->fds[0];
@@ -106,7 +108,8 @@ warm_promote(Relay *r, const unsigned char *rest, Py_ssize_t n)
     lane->active--;
     lane->free++; /* its client slot */
     lane_note(lane, NOTE_ENDED, r, NULL, 0, 0);
-    PyObject *data = Py_BuildValue("(iy#)", fd, rest != NULL ? (const char *)rest : "", n);
+    PyObject *data = Py_BuildValue("(iy#y#)", fd, rest != NULL ? (const char *)rest : "", n,
+                                   unsent != NULL ? (const char *)unsent : "", unsent_n);
     if (data == NULL)
         return -1;
     int rc = lane_call(lane, EV_PROMOTE, (PyObject *)r, data);
@@ -126,7 +129,7 @@ warm_send_client(Relay *r, const unsigned char *data, Py_ssize_t n)
             return warm_gone(r);
         sent = 0;
     }
-    return warm_promote(r, data + sent, n - sent);
+    return warm_promote(r, data + sent, n - sent, NULL, 0);
 }
 
 /* The client's Terminate: reset and park, or let the pool decide. */
@@ -181,16 +184,18 @@ warm_event(Relay *r, int side, unsigned int ev)
             return warm_gone(r) < 0 ? -1 : PUMPED;
         int clear = clear_to_send(r, 1);
         if (clear <= 0)
-            return clear < 0 || warm_promote(r, NULL, 0) < 0 ? -1 : PUMPED;
+            return clear < 0 || warm_promote(r, NULL, 0, NULL, 0) < 0 ? -1 : PUMPED;
         ssize_t n = recv_chunk(r->fds[0]);
         if (n == AGAIN)
             return PUMPED;
         if (n <= 0)
             return warm_gone(r) < 0 ? -1 : PUMPED;
-        int terminated = forward_client(r, n);
-        if (terminated > 0)
+        Py_ssize_t at = forward_client(r, n);
+        if (at >= 0 && r->tracker->local) /* Python decides: the session becomes its own */
+            return warm_promote(r, NULL, 0, recv_buffer + at, n - at) < 0 ? -1 : PUMPED;
+        if (at >= 0)
             return warm_ended(r) < 0 ? -1 : PUMPED;
-        return terminated < 0 ? -1 : PUMPED;
+        return at == -2 ? -1 : PUMPED;
     }
     if (ev != EPOLLIN)
         return TO_TWISTED; /* the server's hang-up or error: its protocol reports it */
@@ -216,7 +221,7 @@ relay_promote(Relay *self, PyObject *unused)
         PyErr_SetString(PyExc_ValueError, "only an active warm relay can be promoted");
         return NULL;
     }
-    if (warm_promote(self, NULL, 0) < 0)
+    if (warm_promote(self, NULL, 0, NULL, 0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -134,7 +134,7 @@ def start_relay(
     tracker: SessionTracker,
     client: Any,
     server: Any,
-    on_terminate: Callable[[], None],
+    on_terminate: Callable[[bytes], None],
 ) -> Optional[Relay]:
     """Let the C iteration forward this session's chunks; None when it cannot.
 

@@ -50,6 +50,7 @@ from pgpool_tw.net.transport import plain_socket
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import expired
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.relay import LOCAL_WORDS
 from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class WarmLane:
             return False
         assert speedups is not None
         relay = speedups.Relay(
-            speedups.SessionTracker(server.params, m.IDLE),
+            speedups.SessionTracker(server.params, m.IDLE, LOCAL_WORDS),
             None,
             transport,
             -1,
@@ -277,11 +278,15 @@ class WarmLane:
             else:
                 pool.discard(server, "reset failed")
         elif kind == speedups.EV_PROMOTE:
-            fd, rest = data
-            self._promote(server, relay, fd, rest)
+            fd, rest, unsent = data
+            self._promote(server, relay, fd, rest, unsent)
 
-    def _promote(self, server: BackendProtocol, relay: Relay, fd: int, rest: bytes) -> None:
-        """A warm session goes on as an ordinary client session on the same server.
+    def _promote(
+        self, server: BackendProtocol, relay: Relay, fd: int, rest: bytes, unsent: bytes = b""
+    ) -> None:
+        """A warm session goes on as an ordinary client session on the same server: it
+        is owed ``rest``, and ``unsent`` is what the client sent that Python must read
+        first (a Query the tracker stopped before: pgpool-II's SQL commands).
 
         Observers hear of the warm part's start and end first (``_returned``
         drained the lane's records), then of the Python session that carries on.
@@ -295,6 +300,8 @@ class WarmLane:
             pool.give_back(server, tracker.in_sync and tracker.status == m.IDLE)
             return
         client.resume(server, relay.tracker, relay.secret, rest)
+        if unsent:
+            client.dataReceived(unsent)
 
     def _adopt(self, port: Any, fd: int) -> Optional[FrontendProtocol]:
         """What Twisted's Port.doRead does with an accepted socket; None if it is gone."""

@@ -27,7 +27,7 @@ from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth, BackendAuthError
 from pgpool_tw.protocol.errors import ProtocolViolation
-from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.protocol.relay import LOCAL_WORDS, SessionTracker
 from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
 from pgpool_tw.stats.events import ServerInfo
@@ -329,7 +329,9 @@ class BackendProtocol(Protocol):
         if tracker is None:  # a session the warm lane started was counted there
             self.book.totals.of(self.pool_key).logins += 1
         self.peer_write = peer_write
-        self.tracker = tracker if tracker is not None else Tracker(self.params, self.status)
+        self.tracker = (
+            tracker if tracker is not None else Tracker(self.params, self.status, LOCAL_WORDS)
+        )
         self.state = ATTACHED
         return self.tracker
 

@@ -10,7 +10,12 @@ know to end a session safely:
 * the transaction state of the last ReadyForQuery,
 * ParameterStatus changes (replayed to the next client of that connection),
 * counters for the stats snapshot (``take_counts``): queries, transactions and
-  bytes, as plain int adds, read by Python only when it harvests them.
+  bytes, as plain int adds, read by Python only when it harvests them,
+* where a Query starts whose text begins with a word of ``watch`` (``LOCAL_WORDS``:
+  pgpool-II's SQL commands, ``SHOW pool_nodes``, ``PGPOOL SET ...``), so that Python
+  decides whether the pooler answers it (``cluster/pgpool_sql.py``).  The walk stops
+  before such a Query (``local`` is then true), as before a Terminate; a Query whose
+  first words a chunk boundary cuts stops there too, and Python reads the rest.
 
 Counting, after PgBouncer's SHOW STATS: a *query* is a Query, a Sync-ended
 extended-protocol batch or a FunctionCall, counted when the ReadyForQuery that
@@ -47,6 +52,23 @@ _TERMINATE = 88  # 'X'
 _COPY_DATA = 100  # 'd'
 _COPY_DONE = 99  # 'c'
 _COPY_FAIL = 102  # 'f'
+#: The words (lower case) a Query text may start with, after whitespace, for the walk to
+#: stop before it: every command ``cluster.pgpool_sql.local_command`` accepts starts so.
+LOCAL_WORDS = (b"show", b"pgpool")
+_SPACE = b" \t\n\r\f\v"
+#: The bytes a watched Query text may start with: whitespace or a word's first letter.
+WATCH_FIRST = frozenset(
+    _SPACE + bytes(w[0] for w in LOCAL_WORDS) + bytes(w[0] - 32 for w in LOCAL_WORDS)
+)
+
+
+def watched_text(text: bytes, words: tuple[bytes, ...] = LOCAL_WORDS) -> bool:
+    """A whole Query text starts, after whitespace, with one of ``words`` (any case):
+    the streams that frame whole messages ask what the walk asks of a chunk."""
+    head = text[:64].lstrip(_SPACE).lower()
+    return any(head.startswith(word) for word in words)
+
+
 # Server message types, as ints.
 _READY = 90  # 'Z'
 _PARAMETER_STATUS = 83  # 'S'
@@ -71,9 +93,13 @@ class SessionTracker:
         "xacts",
         "bytes_in",
         "bytes_out",
+        "watch",
+        "local",
     )
 
-    def __init__(self, params: dict[str, str], status: int = IDLE) -> None:
+    def __init__(
+        self, params: dict[str, str], status: int = IDLE, watch: tuple[bytes, ...] = ()
+    ) -> None:
         #: Query/Sync/FunctionCall messages sent that have no ReadyForQuery yet.
         self.pending = 0
         #: Extended-protocol messages were sent after the last Sync.
@@ -97,6 +123,10 @@ class SessionTracker:
         self.bytes_in = 0
         #: Server bytes walked.
         self.bytes_out = 0
+        #: Words a Query text may start with for the walk to stop before it.
+        self.watch = watch
+        #: The last stop of ``feed_client`` was before such a Query, not a Terminate.
+        self.local = False
 
     def take_counts(self) -> tuple[int, int, int, int]:
         """(queries, xacts, bytes_in, bytes_out) since the last take; zeroes them."""
@@ -143,6 +173,7 @@ class SessionTracker:
                 # Part of this Terminate already went to the server: not reusable.
                 self.unsynced = True
                 self._c_skip = 0
+                self.local = False
                 return 0
             # A length under 4 (malformed) is taken as 4: never step back before the header.
             pos = start + 1 + max(_LENGTH(head, 1)[0], 4)
@@ -154,18 +185,50 @@ class SessionTracker:
             # _client_message inlined: this loop runs for every client message.
             kind = data[pos]
             if kind == _QUERY or kind == _FUNCTION_CALL:
+                if kind == _QUERY and self.watch and self._watched(data, pos, n):
+                    self.bytes_in -= n - pos  # walked again when Python passes it on
+                    self._c_skip = 0
+                    self.local = True
+                    return pos
                 self.pending += 1
             elif kind == _SYNC:
                 self.pending += 1
                 self.unsynced = False
             elif kind == _TERMINATE:
                 self._c_skip = 0
+                self.local = False
                 return pos
             elif kind != _COPY_DATA and kind != _COPY_DONE and kind != _COPY_FAIL:
                 self.unsynced = True
             pos += 1 + _LENGTH(data, pos + 1)[0]
         self._c_skip = pos - n
         return -1
+
+    def _watched(self, data: bytes, pos: int, n: int) -> bool:
+        """The Query at ``pos`` starts with a watched word, or the chunk ends before
+        that is known (a cut text: Python reads on)."""
+        end = pos + 1 + _LENGTH(data, pos + 1)[0] - 1  # its text ends before the NUL
+        cut = end > n
+        if cut:
+            end = n
+        at = pos + 5
+        while at < end and data[at] in _SPACE:
+            at += 1
+        if at >= end:
+            return cut
+        for word in self.watch:
+            size = len(word)
+            head = data[at : at + size].lower()
+            if head == word or (cut and end - at < size and word.startswith(head)):
+                return True
+        return False
+
+    def pass_query(self, size: int, sent: int) -> None:
+        """The Query the walk stopped before, ``size`` bytes long, goes to the server
+        after all, ``sent`` bytes of it now: count it and skip the rest of it."""
+        self.pending += 1
+        self.bytes_in += sent
+        self._c_skip = size - sent
 
     def _client_message(self, kind: int) -> bool:
         """One client message's effect (the loop above has the same rules inline)."""

@@ -10,13 +10,14 @@ never hold per-session state.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from twisted.logger import Logger
 
 from pgpool_tw.cluster.classify import Classifier
 from pgpool_tw.cluster.cluster import UP, WAITING, Cluster
+from pgpool_tw.cluster.pgpool_sql import LocalCommand
 from pgpool_tw.cluster.router import choose_lb_node, read_by_weight, readable, routing_on
 from pgpool_tw.cluster.show import POOL_NODES_COLUMNS, pool_nodes_rows
 from pgpool_tw.config.authfiles import AuthFiles
@@ -57,6 +58,14 @@ class AdminConsole(Protocol):
     def open(
         self, admin: bool, send: Callable[[bytes], None], close: Callable[[], None]
     ) -> ConsoleClient: ...
+
+
+class PoolReports(Protocol):
+    """pgpool-II's SHOW pool_* answers read from the stats snapshot
+    (admin/pgpool_show.py's ``PgpoolReports``)."""
+
+    def rows(self, name: str) -> Optional[tuple[Sequence[str], list[list[Optional[str]]]]]:
+        """The columns and rows of ``SHOW <name>``; None: pgpool-tw has no such data."""
 
 
 class WarmLogins(Protocol):
@@ -105,6 +114,11 @@ class SessionContext:
         self.warm: Optional[WarmLogins] = None
         #: The admin console (service.py sets it; None: console logins are refused).
         self.console: Optional[AdminConsole] = None
+        #: Clients whose session set its own client_idle_limit (PGPOOL SET): the service's
+        #: tick checks them even when pgpool.conf's is 0.
+        self.own_idle_limits: set[Any] = set()
+        #: SHOW pool_* besides pool_nodes (service.py sets it; None: refused with 0A000).
+        self.reports: Optional[PoolReports] = None
         self._login_deadlines: dict[float, Deadlines] = {}
         #: Reads sent to each node since start (SHOW pool_nodes' select_cnt).
         self.select_counts: dict[int, int] = {}
@@ -203,8 +217,11 @@ class SessionContext:
             startup.user,
         )
 
-    def routing_rules(self, lb_node: int, primary: int) -> RoutingRules:
-        """What a routed session asks while it runs, read from the current settings."""
+    def routing_rules(
+        self, lb_node: int, primary: int, local: Callable[[LocalCommand, int], bytes]
+    ) -> RoutingRules:
+        """What a routed session asks while it runs, read from the current settings;
+        ``local`` answers the commands the pooler answers itself (``Session.local_answer``)."""
         config = self.config
 
         def lb_readable() -> bool:
@@ -213,9 +230,6 @@ class SessionContext:
         def lb_replayed() -> int:
             node = self.cluster.get(lb_node)
             return (node.replay_lsn or 0) if node is not None else 0
-
-        def local(command: str, status: int) -> bytes:
-            return self.local_answer(command, status, lb_node)
 
         def per_statement() -> bool:
             return read_by_weight(self.cluster, primary, lb_node)
@@ -263,17 +277,19 @@ class SessionContext:
         counts = self.select_counts
         counts[node] = counts.get(node, 0) + count
 
-    def local_answer(self, command: str, status: int, lb_node: Optional[int]) -> bytes:
-        """The pooler's own answer to a SHOW it owns, ReadyForQuery included."""
-        if command == "pool_nodes":
+    def show_pool(self, name: str, lb_node: Optional[int]) -> bytes:
+        """pgpool-II's ``SHOW <name>`` (one of ``LOCAL_COMMANDS``), without ReadyForQuery;
+        ``lb_node``: the asking session's load-balancing node (pool_nodes says it)."""
+        if name == "pool_nodes":
             by_time = self.config.delay_threshold_by_time > 0
             rows = pool_nodes_rows(self.cluster, lb_node, self.select_counts, by_time)
-            body = result_set(POOL_NODES_COLUMNS, rows)
-        else:
-            body = m.error_response(
-                "0A000", f"SHOW {command} is not supported by pgpool-tw yet", severity="ERROR"
+            return result_set(POOL_NODES_COLUMNS, rows)
+        found = self.reports.rows(name) if self.reports is not None else None
+        if found is None:
+            return m.error_response(
+                "0A000", f"SHOW {name} is not supported by pgpool-tw", severity="ERROR"
             )
-        return body + m.ready_for_query(status)
+        return result_set(*found)
 
     def node_up(self, backend: BackendNode) -> None:
         """A server of ``backend`` finished a login: a waiting node is up (pgpool-II's

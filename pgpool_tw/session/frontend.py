@@ -73,6 +73,11 @@ class FrontendProtocol(Protocol):
         self._routed: Optional[RoutedStream] = None
         #: A transaction-mode client on its pool key's lane (engine/_txlane.c).
         self._tx: Optional[TxClient] = None
+        #: Client bytes from a Query the tracker stopped before (pgpool-II's SQL
+        #: commands), until the Query is whole and the session has decided it.
+        self._held: Optional[bytes] = None
+        #: The C relay taken off the loop while a stopped Query is held.
+        self._paused: Optional[Relay] = None
         #: When the connection was accepted (the reactor's clock), and its number for
         #: the console (SHOW CLIENTS' id, KILL_CLIENT's argument).
         self.connected_at = 0.0
@@ -90,6 +95,9 @@ class FrontendProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.relaying:
+            if self._held is not None:
+                self._hold(data)
+                return
             self.received += 1
             at = self.tracker.feed_client(data)  # type: ignore[union-attr]
             if at < 0:
@@ -97,7 +105,7 @@ class FrontendProtocol(Protocol):
                 return
             if at:
                 self.server_write(data[:at])
-            self.session.client_terminated()
+            self._stopped(data[at:])
             return
         self.session.client_data(data)
 
@@ -164,7 +172,7 @@ class FrontendProtocol(Protocol):
             self._start_router(tracker, server, lb)  # type: ignore[arg-type]
         else:
             self._relay = fastpoll.start_relay(
-                factory.reactor, tracker, self.transport, server.transport, self._terminated
+                factory.reactor, tracker, self.transport, server.transport, self._stopped
             )
         self.relaying = True
         self._idle_since = factory.reactor.seconds()
@@ -284,9 +292,57 @@ class FrontendProtocol(Protocol):
         """Bytes the client sent before its session relayed go through the relay now."""
         self.dataReceived(data)
 
-    def _terminated(self) -> None:
-        """The C loop saw the client's Terminate."""
-        self.session.client_terminated()
+    def _stopped(self, rest: bytes) -> None:
+        """The tracker's walk stopped (here or in the C loop) before ``rest``: at the
+        client's Terminate, or at a Query the session may answer itself (``local``)."""
+        if not self.tracker.local:  # type: ignore[union-attr]
+            self.session.client_terminated()
+            return
+        self._held = b""
+        self._hold(rest)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep the client's bytes from a stopped Query until it is whole, off the C
+        loop meanwhile; then the session answers it or it goes to the server."""
+        held = self._held + data if self._held else data
+        size = 1 + int.from_bytes(held[1:5], "big") if len(held) >= 5 else _HELD_MAX
+        if len(held) < size <= _HELD_MAX:
+            self._held = held
+            if self._relay is not None:
+                self._pause_relay()
+            return
+        self._held = None
+        tracker = self.tracker
+        assert tracker is not None
+        answer = None
+        if len(held) >= size >= 6 and tracker.in_sync:
+            answer = self.session.local_query(held[:size], tracker.status)
+        if answer is not None:
+            self.send(answer)
+        else:  # the server's to answer: a statement of its own, or one it must queue
+            size = max(size, 5)
+            sent = min(size, len(held))
+            tracker.pass_query(size, sent)
+            self.server_write(held[:sent])
+        if self._paused is not None:
+            self._resume_relay()
+        if len(held) > size:
+            self.dataReceived(held[size:])
+
+    def _pause_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        assert relay is not None
+        fastpoll.stop_relay(relay)
+        self.received += relay.received
+        self._paused = relay
+
+    def _resume_relay(self) -> None:
+        self._paused = None
+        server, tracker = self.session.server, self.tracker
+        if server is not None and tracker is not None and self.relaying:
+            self._relay = fastpoll.start_relay(
+                self.factory.reactor, tracker, self.transport, server.transport, self._stopped
+            )
 
     # -- what the warm lane and the service ask ----------------------------------
 
@@ -325,6 +381,15 @@ class FrontendProtocol(Protocol):
     def auth_ok_sent(self) -> bool:
         return self.session.auth_ok_sent
 
+    @property
+    def serving(self) -> Optional[BackendProtocol]:
+        """The server this client's session holds now: its own (session mode), the one
+        of its transaction (transaction mode, the lane's included), or None."""
+        session = self.session
+        if session.tx is not None:
+            return session.tx.server or self.tx_fast_server()
+        return session.server
+
     def tls_answered(self) -> None:
         self.session.tls_answered()
 
@@ -344,7 +409,13 @@ class FrontendProtocol(Protocol):
         self.session.refuse_waiting()
 
     def idle_tick(self, now: float, limit: float) -> None:
-        """client_idle_limit: a session idle that long between queries is closed."""
+        """client_idle_limit: a session idle that long between queries is closed (its
+        own limit when it set one with PGPOOL SET; 0: never)."""
+        overrides = self.session.overrides
+        if overrides is not None:
+            limit = overrides.get("client_idle_limit", limit)
+        if limit <= 0:
+            return
         tracker = self.tracker
         if not self.relaying or tracker is None or self.session.state != RELAY:
             return
@@ -359,6 +430,9 @@ class FrontendProtocol(Protocol):
         elif now - self._idle_since >= limit:
             self.session.idle_limit_reached(limit)
 
+
+#: A stopped Query longer than this is not pgpool-II's: it goes to the server as it comes.
+_HELD_MAX = 8192
 
 #: Client connection numbers, from 1, for the process.
 _IDS = itertools.count(1)

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from pgpool_tw import __version__
 from pgpool_tw.cluster.classify import ROUTE_STANDBY
+from pgpool_tw.cluster.pgpool_sql import SHOW, LocalCommand, local_command
 from pgpool_tw.cluster.router import readable
 from pgpool_tw.config.pooling import TRANSACTION
 from pgpool_tw.pool.key import PoolKey, pool_key
@@ -48,6 +49,7 @@ from pgpool_tw.session.balance import BalanceLeg
 from pgpool_tw.session.handshake import Handshake
 from pgpool_tw.session.lease import Borrow, query_wait_text
 from pgpool_tw.session.legs import Leg
+from pgpool_tw.session.local import pgpool_command
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
 from pgpool_tw.session.routed import RoutedStream
 from pgpool_tw.session.states import (
@@ -107,6 +109,7 @@ class Session:
         "io",
         "key",
         "lb_server",
+        "overrides",
         "routed",
         "server",
         "ssl",
@@ -141,6 +144,8 @@ class Session:
         #: Routing: the load-balancing node chosen at attach (None: the session does not
         #: route), the leg being opened, its server, and the stream over both legs.
         self._lb_node: Optional[int] = None
+        #: Settings this session changed for itself (PGPOOL SET); None until one is.
+        self.overrides: Optional[dict[str, Any]] = None
         self._balance: Optional[BalanceLeg] = None
         self.lb_server: Optional[BackendProtocol] = None
         self.routed: Optional[RoutedStream] = None
@@ -166,6 +171,8 @@ class Session:
         self.state = state
         if state in (RELAY, CLOSED):
             self._stop_timer()
+        if state == CLOSED and self.overrides is not None:
+            self.context.own_idle_limits.discard(self.io)
 
     @property
     def peer(self) -> str:
@@ -714,6 +721,31 @@ class Session:
         self.io.tx_attach(server)
         stream.attach(server)
 
+    # -- pgpool-II's SQL commands (SHOW pool_*, PGPOOL SHOW/SET/RESET) -----------------
+
+    def local_query(self, msg: bytes, status: int) -> Optional[bytes]:
+        """The pooler's answer to Query ``msg`` when it is one of pgpool-II's commands
+        (ReadyForQuery with ``status`` included), else None: the server's to answer."""
+        command = local_command(msg[5:-1].decode("utf-8", "replace"))
+        return None if command is None else self.local_answer(command, status)
+
+    def local_answer(self, command: LocalCommand, status: int) -> bytes:
+        """The answer to one of pgpool-II's SQL commands, ReadyForQuery included."""
+        if command.verb == SHOW:
+            lb_node = self._lb_node if self._lb_node is not None else self._tx_lb
+            body = self.context.show_pool(command.name, lb_node)
+        else:
+            overrides = self.overrides
+            if overrides is None:
+                overrides = self.overrides = {}
+            body = pgpool_command(command, self.context.config, overrides)
+            own = self.context.own_idle_limits
+            if "client_idle_limit" in overrides:
+                own.add(self.io)
+            else:
+                own.discard(self.io)
+        return body + m.ready_for_query(status)
+
     def release_server(self) -> None:
         """The transaction ended with nothing owed: the server goes back (``TxOwner``),
         and the client's next simple transaction may run on the C lane."""
@@ -912,7 +944,7 @@ class Session:
             primary,
             lb,
             self.io.send,
-            self.context.routing_rules(node, server.node.index),
+            self.context.routing_rules(node, server.node.index, self.local_answer),
             self._stream_broken,
         )
         server.attach(self, _nowhere, primary)  # type: ignore[arg-type]

@@ -54,6 +54,7 @@ from pgpool_tw.cluster.classify import (
     ROUTE_STANDBY,
     Verdict,
 )
+from pgpool_tw.cluster.pgpool_sql import LocalCommand
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.extended import (
@@ -185,7 +186,7 @@ class RoutingRules:
     def __init__(
         self,
         classify: Callable[[str], Verdict],
-        local: Callable[[str, int], bytes],
+        local: Callable[[LocalCommand, int], bytes],
         lb_readable: Callable[[], bool] = lambda: True,
         lb_replayed: Callable[[], int] = lambda: 0,
         on_write_mode: str = "transaction",
@@ -238,6 +239,9 @@ class RoutingRules:
 
 class RoutedStream:
     """The client's stream over a primary leg and optionally a load-balancing leg."""
+
+    #: Its ``feed_client`` stops only at a Terminate (the glue reads it as a tracker's).
+    local = False
 
     def __init__(
         self,
@@ -681,7 +685,7 @@ class RoutedStream:
             if inner is not None and inner.route == ROUTE_STANDBY:
                 verdict = inner
                 route = ROUTE_STANDBY
-        if route == ROUTE_LOCAL:
+        if route == ROUTE_LOCAL and verdict.local is not None:
             self._local(verdict.local)
             return
         self._remember(verdict)
@@ -758,7 +762,7 @@ class RoutedStream:
             for leg in legs:
                 log(leg.node, leg.pid, text)
 
-    def _local(self, command: str) -> None:
+    def _local(self, command: LocalCommand) -> None:
         unit = Unit(self.primary)
         unit.held.append(self.rules.local(command, self.status))
         self._queue.append(unit)

@@ -17,6 +17,7 @@ from pgpool_tw.cluster.classify import (
     Classifier,
     Verdict,
 )
+from pgpool_tw.cluster.pgpool_sql import PGPOOL_SET, PGPOOL_SHOW, SHOW, LocalCommand
 
 STANDBY, PRIMARY, ALL, LOCAL = ROUTE_STANDBY, ROUTE_PRIMARY, ROUTE_ALL, ROUTE_LOCAL
 #: What the catalog says is not VOLATILE, for the tests that need functions to be known.
@@ -383,14 +384,22 @@ class PrimaryTests(SynchronousTestCase):
         t.done()
 
     def test_pooler_commands_are_local(self) -> None:
-        """SHOW pool_nodes and pgpool-II's other SHOW commands are answered by the pooler."""
+        """SHOW pool_nodes, pgpool-II's other SHOW commands and PGPOOL SHOW/SET/RESET are
+        answered by the pooler."""
         t = table(self)
-        t.row("SHOW pool_nodes", LOCAL, local="pool_nodes")
-        t.row("show POOL_NODES;", LOCAL, local="pool_nodes")
+        t.row("SHOW pool_nodes", LOCAL, local=LocalCommand(SHOW, "pool_nodes"))
+        t.row("show POOL_NODES;", LOCAL, local=LocalCommand(SHOW, "pool_nodes"))
         for name in ("pool_status", "pool_version", "pool_processes", "pool_pools"):
-            t.row(f"SHOW {name}", LOCAL, local=name)
-        t.row('SHOW "POOL_NODES"', STANDBY, local="")  # quoted: not folded, not ours
-        t.row("SHOW pool_nodes; SELECT 1", PRIMARY, local="")
+            t.row(f"SHOW {name}", LOCAL, local=LocalCommand(SHOW, name))
+        t.row('SHOW "POOL_NODES"', STANDBY, local=None)  # quoted: not folded, not ours
+        t.row("SHOW pool_nodes; SELECT 1", PRIMARY, local=None)
+        t.row("PGPOOL SHOW port", LOCAL, local=LocalCommand(PGPOOL_SHOW, "port"))
+        t.row(
+            "pgpool set client_idle_limit = 3",
+            LOCAL,
+            local=LocalCommand(PGPOOL_SET, "client_idle_limit", "3"),
+        )
+        t.row("PGPOOL SHOW port; SELECT 1", PRIMARY, local=None)  # unparseable: PostgreSQL's
         t.done()
 
 

@@ -102,7 +102,7 @@ class LaneCase(SynchronousTestCase):
             FakeTransport(),
             -1,
             mine.fileno(),
-            lambda: None,
+            lambda rest: None,
             set(),
             lane=self.lane,
             stack=stack,

@@ -55,7 +55,7 @@ class WarmRelayLoginEndTests(SynchronousTestCase):
             None,
             -1,
             5,
-            lambda: None,
+            lambda rest: None,
             set(),
             lane=lane,
             stack=[],

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.protocol import messages
-from pgpool_tw.protocol.relay import SessionTracker
+from pgpool_tw.protocol.relay import LOCAL_WORDS, SessionTracker
 from tests.unit import test_protocol_relay as base
 
 SKIP = (
@@ -64,6 +64,7 @@ globals().update(_c_cases())
 
 def public_state(tracker: Any) -> tuple[object, ...]:
     return (
+        tracker.local,
         tracker.pending,
         tracker.unsynced,
         tracker.status,
@@ -85,7 +86,16 @@ STATUS = st.builds(
     st.binary(max_size=6),  # may hold a NUL: a malformed ParameterStatus, ignored by both
 )
 READY = st.builds(lambda s: messages.message(b"Z", s), st.sampled_from([b"I", b"T", b"E", b""]))
-STREAM = st.lists(st.one_of(ANY_MESSAGE, STATUS, READY), max_size=25).map(b"".join)
+#: Query texts around the watch words: whitespace, cases, words cut short, near misses.
+WATCHED = st.builds(
+    lambda space, word, rest: messages.message(b"Q", space + word + rest + b"\0"),
+    st.sampled_from([b"", b" ", b"\n\t ", b"\r\x0b\x0c", b"\x00", b"/* */ "]),
+    st.sampled_from(
+        [b"show", b"SHOW", b"sHoW", b"pgpool", b"PGPool", b"sho", b"pgpoo", b"select", b"p", b""]
+    ),
+    st.sampled_from([b" pool_nodes", b"", b"x", b" set a = 1;", b"\xff"]),
+)
+STREAM = st.lists(st.one_of(ANY_MESSAGE, STATUS, READY, WATCHED), max_size=25).map(b"".join)
 NOISE = st.binary(max_size=120)  # not messages at all: lengths of anything
 CUTS = st.lists(st.integers(min_value=0, max_value=400), max_size=30)
 
@@ -97,18 +107,27 @@ class DifferentialTests(SynchronousTestCase):
 
     def compare(self, client: bytes, server: bytes, c_cuts: list[int], s_cuts: list[int]) -> None:
         assert speedups is not None
-        py = SessionTracker({"server_version": "15"})
-        c = speedups.SessionTracker({"server_version": "15"})
+        py = SessionTracker({"server_version": "15"}, messages.IDLE, LOCAL_WORDS)
+        c = speedups.SessionTracker({"server_version": "15"}, messages.IDLE, LOCAL_WORDS)
         client_chunks = base.split_at(client, c_cuts)
         server_chunks = base.split_at(server, s_cuts)
         for step in range(max(len(client_chunks), len(server_chunks))):
             if step < len(server_chunks):
                 py.feed_server(server_chunks[step])
                 c.feed_server(server_chunks[step])
-            if step < len(client_chunks):
-                self.assertEqual(
-                    c.feed_client(client_chunks[step]), py.feed_client(client_chunks[step])
-                )
+            chunk = client_chunks[step] if step < len(client_chunks) else b""
+            while chunk:
+                at = c.feed_client(chunk)
+                self.assertEqual(at, py.feed_client(chunk))
+                self.assertEqual(c.local, py.local)
+                if at < 0 or not c.local:
+                    break
+                # As the glue does with a Query it does not answer: on to the server.
+                size = max(1 + int.from_bytes(chunk[at + 1 : at + 5], "big"), 5)
+                sent = min(size, len(chunk) - at)
+                c.pass_query(size, sent)
+                py.pass_query(size, sent)
+                chunk = chunk[at + sent :]
             self.assertEqual(public_state(c), public_state(py), f"after chunk {step}")
             self.assertEqual(
                 (c._c_head, c._s_head, c._s_body), (py._c_head, py._s_head, py._s_body)
@@ -207,7 +226,7 @@ class PollTests(SynchronousTestCase):
             self.st,
             self.c.fileno(),
             self.s.fileno(),
-            lambda: self.on_terminate(),
+            lambda rest: self.on_terminate(),
             self.writes,
         )
         speedups.register(self.c.fileno(), self.relay, 0)
@@ -265,6 +284,23 @@ class PollTests(SynchronousTestCase):
         self.assertEqual(self.poll(), [])
         self.assertEqual((answer_seen_at_terminate, self.terminated), ([], [True]))
         self.assertEqual(self.client.recv(100), base.ready(messages.IDLE))
+
+    def test_watched_query_stops_forwarding(self) -> None:
+        """A Query that may be pgpool-II's stops the walk: what came before goes on, the
+        rest goes to on_terminate with the tracker's ``local`` set."""
+        assert speedups is not None
+        tracker = speedups.SessionTracker({}, messages.IDLE, LOCAL_WORDS)
+        rests: list[bytes] = []
+        relay = speedups.Relay(
+            tracker, self.ct, self.st, self.c.fileno(), self.s.fileno(), rests.append, set()
+        )
+        speedups.register(self.c.fileno(), relay, 0)
+        speedups.register(self.s.fileno(), relay, 1)
+        show = messages.query("  show pool_nodes") + messages.terminate()
+        self.client.send(messages.query("SELECT 1") + show)
+        self.assertEqual(self.poll(), [])
+        self.assertEqual(self.server.recv(100), messages.query("SELECT 1"))
+        self.assertEqual((rests, tracker.local, tracker.pending), ([show], True, 1))
 
     def test_end_of_file_left_to_twisted(self) -> None:
         """A client's end of file is Twisted's to notice: its read event comes back."""

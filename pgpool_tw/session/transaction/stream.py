@@ -54,6 +54,7 @@ from pgpool_tw.cluster.session_state import (
     StateEffect,
 )
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.relay import WATCH_FIRST, watched_text
 from pgpool_tw.protocol.sql import set_application_name
 from pgpool_tw.session.transaction import answers, effects, statements
 from pgpool_tw.session.transaction.owed import (
@@ -105,6 +106,9 @@ class TxOwner(Protocol):
     def stream_broken(self, why: str) -> None:
         """The client sent what no server would accept."""
 
+    def local_query(self, msg: bytes, status: int) -> Optional[bytes]:
+        """The session's own answer to Query ``msg`` (pgpool-II's SQL commands), or None."""
+
 
 class TransactionStream:
     """One transaction-mode client over the servers it borrows (see the module doc).
@@ -113,6 +117,9 @@ class TransactionStream:
     server's tracker (``feed_server``), as ``protocol/relay.py``'s is for a session
     that keeps its server.
     """
+
+    #: Its ``feed_client`` stops only at a Terminate (the glue reads it as a tracker's).
+    local = False
 
     __slots__ = (
         "client_send",
@@ -408,6 +415,9 @@ class TransactionStream:
                 if kind == _PARSE and not self._held and self._answer_parse(msg, buf, end):
                     pos = end + 5  # the Sync, answered too
                     continue
+                if kind == _QUERY and not self._held and self._local_first(msg):
+                    pos = end
+                    continue
                 self._hold(msg)
             else:
                 try:
@@ -427,6 +437,18 @@ class TransactionStream:
             self._maybe_release()
         return 0 if terminated else -1
 
+    def _local_first(self, msg: bytes) -> bool:
+        """A Query the session answered itself (one of pgpool-II's SQL commands)."""
+        return len(msg) > 5 and msg[5] in WATCH_FIRST and self._answer_local(msg)
+
+    def _answer_local(self, msg: bytes) -> bool:
+        """pgpool-II's SQL commands, answered by the session when nothing is owed."""
+        answer = self.owner.local_query(msg, self.status) if watched_text(msg[5:-1]) else None
+        if answer is None:
+            return False
+        self._out.append(answer)
+        return True
+
     def _hold(self, msg: bytes) -> None:
         self._held.append(msg)
         self._held_size += len(msg)
@@ -443,7 +465,8 @@ class TransactionStream:
         elif kind == _SYNC:
             self._unsynced = False
         if kind == _QUERY:
-            self._query(msg)
+            if self._expect or self._unsynced or not self._local_first(msg):
+                self._query(msg)
         elif kind == _PARSE:
             self._parse(msg)
         elif kind == _BIND:
