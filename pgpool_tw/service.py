@@ -615,7 +615,7 @@ class PgpoolService(MultiService):
         self.metrics_ports = []
         ports += [defer.maybeDeferred(p.stopListening) for p in self.pcp_ports]
         self.pcp_ports = []
-        self.pcp.close_all()
+        ports.append(self.pcp.closed(self.reactor, CLOSE_WAIT))
 
         def done(_: object) -> None:
             if stopped is not None:

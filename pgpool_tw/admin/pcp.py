@@ -88,24 +88,46 @@ class PcpService:
 
 
 class PcpFactory(Factory):
-    """PCP connections; ``close_all`` ends them when the service is done."""
+    """PCP connections; ``closed`` ends them when the service is done."""
 
     noisy = False
 
     def __init__(self, service: PcpService) -> None:
         self.service = service
         self.connections: set[PcpProtocol] = set()
+        self._all_gone: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> PcpProtocol:
         protocol = PcpProtocol(self.service, self)
         protocol.peer = _peer(addr)
         return protocol
 
-    def close_all(self) -> None:
+    def closed(self, reactor: Any, within: float) -> defer.Deferred[None]:
+        """Fires once every PCP connection has ended.  A client is given ``within``
+        seconds to read its last answer and say goodbye (pcp_stop_pgpool's program writes
+        its X after reading the answer, and dies of SIGPIPE if the socket is gone), then
+        cut."""
+        done: defer.Deferred[None] = defer.Deferred()
+        if not self.connections:
+            done.callback(None)
+            return done
+        self._all_gone.append(done)
+        cut = reactor.callLater(within, self._cut)
+        done.addBoth(lambda result: cut.cancel() if cut.active() else None)
+        return done
+
+    def _cut(self) -> None:
         for protocol in list(self.connections):
             transport: Any = protocol.transport
             if transport is not None:
                 transport.abortConnection()
+
+    def gone(self, protocol: PcpProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections:
+            waiting, self._all_gone = self._all_gone, []
+            for done in waiting:
+                done.callback(None)
 
 
 class _Fatal(Exception):
@@ -134,7 +156,7 @@ class PcpProtocol(Protocol):
             log.info("PCP: connection from {peer}", peer=self.peer)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.owner.connections.discard(self)
+        self.owner.gone(self)
         self._done = True
         if self.service.config().log_pcp_processes:
             log.info("PCP: connection from {peer} closed", peer=self.peer)
