@@ -238,7 +238,7 @@ class PcpProtocol(Protocol):
                 "PCP: {user} from {peer}: {command}",
                 user=self.user,
                 peer=self.peer,
-                command=handler.__name__.lstrip("_"),
+                command=handler.__name__,
             )
         return handler(self, body)
 
@@ -266,10 +266,10 @@ class PcpProtocol(Protocol):
 
     # -- the commands (each named as pgpool-II's tool) -------------------------------
 
-    def _pcp_node_count(self, body: bytes) -> Answer:
+    def pcp_node_count(self, body: bytes) -> Answer:
         return pcp.node_count_packet(len(self.service.snapshot().nodes))
 
-    def _pcp_node_info(self, body: bytes) -> Answer:
+    def pcp_node_info(self, body: bytes) -> Answer:
         text = _argument(body)
         snapshot = self.service.snapshot()
         index = _int(text)
@@ -283,7 +283,7 @@ class PcpProtocol(Protocol):
         total = sum(node.weight for node in snapshot.nodes) or 1.0
         return pcp.node_info_packets(_node_row(node, total, streaming) for node in nodes)
 
-    def _pcp_health_check_stats(self, body: bytes) -> Answer:
+    def pcp_health_check_stats(self, body: bytes) -> Answer:
         index = _int(_argument(body))
         node = next((n for n in self.service.snapshot().nodes if n.index == index), None)
         if node is None:
@@ -297,11 +297,11 @@ class PcpProtocol(Protocol):
         streaming = config.clustering_mode == "streaming_replication"
         return pcp.health_check_stats_packet(_health_row(node, stats, period, streaming))
 
-    def _pcp_proc_count(self, body: bytes) -> Answer:
+    def pcp_proc_count(self, body: bytes) -> Answer:
         clients, _ = self.service.connections()
         return pcp.process_count_packet([client.id for client in clients])
 
-    def _pcp_proc_info(self, body: bytes) -> Answer:
+    def pcp_proc_info(self, body: bytes) -> Answer:
         text = _argument(body)
         wanted = _int(text)
         clients, servers = self.service.connections()
@@ -313,10 +313,10 @@ class PcpProtocol(Protocol):
                 )
         return pcp.process_info_packets(_process_row(client, servers) for client in clients)
 
-    def _pcp_pool_status(self, body: bytes) -> Answer:
+    def pcp_pool_status(self, body: bytes) -> Answer:
         return pcp.pool_status_packets(_config_rows(self.service.config()))
 
-    def _pcp_detach_node(self, body: bytes) -> Answer:
+    def pcp_detach_node(self, body: bytes) -> Answer:
         index = _int(_argument(body))
         problem = self._node_problem(index)
         if problem is not None:
@@ -324,7 +324,7 @@ class PcpProtocol(Protocol):
         why = f"node {index} is already down, or backend_flag{index} disallows failover"
         return self._changed(self.service.detach(index), b"d", "could not detach the node", why)
 
-    def _pcp_attach_node(self, body: bytes) -> Answer:
+    def pcp_attach_node(self, body: bytes) -> Answer:
         index = _int(_argument(body))
         problem = self._node_problem(index)
         if problem is not None:
@@ -336,7 +336,7 @@ class PcpProtocol(Protocol):
             f"node {index} is not down",
         )
 
-    def _pcp_promote_node(self, body: bytes) -> Answer:
+    def pcp_promote_node(self, body: bytes) -> Answer:
         text = body.split(b"\0", 1)[0].decode("ascii", "replace")
         _, _, option = body.decode("ascii", "replace").partition(" ")
         switchover = option.lstrip("\0").startswith("s")
@@ -363,7 +363,7 @@ class PcpProtocol(Protocol):
             f"node {index} is down",
         )
 
-    def _pcp_reload_config(self, body: bytes) -> Answer:
+    def pcp_reload_config(self, body: bytes) -> Answer:
         if not self.service.reload():
             return pcp.error_packet(
                 "process reload config request failed",
@@ -371,7 +371,7 @@ class PcpProtocol(Protocol):
             )
         return pcp.command_complete(b"z")
 
-    def _pcp_stop_pgpool(self, body: bytes) -> Answer:
+    def pcp_stop_pgpool(self, body: bytes) -> Answer:
         mode = _MODES.get(body[:1].decode("ascii", "replace"))
         if mode is None:
             return pcp.error_packet(
@@ -403,18 +403,18 @@ class PcpProtocol(Protocol):
 
 
 _COMMANDS: dict[bytes, Callable[[PcpProtocol, bytes], Answer]] = {
-    b"L": PcpProtocol._pcp_node_count,
-    b"I": PcpProtocol._pcp_node_info,
-    b"H": PcpProtocol._pcp_health_check_stats,
-    b"N": PcpProtocol._pcp_proc_count,
-    b"P": PcpProtocol._pcp_proc_info,
-    b"B": PcpProtocol._pcp_pool_status,
-    b"D": PcpProtocol._pcp_detach_node,
-    b"C": PcpProtocol._pcp_attach_node,
-    b"J": PcpProtocol._pcp_promote_node,
-    b"Z": PcpProtocol._pcp_reload_config,
-    b"T": PcpProtocol._pcp_stop_pgpool,
-    b"t": PcpProtocol._pcp_stop_pgpool,  # cluster scope: without a watchdog, this pooler
+    b"L": PcpProtocol.pcp_node_count,
+    b"I": PcpProtocol.pcp_node_info,
+    b"H": PcpProtocol.pcp_health_check_stats,
+    b"N": PcpProtocol.pcp_proc_count,
+    b"P": PcpProtocol.pcp_proc_info,
+    b"B": PcpProtocol.pcp_pool_status,
+    b"D": PcpProtocol.pcp_detach_node,
+    b"C": PcpProtocol.pcp_attach_node,
+    b"J": PcpProtocol.pcp_promote_node,
+    b"Z": PcpProtocol.pcp_reload_config,
+    b"T": PcpProtocol.pcp_stop_pgpool,
+    b"t": PcpProtocol.pcp_stop_pgpool,  # cluster scope: without a watchdog, this pooler
 }
 
 _REFUSED: dict[bytes, tuple[str, str]] = {
