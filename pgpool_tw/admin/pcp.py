@@ -386,8 +386,9 @@ class PcpProtocol(Protocol):
     # -- helpers -------------------------------------------------------------------
 
     def _node_problem(self, index: int) -> Optional[bytes]:
-        count = len(self.service.snapshot().nodes)
-        if any(node.index == index for node in self.service.snapshot().nodes):
+        nodes = self.service.snapshot().nodes
+        count = len(nodes)
+        if any(node.index == index for node in nodes):
             return None
         return pcp.error_packet(
             "invalid node request",
