@@ -305,16 +305,16 @@ class PgpoolService(MultiService):
                 self.reactor,
             )
         )
-        self._load_pcp_users()
+        self._load_pcp_users(started=False)
 
-    def _load_pcp_users(self) -> None:
+    def _load_pcp_users(self, started: bool = True) -> None:
         """pcp.conf, at start and at each reload; its warnings when they changed."""
         path = pcp_path(self.config.path, self.pcp_file)
         if path is None:
             return  # built in code without pcp_file: no PCP port
         old, self.pcp_users = self.pcp_users, load_pcp_conf(path)
         if self.pcp_users is None:
-            if old is not None or not self.pcp_ports:
+            if old is not None or not started:  # said once, not at every reload
                 log.warn(
                     "{path} not found or not readable: the PCP port {state}",
                     path=path,

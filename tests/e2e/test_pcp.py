@@ -72,14 +72,17 @@ class TwistdPcpTests(SynchronousTestCase):
         self.assertEqual(pooler.wait_exit(30), 0)
 
     def test_no_pcp_conf_then_one_appears(self) -> None:
-        """Without pcp.conf one warning says the port does not listen; once pcp.conf is
-        written beside pgpool.conf, a reload opens it."""
+        """Without pcp.conf one warning says the port does not listen (a reload does not
+        repeat it); once pcp.conf is written beside pgpool.conf, a reload opens it."""
         pooler = self.pooler([]).start()
         pooler.wait_for_log("pcp.conf not found or not readable: the PCP port does not listen")
         refused = self.pcp("127.0.0.1", "secret", "pcp_node_count")
         self.assertNotEqual(refused.returncode, 0)
-        self.write(os.path.join(pooler.dir, "pcp.conf"), SECRET_MD5)
         assert pooler.proc is not None
+        pooler.proc.send_signal(signal.SIGHUP)  # still no pcp.conf: not said again
+        pooler.wait_for_log("configuration reloaded")
+        self.assertEqual(pooler.log_text().count("the PCP port does not listen"), 1)
+        self.write(os.path.join(pooler.dir, "pcp.conf"), SECRET_MD5)
         pooler.proc.send_signal(signal.SIGHUP)
         pooler.wait_for_log("PCP listening on")
         self.assertEqual(self.pcp("127.0.0.1", "secret", "pcp_node_count").stdout, "1\n")
