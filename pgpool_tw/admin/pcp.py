@@ -26,10 +26,8 @@ it is served by and its state).  Sessions the C lane serves alone (warm logins u
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import os
-import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -37,7 +35,8 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from pgpool_tw.admin.snapshot import ClientRow, NodeStats, ServerRow, Snapshot
+from pgpool_tw.admin import pcp_rows as rows
+from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot
 from pgpool_tw.config.pcpconf import PcpUsers
 from pgpool_tw.config.settings import Config
 from pgpool_tw.protocol import pcp
@@ -47,12 +46,7 @@ log = Logger()
 
 __all__ = ["PcpFactory", "PcpProtocol", "PcpService"]
 
-#: libpcp divides the weight it gets by RAND_MAX (pgpool-II keeps weights scaled by it).
-RAND_MAX = 2147483647
-_STATUS_NUMBERS = {"unused": 0, "waiting": 1, "up": 2, "down": 3}
-_ROLE_NUMBERS = {"main": 0, "replica": 1, "primary": 2, "standby": 3}
 _MODES = {"s": "smart", "f": "fast", "i": "immediate"}
-_HIDDEN = "********"
 
 Answer = Union[bytes, "defer.Deferred[bytes]"]
 
@@ -281,7 +275,7 @@ class PcpProtocol(Protocol):
                 return pcp.error_packet("informing node info failed", f"invalid node ID : {text}")
         streaming = self.service.config().clustering_mode == "streaming_replication"
         total = sum(node.weight for node in snapshot.nodes) or 1.0
-        return pcp.node_info_packets(_node_row(node, total, streaming) for node in nodes)
+        return pcp.node_info_packets(rows.node_row(node, total, streaming) for node in nodes)
 
     def pcp_health_check_stats(self, body: bytes) -> Answer:
         index = _int(_argument(body))
@@ -295,7 +289,7 @@ class PcpProtocol(Protocol):
         stats = self.service.health_stats().get(index)
         period = config.health_check_for(index).period
         streaming = config.clustering_mode == "streaming_replication"
-        return pcp.health_check_stats_packet(_health_row(node, stats, period, streaming))
+        return pcp.health_check_stats_packet(rows.health_row(node, stats, period, streaming))
 
     def pcp_proc_count(self, body: bytes) -> Answer:
         clients, _ = self.service.connections()
@@ -311,10 +305,10 @@ class PcpProtocol(Protocol):
                 return pcp.error_packet(
                     "informing process info failed", f"invalid process ID : {text}"
                 )
-        return pcp.process_info_packets(_process_row(client, servers) for client in clients)
+        return pcp.process_info_packets(rows.process_row(client, servers) for client in clients)
 
     def pcp_pool_status(self, body: bytes) -> Answer:
-        return pcp.pool_status_packets(_config_rows(self.service.config()))
+        return pcp.pool_status_packets(rows.config_rows(self.service.config()))
 
     def pcp_detach_node(self, body: bytes) -> Answer:
         index = _int(_argument(body))
@@ -454,149 +448,3 @@ def _peer(addr: Any) -> str:
     if host is not None:
         return f"{host}:{getattr(addr, 'port', '')}"
     return "unix socket"
-
-
-def _when(seconds: Optional[float]) -> str:
-    if not seconds:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-
-
-def _role_number(node: NodeStats, streaming: bool) -> int:
-    number = _ROLE_NUMBERS.get(node.role)
-    if number is None:  # not checked yet
-        return _ROLE_NUMBERS["standby" if streaming else "replica"]
-    return number
-
-
-def _node_row(node: NodeStats, total: float, streaming: bool) -> list[str]:
-    return [
-        node.host,
-        str(node.port),
-        str(_STATUS_NUMBERS.get(node.status, 1)),
-        "0",  # quarantine: no watchdog, no quarantine
-        node.pg_status,
-        f"{node.weight / total * RAND_MAX:f}",
-        str(_role_number(node, streaming)),
-        node.pg_role,
-        str(node.delay_bytes or 0),
-        node.replication_state,
-        node.replication_sync_state,
-        str(int(node.last_status_change)),
-    ]
-
-
-def _health_row(node: NodeStats, stats: Any, period: float, streaming: bool) -> list[str]:
-    role = "primary" if node.role == "primary" else "standby"
-    if not streaming:
-        role = "main" if node.role == "main" else "replica"
-    total = success = fail = skip = retries = max_retries = 0
-    max_ms = min_ms = 0
-    average_retries = average_ms = 0.0
-    last = last_ok = last_skip = last_failed = 0.0
-    if stats is not None:
-        total, success, fail = stats.total_count, stats.success_count, stats.fail_count
-        skip, retries, max_retries = stats.skip_count, stats.retry_count, stats.max_retry_count
-        max_ms, min_ms = int(stats.max_duration * 1000), int(stats.min_duration * 1000)
-        checked = total - skip
-        if period > 0 and checked > 0:
-            average_retries = retries / checked
-            average_ms = stats.total_duration * 1000 / checked
-        last, last_ok = stats.last_health_check, stats.last_successful_health_check
-        last_skip, last_failed = stats.last_skip_health_check, stats.last_failed_health_check
-    return [
-        str(node.index),
-        node.host,
-        str(node.port),
-        node.status,
-        role,
-        _when(node.last_status_change),
-        str(total),
-        str(success),
-        str(fail),
-        str(skip),
-        str(retries),
-        f"{average_retries:f}",
-        str(max_retries),
-        str(max_ms),
-        str(min_ms),
-        f"{average_ms:f}",
-        _when(last),
-        _when(last_ok),
-        _when(last_skip),
-        _when(last_failed),
-    ]
-
-
-def _process_row(client: ClientRow, servers: list[ServerRow]) -> list[str]:
-    """pgpool-II's POOL_REPORT_POOLS for one session (its own, not a child's pool slot)."""
-    server = next(
-        (
-            s
-            for s in servers
-            if (s.user, s.database) == (client.user, client.database) and s.state == "active"
-        ),
-        None,
-    )
-    connected = _when(client.connected_at)
-    return [
-        str(client.id),  # pool_pid: the session id
-        connected,  # process_start_time
-        "1",  # client_connection_count
-        "0",  # pool_id
-        str(server.node) if server is not None else "0",  # backend_id
-        client.database,
-        client.user,
-        _when(server.created) if server is not None else "",  # backend_connection_time
-        connected,  # client_connection_time
-        "",  # client_disconnection_time
-        "0",  # client_idle_duration
-        "3",  # pool_majorversion
-        "0",  # pool_minorversion
-        "1",  # pool_counter
-        str(server.pid) if server is not None else "0",  # pool_backendpid
-        "1",  # pool_connected
-        client.state,
-    ]
-
-
-def _config_rows(config: Config) -> list[tuple[str, str, str]]:
-    """pcp_pool_status: every setting with its running value; passwords never shown."""
-    rows: list[tuple[str, str, str]] = []
-    for field in dataclasses.fields(Config):
-        name = field.name
-        if name in ("path", "warnings", "given", "health_check_nodes"):
-            continue
-        value = getattr(config, name)
-        if name == "backends":
-            for node in value:
-                for key, text in (
-                    ("backend_hostname", node.hostname),
-                    ("backend_port", str(node.port)),
-                    ("backend_weight", f"{node.weight:g}"),
-                    ("backend_data_directory", node.data_directory),
-                    ("backend_flag", node.flag),
-                    ("backend_application_name", node.application_name),
-                ):
-                    rows.append((f"{key}{node.index}", text, f"{key} of node {node.index}"))
-        elif name == "health_check":
-            for sub in dataclasses.fields(value):
-                key = sub.name if sub.name == "connect_timeout" else f"health_check_{sub.name}"
-                text = _HIDDEN if sub.name == "password" else _text(getattr(value, sub.name))
-                rows.append((key, text, "health check of every node"))
-        elif dataclasses.is_dataclass(value):
-            continue  # derived objects (TLS, routing tables) are not settings
-        else:
-            text = _HIDDEN if "password" in name and value else _text(value)
-            rows.append((name, text, ""))
-    return rows
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(item) for item in value)
-    if isinstance(value, float) and value == int(value):
-        return str(int(value))
-    return "" if value is None else str(value)

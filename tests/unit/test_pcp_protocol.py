@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.admin.pcp import PcpFactory, PcpService
+from pgpool_tw.admin.pcp_rows import RAND_MAX
 from pgpool_tw.admin.snapshot import NodeStats, Snapshot
 from pgpool_tw.config.pcpconf import PcpUsers
 from pgpool_tw.config.settings import BackendNode, Config
@@ -212,7 +213,7 @@ class ConnectionTests(SynchronousTestCase):
         fields = got[1][1].split(b"\0")
         self.assertEqual(fields[0], b"NodeInfo")
         self.assertEqual(fields[1:5], [b"db1", b"5433", b"3", b"0"])
-        self.assertEqual(float(fields[6]) / pcp_rand_max(), 0.5)
+        self.assertEqual(float(fields[6]) / RAND_MAX, 0.5)
         self.assertEqual(fields[7:10], [b"3", b"standby", b"42"])
         self.assertEqual(got[2], (b"i", b"CommandComplete\0"))
         ((kind, body),) = h.send(request(b"I", b"7\0"))
@@ -250,9 +251,3 @@ class ConnectionTests(SynchronousTestCase):
         data = b"".join(body for _, body in h.send(request(b"B")))
         self.assertIn(b"sr_check_password\0********", data)
         self.assertNotIn(b"hunter2", data)
-
-
-def pcp_rand_max() -> int:
-    from pgpool_tw.admin.pcp import RAND_MAX
-
-    return RAND_MAX
