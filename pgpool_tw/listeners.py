@@ -93,6 +93,31 @@ def listen_tcp(
     return ports
 
 
+def listen_control(
+    reactor: Any,
+    addresses: tuple[str, ...],
+    port: int,
+    socket_dirs: tuple[str, ...],
+    factory: Any,
+) -> list[IListeningPort]:
+    """The PCP port: ``listen_tcp``, then ``.s.PGSQL.<port>`` in each of ``socket_dirs``
+    (with the bound port when ``port`` is 0), all or none; the socket is open to every
+    local user, as pgpool-II's (pcp.conf's password guards it)."""
+    ports = listen_tcp(reactor, addresses, port, factory)
+    if ports:
+        bound: Any = ports[0].getHost()
+        port = bound.port
+    try:
+        for directory in socket_dirs:
+            path = os.path.join(directory, f".s.PGSQL.{port}")
+            ports.append(reactor.listenUNIX(path, factory, mode=0o777, wantPID=True))
+    except CannotListenError as e:
+        for listening in ports:
+            listening.stopListening()
+        raise ListenError(f"cannot listen on {e.interface or e.port}: {e.socketError}") from e
+    return ports
+
+
 def describe(port: IListeningPort) -> str:
     """``host:port`` or the socket path, for the start-up log line."""
     address: Any = port.getHost()

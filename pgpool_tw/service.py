@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from pgpool_tw import systemd
 from pgpool_tw.admin.console import ConsoleService
 from pgpool_tw.admin.metrics import metrics_site
+from pgpool_tw.admin.pcp import PcpFactory, PcpService
 from pgpool_tw.admin.pgpool_show import PgpoolReports
 from pgpool_tw.admin.snapshot import Snapshot, take_connections, take_snapshot
 from pgpool_tw.checks.failover import Failover
@@ -42,11 +43,12 @@ from pgpool_tw.checks.sr_check import SrCheck
 from pgpool_tw.checks.status_file import read_status, status_path
 from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
+from pgpool_tw.config.pcpconf import PcpUsers, load_pcp_conf, pcp_path
 from pgpool_tw.config.report import plan_reload
 from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.lane.warm import WarmLane
-from pgpool_tw.listeners import describe, listen, listen_tcp
+from pgpool_tw.listeners import describe, listen, listen_control, listen_tcp
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
@@ -74,9 +76,11 @@ class PgpoolService(MultiService):
         handle_signals: bool = False,
         overrides: Optional[dict[str, Any]] = None,
         discard_status: bool = False,
+        pcp_file: str = "",
     ) -> None:
         """``overrides`` are settings given on the command line; a reload keeps them.
         ``discard_status``: ignore pgpool_status (every node starts up), as pgpool-II's -D.
+        ``pcp_file``: pcp.conf's path (pgpool-II's -F); '' is pcp.conf beside pgpool.conf.
 
         Raises AuthFilesError when enable_pool_hba is on and pool_hba.conf or
         pool_passwd cannot be used, TLSConfigError when a TLS file cannot.
@@ -144,7 +148,6 @@ class PgpoolService(MultiService):
             lambda: self.config,
             lambda: take_connections(factory, self.pool, self.warm),
             lambda: self.health_check.stats,
-            lambda: {node.index: node.last_status_change for node in factory.cluster},
         )
         self.ports: list[IListeningPort] = []
         #: The /metrics endpoint's listeners (metrics_listen_addresses), up until the end.
@@ -153,6 +156,7 @@ class PgpoolService(MultiService):
         self._ticker: Optional[LoopingCall] = None
         self._stopped: Optional[defer.Deferred[None]] = None
         self._port_stops: list[defer.Deferred[Any]] = []
+        self._init_pcp(pcp_file)
 
     def _load_status(self) -> None:
         """pgpool_status: nodes that were down when the pooler stopped stay down."""
@@ -279,6 +283,78 @@ class PgpoolService(MultiService):
                     listening.stopListening()
                 self.ports = []
                 raise
+        try:
+            self._listen_pcp()
+        except Exception:
+            for listening in self.ports + self.metrics_ports:
+                listening.stopListening()
+            self.ports, self.metrics_ports = [], []
+            raise
+
+    # -- PCP (admin/pcp.py): open while pcp.conf exists, closed last ------------------
+
+    def _init_pcp(self, pcp_file: str) -> None:
+        self.pcp_file = pcp_file
+        self.pcp_users: Optional[PcpUsers] = None
+        #: The PCP port's listeners (pcp_listen_addresses, pcp_socket_dir).
+        self.pcp_ports: list[IListeningPort] = []
+        self.pcp = PcpFactory(
+            PcpService(
+                self.snapshot,
+                lambda: self.config,
+                lambda: self.health_check.stats,
+                lambda: take_connections(self.factory, self.pool, self.warm),
+                self.detach_node,
+                self.attach_node,
+                self.promote_node,
+                self.reload,
+                self.shutdown,
+                lambda: self.pcp_users,
+                self.reactor,
+            )
+        )
+        self._load_pcp_users(started=False)
+
+    def _load_pcp_users(self, started: bool = True) -> None:
+        """pcp.conf, at start and at each reload; its warnings when they changed."""
+        path = pcp_path(self.config.path, self.pcp_file)
+        if path is None:
+            return  # built in code without pcp_file: no PCP port
+        old, self.pcp_users = self.pcp_users, load_pcp_conf(path)
+        if self.pcp_users is None:
+            if old is not None or not started:  # said once, not at every reload
+                log.warn(
+                    "{path} not found or not readable: the PCP port {state}",
+                    path=path,
+                    state="lets nobody in" if self.pcp_ports else "does not listen",
+                )
+            return
+        if old is None or old.warnings != self.pcp_users.warnings:
+            for warning in self.pcp_users.warnings:
+                log.warn("{line}", line=warning)
+
+    def _listen_pcp(self) -> None:
+        config = self.config
+        wanted = config.pcp_listen_addresses or config.pcp_socket_dirs
+        if self.pcp_ports or self.pcp_users is None or not wanted:
+            return
+        self.pcp_ports = listen_control(
+            self.reactor,
+            config.pcp_listen_addresses,
+            config.pcp_port,
+            config.pcp_socket_dirs,
+            self.pcp,
+        )
+        log.info("PCP listening on {where}", where=", ".join(describe(p) for p in self.pcp_ports))
+
+    @property
+    def pcp_port(self) -> Optional[int]:
+        """The PCP port's bound TCP port (useful with ``pcp_port = 0``), if it listens."""
+        for listening in self.pcp_ports:
+            address: Any = listening.getHost()
+            if hasattr(address, "port"):
+                return int(address.port)
+        return None
 
     @property
     def metrics_port(self) -> Optional[int]:
@@ -424,6 +500,12 @@ class PgpoolService(MultiService):
         self.factory.auth_files = auth_files
         self.factory.tls = tls
         self.apply(plan.config)
+        self._load_pcp_users()
+        if self.shutting_down is None:
+            try:
+                self._listen_pcp()  # pcp.conf may have appeared
+            except Exception as e:
+                log.error("PCP: {error}", error=str(e))
         log.info("configuration reloaded from {path}", path=path)
         self._notify("READY=1")
         return True
@@ -541,6 +623,9 @@ class PgpoolService(MultiService):
         ports, self._port_stops = self._port_stops, []
         ports += [defer.maybeDeferred(p.stopListening) for p in self.metrics_ports]
         self.metrics_ports = []
+        ports += [defer.maybeDeferred(p.stopListening) for p in self.pcp_ports]
+        self.pcp_ports = []
+        ports.append(self.pcp.closed(self.reactor, CLOSE_WAIT))
 
         def done(_: object) -> None:
             if stopped is not None:

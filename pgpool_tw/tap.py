@@ -20,6 +20,7 @@ from twisted.python import usage
 import pgpool_tw
 from pgpool_tw.cluster.cluster import settings_report
 from pgpool_tw.config.authfiles import AuthFilesError, load_auth_files
+from pgpool_tw.config.pcpconf import load_pcp_conf
 from pgpool_tw.config.settings import ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.engine import fastpoll
@@ -52,6 +53,7 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["hba-file", "a", None, "path of pool_hba.conf (overrides pool_hba_file)"],
+        ["pcp-file", "F", None, "path of pcp.conf (default: pcp.conf beside pgpool.conf)"],
         [
             "config",
             "c",
@@ -82,6 +84,13 @@ class Options(usage.Options):
         self["overrides"] = {}
         if self["hba-file"] is not None:
             self["overrides"]["pool_hba_file"] = os.path.abspath(self["hba-file"])
+        self["pcp_file"] = ""
+        if self["pcp-file"] is not None:
+            # Named on the command line: a file that cannot be read is a mistake, not a
+            # choice to run without PCP.
+            self["pcp_file"] = os.path.abspath(self["pcp-file"])
+            if load_pcp_conf(self["pcp_file"]) is None:
+                _refuse(f"{self['pcp_file']}: cannot read pcp.conf (-F)")
         try:
             load_auth_files(dataclasses.replace(settings, **self["overrides"]))
             load_tls(settings)
@@ -112,4 +121,5 @@ def makeService(options: Any) -> IService:
         handle_signals=True,
         overrides=options["overrides"],
         discard_status=bool(options["discard-status"]),
+        pcp_file=options.get("pcp_file", ""),
     )

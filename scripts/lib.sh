@@ -116,6 +116,44 @@ ensure_pgpool2_sample() {
     fi
 }
 
+# ensure_pcp_tools: put pgpool-II's pcp_* programs (Debian packages pgpool2 and libpgpool2)
+# on PATH for tests/integration/test_pcp.py.  When they are not installed, both .debs are
+# downloaded with apt-get and unpacked into the venv, never installed (pgpool2's server must
+# not start); PATH and LD_LIBRARY_PATH then point there.  Without apt the PCP tests skip.
+ensure_pcp_tools() {
+    if command -v pcp_node_count >/dev/null || [ -x /usr/sbin/pcp_node_count ]; then
+        export PATH="$PATH:/usr/sbin"
+        return 0
+    fi
+    local unpacked="$VENV/pgpool2"
+    if [ ! -x "$unpacked/usr/sbin/pcp_node_count" ] || ! ls "$unpacked"/usr/lib/libpcp.so* >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null; then
+            local download
+            download="$(mktemp -d)"
+            log "apt-get download pgpool2 libpgpool2 (unpacked into $unpacked, not installed)"
+            if ! (cd "$download" && apt-get download -q pgpool2 libpgpool2 </dev/null); then
+                if [ "$(id -u)" = 0 ] && [ -z "$_APT_UPDATED" ]; then
+                    apt-get update -q </dev/null && _APT_UPDATED=1
+                    (cd "$download" && apt-get download -q pgpool2 libpgpool2 </dev/null) || true
+                fi
+            fi
+            local deb
+            for deb in "$download"/*.deb; do
+                [ -f "$deb" ] || continue
+                mkdir -p "$unpacked"
+                dpkg-deb -x "$deb" "$unpacked"
+            done
+            rm -rf "$download"
+        fi
+    fi
+    if [ -x "$unpacked/usr/sbin/pcp_node_count" ]; then
+        export PATH="$PATH:$unpacked/usr/sbin"
+        export LD_LIBRARY_PATH="$unpacked/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    else
+        log "no pcp_* programs (package pgpool2): the PCP tests will skip"
+    fi
+}
+
 # ensure_jdbc_jar: the PostgreSQL JDBC driver (Debian package libpostgresql-jdbc-java,
 # /usr/share/java/postgresql.jar) for the JDBC tests in tests/e2e/test_transaction_drivers.py.
 # Optional: without root or apt the jar is not installed and those tests skip, as they do

@@ -14,14 +14,14 @@ Taken only when a client asks: nothing here touches a hot path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional
 
 from pgpool_tw import __version__
+from pgpool_tw.admin.pcp_rows import config_rows, health_row, process_row, when
 from pgpool_tw.admin.snapshot import ClientRow, NodeStats, ServerRow, Snapshot
 from pgpool_tw.checks.health import HealthStats
-from pgpool_tw.config.settings import Config, setting_items
+from pgpool_tw.config.settings import STREAMING_REPLICATION, Config
 
 __all__ = ["PgpoolReports"]
 
@@ -117,21 +117,19 @@ class PgpoolReports:
         config: Callable[[], Config],
         connections: Callable[[], tuple[list[ClientRow], list[ServerRow]]],
         health: Callable[[], Mapping[int, HealthStats]],
-        status_changes: Callable[[], Mapping[int, float]],
     ) -> None:
         self.snapshot = snapshot
         self.config = config
         self.connections = connections
         self.health = health
-        #: Node index -> when its status last changed (the epoch; 0: never).
-        self.status_changes = status_changes
 
     def rows(self, name: str) -> Optional[Rows]:
         if name == "pool_version":
             return ("pool_version",), [[f"{__version__} (pgpool-tw)"]]
-        if name == "pool_status":
-            items = setting_items(self.config())
-            return ("item", "value", "description"), [list(item) for item in items]
+        if name == "pool_status":  # pcp_pool_status's rows: passwords hidden
+            return ("item", "value", "description"), [
+                list(row) for row in config_rows(self.config())
+            ]
         if name == "pool_processes":
             return PROCESSES_COLUMNS, [_process(client) for client in self.connections()[0]]
         if name == "pool_pools":
@@ -154,117 +152,46 @@ class PgpoolReports:
         return POOLS_COLUMNS, rows
 
     def _health_check_stats(self) -> Rows:
-        stats, changes = self.health(), self.status_changes()
-        rows = []
+        """pcp_health_check_stats' fields, one row per node."""
+        config, stats = self.config(), self.health()
+        streaming = config.clustering_mode == STREAMING_REPLICATION
+        rows: list[list[Optional[str]]] = []
         for node in self.snapshot().nodes:
-            s = stats.get(node.index, HealthStats())
-            done = s.success_count + s.fail_count
-            rows.append(
-                [
-                    *_node_head(node),
-                    _when(changes.get(node.index, 0.0)),
-                    str(s.total_count),
-                    str(s.success_count),
-                    str(s.fail_count),
-                    str(s.skip_count),
-                    str(s.retry_count),
-                    f"{s.retry_count / done if done else 0.0:f}",
-                    str(s.max_retry_count),
-                    str(round(s.max_duration * 1000)),
-                    str(round(s.min_duration * 1000)),
-                    f"{s.total_duration * 1000 / done if done else 0.0:f}",
-                    _when(s.last_health_check),
-                    _when(s.last_successful_health_check),
-                    _when(s.last_skip_health_check),
-                    _when(s.last_failed_health_check),
-                ]
-            )
+            period = config.health_check_for(node.index).period
+            rows.append(list(health_row(node, stats.get(node.index), period, streaming)))
         return HEALTH_CHECK_COLUMNS, rows
-
-
-def _when(seconds: float) -> str:
-    """A moment as pgpool-II prints one (local time), or '' for never."""
-    if not seconds:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-
-
-def _node_head(node: NodeStats) -> list[Optional[str]]:
-    return [str(node.index), node.host, str(node.port), node.status, node.role]
 
 
 def _backend_stats(node: NodeStats) -> list[Optional[str]]:
     # Only reads routed to a node are counted; the other kinds are not kept: NULL.
-    return [*_node_head(node), str(node.select_count), *([None] * 8)]
+    head = [str(node.index), node.host, str(node.port), node.status, node.role]
+    return [*head, str(node.select_count), *([None] * 8)]
 
 
 def _process(client: ClientRow) -> list[Optional[str]]:
     return [
         str(client.id),
-        _when(client.connected_at),
+        when(client.connected_at),
         "1",
         client.database,
         client.user,
-        _when(client.server_created),
+        when(client.server_created),
         "1",
         _STATUS.get(client.activity, client.activity),
     ]
-
-
-def _split(address: str) -> tuple[str, str]:
-    host, _, port = address.rpartition(":")
-    return (host, port) if host else (address, "")
 
 
 def _pool_client(client: ClientRow) -> list[Optional[str]]:
-    host, port = _split(client.address)
-    has_server = client.server_pid != 0
-    return [
-        str(client.id),
-        _when(client.connected_at),
-        "1",
-        "0",
-        str(client.node) if has_server else "0",
-        client.database,
-        client.user,
-        _when(client.server_created),
-        _when(client.connected_at),
-        "",
-        "0",
-        "3",
-        "0",
-        "1",
-        str(client.server_pid),
-        "1" if has_server else "0",
-        _STATUS.get(client.activity, client.activity),
-        "0",
-        host,
-        port,
-        "",
-    ]
+    """pcp_proc_info's fields for the session, then SHOW pool_pools' own: pgpool-II's
+    status words, load_balance_node, the client's host and port, statement."""
+    host, _, port = client.address.rpartition(":")
+    if not host:
+        host, port = client.address, ""
+    row: list[Optional[str]] = list(process_row(client)[:16])
+    return [*row, _STATUS.get(client.activity, client.activity), "0", host, port, ""]
 
 
 def _pool_server(server: ServerRow) -> list[Optional[str]]:
-    return [
-        None,
-        "",
-        "0",
-        "0",
-        str(server.node),
-        server.database,
-        server.user,
-        _when(server.created),
-        "",
-        "",
-        "0",
-        "3",
-        "0",
-        "1",
-        str(server.pid),
-        "1",
-        "Idle",
-        "0",
-        "",
-        "",
-        "",
-    ]
+    created = when(server.created)
+    head = [None, "", "0", "0", str(server.node), server.database, server.user, created]
+    return head + ["", "", "0", "3", "0", "1", str(server.pid), "1", "Idle", "0", "", "", ""]

@@ -110,6 +110,12 @@ class NodeStats:
     delay_seconds: Optional[float]
     lagging: bool
     select_count: int
+    #: What the server said (up, down, unknown), pg_stat_replication's words for a
+    #: standby, and when role or status last changed (epoch seconds): pcp_node_info's.
+    pg_status: str = "unknown"
+    replication_state: str = ""
+    replication_sync_state: str = ""
+    last_status_change: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,10 @@ def _nodes(factory: FrontendFactory) -> tuple[NodeStats, ...]:
             node.delay_seconds,
             node.lagging,
             counts.get(node.index, 0),
+            node.pg_status,
+            node.replication_state,
+            node.replication_sync_state,
+            node.last_status_change,
         )
         for node in factory.cluster
     )

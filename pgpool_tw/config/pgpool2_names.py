@@ -152,16 +152,6 @@ FEATURES: tuple[Feature, ...] = (
         },
     ),
     Feature(
-        "PCP (pgpool-II's control port)",
-        None,
-        {
-            "pcp_listen_addresses": None,
-            "pcp_port": None,
-            "pcp_socket_dir": None,
-            "log_pcp_processes": "on",
-        },
-    ),
-    Feature(
         "process management",
         None,
         {

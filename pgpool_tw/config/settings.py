@@ -217,6 +217,14 @@ class Config:
     #: Where Prometheus scrapes /metrics (admin/metrics.py); empty: no endpoint.
     metrics_listen_addresses: tuple[str, ...] = ()
     metrics_port: int = 9719
+    #: pgpool-II's PCP port (admin/pcp.py), open only when pcp.conf exists.  pgpool-II's
+    #: default address is '*'; here 'localhost', since PCP's md5 login travels in clear
+    #: text and its commands stop the pooler and detach nodes.
+    pcp_listen_addresses: tuple[str, ...] = ("localhost",)
+    pcp_port: int = 9898
+    pcp_socket_dirs: tuple[str, ...] = ("/tmp",)
+    #: Log each PCP connection and command (pgpool-II: each PCP process's start and end).
+    log_pcp_processes: bool = True
     #: PgBouncer's: the users the admin console lets in, with every command, or with the
     #: SHOW commands only.
     admin_users: tuple[str, ...] = ()
@@ -264,6 +272,9 @@ RESTART_REQUIRED: frozenset[str] = frozenset(
         "socket_dirs",
         "metrics_listen_addresses",
         "metrics_port",
+        "pcp_listen_addresses",
+        "pcp_port",
+        "pcp_socket_dirs",
         "backends",
         "clustering_mode",
         "load_balance_mode",
@@ -419,6 +430,13 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
         Kind(split_on(","), "expected a comma-separated list of addresses, '*' or ''"),
     ),
     "metrics_port": ("metrics_port", integer(0, 65535)),
+    "pcp_listen_addresses": (
+        "pcp_listen_addresses",
+        Kind(split_on(","), "expected a comma-separated list of addresses, '*' or ''"),
+    ),
+    "pcp_port": ("pcp_port", integer(0, 65535)),
+    "pcp_socket_dir": ("pcp_socket_dirs", DIRECTORIES),
+    "log_pcp_processes": ("log_pcp_processes", BOOLEAN),
     "admin_users": ("admin_users", Kind(split_on(","), "expected a comma-separated list of users")),
     "stats_users": ("stats_users", Kind(split_on(","), "expected a comma-separated list of users")),
 }
@@ -469,22 +487,23 @@ def value_text(value: Any) -> str:
 
 def setting_items(config: Config) -> list[tuple[str, str, str]]:
     """(name, value, where it came from) for every pgpool.conf setting pgpool-tw reads,
-    by name: PGPOOL SHOW ALL and SHOW pool_status."""
+    by name, passwords hidden: PGPOOL SHOW ALL."""
     given = dict(config.given)
     return [
-        (
-            name,
-            value_text(getattr(config, field_name)),
-            "set in pgpool.conf" if name in given else "default",
-        )
-        for name, (field_name, _) in sorted(_SETTINGS.items())
+        (name, shown, "set in pgpool.conf" if name in given else "default")
+        for name in sorted(_SETTINGS)
+        for shown in (setting_text(config, name) or "",)
     ]
 
 
 def setting_text(config: Config, name: str) -> Optional[str]:
-    """Setting ``name``'s value as text, or None when pgpool-tw does not read it."""
+    """Setting ``name``'s value as text (a password hidden), or None when pgpool-tw
+    does not read it."""
     entry = _SETTINGS.get(name)
-    return value_text(getattr(config, entry[0])) if entry is not None else None
+    if entry is None:
+        return None
+    value = getattr(config, entry[0])
+    return "********" if "password" in name and value else value_text(value)
 
 
 def _convert(kind: Kind, value: str, where: str, name: str) -> Any:

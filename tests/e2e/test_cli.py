@@ -174,7 +174,8 @@ class FirstMinuteTests(SynchronousTestCase):
         output = pooler.log_text()
         self.assertNotIn("unknown setting", output)
         features = [line for line in output.splitlines() if " not used yet" in line]
-        self.assertTrue(2 <= len(features) <= 12, output)
+        self.assertTrue(1 <= len(features) <= 12, output)
+        self.assertNotIn("pcp_", "\n".join(features))  # PCP is read now
         # Load balancing is used now: its settings are not reported (pgpool-II's stock
         # values are what pgpool-tw does).
         self.assertEqual([f for f in features if ": load balancing: " in f], [], output)

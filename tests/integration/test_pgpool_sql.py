@@ -91,7 +91,7 @@ class PgpoolSqlTests(PoolerTestCase):
         self.assertIn("(pgpool-tw)", version)
         status = yield self.in_thread(run, "SHOW pool_status")
         self.assertTrue(status.startswith("item|value|description\n"), status)
-        self.assertIn("\nnum_init_children|32|default\n", status)
+        self.assertIn("\nnum_init_children|32|\n", status)
         processes = yield self.in_thread(run, "SHOW pool_processes")
         self.assertIn(f"|{db}|{user}|", processes)  # psql's own session
         words = {line.rsplit("|", 1)[-1] for line in processes.splitlines()[1:-1]}

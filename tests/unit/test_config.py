@@ -71,6 +71,9 @@ class DefaultsTests(SynchronousTestCase):
                 "socket_dirs",
                 "metrics_listen_addresses",
                 "metrics_port",
+                "pcp_listen_addresses",
+                "pcp_port",
+                "pcp_socket_dirs",
                 "backends",
                 "clustering_mode",
                 "load_balance_mode",
@@ -549,6 +552,7 @@ class SampleTests(SynchronousTestCase):
         "backends": "backend_hostname0",
         "clustering_mode": "backend_clustering_mode",
         "health_check": "health_check_period",
+        "pcp_socket_dirs": "pcp_socket_dir",
     }
 
     def test_sample_parses_without_warnings(self) -> None:

@@ -31,7 +31,7 @@ class UnusedTests(SynchronousTestCase):
         config = parse_config(
             "recovery_1st_stage_command = 'recovery_1st_stage'\n"
             "ignore_leading_white_space = off\n"
-            "pcp_port = 9898\n"
+            "reserved_connections = 1\n"
             "dml_adaptive_object_relationship_list = 't1:t2'\n",
         )
         self.assertEqual(
@@ -40,7 +40,7 @@ class UnusedTests(SynchronousTestCase):
                 "pgpool.conf: load balancing: ignore_leading_white_space, "
                 "dml_adaptive_object_relationship_list not used yet",
                 "pgpool.conf: online recovery: recovery_1st_stage_command not used yet",
-                "pgpool.conf: PCP (pgpool-II's control port): pcp_port not used yet",
+                "pgpool.conf: process management: reserved_connections not used yet",
             ],
         )
 
@@ -148,12 +148,12 @@ class UnusedTests(SynchronousTestCase):
 
     def test_reload_repeats_only_changed_features(self) -> None:
         """On reload a feature's line comes back only when one of its settings changed."""
-        text = "ignore_leading_white_space = off\npcp_port = 9898\n"
+        text = "ignore_leading_white_space = off\nreserved_connections = 1\n"
         running = parse_config(text)
         self.assertEqual(unused_lines(parse_config("\n\n" + text), running), [])
-        changed = unused_lines(parse_config(text.replace("9898", "9899")), running)
+        changed = unused_lines(parse_config(text.replace("= 1", "= 2")), running)
         self.assertEqual(len(changed), 1)
-        self.assertIn("pcp_port", changed[0])
+        self.assertIn("reserved_connections", changed[0])
 
 
 class ReloadPlanTests(SynchronousTestCase):
@@ -286,10 +286,9 @@ class DebianFileTests(SynchronousTestCase):
         config = load_config(path)
         self.assertEqual(config.warnings, ())
         lines = unused_lines(config)
-        self.assertTrue(2 <= len(lines) <= 12, lines)
-        self.assertTrue(any("pcp_port" in line for line in lines), lines)
-        # Health check and failover are read now: neither is reported.
-        read = r"health_check_|connect_timeout|fail_?over_|failback|follow_|logdir"
+        self.assertTrue(1 <= len(lines) <= 12, lines)
+        # Health check, failover and PCP are read now: none is reported.
+        read = r"health_check_|connect_timeout|fail_?over_|failback|follow_|logdir|pcp_"
         self.assertIsNone(re.search(read, "\n".join(lines)), lines)
         self.assertFalse(any("load balancing" in line for line in lines), lines)
         self.assertTrue(all(line.startswith(f"{path}: ") for line in lines), lines)
