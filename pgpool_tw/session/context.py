@@ -105,6 +105,9 @@ class SessionContext:
         self.warm: Optional[WarmLogins] = None
         #: The admin console (service.py sets it; None: console logins are refused).
         self.console: Optional[AdminConsole] = None
+        #: A drain is under way (service.py): every session, new ones included, ends at
+        #: its next transaction boundary (``Session.drain``).
+        self.draining = False
         self._login_deadlines: dict[float, Deadlines] = {}
         #: Reads sent to each node since start (SHOW pool_nodes' select_cnt).
         self.select_counts: dict[int, int] = {}
