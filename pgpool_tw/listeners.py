@@ -60,6 +60,7 @@ def listen(reactor: Any, config: Config, factory: Factory) -> tuple[list[IListen
     tuned: list[bool] = []
     try:
         for interface in expand_addresses(config.listen_addresses):
+            listening: Any
             if config.so_reuseport:
                 listening = listen_reuseport(reactor, port, factory, interface)
             else:

@@ -111,6 +111,11 @@ class PgpoolService(MultiService):
             self.factory.kill_database,
             self.factory.kill_client,
             self.factory.reconnect,
+            drain=self.drain,
+            smart=lambda: self.shutdown(SMART),
+            pause=self.pause,
+            resume=self.factory.resume_sessions,
+            wait_close=self.wait_close,
         )
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)
@@ -153,6 +158,8 @@ class PgpoolService(MultiService):
         self._port_stops: list[defer.Deferred[Any]] = []
         #: The next look of a smart shutdown's or a drain's wait.
         self._wait_call: Optional[Any] = None
+        #: The next looks of the console's PAUSE and WAIT_CLOSE (``_when``).
+        self._looks: dict[defer.Deferred[None], Any] = {}
 
     def _load_status(self) -> None:
         """pgpool_status: nodes that were down when the pooler stopped stay down."""
@@ -441,6 +448,44 @@ class PgpoolService(MultiService):
         if ticker_changed and self._ticker is not None and self._ticker.running:
             self._start_ticker()
 
+    def pause(self, database: Optional[str] = None) -> defer.Deferred[None]:
+        """The console's PAUSE [db]: sessions of ``database`` (None: every one) get no
+        server until ``resume`` (``SessionContext.pause_sessions``); fires once none of its
+        server connections is left (session mode: when their clients have left;
+        transaction mode: at the end of the transactions under way)."""
+        self.factory.pause_sessions(database)
+        return self._when(lambda: not self._servers_of(database))
+
+    def resume(self, database: Optional[str] = None) -> Optional[str]:
+        """RESUME [db]: what PAUSE held carries on; why it cannot, or None."""
+        return self.factory.resume_sessions(database)
+
+    def wait_close(self, database: Optional[str] = None) -> defer.Deferred[None]:
+        """The console's WAIT_CLOSE [db]: fires once the servers RECONNECT (or a node's
+        change) marked to close are closed."""
+        return self._when(lambda: not any(s.stale for s in self._servers_of(database)))
+
+    def _servers_of(self, database: Optional[str]) -> list[Any]:
+        return [
+            server
+            for server in self.factory.servers.live
+            if database is None or server.startup.database == database
+        ]
+
+    def _when(self, done: Any) -> defer.Deferred[None]:
+        """Fires when ``done()`` holds, looking every 50 ms (a stop fires it too)."""
+        fired: defer.Deferred[None] = defer.Deferred()
+
+        def look() -> None:
+            self._looks.pop(fired, None)
+            if done() or self._stopped is None and self.shutting_down is not None:
+                fired.callback(None)
+            else:
+                self._looks[fired] = self.reactor.callLater(0.05, look)
+
+        look()
+        return fired
+
     def close_idle(self) -> int:
         """SIGUSR1: close idle pooled server connections (pgpool-II's close_idle_connection)."""
         closed = self.pool.close_idle()
@@ -539,7 +584,12 @@ class PgpoolService(MultiService):
                 return
             self.shutdown(FAST)  # fast closes the pool, and whatever client is left
 
-        check()
+        if mode == DRAIN:
+            # A turn first: the console's SHUTDOWN WAIT_FOR_SERVERS is answered before
+            # the console itself is closed.
+            self._wait_call = self.reactor.callLater(0, check)
+        else:
+            check()
 
     def _when_all_closed(self, within: float) -> None:
         deadline = self.reactor.seconds() + within
@@ -563,6 +613,10 @@ class PgpoolService(MultiService):
         wait, self._wait_call = self._wait_call, None
         if wait is not None and wait.active():
             wait.cancel()  # a smart or drain wait a harder mode overtook
+        looks, self._looks = self._looks, {}
+        for fired, call in looks.items():
+            call.cancel()
+            fired.callback(None)  # the console that asked is closed by now
         # The tick ran until now: client_idle_limit and the life times still apply
         # while a smart shutdown waits.
         if self._ticker is not None and self._ticker.running:

@@ -130,6 +130,7 @@ class WarmLane:
             and not config.log_connections
             and config.client_idle_limit <= 0
             and not self.factory.routes
+            and not self.factory.pause.active
         )
 
     def forget(self) -> None:

@@ -221,6 +221,11 @@ class FrontendProtocol(Protocol):
         if self._tx is not None:
             self._tx.arm(tag)
 
+    def tx_disarm(self) -> None:
+        """PAUSE: the client's next chunk is Python's (which holds its transaction)."""
+        if self._tx is not None:
+            self._tx.disarm()
+
     def tx_hold(self, server: BackendProtocol) -> bool:
         """A pinned client's server kept on the lane between its transactions; False
         when the client or the server is not on the C loop (Twisted reads both)."""

@@ -390,6 +390,13 @@ class Session:
         """A client slot is ours: reuse a pooled server connection or open one."""
         if self.state == CLOSED:
             return
+        pause = self.context.pause
+        if pause.active and self.startup is not None and pause.paused(self.startup.database):
+            # PAUSE: connected, waiting for RESUME (no login timer meanwhile).
+            self._stop_timer()
+            self._move(WAITING)
+            pause.hold(self.startup.database, self.admitted)
+            return
         if self.state == WAITING:
             self._start_timer()  # it waited for the slot; the login's time starts again
         # Until a server is attached, client bytes are kept, never parsed as startup.
@@ -668,6 +675,10 @@ class Session:
         primary (the session's own key)."""
         key = self.key
         assert key is not None and self.startup is not None
+        pause = self.context.pause
+        if pause.active and pause.paused(self.startup.database):
+            pause.hold(self.startup.database, lambda: self._want_resumed(first))
+            return
         if self._tx_lb is not None:
             if not self._tx_only_reads(first):
                 self._tx_wrote = self.context.cluster.rounds
@@ -677,6 +688,10 @@ class Session:
         auth = check.login.backend_auth() if check is not None else None
         borrow = self._borrow = Borrow(self, key, auth)
         borrow.start()
+
+    def _want_resumed(self, first: bytes) -> None:
+        if self.state == RELAY and self.tx is not None:
+            self.want_server(first)
 
     def _tx_only_reads(self, first: bytes) -> bool:
         """The transaction ``first`` starts is one autocommit statement that only reads
@@ -734,6 +749,9 @@ class Session:
         if self._draining:
             self._drain_soon()
             return
+        pause = self.context.pause
+        if pause.active and self.startup is not None and pause.paused(self.startup.database):
+            return  # PAUSE: the next transaction asks Python, which holds it
         stream = self.tx
         if stream is not None and stream.quiet and self.state == RELAY:
             self.io.tx_arm(-1 if stream.wanted else settings_tag(stream.application_name))

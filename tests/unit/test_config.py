@@ -71,6 +71,7 @@ class DefaultsTests(SynchronousTestCase):
                 "socket_dirs",
                 "metrics_listen_addresses",
                 "metrics_port",
+                "so_reuseport",
                 "backends",
                 "clustering_mode",
                 "load_balance_mode",
@@ -122,6 +123,8 @@ class SettingTests(SynchronousTestCase):
             ("connection_cache = off", "connection_cache", False),
             ("reset_query_list = 'ABORT'", "reset_query_list", ("ABORT",)),
             ("log_connections = on", "log_connections", True),
+            ("drain_timeout = '2min'", "drain_timeout", 120.0),
+            ("so_reuseport = on", "so_reuseport", True),
         ]
         for text, field, expected in cases:
             self.assertSetting(text, field, expected)
