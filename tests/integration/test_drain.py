@@ -8,12 +8,14 @@ import socket
 from collections.abc import Generator
 from typing import Any
 
+from twisted.internet import threads
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
 from pgpool_tw.session.machine import DRAIN_TEXT
 from tests.integration.harness import PoolerTestCase, RawClient, error_fields, error_of, eventually
+from tests.integration.test_routing import RoutingCase, on_the_c_loop
 
 Steps = Generator[Deferred[Any], Any, None]
 
@@ -135,3 +137,52 @@ class CLoopDrainTests(DrainTests):
 class CLoopTransactionDrainTests(DrainTests):
     c_loop = True
     pool_mode = "transaction"
+
+
+class RoutedDrainTests(RoutingCase):
+    """Routed sessions (a primary and a streaming replica): the stream's idle
+    ReadyForQuery is the boundary."""
+
+    c_loop = False
+
+    def setUp(self) -> None:
+        super().setUp()
+        if self.c_loop:
+            on_the_c_loop(self)
+
+    @inlineCallbacks
+    def test_routed_sessions_end_at_their_boundaries(self) -> Steps:
+        """An idle routed client ends at once; one in a transaction commits first."""
+        service = self.start_pooler()
+        user, db = self.database()
+
+        def clients() -> tuple[RawClient, RawClient]:
+            idle = RawClient(service.port)
+            idle.startup(user=user, database=db)
+            for _ in range(3):  # the router learns the shape, then takes it
+                self.assertFalse(error_fields(idle.query("select 1")))
+            busy = RawClient(service.port)
+            busy.startup(user=user, database=db)
+            self.assertFalse(error_fields(busy.query("select 1")))
+            self.assertFalse(error_fields(busy.query("begin")))
+            return idle, busy
+
+        idle, busy = yield self.in_thread(clients)
+        stopped = service.drain()
+        raw = yield self.in_thread(idle.read_all)
+        idle.close(terminate=False)
+        self.assertEqual(error_of(raw).get("M"), DRAIN_TEXT, raw)
+        self.assertEqual(busy.status, m.IN_TRANSACTION)
+        answer = yield self.in_thread(until_closed, busy, "commit")
+        busy.close(terminate=False)
+        answered, fatal = after_ready(answer)
+        self.assertFalse(error_fields(answer[: len(answered)]))
+        self.assertEqual(fatal.get("C"), "57P01", answer)
+        self.assertTrue((yield eventually(lambda: stopped.called)))
+
+    def in_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
+        return threads.deferToThread(fn, *args)
+
+
+class CLoopRoutedDrainTests(RoutedDrainTests):
+    c_loop = True
