@@ -14,7 +14,14 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
 from pgpool_tw.session.machine import DRAIN_TEXT
-from tests.integration.harness import PoolerTestCase, RawClient, error_fields, error_of, eventually
+from tests.integration.harness import (
+    PoolerTestCase,
+    RawClient,
+    error_fields,
+    error_of,
+    eventually,
+    sleep,
+)
 from tests.integration.test_routing import RoutingCase, on_the_c_loop
 
 Steps = Generator[Deferred[Any], Any, None]
@@ -124,6 +131,51 @@ class DrainTests(PoolerTestCase):
         self.assertNotEqual(fields.get("M"), DRAIN_TEXT)  # the fast shutdown's words
         self.assertTrue((yield eventually(lambda: stopped.called)))
         self.assertEqual(service.shutting_down, "fast")
+
+
+class WarmDrainTests(PoolerTestCase):
+    """Sessions the C lane logged in (warm logins) are handed to Python and drained."""
+
+    c_loop = True
+
+    @inlineCallbacks
+    def test_warm_sessions_are_drained(self) -> Steps:
+        """A warm session that spoke ends at once; a fresh one after its first answer."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        warm = service.factory.warm
+        self.assertIsNotNone(warm, "the C loop runs, so the service must have a warm lane")
+        assert warm is not None
+        lane = warm.lane  # type: ignore[attr-defined]
+        for _ in range(2):  # Python learns the login, then lends its server to the lane
+            client = yield self.in_thread(RawClient, service.port)
+            yield self.in_thread(client.startup, user=user, database=db)
+            yield self.in_thread(client.close)
+            self.assertTrue((yield eventually(lambda: service.pool.idle_count >= 1)))
+            yield sleep(0.1)
+        hits = lane.hits
+
+        def two() -> tuple[RawClient, RawClient]:
+            spoke = RawClient(service.port)
+            spoke.startup(user=user, database=db)
+            self.assertFalse(error_fields(spoke.query("select 1")))
+            fresh = RawClient(service.port)
+            fresh.startup(user=user, database=db)
+            return spoke, fresh
+
+        # Two servers parked for the two: the second login of each key lends one.
+        spoke, fresh = yield self.in_thread(two)
+        self.assertEqual(lane.hits, hits + 1)  # the first is the lane's (one server parked)
+        stopped = service.drain()
+        raw = yield self.in_thread(spoke.read_all)
+        spoke.close(terminate=False)
+        self.assertEqual(error_of(raw).get("M"), DRAIN_TEXT, raw)
+        answer = yield self.in_thread(until_closed, fresh, "select 2")
+        fresh.close(terminate=False)
+        answered, fatal = after_ready(answer)
+        self.assertIn(ord("D"), answered)
+        self.assertEqual(fatal.get("C"), "57P01", answer)
+        self.assertTrue((yield eventually(lambda: stopped.called)))
 
 
 class TransactionDrainTests(DrainTests):
