@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, inlineCallbacks
 
+from pgpool_tw.listeners import ListenError
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.service import PgpoolService
 from pgpool_tw.session.machine import DRAIN_TEXT
@@ -131,6 +132,32 @@ class DrainTests(PoolerTestCase):
         self.assertNotEqual(fields.get("M"), DRAIN_TEXT)  # the fast shutdown's words
         self.assertTrue((yield eventually(lambda: stopped.called)))
         self.assertEqual(service.shutting_down, "fast")
+
+
+class ReusePortTests(PoolerTestCase):
+    def test_two_poolers_share_a_port_with_so_reuseport(self) -> None:
+        """so_reuseport lets a second pooler bind the first one's port; without it, the
+        second fails to start with a line naming the address."""
+        first = self.start_pooler(so_reuseport=True)
+        second = self.start_pooler(so_reuseport=True, port=first.port)
+        self.assertEqual(second.port, first.port)
+        with self.assertRaises(ListenError) as caught:
+            self.start_pooler(port=first.port)
+        self.assertIn(f"127.0.0.1:{first.port}", str(caught.exception))
+
+    @inlineCallbacks
+    def test_the_second_pooler_serves_once_the_first_drained(self) -> Steps:
+        """After the first pooler drains, logins on the shared port reach the second."""
+        first = self.start_pooler(so_reuseport=True)
+        second = self.start_pooler(so_reuseport=True, port=first.port)
+        user, db = self.role_and_db()
+        port = first.port
+        yield first.drain()
+        client = yield self.in_thread(RawClient, port)
+        answer = yield self.in_thread(client.startup, user=user, database=db)
+        self.assertFalse(error_fields(answer))
+        self.assertEqual(len(second.factory.clients), 1)
+        yield self.in_thread(client.close)
 
 
 class WarmDrainTests(PoolerTestCase):
