@@ -60,7 +60,11 @@ def listen(reactor: Any, config: Config, factory: Factory) -> tuple[list[IListen
     tuned: list[bool] = []
     try:
         for interface in expand_addresses(config.listen_addresses):
-            listening = reactor.listenTCP(port, factory, backlog=1024, interface=interface)
+            listening: Any
+            if config.so_reuseport:
+                listening = listen_reuseport(reactor, port, factory, interface)
+            else:
+                listening = reactor.listenTCP(port, factory, backlog=1024, interface=interface)
             ports.append(listening)
             tuned.append(tune_listener(listening))
             port = listening.getHost().port
@@ -73,6 +77,28 @@ def listen(reactor: Any, config: Config, factory: Factory) -> tuple[list[IListen
         where = f"{e.interface or '*'}:{e.port}"
         raise ListenError(f"cannot listen on {where}: {e.socketError}") from e
     return ports, all(tuned)
+
+
+def listen_reuseport(reactor: Any, port: int, factory: Factory, interface: str) -> IListeningPort:
+    """A TCP listener with SO_REUSEPORT (PgBouncer's so_reuseport): another pooler may bind
+    the same address and port, and the kernel shares new connections between them, so one
+    can drain while the other takes over.  Twisted's listenTCP cannot set the option before
+    bind; the socket is made here and handed over with ``adoptStreamPort`` (public API).
+    Raises CannotListenError as listenTCP would."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    skt = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        skt.bind((interface, port))
+        skt.listen(1024)
+        skt.setblocking(False)
+        listening: IListeningPort = reactor.adoptStreamPort(skt.fileno(), family, factory)
+    except OSError as e:
+        raise CannotListenError(interface, port, e) from e
+    finally:
+        skt.close()  # adoptStreamPort keeps its own copy of the descriptor
+    return listening
 
 
 def listen_tcp(
@@ -116,6 +142,17 @@ def listen_control(
             listening.stopListening()
         raise ListenError(f"cannot listen on {e.interface or e.port}: {e.socketError}") from e
     return ports
+
+
+def accept_backlog(port: IListeningPort) -> None:
+    """Accept the connections waiting in ``port``'s backlog now (``doRead``, what the
+    reactor calls when the socket is readable; one call takes up to Twisted's
+    ``numberAccepts`` of them): closing the socket would reset them, where a drain wants
+    them served.  A connection that arrives between this and the close is still reset
+    (Linux's ``net.ipv4.tcp_migrate_req = 1`` hands it to another SO_REUSEPORT socket)."""
+    do_read = getattr(port, "doRead", None)
+    if do_read is not None and port.fileno() >= 0:  # type: ignore[attr-defined]
+        do_read()
 
 
 def describe(port: IListeningPort) -> str:

@@ -11,6 +11,10 @@ Signals, as pgpool-II's: SIGHUP reloads the configuration; SIGTERM is a smart
 shutdown (stop listening, let sessions finish, bounded by
 ``smart_shutdown_timeout``); SIGINT a fast one (clients get FATAL 57P01, servers
 a Terminate); SIGQUIT an immediate one; SIGUSR1 closes idle server connections.
+SIGUSR2 (pgpool-tw's; pgpool-II has no drain) drains for a rolling restart: stop
+listening, end each client with FATAL 57P01 at its next transaction boundary, and exit
+when the last is gone (fast after ``drain_timeout``); the console's ``SHUTDOWN
+WAIT_FOR_SERVERS`` does the same.
 
 Nodes: the health check (checks/health.py) and failover (checks/failover.py) run in every
 mode; ``detach_node``, ``attach_node`` and ``promote_node`` are pcp_detach_node,
@@ -48,7 +52,7 @@ from pgpool_tw.config.report import plan_reload
 from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.lane.warm import WarmLane
-from pgpool_tw.listeners import describe, listen, listen_control, listen_tcp
+from pgpool_tw.listeners import accept_backlog, describe, listen, listen_control, listen_tcp
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
@@ -58,7 +62,10 @@ log = Logger()
 #: How long a stop waits for connections to close before aborting them.
 CLOSE_WAIT = 5.0
 
-SMART, FAST, IMMEDIATE = "smart", "fast", "immediate"
+SMART, DRAIN, FAST, IMMEDIATE = "smart", "drain", "fast", "immediate"
+
+#: Shutdown modes from the gentlest: a later one may only be harder.
+_ORDER = (None, SMART, DRAIN, FAST, IMMEDIATE)
 
 
 class PgpoolService(MultiService):
@@ -109,6 +116,11 @@ class PgpoolService(MultiService):
             self.factory.kill_database,
             self.factory.kill_client,
             self.factory.reconnect,
+            drain=self.drain,
+            smart=lambda: self.shutdown(SMART),
+            pause=self.pause,
+            resume=self.factory.resume_sessions,
+            wait_close=self.wait_close,
         )
         self.factory.auth_files = load_auth_files(config)
         self.factory.tls = load_tls(config)
@@ -157,6 +169,10 @@ class PgpoolService(MultiService):
         self._stopped: Optional[defer.Deferred[None]] = None
         self._port_stops: list[defer.Deferred[Any]] = []
         self._init_pcp(pcp_file)
+        #: The next look of a smart shutdown's or a drain's wait.
+        self._wait_call: Optional[Any] = None
+        #: The next looks of the console's PAUSE and WAIT_CLOSE (``_when``).
+        self._looks: dict[defer.Deferred[None], Any] = {}
 
     def _load_status(self) -> None:
         """pgpool_status: nodes that were down when the pooler stopped stay down."""
@@ -452,6 +468,7 @@ class PgpoolService(MultiService):
             signal.SIGINT: lambda: self.shutdown(FAST),
             signal.SIGQUIT: lambda: self.shutdown(IMMEDIATE),
             signal.SIGUSR1: self.close_idle,
+            signal.SIGUSR2: self.drain,
         }
         for number, action in actions.items():
             if not only or number in only:
@@ -524,26 +541,76 @@ class PgpoolService(MultiService):
         if ticker_changed and self._ticker is not None and self._ticker.running:
             self._start_ticker()
 
+    def pause(self, database: Optional[str] = None) -> defer.Deferred[None]:
+        """The console's PAUSE [db]: sessions of ``database`` (None: every one) get no
+        server until ``resume`` (``SessionContext.pause_sessions``); fires once none of its
+        server connections is left (session mode: when their clients have left;
+        transaction mode: at the end of the transactions under way)."""
+        self.factory.pause_sessions(database)
+        return self._when(lambda: not self._servers_of(database))
+
+    def resume(self, database: Optional[str] = None) -> Optional[str]:
+        """RESUME [db]: what PAUSE held carries on; why it cannot, or None."""
+        return self.factory.resume_sessions(database)
+
+    def wait_close(self, database: Optional[str] = None) -> defer.Deferred[None]:
+        """The console's WAIT_CLOSE [db]: fires once the servers RECONNECT (or a node's
+        change) marked to close are closed."""
+        return self._when(lambda: not any(s.stale for s in self._servers_of(database)))
+
+    def _servers_of(self, database: Optional[str]) -> list[Any]:
+        return [
+            server
+            for server in self.factory.servers.live
+            if database is None or server.startup.database == database
+        ]
+
+    def _when(self, done: Any) -> defer.Deferred[None]:
+        """Fires when ``done()`` holds, looking every 50 ms (a stop fires it too)."""
+        fired: defer.Deferred[None] = defer.Deferred()
+
+        def look() -> None:
+            self._looks.pop(fired, None)
+            if done() or self._stopped is None and self.shutting_down is not None:
+                fired.callback(None)
+            else:
+                self._looks[fired] = self.reactor.callLater(0.05, look)
+
+        look()
+        return fired
+
     def close_idle(self) -> int:
         """SIGUSR1: close idle pooled server connections (pgpool-II's close_idle_connection)."""
         closed = self.pool.close_idle()
         log.info("closed {count} idle server connections", count=closed)
         return closed
 
+    def drain(self) -> defer.Deferred[None]:
+        """SIGUSR2, the console's SHUTDOWN WAIT_FOR_SERVERS: a rolling restart's drain.
+
+        Listeners close (connections already in their backlog are taken first, so
+        another pooler on the same port, ``so_reuseport``, gets every new one), each
+        client ends with FATAL 57P01 at its next transaction boundary (``Session.drain``),
+        and the service stops when none is left but console logins; after
+        ``drain_timeout`` it shuts down fast.  Fires when stopped."""
+        return self.shutdown(DRAIN)
+
     def shutdown(self, mode: str = FAST) -> defer.Deferred[None]:
-        """Shut down smart, fast or immediate, then stop the reactor when signals are ours.
+        """Shut down smart, drain, fast or immediate, then stop the reactor when signals
+        are ours.
 
         A later, harder mode overrides an earlier one (SIGINT during a smart wait).
         """
-        order = (None, SMART, FAST, IMMEDIATE)
-        if order.index(mode) <= order.index(self.shutting_down):
+        if self.shutting_down is not None and self._stopped is None:
+            return defer.succeed(None)  # a shutdown already finished
+        if _ORDER.index(mode) <= _ORDER.index(self.shutting_down):
             return self._stopped if self._stopped is not None else defer.succeed(None)
         first = self.shutting_down is None
         self.shutting_down = mode
         if first:
             self._notify("STOPPING=1")
             log.info("{mode} shutdown", mode=mode)
-            self._stop_listening()
+            self._stop_listening(gently=mode == DRAIN)
             self._stop_sr_check()
             self.health_check.stop()
             self.failover.stop()
@@ -555,6 +622,11 @@ class PgpoolService(MultiService):
                 client.refuse_waiting()
             wait = self.config.smart_shutdown_timeout
             self._fast_when_clients_gone(wait)
+        elif mode == DRAIN:
+            self.factory.draining = True
+            for client in list(self.factory.clients):
+                client.drain()
+            self._fast_when_clients_gone(self.config.drain_timeout)
         elif mode == FAST:
             self.pool.close_all()
             for client in list(self.factory.clients):
@@ -569,9 +641,14 @@ class PgpoolService(MultiService):
             self._when_all_closed(0)
         return stopped
 
-    def _stop_listening(self) -> None:
+    def _stop_listening(self, gently: bool = False) -> None:
+        """Accept no more; ``gently`` (a drain): logins under way go on, and what waits
+        in a listener's backlog is accepted before it closes (closing would reset it)."""
         if self.warm is not None:
-            self.warm.stop()
+            self.warm.stop(drop_pending=not gently)
+        if gently:
+            for listening in self.ports:
+                accept_backlog(listening)
         self._port_stops = [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []
 
@@ -579,20 +656,33 @@ class PgpoolService(MultiService):
         return list(self.factory.clients) + list(self.factory.servers.live)
 
     def _fast_when_clients_gone(self, within: float) -> None:
-        """Smart shutdown's wait: go fast once no client is left, or after ``within``."""
+        """Smart shutdown's and a drain's wait: go fast once no client is left (a drain
+        leaves console logins to the end), or after ``within``."""
         deadline = self.reactor.seconds() + within if within > 0 else None
+        mode = self.shutting_down
+        setting = "drain_timeout" if mode == DRAIN else "smart_shutdown_timeout"
+
+        def left() -> bool:
+            if mode == DRAIN:
+                return any(not client.is_console for client in self.factory.clients)
+            return bool(self.factory.clients)
 
         def check() -> None:
-            if self.shutting_down != SMART:
+            if self.shutting_down != mode:
                 return
             if deadline is not None and self.reactor.seconds() >= deadline:
-                log.warn("smart_shutdown_timeout reached: shutting down fast")
-            elif self.factory.clients:
-                self.reactor.callLater(0.05, check)
+                log.warn("{setting} reached: shutting down fast", setting=setting)
+            elif left():
+                self._wait_call = self.reactor.callLater(0.05, check)
                 return
             self.shutdown(FAST)  # fast closes the pool, and whatever client is left
 
-        check()
+        if mode == DRAIN:
+            # A turn first: the console's SHUTDOWN WAIT_FOR_SERVERS is answered before
+            # the console itself is closed.
+            self._wait_call = self.reactor.callLater(0, check)
+        else:
+            check()
 
     def _when_all_closed(self, within: float) -> None:
         deadline = self.reactor.seconds() + within
@@ -613,6 +703,13 @@ class PgpoolService(MultiService):
         check()
 
     def _finished(self) -> None:
+        wait, self._wait_call = self._wait_call, None
+        if wait is not None and wait.active():
+            wait.cancel()  # a smart or drain wait a harder mode overtook
+        looks, self._looks = self._looks, {}
+        for fired, call in looks.items():
+            call.cancel()
+            fired.callback(None)  # the console that asked is closed by now
         # The tick ran until now: client_idle_limit and the life times still apply
         # while a smart shutdown waits.
         if self._ticker is not None and self._ticker.running:

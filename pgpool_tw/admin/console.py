@@ -9,12 +9,14 @@ This module is the console's side after the login: bytes in, bytes out, no socke
 Commands (PgBouncer's names and columns where pgpool-tw has the data):
 ``SHOW HELP``, ``SHOW VERSION``, ``SHOW POOLS``, ``SHOW STATS``, ``SHOW CONFIG``,
 ``SHOW DATABASES``, ``SHOW LISTS``, ``SHOW CLIENTS``, ``SHOW SERVERS`` for every
-console user; ``RELOAD``, ``SHUTDOWN``, ``KILL db``, ``KILL_CLIENT id`` (SHOW
-CLIENTS' id) and ``RECONNECT [db]`` for admin_users only.  Not yet: ``PAUSE``,
-``RESUME``,
-``WAIT_CLOSE`` (each is refused with a line
-that says so).  Console commands are not SQL: they are split into words, as
-PgBouncer's console does.
+console user; ``RELOAD``, ``SHUTDOWN`` (fast), ``SHUTDOWN WAIT_FOR_SERVERS`` (a drain:
+each client ends at its next transaction boundary), ``SHUTDOWN WAIT_FOR_CLIENTS`` (a
+smart shutdown), ``KILL db``, ``KILL_CLIENT id`` (SHOW CLIENTS' id), ``RECONNECT [db]``,
+``PAUSE [db]``, ``RESUME [db]`` and ``WAIT_CLOSE [db]`` for admin_users only.  PAUSE and
+WAIT_CLOSE answer when what they wait for is done; the console reads nothing more from
+that client meanwhile, as PgBouncer's.  Not yet: ``SUSPEND`` (refused with a line that
+says so).  Console commands are not SQL: they are split into words, as PgBouncer's
+console does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from pgpool_tw import __version__
 from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot
@@ -31,7 +36,10 @@ from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import command_complete, result_set
 
 _NOT_YET = ("SOCKETS", "ACTIVE_SOCKETS", "FDS", "MEM", "DNS_HOSTS")
-_ADMIN_NOT_YET = ("PAUSE", "RESUME", "WAIT_CLOSE", "SUSPEND")
+_ADMIN_NOT_YET = ("SUSPEND",)
+
+#: What a command answers: the bytes now, or later (PAUSE, WAIT_CLOSE).
+Answer = Union[bytes, "defer.Deferred[bytes]"]
 
 
 class ConsoleService:
@@ -47,6 +55,16 @@ class ConsoleService:
         kill: Callable[[str], object] = lambda database: 0,
         kill_client: Callable[[int], bool] = lambda client_id: False,
         reconnect: Callable[[Optional[str]], object] = lambda database: None,
+        *,
+        drain: Callable[[], object] = lambda: None,
+        smart: Callable[[], object] = lambda: None,
+        pause: Callable[[Optional[str]], defer.Deferred[None]] = lambda database: defer.succeed(
+            None
+        ),
+        resume: Callable[[Optional[str]], Optional[str]] = lambda database: None,
+        wait_close: Callable[[Optional[str]], defer.Deferred[None]] = (
+            lambda database: defer.succeed(None)
+        ),
     ) -> None:
         self.snapshot = snapshot
         self.config = config
@@ -58,6 +76,13 @@ class ConsoleService:
         self.kill = kill
         self.kill_client = kill_client
         self.reconnect = reconnect
+        #: SHUTDOWN WAIT_FOR_SERVERS and WAIT_FOR_CLIENTS (service.py's drain, smart).
+        self.drain = drain
+        self.smart = smart
+        #: PAUSE fires when paused, RESUME says why it cannot, WAIT_CLOSE fires when done.
+        self.pause = pause
+        self.resume = resume
+        self.wait_close = wait_close
 
     def open(
         self, admin: bool, send: Callable[[bytes], None], close: Callable[[], None]
@@ -82,10 +107,14 @@ class Console:
         self.close = close
         self._buf = bytearray()
         self._failed_batch = False
+        #: A command's answer is awaited (PAUSE, WAIT_CLOSE): what follows waits too.
+        self._waiting = False
 
     def feed(self, data: bytes) -> None:
         buf = self._buf
         buf += data
+        if self._waiting:
+            return
         out: list[bytes] = []
         while len(buf) >= 5:
             length = int.from_bytes(buf[1:5], "big")
@@ -102,7 +131,15 @@ class Console:
                 self.close()
                 return
             if kind == ord("Q"):
-                out.append(self._query(m.decode(body.rstrip(b"\0"))))
+                answer = self._query(m.decode(body.rstrip(b"\0")))
+                if isinstance(answer, defer.Deferred):
+                    self._waiting = True
+                    if out:
+                        self.send(b"".join(out))
+                    answer.addErrback(_failed)
+                    answer.addCallback(self._answered)
+                    return
+                out.append(answer)
                 out.append(m.ready_for_query(m.IDLE))
             elif kind == ord("S"):
                 self._failed_batch = False
@@ -113,9 +150,15 @@ class Console:
         if out:
             self.send(b"".join(out))
 
+    def _answered(self, answer: bytes) -> None:
+        """A command that waited is done: its answer, then what the client sent since."""
+        self._waiting = False
+        self.send(answer + m.ready_for_query(m.IDLE))
+        self.feed(b"")
+
     # -- commands ---------------------------------------------------------------------
 
-    def _query(self, text: str) -> bytes:
+    def _query(self, text: str) -> Answer:
         words = text.strip().rstrip(";").split()
         if not words:
             return m.message(b"I")
@@ -126,6 +169,10 @@ class Console:
                 return self._show(rest[0])
             if verb in ("RELOAD", "SHUTDOWN") and not rest:
                 return self._admin_command(verb)
+            if verb == "SHUTDOWN" and rest in (["WAIT_FOR_SERVERS"], ["WAIT_FOR_CLIENTS"]):
+                return self._admin_command(f"SHUTDOWN {rest[0]}")
+            if verb in ("PAUSE", "RESUME", "WAIT_CLOSE") and len(words) <= 2:
+                return self._pause_command(verb, words[1] if len(words) == 2 else None)
             if verb == "KILL" and len(words) == 2:
                 return self._admin_command(verb, words[1])
             if verb == "KILL_CLIENT" and len(words) == 2:
@@ -145,11 +192,28 @@ class Console:
             return _error("42704", f"no client with id {word} (SHOW CLIENTS lists the ids)")
         return command_complete("KILL_CLIENT")
 
+    def _pause_command(self, verb: str, database: Optional[str]) -> Answer:
+        """PAUSE [db] answers once paused; RESUME [db] at once; WAIT_CLOSE [db] once the
+        servers RECONNECT marked are closed."""
+        if not self.admin:
+            return _error("42501", f"{verb} is for admin_users only")
+        if verb == "RESUME":
+            why = self.service.resume(database)
+            return _error("55000", f"RESUME: {why}") if why else command_complete(verb)
+        wait = self.service.pause if verb == "PAUSE" else self.service.wait_close
+        return wait(database).addCallback(lambda _: command_complete(verb))
+
     def _admin_command(self, verb: str, database: Optional[str] = None) -> bytes:
         if not self.admin:
             return _error("42501", f"{verb} is for admin_users only")
         if verb == "RELOAD":
             self.service.reload()
+        elif verb == "SHUTDOWN WAIT_FOR_SERVERS":
+            self.service.drain()
+            verb = "SHUTDOWN"
+        elif verb == "SHUTDOWN WAIT_FOR_CLIENTS":
+            self.service.smart()
+            verb = "SHUTDOWN"
         elif verb == "SHUTDOWN":
             self.service.shutdown()
         elif verb == "KILL":
@@ -176,14 +240,21 @@ def _error(code: str, text: str) -> bytes:
     return m.error_response(code, text, "ERROR")
 
 
+def _failed(failure: Failure) -> bytes:
+    return _error("XX000", f"console command failed: {failure.getErrorMessage()}")
+
+
 def _help(service: ConsoleService) -> Rows:
     lines = [
         "SHOW HELP|VERSION|POOLS|STATS|CONFIG|DATABASES|LISTS|CLIENTS|SERVERS",
         "RELOAD",
-        "SHUTDOWN",
+        "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]",
         "KILL <db>",
         "KILL_CLIENT <id>",
         "RECONNECT [<db>]",
+        "PAUSE [<db>]",
+        "RESUME [<db>]",
+        "WAIT_CLOSE [<db>]",
     ]
     return ["help"], [[line] for line in lines]
 

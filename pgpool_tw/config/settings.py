@@ -105,6 +105,12 @@ class Config:
     reset_query_list: tuple[str, ...] = ("ABORT", "DISCARD ALL")
     log_connections: bool = False
     smart_shutdown_timeout: float = 60
+    #: A drain (SIGUSR2, console SHUTDOWN WAIT_FOR_SERVERS) closes each client at its next
+    #: transaction boundary; after this many seconds it shuts down fast. 0 waits forever.
+    drain_timeout: float = 60
+    #: PgBouncer's: TCP listeners set SO_REUSEPORT, so a second pooler can bind the same
+    #: port while this one drains (a rolling restart).
+    so_reuseport: bool = False
     enable_pool_hba: bool = False
     #: Relative paths are taken from pgpool.conf's directory (as pgpool-II does).
     pool_hba_file: str = "pool_hba.conf"
@@ -275,6 +281,7 @@ RESTART_REQUIRED: frozenset[str] = frozenset(
         "pcp_listen_addresses",
         "pcp_port",
         "pcp_socket_dirs",
+        "so_reuseport",
         "backends",
         "clustering_mode",
         "load_balance_mode",
@@ -334,6 +341,8 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
     ),
     "log_connections": ("log_connections", BOOLEAN),
     "smart_shutdown_timeout": ("smart_shutdown_timeout", TIME),
+    "drain_timeout": ("drain_timeout", TIME),
+    "so_reuseport": ("so_reuseport", BOOLEAN),
     "enable_pool_hba": ("enable_pool_hba", BOOLEAN),
     "pool_hba_file": ("pool_hba_file", Kind(str, "expected a file path")),
     "pool_passwd": ("pool_passwd", Kind(str, "expected a file path, or '' for none")),

@@ -131,6 +131,7 @@ class WarmLane:
             and not config.log_connections
             and config.client_idle_limit <= 0
             and not self.factory.routes
+            and not self.factory.pause.active
         )
 
     def forget(self) -> None:
@@ -299,6 +300,7 @@ class WarmLane:
             tracker = relay.tracker
             pool.give_back(server, tracker.in_sync and tracker.status == m.IDLE)
             return
+        client.received = relay.received  # a drain asks whether the client spoke yet
         client.resume(server, relay.tracker, relay.secret, rest)
         if unsent:
             client.dataReceived(unsent)
@@ -394,12 +396,16 @@ class WarmLane:
             self._reclaim(server, lent, why)
         return len(parked)
 
-    def stop(self) -> None:
-        """A shutdown: accept no more, and hand every warm session to Python's own path."""
+    def stop(self, drop_pending: bool = True) -> None:
+        """A shutdown: accept no more, and hand every warm session to Python's own path.
+
+        A drain keeps the logins under way (``drop_pending=False``): the lane, closing,
+        hands each to Python's login when its startup packet is whole."""
         self.lane.closing = 1
         for fd in self._ports:
             self.lane.unlisten(fd)
-        self.lane.drop_pending()
+        if drop_pending:
+            self.lane.drop_pending()
         for relay in self.lane.sessions():
             relay.promote()
         self.forget()

@@ -35,6 +35,7 @@ from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.cancel import CancelRegistry
 from pgpool_tw.session.lease import Filler
+from pgpool_tw.session.pause import Pause
 from pgpool_tw.session.routed import RoutedStream, RoutingRules
 from pgpool_tw.session.transaction import StatementNames
 from pgpool_tw.session.transaction.effects import FAST_SHAPES
@@ -73,6 +74,7 @@ class WarmLogins(Protocol):
 
     def learn(self, client: Any, server: BackendProtocol) -> None: ...
     def find(self, pid: int, secret: int) -> Optional[BackendProtocol]: ...
+    def forget(self) -> None: ...
 
 
 class NodeWatch(Protocol):
@@ -119,6 +121,11 @@ class SessionContext:
         self.own_idle_limits: set[Any] = set()
         #: SHOW pool_* besides pool_nodes (service.py sets it; None: refused with 0A000).
         self.reports: Optional[PoolReports] = None
+        #: A drain is under way (service.py): every session, new ones included, ends at
+        #: its next transaction boundary (``Session.drain``).
+        self.draining = False
+        #: The console's PAUSE: databases whose sessions get no server until RESUME.
+        self.pause = Pause()
         self._login_deadlines: dict[float, Deadlines] = {}
         #: Reads sent to each node since start (SHOW pool_nodes' select_cnt).
         self.select_counts: dict[int, int] = {}
@@ -369,6 +376,24 @@ class SessionContext:
         """RECONNECT: the servers of ``database`` (every database when None) are closed
         once their clients release them, idle ones now; new ones replace them."""
         self._retire_servers(lambda server: database is None or server.startup.database == database)
+
+    def pause_sessions(self, database: Optional[str]) -> None:
+        """PAUSE [db]: no server is handed to a session of ``database`` (None: any) until
+        RESUME; transaction-mode clients leave the C lane (their next transaction asks
+        Python, which holds it), warm logins stop (their entries are forgotten), and the
+        database's servers close as they are released (idle ones now), as RECONNECT."""
+        self.pause.pause(database)
+        for client in list(self.clients):
+            startup = client.startup
+            if startup is not None and (database is None or startup.database == database):
+                client.tx_disarm()
+        if self.warm is not None:
+            self.warm.forget()
+        self.reconnect(database)
+
+    def resume_sessions(self, database: Optional[str]) -> Optional[str]:
+        """RESUME [db]: the sessions held by PAUSE carry on; why it cannot, or None."""
+        return self.pause.resume(database)
 
     def _fill(self, key: Any) -> None:
         """min_pool_size: open a server for ``key`` alone (session/lease.py)."""

@@ -92,6 +92,8 @@ class FrontendProtocol(Protocol):
         self.send = make_writer(self.transport)
         self.factory.clients.add(self)
         self.session.connected()
+        if self.factory.draining:
+            self.session.drain()  # accepted from the backlog as the listeners closed
 
     def dataReceived(self, data: bytes) -> None:
         if self.relaying:
@@ -227,6 +229,11 @@ class FrontendProtocol(Protocol):
         if self._tx is not None:
             self._tx.arm(tag)
 
+    def tx_disarm(self) -> None:
+        """PAUSE: the client's next chunk is Python's (which holds its transaction)."""
+        if self._tx is not None:
+            self._tx.disarm()
+
     def tx_hold(self, server: BackendProtocol) -> bool:
         """A pinned client's server kept on the lane between its transactions; False
         when the client or the server is not on the C loop (Twisted reads both)."""
@@ -287,6 +294,60 @@ class FrontendProtocol(Protocol):
         if self._producers is not None:
             unlink(self.transport, server.transport, self._producers)
             self._producers = None
+
+    def drain_watch(
+        self,
+        server: Optional[BackendProtocol],
+        stream: Optional[RoutedStream],
+        check: Callable[[], object],
+    ) -> int:
+        """A drain: this session's bytes go through Python from now on (the C relay,
+        router or transaction lane lets them go), and ``check`` runs in the turn after
+        the server side sent the client anything.  Returns the client's chunks since
+        the session began relaying (0: it has not spoken since its login).  Only a
+        draining session pays for the watch: the normal path is untouched."""
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            fastpoll.stop_relay(relay)
+            self.received += relay.received
+        self._paused = None  # a held Query's end must not put it back on the C loop
+        router, self._router = self._router, None
+        if router is not None:
+            fastpoll.stop_router(router)
+            self.received += router.received
+        routed, self._routed = self._routed, None
+        if routed is not None:
+            self.factory.fast_streams.discard(routed)
+            routed.detach_fast()
+        self.tx_stop()
+        if stream is not None:
+            stream.client_send = self._watching(stream.client_send, check)
+        elif server is not None:
+            server.peer_write = self._watching(server.peer_write, check)
+        return self.received
+
+    def _watching(self, send: Writer, check: Callable[[], object]) -> Writer:
+        call_later = self.factory.reactor.callLater
+        due = [False]
+
+        def run() -> None:
+            due[0] = False
+            check()
+
+        def write(data: bytes) -> None:
+            send(data)
+            if not due[0]:
+                due[0] = True
+                call_later(0, run)
+
+        return write
+
+    def drain(self) -> None:
+        self.session.drain()
+
+    @property
+    def is_console(self) -> bool:
+        return self.session.is_console
 
     def replay(self, data: bytes) -> None:
         """Bytes the client sent before its session relayed go through the relay now."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pgpool_tw.engine._speedups import TxLane, TxServer
     from pgpool_tw.pool.backend import BackendProtocol
     from pgpool_tw.protocol.relay import SessionTracker
+    from pgpool_tw.session.routed import RoutedStream
 
 
 class ClientIO(Protocol):
@@ -49,3 +50,9 @@ class ClientIO(Protocol):
     def tx_detach(self, server: BackendProtocol) -> None: ...
     def stop_relay(self, server: BackendProtocol) -> None: ...
     def replay(self, data: bytes) -> None: ...
+    def drain_watch(
+        self,
+        server: Optional[BackendProtocol],
+        stream: Optional[RoutedStream],
+        check: Callable[[], object],
+    ) -> int: ...

@@ -78,6 +78,12 @@ log = Logger()
 #: login to one never reaches PostgreSQL (admin/console.py answers it).
 CONSOLE_DATABASES = ("pgbouncer", "pgpool")
 
+#: What a drained client is told (FATAL 57P01 admin_shutdown) as its session ends.
+DRAIN_TEXT = (
+    "terminating connection because pgpool-tw is draining for a restart: "
+    "reconnect to continue (another pooler takes new connections)"
+)
+
 #: What a client may send before its session is attached (it should send nothing).
 MAX_EARLY_BYTES = 65536
 
@@ -92,6 +98,7 @@ class Session:
         "_borrow",
         "_buffer",
         "_console",
+        "_draining",
         "_handshake",
         "_in_pool",
         "_info",
@@ -155,6 +162,8 @@ class Session:
         self.tx: Optional[TransactionStream] = None
         #: The admin console this client logged in to (a virtual database), if any.
         self._console: Optional[ConsoleClient] = None
+        #: The service drains: the session ends at its next transaction boundary.
+        self._draining = False
         self._borrow: Optional[Borrow] = None
         self._ticket: Optional[Ticket] = None
         self._placed = False
@@ -387,6 +396,13 @@ class Session:
     def admitted(self) -> None:
         """A client slot is ours: reuse a pooled server connection or open one."""
         if self.state == CLOSED:
+            return
+        pause = self.context.pause
+        if pause.active and self.startup is not None and pause.paused(self.startup.database):
+            # PAUSE: connected, waiting for RESUME (no login timer meanwhile).
+            self._stop_timer()
+            self._move(WAITING)
+            pause.hold(self.startup.database, self.admitted)
             return
         if self.state == WAITING:
             self._start_timer()  # it waited for the slot; the login's time starts again
@@ -652,6 +668,8 @@ class Session:
                 self.peer, startup.user, startup.database, startup.application_name, server.pid
             )
             context.events.fire("client_session_started", self._info)
+        if self._draining:
+            self._drain_watch()
         data, self._buffer = self._buffer, b""
         if data:
             self.io.replay(data)
@@ -664,6 +682,10 @@ class Session:
         primary (the session's own key)."""
         key = self.key
         assert key is not None and self.startup is not None
+        pause = self.context.pause
+        if pause.active and pause.paused(self.startup.database):
+            pause.hold(self.startup.database, lambda: self._want_resumed(first))
+            return
         if self._tx_lb is not None:
             if not self._tx_only_reads(first):
                 self._tx_wrote = self.context.cluster.rounds
@@ -673,6 +695,10 @@ class Session:
         auth = check.login.backend_auth() if check is not None else None
         borrow = self._borrow = Borrow(self, key, auth)
         borrow.start()
+
+    def _want_resumed(self, first: bytes) -> None:
+        if self.state == RELAY and self.tx is not None:
+            self.want_server(first)
 
     def _tx_only_reads(self, first: bytes) -> bool:
         """The transaction ``first`` starts is one autocommit statement that only reads
@@ -752,6 +778,12 @@ class Session:
         server = self._let_go()
         if server is not None:
             self.context.pool.leases.release(server, True)
+        if self._draining:
+            self._drain_soon()
+            return
+        pause = self.context.pause
+        if pause.active and self.startup is not None and pause.paused(self.startup.database):
+            return  # PAUSE: the next transaction asks Python, which holds it
         stream = self.tx
         if stream is not None and stream.quiet and self.state == RELAY:
             self.io.tx_arm(-1 if stream.wanted else settings_tag(stream.application_name))
@@ -761,6 +793,9 @@ class Session:
         own, on the C lane when the client is there, until its next message."""
         stream = self.tx
         if stream is None or self.state != RELAY or stream.server is None:
+            return
+        if self._draining:
+            self._drain_soon()
             return
         server = stream.server
         if self.io.tx_hold(server):
@@ -868,6 +903,8 @@ class Session:
             self.tracker = server.attach(self, self.io.send, tracker)
             self._move(RELAY)
             self.io.start_relay(server, self.tracker, False)
+        if self._draining:
+            self._drain_watch()
         if context.events.observers:
             startup = self.startup
             assert startup is not None
@@ -1012,6 +1049,54 @@ class Session:
             self.io.close()  # mid-message: an error would corrupt it
             return
         self.fatal("57P01", "terminating connection due to administrator command")
+
+    @property
+    def is_console(self) -> bool:
+        """An admin console login (a drain leaves it to the end)."""
+        return self._console is not None
+
+    def drain(self) -> None:
+        """A drain (a rolling restart): end with FATAL 57P01 at the next transaction
+        boundary (the server's idle ReadyForQuery with nothing owed either way), so the
+        client reconnects to another pooler; at once when the session is idle now.
+
+        A client that has sent nothing since its login (or is still logging in) runs its
+        first transaction first: it logged in to send one, and a statement already on
+        its way would meet the error instead of an answer.  Console logins are left to
+        the shutdown that ends the drain."""
+        if self._draining or self.state == CLOSED or self._console is not None:
+            return
+        self._draining = True
+        if self.state == RELAY:
+            self._drain_watch()
+
+    def _drain_watch(self) -> None:
+        """From now on Python sees this session's bytes (the C relay, router or lane let
+        them go) and looks for a boundary after each answer."""
+        spoke = self.io.drain_watch(self.server, self.routed, self._drain_check)
+        if spoke:
+            self._drain_check()
+
+    def _drain_soon(self) -> None:
+        """A transaction-mode client's transaction ended; decided once the stream is done
+        with the answer's last chunk."""
+        self.context.reactor.callLater(0, self._drain_check)
+
+    def _drain_check(self) -> None:
+        if self.state != RELAY:
+            return
+        tracker = self.tx if self.tx is not None else self.tracker
+        if tracker is None or not tracker.in_sync or tracker.status != m.IDLE:
+            return
+        log.info("client={client} drained at a transaction boundary", client=self.peer)
+        if self.tx is not None:
+            self._end_tx()
+        else:
+            self._release_server(True)
+        self._move(CLOSED)
+        self._leave_pool()
+        self.io.send(m.error_response("57P01", DRAIN_TEXT))
+        self.io.finish()
 
     def refuse_waiting(self) -> None:
         """Smart shutdown: a client still waiting for a slot will not get one."""

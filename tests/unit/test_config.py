@@ -74,6 +74,7 @@ class DefaultsTests(SynchronousTestCase):
                 "pcp_listen_addresses",
                 "pcp_port",
                 "pcp_socket_dirs",
+                "so_reuseport",
                 "backends",
                 "clustering_mode",
                 "load_balance_mode",
@@ -125,6 +126,8 @@ class SettingTests(SynchronousTestCase):
             ("connection_cache = off", "connection_cache", False),
             ("reset_query_list = 'ABORT'", "reset_query_list", ("ABORT",)),
             ("log_connections = on", "log_connections", True),
+            ("drain_timeout = '2min'", "drain_timeout", 120.0),
+            ("so_reuseport = on", "so_reuseport", True),
         ]
         for text, field, expected in cases:
             self.assertSetting(text, field, expected)

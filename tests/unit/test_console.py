@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.admin.console import ConsoleService
@@ -63,6 +64,11 @@ class Rig:
         self.kills: list[str] = []
         self.reconnects: list[Any] = []
         self.killed_clients: list[int] = []
+        self.drains = 0
+        self.smarts = 0
+        self.pauses: list[tuple[Any, Deferred[None]]] = []
+        self.resumes: list[Any] = []
+        self.wait_closes: list[tuple[Any, Deferred[None]]] = []
         service = ConsoleService(
             lambda: SNAPSHOT,
             lambda: Config(admin_users=("a",)),
@@ -72,8 +78,28 @@ class Rig:
             kill=self.kills.append,
             kill_client=self._kill_client,
             reconnect=self.reconnects.append,
+            drain=self._drain,
+            smart=self._smart,
+            pause=lambda db: self._later(self.pauses, db),
+            resume=self._resume,
+            wait_close=lambda db: self._later(self.wait_closes, db),
         )
         self.console = service.open(admin, self.sent.append, self._close)
+
+    def _drain(self) -> None:
+        self.drains += 1
+
+    def _smart(self) -> None:
+        self.smarts += 1
+
+    def _later(self, calls: list[tuple[Any, Deferred[None]]], database: Any) -> Deferred[None]:
+        fired: Deferred[None] = Deferred()
+        calls.append((database, fired))
+        return fired
+
+    def _resume(self, database: Any) -> Any:
+        self.resumes.append(database)
+        return "nothing is paused" if database == "none" else None
 
     def _kill_client(self, client_id: int) -> bool:
         self.killed_clients.append(client_id)
@@ -125,7 +151,7 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual(codes(rig.query("SHOW NOTHING")), ["42601"])
         self.assertEqual(codes(rig.query("select 1")), ["42601"])
         self.assertEqual(codes(rig.query("SHOW MEM")), ["0A000"])
-        self.assertEqual(codes(rig.query("PAUSE")), ["0A000"])
+        self.assertEqual(codes(rig.query("SUSPEND")), ["0A000"])
         self.assertEqual(codes(rig.query("KILL")), ["42601"])  # KILL needs a database
         self.assertEqual(rig.query(""), [(ord("I"), b""), (ord("Z"), b"I")])
 
@@ -204,3 +230,51 @@ class ConsoleTests(SynchronousTestCase):
         self.assertEqual(codes(admin.query("KILL_CLIENT 9")), ["42704"])
         self.assertEqual(codes(admin.query("KILL_CLIENT x")), ["42704"])
         self.assertEqual(admin.killed_clients, [7, 9])
+
+
+class PauseCommandTests(SynchronousTestCase):
+    def test_pause_answers_when_paused_and_holds_what_follows(self) -> None:
+        """PAUSE's answer comes when the service says paused; later commands wait for it."""
+        rig = Rig()
+        rig.console.feed(m.query("PAUSE shop") + m.query("SHOW VERSION"))
+        self.assertEqual(rig.messages(), [])
+        ((database, fired),) = rig.pauses
+        self.assertEqual(database, "shop")
+        fired.callback(None)
+        answer = rig.messages()
+        self.assertEqual(answer[:2], [(ord("C"), b"PAUSE\0"), (ord("Z"), b"I")])
+        self.assertEqual([kind for kind, _ in answer].count(ord("Z")), 2)  # SHOW VERSION too
+
+    def test_pause_without_a_database_pauses_all(self) -> None:
+        rig = Rig()
+        rig.console.feed(m.query("pause;"))
+        self.assertEqual([db for db, _ in rig.pauses], [None])
+
+    def test_resume_and_its_refusal(self) -> None:
+        """RESUME answers at once; one the service refuses is an error naming why."""
+        rig = Rig()
+        self.assertIn((ord("C"), b"RESUME\0"), rig.query("RESUME shop"))
+        answer = rig.query("RESUME none")
+        self.assertEqual(codes(answer), ["55000"])
+        self.assertEqual(rig.resumes, ["shop", "none"])
+
+    def test_wait_close_answers_when_the_servers_are_closed(self) -> None:
+        rig = Rig()
+        rig.console.feed(m.query("WAIT_CLOSE"))
+        self.assertEqual(rig.messages(), [])
+        rig.wait_closes[0][1].callback(None)
+        self.assertIn((ord("C"), b"WAIT_CLOSE\0"), rig.messages())
+
+    def test_shutdown_wait_for_servers_drains(self) -> None:
+        """SHUTDOWN WAIT_FOR_SERVERS drains, WAIT_FOR_CLIENTS is smart, plain SHUTDOWN fast."""
+        rig = Rig()
+        self.assertIn((ord("C"), b"SHUTDOWN\0"), rig.query("SHUTDOWN WAIT_FOR_SERVERS"))
+        rig.query("shutdown wait_for_clients")
+        self.assertEqual((rig.drains, rig.smarts, rig.shutdowns), (1, 1, 0))
+        self.assertEqual(codes(rig.query("SHUTDOWN NOW")), ["42601"])
+
+    def test_pause_commands_are_for_admins_only(self) -> None:
+        rig = Rig(admin=False)
+        for command in ("PAUSE", "RESUME", "WAIT_CLOSE", "SHUTDOWN WAIT_FOR_SERVERS"):
+            self.assertEqual(codes(rig.query(command)), ["42501"], command)
+        self.assertEqual((rig.pauses, rig.resumes, rig.drains), ([], [], 0))
