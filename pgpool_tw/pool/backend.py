@@ -30,6 +30,7 @@ from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
+from pgpool_tw.stats.counters import Counters
 from pgpool_tw.stats.events import ServerInfo
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ if TYPE_CHECKING:
         """Who watches a server that is not logging in: the pool, the warm lane, a session."""
 
         def server_lost(self, server: BackendProtocol, why: str) -> None: ...
+
+    class SessionKeeper(ServerKeeper, TypingProtocol):
+        """A client session a server relays for: its own totals, when it keeps them."""
+
+        counts: Optional[Counters]
 
 
 log = Logger()
@@ -117,6 +123,9 @@ class BackendProtocol(Protocol):
         self.created = clock.seconds()
         self.idle_since = self.created
         self.tracker: Optional[SessionTracker] = None
+        #: The attached session's own totals (log_disconnections), harvested with the
+        #: pool's; None when it keeps none.
+        self.session_counts: Optional[Counters] = None
         self.peer_write: Writer = _nowhere
         #: Sends now when nothing is queued (see engine/writer.py).
         self.send: Writer = _nowhere
@@ -315,7 +324,7 @@ class BackendProtocol(Protocol):
     # -- attach and detach (called by the client session) ------------------------
 
     def attach(
-        self, session: ServerKeeper, peer_write: Writer, tracker: Optional[SessionTracker] = None
+        self, session: SessionKeeper, peer_write: Writer, tracker: Optional[SessionTracker] = None
     ) -> SessionTracker:
         """Start relaying to a client; returns the tracker both legs share.
 
@@ -325,6 +334,7 @@ class BackendProtocol(Protocol):
         """
         self.owner = None
         self.keeper = session
+        self.session_counts = session.counts
         self.sessions += 1
         if tracker is None:  # a session the warm lane started was counted there
             self.book.totals.of(self.pool_key).logins += 1
@@ -339,6 +349,7 @@ class BackendProtocol(Protocol):
             self.status = self.tracker.status
             self.book.harvest(self)
         self.tracker = None
+        self.session_counts = None
         self.owner = None
         self.keeper = None
         self.peer_write = _nowhere

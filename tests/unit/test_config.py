@@ -75,6 +75,7 @@ class DefaultsTests(SynchronousTestCase):
                 "clustering_mode",
                 "load_balance_mode",
                 "logdir",
+                "log_destination",
             },
         )
         self.assertTrue(names >= RESTART_REQUIRED)
