@@ -51,11 +51,6 @@ if TYPE_CHECKING:
 
         def server_lost(self, server: BackendProtocol, why: str) -> None: ...
 
-    class SessionKeeper(ServerKeeper, TypingProtocol):
-        """A client session a server relays for: its own totals, when it keeps them."""
-
-        counts: Optional[Counters]
-
 
 log = Logger()
 
@@ -324,7 +319,7 @@ class BackendProtocol(Protocol):
     # -- attach and detach (called by the client session) ------------------------
 
     def attach(
-        self, session: SessionKeeper, peer_write: Writer, tracker: Optional[SessionTracker] = None
+        self, session: ServerKeeper, peer_write: Writer, tracker: Optional[SessionTracker] = None
     ) -> SessionTracker:
         """Start relaying to a client; returns the tracker both legs share.
 
@@ -334,7 +329,8 @@ class BackendProtocol(Protocol):
         """
         self.owner = None
         self.keeper = session
-        self.session_counts = session.counts
+        # The session's own totals (log_disconnections); a keeper without any has none.
+        self.session_counts = getattr(session, "counts", None)
         self.sessions += 1
         if tracker is None:  # a session the warm lane started was counted there
             self.book.totals.of(self.pool_key).logins += 1
