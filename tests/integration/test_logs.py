@@ -34,6 +34,7 @@ from tests.integration.test_client_auth import (
     refusal,
     session,
 )
+from tests.integration.test_routing import RoutingCase, on_the_c_loop
 from tests.integration.test_transaction import SMALL_POOL
 
 Steps = Generator[Deferred[Any], Any, None]
@@ -47,7 +48,7 @@ DISCONNECTION = re.compile(
 class Captured:
     """Every event the process logs while a test runs."""
 
-    def __init__(self, case: PoolerTestCase) -> None:
+    def __init__(self, case: Any) -> None:
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -191,6 +192,9 @@ class CLoopDisconnectionTests(DisconnectionTests):
                 )
 
         self.assertTrue((yield self.in_thread(relayed)))
+        warm = service.factory.warm
+        assert warm is not None
+        self.assertFalse(warm.usable(), "a warm login's end is C's alone: not while logged")
         lane_service = yield self.check_bytes(False, **SMALL_POOL)
         hits = sum(lane.counts[0] for lane in lane_service.pool.leases.lanes.values())
         self.assertGreater(hits, 0)
@@ -265,6 +269,51 @@ class StatementTests(PoolerTestCase):
             self.assertTrue(lines[0].startswith("DB node id: 0 backend pid: "), lines)
         hits = sum(lane.counts[0] for lane in service.pool.leases.lanes.values())
         self.assertEqual(hits, 0)
+
+
+class RoutedStatementTests(RoutingCase):
+    """A routed session (primary and standby) on the C loop: its router gives way."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        on_the_c_loop(self)
+
+    @inlineCallbacks
+    def test_each_statement_once_and_per_node(self) -> Steps:
+        """Every repeat of a read is logged (the C router routes none of them); a SET,
+        sent to both nodes, is one "statement:" line and one line per node."""
+        captured = Captured(self)
+        service = self.start_pooler(
+            log_statement=True, log_per_node_statement=True, log_disconnections=True
+        )
+        user, db = self.database()
+
+        def work() -> None:
+            with psycopg.connect(self.dsn(service, user, db), autocommit=True) as conn:
+                for _ in range(5):
+                    conn.execute("select 'routed-read'")
+                conn.execute("set work_mem = '5MB'")
+                conn.execute("select 'routed-read-after-set'")
+
+        yield self.in_thread(work)
+        plain = [line for line in captured.statements("routed-read'") if line.startswith("s")]
+        self.assertEqual(plain, ["statement: select 'routed-read'"] * 5)
+        per_node = [line for line in captured.statements("routed-read'") if line[0] == "D"]
+        self.assertEqual(len(per_node), 5)
+        self.assertTrue(all(line.startswith("DB node id: 1 ") for line in per_node), per_node)
+        sets = captured.statements("work_mem")
+        self.assertEqual(sets[0], "statement: set work_mem = '5MB'")
+        self.assertEqual(sorted(line[:13] for line in sets[1:]), ["DB node id: 0", "DB node id: 1"])
+        ok = yield eventually(lambda: bool(captured.disconnections(user)))
+        self.assertTrue(ok, "no disconnection line")
+        [end] = captured.disconnections(user)
+        self.assertGreater(end["bytes_received"], 0)
+        self.assertGreater(end["bytes_sent"], 0)
+
+    def in_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
+        from twisted.internet import threads
+
+        return threads.deferToThread(fn, *args)
 
 
 class JsonTests(PoolerTestCase):
