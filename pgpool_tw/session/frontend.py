@@ -161,7 +161,7 @@ class FrontendProtocol(Protocol):
         self.server_write = discard if routed else server.send
         self._producers = link(self.transport, server.transport)
         factory = self.factory
-        statements = None if routed else statements_for(factory.config, self.peer)
+        statements = None if routed else statements_for(factory.config, lambda: self.peer)
         if routed:
             self._start_router(tracker, server, lb)  # type: ignore[arg-type]
         elif statements is not None:

@@ -77,10 +77,17 @@ class Statements:
                 )
 
 
-def statements_for(config: Config, client: Optional[str] = None) -> Optional[Statements]:
-    """The session's statement log, or None when neither setting asks for one."""
+def statements_for(
+    config: Config, client: Optional[Callable[[], str]] = None
+) -> Optional[Statements]:
+    """The session's statement log, or None when neither setting asks for one; ``client``
+    gives the client's address, asked only then (formatting it costs a session start)."""
     if config.log_statement or config.log_per_node_statement:
-        return Statements(config.log_statement, config.log_per_node_statement, client)
+        return Statements(
+            config.log_statement,
+            config.log_per_node_statement,
+            client() if client is not None else None,
+        )
     return None
 
 

@@ -643,7 +643,7 @@ class Session:
             startup.application_name,
             server,
         )
-        statements = statements_for(context.config, self.peer)
+        statements = statements_for(context.config, lambda: self.peer)
         stream = self.tx = (
             TransactionStream(*args)
             if statements is None

@@ -279,7 +279,9 @@ class LinesTests(SynchronousTestCase):
     def test_statement_lines(self) -> None:
         """pgpool-II's words: plain once, per node once per target; text escaped."""
         events = self.capture()
-        statements = statements_for(Config(log_statement=True, log_per_node_statement=True), "c:1")
+        statements = statements_for(
+            Config(log_statement=True, log_per_node_statement=True), lambda: "c:1"
+        )
         assert statements is not None
         statements("select '\n'", [(0, 10), (1, 11)])
         self.assertEqual(
