@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 from twisted.application.service import IService
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 import pgpool_tw
 from pgpool_tw.cluster.cluster import settings_report
@@ -25,6 +26,7 @@ from pgpool_tw.config.settings import ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.listeners import ListenError
+from pgpool_tw.logs.jsonlog import twistd_observer
 from pgpool_tw.service import PgpoolService
 
 log = Logger()
@@ -101,6 +103,17 @@ class Options(usage.Options):
 class _TwistdService(PgpoolService):
     """Under twistd a listener that cannot open ends the process with one line."""
 
+    #: log_destination = 'jsonlog': the observer twistd is to log to (see setServiceParent).
+    log_observer: Optional[ILogObserver] = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd makes the application, adds this service to it, and only then starts
+        logging, to the application's ILogObserver component when it has one: the JSON
+        observer is set there (twistd's own --logger option still wins)."""
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
     def startService(self) -> None:
         fastpoll.install(self.reactor)  # the process is ours: a leaner loop (bench/RESULTS.md)
         super().startService()
@@ -116,10 +129,18 @@ def makeService(options: Any) -> IService:
     settings = options["settings"]
     for warning in settings_report(settings):
         log.warn("{line}", line=warning)
-    return _TwistdService(
+    service = _TwistdService(
         settings,
         handle_signals=True,
         overrides=options["overrides"],
         discard_status=bool(options["discard-status"]),
         pcp_file=options.get("pcp_file", ""),
     )
+    if settings.log_destination == "jsonlog":
+        service.log_observer = twistd_observer(getattr(options, "parent", None))
+        if service.log_observer is None:
+            log.warn(
+                "log_destination = jsonlog: twistd logs as text here (--syslog, or a "
+                "daemon told to log to stdout)"
+            )
+    return service

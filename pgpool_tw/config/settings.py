@@ -104,6 +104,13 @@ class Config:
     connection_cache: bool = True
     reset_query_list: tuple[str, ...] = ("ABORT", "DISCARD ALL")
     log_connections: bool = False
+    #: One line as each client session ends: its length, user, database, address, bytes.
+    log_disconnections: bool = False
+    #: Every SQL statement a client sends (simple Query and Parse texts).
+    log_statement: bool = False
+    #: 'stderr' (twisted.logger's text lines) or 'jsonlog' (one JSON object per line);
+    #: pgpool-II's 'syslog' is read with a warning (twistd --syslog does it).
+    log_destination: str = "stderr"
     smart_shutdown_timeout: float = 60
     #: A drain (SIGUSR2, console SHUTDOWN WAIT_FOR_SERVERS) closes each client at its next
     #: transaction boundary; after this many seconds it shuts down fast. 0 waits forever.
@@ -286,6 +293,7 @@ RESTART_REQUIRED: frozenset[str] = frozenset(
         "clustering_mode",
         "load_balance_mode",
         "logdir",
+        "log_destination",
     }
 )
 
@@ -340,6 +348,12 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
         Kind(split_on(";"), "expected SQL statements separated by ';'"),
     ),
     "log_connections": ("log_connections", BOOLEAN),
+    "log_disconnections": ("log_disconnections", BOOLEAN),
+    "log_statement": ("log_statement", BOOLEAN),
+    "log_destination": (
+        "log_destination",
+        Kind(split_on(","), "expected stderr or jsonlog (syslog: use twistd --syslog)"),
+    ),
     "smart_shutdown_timeout": ("smart_shutdown_timeout", TIME),
     "drain_timeout": ("drain_timeout", TIME),
     "so_reuseport": ("so_reuseport", BOOLEAN),
@@ -621,6 +635,7 @@ def parse_config(text: str, path: str = "pgpool.conf") -> Config:
     warnings += _load_balancing(values, set_by, path)
     warnings += _unknown_escapes(values, set_by, path)
     warnings += _pool_sizes(values, set_by, path)
+    warnings += _log_destination(values, set_by, path)
     warnings.sort(key=lambda item: item[0])
     return Config(
         backends=backends,
@@ -688,6 +703,43 @@ def _clustering_mode(
     if mode is not None:
         values["clustering_mode"] = mode
     return warnings
+
+
+#: log_destination's values: the text lines twistd writes, or PostgreSQL 15's JSON lines.
+LOG_DESTINATIONS = ("stderr", "jsonlog")
+
+
+def _log_destination(
+    values: dict[str, Any], set_by: dict[str, tuple[str, int]], path: str
+) -> list[tuple[int, str]]:
+    """One destination of pgpool-II's list: stderr or jsonlog.  syslog is dropped with one
+    warning (twistd's own --syslog sends the log there); two streams at once are refused,
+    since the process writes one log."""
+    given = values.get("log_destination")
+    if given is None:
+        return []
+    line = set_by["log_destination"][1]
+    where = f"{path}:{line}: log_destination"
+    names = [name.lower() for name in given]
+    unknown = [name for name in names if name not in LOG_DESTINATIONS and name != "syslog"]
+    if unknown:
+        raise ConfigError(
+            f"{where}: invalid value {unknown[0]!r}; expected stderr or jsonlog "
+            "(syslog: use twistd --syslog)"
+        )
+    chosen = sorted({name for name in names if name != "syslog"})
+    if len(chosen) > 1:
+        raise ConfigError(f"{where}: choose one of stderr or jsonlog: pgpool-tw writes one log")
+    values["log_destination"] = chosen[0] if chosen else "stderr"
+    if "syslog" in names:
+        return [
+            (
+                line,
+                f"{where}: syslog is not supported by pgpool-tw; logging to "
+                f"{values['log_destination']} (twistd --syslog sends the log to syslog)",
+            )
+        ]
+    return []
 
 
 def _load_balancing(

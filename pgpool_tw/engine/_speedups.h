@@ -321,6 +321,7 @@ typedef struct TxClient {
     double queued_at;
     struct TxClient *next; /* the lane's queue (owned by the queue) */
     long received;
+    long long bytes_in, bytes_out; /* this client's share of the lane's (log_disconnections) */
 } TxClient;
 
 typedef struct TxLane {

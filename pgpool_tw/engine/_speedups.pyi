@@ -179,6 +179,8 @@ class TxClient:
     armed: bool
     waiting: bool
     received: int
+    bytes_in: int
+    bytes_out: int
     owner: Callable[[], object]
     def __init__(
         self,

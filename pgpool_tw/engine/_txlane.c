@@ -254,6 +254,7 @@ pair(TxClient *c, TxServer *s, const unsigned char *data, Py_ssize_t n)
     lane->busy++;
     lane->hits++;
     lane->bytes_in += n;
+    c->bytes_in += n;
     return tx_send(lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
 
@@ -298,6 +299,7 @@ static int
 adopt_at(TxClient *c, const unsigned char *data, Py_ssize_t at, Py_ssize_t n)
 {
     c->lane->bytes_out += at;
+    c->bytes_out += at;
     if (tx_send(c->lane->writes, c->fd, c->fd_obj, c->transport, data, at) < 0)
         return -1;
     return tx_adopt(c, 0, data + at, n - at);
@@ -368,6 +370,7 @@ client_in_block(TxClient *c, const unsigned char *data, Py_ssize_t n)
     c->skip = 0;
     c->lane->hits++;
     c->lane->bytes_in += n;
+    c->bytes_in += n;
     return tx_send(c->lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
 
@@ -401,6 +404,7 @@ server_reply(TxClient *c, const unsigned char *data, Py_ssize_t n)
             if (status != IDLE && status != 'T' && status != 'E')
                 return adopt_at(c, data, pos, n);
             c->lane->bytes_out += n;
+            c->bytes_out += n;
             if (tx_send(c->lane->writes, c->fd, c->fd_obj, c->transport, data, n) < 0)
                 return -1;
             if (status == IDLE && !c->held)
@@ -412,6 +416,7 @@ server_reply(TxClient *c, const unsigned char *data, Py_ssize_t n)
         }
     }
     c->lane->bytes_out += n;
+    c->bytes_out += n;
     return tx_send(c->lane->writes, c->fd, c->fd_obj, c->transport, data, n);
 }
 

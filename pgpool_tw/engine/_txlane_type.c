@@ -299,6 +299,12 @@ txclient_get_received(TxClient *self, void *closure)
 }
 
 static PyObject *
+txclient_get_bytes(TxClient *self, void *closure)
+{
+    return PyLong_FromLongLong(closure != NULL ? self->bytes_out : self->bytes_in);
+}
+
+static PyObject *
 txclient_get_owner(TxClient *self, void *closure)
 {
     PyObject *o = self->owner ? self->owner : Py_None;
@@ -312,6 +318,9 @@ static PyGetSetDef txclient_getset[] = {
     {"armed", (getter)txclient_get_armed, NULL, "Its next chunk may be served here.", NULL},
     {"waiting", (getter)txclient_get_waiting, NULL, "It waits here for a server.", NULL},
     {"received", (getter)txclient_get_received, NULL, "Chunks received here.", NULL},
+    {"bytes_in", (getter)txclient_get_bytes, NULL, "Client bytes sent on from here.", NULL},
+    {"bytes_out", (getter)txclient_get_bytes, NULL, "Server bytes forwarded to it from here.",
+     (void *)1},
     {"owner", (getter)txclient_get_owner, NULL, "Python's session.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -129,6 +129,9 @@ class WarmLane:
             not self.lane.closing
             and config.connection_cache
             and not config.log_connections
+            and not config.log_disconnections  # a warm session has no end of its own here
+            and not config.log_statement  # nor statements Python sees
+            and not config.log_per_node_statement
             and config.client_idle_limit <= 0
             and not self.factory.routes
             and not self.factory.pause.active

@@ -30,6 +30,7 @@ from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.relay import LOCAL_WORDS, SessionTracker
 from pgpool_tw.protocol.reset_reply import CLEAN, MORE, ResetReply
 from pgpool_tw.protocol.startup import StartupMessage, ssl_request
+from pgpool_tw.stats.counters import Counters
 from pgpool_tw.stats.events import ServerInfo
 
 if TYPE_CHECKING:
@@ -117,6 +118,9 @@ class BackendProtocol(Protocol):
         self.created = clock.seconds()
         self.idle_since = self.created
         self.tracker: Optional[SessionTracker] = None
+        #: The attached session's own totals (log_disconnections), harvested with the
+        #: pool's; None when it keeps none.
+        self.session_counts: Optional[Counters] = None
         self.peer_write: Writer = _nowhere
         #: Sends now when nothing is queued (see engine/writer.py).
         self.send: Writer = _nowhere
@@ -325,6 +329,8 @@ class BackendProtocol(Protocol):
         """
         self.owner = None
         self.keeper = session
+        # The session's own totals (log_disconnections); a keeper without any has none.
+        self.session_counts = getattr(session, "counts", None)
         self.sessions += 1
         if tracker is None:  # a session the warm lane started was counted there
             self.book.totals.of(self.pool_key).logins += 1
@@ -341,6 +347,7 @@ class BackendProtocol(Protocol):
             self.status = self.tracker.status
             self.book.harvest(self)
         self.tracker = None
+        self.session_counts = None
         self.owner = None
         self.keeper = None
         self.peer_write = _nowhere

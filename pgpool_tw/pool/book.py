@@ -29,7 +29,7 @@ class ServerBook:
         """Bring the totals up to date with what ``server``'s session counted so far."""
         tracker = server.tracker
         if tracker is not None:
-            self.totals.harvest(server.pool_key, tracker)
+            self.totals.harvest(server.pool_key, tracker, server.session_counts)
 
     def logged_in(self, server: BackendProtocol) -> None:
         self.events.fire("server_connection_opened", server.info())

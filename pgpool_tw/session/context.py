@@ -35,6 +35,7 @@ from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.cancel import CancelRegistry
 from pgpool_tw.session.lease import Filler
+from pgpool_tw.session.logs import statements_for
 from pgpool_tw.session.pause import Pause
 from pgpool_tw.session.routed import RoutedStream, RoutingRules
 from pgpool_tw.session.transaction import StatementNames
@@ -249,7 +250,7 @@ class SessionContext:
             config.disable_load_balance_on_write,
             config.read_your_writes,
             self._count_select,
-            _log_statement if config.log_per_node_statement else None,
+            statements_for(config),
             per_statement if config.statement_level_load_balance else None,
             None if config.primary_routing_query_pattern_list else self._learn,
             self.fast_begins,
@@ -262,6 +263,7 @@ class SessionContext:
                 config.disable_load_balance_on_write,
                 config.read_your_writes,
                 config.log_per_node_statement,
+                config.log_statement,
                 config.statement_level_load_balance,
             ),
         )
@@ -437,13 +439,6 @@ def fast_key(msg: bytes, literals: bool) -> Optional[bytes]:
 #: Shapes the C loop's table holds before it starts over (a client sending ever new
 #: shapes costs a Python classification each, never memory).
 FAST_SHAPES_MAX = 10000
-
-
-def _log_statement(node: int, pid: int, text: str) -> None:
-    """log_per_node_statement, in pgpool-II's words."""
-    log.info(
-        "DB node id: {node} backend pid: {pid} statement: {text}", node=node, pid=pid, text=text
-    )
 
 
 def _classifier(config: Config, known: frozenset[str]) -> Classifier:

@@ -26,6 +26,7 @@ from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.protocol.relay import SessionTracker
 from pgpool_tw.protocol.startup import StartupMessage
 from pgpool_tw.session.context import SessionContext
+from pgpool_tw.session.logs import StatementFrames, statements_for
 from pgpool_tw.session.machine import Session
 from pgpool_tw.session.states import RELAY
 
@@ -170,8 +171,15 @@ class FrontendProtocol(Protocol):
         self.server_write = discard if routed else server.send
         self._producers = link(self.transport, server.transport)
         factory = self.factory
+        statements = None if routed else statements_for(factory.config, lambda: self.peer)
         if routed:
             self._start_router(tracker, server, lb)  # type: ignore[arg-type]
+        elif statements is not None:
+            # log_statement: Twisted reads the client, and each chunk goes through the
+            # statement log on its way to the server (decided here, once: with the
+            # settings off nothing is added per chunk).
+            frames = StatementFrames(statements, server.node.index, server.pid)
+            self.server_write = frames.writer(server.send)
         else:
             self._relay = fastpoll.start_relay(
                 factory.reactor, tracker, self.transport, server.transport, self._stopped
@@ -259,6 +267,10 @@ class FrontendProtocol(Protocol):
         tx, self._tx = self._tx, None
         if tx is not None:
             self.received += tx.received
+            counts = self.session.counts
+            if counts is not None:  # log_disconnections: what the lane ran for it
+                counts.bytes_in += tx.bytes_in
+                counts.bytes_out += tx.bytes_out
             tx.forget()
 
     def tx_attach(self, server: BackendProtocol) -> None:

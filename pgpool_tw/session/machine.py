@@ -37,6 +37,7 @@ from pgpool_tw.cluster.classify import ROUTE_STANDBY
 from pgpool_tw.cluster.pgpool_sql import SHOW, LocalCommand, local_command
 from pgpool_tw.cluster.router import readable
 from pgpool_tw.config.pooling import TRANSACTION
+from pgpool_tw.logs.escape import printable
 from pgpool_tw.pool.key import PoolKey, pool_key
 from pgpool_tw.pool.leases import settings_tag
 from pgpool_tw.protocol import messages as m
@@ -51,6 +52,7 @@ from pgpool_tw.session.lease import Borrow, query_wait_text
 from pgpool_tw.session.legs import Leg
 from pgpool_tw.session.local import pgpool_command
 from pgpool_tw.session.login import PasswordCheck, ServerLogin
+from pgpool_tw.session.logs import LoggedTransactionStream, log_disconnection, statements_for
 from pgpool_tw.session.routed import RoutedStream
 from pgpool_tw.session.states import (
     AUTHENTICATING,
@@ -62,6 +64,7 @@ from pgpool_tw.session.states import (
     WAITING,
 )
 from pgpool_tw.session.transaction import TransactionStream
+from pgpool_tw.stats.counters import Counters
 from pgpool_tw.stats.events import SessionInfo
 
 if TYPE_CHECKING:
@@ -105,6 +108,7 @@ class Session:
         "_lb_node",
         "_password",
         "_placed",
+        "_since",
         "_secret",
         "_ticket",
         "_tx_lb",
@@ -113,6 +117,7 @@ class Session:
         "server_login",
         "_timer",
         "context",
+        "counts",
         "io",
         "key",
         "lb_server",
@@ -172,6 +177,11 @@ class Session:
         #: replication-check round counted when the session last wrote (-1: never).
         self._tx_lb: Optional[int] = None
         self._tx_wrote = -1
+        #: log_disconnections (read when the client connects, as PostgreSQL does): when
+        #: the connection came, and the session's own totals (its servers' harvests add
+        #: to them: pool/backend.py ``session_counts``); None when not logged.
+        self._since = 0.0
+        self.counts: Optional[Counters] = None
 
     # -- the one function that moves the state ------------------------------------
 
@@ -202,6 +212,9 @@ class Session:
 
     def connected(self) -> None:
         """The connection is up: authentication_timeout starts now."""
+        if self.context.config.log_disconnections:
+            self._since = self.context.reactor.seconds()
+            self.counts = Counters()
         self._start_timer()
 
     def tls_answered(self) -> None:
@@ -264,6 +277,9 @@ class Session:
             self._placed = False
             self.context.pool.leases.open_failed(self.key)
         self._leave_pool()
+        if self.counts is not None and self.startup is not None:
+            seconds = self.context.reactor.seconds() - self._since
+            log_disconnection(self.peer, self.startup, seconds, self.counts)
 
     def started(self, startup: StartupMessage, raw: bytes, rest: bytes) -> None:
         """The startup packet arrived (``raw``: its bytes, for a warm lane to learn, or
@@ -277,8 +293,8 @@ class Session:
             log.info(
                 "client={client} connected: user={user} database={database}",
                 client=self.peer,
-                user=startup.user,
-                database=startup.database,
+                user=printable(startup.user),
+                database=printable(startup.database),
             )
         negotiation = startup.negotiation()
         if negotiation is not None:
@@ -642,13 +658,19 @@ class Session:
         """Logged in: from now on a server is held only while a transaction runs."""
         context, startup = self.context, self.startup
         assert startup is not None and self.key is not None
-        stream = self.tx = TransactionStream(
+        args = (
             self.io.send,
             self,
             context.statement_names,
             context.config.max_prepared_statements,
             startup.application_name,
             server,
+        )
+        statements = statements_for(context.config, lambda: self.peer)
+        stream = self.tx = (
+            TransactionStream(*args)
+            if statements is None
+            else LoggedTransactionStream(statements, *args)
         )
         self.server = None
         self.tracker = stream  # type: ignore[assignment]
@@ -659,8 +681,10 @@ class Session:
         self._tx_lb = lb if lb != server.node.index else None
         self._move(RELAY)
         # The C lane runs a session's simple transactions only where they all go to one
-        # node (with a load-balancing node, each transaction is routed here).
-        lane = context.pool.leases.lane(self.key) if self._tx_lb is None else None
+        # node (with a load-balancing node, each transaction is routed here), and only
+        # when their statements need not be logged (the lane never shows them to Python).
+        laned = self._tx_lb is None and statements is None
+        lane = context.pool.leases.lane(self.key) if laned else None
         self.io.start_tx_relay(stream, lane, self.tx_adopted, self._tx_wait_expired)  # type: ignore[arg-type]
         self.io.tx_attach(server)
         if context.events.observers:
@@ -864,6 +888,8 @@ class Session:
             else:
                 leases.release(server, clean)
         stream.close()
+        # What the stream counted with no server held (its Terminate, at least).
+        self.context.servers.totals.harvest(self.key, stream, self.counts)
         if self._tx_pid:
             self.context.cancels.unregister(self._tx_pid, self)
         info, self._info = self._info, None

@@ -192,7 +192,7 @@ class RoutingRules:
         on_write_mode: str = "transaction",
         read_your_writes: bool = True,
         on_select: Callable[[int, int], None] = lambda node, count: None,
-        log_statement: Optional[Callable[[int, int, str], None]] = None,
+        log_statement: Optional[Callable[[str, list[tuple[int, int]]], None]] = None,
         per_statement: Optional[Callable[[], bool]] = None,
         learn: Optional[Callable[[bytes, int, bool], bool]] = None,
         begins: Optional[list[bytes]] = None,
@@ -210,7 +210,8 @@ class RoutingRules:
         self.read_your_writes = read_your_writes
         #: on_select(node, count): reads sent to a node (SHOW pool_nodes' select_cnt).
         self.on_select = on_select
-        #: log_per_node_statement: (node, server pid, text) for each statement a node gets.
+        #: log_statement / log_per_node_statement (session/logs.py): (text, [(node, server
+        #: pid) of each leg it goes to]) for each statement.
         self.log_statement = log_statement
         #: statement_level_load_balance: True when this read goes to the load-balancing
         #: node (by weight, against the primary), asked per statement.
@@ -759,8 +760,7 @@ class RoutedStream:
     def _log(self, text: str, *legs: Leg) -> None:
         log = self.rules.log_statement
         if log is not None:
-            for leg in legs:
-                log(leg.node, leg.pid, text)
+            log(text, [(leg.node, leg.pid) for leg in legs])
 
     def _local(self, command: LocalCommand) -> None:
         unit = Unit(self.primary)

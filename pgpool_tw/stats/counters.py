@@ -10,7 +10,7 @@ Python on the reactor's thread writes them.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Optional
 
 
 class Counters:
@@ -50,12 +50,13 @@ class Totals:
             counters = self.by_key[key] = Counters()
         return counters
 
-    def harvest(self, key: Hashable, tracker: Any) -> None:
-        """Add what ``tracker`` counted since its last harvest (and zero it there)."""
+    def harvest(self, key: Hashable, tracker: Any, session: Optional[Counters] = None) -> None:
+        """Add what ``tracker`` counted since its last harvest (and zero it there); to
+        ``session`` too, the session's own totals (log_disconnections) when it keeps them."""
         queries, xacts, bytes_in, bytes_out = tracker.take_counts()
         if queries or bytes_in or bytes_out:
-            counters = self.of(key)
-            counters.queries += queries
-            counters.xacts += xacts
-            counters.bytes_in += bytes_in
-            counters.bytes_out += bytes_out
+            for counters in (self.of(key), session) if session is not None else (self.of(key),):
+                counters.queries += queries
+                counters.xacts += xacts
+                counters.bytes_in += bytes_in
+                counters.bytes_out += bytes_out

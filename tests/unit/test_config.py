@@ -79,6 +79,7 @@ class DefaultsTests(SynchronousTestCase):
                 "clustering_mode",
                 "load_balance_mode",
                 "logdir",
+                "log_destination",
             },
         )
         self.assertTrue(names >= RESTART_REQUIRED)
