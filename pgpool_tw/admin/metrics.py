@@ -20,15 +20,26 @@ pools of one user and database with other startup options summed):
 * ``node_up{node,host,port}`` (1 up or waiting for its first client, 0 down or unused),
   ``node_info{node,status,role,pg_role}`` (1), ``node_weight``,
   ``node_replication_delay_bytes`` / ``_seconds`` (where measured),
-  ``node_selects_total``.
+  ``node_selects_total``;
+* histograms per pool and node (labels ``database``, ``user``, ``node``):
+  ``pool_wait_duration_seconds`` (each client's wait for a slot or, in transaction
+  pooling, a server) and ``pool_query_duration_seconds`` (PgBouncer's query time: a
+  server busy from a client's Query, Sync or FunctionCall until the ReadyForQuery that
+  leaves nothing owed).  The trackers count by log2 bucket of microseconds in C; the
+  buckets' upper bounds are 2^k microseconds, from 16 us (``_LOW``) to about 67 s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import Resource
@@ -55,6 +66,7 @@ class SnapshotCollector(Collector):
         yield from _pools(snapshot)
         yield from _pinned(snapshot)
         yield from _nodes(snapshot)
+        yield from _histograms(snapshot)
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -129,6 +141,52 @@ def _pools(snapshot: Snapshot) -> Iterator[Metric]:
     yield servers
     yield from gauges.values()
     yield from counters.values()
+
+
+#: The histograms' buckets: log2 buckets 0.._LOW fold into the first, bounds 2^k us up
+#: to 2^_HIGH us; the rest is +Inf.
+_LOW, _HIGH = 4, 26
+
+
+def _buckets(counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Cumulative (upper bound in seconds, count) pairs from log2 bucket counts."""
+    out: list[tuple[str, float]] = []
+    seen = 0
+    for k, count in enumerate(counts):
+        seen += count
+        if _LOW <= k <= _HIGH:
+            out.append((repr((1 << k) / 1e6), seen))
+    out.append(("+Inf", seen))
+    return out
+
+
+def _histograms(snapshot: Snapshot) -> Iterator[Metric]:
+    labels = [*_POOL, "node"]
+    waits = HistogramMetricFamily(
+        PREFIX + "pool_wait_duration_seconds",
+        "Clients' waits for a slot or (transaction pooling) a server.",
+        labels=labels,
+    )
+    queries = HistogramMetricFamily(
+        PREFIX + "pool_query_duration_seconds",
+        "Server busy periods: from a client's query until nothing is owed.",
+        labels=labels,
+    )
+    merged: dict[tuple[str, str, str], list[Any]] = {}
+    for pool in snapshot.pools.values():
+        key = (pool.database, pool.user, str(pool.node))
+        sums = merged.setdefault(key, [[0] * 32, 0.0, [0] * 32, 0.0])
+        for i, count in enumerate(pool.wait_hist):
+            sums[0][i] += count
+        sums[1] += pool.wait_time
+        for i, count in enumerate(pool.query_hist):
+            sums[2][i] += count
+        sums[3] += pool.query_time
+    for key, (wait_hist, wait_time, query_hist, query_time) in sorted(merged.items()):
+        waits.add_metric(list(key), _buckets(wait_hist), wait_time)
+        queries.add_metric(list(key), _buckets(query_hist), query_time)
+    yield waits
+    yield queries
 
 
 def _pinned(snapshot: Snapshot) -> Iterator[Metric]:

@@ -82,6 +82,13 @@ class PoolStats:
     wait_time: float
     #: Transaction-mode clients of this pool pinned to their server.
     pinned: int = 0
+    #: The node its servers are on (the pool key's; -1: a key without one).
+    node: int = -1
+    #: Waits by log2 bucket of microseconds (``stats/counters.py``); query time (server
+    #: busy periods) in seconds and by bucket.
+    wait_hist: tuple[int, ...] = ()
+    query_time: float = 0.0
+    query_hist: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,4 +373,8 @@ def _pool(
         bytes_out=counters.bytes_out,
         wait_time=counters.wait_time,
         pinned=pinned.get(key, 0),
+        node=key.node if isinstance(key, PoolKey) else -1,
+        wait_hist=tuple(counters.wait_hist),
+        query_time=counters.query_time,
+        query_hist=tuple(counters.query_hist),
     )

@@ -289,7 +289,19 @@ speedups_poll(PyObject *module, PyObject *args)
     }
 }
 
+/* The histograms' bucket rule, for the tests that hold it equal to Python's. */
+static PyObject *
+speedups_log2_bucket(PyObject *module, PyObject *arg)
+{
+    double seconds = PyFloat_AsDouble(arg);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(log2_bucket(seconds));
+}
+
 static PyMethodDef speedups_methods[] = {
+    {"log2_bucket", speedups_log2_bucket, METH_O,
+     "log2_bucket(seconds) -> the histogram bucket of a duration (see _speedups.h)."},
     {"register", speedups_register, METH_VARARGS,
      "register(fd, relay, side): poll() forwards this socket's chunks itself."},
     {"unregister", speedups_unregister, METH_VARARGS,

@@ -42,6 +42,22 @@ length_at(const unsigned char *p)
 
 enum { WATCH_MAX = 4, WATCH_WORD_MAX = 16 };
 
+/*
+ * Durations by log2 bucket of their microseconds (stats/counters.py's log2_bucket is the
+ * same rule): bucket 0 holds under 1 us, bucket k [2^(k-1), 2^k) us, the last the rest.
+ */
+enum { HIST_BUCKETS = 32 };
+
+static inline int
+log2_bucket(double seconds)
+{
+    long long us = (long long)(seconds * 1e6);
+    if (us <= 0)
+        return 0;
+    int k = 64 - __builtin_clzll((unsigned long long)us);
+    return k < HIST_BUCKETS ? k : HIST_BUCKETS - 1;
+}
+
 typedef struct {
     PyObject_HEAD
     long pending;
@@ -72,6 +88,11 @@ typedef struct {
     unsigned char watch_len[WATCH_MAX];
     int nwatch;
     int local;
+    /* Query time (PgBouncer's): from the moment the server's queue of Query, Sync and
+       FunctionCall messages goes from empty to busy until it is empty again. */
+    double busy_since;
+    double query_time;
+    long long query_hist[HIST_BUCKETS];
 } Tracker;
 
 extern PyTypeObject TrackerType;
@@ -177,6 +198,7 @@ extern unsigned char recv_buffer[RECV_SIZE];
 extern int ran_python;
 
 double monotonic_s(void);
+PyObject *take_hist(double *seconds, long long *counts);
 PyObject *relay_get_object(PyObject *value);
 int slots_reserve(int fd);
 void slot_clear(int fd);
@@ -322,6 +344,7 @@ typedef struct TxClient {
     struct TxClient *next; /* the lane's queue (owned by the queue) */
     long received;
     long long bytes_in, bytes_out; /* this client's share of the lane's (log_disconnections) */
+    double sent_at; /* when its statement running now was sent (query time) */
 } TxClient;
 
 typedef struct TxLane {
@@ -336,6 +359,9 @@ typedef struct TxLane {
     long long hits, misses, adopted;
     long long queries, xacts, bytes_in, bytes_out; /* Python harvests them (take_counts) */
     double waited; /* seconds the clients served from the queue waited (take_waited) */
+    long long wait_hist[HIST_BUCKETS]; /* those waits by log2 bucket (take_times) */
+    double query_time; /* seconds of statements run here, and by log2 bucket (take_times) */
+    long long query_hist[HIST_BUCKETS];
     unsigned char key[ROUTE_TEXT_MAX + 1];
 } TxLane;
 

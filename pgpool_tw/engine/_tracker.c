@@ -9,14 +9,37 @@
  */
 
 
+/* The server's queue goes busy: its query time starts. */
+static inline void
+query_sent(Tracker *t)
+{
+    if (t->pending++ == 0)
+        t->busy_since = monotonic_s();
+}
+
+/* A ReadyForQuery answered a Query, Sync or FunctionCall. */
+static inline void
+query_answered(Tracker *t)
+{
+    t->pending--;
+    t->queries++;
+    if (t->status == IDLE)
+        t->xacts++;
+    if (t->pending == 0) {
+        double took = monotonic_s() - t->busy_since;
+        t->query_time += took;
+        t->query_hist[log2_bucket(took)]++;
+    }
+}
+
 /* One client message's effect; returns 1 for a Terminate. */
 static inline int
 client_message(Tracker *t, int kind)
 {
     if (kind == C_QUERY || kind == C_FUNCTION_CALL) {
-        t->pending++;
+        query_sent(t);
     } else if (kind == C_SYNC) {
-        t->pending++;
+        query_sent(t);
         t->unsynced = 0;
     } else if (kind == C_TERMINATE) {
         return 1;
@@ -177,11 +200,8 @@ server_body(Tracker *t, int kind, const unsigned char *body, Py_ssize_t n)
     if (kind == S_READY) {
         if (n > 0)
             t->status = body[0];
-        if (t->pending) {
-            t->pending--;
-            t->queries++;
-            t->xacts += t->status == IDLE;
-        }
+        if (t->pending)
+            query_answered(t);
         return 0;
     }
     return parameter_status(t, body, n);
@@ -281,11 +301,8 @@ feed_server_raw(Tracker *t, const unsigned char *data, Py_ssize_t n)
         if (kind == S_READY && end <= n) {
             if (end > pos + 5)
                 t->status = data[pos + 5];
-            if (t->pending) {
-                t->pending--;
-                t->queries++;
-                t->xacts += t->status == IDLE;
-            }
+            if (t->pending)
+                query_answered(t);
         } else if (kind == S_READY || kind == S_PARAMETER_STATUS) {
             if (server_header(t, data, n, data + pos, pos + 5, &end) < 0)
                 return -1;

@@ -65,6 +65,8 @@ tracker_init(Tracker *self, PyObject *args, PyObject *kwds)
     self->s_need = 0;
     self->changed = 0;
     self->queries = self->xacts = self->bytes_in = self->bytes_out = 0;
+    self->query_time = 0.0;
+    memset(self->query_hist, 0, sizeof(self->query_hist));
     return 0;
 }
 
@@ -224,13 +226,46 @@ tracker_pass_query(Tracker *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "0 <= sent <= size");
         return NULL;
     }
-    self->pending++;
+    if (self->pending++ == 0)
+        self->busy_since = monotonic_s();
     self->bytes_in += sent;
     self->c_skip = size - sent;
     Py_RETURN_NONE;
 }
 
+/* (seconds, counts by log2 bucket) of a histogram, zeroed: one harvest takes each. */
+PyObject *
+take_hist(double *seconds, long long *counts)
+{
+    PyObject *buckets = PyTuple_New(HIST_BUCKETS);
+    if (buckets == NULL)
+        return NULL;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        PyObject *count = PyLong_FromLongLong(counts[i]);
+        if (count == NULL) {
+            Py_DECREF(buckets);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(buckets, i, count);
+    }
+    PyObject *result = Py_BuildValue("(dN)", *seconds, buckets);
+    if (result != NULL) {
+        *seconds = 0.0;
+        memset(counts, 0, sizeof(long long) * HIST_BUCKETS);
+    }
+    return result;
+}
+
+static PyObject *
+tracker_take_times(Tracker *self, PyObject *unused)
+{
+    return take_hist(&self->query_time, self->query_hist);
+}
+
 static PyMethodDef tracker_methods[] = {
+    {"take_times", (PyCFunction)tracker_take_times, METH_NOARGS,
+     "(query seconds, their counts by log2 bucket of microseconds) since the last take; "
+     "zeroes them."},
     {"pass_query", (PyCFunction)tracker_pass_query, METH_VARARGS,
      "The Query the walk stopped before, size bytes long, goes to the server after all, sent "
      "bytes of it now: count it and skip the rest of it."},

@@ -255,6 +255,7 @@ pair(TxClient *c, TxServer *s, const unsigned char *data, Py_ssize_t n)
     lane->hits++;
     lane->bytes_in += n;
     c->bytes_in += n;
+    c->sent_at = monotonic_s();
     return tx_send(lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
 
@@ -305,6 +306,15 @@ adopt_at(TxClient *c, const unsigned char *data, Py_ssize_t at, Py_ssize_t n)
     return tx_adopt(c, 0, data + at, n - at);
 }
 
+/* A statement's answer ended: its query time. */
+static void
+statement_done(TxClient *c)
+{
+    double took = monotonic_s() - c->sent_at;
+    c->lane->query_time += took;
+    c->lane->query_hist[log2_bucket(took)]++;
+}
+
 /* The answer ended idle: the server goes back, then what the client sent meanwhile. */
 static int
 finish(TxClient *c)
@@ -316,6 +326,7 @@ finish(TxClient *c)
     lane->busy--;
     lane->queries++;
     lane->xacts++;
+    statement_done(c);
     int rc = tx_lane_give(lane, s);
     Py_DECREF(s);
     if (rc < 0)
@@ -343,6 +354,7 @@ block_wait(TxClient *c, int status)
     c->lane->queries++;
     if (status == IDLE)
         c->lane->xacts++;
+    statement_done(c);
     PyObject *kept = take_pend(c);
     if (kept == NULL)
         return PyErr_Occurred() ? -1 : 0;
@@ -371,6 +383,7 @@ client_in_block(TxClient *c, const unsigned char *data, Py_ssize_t n)
     c->lane->hits++;
     c->lane->bytes_in += n;
     c->bytes_in += n;
+    c->sent_at = monotonic_s();
     return tx_send(c->lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
 
@@ -454,8 +467,11 @@ tx_lane_give(TxLane *lane, TxServer *s)
     if (head == NULL)
         return idle_push(lane, s);
     tx_queue_remove(lane, head); /* its reference is ours now */
-    if (head->tag == s->tag && head->fd >= 0)
-        lane->waited += s->parked_at - head->queued_at; /* parked_at: now, set above */
+    if (head->tag == s->tag && head->fd >= 0) {
+        double waited = s->parked_at - head->queued_at; /* parked_at: now, set above */
+        lane->waited += waited;
+        lane->wait_hist[log2_bucket(waited)]++;
+    }
     int rc;
     if (head->tag == s->tag && head->fd >= 0) {
         /* Sent from the client's own buffer: no copy per served waiter (a send the

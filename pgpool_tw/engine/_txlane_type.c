@@ -264,6 +264,19 @@ txlane_take_waited(TxLane *self, PyObject *unused)
 }
 
 static PyObject *
+txlane_take_times(TxLane *self, PyObject *unused)
+{
+    return take_hist(&self->query_time, self->query_hist);
+}
+
+static PyObject *
+txlane_take_waits(TxLane *self, PyObject *unused)
+{
+    double unused_seconds = 0.0; /* the sum is take_waited's */
+    return take_hist(&unused_seconds, self->wait_hist);
+}
+
+static PyObject *
 txlane_take_counts(TxLane *self, PyObject *unused)
 {
     PyObject *result = Py_BuildValue("(LLLL)", self->queries, self->xacts, self->bytes_in,
@@ -638,6 +651,11 @@ static PyMethodDef txlane_methods[] = {
      "(queries, xacts, bytes_in, bytes_out) of the transactions run here, then zero."},
     {"take_waited", (PyCFunction)txlane_take_waited, METH_NOARGS,
      "Seconds the clients this lane served from its queue waited, then zero."},
+    {"take_times", (PyCFunction)txlane_take_times, METH_NOARGS,
+     "(seconds of the statements run here, their counts by log2 bucket of microseconds); "
+     "zeroes them."},
+    {"take_waits", (PyCFunction)txlane_take_waits, METH_NOARGS,
+     "(0.0, the waits of take_waited by log2 bucket of microseconds); zeroes them."},
     {"close", (PyCFunction)txlane_close, METH_NOARGS,
      "Let every parked server and waiting client go (Twisted's again)."},
     {NULL, NULL, 0, NULL},

@@ -49,7 +49,7 @@ from pgpool_tw.engine import fastpoll
 from pgpool_tw.net.deadlines import Deadline, Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.reset import RESET_TIMEOUT, reset_batch
-from pgpool_tw.stats.counters import Totals
+from pgpool_tw.stats.counters import Totals, add_counts
 
 if TYPE_CHECKING:
     from pgpool_tw.engine._speedups import TxLane, TxServer
@@ -490,7 +490,7 @@ class Leases:
     def _served(self, ticket: Ticket, server: Optional[BackendProtocol]) -> None:
         """``ticket`` is out of its queue and its server or place counted: tell it, last."""
         ticket.waiting = False
-        self.totals.of(ticket.key).wait_time += self.clock.seconds() - ticket.since
+        self.totals.of(ticket.key).waited(self.clock.seconds() - ticket.since)
         self._due.append((ticket.got, (server,)))
 
     def _offer_places(self, state: _Key) -> None:
@@ -682,7 +682,9 @@ class Leases:
             self.totals.harvest(key, lane)
             waited = lane.take_waited()
             if waited:
-                self.totals.of(key).wait_time += waited
+                counters = self.totals.of(key)
+                counters.wait_time += waited
+                add_counts(counters.wait_hist, lane.take_waits()[1])
 
     def close_idle(self) -> int:
         """Close every idle server (SIGUSR1, pgpool-II's close_idle_connection)."""

@@ -173,7 +173,7 @@ class Pool:
         """Let waiting clients in while there are free slots (after a leave or a reload)."""
         while self._waiting and self.free_slots() > 0:
             waiter, waiter_key, since = self._waiting.popleft()
-            self.totals.of(waiter_key).wait_time += self.clock.seconds() - since
+            self.totals.of(waiter_key).waited(self.clock.seconds() - since)
             self.enter(waiter, waiter_key)
             # Not from inside another session's connectionLost.
             self.clock.callLater(0, waiter.admitted)

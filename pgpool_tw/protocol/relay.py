@@ -38,6 +38,7 @@ boundary is never reused.
 from __future__ import annotations
 
 from struct import Struct
+from time import monotonic
 
 from pgpool_tw.protocol.errors import ProtocolViolation
 from pgpool_tw.protocol.messages import IDLE, parse_parameter_status
@@ -52,6 +53,19 @@ _TERMINATE = 88  # 'X'
 _COPY_DATA = 100  # 'd'
 _COPY_DONE = 99  # 'c'
 _COPY_FAIL = 102  # 'f'
+#: Durations are counted by log2 bucket of their microseconds: bucket 0 holds under
+#: 1 us, bucket k [2^(k-1), 2^k) us, the last one the rest.  C counts by the same rule
+#: (``_speedups.h`` ``log2_bucket``: one instruction); the stats totals add the buckets
+#: up (``stats/counters.py``) and Prometheus reads them as upper bounds of 2^k us.
+HIST_BUCKETS = 32
+
+
+def log2_bucket(seconds: float) -> int:
+    """The bucket of a duration."""
+    us = int(seconds * 1e6)
+    return min(us.bit_length(), HIST_BUCKETS - 1) if us > 0 else 0
+
+
 #: The words (lower case) a Query text may start with, after whitespace, for the walk to
 #: stop before it: every command ``cluster.pgpool_sql.local_command`` accepts starts so.
 LOCAL_WORDS = (b"show", b"pgpool")
@@ -95,6 +109,9 @@ class SessionTracker:
         "bytes_out",
         "watch",
         "local",
+        "_busy_since",
+        "query_time",
+        "query_hist",
     )
 
     def __init__(
@@ -127,6 +144,29 @@ class SessionTracker:
         self.watch = watch
         #: The last stop of ``feed_client`` was before such a Query, not a Terminate.
         self.local = False
+        #: Query time: when the server's queue last went busy; the seconds of busy
+        #: periods ended, and their counts by log2 bucket (stats/counters.py).
+        self._busy_since = 0.0
+        self.query_time = 0.0
+        self.query_hist = [0] * HIST_BUCKETS
+
+    def take_times(self) -> tuple[float, tuple[int, ...]]:
+        """(query seconds, their counts by log2 bucket) since the last take; zeroes them."""
+        times = (self.query_time, tuple(self.query_hist))
+        self.query_time = 0.0
+        self.query_hist = [0] * HIST_BUCKETS
+        return times
+
+    def _answered(self) -> None:
+        """A ReadyForQuery answered a Query, Sync or FunctionCall."""
+        self.pending -= 1
+        self.queries += 1
+        if self.status == IDLE:
+            self.xacts += 1
+        if not self.pending:
+            took = monotonic() - self._busy_since
+            self.query_time += took
+            self.query_hist[log2_bucket(took)] += 1
 
     def take_counts(self) -> tuple[int, int, int, int]:
         """(queries, xacts, bytes_in, bytes_out) since the last take; zeroes them."""
@@ -190,8 +230,12 @@ class SessionTracker:
                     self._c_skip = 0
                     self.local = True
                     return pos
+                if not self.pending:
+                    self._busy_since = monotonic()
                 self.pending += 1
             elif kind == _SYNC:
+                if not self.pending:
+                    self._busy_since = monotonic()
                 self.pending += 1
                 self.unsynced = False
             elif kind == _TERMINATE:
@@ -226,17 +270,20 @@ class SessionTracker:
     def pass_query(self, size: int, sent: int) -> None:
         """The Query the walk stopped before, ``size`` bytes long, goes to the server
         after all, ``sent`` bytes of it now: count it and skip the rest of it."""
+        if not self.pending:
+            self._busy_since = monotonic()
         self.pending += 1
         self.bytes_in += sent
         self._c_skip = size - sent
 
     def _client_message(self, kind: int) -> bool:
         """One client message's effect (the loop above has the same rules inline)."""
-        if kind == _SYNC:
+        if kind == _SYNC or kind == _QUERY or kind == _FUNCTION_CALL:
+            if not self.pending:
+                self._busy_since = monotonic()
             self.pending += 1
-            self.unsynced = False
-        elif kind == _QUERY or kind == _FUNCTION_CALL:
-            self.pending += 1
+            if kind == _SYNC:
+                self.unsynced = False
         elif kind == _TERMINATE:
             return True
         elif kind != _COPY_DATA and kind != _COPY_DONE and kind != _COPY_FAIL:
@@ -283,10 +330,7 @@ class SessionTracker:
                 if end > pos + 5:
                     self.status = data[pos + 5]
                 if self.pending:
-                    self.pending -= 1
-                    self.queries += 1
-                    if self.status == IDLE:
-                        self.xacts += 1
+                    self._answered()
             elif kind == _READY or kind == _PARAMETER_STATUS:
                 end = self._server_header(data, data, pos, pos + 5)
                 if self._s_need:
@@ -315,10 +359,7 @@ class SessionTracker:
             if body:
                 self.status = body[0]
             if self.pending:
-                self.pending -= 1
-                self.queries += 1
-                if self.status == IDLE:
-                    self.xacts += 1
+                self._answered()
         else:
             try:
                 name, value = parse_parameter_status(body)

@@ -72,6 +72,21 @@ class MetricsTests(PoolerTestCase):
         after = yield self.in_thread(scrape, port)
         self.assertEqual(after[("pgpool_tw_pool_transactions_total", labels)], pool.xacts)
         self.assertEqual(after[("pgpool_tw_pool_queries_total", labels)], pool.queries)
+        # Query time: one busy period per query of this one-at-a-time client, in the
+        # histogram's buckets, cumulative, their sum the seconds counted.
+        with_node = tuple(sorted((*labels, ("node", "0"))))
+        count = after[("pgpool_tw_pool_query_duration_seconds_count", with_node)]
+        self.assertEqual(count, pool.queries)
+        buckets = sorted(
+            (float(dict(names)["le"]), value)
+            for (name, names), value in after.items()
+            if name == "pgpool_tw_pool_query_duration_seconds_bucket"
+            and dict(names)["database"] == db
+        )
+        self.assertEqual(buckets[-1], (float("inf"), count))
+        self.assertEqual([value for _, value in buckets], sorted(v for _, v in buckets))
+        self.assertGreater(after[("pgpool_tw_pool_query_duration_seconds_sum", with_node)], 0)
+        self.assertIn(("pgpool_tw_pool_wait_duration_seconds_count", with_node), after)
 
     def test_session_mode(self) -> Deferred[Any]:
         service, user, db = self.start()

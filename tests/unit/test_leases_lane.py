@@ -115,6 +115,9 @@ class FakeLane:
     def take_waited(self) -> float:
         return 0.25
 
+    def take_waits(self) -> tuple[float, tuple[int, ...]]:
+        return 0.0, (0,) * 18 + (1,) + (0,) * 13  # one wait of 0.25 s: bucket 18
+
     # what the C loop would do
     def wait(self, name: str) -> LaneClient:
         client = LaneClient(name)
@@ -276,6 +279,7 @@ class LaneLeaseTests(SynchronousTestCase):
             (3, 2, 10, 20),
         )
         self.assertEqual(counters.wait_time, 0.25)
+        self.assertEqual(counters.wait_hist[18], 1)  # 0.25 s: [2^17, 2^18) us
 
     def test_a_server_busy_on_the_lane_is_active_for_the_snapshot(self) -> None:
         rig, lane = self.rig()

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.protocol import messages
-from pgpool_tw.protocol.relay import LOCAL_WORDS, SessionTracker
+from pgpool_tw.protocol.relay import LOCAL_WORDS, SessionTracker, log2_bucket
 from tests.unit import test_protocol_relay as base
 
 SKIP = (
@@ -134,6 +134,11 @@ class DifferentialTests(SynchronousTestCase):
             )
             if step % 3 == 2:  # a harvest between chunks must not change what follows
                 self.assertEqual(c.take_counts(), py.take_counts(), f"after chunk {step}")
+                # Query time: timed at the same moments (busy periods ended), so equal
+                # counts of observations; the durations themselves differ.
+                self.assertEqual(
+                    sum(c.take_times()[1]), sum(py.take_times()[1]), f"after chunk {step}"
+                )
 
     @settings(max_examples=300)
     @given(STREAM, STREAM, CUTS, CUTS)
@@ -172,6 +177,37 @@ class DifferentialTests(SynchronousTestCase):
         self.assertRaises(TypeError, tracker.feed_client, "Q")
         self.assertRaises(TypeError, tracker.feed_server, 1)
         self.assertRaises(TypeError, speedups.SessionTracker, [])
+
+
+class Log2BucketTests(SynchronousTestCase):
+    """The histograms' bucket rule, in C and in Python."""
+
+    skip = SKIP or None
+
+    @settings(max_examples=300)
+    @given(st.floats(min_value=-1.0, max_value=1e7, allow_nan=False))
+    def test_c_and_python_agree(self, seconds: float) -> None:
+        assert speedups is not None
+        self.assertEqual(speedups.log2_bucket(seconds), log2_bucket(seconds))
+
+    def test_bounds(self) -> None:
+        """Bucket k holds [2^(k-1), 2^k) us; under 1 us is 0; the last takes the rest."""
+        cases = {0.0: 0, 5e-7: 0, 1e-6: 1, 1.9e-6: 1, 2e-6: 2, 3e-6: 2, 4e-6: 3, 1.0: 20}
+        for seconds, bucket in cases.items():
+            self.assertEqual(log2_bucket(seconds), bucket, seconds)
+        self.assertEqual(log2_bucket(1e9), 31)
+
+    def test_query_time_of_a_busy_period(self) -> None:
+        """One observation per busy period: a pipeline of three queries answered
+        counts once, when the last ReadyForQuery leaves nothing owed."""
+        for tracker in (SessionTracker({}), speedups.SessionTracker({})):  # type: ignore[union-attr]
+            tracker.feed_client(messages.query("select 1") * 3)
+            tracker.feed_server(base.ready(messages.IDLE) * 2)
+            self.assertEqual(sum(tracker.take_times()[1]), 0)
+            tracker.feed_server(base.ready(messages.IDLE))
+            seconds, buckets = tracker.take_times()
+            self.assertEqual((sum(buckets), tracker.queries), (1, 3))
+            self.assertGreaterEqual(seconds, 0.0)
 
 
 class BuildTests(SynchronousTestCase):

@@ -251,6 +251,8 @@ def _body(self: TransactionStream, kind: int, body: bytes) -> None:
     self.queries += 1
     if status == IDLE:
         self.xacts += 1
+    if not self.pending:
+        self._answered_all()
     self._unit_ended(detail, self._failed, head == _E_QUERY)
     self._failed = False
     self._out.append(m.message(b"Z", body))

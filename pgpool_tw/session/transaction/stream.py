@@ -48,13 +48,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from pgpool_tw.cluster.session_state import (
     StateEffect,
 )
 from pgpool_tw.protocol import messages as m
-from pgpool_tw.protocol.relay import WATCH_FIRST, watched_text
+from pgpool_tw.protocol.relay import HIST_BUCKETS, WATCH_FIRST, log2_bucket, watched_text
 from pgpool_tw.protocol.sql import set_application_name
 from pgpool_tw.session.transaction import answers, effects, statements
 from pgpool_tw.session.transaction.owed import (
@@ -159,6 +160,9 @@ class TransactionStream:
         "xacts",
         "bytes_in",
         "bytes_out",
+        "_busy_since",
+        "query_time",
+        "query_hist",
     )
 
     def __init__(
@@ -182,6 +186,11 @@ class TransactionStream:
         self.status = server.status if server is not None else IDLE
         #: Queries, Syncs and FunctionCalls of the client with no ReadyForQuery yet.
         self.pending = 0
+        #: Query time (as the trackers count it, from the client chunk that made the
+        #: stream busy): seconds of busy periods ended, by log2 bucket too.
+        self._busy_since = 0.0
+        self.query_time = 0.0
+        self.query_hist = [0] * HIST_BUCKETS
         #: Why the client keeps its server (reason -> True); empty: it may go back.
         self.pinned: dict[str, bool] = {}
         #: The client's named statements: name -> Parse body after the name.
@@ -295,6 +304,18 @@ class TransactionStream:
             and not self.pinned
         )
 
+    def take_times(self) -> tuple[float, tuple[int, ...]]:
+        times = (self.query_time, tuple(self.query_hist))
+        self.query_time = 0.0
+        self.query_hist = [0] * HIST_BUCKETS
+        return times
+
+    def _answered_all(self) -> None:
+        """The last ReadyForQuery owed arrived: a busy period ends."""
+        took = monotonic() - self._busy_since
+        self.query_time += took
+        self.query_hist[log2_bucket(took)] += 1
+
     def take_counts(self) -> tuple[int, int, int, int]:
         counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
         self.queries = self.xacts = self.bytes_in = self.bytes_out = 0
@@ -334,6 +355,8 @@ class TransactionStream:
         if status:
             self.status = status
             return
+        if not self.pending:
+            self._busy_since = monotonic()  # sent by the lane a moment ago
         self.pending += 1
         self._expect.append((_E_QUERY, None))
         if raw_left:
@@ -387,6 +410,8 @@ class TransactionStream:
         if self._closed:
             return -1
         self.bytes_in += len(data)
+        if not self.pending:
+            self._busy_since = monotonic()
         buf: bytes | bytearray
         if self._cbuf:
             buf = self._cbuf
