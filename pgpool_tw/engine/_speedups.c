@@ -44,6 +44,9 @@
 #include "_speedups.h"
 
 
+double loop_now = 0.0;
+int in_batch = 0;
+
 static struct epoll_event *events = NULL;
 static int events_size = 0;
 
@@ -274,7 +277,12 @@ speedups_poll(PyObject *module, PyObject *args)
             count = 0;
             ran_python = 1; /* a signal: its handler is Python's to run */
         }
-        if (handle_batch(count, result) < 0 || PyErr_CheckSignals() < 0) {
+        /* One clock read per batch: the time its events are handled at (event_now). */
+        loop_now = monotonic_s();
+        in_batch = 1;
+        int handled = handle_batch(count, result);
+        in_batch = 0;
+        if (handled < 0 || PyErr_CheckSignals() < 0) {
             Py_DECREF(result);
             return NULL;
         }

@@ -198,6 +198,18 @@ extern unsigned char recv_buffer[RECV_SIZE];
 extern int ran_python;
 
 double monotonic_s(void);
+
+/* The time poll() read when its batch of events began (in_batch: handling it). */
+extern double loop_now;
+extern int in_batch;
+
+/* Now, for the histograms: the batch's time inside poll(), the clock elsewhere (a
+   tracker fed by Twisted's own path, a test). */
+static inline double
+event_now(void)
+{
+    return in_batch ? loop_now : monotonic_s();
+}
 PyObject *take_hist(double *seconds, long long *counts);
 PyObject *relay_get_object(PyObject *value);
 int slots_reserve(int fd);

@@ -14,7 +14,7 @@ static inline void
 query_sent(Tracker *t)
 {
     if (t->pending++ == 0)
-        t->busy_since = monotonic_s();
+        t->busy_since = event_now();
 }
 
 /* A ReadyForQuery answered a Query, Sync or FunctionCall. */
@@ -26,7 +26,7 @@ query_answered(Tracker *t)
     if (t->status == IDLE)
         t->xacts++;
     if (t->pending == 0) {
-        double took = monotonic_s() - t->busy_since;
+        double took = event_now() - t->busy_since;
         t->query_time += took;
         t->query_hist[log2_bucket(took)]++;
     }

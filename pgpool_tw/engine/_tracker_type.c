@@ -227,7 +227,7 @@ tracker_pass_query(Tracker *self, PyObject *args)
         return NULL;
     }
     if (self->pending++ == 0)
-        self->busy_since = monotonic_s();
+        self->busy_since = event_now();
     self->bytes_in += sent;
     self->c_skip = size - sent;
     Py_RETURN_NONE;

@@ -255,7 +255,7 @@ pair(TxClient *c, TxServer *s, const unsigned char *data, Py_ssize_t n)
     lane->hits++;
     lane->bytes_in += n;
     c->bytes_in += n;
-    c->sent_at = monotonic_s();
+    c->sent_at = event_now();
     return tx_send(lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
 
@@ -310,7 +310,7 @@ adopt_at(TxClient *c, const unsigned char *data, Py_ssize_t at, Py_ssize_t n)
 static void
 statement_done(TxClient *c)
 {
-    double took = monotonic_s() - c->sent_at;
+    double took = event_now() - c->sent_at;
     c->lane->query_time += took;
     c->lane->query_hist[log2_bucket(took)]++;
 }
@@ -383,7 +383,7 @@ client_in_block(TxClient *c, const unsigned char *data, Py_ssize_t n)
     c->lane->hits++;
     c->lane->bytes_in += n;
     c->bytes_in += n;
-    c->sent_at = monotonic_s();
+    c->sent_at = event_now();
     return tx_send(c->lane->writes, s->fd, s->fd_obj, s->transport, data, n);
 }
 
