@@ -290,18 +290,7 @@ class FrontendProtocol(Protocol):
 
     def stop_relay(self, server: BackendProtocol) -> None:
         self.relaying = False
-        router, self._router = self._router, None
-        if router is not None:
-            fastpoll.stop_router(router)
-            self.received += router.received
-        stream, self._routed = self._routed, None
-        if stream is not None:
-            self.factory.fast_streams.discard(stream)
-            stream.detach_fast()
-        if self._relay is not None:
-            fastpoll.stop_relay(self._relay)
-            self.received += self._relay.received
-            self._relay = None
+        self._leave_c_loop()
         self.server_write = discard
         if self._producers is not None:
             unlink(self.transport, server.transport, self._producers)
@@ -318,19 +307,8 @@ class FrontendProtocol(Protocol):
         the server side sent the client anything.  Returns the client's chunks since
         the session began relaying (0: it has not spoken since its login).  Only a
         draining session pays for the watch: the normal path is untouched."""
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            fastpoll.stop_relay(relay)
-            self.received += relay.received
+        self._leave_c_loop()
         self._paused = None  # a held Query's end must not put it back on the C loop
-        router, self._router = self._router, None
-        if router is not None:
-            fastpoll.stop_router(router)
-            self.received += router.received
-        routed, self._routed = self._routed, None
-        if routed is not None:
-            self.factory.fast_streams.discard(routed)
-            routed.detach_fast()
         self.tx_stop()
         if stream is not None:
             stream.client_send = self._watching(stream.client_send, check)
@@ -403,11 +381,24 @@ class FrontendProtocol(Protocol):
             self.dataReceived(held[size:])
 
     def _pause_relay(self) -> None:
+        self._paused = self._relay
+        self._leave_c_loop()
+
+    def _leave_c_loop(self) -> None:
+        """Twisted reads the session's sockets from now on: the C relay or router lets
+        them go (their chunk counts kept for client_idle_limit)."""
         relay, self._relay = self._relay, None
-        assert relay is not None
-        fastpoll.stop_relay(relay)
-        self.received += relay.received
-        self._paused = relay
+        if relay is not None:
+            fastpoll.stop_relay(relay)
+            self.received += relay.received
+        router, self._router = self._router, None
+        if router is not None:
+            fastpoll.stop_router(router)
+            self.received += router.received
+        routed, self._routed = self._routed, None
+        if routed is not None:
+            self.factory.fast_streams.discard(routed)
+            routed.detach_fast()
 
     def _resume_relay(self) -> None:
         self._paused = None

@@ -28,24 +28,30 @@ def _errors(answer: list[tuple[int, bytes]]) -> list[dict[str, str]]:
     return [m.parse_fields(body) for kind, body in answer if kind == m.ERROR_RESPONSE]
 
 
+def console_pooler(case: PoolerTestCase, hba: bool = True, **settings: Any) -> PgpoolService:
+    """A pooler whose console admin_u and stats_u may use (pool_hba trust, an empty
+    pool_passwd)."""
+    directory = tempfile.mkdtemp(prefix="pgtw-console-")
+    case.addCleanup(subprocess.run, ["rm", "-rf", directory])
+    hba_path = os.path.join(directory, "pool_hba.conf")
+    passwd_path = os.path.join(directory, "pool_passwd")
+    with open(hba_path, "w", encoding="utf-8") as handle:
+        handle.write("host all all 127.0.0.1/32 trust\nlocal all all trust\n")
+    with open(passwd_path, "w", encoding="utf-8") as handle:
+        handle.write("")
+    values: dict[str, Any] = {
+        "admin_users": ("admin_u",),
+        "stats_users": ("stats_u",),
+    }
+    if hba:
+        values.update(enable_pool_hba=True, pool_hba_file=hba_path, pool_passwd=passwd_path)
+    values.update(settings)
+    return case.start_pooler(**values)
+
+
 class ConsoleTests(PoolerTestCase):
     def start(self, hba: bool = True, **settings: Any) -> PgpoolService:
-        directory = tempfile.mkdtemp(prefix="pgtw-console-")
-        self.addCleanup(subprocess.run, ["rm", "-rf", directory])
-        hba_path = os.path.join(directory, "pool_hba.conf")
-        passwd_path = os.path.join(directory, "pool_passwd")
-        with open(hba_path, "w", encoding="utf-8") as handle:
-            handle.write("host all all 127.0.0.1/32 trust\nlocal all all trust\n")
-        with open(passwd_path, "w", encoding="utf-8") as handle:
-            handle.write("")
-        values: dict[str, Any] = {
-            "admin_users": ("admin_u",),
-            "stats_users": ("stats_u",),
-        }
-        if hba:
-            values.update(enable_pool_hba=True, pool_hba_file=hba_path, pool_passwd=passwd_path)
-        values.update(settings)
-        return self.start_pooler(**values)
+        return console_pooler(self, hba, **settings)
 
     def console(self, service: PgpoolService, user: str, db: str = "pgbouncer") -> RawClient:
         client = RawClient(service.port)

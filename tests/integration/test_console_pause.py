@@ -3,9 +3,7 @@ pooler and PostgreSQL, through psql and a protocol-level client."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from collections.abc import Generator
 from typing import Any
 
@@ -16,27 +14,14 @@ from pgpool_tw.service import PgpoolService
 from pgpool_tw.session.machine import DRAIN_TEXT
 from pgpool_tw_dev.devdb import client_env, pg_bin
 from tests.integration.harness import PoolerTestCase, RawClient, error_fields, error_of, eventually
+from tests.integration.test_console import console_pooler
 
 Steps = Generator[Deferred[Any], Any, None]
 
 
 class PauseTests(PoolerTestCase):
     def start(self, **settings: Any) -> PgpoolService:
-        directory = tempfile.mkdtemp(prefix="pgtw-pause-")
-        self.addCleanup(subprocess.run, ["rm", "-rf", directory])
-        hba_path = os.path.join(directory, "pool_hba.conf")
-        passwd_path = os.path.join(directory, "pool_passwd")
-        with open(hba_path, "w", encoding="utf-8") as handle:
-            handle.write("host all all 127.0.0.1/32 trust\nlocal all all trust\n")
-        with open(passwd_path, "w", encoding="utf-8") as handle:
-            handle.write("")
-        return self.start_pooler(
-            admin_users=("admin_u",),
-            enable_pool_hba=True,
-            pool_hba_file=hba_path,
-            pool_passwd=passwd_path,
-            **settings,
-        )
+        return console_pooler(self, **settings)
 
     def psql(self, service: PgpoolService, *commands: str) -> Deferred[str]:
         """psql on the console as admin_u; fires with its output once every command answered."""
