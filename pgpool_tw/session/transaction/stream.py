@@ -190,7 +190,9 @@ class TransactionStream:
         #: stream busy): seconds of busy periods ended, by log2 bucket too.
         self._busy_since = 0.0
         self.query_time = 0.0
-        self.query_hist = [0] * HIST_BUCKETS
+        #: (made at the first observation: most transaction-mode sessions never have
+        #: one, their statements run on the C lane)
+        self.query_hist: Optional[list[int]] = None
         #: Why the client keeps its server (reason -> True); empty: it may go back.
         self.pinned: dict[str, bool] = {}
         #: The client's named statements: name -> Parse body after the name.
@@ -305,16 +307,19 @@ class TransactionStream:
         )
 
     def take_times(self) -> tuple[float, tuple[int, ...]]:
-        times = (self.query_time, tuple(self.query_hist))
+        hist, self.query_hist = self.query_hist, None
+        times = (self.query_time, tuple(hist) if hist is not None else ())
         self.query_time = 0.0
-        self.query_hist = [0] * HIST_BUCKETS
         return times
 
     def _answered_all(self) -> None:
         """The last ReadyForQuery owed arrived: a busy period ends."""
         took = monotonic() - self._busy_since
         self.query_time += took
-        self.query_hist[log2_bucket(took)] += 1
+        hist = self.query_hist
+        if hist is None:
+            hist = self.query_hist = [0] * HIST_BUCKETS
+        hist[log2_bucket(took)] += 1
 
     def take_counts(self) -> tuple[int, int, int, int]:
         counts = (self.queries, self.xacts, self.bytes_in, self.bytes_out)
