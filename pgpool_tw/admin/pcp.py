@@ -21,7 +21,7 @@ and pgpool-II's set-parameter request.  An unknown packet type is pgpool-II's FA
 ids (SHOW CLIENTS' id, KILL_CLIENT's argument); pcp_proc_count lists them and
 pcp_proc_info shows one row per session (its database, user, connection time, the node
 it is served by and its state).  Sessions the C lane serves alone (warm logins under
-``twistd``) are not listed, as in SHOW CLIENTS.
+``twistd``) have id 0, as in SHOW CLIENTS.
 """
 
 from __future__ import annotations

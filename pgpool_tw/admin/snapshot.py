@@ -144,7 +144,9 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class ClientRow:
-    """One client connection (SHOW CLIENTS); warm-lane sessions are not listed."""
+    """One client connection (SHOW CLIENTS, SHOW pool_processes, pcp_proc_info); a
+    warm-lane session (logged in and relayed by the C loop alone) has id 0, no address
+    and no connect time: only its server is known to Python."""
 
     user: str
     database: str
@@ -203,6 +205,26 @@ def take_connections(
                 _activity(client.tracker) if server is not None else "",
             )
         )
+    if warm is not None:  # sessions the C loop logged in and relays alone
+        for server, tracker in warm.watch.active():
+            startup = server.startup
+            clients.append(
+                ClientRow(
+                    startup.user,
+                    startup.database,
+                    "active",
+                    "",
+                    0.0,
+                    False,
+                    server.params.get("application_name", ""),
+                    (),
+                    0,
+                    server.pid,
+                    server.node.index,
+                    server.created,
+                    _activity(tracker),
+                )
+            )
     states = pool.leases.busy_on_lanes()
     if warm is not None:
         states.update(warm.watch.server_states())

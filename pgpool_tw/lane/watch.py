@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgpool_tw.engine.speedups import speedups
 from pgpool_tw.stats.counters import Totals
@@ -116,6 +116,16 @@ class WarmWatch:
         return {
             server: names.get(lent.relay.state, "running") for server, lent in self.lent.items()
         }
+
+    def active(self) -> list[tuple[BackendProtocol, Any]]:
+        """(server, its session's tracker) of each warm session relayed now: the
+        connection lists (SHOW pool_processes, pcp_proc_info) show them too."""
+        assert speedups is not None
+        return [
+            (server, lent.relay.tracker)
+            for server, lent in self.lent.items()
+            if lent.relay.state == speedups.W_ACTIVE
+        ]
 
     def active_by_key(self) -> dict[Hashable, int]:
         """Warm sessions relayed now, by pool key."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -213,6 +214,61 @@ class PgpoolSqlTests(PoolerTestCase):
         self.assertTrue({int(pid) for pid in held} <= activity, (held, activity))
         if self.settings.get("pool_mode") != "transaction":
             self.assertEqual(len(held), 4)  # each session holds its own server
+
+
+class UnderPgbenchTests(PoolerTestCase):
+    """The acceptance's check: psql's SHOW commands while pgbench runs (the C loop, as
+    under twistd)."""
+
+    c_loop = True
+
+    @inlineCallbacks
+    def test_show_commands_while_pgbench_runs(self) -> Steps:
+        """pool_processes lists pgbench's clients with the servers pg_stat_activity
+        shows, and the queries they ran move pool_backend_stats-free counters: psql's
+        answers come from the pooler while pgbench's queries go through it."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        env = client_env()
+        common = ["-h", "127.0.0.1", "-p", str(service.port), "-U", user]
+        pgbench, psql = str(pg_bin("pgbench")), str(pg_bin("psql"))
+
+        def run() -> tuple[str, str, set[int], subprocess.CompletedProcess[str]]:
+            subprocess.run(
+                [pgbench, "-i", "-s", "1", "-q", *common, db], env=env, check=True,
+                capture_output=True, timeout=120,
+            )  # fmt: skip
+            bench = subprocess.Popen(
+                [pgbench, "-S", "-c", "4", "-j", "2", "-T", "4", *common, db],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            time.sleep(2)
+            shown = subprocess.run(
+                [psql, "-X", "-A", *common, db, "-c", "SHOW pool_processes"],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            pools = subprocess.run(
+                [psql, "-X", "-A", *common, db, "-c", "SHOW pool_pools"],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            activity = self.server_pids(user)
+            out, err = bench.communicate(timeout=60)
+            done = subprocess.CompletedProcess(bench.args, bench.returncode, out, err)
+            return shown.stdout, pools.stdout, activity, done
+
+        processes, pools, activity, done = yield self.in_thread(run)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("number of failed transactions: 0", done.stdout)
+        rows = [line.split("|") for line in processes.splitlines()[1:-1]]
+        # pgbench's 4 (one of them a warm login the C loop serves alone: id 0) and psql.
+        self.assertEqual(len([row for row in rows if row[3] == db]), 5, processes)
+        held = {
+            int(line.split("|")[14])
+            for line in pools.splitlines()[1:-1]
+            if line.split("|")[5] == db and line.split("|")[15] == "1"
+        }
+        self.assertEqual(len(held), 5)
+        self.assertTrue(held <= activity, (held, activity))
 
 
 class CLoopPgpoolSqlTests(PgpoolSqlTests):
