@@ -135,7 +135,15 @@ class ServerLogin:
     ``server_said_ok``, ``server_logged_in``, or a FATAL for the client.
     """
 
-    __slots__ = ("_backend_auth", "_reader", "_retried", "connector", "server", "session")
+    __slots__ = (
+        "_asked_client",
+        "_backend_auth",
+        "_reader",
+        "_retried",
+        "connector",
+        "server",
+        "session",
+    )
 
     def __init__(self, session: Session, check: Optional[PasswordCheck], retried: bool) -> None:
         self.session = session
@@ -148,6 +156,8 @@ class ServerLogin:
         self._retried = retried
         #: The connection attempt, until the server is up or refused (to abort it).
         self.connector: Any = None
+        #: The server's password request went to the client: only a password may come.
+        self._asked_client = False
         self.server: Optional[BackendProtocol] = None
 
     def abandon(self) -> None:
@@ -170,6 +180,11 @@ class ServerLogin:
             elif kind == m.TERMINATE:
                 session.io.close()
                 return
+            elif not self._asked_client:
+                # Sent with the startup packet, before any password was asked of it (a
+                # driver pipelining its first statement): kept for after the login, as
+                # PostgreSQL keeps it.
+                session.keep(m.message(bytes((kind,)), body))
             else:
                 session.fatal("08P01", f"unexpected message {chr(kind)!r} during authentication")
                 return
@@ -192,6 +207,7 @@ class ServerLogin:
             # The pooler authenticated the client; there is nobody to relay to.
             self._refused(server, f'pool_passwd has no entry for user "{server.startup.user}"')
         else:
+            self._asked_client = True
             session.io.send(m.without_channel_binding(raw))
 
     def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:

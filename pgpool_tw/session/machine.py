@@ -239,9 +239,13 @@ class Session:
                 self._console.feed(data)
         elif state != CLOSED:
             # WAITING or SETTING: kept for the server once the session is attached.
-            self._buffer += data
-            if len(self._buffer) > MAX_EARLY_BYTES:
-                self.fatal("08P01", "unexpected data before the session started")
+            self.keep(data)
+
+    def keep(self, data: bytes) -> None:
+        """Client bytes for the server once the session is attached (bounded)."""
+        self._buffer += data
+        if len(self._buffer) > MAX_EARLY_BYTES:
+            self.fatal("08P01", "unexpected data before the session started")
 
     def client_terminated(self) -> None:
         """A clean Terminate: the server is reset and pooled if the session was in sync."""

@@ -39,6 +39,30 @@ def _raw(port: int, packet: bytes) -> bytes:
 
 class StartupTests(PoolerTestCase):
     @defer.inlineCallbacks
+    def test_query_pipelined_with_the_startup_packet(self):
+        """A StartupMessage and a Query in one write (issue #20, item 6): the Query is
+        kept while a new server logs in and answered after, as PostgreSQL does."""
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+
+        def run() -> list[tuple[int, bytes]]:
+            client = RawClient(service.port)
+            body = m.INT32.pack(196608) + m.cstring("user") + m.cstring(user)
+            body += m.cstring("database") + m.cstring(db) + b"\0"
+            client.send(m.UINT32.pack(len(body) + 4) + body + m.query("select 6 * 7"))
+            seen: list[tuple[int, bytes]] = []
+            while sum(kind == m.READY_FOR_QUERY for kind, _ in seen) < 2:
+                seen += client.read_messages()  # the login's end, then the query's answer
+            client.close()
+            return seen
+
+        seen = yield self.in_thread(run)
+        self.assertEqual(error_fields(seen), {})
+        rows = [body for kind, body in seen if kind == ord("D")]
+        self.assertEqual(len(rows), 1)
+        self.assertIn(b"42", rows[0])
+
+    @defer.inlineCallbacks
     def test_oversized_startup_packet_refused(self):
         """A startup packet length of 10000 or more gets FATAL 08P01 and a close."""
         service = self.start_pooler()
