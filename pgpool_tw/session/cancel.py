@@ -116,8 +116,16 @@ def forward(context: SessionContext, request: CancelRequest, peer: str) -> bool:
         if session is not None:
             # A transaction-mode client between transactions: nothing runs to cancel.
             log.info("client={client} cancel request: no statement running", client=peer)
-        else:
-            log.info("client={client} cancel request with an unknown key ignored", client=peer)
+            return False
+        # Anyone may send these without logging in: one line a second, with a count.
+        dropped = context.unknown_cancels.admit(context.reactor.seconds())
+        if dropped >= 0:
+            more = f" ({dropped} more since the last)" if dropped else ""
+            log.info(
+                "client={client} cancel request with an unknown key ignored{more}",
+                client=peer,
+                more=more,
+            )
         return False
     for server in servers:
         send_cancel(context.reactor, server.node, server.pid, server.secret)

@@ -25,6 +25,7 @@ from pgpool_tw.config.settings import BackendNode, Config
 from pgpool_tw.config.tls import TLSContexts
 from pgpool_tw.engine import fastpoll
 from pgpool_tw.engine.speedups import speedups
+from pgpool_tw.logs.ratelimit import RateLimit
 from pgpool_tw.net.deadlines import Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.book import ServerBook
@@ -117,6 +118,9 @@ class SessionContext:
         self.warm: Optional[WarmLogins] = None
         #: The admin console (service.py sets it; None: console logins are refused).
         self.console: Optional[AdminConsole] = None
+        #: Unknown-key CancelRequests: logged one a second, with a count (anyone may send
+        #: them without logging in).
+        self.unknown_cancels = RateLimit()
         #: Clients whose session set its own client_idle_limit (PGPOOL SET): the service's
         #: tick checks them even when pgpool.conf's is 0.
         self.own_idle_limits: set[Any] = set()

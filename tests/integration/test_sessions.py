@@ -283,6 +283,32 @@ class ReuseTests(PoolerTestCase):
 
 class CancelTests(PoolerTestCase):
     @defer.inlineCallbacks
+    def test_unknown_key_flood_is_logged_once_a_second(self):
+        """200 CancelRequests with wrong keys, then one more after a second (issue #20,
+        item 4): a line per second, each saying how many it stands for, and every one
+        of the 201 counted."""
+        from twisted.logger import formatEvent
+
+        service = self.start_pooler()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def flood(count: int) -> None:
+            for i in range(count):
+                send_cancel(service.port, 12345 + i, 678)
+
+        yield self.in_thread(flood, 200)
+        yield sleep(1.2)
+        yield self.in_thread(flood, 1)
+        yield sleep(0.2)
+        lines = [formatEvent(e) for e in events if "unknown key" in formatEvent(e)]
+        more = [int(line.split("(")[1].split()[0]) for line in lines if "more since" in line]
+        self.assertEqual(len(lines) + sum(more), 201, lines)
+        self.assertLess(len(lines), 201)
+        self.assertTrue(more, lines)  # the last line counted the ones left out
+
+    @defer.inlineCallbacks
     def test_cancel_reaches_the_server(self):
         """psycopg's cancel() through the pooler stops a running query with 57014."""
         service = self.start_pooler()

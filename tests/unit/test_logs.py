@@ -316,3 +316,16 @@ class LinesTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(events[0]["bytes_received"], 12)
+
+
+class RateLimitTests(SynchronousTestCase):
+    """logs/ratelimit.py: one event of a kind logged per interval, the rest counted."""
+
+    def test_one_a_second_with_the_count_left_out(self) -> None:
+        from pgpool_tw.logs.ratelimit import RateLimit
+
+        limit = RateLimit(1.0)
+        got = [limit.admit(t / 100) for t in range(250)]  # 2.5 s, 100 events a second
+        logged = [n for n in got if n >= 0]
+        self.assertEqual(logged, [0, 99, 99])
+        self.assertEqual(len(logged) + sum(logged) + limit.admit(10.0), 250)
