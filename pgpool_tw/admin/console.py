@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pgpool_tw import __version__
-from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot
+from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot, split_address
 from pgpool_tw.config.settings import RESTART_REQUIRED, Config, value_text
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import command_complete, result_set
@@ -391,12 +391,6 @@ def _lists(service: ConsoleService) -> Rows:
     return ["list", "items"], [[name, str(count)] for name, count in items]
 
 
-def _split_address(address: str) -> tuple[str, Optional[str]]:
-    """``host:port`` as PgBouncer's addr and port columns; ``local`` has no port."""
-    host, sep, port = address.rpartition(":")
-    return (host, port) if sep else (address, None)
-
-
 def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
@@ -409,7 +403,7 @@ def _clients(service: ConsoleService) -> Rows:
     ]  # fmt: skip
     rows: list[list[Optional[str]]] = []
     for client in sorted(clients, key=lambda c: (c.database, c.user, c.connected_at)):
-        addr, port = _split_address(client.address)
+        addr, port = split_address(client.address)
         rows.append(
             [
                 "C",
@@ -436,7 +430,7 @@ def _servers(service: ConsoleService) -> Rows:
     ]  # fmt: skip
     rows: list[list[Optional[str]]] = []
     for server in sorted(servers, key=lambda s: (s.database, s.user, s.created)):
-        addr, port = _split_address(server.address)
+        addr, port = split_address(server.address)
         rows.append(
             [
                 "S",

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from pgpool_tw import __version__
 from pgpool_tw.admin.pcp_rows import config_rows, health_row, process_row, when
-from pgpool_tw.admin.snapshot import ClientRow, NodeStats, ServerRow, Snapshot
+from pgpool_tw.admin.snapshot import ClientRow, NodeStats, ServerRow, Snapshot, split_address
 from pgpool_tw.checks.health import HealthStats
 from pgpool_tw.config.settings import STREAMING_REPLICATION, Config
 
@@ -184,11 +184,9 @@ def _process(client: ClientRow) -> list[Optional[str]]:
 def _pool_client(client: ClientRow) -> list[Optional[str]]:
     """pcp_proc_info's fields for the session, then SHOW pool_pools' own: pgpool-II's
     status words, load_balance_node, the client's host and port, statement."""
-    host, _, port = client.address.rpartition(":")
-    if not host:
-        host, port = client.address, ""
+    host, port = split_address(client.address)
     row: list[Optional[str]] = list(process_row(client)[:16])
-    return [*row, _STATUS.get(client.activity, client.activity), "0", host, port, ""]
+    return [*row, _STATUS.get(client.activity, client.activity), "0", host, port or "", ""]
 
 
 def _pool_server(server: ServerRow) -> list[Optional[str]]:

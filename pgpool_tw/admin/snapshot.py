@@ -179,6 +179,13 @@ class ServerRow:
     application_name: str
 
 
+def split_address(address: str) -> tuple[str, Optional[str]]:
+    """A connection's ``host:port`` as its host and port columns (the console's addr and
+    port, pool_pools' client_host and client_port); ``local`` has no port."""
+    host, sep, port = address.rpartition(":")
+    return (host, port) if sep else (address, None)
+
+
 def take_connections(
     factory: FrontendFactory, pool: Pool, warm: Optional[WarmLane] = None
 ) -> tuple[list[ClientRow], list[ServerRow]]:
