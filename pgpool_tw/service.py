@@ -53,6 +53,7 @@ from pgpool_tw.config.settings import Config, ConfigError, load_config
 from pgpool_tw.config.tls import TLSConfigError, load_tls
 from pgpool_tw.lane.warm import WarmLane
 from pgpool_tw.listeners import accept_backlog, describe, listen, listen_control, listen_tcp
+from pgpool_tw.net.transport import set_keepalives
 from pgpool_tw.pool.pool import Pool
 from pgpool_tw.session.frontend import FrontendFactory
 from pgpool_tw.stats.events import EventHub
@@ -285,6 +286,9 @@ class PgpoolService(MultiService):
 
     def _listen(self) -> None:
         config = self.config
+        set_keepalives(
+            config.tcp_keepalives_idle, config.tcp_keepalives_interval, config.tcp_keepalives_count
+        )
         self.ports, self.factory.listeners_tuned = listen(self.reactor, config, self.factory)
         if config.metrics_listen_addresses and not self.metrics_ports:
             try:
@@ -532,6 +536,9 @@ class PgpoolService(MultiService):
         ticker_changed = config.client_idle_limit != self.config.client_idle_limit
         self.config = config
         self.pool.config = config
+        set_keepalives(
+            config.tcp_keepalives_idle, config.tcp_keepalives_interval, config.tcp_keepalives_count
+        )
         self.factory.use(config)
         self._start_sr_check(hold=False)
         self.health_check.apply()
@@ -716,6 +723,8 @@ class PgpoolService(MultiService):
             self._ticker.stop()
         self.pool.stop_timers()
         self.factory.stop_timers()
+        if self.warm is not None:
+            self.warm.stop_timers()
         stopped, self._stopped = self._stopped, None
         ports, self._port_stops = self._port_stops, []
         ports += [defer.maybeDeferred(p.stopListening) for p in self.metrics_ports]

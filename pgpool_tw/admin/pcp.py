@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -39,6 +40,8 @@ from pgpool_tw.admin import pcp_rows as rows
 from pgpool_tw.admin.snapshot import ClientRow, ServerRow, Snapshot
 from pgpool_tw.config.pcpconf import PcpUsers
 from pgpool_tw.config.settings import Config
+from pgpool_tw.logs.escape import printable
+from pgpool_tw.logs.ratelimit import RateLimit
 from pgpool_tw.protocol import pcp
 from pgpool_tw.protocol.errors import ProtocolViolation
 
@@ -77,6 +80,8 @@ class PcpService:
         self.promote = promote
         self.reload = reload
         self.shutdown = shutdown
+        #: Failed PCP logins: one log line a second, with a count of the rest.
+        self.failed_logins = RateLimit()
         self.users = users
         self.reactor = reactor
 
@@ -230,7 +235,7 @@ class PcpProtocol(Protocol):
         if self.service.config().log_pcp_processes:
             log.info(
                 "PCP: {user} from {peer}: {command}",
-                user=self.user,
+                user=printable(self.user),
                 peer=self.peer,
                 command=handler.__name__,
             )
@@ -248,9 +253,14 @@ class PcpProtocol(Protocol):
         stored = users.users.get(user)
         expected = pcp.md5_answer(stored or "0" * 32, user, salt)
         if stored is None or not hmac.compare_digest(expected, answer):
-            log.warn(
-                "PCP: authentication failed for user {user} from {peer}", user=user, peer=self.peer
-            )
+            dropped = self.service.failed_logins.admit(time.monotonic())
+            if dropped >= 0:
+                log.warn(
+                    "PCP: authentication failed for user {user} from {peer}{more}",
+                    user=printable(user),
+                    peer=self.peer,
+                    more=f" ({dropped} more since the last)" if dropped else "",
+                )
             raise _Fatal(
                 f'authentication failed for user "{user}"',
                 "username and/or password does not match",
@@ -372,7 +382,9 @@ class PcpProtocol(Protocol):
                 "PCP: error while processing shutdown request",
                 f'invalid shutdown mode "{body[:1].decode("ascii", "replace")}"',
             )
-        log.info("PCP: {user} asks for a {mode} shutdown", user=self.user, mode=mode)
+        log.info(
+            "PCP: {user} asks for a {mode} shutdown", user=printable(self.user or ""), mode=mode
+        )
         # After this answer is written: the shutdown closes what it closes.
         self.service.reactor.callLater(0, self.service.shutdown, mode)
         return pcp.command_complete(b"t")

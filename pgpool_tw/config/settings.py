@@ -101,6 +101,13 @@ class Config:
     connection_life_time: float = 0
     client_idle_limit: float = 0
     authentication_timeout: float = 60
+    #: Clients still authenticating, at most (0: 64 * num_init_children, at least 1024);
+    #: past it the oldest are closed.  pgpool-tw's own: a login in progress holds no slot.
+    max_preauth_clients: int = 0
+    #: TCP keepalives on client and server sockets (PostgreSQL's names; 0: the kernel's).
+    tcp_keepalives_idle: int = 0
+    tcp_keepalives_interval: int = 0
+    tcp_keepalives_count: int = 0
     connection_cache: bool = True
     reset_query_list: tuple[str, ...] = ("ABORT", "DISCARD ALL")
     log_connections: bool = False
@@ -248,6 +255,18 @@ class Config:
     #: Not compared: two Configs that behave alike are equal however they were written.
     given: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def preauth_cap(self) -> int:
+        """Clients still authenticating at most (``max_preauth_clients``, or its default:
+        a generous multiple of the sessions served at once)."""
+        return self.max_preauth_clients or max(1024, 64 * self.num_init_children)
+
+    @property
+    def connect_timeout(self) -> float:
+        """pgpool-II's connect_timeout in seconds (0: none): reaching a server, TCP and
+        its startup, for client logins as for health checks."""
+        return self.health_check.connect_timeout
+
     def health_check_for(self, index: int) -> HealthCheckSettings:
         """Node ``index``'s health check settings: its own numbered ones over the global ones."""
         for node, settings in self.health_check_nodes:
@@ -342,6 +361,10 @@ _SETTINGS: dict[str, tuple[str, Kind]] = {
     "connection_life_time": ("connection_life_time", TIME),
     "client_idle_limit": ("client_idle_limit", TIME),
     "authentication_timeout": ("authentication_timeout", TIME),
+    "max_preauth_clients": ("max_preauth_clients", integer(0, 1000000)),
+    "tcp_keepalives_idle": ("tcp_keepalives_idle", integer(0, 2147483647)),
+    "tcp_keepalives_interval": ("tcp_keepalives_interval", integer(0, 2147483647)),
+    "tcp_keepalives_count": ("tcp_keepalives_count", integer(0, 2147483647)),
     "connection_cache": ("connection_cache", BOOLEAN),
     "reset_query_list": (
         "reset_query_list",

@@ -138,19 +138,56 @@ lane_unlisten(Lane *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* Close pending clients: all (`all`), or those accepted at or before `cutoff`. */
+/* Close pending clients: all (`all`), or those accepted at or before `cutoff`; each
+ * closed one is appended to `closed` (when not NULL) as (address, port, bytes read,
+ * answered) for Python's log. */
 static long
-lane_close_pending(Lane *self, int all, double cutoff)
+lane_close_pending(Lane *self, int all, double cutoff, PyObject *closed)
 {
-    long closed = 0;
+    long count = 0;
     for (int fd = 0; fd < slots_size; fd++) {
         if (lane_owns(self, fd, SIDE_PENDING) &&
             (all || slots[fd].pending->accepted_at <= cutoff)) {
+            Pending *p = slots[fd].pending;
+            if (closed != NULL) {
+                PyObject *item = Py_BuildValue("(y#iii)", (const char *)p->addr,
+                                               (Py_ssize_t)p->addr_len, p->port, p->len,
+                                               p->answered);
+                if (item == NULL || PyList_Append(closed, item) < 0) {
+                    Py_XDECREF(item);
+                    return -1;
+                }
+                Py_DECREF(item);
+            }
             pending_close(self, fd);
-            closed++;
+            count++;
         }
     }
-    return closed;
+    return count;
+}
+
+/* The pending client accepted first, or -1. */
+static int
+lane_oldest_fd(Lane *self)
+{
+    int oldest = -1;
+    for (int fd = 0; fd < slots_size; fd++) {
+        if (lane_owns(self, fd, SIDE_PENDING) &&
+            (oldest < 0 || slots[fd].pending->accepted_at < slots[oldest].pending->accepted_at))
+            oldest = fd;
+    }
+    return oldest;
+}
+
+/* pending_cap reached: the oldest pending client makes room for a new one. */
+void
+lane_shed_oldest(Lane *self)
+{
+    int fd = lane_oldest_fd(self);
+    if (fd >= 0) {
+        pending_close(self, fd);
+        self->shed++;
+    }
 }
 
 static PyObject *
@@ -159,13 +196,39 @@ lane_sweep(Lane *self, PyObject *arg)
     double cutoff = PyFloat_AsDouble(arg);
     if (cutoff == -1.0 && PyErr_Occurred())
         return NULL;
-    return PyLong_FromLong(lane_close_pending(self, 0, cutoff));
+    PyObject *closed = PyList_New(0);
+    if (closed == NULL)
+        return NULL;
+    if (lane_close_pending(self, 0, cutoff, closed) < 0) {
+        Py_DECREF(closed);
+        return NULL;
+    }
+    return closed;
+}
+
+static PyObject *
+lane_oldest_pending(Lane *self, PyObject *unused)
+{
+    int fd = lane_oldest_fd(self);
+    if (fd < 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(slots[fd].pending->accepted_at);
+}
+
+static PyObject *
+lane_shed(Lane *self, PyObject *unused)
+{
+    int fd = lane_oldest_fd(self);
+    if (fd < 0)
+        Py_RETURN_FALSE;
+    pending_close(self, fd);
+    Py_RETURN_TRUE;
 }
 
 static PyObject *
 lane_drop_pending(Lane *self, PyObject *unused)
 {
-    return PyLong_FromLong(lane_close_pending(self, 1, 0.0));
+    return PyLong_FromLong(lane_close_pending(self, 1, 0.0, NULL));
 }
 
 static PyObject *
@@ -337,6 +400,10 @@ LANE_GET(keys_left)
 LANE_GET(pending)
 LANE_GET(hits)
 LANE_GET(misses)
+LANE_GET(pending_cap)
+LANE_SET(pending_cap)
+LANE_GET(shed)
+LANE_SET(shed)
 
 #define LANE_RW(name, doc) {#name, (getter)lane_get_##name, (setter)lane_set_##name, doc, NULL}
 #define LANE_RO(name, doc) {#name, (getter)lane_get_##name, NULL, doc, NULL}
@@ -356,6 +423,9 @@ static PyGetSetDef lane_getset[] = {
     LANE_RO(pending, "Accepted clients whose startup packet is not read yet."),
     LANE_RO(hits, "Clients logged in here."),
     LANE_RO(misses, "Clients handed to on_miss."),
+    LANE_RW(pending_cap, "Pending clients at most (0: no cap): an accept past it closes the "
+                         "oldest pending client first (Python's pre-authentication cap)."),
+    LANE_RW(shed, "Pending clients closed for pending_cap since Python last zeroed it."),
     {"log", (getter)lane_get_log, (setter)lane_set_log,
      "None, or a list the lane appends (kind, relay, address, port) to as warm sessions "
      "start (NOTE_STARTED) and end (NOTE_ENDED): set while observers watch.", NULL},
@@ -369,7 +439,12 @@ static PyMethodDef lane_methods[] = {
      "unlisten(fd): stop accepting on it (no-op if not listening)."},
     {"sweep", (PyCFunction)lane_sweep, METH_O,
      "sweep(cutoff): close clients still logging in that were accepted at or before cutoff "
-     "(CLOCK_MONOTONIC seconds, Python's time.monotonic); returns how many."},
+     "(CLOCK_MONOTONIC seconds, Python's time.monotonic); returns them as a list of "
+     "(address bytes, port, bytes read, answered)."},
+    {"oldest_pending", (PyCFunction)lane_oldest_pending, METH_NOARGS,
+     "When the oldest pending client was accepted (CLOCK_MONOTONIC), or None."},
+    {"shed_oldest", (PyCFunction)lane_shed, METH_NOARGS,
+     "Close the oldest pending client; False when there is none."},
     {"drop_pending", (PyCFunction)lane_drop_pending, METH_NOARGS,
      "Close every pending client; returns how many."},
     {"add_keys", (PyCFunction)lane_add_keys, METH_O,

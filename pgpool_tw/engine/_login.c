@@ -27,8 +27,8 @@ static int
 pending_miss(Lane *lane, int fd)
 {
     Pending *p = slots[fd].pending;
-    PyObject *args = Py_BuildValue("(iiy#i)", fd, p->listen_fd, (const char *)p->buf,
-                                   (Py_ssize_t)p->len, p->answered);
+    PyObject *args = Py_BuildValue("(iiy#id)", fd, p->listen_fd, (const char *)p->buf,
+                                   (Py_ssize_t)p->len, p->answered, p->accepted_at);
     if (args == NULL)
         return -1;
     struct epoll_event unused = {0};
@@ -212,6 +212,8 @@ lane_accept(Lane *lane, int listen_fd)
             Py_DECREF(lane);
             return rc;
         }
+        if (lane->pending_cap > 0 && lane->pending >= lane->pending_cap)
+            lane_shed_oldest(lane);
         Pending *p = PyMem_Malloc(sizeof(Pending));
         if (p == NULL || slots_reserve(fd) < 0) {
             PyMem_Free(p);

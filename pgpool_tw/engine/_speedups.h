@@ -300,6 +300,8 @@ typedef struct Lane {
     int wake;       /* call on_event(EV_LEFT) when a session ends (clients wait) */
     long free;      /* client slots free (Python's count): a warm login takes one */
     long active, pending, hits, misses;
+    long pending_cap; /* Python's cap on pending clients (0: none); past it the oldest goes */
+    long shed;        /* pending clients closed for the cap (Python logs and zeroes it) */
     PyObject *log; /* a list while observers watch: session records (see lane_note) */
     int keys_left;                /* bytes of `keys` not used yet */
     unsigned char keys[KEYS_MAX]; /* cancel secrets: Python's random bytes, 4 per login */
@@ -310,6 +312,7 @@ int warm_event(Relay *r, int side, unsigned int ev);
 int lane_accept(Lane *lane, int listen_fd);
 int pending_event(Lane *lane, int fd, unsigned int ev);
 void pending_close(Lane *lane, int fd);
+void lane_shed_oldest(Lane *lane);
 PyObject *relay_promote(Relay *self, PyObject *unused);
 PyObject *relay_drop(Relay *self, PyObject *arg);
 int lane_call(Lane *lane, int kind, PyObject *relay, PyObject *data);

@@ -208,7 +208,7 @@ _router_fds: dict[tuple[Router, int], int] = {}
 
 def new_lane(
     reactor: Any,
-    on_miss: Callable[[int, int, bytes, int], None],
+    on_miss: Callable[[int, int, bytes, int, float], None],
     on_event: Callable[[int, Optional[Relay], Any], None],
 ) -> Optional[Lane]:
     """A ``Lane`` for warm logins (see warm.py) on the C iteration; None without one."""

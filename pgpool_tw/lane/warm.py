@@ -81,6 +81,9 @@ class WarmLane:
         self.promoted = 0
         #: Observers' and the stats snapshot's view of warm sessions.
         self.watch = WarmWatch(lane, factory.events, self._lent, factory.servers.totals)
+        #: The next authentication_timeout sweep of the lane's pending clients.
+        self._sweep_call: Any = None
+        factory.preauth.lane = lane
         self.apply()
 
     @classmethod
@@ -90,9 +93,9 @@ class WarmLane:
             return None  # warm clients would miss the socket options set per client
         warm: Optional[WarmLane] = None
 
-        def missed(fd: int, listen_fd: int, data: bytes, answered: int) -> None:
+        def missed(fd: int, listen_fd: int, data: bytes, answered: int, at: float) -> None:
             assert warm is not None
-            warm._missed(fd, listen_fd, data, answered)
+            warm._missed(fd, listen_fd, data, answered, at)
 
         def event(kind: int, relay: Optional[Relay], data: Any) -> None:
             assert warm is not None
@@ -118,6 +121,8 @@ class WarmLane:
         pool = self.factory.pool
         self.sessions_changed(pool.free_slots(), pool.waiting)
         self.lane.answers = lane_answers(self.factory.tls.frontend is not None)
+        self.lane.pending_cap = self.factory.config.preauth_cap
+        self._sweep()
         self.watch.observe()
         refill_keys(self.lane)
         self.forget()
@@ -232,15 +237,24 @@ class WarmLane:
 
     # -- what the lane asks of Python --------------------------------------------
 
-    def _missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
-        """A client the lane cannot log in: Python's login takes it from where it is."""
+    def _missed(
+        self, fd: int, listen_fd: int, data: bytes, answered: int, accepted_at: float = 0.0
+    ) -> None:
+        """A client the lane cannot log in: Python's login takes it from where it is,
+        its authentication_timeout counted from ``accepted_at`` (CLOCK_MONOTONIC)."""
         if self.lane.keys_left < KEYS_LOW:
             refill_keys(self.lane)  # a burst of warm logins used them up before the tick
         port = self._ports.get(listen_fd)
         if port is None:
             os.close(fd)
             return
-        client = self._adopt(port, fd)
+        factory = self.factory
+        if accepted_at:
+            factory.accepted_since = factory.reactor.seconds() - (time.monotonic() - accepted_at)
+        try:
+            client = self._adopt(port, fd)
+        finally:
+            factory.accepted_since = None
         if client is None:
             return
         if answered & TLS_ANSWERED:
@@ -363,11 +377,8 @@ class WarmLane:
         """Life times of parked servers, timed-out logins, a listener to take back."""
         config = self.factory.config
         now = time.monotonic()
-        timeout = config.authentication_timeout
         refill_keys(self.lane)
-        if timeout > 0:
-            # Python's timing, C's close: the same clock (CLOCK_MONOTONIC) on both sides.
-            self.lane.sweep(now - timeout)
+        self.factory.preauth.lane_shed()
         for fd in list(self._given_back):
             port = self._ports.get(fd)
             if port is not None and not self.lane.closing:
@@ -387,6 +398,31 @@ class WarmLane:
             why = expired(config, now, lent.relay.parked_at, last_use[lent.stack_key])
             if why:
                 self._reclaim(server, lent, why)
+
+    def _sweep(self) -> None:
+        """Close the pending clients whose authentication_timeout is up, and come back
+        when the next one's is: the oldest's deadline, or a whole timeout from now when
+        none is pending (a client accepted later has a later deadline).  Python's timing,
+        C's close, on one clock (CLOCK_MONOTONIC)."""
+        self.stop_timers()
+        timeout = self.factory.config.authentication_timeout
+        if timeout <= 0:
+            return
+        now = time.monotonic()
+        closed = self.lane.sweep(now - timeout)
+        if closed:
+            self.factory.preauth.lane_swept(closed, timeout)
+        oldest = self.lane.oldest_pending()
+        due = oldest + timeout if oldest is not None else now + timeout
+        self._sweep_call = self.factory.reactor.callLater(
+            max(0.0, due - time.monotonic()), self._sweep
+        )
+
+    def stop_timers(self) -> None:
+        """No sweep is left scheduled (the service stopped, or sweeps again now)."""
+        call, self._sweep_call = self._sweep_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def reclaim_all(self, why: str) -> int:
         """Close every parked server (close_idle, a shutdown); returns how many."""
@@ -409,6 +445,7 @@ class WarmLane:
             self.lane.unlisten(fd)
         if drop_pending:
             self.lane.drop_pending()
+            self.stop_timers()
         for relay in self.lane.sessions():
             relay.promote()
         self.forget()

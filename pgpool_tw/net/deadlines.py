@@ -77,6 +77,23 @@ class Deadlines:
             self._schedule(deadline.when)
         return deadline
 
+    def start_at(self, when: float, call: Callable[..., Any], *args: Any) -> Deadline:
+        """Call ``call(*args)`` at ``when`` (at most ``delay`` from now: a timeout that
+        began before its owner saw it, such as a client the C loop accepted)."""
+        deadline = Deadline(when, call, args, self)
+        queue = self._queue
+        at = len(queue)
+        while at and queue[at - 1].when > when:
+            at -= 1  # kept in order of expiry: the few started late go in place
+        queue.insert(at, deadline)
+        self._live += 1
+        if not self._firing and (self._timer is None or when < self._due):
+            timer, self._timer = self._timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._schedule(when)
+        return deadline
+
     def __len__(self) -> int:
         """Live timeouts (started, not cancelled, not fired)."""
         return self._live

@@ -27,9 +27,27 @@ _TCP_OPTIONS = (
 )
 
 
+#: tcp_keepalives_idle, _interval, _count as (option, seconds or probes), the ones set
+#: (not 0); the service sets them from its configuration (``set_keepalives``).
+_keepalives: tuple[tuple[int, int], ...] = ()
+
+
+def set_keepalives(idle: int, interval: int, count: int) -> None:
+    """The keepalive settings every TCP leg opened from now on gets (0: the kernel's)."""
+    global _keepalives
+    wanted = (
+        (getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (getattr(socket, "TCP_KEEPCNT", None), count),
+    )
+    _keepalives = tuple((option, value) for option, value in wanted if option and value)
+
+
 def _set_tcp_options(skt: socket.socket) -> None:
     for level, option in _TCP_OPTIONS:
         skt.setsockopt(level, option, 1)
+    for option, value in _keepalives:
+        skt.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def tune_socket(transport: Any) -> None:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from pgpool_tw.config.settings import BackendNode
 from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.engine.writer import make_writer
+from pgpool_tw.logs.escape import printable
 from pgpool_tw.net.transport import Writer, tune_socket
 from pgpool_tw.pool.book import ServerBook
 from pgpool_tw.pool.key import pool_key
@@ -405,8 +406,8 @@ class BackendProtocol(Protocol):
             log.warn(
                 "server={server} query failed: {code} {text}",
                 server=self.node.address,
-                code=fields.get("C", ""),
-                text=fields.get("M", ""),
+                code=printable(fields.get("C", "")),
+                text=printable(fields.get("M", "")),
             )
         self._finish_run(verdict == CLEAN)
 

@@ -120,6 +120,9 @@ class Pool:
         #: servers they borrow one transaction at a time (leases.py).
         self.transaction_sessions: dict[Any, Key] = {}
         self.leases = Leases(lambda: self.config, clock, self.totals)
+        #: Per pool key: whether its last new server asked for a password (see
+        #: ``asks_password``); bounded like the keys themselves.
+        self._asked: dict[Key, bool] = {}
 
     # -- client admission --------------------------------------------------------
 
@@ -196,6 +199,19 @@ class Pool:
             count, longest = out.get(key, (0, 0.0))
             out[key] = (count + 1, max(longest, now - since))
         return out
+
+    def asks_password(self, key: Key) -> bool:
+        """Whether a client of ``key`` the pooler did not check must prove itself to a new
+        server before it takes a slot: unless the key's last login needed no password
+        (PostgreSQL trusts it; such clients may share its servers), it must."""
+        return self._asked.get(key, True)
+
+    def learn_login(self, key: Key, asked_password: bool) -> None:
+        """A new server of ``key`` logged in, having asked for a password or not."""
+        if self._asked.get(key) != asked_password:
+            if len(self._asked) >= 65536:
+                self._asked.clear()  # a key churn: forget, and learn again
+            self._asked[key] = asked_password
 
     # -- server connections ------------------------------------------------------
 

@@ -38,6 +38,7 @@ from pgpool_tw.session.cancel import CancelRegistry
 from pgpool_tw.session.lease import Filler
 from pgpool_tw.session.logs import statements_for
 from pgpool_tw.session.pause import Pause
+from pgpool_tw.session.preauth import PreAuth
 from pgpool_tw.session.routed import RoutedStream, RoutingRules
 from pgpool_tw.session.transaction import StatementNames
 from pgpool_tw.session.transaction.effects import FAST_SHAPES
@@ -121,6 +122,11 @@ class SessionContext:
         #: Unknown-key CancelRequests: logged one a second, with a count (anyone may send
         #: them without logging in).
         self.unknown_cancels = RateLimit()
+        #: When the client being adopted now was accepted, if before now (the C loop read
+        #: its first bytes): set by warm.py around the adoption only.
+        self.accepted_since: Optional[float] = None
+        #: Clients not authenticated yet: their cap and the log of their ends.
+        self.preauth = PreAuth(reactor, lambda: self.config.preauth_cap)
         #: Clients whose session set its own client_idle_limit (PGPOOL SET): the service's
         #: tick checks them even when pgpool.conf's is 0.
         self.own_idle_limits: set[Any] = set()
@@ -426,6 +432,9 @@ class SessionContext:
             self.servers,
             tls_override if tls_override is not None else tls.for_server(node),
             tls.server_tls_required,
+            # A login's own timer (session/login.py) says connect_timeout first; this
+            # is the bound for the other openers (min_pool_size, load-balancing legs).
+            (self.config.connect_timeout or 29) + 1,
         )
 
 

@@ -92,7 +92,7 @@ class FrontendProtocol(Protocol):
             tune_socket(self.transport)
         self.send = make_writer(self.transport)
         self.factory.clients.add(self)
-        self.session.connected()
+        self.session.connected(self.factory.accepted_since)
         if self.factory.draining:
             self.session.drain()  # accepted from the backlog as the listeners closed
 

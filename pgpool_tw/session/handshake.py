@@ -27,6 +27,7 @@ from pgpool_tw.protocol.startup import (
     ssl_request,
 )
 from pgpool_tw.session import cancel
+from pgpool_tw.session.preauth import startup_stage
 
 if TYPE_CHECKING:
     from pgpool_tw.session.machine import Session
@@ -66,6 +67,12 @@ class Handshake:
         #: Each request is answered once, possibly already by the C lane.
         self.tls_answered = False
         self.gss_answered = False
+
+    def stage(self) -> str:
+        """Where the client stopped, for authentication_timeout's log line."""
+        if self.session.ssl and not self._buffer:
+            return "the TLS handshake or the startup packet"
+        return startup_stage(len(self._buffer))
 
     def feed(self, data: bytes) -> None:
         session = self.session

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from pgpool_tw.logs.escape import printable
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.startup import StartupMessage
@@ -190,8 +191,8 @@ class Filler:
         self.context.pool.leases.open_failed(self.key)
         log.warn(
             "min_pool_size: cannot open a server for user={user} database={database}: {why}",
-            user=self.key.user,
-            database=self.key.database,
+            user=printable(self.key.user),
+            database=printable(self.key.database),
             why=why,
         )
 

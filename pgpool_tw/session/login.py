@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
+from pgpool_tw.logs.escape import printable
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.backend_auth import BackendAuth
 from pgpool_tw.protocol.errors import ProtocolViolation
@@ -110,11 +111,7 @@ class PasswordCheck:
             if result is None:
                 continue
             if not result.ok:
-                log.info(
-                    "client={client} user={user} authentication failed",
-                    client=session.peer,
-                    user=login.user,
-                )
+                session.context.preauth.note_failed(session.peer, login.user, "pool_passwd")
                 session.io.send(result.error_response())
                 session.io.close()
                 return
@@ -140,7 +137,9 @@ class ServerLogin:
         "_backend_auth",
         "_reader",
         "_retried",
+        "_timer",
         "connector",
+        "node",
         "server",
         "session",
     )
@@ -159,11 +158,92 @@ class ServerLogin:
         #: The server's password request went to the client: only a password may come.
         self._asked_client = False
         self.server: Optional[BackendProtocol] = None
+        #: The node it logs in to, and connect_timeout while the login waits on the
+        #: server (not while the client types its password): None when not running.
+        self.node: Optional[BackendNode] = None
+        self._timer: Any = None
+
+    def start(self, node: BackendNode, connector: Any) -> None:
+        """The connection attempt is under way: connect_timeout counts from now."""
+        self.node = node
+        self.connector = connector
+        self._wait_server()
+
+    def _wait_server(self) -> None:
+        """The login waits on the server: (re)start connect_timeout."""
+        timeout = self.session.context.config.connect_timeout
+        if timeout <= 0:
+            return
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(timeout)
+        else:
+            self._timer = self.session.context.reactor.callLater(timeout, self._server_silent)
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _server_silent(self) -> None:
+        """connect_timeout passed with the server silent: the client is told which server
+        did not answer (08006 when it could not even be reached, 57P03 when it took the
+        connection but not the login), the log names the server, and the attempt ends."""
+        self._timer = None
+        node, connector, session = self.node, self.connector, self.session
+        if node is None or not self._live():
+            return
+        timeout = session.context.config.connect_timeout
+        transport: Any = getattr(connector, "transport", None)
+        reached = getattr(connector, "state", "") == "connected" and transport is not None
+        self.connector = None
+        self.node = None  # the failure the abort below causes is this one, already told
+        ms = f"{timeout * 1000:g} ms"
+        if reached:
+            log.warn(
+                "server={server} took the connection but did not answer the login within "
+                "connect_timeout ({ms}): client={client} refused",
+                server=node.address,
+                ms=ms,
+                client=session.peer,
+            )
+            transport.abortConnection()
+            session.fatal(
+                "57P03",
+                f'the server at "{node.address}" did not answer the login within '
+                f"connect_timeout ({ms})",
+            )
+            return
+        log.warn(
+            "server={server} unreachable: no connection within connect_timeout ({ms}); "
+            "client={client} refused",
+            server=node.address,
+            ms=ms,
+            client=session.peer,
+        )
+        if connector is not None:
+            connector.stopConnecting()
+        session.context.events.backend_status(node.address, "unreachable")
+        session.context.server_failed(node.index, f"connect_timeout ({ms})")
+        session.fatal(
+            "08006",
+            f'could not connect to server at "{node.address}": timeout expired '
+            f"(connect_timeout {ms})",
+        )
 
     def abandon(self) -> None:
         """The client left while the server was still connecting."""
+        self._stop_timer()
         if self.connector is not None:
             self.connector.disconnect()
+
+    def stage(self) -> str:
+        """What this login waits for, for authentication_timeout's log line."""
+        if self._asked_client:
+            return "the client's password (asked by the server)"
+        key = self.session.key
+        node = self.session.context.cluster.get(key.node) if key is not None else None
+        return f"the server at {node.address if node is not None else '?'} to log in"
 
     def _live(self) -> bool:
         return self.session.state == CONNECTING and self.session.server_login is self
@@ -177,6 +257,7 @@ class ServerLogin:
             server = self.server
             if kind == m.PASSWORD_MESSAGE and server is not None:
                 server.send(m.message(b"p", body))
+                self._wait_server()
             elif kind == m.TERMINATE:
                 session.io.close()
                 return
@@ -199,7 +280,9 @@ class ServerLogin:
         session = self.session
         if raw[0] != m.AUTHENTICATION:
             session.io.send(raw)  # a notice
+            self._wait_server()
         elif self._backend_auth is not None:
+            self._wait_server()
             why = server.answer(self._backend_auth, raw)
             if why:
                 self._refused(server, why)
@@ -208,13 +291,16 @@ class ServerLogin:
             self._refused(server, f'pool_passwd has no entry for user "{server.startup.user}"')
         else:
             self._asked_client = True
+            self._stop_timer()  # the client's turn: authentication_timeout's business
             session.io.send(m.without_channel_binding(raw))
 
     def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:
         self.server = server
+        self._wait_server()
         self.session.server_said_ok(raw)
 
     def server_ready(self, server: BackendProtocol) -> None:
+        self._stop_timer()
         self.connector = None
         self.session.server_logged_in(server)
 
@@ -224,6 +310,7 @@ class ServerLogin:
         With server_tls_sslmode = allow, a plaintext login refused before any
         authentication request (a hostssl-only server) is tried once more over TLS.
         """
+        self._stop_timer()
         self.server = None
         self.connector = None
         session = self.session
@@ -235,17 +322,25 @@ class ServerLogin:
         if session.state != CLOSED:
             session.io.send(raw)
             session.io.close()
-        sqlstate = m.parse_fields(raw[5:]).get("C", "")
+        fields = m.parse_fields(raw[5:])
+        sqlstate = fields.get("C", "")
+        if sqlstate.startswith("28") and session.startup is not None:
+            why = f"the server said {sqlstate}: {printable(fields.get('M', ''))}"
+            session.context.preauth.note_failed(session.peer, session.startup.user, why)
         if sqlstate.startswith("57P"):  # shutting down, starting up, in recovery
             session.context.server_failed(server.node.index, f"login refused: {sqlstate}")
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
+        self._stop_timer()
         self.server = None
-        if self._live():
+        if self._live() and self.node is not None:
             self.session.server_lost(server, why)  # its words for a login cut short
 
     def server_connect_failed(self, node: BackendNode, why: str) -> None:
+        self._stop_timer()
         self.connector = None
+        if self.node is None:
+            return  # connect_timeout ended it and told the client already
         session = self.session
         session.context.events.backend_status(node.address, "unreachable")
         session.context.server_failed(node.index, why)
@@ -259,6 +354,10 @@ class ServerLogin:
 
     def _refused(self, server: BackendProtocol, why: str) -> None:
         """The pooler cannot answer the server's password request for this client."""
-        log.warn("client={client} server login failed: {why}", client=self.session.peer, why=why)
+        log.warn(
+            "client={client} server login failed: {why}",
+            client=self.session.peer,
+            why=printable(why),
+        )
         server.transport.abortConnection()
         self.session.fatal("28000", f"the pooler cannot log in to the server: {why}")

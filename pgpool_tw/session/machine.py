@@ -106,8 +106,11 @@ class Session:
         "_in_pool",
         "_info",
         "_lb_node",
+        "_login_server",
         "_password",
         "_placed",
+        "_preauth",
+        "_proving",
         "_since",
         "_secret",
         "_ticket",
@@ -182,6 +185,13 @@ class Session:
         #: to them: pool/backend.py ``session_counts``); None when not logged.
         self._since = 0.0
         self.counts: Optional[Counters] = None
+        #: Not authenticated yet (session/preauth.py counts it against its cap).
+        self._preauth = False
+        #: A pass-through login (no pool_hba check) on a new server, before the server
+        #: said AuthenticationOk: it holds no slot and no place in a pool.
+        self._proving = False
+        #: That login's server once it is up, until the session has its slot.
+        self._login_server: Optional[BackendProtocol] = None
 
     # -- the one function that moves the state ------------------------------------
 
@@ -189,7 +199,7 @@ class Session:
         """Enter ``state``; a session that relays or ends has no login timer left."""
         self.state = state
         if state in (RELAY, CLOSED):
-            self._stop_timer()
+            self._authenticated()
         if state == CLOSED and self.overrides is not None:
             self.context.own_idle_limits.discard(self.io)
 
@@ -210,12 +220,43 @@ class Session:
 
     # -- inputs: the client ---------------------------------------------------------
 
-    def connected(self) -> None:
-        """The connection is up: authentication_timeout starts now."""
-        if self.context.config.log_disconnections:
-            self._since = self.context.reactor.seconds()
+    def connected(self, since: Optional[float] = None) -> None:
+        """The connection is up (accepted at ``since``, the reactor's clock, when that was
+        earlier: the C loop read its startup packet): authentication_timeout counts from
+        the accept, and until the client is authenticated it holds nothing but its socket."""
+        context = self.context
+        now = context.reactor.seconds()
+        accepted = now if since is None else min(since, now)
+        if context.config.log_disconnections:
+            self._since = accepted
             self.counts = Counters()
-        self._start_timer()
+        timeout = context.config.authentication_timeout
+        if timeout > 0:
+            deadlines = context.login_deadlines(timeout)
+            if accepted == now:
+                self._timer = deadlines.start(self._timed_out)
+            else:
+                self._timer = deadlines.start_at(accepted + timeout, self._timed_out)
+        self._preauth = True
+        context.preauth.enter(self, accepted)
+
+    def _authenticated(self) -> None:
+        """The client proved who it is (or left): the login's time limit and the
+        pre-authentication cap no longer apply to it."""
+        self._stop_timer()
+        if self._preauth:
+            self._preauth = False
+            self.context.preauth.leave(self)
+
+    def shed(self, cap: int) -> None:
+        """The oldest of too many clients still authenticating (max_preauth_clients)."""
+        self._preauth = False
+        self.context.preauth.note_shed(self.peer, cap)
+        self.fatal(
+            "53300",
+            f"sorry, too many clients are logging in at once (max_preauth_clients = {cap}); "
+            "the oldest are closed first",
+        )
 
     def tls_answered(self) -> None:
         """Its SSLRequest was answered 'N' before this session took the connection."""
@@ -280,6 +321,9 @@ class Session:
         if self._placed:
             self._placed = False
             self.context.pool.leases.open_failed(self.key)
+        if self._login_server is not None:
+            server, self._login_server = self._login_server, None
+            self._give_back(server, True)
         self._leave_pool()
         if self.counts is not None and self.startup is not None:
             seconds = self.context.reactor.seconds() - self._since
@@ -322,6 +366,7 @@ class Session:
         self._auth_ok_sent = True
         self.io.send(m.authentication_ok())
         self._buffer = rest
+        self._authenticated()
         self.admit()
 
     # -- inputs: the pool -----------------------------------------------------------
@@ -348,6 +393,10 @@ class Session:
                 self.fatal("08006", "no backend node is configured (backend_hostname0)")
             return
         self.key = pool_key(node.index, self.startup)
+        if self._preauth and not self.verified and context.pool.asks_password(self.key):
+            self._prove()
+            return
+        self._authenticated()
         config = context.config
         if config.pool_mode_for(self.startup.user, self.startup.database) == TRANSACTION:
             if not context.pool.admit_transaction(self, self.key):
@@ -368,7 +417,41 @@ class Session:
         # frees.  Reading goes on (so a client that gives up is noticed), but a
         # waiting client has nothing to say: more than a little is refused.
         self._move(WAITING)
-        self._stop_timer()
+
+    def _prove(self) -> None:
+        """pgpool-II's pass-through login, but before the session takes a slot: the client
+        answers a new server's password request itself, and only once the server let it
+        in does it ask for a slot (``_proven``).  Until then it holds no slot and no place
+        in a pool, so clients that never answer keep nobody waiting."""
+        self._proving = True
+        self.connect()
+
+    def _proven(self, server: BackendProtocol) -> None:
+        """The server let the client in and is up: now the session takes its slot.
+
+        Waiting for one, it keeps its server (its password is not known to the pooler,
+        so a second login could not be made for it)."""
+        context, startup, key = self.context, self.startup, self.key
+        assert startup is not None and key is not None
+        if context.config.pool_mode_for(startup.user, startup.database) == TRANSACTION:
+            if not context.pool.admit_transaction(self, key):
+                context.pool.leases.release(server, True)
+                self.fatal(
+                    "53300",
+                    "sorry, too many clients already "
+                    f"(max_client_conn = {context.config.max_client_conn})",
+                )
+                return
+            self._in_pool = True
+            self._tx_pid = context.cancels.unused_pid()
+            self._attach(server)  # not a member yet: its release joins the key if room
+            return
+        self._in_pool = True
+        self._login_server = server
+        if context.pool.admit(self, key):
+            self.admitted()
+        else:
+            self._move(WAITING)
 
     def _start_console(self) -> None:
         """A login to the admin console's virtual database: the pooler answers it alone,
@@ -419,13 +502,15 @@ class Session:
             return
         pause = self.context.pause
         if pause.active and self.startup is not None and pause.paused(self.startup.database):
-            # PAUSE: connected, waiting for RESUME (no login timer meanwhile).
-            self._stop_timer()
+            # PAUSE: connected, waiting for RESUME.
             self._move(WAITING)
             pause.hold(self.startup.database, self.admitted)
             return
-        if self.state == WAITING:
-            self._start_timer()  # it waited for the slot; the login's time starts again
+        server, self._login_server = self._login_server, None
+        if server is not None:
+            self._move(CONNECTING)
+            self._attach(server)
+            return
         # Until a server is attached, client bytes are kept, never parsed as startup.
         self._move(WAITING)
         if self._tx_pid:
@@ -464,7 +549,7 @@ class Session:
             return
         self._move(CONNECTING)
         login = self.server_login = ServerLogin(self, self._password, tls_override is not None)
-        login.connector = self.context.connect(node.backend, startup, login, tls_override)
+        login.start(node.backend, self.context.connect(node.backend, startup, login, tls_override))
         data, self._buffer = self._buffer, b""
         if data:
             login.client_data(data)
@@ -497,7 +582,12 @@ class Session:
     def _give_back(self, server: BackendProtocol, reusable: bool) -> None:
         """A login's server it will not use: to the pool it came from (transaction mode's
         leases count it against default_pool_size)."""
-        if self._tx_pid:
+        startup = self.startup
+        config = self.context.config
+        if self._tx_pid or (
+            startup is not None
+            and config.pool_mode_for(startup.user, startup.database) == TRANSACTION
+        ):
             self.context.pool.leases.release(server, reusable)
         else:
             self.context.pool.give_back(server, reusable)
@@ -611,15 +701,27 @@ class Session:
 
     def server_said_ok(self, raw: bytes) -> None:
         """The server's AuthenticationOk, relayed unless the pooler sent its own."""
+        if self._proving:
+            self._authenticated()
         if not self._auth_ok_sent:
             self._auth_ok_sent = True
             self.io.send(raw)
 
     def server_logged_in(self, server: BackendProtocol) -> None:
-        self.context.node_up(server.node)
+        context = self.context
+        context.node_up(server.node)
+        if self.key is not None:
+            context.pool.learn_login(self.key, server.asked_password)
         if self._placed:
             self._placed = False
-            self.context.pool.leases.opened(server)
+            context.pool.leases.opened(server)
+        if self._proving:
+            self._proving = False
+            if self.state == CONNECTING:
+                self._proven(server)
+            else:
+                self._give_back(server, True)
+            return
         if self.state == CONNECTING:
             self._attach(server)
         else:
@@ -1146,20 +1248,33 @@ class Session:
         self.io.send(m.error_response(sqlstate, text))
         self.io.close()
 
-    def _start_timer(self) -> None:
-        timeout = self.context.config.authentication_timeout
-        if timeout > 0:
-            self._timer = self.context.login_deadlines(timeout).start(self._timed_out)
-
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
 
     def _timed_out(self) -> None:
+        """authentication_timeout, counted from the accept: the client is closed, told why
+        when it got past its startup packet (PostgreSQL's words), and logged with the
+        stage it stopped in."""
         self._timer = None
-        log.info("client={client} authentication_timeout: closing", client=self.peer)
+        stage = self._stage()
+        context = self.context
+        context.preauth.note_timeout(self.peer, stage, context.config.authentication_timeout)
+        if self.state != STARTUP:
+            self.io.send(m.error_response("57014", "canceling authentication due to timeout"))
         self.io.close()
+
+    def _stage(self) -> str:
+        """What the login was waiting for, for the log."""
+        state = self.state
+        if state == STARTUP:
+            return self._handshake.stage()
+        if state == AUTHENTICATING:
+            return "the client's password (pool_hba.conf)"
+        if state == CONNECTING and self.server_login is not None:
+            return self.server_login.stage()
+        return "the primary to be known (the first replication check)"
 
 
 def _nowhere(data: bytes) -> None:

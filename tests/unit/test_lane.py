@@ -57,6 +57,7 @@ class LaneCase(SynchronousTestCase):
         self.listener.setblocking(False)
         self.addCleanup(self.listener.close)
         self.misses: list[tuple[int, int, bytes, int]] = []
+        self.accepted: list[float] = []
         self.events: list[tuple[int, Any, Any]] = []
         self.lane = speedups.Lane(self.ep.fileno(), self.missed, self.event)
         self.lane.listen(self.listener.fileno())
@@ -67,9 +68,10 @@ class LaneCase(SynchronousTestCase):
         self.lane.add_keys(self.keys)
         self.lane.free = 10
 
-    def missed(self, fd: int, listen_fd: int, data: bytes, answered: int) -> None:
+    def missed(self, fd: int, listen_fd: int, data: bytes, answered: int, at: float) -> None:
         os.close(fd)  # Python's login would take it over
         self.misses.append((fd, listen_fd, data, answered))
+        self.accepted.append(at)
 
     def event(self, kind: int, relay: Any, data: Any) -> None:
         self.events.append((kind, relay, data))
@@ -261,9 +263,11 @@ class SweepTests(LaneCase):
         client.sendall(STARTUP[:6])  # a startup packet cut short: still pending
         self.poll()
         self.assertEqual(self.lane.pending, 1)
-        self.assertEqual(self.lane.sweep(time.monotonic() - 60), 0)  # not due yet
+        self.assertEqual(self.lane.sweep(time.monotonic() - 60), [])  # not due yet
         self.assertEqual(self.lane.pending, 1)
-        self.assertEqual(self.lane.sweep(time.monotonic()), 1)
+        port = client.getsockname()[1]
+        closed = self.lane.sweep(time.monotonic())
+        self.assertEqual(closed, [(socket.inet_aton("127.0.0.1"), port, 6, 0)])
         self.assertEqual((self.lane.pending, client.recv(1)), (0, b""))  # end of file
 
     def test_client_accepted_after_the_cutoff_stays(self) -> None:
@@ -272,5 +276,53 @@ class SweepTests(LaneCase):
         client = self.connect()
         client.sendall(STARTUP[:6])
         self.poll()
-        self.assertEqual(self.lane.sweep(cutoff), 0)
+        self.assertEqual(self.lane.sweep(cutoff), [])
         self.assertEqual(self.lane.pending, 1)
+
+    def test_oldest_pending_is_when_the_first_was_accepted(self) -> None:
+        """Python times its next sweep from the oldest pending client's accept."""
+        self.assertIsNone(self.lane.oldest_pending())
+        before = time.monotonic()
+        first = self.connect()
+        middle = time.monotonic()
+        self.connect()
+        oldest = self.lane.oldest_pending()
+        assert oldest is not None
+        self.assertTrue(before <= oldest <= middle, (before, oldest, middle))
+        self.lane.sweep(oldest)
+        self.assertEqual((self.lane.pending, first.recv(1)), (1, b""))
+        later = self.lane.oldest_pending()
+        assert later is not None
+        self.assertGreaterEqual(later, middle)
+
+    def test_a_miss_carries_when_the_client_was_accepted(self) -> None:
+        """A client handed to Python keeps its accept time: its timeout counts from it."""
+        before = time.monotonic()
+        client = self.connect()
+        after = time.monotonic()
+        self.login(client)  # no warm entry: a miss
+        self.assertEqual(len(self.accepted), 1)
+        self.assertTrue(before <= self.accepted[0] <= after, (before, self.accepted, after))
+
+
+class CapTests(LaneCase):
+    """pending_cap: an accept past it closes the oldest pending client first."""
+
+    def test_oldest_pending_client_goes_first(self) -> None:
+        self.lane.pending_cap = 2
+        first, second = self.connect(), self.connect()
+        self.assertEqual((self.lane.pending, self.lane.shed), (2, 0))
+        third = self.connect()
+        self.assertEqual((self.lane.pending, self.lane.shed), (2, 1))
+        self.assertEqual(first.recv(1), b"")  # closed: the oldest
+        for alive in (second, third):
+            alive.setblocking(False)
+            self.assertRaises(BlockingIOError, alive.recv, 1)  # still open, nothing sent
+
+    def test_shed_oldest_closes_one(self) -> None:
+        """Python's cap counts the lane's clients too, and may close its oldest."""
+        self.assertFalse(self.lane.shed_oldest())
+        first = self.connect()
+        self.connect()
+        self.assertTrue(self.lane.shed_oldest())
+        self.assertEqual((self.lane.pending, first.recv(1)), (1, b""))
