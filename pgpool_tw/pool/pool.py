@@ -123,6 +123,8 @@ class Pool:
         #: Per pool key: whether its last new server asked for a password (see
         #: ``asks_password``); bounded like the keys themselves.
         self._asked: dict[Key, bool] = {}
+        #: Keys whose first login is finding that out, with the logins waiting for it.
+        self._probes: dict[Key, list[Callable[[], None]]] = {}
 
     # -- client admission --------------------------------------------------------
 
@@ -200,18 +202,38 @@ class Pool:
             out[key] = (count + 1, max(longest, now - since))
         return out
 
-    def asks_password(self, key: Key) -> bool:
+    def asks_password(self, key: Key) -> Optional[bool]:
         """Whether a client of ``key`` the pooler did not check must prove itself to a new
-        server before it takes a slot: unless the key's last login needed no password
-        (PostgreSQL trusts it; such clients may share its servers), it must."""
-        return self._asked.get(key, True)
+        server before it takes a slot (True), or may take its slot and share the key's
+        servers because PostgreSQL let the key's last login in without a password
+        (False); None until a login of the key found out (``wait_for_probe``)."""
+        return self._asked.get(key)
+
+    def wait_for_probe(self, key: Key, then: Callable[[], None]) -> bool:
+        """Another login of ``key`` is finding out whether it needs a password: ``then``
+        is called when it did or gave up (True).  False: nobody is; the caller is the
+        probe, and must end with ``learn_login`` or ``probe_ended``.  So a burst of
+        first logins opens one server, not one each (trust needs only one)."""
+        waiters = self._probes.get(key)
+        if waiters is None:
+            self._probes[key] = []
+            return False
+        waiters.append(then)
+        return True
+
+    def probe_ended(self, key: Key) -> None:
+        """The probe of ``key`` learnt something or left: its waiters try again."""
+        for then in self._probes.pop(key, None) or ():
+            self.clock.callLater(0, then)
 
     def learn_login(self, key: Key, asked_password: bool) -> None:
-        """A new server of ``key`` logged in, having asked for a password or not."""
+        """A new server of ``key`` asked for a password, or logged in without."""
         if self._asked.get(key) != asked_password:
             if len(self._asked) >= 65536:
                 self._asked.clear()  # a key churn: forget, and learn again
             self._asked[key] = asked_password
+        if key in self._probes:
+            self.probe_ended(key)
 
     # -- server connections ------------------------------------------------------
 

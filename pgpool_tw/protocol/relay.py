@@ -262,7 +262,7 @@ class SessionTracker:
             return cut
         for word in self.watch:
             size = len(word)
-            head = data[at : at + size].lower()
+            head = data[at : min(at + size, end)].lower()  # never the NUL's place
             if head == word or (cut and end - at < size and word.startswith(head)):
                 return True
         return False

@@ -292,6 +292,8 @@ class ServerLogin:
         else:
             self._asked_client = True
             self._stop_timer()  # the client's turn: authentication_timeout's business
+            if session.key is not None:
+                session.context.pool.learn_login(session.key, True)
             session.io.send(m.without_channel_binding(raw))
 
     def server_authenticated(self, server: BackendProtocol, raw: bytes) -> None:

@@ -10,6 +10,9 @@ client, with no socket in sight:
   (``login.PasswordCheck``).
 * ``WAITING``: a client slot is asked of the pool (``num_init_children``); while
   it waits, and until a server is attached, client bytes are kept, never parsed.
+  Only an authenticated client asks: one the pooler did not check (no pool_hba)
+  logs in on a new server first (``CONNECTING``, ``_prove``), holding no slot,
+  and asks once PostgreSQL let it in (issue #20; ``preauth.py`` caps the rest).
 * ``SETTING`` / ``CONNECTING``: a pooled server (``SET application_name`` when
   it differs) or a new login on the primary node, whose authentication exchange
   is relayed or answered from pool_passwd (``login.ServerLogin``).
@@ -110,6 +113,7 @@ class Session:
         "_password",
         "_placed",
         "_preauth",
+        "_probe",
         "_proving",
         "_since",
         "_secret",
@@ -190,6 +194,8 @@ class Session:
         #: A pass-through login (no pool_hba check) on a new server, before the server
         #: said AuthenticationOk: it holds no slot and no place in a pool.
         self._proving = False
+        #: This login finds out whether its pool key needs a password (Pool.wait_for_probe).
+        self._probe = False
         #: That login's server once it is up, until the session has its slot.
         self._login_server: Optional[BackendProtocol] = None
 
@@ -200,6 +206,10 @@ class Session:
         self.state = state
         if state in (RELAY, CLOSED):
             self._authenticated()
+            if self._probe:
+                self._probe = False
+                assert self.key is not None
+                self.context.pool.probe_ended(self.key)
         if state == CLOSED and self.overrides is not None:
             self.context.own_idle_limits.discard(self.io)
 
@@ -392,10 +402,18 @@ class Session:
             else:
                 self.fatal("08006", "no backend node is configured (backend_hostname0)")
             return
-        self.key = pool_key(node.index, self.startup)
-        if self._preauth and not self.verified and context.pool.asks_password(self.key):
-            self._prove()
-            return
+        key = self.key = pool_key(node.index, self.startup)
+        if self._preauth and not self.verified:
+            asks = context.pool.asks_password(key)
+            if asks is None:
+                if context.pool.wait_for_probe(key, self._admit_later):
+                    self._move(WAITING)  # holding nothing: another login finds out
+                    return
+                self._probe = True
+                asks = True
+            if asks:
+                self._prove()
+                return
         self._authenticated()
         config = context.config
         if config.pool_mode_for(self.startup.user, self.startup.database) == TRANSACTION:
@@ -703,6 +721,9 @@ class Session:
         """The server's AuthenticationOk, relayed unless the pooler sent its own."""
         if self._proving:
             self._authenticated()
+            login = self.server_login
+            if login is not None and login.server is not None and self.key is not None:
+                self.context.pool.learn_login(self.key, login.server.asked_password)
         if not self._auth_ok_sent:
             self._auth_ok_sent = True
             self.io.send(raw)

@@ -101,6 +101,57 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(len(harness.context.preauth), 0)
 
 
+class ProbeTests(SynchronousTestCase):
+    """A burst of first logins of a key opens one server to find out about passwords."""
+
+    def test_trust_found_by_the_first_lets_the_rest_share(self) -> None:
+        harness = Harness(num_init_children=5)
+        first, _ = harness.session()
+        first.client_data(startup_packet())
+        others = [harness.session() for _ in range(3)]
+        for session, _ in others:
+            session.client_data(startup_packet())
+            self.assertEqual(session.state, WAITING)
+        self.assertEqual(len(harness.reactor.tcpClients), 1)  # the first's server only
+        let_in(server_of(harness, first))  # no password asked: trust
+        harness.reactor.advance(0)
+        self.assertEqual(harness.pool.asks_password(first.key), False)
+        # The rest take their slots first, as pooled clients of a trusted key do.
+        self.assertEqual(harness.pool.free_slots(), 5 - 4)
+
+    def test_a_password_asked_of_the_first_sends_the_rest_to_prove_themselves(self) -> None:
+        harness = Harness(num_init_children=5)
+        first, _ = harness.session()
+        first.client_data(startup_packet())
+        second, _ = harness.session()
+        second.client_data(startup_packet())
+        self.assertEqual(second.state, WAITING)
+        login_server(harness, first)  # md5 asked
+        harness.reactor.advance(0)
+        self.assertEqual(second.state, CONNECTING)
+        self.assertEqual(len(harness.reactor.tcpClients), 2)
+        self.assertEqual(harness.pool.free_slots(), 5)
+
+    def test_a_probe_that_leaves_passes_the_question_on(self) -> None:
+        harness = Harness()
+        first, _ = harness.session()
+        first.client_data(startup_packet())
+        second, _ = harness.session()
+        second.client_data(startup_packet())
+        first.client_lost()
+        harness.reactor.advance(0)
+        self.assertEqual(second.state, CONNECTING)  # the new probe
+
+
+def server_of(harness: Harness, session: Session) -> BackendProtocol:
+    """The new server of a session's login, connected and silent so far."""
+    assert session.startup is not None and session.server_login is not None
+    server = BackendProtocol(NODE, session.startup, harness.reactor, harness.context.servers)
+    server.owner = session.server_login
+    server.makeConnection(StringTransport())
+    return server
+
+
 def pool_key_of(harness: Harness) -> Any:
     from pgpool_tw.pool.key import pool_key
     from pgpool_tw.protocol.startup import read_startup_packet
