@@ -1065,13 +1065,15 @@ class Session:
         server, tracker = self.server, self.tracker
         if server is None or tracker is None or self.state != RELAY:
             return []
-        stream, lb = self.routed, self.lb_server
-        if stream is None or lb is None:
+        stream = self.routed
+        if stream is None:
             still = cancel.in_flight(tracker)
             return [] if still is None else [self._target(server, still, lambda: self.server)]
         targets = []
-        for index, leg_server in enumerate((server, lb)):
-            still = cancel.leg_in_flight(stream, index) if index < len(stream.legs) else None
+        for index, leg_server in enumerate((server, self.lb_server)):
+            if leg_server is None or index >= len(stream.legs):
+                continue
+            still = cancel.leg_in_flight(stream, index)
             if still is not None:
                 held_by = (lambda: self.server) if index == 0 else (lambda: self.lb_server)
                 targets.append(self._target(leg_server, still, held_by))

@@ -427,6 +427,19 @@ class ForwardTests(SynchronousTestCase):
         delivery.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(io.actions, [])
 
+    def test_routed_session_without_a_load_balancing_leg(self) -> None:
+        """A routed session with its primary leg only: bound to that leg's units."""
+        stream = _Stream()
+        stream.legs = stream.legs[:1]
+        self.session.routed = stream  # type: ignore[assignment]
+        self.assertEqual(self.session.cancel_targets(), [])
+        stream.legs[0].units.append(_Unit())
+        (target,) = self.session.cancel_targets()
+        self.assertEqual((target.pid, target.secret), (self.server.pid, self.server.secret))
+        self.assertTrue(target.still())
+        stream.legs[0].units.clear()
+        self.assertFalse(target.still())
+
     def test_unknown_key_is_dropped(self) -> None:
         """A key of no session: no connection, the client's connection closes."""
         self.tracker.feed_client(m.query("select pg_sleep(1)"))
