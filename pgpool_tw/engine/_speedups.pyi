@@ -185,6 +185,8 @@ class TxClient:
     """A transaction-mode client on a TxLane (_txlane.c)."""
 
     server: TxServer | None
+    owed: bool
+    sent_at: float
     armed: bool
     waiting: bool
     received: int

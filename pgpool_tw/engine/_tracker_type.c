@@ -125,6 +125,13 @@ tracker_get_unsynced(Tracker *self, void *closure)
     return PyBool_FromLong(self->unsynced);
 }
 
+/* Read by session/cancel.py only: a cancel is bound to the busy period it came in. */
+static PyObject *
+tracker_get_busy_since(Tracker *self, void *closure)
+{
+    return PyFloat_FromDouble(self->busy_since);
+}
+
 static PyObject *
 tracker_get_status(Tracker *self, void *closure)
 {
@@ -287,6 +294,8 @@ static PyGetSetDef tracker_getset[] = {
      "Query/Sync/FunctionCall messages sent that have no ReadyForQuery yet.", NULL},
     {"unsynced", (getter)tracker_get_unsynced, NULL,
      "Extended-protocol messages were sent after the last Sync.", NULL},
+    {"busy_since", (getter)tracker_get_busy_since, NULL,
+     "When the server's queue last went busy (pending from 0 to 1).", NULL},
     {"status", (getter)tracker_get_status, (setter)tracker_set_status,
      "Transaction state byte of the last ReadyForQuery.", NULL},
     {"params", (getter)tracker_get_params, NULL,

@@ -305,6 +305,19 @@ txclient_get_waiting(TxClient *self, void *closure)
     return PyBool_FromLong(self->queued);
 }
 
+/* Read by session/cancel.py only: whether a statement runs here, and which one. */
+static PyObject *
+txclient_get_owed(TxClient *self, void *closure)
+{
+    return PyBool_FromLong(self->server != NULL && self->owed);
+}
+
+static PyObject *
+txclient_get_sent_at(TxClient *self, void *closure)
+{
+    return PyFloat_FromDouble(self->sent_at);
+}
+
 static PyObject *
 txclient_get_received(TxClient *self, void *closure)
 {
@@ -328,6 +341,11 @@ txclient_get_owner(TxClient *self, void *closure)
 static PyGetSetDef txclient_getset[] = {
     {"server", (getter)txclient_get_server, NULL,
      "The TxServer of the transaction running here, or None.", NULL},
+    {"owed", (getter)txclient_get_owed, NULL,
+     "A statement sent here has not answered yet (else: idle, or a block between "
+     "statements).", NULL},
+    {"sent_at", (getter)txclient_get_sent_at, NULL,
+     "When the statement running here (or the last one) was sent.", NULL},
     {"armed", (getter)txclient_get_armed, NULL, "Its next chunk may be served here.", NULL},
     {"waiting", (getter)txclient_get_waiting, NULL, "It waits here for a server.", NULL},
     {"received", (getter)txclient_get_received, NULL, "Chunks received here.", NULL},

@@ -51,6 +51,7 @@ from pgpool_tw.pool.backend import BackendProtocol
 from pgpool_tw.pool.pool import expired
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.relay import LOCAL_WORDS
+from pgpool_tw.session import cancel
 from pgpool_tw.session.handshake import GSS_ANSWERED, TLS_ANSWERED, lane_answers
 
 if TYPE_CHECKING:
@@ -356,6 +357,28 @@ class WarmLane:
         """The server a warm session's cancel key points at."""
         server = self.lane.find(pid & 0xFFFFFFFF, secret & 0xFFFFFFFF)
         return server if isinstance(server, BackendProtocol) else None
+
+    def cancel_target(self, pid: int, secret: int) -> Optional[list[cancel.Target]]:
+        """Where a CancelRequest with a warm session's key goes: None for a key of no
+        warm session; [] when its statement answered already (the C relay's tracker has
+        seen the ReadyForQuery); else its server, while that statement may still run
+        and the same warm session holds it (``session/cancel.py``)."""
+        server = self.find(pid, secret)
+        lent = self._lent.get(server) if server is not None else None
+        if server is None or lent is None:
+            return None
+        relay = lent.relay
+        tracker = relay.tracker
+        still = cancel.in_flight(tracker)
+        if still is None:
+            return []
+        uses = relay.uses
+
+        def same_session() -> bool:
+            active = relay.state == speedups.W_ACTIVE  # type: ignore[union-attr]
+            return active and relay.uses == uses and relay.tracker is tracker and still()
+
+        return [cancel.Target(server.node, server.pid, server.secret, same_session)]
 
     def server_lost(self, server: BackendProtocol, why: str) -> None:
         """A lent server closed: its warm client, if any, is told as on Twisted's path."""

@@ -188,6 +188,12 @@ class SessionTracker:
         )
 
     @property
+    def busy_since(self) -> float:
+        """When the server's queue last went busy: a cancel is bound to that busy period
+        (``session/cancel.py``), read only there."""
+        return self._busy_since
+
+    @property
     def server_at_boundary(self) -> bool:
         """The client has been sent whole server messages only."""
         return not self._s_skip and not self._s_head and not self._s_need

@@ -34,7 +34,7 @@ from pgpool_tw.pool.pool import Pool
 from pgpool_tw.protocol import messages as m
 from pgpool_tw.protocol.rows import result_set
 from pgpool_tw.protocol.startup import StartupMessage
-from pgpool_tw.session.cancel import CancelRegistry
+from pgpool_tw.session.cancel import CancelRegistry, Target
 from pgpool_tw.session.lease import Filler
 from pgpool_tw.session.logs import statements_for
 from pgpool_tw.session.pause import Pause
@@ -76,7 +76,7 @@ class WarmLogins(Protocol):
     """The C loop's warm lane as sessions see it (lane/warm.py's ``WarmLane``)."""
 
     def learn(self, client: Any, server: BackendProtocol) -> None: ...
-    def find(self, pid: int, secret: int) -> Optional[BackendProtocol]: ...
+    def cancel_target(self, pid: int, secret: int) -> Optional[list[Target]]: ...
     def forget(self) -> None: ...
 
 

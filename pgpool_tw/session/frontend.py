@@ -261,6 +261,10 @@ class FrontendProtocol(Protocol):
         server = tx.server if tx is not None else None
         return server.backend if server is not None else None
 
+    def tx_lane_client(self) -> Optional[TxClient]:
+        """The client's TxClient on the C lane, if it has one (read by cancel.py)."""
+        return self._tx
+
     def tx_stop(self) -> None:
         """The session ends: the lane lets the client go (a transaction it runs is the
         session's first)."""

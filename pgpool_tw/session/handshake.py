@@ -4,7 +4,8 @@ PostgreSQL's rules for the opening of a connection, applied for one ``Session``
 in its ``STARTUP`` state: SSLRequest is answered once (S and TLS when the
 pooler has a certificate, else N) and GSSENCRequest once (N: GSSAPI encryption
 is not offered); a second request of either is a protocol violation; a
-CancelRequest is forwarded (``cancel.forward``) and ends the connection; the
+CancelRequest is forwarded (``cancel.forward``) and ends the connection once the
+server has processed it (nothing more is read meanwhile); the
 startup packet hands the session its parameters and whatever followed it.
 
 Must never read bytes that arrived in plaintext after an SSLRequest as if they
@@ -28,6 +29,7 @@ from pgpool_tw.protocol.startup import (
 )
 from pgpool_tw.session import cancel
 from pgpool_tw.session.preauth import startup_stage
+from pgpool_tw.session.states import CLOSED
 
 if TYPE_CHECKING:
     from pgpool_tw.session.machine import Session
@@ -59,7 +61,7 @@ def lane_answers(frontend_tls: bool) -> dict[bytes, tuple[bytes, int]]:
 class Handshake:
     """The startup phase of one session: buffers until a whole packet is in."""
 
-    __slots__ = ("_buffer", "gss_answered", "session", "tls_answered")
+    __slots__ = ("_buffer", "cancelling", "gss_answered", "session", "tls_answered")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -67,6 +69,8 @@ class Handshake:
         #: Each request is answered once, possibly already by the C lane.
         self.tls_answered = False
         self.gss_answered = False
+        #: A CancelRequest came: its delivery is under way (``cancel.forward``).
+        self.cancelling = False
 
     def stage(self) -> str:
         """Where the client stopped, for authentication_timeout's log line."""
@@ -75,6 +79,8 @@ class Handshake:
         return startup_stage(len(self._buffer))
 
     def feed(self, data: bytes) -> None:
+        if self.cancelling:
+            return  # PostgreSQL reads nothing after a CancelRequest either
         session = self.session
         buffer = self._buffer + data
         while True:
@@ -95,8 +101,10 @@ class Handshake:
                 self.gss_answered = True
                 session.io.send(REFUSED)
             elif isinstance(packet, CancelRequest):
-                cancel.forward(session.context, packet, session.peer)
-                session.io.finish()
+                # Nothing else is read; the connection closes once the cancel is over.
+                self._buffer = b""
+                self.cancelling = True
+                cancel.forward(session.context, packet, session.peer, self._cancel_answered)
                 return
             elif isinstance(packet, StartupMessage):
                 self._buffer = b""
@@ -107,6 +115,14 @@ class Handshake:
             else:
                 session.fatal("08P01", "duplicate SSL or GSS encryption request")
                 return
+
+    def _cancel_answered(self) -> None:
+        """The cancel was delivered (the server closed its connection) or dropped: the
+        client's connection closes now, as PostgreSQL's does, for libpq waits for that
+        before its cancel returns."""
+        session = self.session
+        if session.state != CLOSED:
+            session.io.finish()
 
     def _ssl_request(self, rest: bytes) -> bool:
         """Answer an SSLRequest; True when reading must stop (TLS starts, or an error)."""

@@ -31,7 +31,7 @@ than the context's, or another session's state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -1169,23 +1169,50 @@ class Session:
             server.keeper = None
             self.context.pool.give_back(server, True)
 
-    def cancel_targets(self) -> list[BackendProtocol]:
-        """The servers a CancelRequest for this session goes to: what it waits on."""
+    def cancel_targets(self) -> list[cancel.Target]:
+        """The servers a CancelRequest for this session goes to now: those that run a
+        statement of its client, each with the test that the statement may still run
+        when the request is sent (``cancel.py``); none when nothing runs."""
         tx = self.tx
         if tx is not None:
-            server = tx.server if tx.server is not None else self.io.tx_fast_server()
-            return [server] if server is not None else []
-        server = self.server
-        if server is None:
+            held = tx.server
+            if held is not None:
+                still = cancel.in_flight(tx)
+                return [] if still is None else [self._target(held, still, lambda: tx.server)]
+            lane = self.io.tx_lane_client()
+            server = self.io.tx_fast_server()
+            still = cancel.lane_in_flight(lane) if lane is not None else None
+            if server is None or still is None:
+                return []
+            return [self._target(server, still, self.io.tx_fast_server)]
+        server, tracker = self.server, self.tracker
+        if server is None or tracker is None or self.state != RELAY:
             return []
-        stream, lb = self.routed, self.lb_server
-        if stream is None or lb is None:
-            return [server]
-        waiting = stream.waiting_on()
-        targets = [server] if stream.primary in waiting or not waiting else []
-        if stream.lb in waiting:
-            targets.append(lb)
+        stream = self.routed
+        if stream is None:
+            still = cancel.in_flight(tracker)
+            return [] if still is None else [self._target(server, still, lambda: self.server)]
+        targets = []
+        for index, leg_server in enumerate((server, self.lb_server)):
+            if leg_server is None or index >= len(stream.legs):
+                continue
+            still = cancel.leg_in_flight(stream, index)
+            if still is not None:
+                held_by = (lambda: self.server) if index == 0 else (lambda: self.lb_server)
+                targets.append(self._target(leg_server, still, held_by))
         return targets
+
+    @staticmethod
+    def _target(
+        server: BackendProtocol,
+        still: cancel.Still,
+        holder: Callable[[], Optional[BackendProtocol]],
+    ) -> cancel.Target:
+        """``server`` as a cancel's target, while this session holds it (a server that went
+        back to the pool runs another client's statements)."""
+        return cancel.Target(
+            server.node, server.pid, server.secret, lambda: holder() is server and still()
+        )
 
     def _leave_pool(self) -> None:
         if self._in_pool:

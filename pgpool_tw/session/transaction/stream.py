@@ -288,6 +288,17 @@ class TransactionStream:
         return not self._s_skip and not self._s_head and not self._s_need
 
     @property
+    def busy_since(self) -> float:
+        """When the client's statements last went from none owed to some: a cancel is
+        bound to that busy period (``session/cancel.py``)."""
+        return self._busy_since
+
+    @property
+    def unsynced(self) -> bool:
+        """Extended-protocol messages were sent after the last Sync (an Execute may run)."""
+        return self._unsynced
+
+    @property
     def idle(self) -> bool:
         """Between transactions: no server held, nothing owed."""
         return self.server is None and not self._held and not self._expect
