@@ -141,6 +141,8 @@ def soak(options: Options, say: Callable[[str], None]) -> Outcome:
     outcome = Outcome(options, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     directory = outcome.directory = work_dir()
     pg = pooler = None
+    bench: Optional[BenchRounds] = None
+    workers: list[Worker] = []
     try:
         say("starting PostgreSQL and pgpool-tw")
         pg = start_server()
@@ -201,6 +203,10 @@ def soak(options: Options, say: Callable[[str], None]) -> Outcome:
         pooler.watch.poll()
         outcome.pooler_problems = list(pooler.watch.problems)
     finally:
+        for worker in workers:
+            worker.stop.set()
+        if bench is not None:
+            bench.join(0.0)  # an interrupted run: its pgbench killed, by its Popen
         if pooler is not None:
             pooler.stop()
         if pg is not None:
