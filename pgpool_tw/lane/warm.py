@@ -391,7 +391,8 @@ class WarmLane:
         last_words = b""
         if lent.relay.state == speedups.W_ACTIVE:  # type: ignore[union-attr]
             log.warn("server={server} lost mid-session: {why}", server=server.node.address, why=why)
-            if lent.relay.tracker.server_at_boundary:
+            tracker = lent.relay.tracker
+            if tracker.server_at_boundary and tracker.pending:  # see Session._end_relay
                 last_words = m.error_response("08006", "server closed the connection unexpectedly")
         lent.relay.drop(last_words)
         self.factory.pool.server_lost(server, why)

@@ -631,7 +631,7 @@ class Session:
                 )
                 self._let_go()
                 self.context.pool.leases.forget(server)
-                if stream.server_at_boundary:
+                if stream.server_at_boundary and stream.pending:
                     text = "server closed the connection unexpectedly"
                     self.io.send(m.error_response("08006", text))
                 self.io.close()
@@ -661,7 +661,10 @@ class Session:
         lb, self.lb_server = self.lb_server, None
         if lb is not None and lb is not lost:
             self.context.pool.give_back(lb, False)
-        if tracker.server_at_boundary:
+        if tracker.server_at_boundary and (lost is None or tracker.pending):
+            # A server that closed while its client owed it nothing said why itself,
+            # if at all (FATAL 57P01 at a fast restart): a second error would be read
+            # as the answer to the client's next statement (issue #20's soak).
             self.io.send(m.error_response(sqlstate, text))
         self.io.close()
 

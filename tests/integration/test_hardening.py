@@ -225,3 +225,27 @@ class StalledServerTests(PoolerTestCase):
         client.close(terminate=False)
         os.kill(pid, signal.SIGCONT)
         self.assertEqual((yield self.in_thread(_one, dsn, "select 1")), 1)  # recovered
+
+
+class ServerGoneTests(PoolerTestCase):
+    """A server that ends an idle session says why itself: the pooler adds nothing."""
+
+    @inlineCallbacks
+    def test_an_idle_clients_server_fatal_is_the_only_error(self) -> Steps:
+        service = self.start_pooler()
+        user, db = self.role_and_db()
+        client = yield self.in_thread(RawClient, service.port)
+        yield self.in_thread(client.startup, user=user, database=db)
+        self.pg.psql(f"select pg_terminate_backend({client.pid})")
+        rest = yield self.in_thread(client.read_all)
+        errors = [
+            m.parse_fields(body)
+            for kind, body in m.MessageReader().feed(rest)
+            if kind == m.ERROR_RESPONSE
+        ]
+        self.assertEqual([fields.get("C") for fields in errors], ["57P01"])
+        client.close(terminate=False)
+
+
+class CLoopServerGoneTests(ServerGoneTests):
+    c_loop = True
