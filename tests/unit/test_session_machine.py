@@ -317,15 +317,27 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(len(harness.pool.sessions), 0)
 
     def test_lost_server_mid_session_tells_the_client(self) -> None:
-        """A server that goes away at a message boundary gives the client FATAL 08006."""
+        """A server that goes away at a message boundary while the client waits for an
+        answer gives the client FATAL 08006."""
         harness = Harness()
         session, io, server = self.start(harness)
+        assert session.tracker is not None
+        session.tracker.feed_client(m.query("select 1"))
         io.sent.clear()
         session.server_lost(server, "connection reset")
         self.assertEqual(io.error_code(), "08006")
         self.assertEqual(io.actions[-1], "close")
         session.client_lost()  # the glue reports the close; nothing is released twice
         self.assertEqual(session.state, CLOSED)
+
+    def test_lost_server_of_an_idle_session_adds_no_error(self) -> None:
+        """Owed nothing, the client hears what the server said (a FATAL, or nothing), as
+        from a direct connection: a second error would answer its next statement."""
+        harness = Harness()
+        session, io, server = self.start(harness)
+        io.sent.clear()
+        session.server_lost(server, "connection reset")
+        self.assertEqual((io.sent, io.actions[-1]), ([], "close"))
 
     def test_fast_shutdown_sends_57p01(self) -> None:
         """A fast shutdown tells a relaying client FATAL 57P01 between messages."""
