@@ -283,13 +283,45 @@ def check_tracker_client(make: Callable[..., Any], stream: bytes, cuts: Iterable
         assert tracker.bytes_in == done, (make, tracker.bytes_in, done)
 
 
+def _state(tracker: Any) -> tuple[object, ...]:
+    return (
+        tracker.pending,
+        tracker.unsynced,
+        tracker.status,
+        tracker.in_sync,
+        tracker.server_at_boundary,
+        dict(tracker.params),
+        (tracker.queries, tracker.xacts, tracker.bytes_in, tracker.bytes_out),
+        (tracker._c_head, tracker._s_head, tracker._s_body),
+    )
+
+
+def check_c_matches_python(stream: bytes, cuts: Iterable[int]) -> None:
+    """Past what the framer accepts too: the C tracker and Python's, fed the same chunks
+    as a server stream and as a client stream, are in the same state after each chunk
+    (``test_speedups.DifferentialTests`` asks the same of hypothesis' streams)."""
+    if len(TRACKERS) < 2:
+        return
+    py, c = (make({}, m.IDLE, ()) for make in TRACKERS)
+    stopped = False
+    for chunk in split_at(stream, cuts):
+        py.feed_server(chunk)
+        c.feed_server(chunk)
+        if not stopped:
+            at = py.feed_client(chunk)
+            assert c.feed_client(chunk) == at, (chunk, at)
+            stopped = at >= 0  # the glue stops walking at a Terminate
+        assert _state(c) == _state(py), (_state(c), _state(py))
+
+
 def check_walkers(stream: bytes, cuts: Iterable[int]) -> None:
-    """Every tracker (Python's, C's when built) against the framer, both directions; and
-    the framer itself."""
+    """Every tracker (Python's, C's when built) against the framer, both directions; C
+    against Python on the whole stream; and the framer itself."""
     cuts = list(cuts)
     for make in TRACKERS:
         check_tracker_server(make, stream, cuts)
         check_tracker_client(make, stream, cuts)
+    check_c_matches_python(stream, cuts)
     check_framer(stream, cuts)
 
 
