@@ -356,11 +356,13 @@ def check_handshake(stream: bytes, cuts: Iterable[int]) -> None:
     assert cut == whole, (cut, whole)
     sent, actions = whole[0], whole[1]
     assert isinstance(sent, bytes) and isinstance(actions, tuple)
-    if "close" in actions and not (sent.lstrip(b"N") == b"" and _terminates(stream)):
-        # A close with nothing said is a client's own Terminate after its startup.
+    if "close" in actions:
         # The one-byte answers to SSLRequest and GSSENCRequest, perhaps a
-        # NegotiateProtocolVersion, then the FATAL, last.
+        # NegotiateProtocolVersion, then the FATAL, last; with no FATAL, the client
+        # sent a Terminate after its startup packet.
         frames = m.MessageReader().feed(sent.lstrip(b"N"))
+        if not any(kind == m.ERROR_RESPONSE for kind, _ in frames) and _terminates(stream):
+            return
         assert frames and frames[-1][0] == m.ERROR_RESPONSE, sent
         fields = m.parse_fields(frames[-1][1])
         assert fields["S"] == "FATAL" and len(fields["C"]) == 5, fields
