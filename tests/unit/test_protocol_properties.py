@@ -151,6 +151,18 @@ class HandshakeTests(SynchronousTestCase):
         """Mutated openings: the same outcome whole and cut; a refusal is one FATAL."""
         oracles.check_handshake(stream, cuts)
 
+    def test_a_terminate_before_a_refused_length(self) -> None:
+        """The one way cut differs from whole (found by fuzz_startup.py): in one chunk, a
+        refused length refuses the Terminate before it (FATAL 08P01); cut between them,
+        the Terminate closes first.  Closed either way."""
+        head = startup_packet() + m.terminate()
+        stream = head + b"Q\0\0\0\0"
+        whole = oracles.handshake([stream])
+        cut = oracles.handshake([head, b"Q\0\0\0\0"])
+        self.assertIn(b"C08P01\0Minvalid message length 0\0", whole[0])
+        self.assertEqual((cut[0], cut[1], whole[1]), (b"", ("close",), ("close",)))
+        oracles.check_handshake(stream, [len(head)])
+
 
 # -- the password exchanges -------------------------------------------------------------
 
