@@ -27,6 +27,9 @@ from pgpool_tw.protocol.credentials import (
     Secret,
     md5_digest,
     md5_response,
+    nonce_ok,
+    prepare_password,
+    unb64,
 )
 from pgpool_tw.protocol.startup import MAX_STARTUP_LENGTH, CancelRequest
 from pgpool_tw.session.states import AUTHENTICATING, CLOSED
@@ -417,3 +420,26 @@ def _ending(io: RecordingIO) -> object:
             fields = m.parse_fields(body)
             return f"{fields['S']} {fields['C']} {fields['M']}"
     return tuple(kind for kind, _ in frames)
+
+
+class CredentialsTests(SynchronousTestCase):
+    """The building blocks both exchanges feed a peer's bytes to."""
+
+    @SOME
+    @given(st.binary(max_size=40))
+    def test_password_bytes_of_any_kind(self, raw: bytes) -> None:
+        """Any bytes a client sends as a password (decoded with surrogate escapes, as
+        the exchanges decode them) prepare to bytes and hash, never raising."""
+        password = m.decode(raw)
+        self.assertIsInstance(prepare_password(password), bytes)
+        self.assertEqual(len(md5_digest(password, "alice")), 32)
+        if password.isascii():
+            self.assertEqual(prepare_password(password), raw)
+
+    @SOME
+    @given(st.binary(max_size=60) | st.builds(base64.b64encode, st.binary(max_size=40)))
+    def test_base64_and_nonces_of_any_bytes(self, raw: bytes) -> None:
+        """unb64 gives bytes or None and nonce_ok a bool for any bytes."""
+        decoded = unb64(raw)
+        self.assertTrue(decoded is None or isinstance(decoded, bytes))
+        self.assertIsInstance(nonce_ok(raw), bool)
