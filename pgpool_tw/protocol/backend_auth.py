@@ -188,6 +188,8 @@ class BackendAuth:
             raise BackendAuthError("the server's SCRAM nonce does not extend ours")
         if not nonce_ok(nonce) or not salt or not iterations_text.isdigit():
             raise BackendAuthError("malformed SCRAM server-first-message")
+        if len(iterations_text) > 10:  # int() raises ValueError past 4300 digits
+            raise BackendAuthError("the server's SCRAM iteration count is absurd")
         iterations = int(iterations_text)
         secret = self._secret
         if isinstance(secret, ScramSecret):
