@@ -257,6 +257,7 @@ class ServerLogin:
             server = self.server
             if kind == m.PASSWORD_MESSAGE and server is not None:
                 server.send(m.message(b"p", body))
+                session.context.preauth.answered(session)
                 self._wait_server()
             elif kind == m.TERMINATE:
                 session.io.close()
@@ -292,6 +293,7 @@ class ServerLogin:
         else:
             self._asked_client = True
             self._stop_timer()  # the client's turn: authentication_timeout's business
+            session.context.preauth.asked(session)
             if session.key is not None:
                 session.context.pool.learn_login(session.key, True)
             session.io.send(m.without_channel_binding(raw))
@@ -316,6 +318,10 @@ class ServerLogin:
         self.server = None
         self.connector = None
         session = self.session
+        fields = m.parse_fields(raw[5:])
+        sqlstate = fields.get("C", "")
+        if sqlstate == "53300" and self._live() and session.server_full():
+            return  # a stalled login made room: this one is tried again
         if self._live() and not server.spoke and not server.encrypted and not self._retried:
             retry = session.context.tls.for_allow_retry(server.node)
             if retry is not None:
@@ -324,8 +330,6 @@ class ServerLogin:
         if session.state != CLOSED:
             session.io.send(raw)
             session.io.close()
-        fields = m.parse_fields(raw[5:])
-        sqlstate = fields.get("C", "")
         if sqlstate.startswith("28") and session.startup is not None:
             why = f"the server said {sqlstate}: {printable(fields.get('M', ''))}"
             session.context.preauth.note_failed(session.peer, session.startup.user, why)

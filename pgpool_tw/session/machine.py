@@ -112,6 +112,7 @@ class Session:
         "_login_server",
         "_password",
         "_placed",
+        "_full_tries",
         "_preauth",
         "_probe",
         "_proving",
@@ -196,6 +197,8 @@ class Session:
         self._proving = False
         #: This login finds out whether its pool key needs a password (Pool.wait_for_probe).
         self._probe = False
+        #: Times PostgreSQL was full for this pass-through login and a stalled one made room.
+        self._full_tries = 0
         #: That login's server once it is up, until the session has its slot.
         self._login_server: Optional[BackendProtocol] = None
 
@@ -257,6 +260,31 @@ class Session:
         if self._preauth:
             self._preauth = False
             self.context.preauth.leave(self)
+
+    def evict(self) -> None:
+        """This pass-through login waited longest for its password while PostgreSQL had no
+        connection left for another client (``PreAuth.evict_stalled``)."""
+        self.fatal(
+            "53300",
+            "sorry, too many clients already: the server is full, and this login waited "
+            "longest for its password",
+        )
+
+    def server_full(self) -> bool:
+        """PostgreSQL refused this pass-through login for want of connections: when a
+        stalled login made room, this one is tried again shortly (the closed login's
+        backend needs a moment to exit); False: the client gets PostgreSQL's refusal."""
+        if not self._proving or self._full_tries >= 3 or self._auth_ok_sent:
+            return False  # (refused after its AuthenticationOk: a new login cannot be made)
+        if not self.context.preauth.evict_stalled(self):
+            return False
+        self._full_tries += 1
+        self.context.reactor.callLater(0.05, self._login_again)
+        return True
+
+    def _login_again(self) -> None:
+        if self.state == CONNECTING and self._proving:
+            self.connect()
 
     def shed(self, cap: int) -> None:
         """The oldest of too many clients still authenticating (max_preauth_clients)."""

@@ -35,10 +35,16 @@ log = Logger()
 __all__ = ["PreAuth", "lane_peer", "startup_stage"]
 
 
+#: A pass-through login answers its server's password request within this long, or may
+#: be closed to make room when PostgreSQL has no connection left (``evict_stalled``).
+STALL_GRACE = 0.25
+
+
 class Unauthenticated(Protocol):
     """A session as the cap sees it."""
 
     def shed(self, cap: int) -> None: ...
+    def evict(self) -> None: ...
 
 
 class PreAuth:
@@ -54,6 +60,11 @@ class PreAuth:
         self._timeouts = RateLimit()
         self._shed = RateLimit()
         self._failed = RateLimit()
+        self._evicted = RateLimit()
+        #: Pass-through logins whose server's password request waits on the client (a
+        #: PostgreSQL connection each), oldest first, with when they were asked.
+        self._asked: OrderedDict[Unauthenticated, float] = OrderedDict()
+        self.evicted_total = 0
         #: Counted for tests and the stats: clients closed for the cap, and at the timeout.
         self.shed_total = 0
         self.timed_out_total = 0
@@ -77,6 +88,41 @@ class PreAuth:
     def leave(self, client: Unauthenticated) -> None:
         """``client`` authenticated or closed."""
         self._clients.pop(client, None)
+        self._asked.pop(client, None)
+
+    def asked(self, client: Unauthenticated) -> None:
+        """``client``'s server asked it for its password: it holds that server meanwhile."""
+        self._asked.pop(client, None)
+        self._asked[client] = self.clock.seconds()
+
+    def answered(self, client: Unauthenticated) -> None:
+        """``client`` sent its answer: the server, not the client, is to answer next."""
+        self._asked.pop(client, None)
+
+    def evict_stalled(self, making_room_for: Unauthenticated) -> bool:
+        """PostgreSQL refused a login for want of connections (53300): the pass-through
+        login that has waited longest for its client's password (at least
+        ``STALL_GRACE``) is closed, giving its server connection back; True when one was.
+        Without this a flood of logins that never answer holds every connection the
+        server has until authentication_timeout, and real clients with it."""
+        now = self.clock.seconds()
+        for client, since in self._asked.items():
+            if now - since < STALL_GRACE:
+                return False  # the rest were asked later still
+            if client is not making_room_for:
+                del self._asked[client]
+                self.evicted_total += 1
+                dropped = self._evicted.admit(now)
+                if dropped >= 0:
+                    log.warn(
+                        "a login waiting {seconds:.1f}s for its client's password was closed: "
+                        "the server has no connection left for another{more}",
+                        seconds=now - since,
+                        more=f" ({dropped} more since the last)" if dropped else "",
+                    )
+                client.evict()
+                return True
+        return False
 
     def _make_room(self) -> None:
         """Close the oldest pre-authentication clients, Python's or the lane's, until the

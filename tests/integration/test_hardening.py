@@ -249,3 +249,37 @@ class ServerGoneTests(PoolerTestCase):
 
 class CLoopServerGoneTests(ServerGoneTests):
     c_loop = True
+
+
+class FullServerTests(PoolerTestCase):
+    """A PostgreSQL whose connections are all held by logins that never answer their
+    password: a real client still gets in, and the longest stalled login gives way."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Five connections, refused before authentication when taken ("too many clients").
+        self.small = TempPostgres(
+            "md5", settings={"max_connections": "5", "superuser_reserved_connections": "0"}
+        ).start()
+        self.addCleanup(self.small.stop)
+
+    @inlineCallbacks
+    def test_a_real_client_gets_in_past_a_flood_of_stalled_logins(self) -> Steps:
+        small = self.small
+        user, db = "flood_user", "flood_db"
+        small.create_role(user, PASSWORD)
+        small.create_database(db, owner=user)
+        service = self.start_pooler(backends=(BackendNode(0, "127.0.0.1", small.port),))
+        stalled = []
+        for _ in range(5):
+            stalled.append((yield self.in_thread(_stall, service.port, user, db)))
+        yield sleep(0.5)  # past STALL_GRACE: they are stalled, not answering
+        dsn = self.dsn(service, user, db, password=PASSWORD)
+        self.assertEqual((yield self.in_thread(_one, dsn, "select 1")), 1)
+        first = yield self.in_thread(stalled[0].read_all)
+        self.assertEqual(error_of(first).get("C"), "53300")
+        self.assertEqual(service.factory.preauth.evicted_total, 1)
+        for client in stalled:
+            client.close(terminate=False)

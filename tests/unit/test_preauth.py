@@ -101,6 +101,61 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(len(harness.context.preauth), 0)
 
 
+class FullServerTests(SynchronousTestCase):
+    """PostgreSQL has no connection left: the login stalled longest on its client's
+    password gives its server back to a newcomer (``PreAuth.evict_stalled``)."""
+
+    def full(self, harness: Harness, session: Session) -> None:
+        """The new server of ``session``'s login refuses it: too many clients."""
+        server = server_of(harness, session)
+        server.dataReceived(m.error_response("53300", "sorry, too many clients already", "FATAL"))
+
+    def test_the_longest_stalled_login_gives_way(self) -> None:
+        harness = Harness(num_init_children=5)
+        stalled, stalled_io = harness.session()
+        stalled.client_data(startup_packet())
+        login_server(harness, stalled)  # asked for its password; never answers
+        harness.reactor.advance(1)
+        newcomer, io = harness.session()
+        newcomer.client_data(startup_packet())
+        self.full(harness, newcomer)
+        self.assertEqual(stalled_io.error_code(), "53300")
+        self.assertEqual(stalled_io.actions, ["close"])
+        self.assertEqual(io.actions, [])  # not refused: tried again
+        clients = len(harness.reactor.tcpClients)
+        harness.reactor.advance(0.05)
+        self.assertEqual(len(harness.reactor.tcpClients), clients + 1)
+        let_in(server_of(harness, newcomer))
+        self.assertEqual(newcomer.state, RELAY)
+
+    def test_a_login_asked_a_moment_ago_is_left_alone(self) -> None:
+        """Within STALL_GRACE the client is still answering: the newcomer gets
+        PostgreSQL's own refusal."""
+        harness = Harness(num_init_children=5)
+        answering, answering_io = harness.session()
+        answering.client_data(startup_packet())
+        login_server(harness, answering)
+        harness.reactor.advance(0.1)
+        newcomer, io = harness.session()
+        newcomer.client_data(startup_packet())
+        self.full(harness, newcomer)
+        self.assertEqual(answering_io.actions, [])
+        self.assertEqual(io.error_code(), "53300")
+        self.assertEqual(io.actions, ["close"])
+
+    def test_a_login_that_answered_is_not_stalled(self) -> None:
+        harness = Harness(num_init_children=5)
+        answered, answered_io = harness.session()
+        answered.client_data(startup_packet())
+        login_server(harness, answered)
+        answered.client_data(PASSWORD)  # the server's turn now
+        harness.reactor.advance(5)
+        newcomer, io = harness.session()
+        newcomer.client_data(startup_packet())
+        self.full(harness, newcomer)
+        self.assertEqual((answered_io.actions, io.error_code()), ([], "53300"))
+
+
 class ProbeTests(SynchronousTestCase):
     """A burst of first logins of a key opens one server to find out about passwords."""
 
