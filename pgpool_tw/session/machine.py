@@ -271,12 +271,17 @@ class Session:
         )
 
     def server_full(self) -> bool:
-        """PostgreSQL refused this pass-through login for want of connections: when a
-        stalled login made room, this one is tried again shortly (the closed login's
-        backend needs a moment to exit); False: the client gets PostgreSQL's refusal."""
-        if not self._proving or self._full_tries >= 3 or self._auth_ok_sent:
-            return False  # (refused after its AuthenticationOk: a new login cannot be made)
+        """PostgreSQL refused this pass-through login for want of connections: a login
+        stalled on its client's password makes room, and this one is tried again shortly
+        (the closed login's backend needs a moment to exit) unless it was already let in
+        (then the room is the next login's); False: the client gets PostgreSQL's refusal."""
+        if not self._proving or self._full_tries >= 3:
+            return False
         if not self.context.preauth.evict_stalled(self):
+            return False
+        if self._auth_ok_sent:
+            # Refused after its AuthenticationOk (PostgreSQL's reserved connections are
+            # checked then): no new login can be made for it, but the next one has room.
             return False
         self._full_tries += 1
         self.context.reactor.callLater(0.05, self._login_again)

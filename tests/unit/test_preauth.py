@@ -128,6 +128,25 @@ class FullServerTests(SynchronousTestCase):
         let_in(server_of(harness, newcomer))
         self.assertEqual(newcomer.state, RELAY)
 
+    def test_refused_after_its_authentication_ok_it_makes_room_for_the_next(self) -> None:
+        """PostgreSQL checks its reserved connections after authentication: the client
+        that was let in cannot log in again, but a stalled login still gives way."""
+        harness = Harness(num_init_children=5)
+        stalled, stalled_io = harness.session()
+        stalled.client_data(startup_packet())
+        login_server(harness, stalled)
+        harness.reactor.advance(1)
+        newcomer, io = harness.session()
+        newcomer.client_data(startup_packet())
+        server = login_server(harness, newcomer)
+        newcomer.client_data(PASSWORD)
+        server.dataReceived(
+            m.message(b"R", m.INT32.pack(m.AUTH_OK))
+            + m.error_response("53300", "remaining connection slots are reserved", "FATAL")
+        )
+        self.assertEqual((stalled_io.error_code(), stalled_io.actions), ("53300", ["close"]))
+        self.assertEqual((io.error_code(), io.actions), ("53300", ["close"]))
+
     def test_a_login_asked_a_moment_ago_is_left_alone(self) -> None:
         """Within STALL_GRACE the client is still answering: the newcomer gets
         PostgreSQL's own refusal."""

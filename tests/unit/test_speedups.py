@@ -25,6 +25,7 @@ from pgpool_tw.engine.tracker import Tracker
 from pgpool_tw.protocol import messages
 from pgpool_tw.protocol.relay import LOCAL_WORDS, SessionTracker, log2_bucket
 from tests.unit import test_protocol_relay as base
+from tests.unit.wire_oracles import public_state
 
 SKIP = (
     "pgpool_tw.engine._speedups is not built (or PGPOOL_TW_PURE_PYTHON is set)"
@@ -60,19 +61,6 @@ def _c_cases() -> dict[str, type]:
 
 
 globals().update(_c_cases())
-
-
-def public_state(tracker: Any) -> tuple[object, ...]:
-    return (
-        tracker.local,
-        tracker.pending,
-        tracker.unsynced,
-        tracker.status,
-        tracker.in_sync,
-        tracker.server_at_boundary,
-        dict(tracker.params),
-        (tracker.queries, tracker.xacts, tracker.bytes_in, tracker.bytes_out),
-    )
 
 
 ANY_MESSAGE = st.builds(

@@ -287,8 +287,10 @@ def check_tracker_client(make: Callable[..., Any], stream: bytes, cuts: Iterable
         assert tracker.bytes_in == done, (make, tracker.bytes_in, done)
 
 
-def _state(tracker: Any) -> tuple[object, ...]:
+def public_state(tracker: Any) -> tuple[object, ...]:
+    """What a session tracker shows, for comparing C's with Python's."""
     return (
+        tracker.local,
         tracker.pending,
         tracker.unsynced,
         tracker.status,
@@ -296,8 +298,11 @@ def _state(tracker: Any) -> tuple[object, ...]:
         tracker.server_at_boundary,
         dict(tracker.params),
         (tracker.queries, tracker.xacts, tracker.bytes_in, tracker.bytes_out),
-        (tracker._c_head, tracker._s_head, tracker._s_body),
     )
+
+
+def _state(tracker: Any) -> tuple[object, ...]:
+    return (*public_state(tracker), (tracker._c_head, tracker._s_head, tracker._s_body))
 
 
 def check_c_matches_python(stream: bytes, cuts: Iterable[int]) -> None:
