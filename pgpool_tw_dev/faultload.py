@@ -185,6 +185,30 @@ def _twistd_argv(conf: str) -> list[str]:
     return [sys.executable, "-c", run, "-n", "pgpool", "-c", conf]
 
 
+def start_twistd(conf_path: str, directory: str, log_path: str) -> subprocess.Popen[bytes]:
+    """``twistd -n pgpool -c conf_path`` in ``directory`` (its twistd.pid goes there),
+    logging to ``log_path``, in a session of its own (a ^C reaches us, and we stop it);
+    returned once its log says it listens (RuntimeError with the log's tail if it exits
+    or does not within POOLER_START_TIMEOUT)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            _twistd_argv(conf_path),
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=client_env(),
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + POOLER_START_TIMEOUT
+    while "pgpool-tw listening on" not in read_text(log_path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = "\n".join(read_text(log_path).splitlines()[-30:])
+            raise RuntimeError(f"pgpool-tw did not start; log tail:\n{tail}")
+        time.sleep(0.05)
+    return proc
+
+
 def read_text(path: str) -> str:
     """A file's text ('' when it is not there)."""
     try:
@@ -273,21 +297,7 @@ class Pooler:
     def start(self) -> Pooler:
         """Start twistd; return once its log says it listens (RuntimeError with the log
         tail if it exits or does not within POOLER_START_TIMEOUT)."""
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                _twistd_argv(self.conf_path),
-                cwd=self.dir,  # twistd.pid goes here
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=client_env(),
-                start_new_session=True,  # a ^C reaches us, and we stop it
-            )
-        deadline = time.monotonic() + POOLER_START_TIMEOUT
-        while "pgpool-tw listening on" not in self.log_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pgpool-tw did not start; log tail:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self.proc = start_twistd(self.conf_path, self.dir, self.log_path)
         return self
 
     def alive(self) -> bool:

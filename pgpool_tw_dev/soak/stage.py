@@ -20,18 +20,16 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from typing import Optional
 
 from pgpool_tw_dev.devdb import TempPostgres, client_env, free_port, pg_bin, quote_conf
-from pgpool_tw_dev.faultload import LogWatch, _stop_child, _twistd_argv, read_text
+from pgpool_tw_dev.faultload import LogWatch, _stop_child, read_text, start_twistd
 
 USER = "soak"
 PASSWORD = "soak-pw"
 DATABASE = "soak"
 #: pgbench's ids start here, far above the psycopg clients' own counter.
 BENCH_IDS_START = 10**12
-POOLER_START_TIMEOUT = 30.0
 POOLER_STOP_TIMEOUT = 15.0
 _SOCKET_DIR_MAX = 80  # sun_path is 108 bytes
 
@@ -164,21 +162,7 @@ class SoakPooler:
             conf.write("\n".join(lines) + "\n")
 
     def start(self) -> SoakPooler:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                _twistd_argv(self.conf_path),
-                cwd=self.dir,  # twistd.pid goes here
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=client_env(),
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + POOLER_START_TIMEOUT
-        while "pgpool-tw listening on" not in read_text(self.log_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pgpool-tw did not start; log tail:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self.proc = start_twistd(self.conf_path, self.dir, self.log_path)
         return self
 
     @property
