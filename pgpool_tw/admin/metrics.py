@@ -88,6 +88,24 @@ def _overall(snapshot: Snapshot) -> Iterator[Metric]:
     longest = _gauge("client_max_wait_seconds", "The longest wait now, in seconds.", [])
     longest.add_metric([], snapshot.max_wait)
     yield longest
+    preauth = snapshot.preauth
+    unauthenticated = _gauge(
+        "preauth_clients", "Client connections not authenticated yet (max_preauth_clients).", []
+    )
+    unauthenticated.add_metric([], preauth.get("clients", 0))
+    yield unauthenticated
+    closed = _counter(
+        "preauth_closed",
+        "Unauthenticated clients closed: for max_preauth_clients (shed), at "
+        "authentication_timeout (timed_out), or to make room on a full server (evicted).",
+        ["reason"],
+    )
+    for reason in ("shed", "timed_out", "evicted"):
+        closed.add_metric([reason], preauth.get(reason, 0))
+    yield closed
+    failed = _counter("failed_logins", "Logins refused for their credentials.", [])
+    failed.add_metric([], preauth.get("failed_logins", 0))
+    yield failed
 
 
 def _pools(snapshot: Snapshot) -> Iterator[Metric]:

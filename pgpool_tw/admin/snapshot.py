@@ -136,6 +136,10 @@ class Snapshot:
     pools: Mapping[Hashable, PoolStats]
     pinned: tuple[PinnedClient, ...] = ()
     nodes: tuple[NodeStats, ...] = ()
+    #: Clients not authenticated yet (``preauth``, the lane's pending ones included), and
+    #: the totals of those closed for the cap, at the timeout, to make room on a full
+    #: server, and of failed logins (session/preauth.py).
+    preauth: Mapping[str, int] = MappingProxyType({})
 
     def pools_of(self, user: str, database: str) -> list[PoolStats]:
         """The pools of a user and database (one per distinct startup options)."""
@@ -297,6 +301,7 @@ def take_snapshot(
         pools=MappingProxyType(pools),
         pinned=tuple(client for _, client in pinned),
         nodes=_nodes(factory),
+        preauth=MappingProxyType(factory.preauth.counts()),
     )
 
 

@@ -68,10 +68,21 @@ class PreAuth:
         #: Counted for tests and the stats: clients closed for the cap, and at the timeout.
         self.shed_total = 0
         self.timed_out_total = 0
+        self.failed_total = 0
 
     def __len__(self) -> int:
         lane = self.lane
         return len(self._clients) + (int(lane.pending) if lane is not None else 0)
+
+    def counts(self) -> dict[str, int]:
+        """For the stats snapshot: clients now, and the totals since start."""
+        return {
+            "clients": len(self),
+            "shed": self.shed,
+            "timed_out": self.timed_out_total,
+            "evicted": self.evicted_total,
+            "failed_logins": self.failed_total,
+        }
 
     @property
     def shed(self) -> int:
@@ -178,6 +189,7 @@ class PreAuth:
 
     def note_failed(self, peer: str, user: str, why: str) -> None:
         """A failed login (a wrong password, an unknown user), rate-limited."""
+        self.failed_total += 1
         dropped = self._failed.admit(self.clock.seconds())
         if dropped < 0:
             return

@@ -140,6 +140,7 @@ class PreAuthTests(PoolerTestCase):
         ends = yield self.in_thread(recv_until_closed, stalled.sock)
         self.assertEqual(error_of(ends).get("C"), "57014")
         self.assertEqual(service.factory.preauth.timed_out_total, 3)
+        self.assertEqual(service.snapshot().preauth["timed_out"], 3)  # metrics' source
         lines = captured.having("authentication_timeout (1s) reached")
         self.assertTrue(lines)
         stages = " ".join(lines)

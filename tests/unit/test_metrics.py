@@ -60,6 +60,9 @@ SNAPSHOT = Snapshot(
         NodeStats(0, "db0", 5432, "up", "primary", "primary", 1.0, 0, 0.0, False, 11),
         NodeStats(1, "db1", 5433, "down", "standby", "unknown", 0.5, None, None, False, 3),
     ),
+    preauth=MappingProxyType(
+        {"clients": 7, "shed": 2, "timed_out": 30, "evicted": 4, "failed_logins": 9}
+    ),
 )
 
 
@@ -83,6 +86,10 @@ class MetricsTests(SynchronousTestCase):
         shop_bob = (("database", "shop"), ("user", "bob"))
         self.assertEqual(got[("pgpool_tw_clients", (("state", "active"),))], 5)
         self.assertEqual(got[("pgpool_tw_clients_waiting", ())], 1)
+        self.assertEqual(got[("pgpool_tw_preauth_clients", ())], 7)
+        self.assertEqual(got[("pgpool_tw_preauth_closed_total", (("reason", "timed_out"),))], 30)
+        self.assertEqual(got[("pgpool_tw_preauth_closed_total", (("reason", "evicted"),))], 4)
+        self.assertEqual(got[("pgpool_tw_failed_logins_total", ())], 9)
         self.assertEqual(got[("pgpool_tw_pool_transactions_total", shop_alice)], 15)
         self.assertEqual(got[("pgpool_tw_pool_transactions_total", shop_bob)], 7)
         self.assertEqual(got[("pgpool_tw_pool_max_wait_seconds", shop_alice)], 2.0)
