@@ -398,7 +398,7 @@ class WarmLane:
         self.factory.pool.server_lost(server, why)
 
     def tick(self) -> None:
-        """Life times of parked servers, timed-out logins, a listener to take back."""
+        """Life times of parked servers, the lane's sheds to log, a listener to take back."""
         config = self.factory.config
         now = time.monotonic()
         refill_keys(self.lane)
