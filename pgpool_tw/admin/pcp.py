@@ -253,13 +253,13 @@ class PcpProtocol(Protocol):
         stored = users.users.get(user)
         expected = pcp.md5_answer(stored or "0" * 32, user, salt)
         if stored is None or not hmac.compare_digest(expected, answer):
-            dropped = self.service.failed_logins.admit(time.monotonic())
-            if dropped >= 0:
+            more = self.service.failed_logins.more(time.monotonic())
+            if more is not None:
                 log.warn(
                     "PCP: authentication failed for user {user} from {peer}{more}",
                     user=printable(user),
                     peer=self.peer,
-                    more=f" ({dropped} more since the last)" if dropped else "",
+                    more=more,
                 )
             raise _Fatal(
                 f'authentication failed for user "{user}"',

@@ -33,7 +33,7 @@ Meanings, after PgBouncer's SHOW POOLS and SHOW STATS:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
 
@@ -139,7 +139,7 @@ class Snapshot:
     #: Clients not authenticated yet (``preauth``, the lane's pending ones included), and
     #: the totals of those closed for the cap, at the timeout, to make room on a full
     #: server, and of failed logins (session/preauth.py).
-    preauth: Mapping[str, int] = MappingProxyType({})
+    preauth: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def pools_of(self, user: str, database: str) -> list[PoolStats]:
         """The pools of a user and database (one per distinct startup options)."""

@@ -8,6 +8,8 @@ rest only counted, and the next line logged for that kind says how many were lef
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = ["RateLimit"]
 
 
@@ -30,3 +32,13 @@ class RateLimit:
         self._next = now + self.interval
         dropped, self._dropped = self._dropped, 0
         return dropped
+
+    def more(self, now: float, count: int = 1) -> Optional[str]:
+        """``admit`` for ``count`` events at once, as the log line's ending: None to leave
+        them out, "" when none was left out before, else " (N more since the last)"."""
+        dropped = self.admit(now)
+        if dropped < 0:
+            self._dropped += count - 1
+            return None
+        left_out = dropped + count - 1
+        return f" ({left_out} more since the last)" if left_out else ""

@@ -201,9 +201,8 @@ def forward(
         targets = found or []
     if not known:
         # Anyone may send these without logging in: one line a second, with a count.
-        dropped = context.unknown_cancels.admit(context.reactor.seconds())
-        if dropped >= 0:
-            more = f" ({dropped} more since the last)" if dropped else ""
+        more = context.unknown_cancels.more(context.reactor.seconds())
+        if more is not None:
             log.info(
                 "client={client} cancel request with an unknown key ignored{more}",
                 client=peer,

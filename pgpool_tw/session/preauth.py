@@ -123,13 +123,13 @@ class PreAuth:
             if client is not making_room_for:
                 del self._asked[client]
                 self.evicted_total += 1
-                dropped = self._evicted.admit(now)
-                if dropped >= 0:
+                more = self._evicted.more(now)
+                if more is not None:
                     log.warn(
                         "a login waiting {seconds:.1f}s for its client's password was closed: "
                         "the server has no connection left for another{more}",
                         seconds=now - since,
-                        more=f" ({dropped} more since the last)" if dropped else "",
+                        more=more,
                     )
                 client.evict()
                 return True
@@ -158,10 +158,9 @@ class PreAuth:
         return self.clock.seconds() - (time.monotonic() - at)
 
     def note_shed(self, peer: str, cap: int, count: int = 1) -> None:
-        dropped = self._shed.admit(self.clock.seconds())
-        if dropped < 0:
+        more = self._shed.more(self.clock.seconds(), count)
+        if more is None:
             return
-        more = f" ({dropped + count - 1} more since the last)" if dropped + count > 1 else ""
         log.warn(
             "client={client} closed before authenticating: max_preauth_clients ({cap}) "
             "reached, the oldest go first{more}",
@@ -174,10 +173,9 @@ class PreAuth:
         """A client reached authentication_timeout in ``stage`` (logged at most once a
         second; the next line counts the rest)."""
         self.timed_out_total += 1
-        dropped = self._timeouts.admit(self.clock.seconds())
-        if dropped < 0:
+        more = self._timeouts.more(self.clock.seconds())
+        if more is None:
             return
-        more = f" ({dropped} more since the last)" if dropped else ""
         log.info(
             "client={client} closed: authentication_timeout ({timeout:g}s) reached while "
             "waiting for {stage}{more}",
@@ -190,10 +188,9 @@ class PreAuth:
     def note_failed(self, peer: str, user: str, why: str) -> None:
         """A failed login (a wrong password, an unknown user), rate-limited."""
         self.failed_total += 1
-        dropped = self._failed.admit(self.clock.seconds())
-        if dropped < 0:
+        more = self._failed.more(self.clock.seconds())
+        if more is None:
             return
-        more = f" ({dropped} more since the last)" if dropped else ""
         log.info(
             "client={client} user={user} authentication failed: {why}{more}",
             client=peer,

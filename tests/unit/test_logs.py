@@ -321,6 +321,17 @@ class LinesTests(SynchronousTestCase):
 class RateLimitTests(SynchronousTestCase):
     """logs/ratelimit.py: one event of a kind logged per interval, the rest counted."""
 
+    def test_more_is_the_line_ending(self) -> None:
+        """``more``: None to leave out, else what ends the line, batches counted whole."""
+        from pgpool_tw.logs.ratelimit import RateLimit
+
+        limit = RateLimit(1.0)
+        self.assertEqual(limit.more(0.0), "")
+        self.assertIsNone(limit.more(0.5))
+        self.assertIsNone(limit.more(0.6, count=3))
+        self.assertEqual(limit.more(1.0), " (4 more since the last)")
+        self.assertEqual(limit.more(2.0, count=2), " (1 more since the last)")
+
     def test_one_a_second_with_the_count_left_out(self) -> None:
         from pgpool_tw.logs.ratelimit import RateLimit
 
