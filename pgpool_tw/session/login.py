@@ -214,22 +214,9 @@ class ServerLogin:
                 f"connect_timeout ({ms})",
             )
             return
-        log.warn(
-            "server={server} unreachable: no connection within connect_timeout ({ms}); "
-            "client={client} refused",
-            server=node.address,
-            ms=ms,
-            client=session.peer,
-        )
         if connector is not None:
             connector.stopConnecting()
-        session.context.events.backend_status(node.address, "unreachable")
-        session.context.server_failed(node.index, f"connect_timeout ({ms})")
-        session.fatal(
-            "08006",
-            f'could not connect to server at "{node.address}": timeout expired '
-            f"(connect_timeout {ms})",
-        )
+        self._unreachable(node, f"timeout expired (connect_timeout {ms})")
 
     def abandon(self) -> None:
         """The client left while the server was still connecting."""
@@ -241,9 +228,7 @@ class ServerLogin:
         """What this login waits for, for authentication_timeout's log line."""
         if self._asked_client:
             return "the client's password (asked by the server)"
-        key = self.session.key
-        node = self.session.context.cluster.get(key.node) if key is not None else None
-        return f"the server at {node.address if node is not None else '?'} to log in"
+        return f"the server at {self.node.address if self.node is not None else '?'} to log in"
 
     def _live(self) -> bool:
         return self.session.state == CONNECTING and self.session.server_login is self
@@ -347,6 +332,10 @@ class ServerLogin:
         self.connector = None
         if self.node is None:
             return  # connect_timeout ended it and told the client already
+        self._unreachable(node, why)
+
+    def _unreachable(self, node: BackendNode, why: str) -> None:
+        """The server could not be reached: failover judges, the client is told."""
         session = self.session
         session.context.events.backend_status(node.address, "unreachable")
         session.context.server_failed(node.index, why)

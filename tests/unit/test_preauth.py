@@ -10,41 +10,48 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgpool_tw.config.health import HealthCheckSettings
 from pgpool_tw.net import transport
 from pgpool_tw.net.deadlines import Deadlines
 from pgpool_tw.pool.backend import BackendProtocol
+from pgpool_tw.pool.key import pool_key
 from pgpool_tw.protocol import messages as m
+from pgpool_tw.protocol.startup import read_startup_packet
 from pgpool_tw.session.machine import Session
 from pgpool_tw.session.preauth import PreAuth, startup_stage
 from pgpool_tw.session.states import CONNECTING, RELAY, STARTUP, WAITING
-from tests.unit.test_session_machine import NODE, Harness, startup_packet
+from tests.unit.test_session_machine import Harness, RecordingIO, logged_in, startup_packet
 
 MD5_REQUEST = m.message(b"R", m.INT32.pack(5) + b"salt")
 PASSWORD = m.message(b"p", b"md5-whatever\0")
 
 
-def login_server(harness: Harness, session: Session, pid: int = 4242) -> BackendProtocol:
+def login_server(harness: Harness, session: Session) -> BackendProtocol:
     """The new server a session's login opened, asking for an md5 password."""
-    assert session.startup is not None and session.server_login is not None
-    server = BackendProtocol(NODE, session.startup, harness.reactor, harness.context.servers)
-    server.owner = session.server_login
-    server.makeConnection(StringTransport())
+    server = harness.new_server(session)
     server.dataReceived(MD5_REQUEST)
     return server
 
 
 def let_in(server: BackendProtocol, pid: int = 4242) -> None:
     """PostgreSQL accepts the password and finishes the login."""
-    server.dataReceived(
-        m.message(b"R", m.INT32.pack(m.AUTH_OK))
-        + m.parameter_status("server_version", "15.0")
-        + m.message(b"K", m.INT32.pack(pid) + m.INT32.pack(777))
-        + m.ready_for_query(m.IDLE)
-    )
+    server.dataReceived(logged_in(pid))
+
+
+def stalled_and_newcomer(
+    harness: Harness, stalled_for: float
+) -> tuple[RecordingIO, Session, RecordingIO]:
+    """A login whose client has not answered its password request for ``stalled_for``
+    seconds, and a newcomer that sent its startup packet just now."""
+    stalled, stalled_io = harness.session()
+    stalled.client_data(startup_packet())
+    login_server(harness, stalled)
+    harness.reactor.advance(stalled_for)
+    newcomer, io = harness.session()
+    newcomer.client_data(startup_packet())
+    return stalled_io, newcomer, io
 
 
 class SlotTests(SynchronousTestCase):
@@ -81,7 +88,7 @@ class SlotTests(SynchronousTestCase):
         let_in(login_server(harness, first), pid=1)
         second, io = harness.session()
         second.client_data(startup_packet())
-        server = login_server(harness, second, pid=2)
+        server = login_server(harness, second)
         second.client_data(PASSWORD)
         let_in(server, pid=2)
         self.assertEqual(second.state, WAITING)
@@ -107,17 +114,12 @@ class FullServerTests(SynchronousTestCase):
 
     def full(self, harness: Harness, session: Session) -> None:
         """The new server of ``session``'s login refuses it: too many clients."""
-        server = server_of(harness, session)
+        server = harness.new_server(session)
         server.dataReceived(m.error_response("53300", "sorry, too many clients already", "FATAL"))
 
     def test_the_longest_stalled_login_gives_way(self) -> None:
         harness = Harness(num_init_children=5)
-        stalled, stalled_io = harness.session()
-        stalled.client_data(startup_packet())
-        login_server(harness, stalled)  # asked for its password; never answers
-        harness.reactor.advance(1)
-        newcomer, io = harness.session()
-        newcomer.client_data(startup_packet())
+        stalled_io, newcomer, io = stalled_and_newcomer(harness, 1)
         self.full(harness, newcomer)
         self.assertEqual(stalled_io.error_code(), "53300")
         self.assertEqual(stalled_io.actions, ["close"])
@@ -125,19 +127,14 @@ class FullServerTests(SynchronousTestCase):
         clients = len(harness.reactor.tcpClients)
         harness.reactor.advance(0.05)
         self.assertEqual(len(harness.reactor.tcpClients), clients + 1)
-        let_in(server_of(harness, newcomer))
+        let_in(harness.new_server(newcomer))
         self.assertEqual(newcomer.state, RELAY)
 
     def test_refused_after_its_authentication_ok_it_makes_room_for_the_next(self) -> None:
         """PostgreSQL checks its reserved connections after authentication: the client
         that was let in cannot log in again, but a stalled login still gives way."""
         harness = Harness(num_init_children=5)
-        stalled, stalled_io = harness.session()
-        stalled.client_data(startup_packet())
-        login_server(harness, stalled)
-        harness.reactor.advance(1)
-        newcomer, io = harness.session()
-        newcomer.client_data(startup_packet())
+        stalled_io, newcomer, io = stalled_and_newcomer(harness, 1)
         server = login_server(harness, newcomer)
         newcomer.client_data(PASSWORD)
         server.dataReceived(
@@ -151,12 +148,7 @@ class FullServerTests(SynchronousTestCase):
         """Within STALL_GRACE the client is still answering: the newcomer gets
         PostgreSQL's own refusal."""
         harness = Harness(num_init_children=5)
-        answering, answering_io = harness.session()
-        answering.client_data(startup_packet())
-        login_server(harness, answering)
-        harness.reactor.advance(0.1)
-        newcomer, io = harness.session()
-        newcomer.client_data(startup_packet())
+        answering_io, newcomer, io = stalled_and_newcomer(harness, 0.1)
         self.full(harness, newcomer)
         self.assertEqual(answering_io.actions, [])
         self.assertEqual(io.error_code(), "53300")
@@ -187,7 +179,7 @@ class ProbeTests(SynchronousTestCase):
             session.client_data(startup_packet())
             self.assertEqual(session.state, WAITING)
         self.assertEqual(len(harness.reactor.tcpClients), 1)  # the first's server only
-        let_in(server_of(harness, first))  # no password asked: trust
+        let_in(harness.new_server(first))  # no password asked: trust
         harness.reactor.advance(0)
         self.assertEqual(harness.pool.asks_password(first.key), False)
         # The rest take their slots first, as pooled clients of a trusted key do.
@@ -217,19 +209,7 @@ class ProbeTests(SynchronousTestCase):
         self.assertEqual(second.state, CONNECTING)  # the new probe
 
 
-def server_of(harness: Harness, session: Session) -> BackendProtocol:
-    """The new server of a session's login, connected and silent so far."""
-    assert session.startup is not None and session.server_login is not None
-    server = BackendProtocol(NODE, session.startup, harness.reactor, harness.context.servers)
-    server.owner = session.server_login
-    server.makeConnection(StringTransport())
-    return server
-
-
 def pool_key_of(harness: Harness) -> Any:
-    from pgpool_tw.pool.key import pool_key
-    from pgpool_tw.protocol.startup import read_startup_packet
-
     startup, _ = read_startup_packet(startup_packet())
     return pool_key(0, startup)  # type: ignore[arg-type]
 

@@ -151,19 +151,29 @@ class Harness:
         session.connected()
         return session, io
 
-    def server_for(self, session: Session, pid: int = 4242) -> BackendProtocol:
-        """The server connection the session asked for, logged in as PostgreSQL would."""
+    def new_server(self, session: Session) -> BackendProtocol:
+        """The server connection the session's login opened, connected, silent so far."""
         assert session.startup is not None and session.server_login is not None
         server = BackendProtocol(NODE, session.startup, self.reactor, self.context.servers)
         server.owner = session.server_login  # what connector.BackendFactory does
         server.makeConnection(StringTransport())
-        server.dataReceived(
-            m.message(b"R", m.INT32.pack(m.AUTH_OK))
-            + m.parameter_status("server_version", "15.0")
-            + m.message(b"K", m.INT32.pack(pid) + m.INT32.pack(777))
-            + m.ready_for_query(m.IDLE)
-        )
         return server
+
+    def server_for(self, session: Session, pid: int = 4242) -> BackendProtocol:
+        """The server connection the session asked for, logged in as PostgreSQL would."""
+        server = self.new_server(session)
+        server.dataReceived(logged_in(pid))
+        return server
+
+
+def logged_in(pid: int = 4242) -> bytes:
+    """A server's end of a login: AuthenticationOk to ReadyForQuery."""
+    return (
+        m.message(b"R", m.INT32.pack(m.AUTH_OK))
+        + m.parameter_status("server_version", "15.0")
+        + m.message(b"K", m.INT32.pack(pid) + m.INT32.pack(777))
+        + m.ready_for_query(m.IDLE)
+    )
 
 
 class StartupTests(SynchronousTestCase):
